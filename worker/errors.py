@@ -1,0 +1,54 @@
+"""Infrastructure errors: exceptions whose attributes tell the shell what to do (STYLE R5).
+
+Rejections of events are not here: they are values (`worker.core.outcomes.Rejection`).
+
+    RoomserverError
+    ├── RetryableError        transient: database or NATS unavailable, federation timeout;
+    │   │                     nak with `delay`, dead-letter after the retry limit
+    │   └── MissingEventsError   prev/auth events could not be had yet
+    └── PermanentError        retrying cannot help: term / dead-letter at once
+        └── InvariantViolation   a bug or corrupt data; loud, never acked as done
+"""
+
+from __future__ import annotations
+
+
+class RoomserverError(Exception):
+    """Base of the worker's own infrastructure errors."""
+
+    code: str = "internal_error"
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+
+
+class RetryableError(RoomserverError):
+    """Try again later; `delay` is the suggested wait in seconds (None: the shell's back-off)."""
+
+    code = "transient_failure"
+
+    def __init__(self, message: str, *, delay: float | None = None, code: str | None = None):
+        super().__init__(message, code=code)
+        self.delay = delay
+
+
+class MissingEventsError(RetryableError):
+    code = "missing_events"
+
+    def __init__(self, message: str, event_ids: list[str], *, delay: float | None = None):
+        super().__init__(message, delay=delay)
+        self.event_ids = event_ids
+
+
+class PermanentError(RoomserverError):
+    """Retrying cannot help."""
+
+    code = "permanent_failure"
+
+
+class InvariantViolation(PermanentError):
+    """Something that must never happen did: a bug or corrupt stored data."""
+
+    code = "invariant_violation"

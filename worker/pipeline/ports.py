@@ -1,0 +1,148 @@
+"""The ports of the input pipeline: what it needs from the store and the bus (STYLE R4).
+
+These Protocols are owned by the pipeline; `worker.storage` and `worker.bus` implement them.
+They speak string IDs and core `Event`s. State is passed around as an opaque `StateHandle`
+made by the store (a snapshot reference plus a small delta), so that a linear room never
+materialises its full state per event: the pipeline asks only for the entries it needs
+(`lookup`), applies an event cheaply (`apply`), and materialises a whole state map only for
+state resolution at forks (`materialize`).
+
+Changes to this file are additive: new methods or fields with defaults.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from worker.core.events import Event, StateKey
+from worker.core.outcomes import Outcome
+
+
+@dataclass(frozen=True, slots=True)
+class RoomInfo:
+    room_id: str
+    version: str
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    """An event the store already holds, with what was decided about it."""
+
+    event: Event
+    outcome: Outcome
+    reason_code: str
+    reason: str
+    kind: str  # "new" | "outlier" | "old"
+    # A snapshot of the state before this event is stored (false for outliers and for events
+    # whose prev state was unknown); only then can `state_after` answer for it.
+    has_state: bool
+    redacted: bool = False
+
+
+class StateHandle(Protocol):
+    """Opaque to the pipeline: made and read only by the store."""
+
+
+@dataclass(frozen=True, slots=True)
+class OutputRecord:
+    """One output to publish, written to the outbox in the event's transaction.
+
+    `output_id` is stable (derived from the event and the output type), so that re-running the
+    same input produces the same id and JetStream's duplicate window drops the repeat.
+    """
+
+    output_id: str
+    output_type: str
+    payload: bytes  # the encoded output envelope (worker.messages)
+
+
+@dataclass(frozen=True, slots=True)
+class EventWrite:
+    """Everything one input event changes, persisted in one transaction."""
+
+    room_id: str
+    room_version: str
+    event: Event
+    event_json: bytes  # the PDU as stored (canonical JSON)
+    kind: str  # "new" | "outlier" | "old"
+    outcome: Outcome
+    reason_code: str = ""
+    reason: str = ""
+    # The state before the event; None for outliers and for events refused before state.
+    state_before: StateHandle | None = None
+    # New forward extremities of the room; None leaves them unchanged.
+    extremities: Sequence[str] | None = None
+    # New current state of the room; None leaves it unchanged.
+    current_state: StateHandle | None = None
+    # (redaction event ID, target event ID) pairs to apply now: the target's stored JSON is
+    # rewritten to its redacted form, permanently.
+    redactions: Sequence[tuple[str, str]] = ()
+    outputs: Sequence[OutputRecord] = ()
+    # Room-level facts for the inspector and the state-reset detector.
+    notes: Mapping[str, str] = field(default_factory=dict)
+
+
+class RoomStore(Protocol):
+    """The store as the pipeline sees it. Every method is one round trip or none."""
+
+    async def room(self, room_id: str) -> RoomInfo | None: ...
+
+    async def events(self, event_ids: Sequence[str]) -> dict[str, StoredEvent]:
+        """The known events among `event_ids` (unknown ones are absent)."""
+        ...
+
+    async def state_after(self, event_ids: Sequence[str]) -> dict[str, StateHandle]:
+        """State after each event that has state (`StoredEvent.has_state`); others absent.
+
+        The state after an event is the state before it, plus the event itself when it is an
+        accepted state event (rejected and soft-failed events never enter state).
+        """
+        ...
+
+    async def state_from_ids(self, room_id: str, event_ids: Sequence[str]) -> StateHandle:
+        """A state made of exactly these (stored) state events: a federated join's state."""
+        ...
+
+    async def current_state(self, room_id: str) -> StateHandle | None: ...
+
+    async def extremities(self, room_id: str) -> list[str]: ...
+
+    async def lookup(self, state: StateHandle, keys: Sequence[StateKey]) -> dict[StateKey, Event]:
+        """The events at the given keys of `state` (absent keys are absent)."""
+        ...
+
+    async def materialize(self, state: StateHandle) -> dict[StateKey, str]:
+        """The whole state as (type, state_key) -> event ID (for state resolution)."""
+        ...
+
+    def apply(self, state: StateHandle, entries: Mapping[StateKey, str]) -> StateHandle:
+        """`state` with the given entries added or replaced; pure, no I/O."""
+        ...
+
+    async def handle_from_map(self, room_id: str, state: Mapping[StateKey, str]) -> StateHandle:
+        """A handle for a state given in full (a resolution's result)."""
+        ...
+
+    async def diff(
+        self, old: StateHandle | None, new: StateHandle
+    ) -> tuple[list[str], list[str]]:
+        """(event IDs in `new` not in `old`, event IDs in `old` not in `new`), each sorted."""
+        ...
+
+    async def pending_redactions(self, target_ids: Sequence[str]) -> dict[str, list[str]]:
+        """For each target, the IDs of stored accepted redactions of it not yet applied."""
+        ...
+
+    async def persist(self, write: EventWrite) -> None:
+        """One transaction, under the room's advisory lock (DESIGN §2 step 8)."""
+        ...
+
+
+class OutboxRelay(Protocol):
+    """Publishes committed outbox rows to the output stream (DESIGN §2 step 9)."""
+
+    async def flush(self, room_id: str) -> None:
+        """Return once every outbox row of the room committed so far is published."""
+        ...
