@@ -1,0 +1,214 @@
+"""Every Prometheus metric of the worker (DESIGN §7), defined once, imported by the others.
+
+Names carry base units (`_seconds`, `_bytes`) and counters end in `_total`. Labels come from
+small fixed sets, spelled out below as `Literal` types so that mypy rejects anything else;
+a room ID is never a label (expensive rooms are reported by name in logs instead).
+
+All metrics live in prometheus_client's default registry, beside its process and GC
+collectors; `worker.observability.http` serves that registry on `/metrics`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Literal
+
+from prometheus_client import Counter, Gauge, Histogram, Info
+
+# The pipeline's steps (DESIGN §2), the label of STAGE_DURATION.
+Stage = Literal[
+    "decode",
+    "validate",
+    "dedupe",
+    "fill_gaps",
+    "auth_own",
+    "state_before",
+    "auth_state",
+    "soft_fail",
+    "persist",
+    "publish",
+    "reply",
+    # Waiting in the per-room queue before the pipeline starts, and the whole pipeline.
+    "queue_wait",
+    "total",
+]
+Kind = Literal["new", "outlier", "old"]
+OutcomeLabel = Literal["accepted", "soft_failed", "rejected", "outlier", "invalid"]
+StateResAlgorithm = Literal["v1", "v2", "v2.1"]
+SettleAction = Literal["ack", "nak", "term", "in_progress"]
+
+# Latencies from a sub-millisecond cached lookup to a multi-second resolution of a big room.
+_LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+)
+_COUNT_BUCKETS = (0, 1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 10000, 50000)
+
+EVENTS_PROCESSED = Counter(
+    "roomserver_events_processed_total",
+    "Input events the pipeline finished, by input kind and outcome.",
+    ["kind", "outcome"],
+)
+DUPLICATES = Counter(
+    "roomserver_duplicate_events_total",
+    "Input events that had already been processed and were answered with their original outcome.",
+)
+STAGE_DURATION = Histogram(
+    "roomserver_stage_duration_seconds",
+    "Time spent in each pipeline stage per input event.",
+    ["stage"],
+    buckets=_LATENCY_BUCKETS,
+)
+STATE_RESOLUTION_DURATION = Histogram(
+    "roomserver_state_resolution_duration_seconds",
+    "Duration of one state resolution, by algorithm.",
+    ["algorithm"],
+    buckets=_LATENCY_BUCKETS,
+)
+STATE_RESOLUTION_CONFLICTED = Histogram(
+    "roomserver_state_resolution_conflicted_events",
+    "Size of the conflicted state set (plus auth difference) handed to one resolution.",
+    ["algorithm"],
+    buckets=_COUNT_BUCKETS,
+)
+STATE_BLOCKS_WRITTEN = Counter(
+    "roomserver_state_blocks_written_total",
+    "State blocks inserted because no block with the same content existed in the room.",
+)
+STATE_BLOCKS_REUSED = Counter(
+    "roomserver_state_blocks_reused_total",
+    "State blocks a new snapshot shared with existing ones instead of writing them.",
+)
+SNAPSHOTS_WRITTEN = Counter(
+    "roomserver_state_snapshots_written_total",
+    "State snapshots inserted (deduplicated snapshots are not counted).",
+)
+OUTBOX_LAG = Gauge(
+    "roomserver_outbox_lag_seconds",
+    "Age of the oldest outbox row not yet published (0 when the outbox is empty).",
+)
+OUTBOX_UNSENT = Gauge(
+    "roomserver_outbox_unsent_messages",
+    "Outbox rows committed but not yet published.",
+)
+OUTPUTS_PUBLISHED = Counter(
+    "roomserver_outputs_published_total",
+    "Output messages published to the output stream, by output type.",
+    ["type"],
+)
+REDELIVERIES = Counter(
+    "roomserver_redeliveries_total",
+    "Input messages received with a delivery count above one.",
+)
+DEAD_LETTERS = Counter(
+    "roomserver_dead_letters_total",
+    "Messages written to the dead-letter stream, by reason code.",
+    ["reason"],
+)
+MESSAGES_SETTLED = Counter(
+    "roomserver_messages_settled_total",
+    "Input messages settled with JetStream, by action.",
+    ["action"],
+)
+SHARDS_OWNED = Gauge(
+    "roomserver_shards_owned",
+    "Input shards this worker holds the lease of.",
+)
+CONSUMER_PENDING = Gauge(
+    "roomserver_consumer_pending_messages",
+    "Messages waiting in an input shard's durable consumer, as last reported by JetStream.",
+    ["shard"],
+)
+ROOMS_IN_FLIGHT = Gauge(
+    "roomserver_rooms_in_flight",
+    "Rooms with at least one input event being processed or queued in this worker.",
+)
+FEDERATION_REQUESTS = Counter(
+    "roomserver_federation_requests_total",
+    "Gap-filling requests to the federation service, by verb and result.",
+    ["verb", "result"],
+)
+QUERIES = Counter(
+    "roomserver_queries_total",
+    "Query requests answered, by query name and result (ok or an error code).",
+    ["query", "result"],
+)
+QUERY_DURATION = Histogram(
+    "roomserver_query_duration_seconds",
+    "Time to answer one query, by query name.",
+    ["query"],
+    buckets=_LATENCY_BUCKETS,
+)
+DB_TRANSACTION_DURATION = Histogram(
+    "roomserver_db_transaction_duration_seconds",
+    "Duration of labelled database transactions, by label (a fixed string in the code).",
+    ["desc"],
+    buckets=_LATENCY_BUCKETS,
+)
+DB_TRANSACTION_RETRIES = Counter(
+    "roomserver_db_transaction_retries_total",
+    "Transactions retried after a serialization failure or deadlock, by label.",
+    ["desc"],
+)
+READY = Gauge(
+    "roomserver_ready",
+    "1 while the worker is connected to NATS and PostgreSQL with migrations applied, else 0.",
+)
+BUILD_INFO = Info("roomserver_build", "Version of the running worker.")
+
+
+@contextmanager
+def measure(stage: Stage) -> Iterator[None]:
+    """Time the enclosed block into STAGE_DURATION{stage}, also when it raises."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        STAGE_DURATION.labels(stage).observe(time.perf_counter() - start)
+
+
+def count_event(kind: Kind, outcome: OutcomeLabel) -> None:
+    """Count one finished input event."""
+    EVENTS_PROCESSED.labels(kind, outcome).inc()
+
+
+def count_settle(action: SettleAction) -> None:
+    """Count one JetStream settlement of an input message."""
+    MESSAGES_SETTLED.labels(action).inc()
+
+
+__all__ = [
+    "BUILD_INFO",
+    "CONSUMER_PENDING",
+    "DB_TRANSACTION_DURATION",
+    "DB_TRANSACTION_RETRIES",
+    "DEAD_LETTERS",
+    "DUPLICATES",
+    "EVENTS_PROCESSED",
+    "FEDERATION_REQUESTS",
+    "MESSAGES_SETTLED",
+    "OUTBOX_LAG",
+    "OUTBOX_UNSENT",
+    "OUTPUTS_PUBLISHED",
+    "QUERIES",
+    "QUERY_DURATION",
+    "READY",
+    "REDELIVERIES",
+    "ROOMS_IN_FLIGHT",
+    "SHARDS_OWNED",
+    "SNAPSHOTS_WRITTEN",
+    "STAGE_DURATION",
+    "STATE_BLOCKS_REUSED",
+    "STATE_BLOCKS_WRITTEN",
+    "STATE_RESOLUTION_CONFLICTED",
+    "STATE_RESOLUTION_DURATION",
+    "Kind",
+    "OutcomeLabel",
+    "SettleAction",
+    "Stage",
+    "StateResAlgorithm",
+    "count_event",
+    "count_settle",
+    "measure",
+]
