@@ -1,0 +1,172 @@
+"""Matrix canonical JSON: the one byte encoding that hashes and event IDs are computed over.
+
+Spec: https://spec.matrix.org/latest/appendices/#canonical-json
+
+Canonical JSON is JSON with object keys sorted by code point, no insignificant whitespace,
+UTF-8 output and only the escapes JSON demands (`\\"`, `\\\\`, the short escapes `\\b \\f \\n
+\\r \\t`, and `\\u00XX` in lower-case hex for the other control characters below U+0020).
+Everything else, including U+007F, U+2028 and astral characters, is written as raw UTF-8.
+
+`encode_canonical` is byte-identical to the `canonicaljson` PyPI package (what Synapse, the
+reference implementation, hashes with); `tests/core/test_canonical.py` proves it with a
+hypothesis property over arbitrary JSON values. Two decisions follow from that promise:
+
+* **Floats.** The spec forbids floats from room version 6 on (`check_json_values(strict=True)`
+  refuses them), but rooms 1 to 5 contain events with floats whose hashes were computed by
+  Synapse, that is with Python's `repr` of the float (`1e+16`, `1e-07`). msgspec writes
+  `1e16`, `1e-7`. So a value containing a float is encoded by the standard library encoder,
+  configured exactly as `canonicaljson` does, and the bytes match. NaN and ±infinity have no
+  JSON form and raise `ValueError`.
+* **Lone surrogates** (a `str` holding U+D800..U+DFFF unpaired) cannot be written as UTF-8, so
+  they raise `UnicodeEncodeError` (a `ValueError`), exactly like `canonicaljson`. Our JSON
+  decoder refuses `"\\ud800"` escapes outright, so such strings only reach us through a
+  Mapping built in Python.
+
+Inputs are JSON values: dict with str keys, list or tuple, str, int, float, bool, None.
+Other types are outside the contract.
+
+`check_json_values` is the value-level validation of canonical JSON: strict mode (v6+) refuses
+floats and integers beyond ±(2**53-1); every mode refuses nesting deeper than `MAX_NESTING`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import msgspec
+
+from worker.core.outcomes import Rejection
+from worker.core.reasons import Reason
+
+# The largest integer canonical JSON allows (v6+); also the bound on `depth` in every version.
+MAX_SAFE_INT = 2**53 - 1
+
+# Deepest nesting of objects and arrays we accept, counting the PDU object itself as 1.
+# Real Matrix events nest a handful of levels (content -> m.relates_to -> ...). The limit
+# exists so that no input can drive a recursive walk (ours, msgspec's, the json module's)
+# into Python's recursion limit (1,000 frames): 100 leaves a wide margin for callers' own
+# frames. It is also below serde_json's default of 128, so an event we accept can be parsed by
+# ruma-based servers too, and far above anything a legitimate client produces.
+MAX_NESTING = 100
+
+# msgspec is the fast path: it sorts keys itself (`order="sorted"` sorts by UTF-8 bytes,
+# which is code point order) and escapes exactly like the json module with ensure_ascii off.
+_FAST = msgspec.json.Encoder(order="sorted")
+
+# The exact configuration of `canonicaljson.encode_canonical_json`; used when msgspec's
+# output could differ (floats) or msgspec refuses an input the json module accepts.
+_SLOW = json.JSONEncoder(
+    ensure_ascii=False,
+    allow_nan=False,
+    separators=(",", ":"),
+    sort_keys=True,
+)
+
+# A float in msgspec's output is a number token, right after `[`, `:` or `,` (or at the very
+# start), that has a `.` or an exponent. The same bytes can occur inside a string (a server
+# name "1.2.3.4" after a colon): such a false positive only costs the slow path, never
+# correctness. NaN and infinity come out of msgspec as `null`, so `null` also takes the slow
+# path, which raises for them as canonicaljson does.
+_MAYBE_FLOAT = re.compile(rb"(?:^|[\[:,])-?[0-9]+[.eE]")
+
+
+def encode_canonical(value: Any) -> bytes:
+    """Encode a JSON value as Matrix canonical JSON (UTF-8 bytes).
+
+    Raises `ValueError` for values with no canonical form (NaN, infinity, lone surrogates)
+    and `TypeError` for non-JSON types.
+    """
+    try:
+        out = _FAST.encode(value)
+    except TypeError:
+        # msgspec refuses non-str keys when sorting; the json module stringifies int keys,
+        # and canonicaljson does what the json module does.
+        return _SLOW.encode(value).encode("utf-8")
+    if b"null" in out or _MAYBE_FLOAT.search(out) is not None:
+        return _SLOW.encode(value).encode("utf-8")
+    return out
+
+
+def check_json_values(value: Any, *, strict: bool) -> Rejection | None:
+    """Check every value nested in `value` against the canonical JSON rules.
+
+    https://spec.matrix.org/latest/appendices/#canonical-json ("integers ... in the range
+    [-(2**53)+1, (2**53)-1]", "floats are not permitted") and the room version pages: the
+    value rules are enforced from room version 6 (`strict`). Nesting is limited in every
+    version (see `MAX_NESTING`). Returns the first problem found, or None.
+    """
+    # An explicit stack instead of recursion: the depth limit is what we are checking, so the
+    # walk itself must not depend on Python's recursion limit.
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict):
+            if level > MAX_NESTING:
+                return _too_deep()
+            for key, sub in item.items():
+                if not isinstance(key, str):
+                    return Rejection(
+                        Reason.WRONG_TYPE, f"object key {key!r} is not a string", "canonical-json"
+                    )
+                if isinstance(sub, dict | list | tuple):
+                    stack.append((sub, level + 1))
+                else:
+                    problem = _check_scalar(sub, strict, key)
+                    if problem is not None:
+                        return problem
+        elif isinstance(item, list | tuple):
+            if level > MAX_NESTING:
+                return _too_deep()
+            for sub in item:
+                if isinstance(sub, dict | list | tuple):
+                    stack.append((sub, level + 1))
+                else:
+                    problem = _check_scalar(sub, strict, None)
+                    if problem is not None:
+                        return problem
+        else:
+            problem = _check_scalar(item, strict, None)
+            if problem is not None:
+                return problem
+    return None
+
+
+def _check_scalar(value: Any, strict: bool, key: str | None) -> Rejection | None:
+    """One leaf: str, bool, None always pass; ints and floats depend on `strict`."""
+    where = f"the value of {key!r}" if key is not None else "a value"
+    # bool is a subclass of int and is always fine; test it first.
+    if value is None or isinstance(value, str | bool):
+        return None
+    if isinstance(value, int):
+        # v6+: "integers outside the range [-(2**53)+1, (2**53)-1]" make the event invalid.
+        if strict and not -MAX_SAFE_INT <= value <= MAX_SAFE_INT:
+            return Rejection(
+                Reason.BAD_INTEGER,
+                f"{where} is {value}, outside the canonical JSON range ±(2**53-1)",
+                "canonical-json",
+            )
+        return None
+    if isinstance(value, float):
+        # v6+: "floats are not permitted". v1-v5 keep them, but NaN/inf have no JSON form.
+        if strict:
+            return Rejection(
+                Reason.FLOAT_NOT_ALLOWED,
+                f"{where} is the float {value!r}; room versions 6 and later forbid floats",
+                "canonical-json",
+            )
+        if value != value or value in (float("inf"), float("-inf")):
+            return Rejection(Reason.BAD_JSON, f"{where} is {value!r}, not a JSON number", "")
+        return None
+    return Rejection(
+        Reason.WRONG_TYPE, f"{where} has type {type(value).__name__}, not a JSON type", ""
+    )
+
+
+def _too_deep() -> Rejection:
+    return Rejection(
+        Reason.TOO_DEEP,
+        f"objects and arrays are nested more than {MAX_NESTING} levels deep",
+        "canonical-json",
+    )

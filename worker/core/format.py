@@ -1,0 +1,386 @@
+"""PDU format validation: is this a well-formed event of its room version?
+
+Spec: https://spec.matrix.org/latest/server-server-api/#pdus (the PDU fields, "Size limits"),
+https://spec.matrix.org/latest/rooms/v1/#event-format and
+https://spec.matrix.org/latest/rooms/v3/#event-format (event format per version),
+https://spec.matrix.org/latest/rooms/v12/#event-format (v12 create event without room_id),
+https://spec.matrix.org/latest/appendices/#canonical-json (value rules, v6+),
+https://spec.matrix.org/latest/appendices/#identifier-grammar.
+
+An event that fails here is `invalid` (DESIGN §2 step 2): it never reaches the auth rules and
+is not stored as part of the room. Every problem is a `Rejection` with a stable code from
+`worker.core.reasons` and a sentence naming the field; nothing here raises on bad input.
+
+What we deliberately do *not* check, and why:
+* `hashes` and `signatures` are checked upstream by the federation service (DESIGN §1); they
+  are optional here (type-checked when present) so that locally built and fixture events need
+  not carry them.
+* Rules that need other events (auth events, the create event, the room's state) are the
+  auth rules' business (`worker.core.auth`).
+* `origin` is deprecated since v3 and optional everywhere; a string when present.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import msgspec
+
+from worker.core import ids
+from worker.core.canonical import MAX_SAFE_INT, check_json_values, encode_canonical
+from worker.core.events import Event
+from worker.core.hashes import compute_event_id
+from worker.core.outcomes import Rejection
+from worker.core.reasons import Reason
+from worker.core.versions import EventIdFormat, RoomRules
+
+# "The complete event MUST NOT be larger than 65536 bytes, when formatted with the federation
+# event format, including any signatures, and encoded as Canonical JSON."
+MAX_PDU_BYTES = 65_536
+# Raw input above this is refused before decoding. Canonical re-encoding can shrink JSON (a
+# "\u0041" escape becomes "A", whitespace vanishes), so the bound is well above 6 x 64 KiB;
+# only a sender padding a PDU with a megabyte of whitespace could be refused "unfairly".
+MAX_RAW_BYTES = 1 << 20
+# "type, state_key, sender, room_id, event_id: 255 bytes" (spec, Size limits).
+MAX_FIELD_BYTES = 255
+# Not in the spec's PDU schema but enforced by Synapse (event_auth) and every federating
+# server: an event referencing more is refused, so accepting it would fork the room.
+MAX_PREV_EVENTS = 20
+MAX_AUTH_EVENTS = 10
+
+_CREATE = "m.room.create"
+
+# msgspec refuses lone-surrogate escapes, NaN and numbers beyond float range, which is what we
+# want; big integers decode as Python ints, exactly. Built once (STYLE R7).
+_DECODER = msgspec.json.Decoder()
+
+
+def room_version_of_create(pdu: Mapping[str, Any]) -> str:
+    """The room version a create event names: `content.room_version`, default "1".
+
+    Spec: m.room.create, "room_version: ... If not present, the room version is '1'". A
+    non-string value gives "" (a version nobody knows), so the caller refuses the room.
+    """
+    content = pdu.get("content")
+    if not isinstance(content, Mapping):
+        return "1"
+    version = content.get("room_version", "1")
+    return version if isinstance(version, str) else ""
+
+
+def validate_pdu(pdu: Mapping[str, Any], rules: RoomRules) -> Rejection | None:
+    """Check the format of a PDU for its room version. Returns the first problem, or None.
+
+    The order is fixed (and tested) so a given bad event always gets the same code: JSON
+    values, size, required fields and types, field lengths, identifier grammar, integer
+    ranges, references.
+    """
+    if not isinstance(pdu, Mapping):
+        return _reject(Reason.NOT_OBJECT, "the PDU is not a JSON object", "pdu")
+    if not isinstance(pdu, dict):
+        # The value walk and the encoder speak JSON types; any other Mapping is read as one.
+        pdu = dict(pdu)
+    # Canonical JSON value rules: nesting in every version, floats and big integers in v6+.
+    problem = check_json_values(pdu, strict=rules.strict_canonical_json)
+    if problem is not None:
+        return problem
+    # Size limit on the whole PDU, as canonical JSON.
+    try:
+        size = len(encode_canonical(pdu))
+    except (ValueError, TypeError) as exc:
+        return _reject(Reason.BAD_JSON, f"the PDU has no canonical JSON form ({exc})", "pdu")
+    if size > MAX_PDU_BYTES:
+        return _reject(
+            Reason.TOO_LARGE,
+            f"the PDU is {size} bytes as canonical JSON, more than {MAX_PDU_BYTES}",
+            "pdu.size",
+        )
+    for check in (_check_fields, _check_lengths, _check_ids, _check_integers, _check_refs):
+        problem = check(pdu, rules)
+        if problem is not None:
+            return problem
+    return None
+
+
+def parse_pdu(
+    data: bytes | Mapping[str, Any], rules: RoomRules, *, event_id: str | None = None
+) -> Event | Rejection:
+    """Decode, validate and identify a PDU. Never raises on bad input.
+
+    `data` is the raw JSON (bytes) or an already decoded object. When `event_id` is given it
+    is used as is (test DAGs and CLIs use readable IDs); otherwise the ID is derived by the
+    room version (`hashes.compute_event_id`). Use `check_event_id` to hold a claimed ID to
+    the derived one.
+    """
+    if isinstance(data, bytes | bytearray | memoryview):
+        decoded = _decode(bytes(data))
+        if isinstance(decoded, Rejection):
+            return decoded
+        pdu: Any = decoded
+    else:
+        pdu = data
+    problem = validate_pdu(pdu, rules)
+    if problem is not None:
+        return problem
+    return Event(pdu, event_id if event_id is not None else compute_event_id(pdu, rules), rules)
+
+
+def check_event_id(pdu: Mapping[str, Any], rules: RoomRules, claimed: str) -> Rejection | None:
+    """Refuse an event whose claimed ID is not the one its room version derives (DESIGN §1).
+
+    v1, v2: the claim must equal the carried `event_id`. v3+: it must equal `$` + the
+    (version's) base64 of the reference hash. Expects a PDU that `validate_pdu` accepted.
+    """
+    if rules.event_id_format is EventIdFormat.CARRIED:
+        derived = pdu.get("event_id")
+    else:
+        derived = compute_event_id(pdu, rules)
+    if claimed != derived:
+        return _reject(
+            Reason.EVENT_ID_MISMATCH,
+            f"the event ID {claimed!r} does not match the ID {derived!r} derived from the event",
+            "event_id",
+        )
+    return None
+
+
+def _decode(data: bytes) -> Any:
+    """Bytes to a JSON object, or a Rejection (bad UTF-8, syntax, nesting, not an object)."""
+    if len(data) > MAX_RAW_BYTES:
+        return _reject(
+            Reason.TOO_LARGE,
+            f"the PDU is {len(data)} bytes, far beyond {MAX_PDU_BYTES}",
+            "pdu.size",
+        )
+    try:
+        value = _DECODER.decode(data)
+    except RecursionError:
+        # msgspec gives up near Python's recursion limit; our own limit is lower anyway.
+        return _reject(Reason.TOO_DEEP, "the JSON is nested too deeply to decode", "canonical-json")
+    except (msgspec.MsgspecError, UnicodeDecodeError) as exc:
+        return _reject(Reason.BAD_JSON, f"the PDU is not valid UTF-8 JSON ({exc})", "pdu")
+    if not isinstance(value, dict):
+        return _reject(
+            Reason.NOT_OBJECT, f"the PDU is a JSON {type(value).__name__}, not an object", "pdu"
+        )
+    return value
+
+
+def _reject(code: Reason, reason: str, rule: str) -> Rejection:
+    return Rejection(str(code), reason, rule)
+
+
+def _is_int(value: Any) -> bool:
+    # JSON booleans decode as Python bools, which are ints; they are not JSON numbers.
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+# Required fields and their JSON types, per room version family. `event_id` is required only
+# where the event carries it (v1, v2); `room_id` is required except on a v12 create event.
+_REQUIRED: tuple[tuple[str, type | tuple[type, ...], str], ...] = (
+    ("type", str, "a string"),
+    ("sender", str, "a string"),
+    ("content", dict, "an object"),
+    ("depth", int, "an integer"),
+    ("origin_server_ts", int, "an integer"),
+    ("prev_events", list, "an array"),
+    ("auth_events", list, "an array"),
+)
+# Optional fields: only their type is checked, when present.
+_OPTIONAL: tuple[tuple[str, type, str], ...] = (
+    ("state_key", str, "a string"),
+    ("hashes", dict, "an object"),
+    ("signatures", dict, "an object"),
+    ("unsigned", dict, "an object"),
+    ("origin", str, "a string"),
+)
+
+
+def _check_fields(pdu: Mapping[str, Any], rules: RoomRules) -> Rejection | None:
+    """Required fields are present and every known field has its JSON type."""
+    # Every version: the fields of the PDU schema the rules read.
+    for name, kind, described in _REQUIRED:
+        if name not in pdu:
+            return _reject(Reason.MISSING_FIELD, f"the PDU has no {name!r} field", f"pdu.{name}")
+        value = pdu[name]
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            return _wrong_type(name, value, described)
+    for name, kind, described in _OPTIONAL:
+        if name in pdu and not isinstance(pdu[name], kind):
+            return _wrong_type(name, pdu[name], described)
+    # v1, v2: the event carries its own ID. v3+ do not, and a stray `event_id` is ignored
+    # (it is not covered by any hash; some servers send it).
+    if rules.event_id_format is EventIdFormat.CARRIED:
+        if "event_id" not in pdu:
+            return _reject(Reason.MISSING_FIELD, "the PDU has no 'event_id' field", "pdu.event_id")
+        if not isinstance(pdu["event_id"], str):
+            return _wrong_type("event_id", pdu["event_id"], "a string")
+    # v12: the create event has no room_id (its ID *is* the room ID); every other event has
+    # one. Before v12 every event, create included, has a room_id.
+    is_v12_create = rules.room_id_from_create_event and pdu["type"] == _CREATE
+    if is_v12_create:
+        if "room_id" in pdu:
+            return _reject(
+                Reason.UNEXPECTED_FIELD,
+                "a room version 12 create event must not have a 'room_id' field",
+                "pdu.room_id",
+            )
+    elif "room_id" not in pdu:
+        return _reject(Reason.MISSING_FIELD, "the PDU has no 'room_id' field", "pdu.room_id")
+    elif not isinstance(pdu["room_id"], str):
+        return _wrong_type("room_id", pdu["room_id"], "a string")
+    return None
+
+
+def _wrong_type(name: str, value: Any, described: str) -> Rejection:
+    return _reject(
+        Reason.WRONG_TYPE,
+        f"the {name!r} field is a {_json_type(value)}, it must be {described}",
+        f"pdu.{name}",
+    )
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list | tuple):
+        return "array"
+    if isinstance(value, Mapping):
+        return "object"
+    return type(value).__name__
+
+
+def _check_lengths(pdu: Mapping[str, Any], rules: RoomRules) -> Rejection | None:
+    """Size limits on single fields: 255 bytes of UTF-8 (spec, "Size limits").
+
+    Synapse counts code points strictly but, before its strict-byte-limit room versions,
+    stores byte-limit violators as rejected rather than dropping them. We follow the spec's
+    bytes in every version; the pipeline can tell these apart by the code.
+    """
+    for name in ("type", "state_key", "sender", "room_id", "event_id"):
+        value = pdu.get(name)
+        if isinstance(value, str):
+            size = len(value.encode("utf-8", "surrogatepass"))
+            if size > MAX_FIELD_BYTES:
+                return _reject(
+                    Reason.FIELD_TOO_LONG,
+                    f"the {name!r} field is {size} bytes, more than {MAX_FIELD_BYTES}",
+                    "pdu.size",
+                )
+    return None
+
+
+def _check_ids(pdu: Mapping[str, Any], rules: RoomRules) -> Rejection | None:
+    """Identifier grammar of `sender`, `room_id`, `event_id` and `redacts`."""
+    # `sender`: a user ID; historical localparts are accepted over federation.
+    if not ids.is_valid_user_id(pdu["sender"], historical=True):
+        return _reject(
+            Reason.BAD_USER_ID, f"the 'sender' {pdu['sender']!r} is not a user ID", "pdu.sender"
+        )
+    # `room_id`: `!opaque:server` before v12, `!` + hash in v12 (absent on the v12 create).
+    room_id = pdu.get("room_id")
+    if isinstance(room_id, str) and not ids.is_valid_room_id(room_id, rules):
+        return _reject(
+            Reason.BAD_ROOM_ID,
+            f"the 'room_id' {room_id!r} is not a room ID of room version {rules.version}",
+            "pdu.room_id",
+        )
+    # `event_id`: carried in v1, v2 only.
+    if rules.event_id_format is EventIdFormat.CARRIED and not ids.is_valid_event_id(
+        pdu["event_id"], rules
+    ):
+        return _reject(
+            Reason.BAD_EVENT_ID,
+            f"the 'event_id' {pdu['event_id']!r} is not an event ID",
+            "pdu.event_id",
+        )
+    # `redacts` of m.room.redaction: top level before v11, in content since v11. Either
+    # place, when present, must name an event ID of this version; the auth rules decide
+    # whether a redaction without one is acceptable.
+    if pdu["type"] == "m.room.redaction":
+        for where, holder in (("redacts", pdu), ("content.redacts", pdu["content"])):
+            if "redacts" not in holder:
+                continue
+            target = holder["redacts"]
+            if not isinstance(target, str):
+                return _wrong_type(where, target, "a string")
+            if not ids.is_valid_event_id(target, rules):
+                return _reject(
+                    Reason.BAD_EVENT_ID,
+                    f"the {where!r} {target!r} is not an event ID of room version {rules.version}",
+                    f"pdu.{where}",
+                )
+    return None
+
+
+def _check_integers(pdu: Mapping[str, Any], rules: RoomRules) -> Rejection | None:
+    """`depth` and `origin_server_ts` ranges, in every room version.
+
+    depth: [0, 2**53-1] (Synapse's MAX_DEPTH; v6+ canonical JSON bounds it there anyway).
+    origin_server_ts: milliseconds since the epoch, [0, 2**53-1] (ruma's UInt, the same
+    bound).
+    """
+    for name in ("depth", "origin_server_ts"):
+        value = pdu[name]
+        if not 0 <= value <= MAX_SAFE_INT:
+            return _reject(
+                Reason.BAD_INTEGER,
+                f"the {name!r} field is {value}, it must be between 0 and 2**53-1",
+                f"pdu.{name}",
+            )
+    return None
+
+
+def _check_refs(pdu: Mapping[str, Any], rules: RoomRules) -> Rejection | None:
+    """`prev_events` and `auth_events`: bounded lists of well-formed references."""
+    for name, limit, code in (
+        ("prev_events", MAX_PREV_EVENTS, Reason.TOO_MANY_PREV_EVENTS),
+        ("auth_events", MAX_AUTH_EVENTS, Reason.TOO_MANY_AUTH_EVENTS),
+    ):
+        refs = pdu[name]
+        if len(refs) > limit:
+            return _reject(
+                code,
+                f"the {name!r} field lists {len(refs)} events, more than {limit}",
+                f"pdu.{name}",
+            )
+        for index, ref in enumerate(refs):
+            problem = _check_ref(name, index, ref, rules)
+            if problem is not None:
+                return problem
+    return None
+
+
+def _check_ref(name: str, index: int, ref: Any, rules: RoomRules) -> Rejection | None:
+    """One entry of `prev_events`/`auth_events`.
+
+    v1, v2 (`reference_pairs`): `[event_id, {"sha256": ...}]`, a two-element array.
+    v3+: the event ID itself.
+    """
+    where = f"{name}[{index}]"
+    if rules.reference_pairs:
+        if not (isinstance(ref, list) and len(ref) == 2 and isinstance(ref[1], dict)):
+            return _reject(
+                Reason.BAD_REFERENCE,
+                f"{where} is not an [event_id, hashes] pair",
+                f"pdu.{name}",
+            )
+        ref = ref[0]
+    if not isinstance(ref, str):
+        return _reject(
+            Reason.WRONG_TYPE, f"{where} is a {_json_type(ref)}, not a string", f"pdu.{name}"
+        )
+    if not ids.is_valid_event_id(ref, rules):
+        return _reject(
+            Reason.BAD_EVENT_ID,
+            f"{where} {ref!r} is not an event ID of room version {rules.version}",
+            f"pdu.{name}",
+        )
+    return None

@@ -1,0 +1,99 @@
+"""Content hash, reference hash, event IDs and v12 room IDs.
+
+Spec: https://spec.matrix.org/latest/server-server-api/#calculating-the-content-hash-for-an-event
+https://spec.matrix.org/latest/server-server-api/#calculating-the-reference-hash-for-an-event
+https://spec.matrix.org/latest/rooms/v3/#event-ids (standard base64),
+https://spec.matrix.org/latest/rooms/v4/#event-ids (URL-safe base64),
+https://spec.matrix.org/latest/rooms/v12/#room-ids (room ID from the create event, MSC4291).
+
+Base64 here is always unpadded ("Unpadded Base64", appendices). All functions are pure; they
+assume a PDU that `worker.core.format.validate_pdu` accepted and raise `ValueError` only when
+handed something it would have refused.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from collections.abc import Mapping
+from typing import Any
+
+from worker.core.canonical import encode_canonical
+from worker.core.redaction import redact
+from worker.core.versions import EventIdFormat, RoomRules
+
+# Keys left out of the content hash: the hash itself, the signatures over it, and `unsigned`,
+# which any server may change in transit.
+_NOT_IN_CONTENT_HASH = ("unsigned", "signatures", "hashes")
+# Keys left out of the reference hash after redaction. Redaction already drops `unsigned` and
+# `age_ts`; removing them again costs nothing and mirrors Synapse, which removes `age_ts`
+# explicitly.
+_NOT_IN_REFERENCE_HASH = ("signatures", "unsigned", "age_ts")
+
+
+def unpadded_b64(data: bytes) -> str:
+    """Unpadded standard base64 (spec appendices, "Unpadded Base64")."""
+    return base64.b64encode(data).decode("ascii").rstrip("=")
+
+
+def unpadded_urlsafe_b64(data: bytes) -> str:
+    """Unpadded URL-safe base64 (RFC 4648 §5 alphabet, as v4+ event IDs use)."""
+    return base64.urlsafe_b64encode(data).decode("ascii").rstrip("=")
+
+
+def content_hash(pdu: Mapping[str, Any]) -> bytes:
+    """sha256 of the canonical JSON of the PDU without `unsigned`, `signatures`, `hashes`.
+
+    This is the value the `hashes.sha256` field carries (base64). The roomserver does not
+    check it (the federation service does, DESIGN §1); it is here for building events.
+    Synapse also drops `age_ts`, `outlier` and `destinations`, keys that never appear in a
+    PDU sent over federation; we follow the spec's list.
+    """
+    stripped = {k: v for k, v in pdu.items() if k not in _NOT_IN_CONTENT_HASH}
+    return hashlib.sha256(encode_canonical(stripped)).digest()
+
+
+def reference_hash(pdu: Mapping[str, Any], rules: RoomRules) -> bytes:
+    """sha256 of the canonical JSON of the redacted PDU without `signatures` and `unsigned`.
+
+    Steps (spec "Calculating the reference hash"): 1. redact the event with the version's
+    algorithm; 2. remove `signatures` and `unsigned`; 3. canonical JSON; 4. sha256. Because
+    the content hash survives redaction, the reference hash covers the whole event.
+    """
+    redacted = redact(pdu, rules)
+    for key in _NOT_IN_REFERENCE_HASH:
+        redacted.pop(key, None)
+    return hashlib.sha256(encode_canonical(redacted)).digest()
+
+
+def compute_event_id(pdu: Mapping[str, Any], rules: RoomRules) -> str:
+    """The event ID the room version gives this PDU.
+
+    v1, v2 (`CARRIED`): the PDU's own `event_id` field (ValueError if it has none).
+    v3 (`BASE64`): `$` + unpadded standard base64 of the reference hash.
+    v4+ (`URLSAFE_BASE64`): `$` + unpadded URL-safe base64 of the reference hash.
+    """
+    if rules.event_id_format is EventIdFormat.CARRIED:
+        carried = pdu.get("event_id")
+        if not isinstance(carried, str):
+            raise ValueError("a v1/v2 PDU must carry its event_id as a string")
+        return carried
+    digest = reference_hash(pdu, rules)
+    if rules.event_id_format is EventIdFormat.BASE64:
+        return "$" + unpadded_b64(digest)
+    return "$" + unpadded_urlsafe_b64(digest)
+
+
+def room_id_for_create(pdu: Mapping[str, Any], rules: RoomRules) -> str:
+    """The room ID a create event makes.
+
+    v12 (`room_id_from_create_event`, MSC4291): `!` + unpadded URL-safe base64 of the create
+    event's reference hash, the same hash as its event ID. Earlier versions: the create
+    event's own `room_id` field (ValueError if it has none).
+    """
+    if rules.room_id_from_create_event:
+        return "!" + unpadded_urlsafe_b64(reference_hash(pdu, rules))
+    carried = pdu.get("room_id")
+    if not isinstance(carried, str):
+        raise ValueError("before v12 a create event must carry its room_id as a string")
+    return carried
