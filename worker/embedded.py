@@ -130,7 +130,7 @@ class EmbeddedNats:
         store = self.data_dir / "jetstream"
         lines = [
             f'server_name: "{self.server_name}"',
-            'listen: "127.0.0.1:%d"' % self.port,
+            f'listen: "127.0.0.1:{self.port}"',
             f"max_payload: {MAX_PAYLOAD_BYTES}",
             # A message at max_payload must fit into a pending buffer.
             f"max_pending: {MAX_PAYLOAD_BYTES * 4}",
@@ -250,9 +250,10 @@ class EmbeddedPostgres:
     def dsn(self, database: str = "postgres") -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
 
-    def _run_as(self) -> dict[str, int]:
+    def _run_as(self) -> tuple[int | None, int | None]:
+        """(uid, gid) for subprocess's `user`/`group`: None, None when not root."""
         ids = _pg_user()
-        return {} if ids is None else {"user": ids[0], "group": ids[1]}
+        return (None, None) if ids is None else ids
 
     def _initdb(self) -> None:
         self.pgdata.mkdir(parents=True, exist_ok=True)
@@ -261,6 +262,7 @@ class EmbeddedPostgres:
             _make_traversable(self.data_dir)
             _make_traversable(_pg_bin())
             _chown_tree(self.data_dir, *ids)
+        uid, gid = self._run_as()
         subprocess.run(
             [
                 str(_pg_bin() / "initdb"),
@@ -272,7 +274,8 @@ class EmbeddedPostgres:
             ],
             check=True,
             capture_output=True,
-            **self._run_as(),  # type: ignore[arg-type]
+            user=uid,
+            group=gid,
         )
 
     def _clear_stale(self) -> None:
@@ -316,13 +319,15 @@ class EmbeddedPostgres:
         ]
         if not self.fsync:
             args += ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]
+        uid, gid = self._run_as()
         log = open(self.data_dir / "postgres.log", "ab")  # noqa: SIM115 - owned by the child
         self.process = subprocess.Popen(
             args,
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            **self._run_as(),  # type: ignore[arg-type]
+            user=uid,
+            group=gid,
         )
         log.close()
         deadline = time.monotonic() + timeout

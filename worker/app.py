@@ -1,0 +1,372 @@
+"""The one composition root: builds every part of a worker from `Settings` and runs it.
+
+Start-up, in order (each step logged; any failure stops what was started and exits 1):
+
+1. embedded servers, when `NATS_URL` / `DATABASE_URL` are unset (both at once, in threads);
+2. the NATS connection (credentials and TLS from the settings) and the asyncpg pool;
+3. database migrations (`worker.storage.migrations`);
+4. stream provisioning: `ROOMSERVER_INPUT`, `_OUTPUT`, `_DEADLETTER` created or updated;
+5. the HTTP endpoint (`/metrics`, `/healthz`, `/readyz`);
+6. the input consumer, handing each decoded event to the pipeline's handler.
+
+Shutdown (SIGTERM, SIGINT, or `Worker.request_stop`): `/readyz` turns 503, the consumer
+stops fetching and finishes in-flight rooms within `DRAIN_GRACE_SECONDS`, then HTTP, NATS
+(drained), the pool and the embedded servers are stopped, in reverse order of start. A
+second signal skips the grace period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import signal
+import ssl
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import nats
+from nats.aio.client import Client as NatsClient
+
+from worker import __version__
+from worker.config import Settings, mask_url
+from worker.embedded import EmbeddedError, EmbeddedNats, EmbeddedPostgres
+from worker.observability import metrics
+from worker.observability.http import HealthServer, ReadinessCheck
+from worker.observability.logging import get_logger
+
+EMBEDDED_DATABASE = "roomserver"
+EXIT_OK = 0
+EXIT_FAILED = 1
+
+log = get_logger("worker.app")
+
+
+class StartupError(RuntimeError):
+    """A dependency could not be reached or prepared; the message says which and why."""
+
+
+# --- connections -------------------------------------------------------------------------------
+
+
+def nats_options(settings: Settings) -> dict[str, Any]:
+    """Keyword arguments of `nats.connect` for the configured authentication and TLS."""
+    n = settings.nats
+    opts: dict[str, Any] = {}
+    if n.user:
+        opts["user"], opts["password"] = n.user, n.password
+    if n.token:
+        opts["token"] = n.token
+    if n.nkey_seed_file:
+        opts["nkeys_seed"] = n.nkey_seed_file
+    if n.creds_file:
+        opts["user_credentials"] = n.creds_file
+    if n.tls_ca or n.tls_cert:
+        ctx = ssl.create_default_context(cafile=n.tls_ca)
+        if n.tls_cert:
+            ctx.load_cert_chain(n.tls_cert, n.tls_key)
+        opts["tls"] = ctx
+    return opts
+
+
+async def connect_nats(settings: Settings, url: str) -> NatsClient:
+    """Connect, retrying forever after the first success (a restart of NATS is survivable)."""
+
+    async def on_error(exc: Exception) -> None:
+        log.warning("nats_error", error=str(exc))
+
+    async def on_disconnected() -> None:
+        log.info("nats_disconnected")
+
+    async def on_reconnected() -> None:
+        log.info("nats_reconnected")
+
+    try:
+        nc: NatsClient = await nats.connect(
+            servers=[u.strip() for u in url.split(",")],
+            name=f"roomserver-{settings.bus.prefix}",
+            connect_timeout=5,
+            # First connect fails fast; once up, reconnect indefinitely.
+            allow_reconnect=True,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=1,
+            error_cb=on_error,
+            disconnected_cb=on_disconnected,
+            reconnected_cb=on_reconnected,
+            **nats_options(settings),
+        )
+    except Exception as exc:
+        raise StartupError(f"cannot connect to NATS at {mask_url(url)}: {exc!r}") from exc
+    return nc
+
+
+async def ensure_database(admin_dsn: str, name: str) -> None:
+    """Create database `name` on the server of `admin_dsn` unless it exists."""
+    conn = await asyncpg.connect(admin_dsn)
+    try:
+        exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name)
+        if not exists:
+            await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+
+
+async def create_pool(settings: Settings, dsn: str) -> asyncpg.Pool[asyncpg.Record]:
+    try:
+        pool: asyncpg.Pool[asyncpg.Record] = await asyncpg.create_pool(
+            dsn,
+            min_size=settings.database.pool_min_size,
+            max_size=settings.database.pool_max_size,
+        )
+    except Exception as exc:
+        raise StartupError(f"cannot connect to PostgreSQL at {mask_url(dsn)}: {exc!r}") from exc
+    return pool
+
+
+# --- the worker ----------------------------------------------------------------------------------
+
+
+class Worker:
+    """One worker process's parts and their lifecycle. Build, `start()`, then `stop()`."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.embedded_nats: EmbeddedNats | None = None
+        self.embedded_pg: EmbeddedPostgres | None = None
+        self.nats_url = settings.nats.url or ""
+        self.database_dsn = settings.database.url or ""
+        self.nc: NatsClient | None = None
+        self.pool: asyncpg.Pool[asyncpg.Record] | None = None
+        self.http: HealthServer | None = None
+        self.schema_version: int | None = None
+        self.draining = False
+        self._stop = asyncio.Event()
+        self._hurry = asyncio.Event()
+        # Undo steps of what has started, run in reverse on stop.
+        self._cleanup: list[tuple[str, Callable[[], Awaitable[None]]]] = []
+
+    # -- signals --
+
+    def request_stop(self) -> None:
+        """First call: drain within the grace period. Second call: stop without waiting."""
+        if self._stop.is_set():
+            self._hurry.set()
+        self._stop.set()
+
+    def install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_signal, sig)
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        log.info("signal_received", signal=sig.name, draining=self._stop.is_set())
+        self.request_stop()
+
+    async def wait_stopped(self) -> None:
+        await self._stop.wait()
+
+    # -- start --
+
+    async def start(self) -> None:
+        """Bring every part up; on failure, tear down what started and raise StartupError."""
+        try:
+            await self._start_embedded()
+            await self._connect()
+            await self._migrate()
+            await self._provision()
+            await self._serve_http()
+            await self._start_consumer()
+        except BaseException:
+            await self._teardown()
+            raise
+        metrics.READY.set(1)
+        log.info(
+            "worker_ready",
+            nats=mask_url(self.nats_url),
+            database=mask_url(self.database_dsn),
+            http=self.http.url if self.http else None,
+            version=__version__,
+        )
+
+    async def _start_embedded(self) -> None:
+        data = Path(self.settings.data_dir).resolve()
+        jobs: list[Awaitable[None]] = []
+        if self.settings.nats.url is None:
+            self.embedded_nats = EmbeddedNats(
+                data / "nats", port=self.settings.nats.embedded_port
+            )
+            jobs.append(self._start_server("nats", self.embedded_nats))
+        if self.settings.database.url is None:
+            self.embedded_pg = EmbeddedPostgres(
+                data / "pg", port=self.settings.database.embedded_port
+            )
+            jobs.append(self._start_server("postgres", self.embedded_pg))
+        # Both at once: PostgreSQL's start dominates, NATS comes for free beside it.
+        results = await asyncio.gather(*jobs, return_exceptions=True)
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            raise StartupError("; ".join(str(e) for e in errors)) from errors[0]
+        if self.embedded_nats is not None:
+            self.nats_url = self.embedded_nats.url
+        if self.embedded_pg is not None:
+            await ensure_database(self.embedded_pg.dsn(), EMBEDDED_DATABASE)
+            self.database_dsn = self.embedded_pg.dsn(EMBEDDED_DATABASE)
+
+    async def _start_server(self, name: str, server: EmbeddedNats | EmbeddedPostgres) -> None:
+        # Registered before starting: a start that fails half-way is still stopped.
+        self._cleanup.append((f"embedded_{name}", lambda: asyncio.to_thread(server.stop)))
+        try:
+            await asyncio.to_thread(server.start)
+        except (EmbeddedError, OSError) as exc:
+            raise StartupError(f"embedded {name} did not start: {exc}") from exc
+        log.info("embedded_started", server=name, port=server.port,
+                 data_dir=str(server.data_dir))
+
+    async def _connect(self) -> None:
+        nc, pool = await asyncio.gather(
+            connect_nats(self.settings, self.nats_url),
+            create_pool(self.settings, self.database_dsn),
+            return_exceptions=True,
+        )
+        if isinstance(nc, NatsClient):
+            self.nc = nc
+            self._cleanup.append(("nats", self._close_nats))
+        if isinstance(pool, asyncpg.Pool):
+            self.pool = pool
+            self._cleanup.append(("postgres_pool", self._close_pool))
+        for result in (nc, pool):
+            if isinstance(result, BaseException):
+                raise result
+
+    async def _migrate(self) -> None:
+        assert self.pool is not None
+        try:
+            module = importlib.import_module("worker.storage.migrations")
+        except ModuleNotFoundError as exc:
+            # Interim, until worker.storage lands: there is nothing to apply yet.
+            if exc.name != "worker.storage.migrations":
+                raise
+            log.warning("migrations_unavailable", reason="worker.storage.migrations missing")
+            self.schema_version = 0
+            return
+        apply_migrations: Callable[[Any], Awaitable[int]] = module.apply_migrations
+        try:
+            self.schema_version = await apply_migrations(self.pool)
+        except Exception as exc:
+            raise StartupError(f"database migrations failed: {exc!r}") from exc
+        log.info("migrations_applied", schema_version=self.schema_version)
+
+    async def _provision(self) -> None:
+        assert self.nc is not None
+        # Interim, until worker.bus lands with its stream definitions.
+        log.warning("streams_unavailable", reason="worker.bus has no stream provisioning yet")
+
+    async def _serve_http(self) -> None:
+        self.http = HealthServer(self.settings.http.host, self.settings.http.port,
+                                 self.readiness_checks())
+        try:
+            await self.http.start()
+        except OSError as exc:
+            raise StartupError(
+                f"cannot serve HTTP on {self.settings.http.host}:{self.settings.http.port}: "
+                f"{exc.strerror}"
+            ) from exc
+        self._cleanup.append(("http", self.http.stop))
+
+    async def _start_consumer(self) -> None:
+        # Interim, until worker.bus lands with its consumer.
+        log.warning("consumer_unavailable", reason="worker.bus has no consumer yet")
+
+    # -- readiness --
+
+    def readiness_checks(self) -> dict[str, ReadinessCheck]:
+        async def nats_check() -> str | None:
+            if self.nc is None or not self.nc.is_connected:
+                return "not connected"
+            return None
+
+        async def postgres_check() -> str | None:
+            if self.pool is None:
+                return "no pool"
+            await self.pool.fetchval("SELECT 1")
+            return None
+
+        async def migrations_check() -> str | None:
+            return None if self.schema_version is not None else "not applied"
+
+        async def worker_check() -> str | None:
+            return "draining" if self.draining else None
+
+        return {
+            "nats": nats_check,
+            "postgres": postgres_check,
+            "migrations": migrations_check,
+            "worker": worker_check,
+        }
+
+    # -- stop --
+
+    async def stop(self) -> None:
+        """Drain and tear down everything that started, newest first."""
+        self.draining = True
+        metrics.READY.set(0)
+        log.info("worker_stopping", grace_seconds=self.settings.drain_grace_seconds)
+        await self._teardown()
+        log.info("worker_stopped")
+
+    async def _teardown(self) -> None:
+        while self._cleanup:
+            name, undo = self._cleanup.pop()
+            try:
+                await undo()
+            except Exception as exc:  # keep stopping the rest; report what failed
+                log.error("stop_failed", part=name, error=repr(exc))
+
+    async def _close_nats(self) -> None:
+        if self.nc is None:
+            return
+        nc, self.nc = self.nc, None
+        if nc.is_connected:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(nc.drain(), 10.0)
+        if not nc.is_closed:
+            await nc.close()
+
+    async def _close_pool(self) -> None:
+        if self.pool is None:
+            return
+        pool, self.pool = self.pool, None
+        try:
+            await asyncio.wait_for(pool.close(), 10.0)
+        except TimeoutError:
+            pool.terminate()
+
+
+async def serve(settings: Settings) -> int:
+    """`python -m worker run`: start, wait for a signal, drain, stop. Returns the exit code."""
+    worker = Worker(settings)
+    worker.install_signal_handlers()
+    metrics.BUILD_INFO.info({"version": __version__})
+    try:
+        await worker.start()
+    except StartupError as exc:
+        log.error("startup_failed", error=str(exc))
+        return EXIT_FAILED
+    if not worker._stop.is_set():
+        await worker.wait_stopped()
+    await worker.stop()
+    return EXIT_OK
+
+
+__all__ = [
+    "EMBEDDED_DATABASE",
+    "StartupError",
+    "Worker",
+    "connect_nats",
+    "create_pool",
+    "ensure_database",
+    "nats_options",
+    "serve",
+]
