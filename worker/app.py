@@ -190,10 +190,10 @@ class Worker:
             version=__version__,
         )
 
-    async def _start_embedded(self) -> None:
+    async def _start_embedded(self, *, with_nats: bool = True) -> None:
         data = Path(self.settings.data_dir).resolve()
         jobs: list[Awaitable[None]] = []
-        if self.settings.nats.url is None:
+        if self.settings.nats.url is None and with_nats:
             self.embedded_nats = EmbeddedNats(
                 data / "nats", port=self.settings.nats.embedded_port
             )
@@ -344,6 +344,22 @@ class Worker:
             pool.terminate()
 
 
+async def migrate(settings: Settings) -> int:
+    """`python -m worker migrate`: apply pending migrations (embedded PostgreSQL if needed)."""
+    worker = Worker(settings)
+    try:
+        await worker._start_embedded(with_nats=False)
+        worker.pool = await create_pool(settings, worker.database_dsn)
+        worker._cleanup.append(("postgres_pool", worker._close_pool))
+        await worker._migrate()
+    except StartupError as exc:
+        log.error("migrate_failed", error=str(exc))
+        return EXIT_FAILED
+    finally:
+        await worker._teardown()
+    return EXIT_OK
+
+
 async def serve(settings: Settings) -> int:
     """`python -m worker run`: start, wait for a signal, drain, stop. Returns the exit code."""
     worker = Worker(settings)
@@ -367,6 +383,7 @@ __all__ = [
     "connect_nats",
     "create_pool",
     "ensure_database",
+    "migrate",
     "nats_options",
     "serve",
 ]
