@@ -1,0 +1,194 @@
+"""The real worker process: `python -m worker run` reaches ready, drains on SIGTERM, cleans up.
+
+Each test spawns the worker as a subprocess with its own DATA_DIR and free ports, exactly as
+an operator would run it, and looks at it only from outside: HTTP, exit code, processes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from worker.embedded import free_port
+
+REPO = Path(__file__).resolve().parent.parent
+# Generous: the first start of a cluster runs initdb. Not a performance claim, a hang guard.
+READY_DEADLINE = 90.0
+STOP_DEADLINE = 60.0
+
+
+def _get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def _processes_mentioning(text: str) -> list[str]:
+    """Command lines of live processes that mention `text` (our embedded servers)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if text in cmdline and str(os.getpid()) != entry.name:
+            found.append(f"{entry.name}: {cmdline}")
+    return found
+
+
+class Run:
+    """One `python -m worker run` subprocess and the addresses it was given."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        extra_env: dict[str, str] | None = None,
+        ports: tuple[int, int, int] | None = None,
+    ) -> None:
+        self.data_dir = data_dir
+        self.http_port, self.nats_port, self.pg_port = ports or (
+            free_port(), free_port(), free_port()
+        )
+        env = {k: v for k, v in os.environ.items()
+               if k not in ("NATS_URL", "DATABASE_URL", "CONFIG_FILE")}
+        env.update(
+            DATA_DIR=str(data_dir),
+            METRICS_ADDR=f"127.0.0.1:{self.http_port}",
+            EMBEDDED_NATS_PORT=str(self.nats_port),
+            EMBEDDED_PG_PORT=str(self.pg_port),
+            ROOMSERVER_PREFIX=f"run{os.getpid()}",
+            DRAIN_GRACE_SECONDS="10",
+        )
+        env.update(extra_env or {})
+        self.log_path = data_dir.parent / f"{data_dir.name}-worker.log"
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in wait()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "worker", "run"],
+            cwd=REPO,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_ready(self) -> dict[str, object]:
+        deadline = time.monotonic() + READY_DEADLINE
+        last = "no answer"
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                pytest.fail(f"worker exited with {self.proc.returncode}:\n{self.logs()}")
+            try:
+                status, body = _get(self.base + "/readyz")
+            except OSError as exc:
+                last = repr(exc)
+            else:
+                if status == 200:
+                    verdict: dict[str, object] = json.loads(body)
+                    return verdict
+                last = body
+            time.sleep(0.1)
+        self.proc.kill()
+        pytest.fail(f"not ready in {READY_DEADLINE}s ({last}):\n{self.logs()}")
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        self.proc.send_signal(sig)
+        return self.wait()
+
+    def wait(self) -> int:
+        try:
+            code = self.proc.wait(STOP_DEADLINE)
+        finally:
+            self._log.close()
+        return code
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Iterator[Path]:
+    d = tmp_path / "var"
+    yield d
+    # Whatever a failed test left behind must not outlive it.
+    for line in _processes_mentioning(str(d)):
+        pid = int(line.split(":", 1)[0])
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_embedded_run_is_ready_and_sigterm_leaves_nothing_behind(data_dir: Path) -> None:
+    run = Run(data_dir)
+    verdict = run.wait_ready()
+    assert verdict == {
+        "ready": True,
+        "checks": {"migrations": "ok", "nats": "ok", "postgres": "ok", "worker": "ok"},
+    }
+    assert _get(run.base + "/healthz") == (200, "ok\n")
+    status, metrics = _get(run.base + "/metrics")
+    assert status == 200
+    assert "roomserver_ready 1.0" in metrics
+    assert _processes_mentioning(str(data_dir)), "embedded servers should be running"
+
+    assert run.stop(signal.SIGTERM) == 0, run.logs()
+    assert _processes_mentioning(str(data_dir)) == []
+    assert '"event":"worker_stopped"' in run.logs()
+    # The embedded data stays for the next start.
+    assert (data_dir / "pg" / "data" / "PG_VERSION").exists()
+    assert (data_dir / "nats" / "jetstream").is_dir()
+
+
+def test_sigkill_then_restart_recovers_stale_servers(data_dir: Path) -> None:
+    first = Run(data_dir)
+    first.wait_ready()
+    first.proc.kill()
+    first.wait()
+    # SIGKILL gives the worker no chance to stop its servers: they are orphans now.
+    orphans = _processes_mentioning(str(data_dir))
+    assert orphans, "expected the killed worker's servers to be left running"
+
+    # The same ports, as with `make run`'s fixed defaults: the orphans hold them until the new
+    # start finds them through their pid files and stops them.
+    second = Run(data_dir, ports=(first.http_port, first.nats_port, first.pg_port))
+    second.wait_ready()
+    assert second.stop(signal.SIGINT) == 0, second.logs()
+    assert _processes_mentioning(str(data_dir)) == []
+
+
+def test_external_servers_are_used_and_nothing_is_embedded(
+    data_dir: Path, nats_url: str, database_dsn: str
+) -> None:
+    run = Run(data_dir, {"NATS_URL": nats_url, "DATABASE_URL": database_dsn})
+    run.wait_ready()
+    assert run.stop() == 0, run.logs()
+    assert not (data_dir / "nats").exists()
+    assert not (data_dir / "pg").exists()
+
+
+def test_invalid_settings_exit_2_naming_each_problem(tmp_path: Path) -> None:
+    env = dict(os.environ, SHARDS="many", LOG_LEVEL="loud", DATA_DIR=str(tmp_path))
+    done = subprocess.run(
+        [sys.executable, "-m", "worker", "run"], cwd=REPO, env=env, capture_output=True,
+        text=True, timeout=60, check=False,
+    )
+    assert done.returncode == 2
+    assert "SHARDS: must be an integer, got 'many'" in done.stderr
+    assert "LOG_LEVEL: must be one of" in done.stderr
+    assert not (tmp_path / "nats").exists()
