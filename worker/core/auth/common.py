@@ -1,0 +1,79 @@
+"""Shared vocabulary of the auth rules: state keys, identifier helpers, the rejection helper.
+
+Nothing here is a rule by itself; the rule modules (`create`, `member`, `power_levels`,
+`third_party`, `other`) cite the spec steps they implement. Rule names used in `Rejection.rule`
+follow the numbering of the room version 12 text of the spec
+(https://spec.matrix.org/latest/rooms/v12/#authorisation-rules), with the section as a prefix
+("m.room.member/join/3"), because that numbering is stable across versions for everything that
+exists in more than one version; earlier versions number some top-level steps one lower.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from worker.core.events import Event, StateKey
+from worker.core.outcomes import Rejection
+
+CREATE = "m.room.create"
+MEMBER = "m.room.member"
+POWER_LEVELS = "m.room.power_levels"
+JOIN_RULES = "m.room.join_rules"
+THIRD_PARTY_INVITE = "m.room.third_party_invite"
+ALIASES = "m.room.aliases"
+REDACTION = "m.room.redaction"
+
+CREATE_KEY: StateKey = (CREATE, "")
+POWER_LEVELS_KEY: StateKey = (POWER_LEVELS, "")
+JOIN_RULES_KEY: StateKey = (JOIN_RULES, "")
+
+# The lookups the rules make. Callers may hand in a huge lazy view of room state (10,000
+# members): the rules only ever call `.get(key)` on it, never iterate or copy it.
+AuthEvents = Mapping[StateKey, Event]
+
+# Server names: a DNS name, an IPv4 literal or a bracketed IPv6 literal, and an optional port
+# (https://spec.matrix.org/latest/appendices/#server-name).
+_SERVER_NAME = re.compile(
+    r"(?:\[[0-9A-Fa-f:.]{2,45}\]|[0-9A-Za-z.-]{1,255})(?::[0-9]{1,5})?", re.ASCII
+)
+# Historical user ID localparts: any printable ASCII except ":" (appendix, "Historical user
+# IDs"). Servers must accept those from other servers, so the rules accept them too.
+_LOCALPART = re.compile(r"[\x21-\x39\x3b-\x7e]+", re.ASCII)
+
+
+def reject(code: str, rule: str, reason: str) -> Rejection:
+    """A rejection value; argument order puts the stable parts first so call sites align."""
+    return Rejection(code=code, reason=reason, rule=rule)
+
+
+def domain_of(identifier: str) -> str:
+    """The server part of a user, room or (v1, v2) event ID: everything after the first ':'.
+
+    An identifier without ':' has no domain; "" never equals a real server name.
+    """
+    _, sep, domain = identifier.partition(":")
+    return domain if sep else ""
+
+
+def is_valid_user_id(value: Any) -> bool:
+    """Whether `value` passes the user ID grammar applied to `sender`.
+
+    `@localpart:server_name`, at most 255 bytes, historical localparts allowed
+    (https://spec.matrix.org/latest/appendices/#user-identifiers).
+    """
+    if not isinstance(value, str) or not value.startswith("@"):
+        return False
+    if len(value.encode("utf-8")) > 255:
+        return False
+    localpart, sep, server = value[1:].partition(":")
+    if not sep:
+        return False
+    return bool(_LOCALPART.fullmatch(localpart)) and bool(_SERVER_NAME.fullmatch(server))
+
+
+def membership_of(auth_events: AuthEvents, user_id: str) -> str | None:
+    """The user's current membership according to the given auth events (None: no event)."""
+    member = auth_events.get((MEMBER, user_id))
+    return member.membership if member is not None else None

@@ -1,0 +1,259 @@
+"""Power levels: the `PowerLevels` view with the spec's defaults, and rule 10.
+
+Spec: https://spec.matrix.org/latest/rooms/v12/#authorisation-rules (rule 10 and the note on
+room creators), https://spec.matrix.org/latest/server-server-api/#definitions (required power
+level, invite/kick/ban/redact levels and their defaults), and the `m.room.power_levels` event
+schema (https://spec.matrix.org/latest/client-server-api/#mroompower_levels).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from worker.core.auth.common import (
+    CREATE_KEY,
+    POWER_LEVELS_KEY,
+    AuthEvents,
+    is_valid_user_id,
+    reject,
+)
+from worker.core.auth.create import creators
+from worker.core.events import Event
+from worker.core.outcomes import Rejection
+from worker.core.versions import RoomRules
+
+# v12+: room creators have an infinitely high power level. Any integer above the largest value
+# canonical JSON allows (2**53 - 1, enforced in v6+) behaves as infinity in every comparison.
+CREATOR_LEVEL = 2**64
+
+# The integer-valued top-level properties, with their defaults when the property is absent or
+# when the room has no m.room.power_levels event at all (state_default is 50 in both cases).
+NAMED_DEFAULTS: Mapping[str, int] = {
+    "users_default": 0,
+    "events_default": 0,
+    "state_default": 50,
+    "ban": 50,
+    "kick": 50,
+    "redact": 50,
+    "invite": 0,
+}
+
+# v1-v9 accept integers written as strings: optional surrounding whitespace, one optional
+# sign, base-10 digits with any leading zeros ("v1-stringy-power-levels" in the spec).
+_STRINGY_INT = re.compile(r"[ \t\n\r\f\v]*[+-]?[0-9]+[ \t\n\r\f\v]*", re.ASCII)
+
+
+def parse_level(value: Any, rules: RoomRules) -> int | None:
+    """A power level value as an integer, or None when the version does not accept it.
+
+    v10+: only JSON integers. v1-v9: also strings holding an integer. v1-v5 (no strict
+    canonical JSON): also finite floats, truncated toward zero ("v1-floaty-power-levels").
+    JSON booleans are never levels, although Python counts them as ints.
+    """
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if rules.integer_power_levels:
+        return None
+    if isinstance(value, str):
+        return int(value.strip(" \t\n\r\f\v")) if _STRINGY_INT.fullmatch(value) else None
+    if isinstance(value, float) and not rules.strict_canonical_json and math.isfinite(value):
+        return math.trunc(value)
+    return None
+
+
+def _level_map(value: Any, rules: RoomRules) -> dict[str, int]:
+    """A `users`/`events`/`notifications` object as parsed levels, skipping unusable entries.
+
+    Only used on power level events that are already in the room; those passed rule 10.1-10.3,
+    so nothing is skipped in practice.
+    """
+    if not isinstance(value, dict):
+        return {}
+    out: dict[str, int] = {}
+    for key, raw in value.items():
+        level = parse_level(raw, rules)
+        if level is not None:
+            out[key] = level
+    return out
+
+
+class PowerLevels:
+    """Who may do what, according to the power levels and create events in force.
+
+    Built from the auth events by lookups only. Every default comes from the spec: with no
+    m.room.power_levels event the creator(s) have 100 (v1-v11) and everyone else 0.
+    """
+
+    __slots__ = ("_content", "_creators", "_has_event", "_rules", "_users")
+
+    def __init__(self, rules: RoomRules, power_levels: Event | None, create: Event | None) -> None:
+        self._rules = rules
+        self._has_event = power_levels is not None
+        self._content: Mapping[str, Any] = power_levels.content if power_levels else {}
+        self._users = _level_map(self._content.get("users"), rules)
+        self._creators = creators(create) if create is not None else frozenset()
+
+    @classmethod
+    def from_auth_events(cls, rules: RoomRules, auth_events: AuthEvents) -> PowerLevels:
+        return cls(rules, auth_events.get(POWER_LEVELS_KEY), auth_events.get(CREATE_KEY))
+
+    def named(self, name: str) -> int:
+        """`users_default`, `events_default`, `state_default`, `ban`, `kick`, `redact`, `invite`."""
+        level = parse_level(self._content.get(name), self._rules)
+        return NAMED_DEFAULTS[name] if level is None else level
+
+    def user_level(self, user_id: str) -> int:
+        """The user's power level (the user-level part of the spec's definitions)."""
+        # v12+: creators outrank everyone, whatever the power levels event says.
+        if self._rules.privileged_creators and user_id in self._creators:
+            return CREATOR_LEVEL
+        if self._has_event:
+            found = self._users.get(user_id)
+            return self.named("users_default") if found is None else found
+        # v1-v11 without a power levels event: the creator has 100, everyone else 0.
+        return 100 if user_id in self._creators else 0
+
+    def required_level(self, event_type: str, is_state: bool) -> int:
+        """The *required power level* of an event type: `events`, else the state/event default."""
+        events = self._content.get("events")
+        if isinstance(events, dict) and event_type in events:
+            level = parse_level(events[event_type], self._rules)
+            if level is not None:
+                return level
+        return self.named("state_default" if is_state else "events_default")
+
+
+def _check_structure(event: Event) -> Rejection | None:
+    """Rules 10.1 to 10.3: every level in the new content is usable as an integer.
+
+    v10+ spell this out (integers only). v1-v9 state it only for `users` (10.1 there) but
+    compare every other property numerically in 10.3-10.5; a value that is not a level at all
+    (e.g. "fifty", an object) cannot be compared, so we reject it rather than guess.
+    """
+    rules = event.rules
+    content = event.content
+    # 10.1 (v10+; v1-v9 by the comparison argument above): the named levels are integers.
+    for name in NAMED_DEFAULTS:
+        if name in content and parse_level(content[name], rules) is None:
+            return reject(
+                "bad_power_levels", "m.room.power_levels/10.1", f"content.{name} is not an integer."
+            )
+    # 10.2: `events` and (v6+, where it is checked at all) `notifications` map to integers.
+    maps = ("events", "notifications") if rules.limit_notifications_power_levels else ("events",)
+    for name in maps:
+        if name in content:
+            value = content[name]
+            if not isinstance(value, dict) or any(
+                parse_level(v, rules) is None for v in value.values()
+            ):
+                return reject(
+                    "bad_power_levels",
+                    "m.room.power_levels/10.2",
+                    f"content.{name} must be an object whose values are integers.",
+                )
+    # 10.3 (all versions): `users` maps valid user IDs to integers.
+    if "users" in content:
+        users = content["users"]
+        if not isinstance(users, dict) or any(
+            not is_valid_user_id(k) or parse_level(v, rules) is None for k, v in users.items()
+        ):
+            return reject(
+                "bad_power_levels",
+                "m.room.power_levels/10.3",
+                "content.users must map valid user IDs to integers.",
+            )
+    return None
+
+
+def check_power_levels(event: Event, auth_events: AuthEvents) -> Rejection | None:
+    """Rule 10 (rule 9 in v8-v11, 10 elsewhere): changes to m.room.power_levels."""
+    rules = event.rules
+    bad = _check_structure(event)
+    if bad is not None:
+        return bad
+    users = event.content.get("users")
+    users = users if isinstance(users, dict) else {}
+    # 10.4 (v12+): creators cannot be given a level, so they cannot be demoted either.
+    if rules.privileged_creators:
+        create = auth_events.get(CREATE_KEY)
+        if create is not None:
+            for creator in sorted(creators(create)):
+                if creator in users:
+                    return reject(
+                        "creator_in_power_levels",
+                        "m.room.power_levels/10.4",
+                        f"Room creator {creator} must not appear in content.users.",
+                    )
+    # 10.5: the first power levels event of a room is not compared with anything.
+    current = auth_events.get(POWER_LEVELS_KEY)
+    if current is None:
+        return None
+    sender_level = PowerLevels.from_auth_events(rules, auth_events).user_level(event.sender)
+    old_content = current.content
+    new_content = event.content
+
+    # 10.6: each named level added, changed or removed may be neither above the sender's level
+    # before nor after. (An absent value is not compared: "removed" checks only the old one.)
+    for name in NAMED_DEFAULTS:
+        old = parse_level(old_content.get(name), rules) if name in old_content else None
+        new = parse_level(new_content.get(name), rules) if name in new_content else None
+        if old == new:
+            continue
+        if (old is not None and old > sender_level) or (new is not None and new > sender_level):
+            return reject(
+                "insufficient_power",
+                "m.room.power_levels/10.6",
+                f"Changing {name} needs a power level of at least the old and new values.",
+            )
+
+    # 10.7 and 10.8: the same for each entry of `events` and (v6+) `notifications`.
+    maps = ("events", "notifications") if rules.limit_notifications_power_levels else ("events",)
+    for name in maps:
+        olds = _level_map(old_content.get(name), rules)
+        news = _level_map(new_content.get(name), rules)
+        for key in sorted(olds.keys() | news.keys()):
+            old, new = olds.get(key), news.get(key)
+            if old == new:
+                continue
+            # 10.7: changed or removed entries: the current value is not above the sender.
+            if old is not None and old > sender_level:
+                return reject(
+                    "insufficient_power",
+                    "m.room.power_levels/10.7",
+                    f"Changing {name}[{key!r}] from {old} is above the sender's level.",
+                )
+            # 10.8: added or changed entries: the new value is not above the sender.
+            if new is not None and new > sender_level:
+                return reject(
+                    "insufficient_power",
+                    "m.room.power_levels/10.8",
+                    f"Setting {name}[{key!r}] to {new} is above the sender's level.",
+                )
+
+    olds = _level_map(old_content.get("users"), rules)
+    news = _level_map(users, rules)
+    for user in sorted(olds.keys() | news.keys()):
+        old, new = olds.get(user), news.get(user)
+        if old == new:
+            continue
+        # 10.9: changed or removed entries of others: the current value is below the sender's.
+        if user != event.sender and old is not None and old >= sender_level:
+            return reject(
+                "insufficient_power",
+                "m.room.power_levels/10.9",
+                f"Cannot change the level of {user}, who is not below the sender.",
+            )
+        # 10.10: added or changed entries: the new value is not above the sender's.
+        if new is not None and new > sender_level:
+            return reject(
+                "insufficient_power",
+                "m.room.power_levels/10.10",
+                f"Cannot give {user} a level above the sender's.",
+            )
+    # 10.11: otherwise, allow.
+    return None

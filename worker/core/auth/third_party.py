@@ -1,0 +1,144 @@
+"""Rules 5.4.1.2 to 5.4.1.8: invites that redeem an `m.room.third_party_invite`.
+
+The identity server that saw the third-party identifier signs `{mxid, token, ...}`; the room's
+`m.room.third_party_invite` event (state key = token) holds the identity server's public
+key(s). An invite carrying such a `signed` block is allowed without the sender being joined.
+
+Spec: https://spec.matrix.org/latest/rooms/v12/#authorisation-rules (rule 5.4.1, the same in
+every version), https://spec.matrix.org/latest/appendices/#signing-json (what is signed),
+https://spec.matrix.org/latest/client-server-api/#mroomthird_party_invite (the keys).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from nacl.exceptions import BadSignatureError
+from nacl.signing import VerifyKey
+
+from worker.core.auth.common import THIRD_PARTY_INVITE, AuthEvents, reject
+from worker.core.events import Event
+from worker.core.outcomes import Rejection
+
+_R = "m.room.member/invite"
+
+
+def encode_canonical(value: Any) -> bytes:
+    """Canonical JSON (sorted keys, no whitespace, UTF-8) of the `signed` object.
+
+    Enough for what identity servers sign (strings, integers, objects).
+    """
+    return json.dumps(
+        value, ensure_ascii=False, sort_keys=True, separators=(",", ":"), allow_nan=False
+    ).encode("utf-8")
+
+
+def _unbase64(text: Any) -> bytes | None:
+    """Matrix's unpadded base64; standard or URL-safe alphabet, padding tolerated."""
+    if not isinstance(text, str):
+        return None
+    raw = text.strip().rstrip("=").replace("-", "+").replace("_", "/")
+    try:
+        return base64.b64decode(raw + "=" * (-len(raw) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        return None
+
+
+def _public_keys(invite: Event) -> Iterator[bytes]:
+    """5.4.1.7.1 and 5.4.1.7.2: `public_key`, then each `public_keys[].public_key`."""
+    single = _unbase64(invite.content.get("public_key"))
+    if single is not None:
+        yield single
+    listed = invite.content.get("public_keys")
+    if isinstance(listed, list):
+        for entry in listed:
+            if isinstance(entry, dict):
+                key = _unbase64(entry.get("public_key"))
+                if key is not None:
+                    yield key
+
+
+def _signatures(signed: Mapping[str, Any]) -> Iterator[bytes]:
+    """Every ed25519 signature in `signed.signatures`, whatever server or key ID it is under."""
+    by_server = signed.get("signatures")
+    if not isinstance(by_server, dict):
+        return
+    for server in sorted(k for k in by_server if isinstance(k, str)):
+        by_key = by_server[server]
+        if not isinstance(by_key, dict):
+            continue
+        for key_id in sorted(k for k in by_key if isinstance(k, str)):
+            if key_id.startswith("ed25519:"):
+                sig = _unbase64(by_key[key_id])
+                if sig is not None and len(sig) == 64:
+                    yield sig
+
+
+def signature_matches(signed: Mapping[str, Any], invite: Event) -> bool:
+    """5.4.1.7: any signature in `signed` verifies under any public key of the invite event.
+
+    The signed bytes are the canonical JSON of `signed` without `signatures` and `unsigned`.
+    Every (signature, key) pair is tried: the spec says "any", so one bad signature does not
+    hide a good one.
+    """
+    try:
+        message = encode_canonical(
+            {k: v for k, v in signed.items() if k not in ("signatures", "unsigned")}
+        )
+    except (TypeError, ValueError):
+        # No canonical form (NaN, lone surrogates): nothing can have been signed.
+        return False
+    keys = [VerifyKey(k) for k in _public_keys(invite) if len(k) == 32]
+    for sig in _signatures(signed):
+        for key in keys:
+            try:
+                key.verify(message, sig)
+            except BadSignatureError:
+                continue
+            return True
+    return False
+
+
+def check_third_party_invite(
+    event: Event, target: str, auth_events: AuthEvents
+) -> Rejection | None:
+    """5.4.1.2 to 5.4.1.8 (all versions); 5.4.1.1 (banned target) is checked by the caller."""
+    third_party = event.content.get("third_party_invite")
+    # 5.4.1.2: the invite carries the identity server's `signed` block.
+    signed = third_party.get("signed") if isinstance(third_party, dict) else None
+    if not isinstance(signed, dict):
+        return reject(
+            "bad_third_party_invite", f"{_R}/1.2", "third_party_invite has no signed object."
+        )
+    # 5.4.1.3: which names the invited user and the invite token.
+    mxid, token = signed.get("mxid"), signed.get("token")
+    if "mxid" not in signed or "token" not in signed:
+        return reject("bad_third_party_invite", f"{_R}/1.3", "signed lacks mxid or token.")
+    # 5.4.1.4: for the user this event invites.
+    if mxid != target:
+        return reject(
+            "bad_third_party_invite", f"{_R}/1.4", "signed.mxid does not match the state_key."
+        )
+    # 5.4.1.5: the token names an m.room.third_party_invite in the room state.
+    invite = auth_events.get((THIRD_PARTY_INVITE, token)) if isinstance(token, str) else None
+    if invite is None:
+        return reject(
+            "bad_third_party_invite", f"{_R}/1.5", "No m.room.third_party_invite matches the token."
+        )
+    # 5.4.1.6: redeemed by whoever issued the third-party invite.
+    if event.sender != invite.sender:
+        return reject(
+            "bad_third_party_invite",
+            f"{_R}/1.6",
+            "The sender did not send the matching m.room.third_party_invite.",
+        )
+    # 5.4.1.7 and 5.4.1.8: and signed with one of its keys.
+    if signature_matches(signed, invite):
+        return None
+    return reject(
+        "bad_third_party_invite", f"{_R}/1.8", "No signature in signed matches the invite's keys."
+    )
