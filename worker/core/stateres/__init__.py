@@ -1,0 +1,76 @@
+"""State resolution: v1 (room version 1), v2 (2-11) and v2.1 (12, MSC4297). Pure and synchronous.
+
+When a room's DAG forks, this decides which state holds where the forks meet. `resolve` picks
+the algorithm from the room's rule flags; lookups are passed in (STYLE R1) so the same code
+runs over memory, a store's cache or test fixtures.
+
+Spec: https://spec.matrix.org/latest/rooms/v1/#state-resolution,
+https://spec.matrix.org/latest/rooms/v2/#state-resolution,
+https://spec.matrix.org/latest/rooms/v12/#state-resolution.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Container, Iterable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
+
+from worker.core.auth import auth_types_for_event, check_auth
+from worker.core.events import Event, StateKey
+from worker.core.outcomes import Rejection
+from worker.core.stateres.common import (
+    Authorizer,
+    Events,
+    ResolutionStats,
+    UnknownEvent,
+)
+from worker.core.stateres.v1 import resolve_v1
+from worker.core.stateres.v2 import V2Flags, resolve_v2
+from worker.core.versions import RoomRules, StateResAlgorithm
+
+__all__ = [
+    "Authorizer",
+    "ResolutionStats",
+    "SpecAuthorizer",
+    "UnknownEvent",
+    "resolve",
+]
+
+
+class SpecAuthorizer:
+    """The production `Authorizer`: the spec's auth rules from `worker.core.auth`."""
+
+    def auth_types(self, event: Event) -> Iterable[StateKey]:
+        return auth_types_for_event(event)
+
+    def check(self, event: Event, auth_events: Mapping[StateKey, Event]) -> Rejection | None:
+        return check_auth(event, auth_events)
+
+
+_SPEC = SpecAuthorizer()
+
+
+def resolve(
+    rules: RoomRules,
+    state_sets: Sequence[Mapping[StateKey, str]],
+    event: Callable[[str], Event | None],
+    auth_chain: Callable[[str], AbstractSet[str]] | None = None,
+    rejected: Container[str] = frozenset(),
+    *,
+    authorizer: Authorizer | None = None,
+) -> tuple[dict[StateKey, str], ResolutionStats]:
+    """Resolve `state_sets` ((type, state_key) -> event ID maps) into one state map.
+
+    `event` looks events up by ID; every event of the state sets must be known, and so
+    should their auth chains (an unknown auth-chain event only ends a walk). `auth_chain`,
+    when given, returns an event's full auth chain (excluding the event), e.g. from a
+    store's index; otherwise chains are walked through `event` and memoised for this call.
+    `rejected` holds IDs of events that were rejected: they are never used as fallback auth
+    events (spec "Iterative auth checks"). `authorizer` replaces the auth rules, for tests.
+
+    Raises `UnknownEvent` when a needed event cannot be looked up.
+    """
+    authz = authorizer if authorizer is not None else _SPEC
+    events = Events(rules, event, auth_chain, rejected)
+    if rules.state_res is StateResAlgorithm.V1:
+        return resolve_v1(state_sets, events, authz)
+    return resolve_v2(state_sets, events, authz, V2Flags.for_algorithm(rules.state_res))

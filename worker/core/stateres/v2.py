@@ -1,0 +1,255 @@
+"""State resolution v2 (room versions 2-11) and v2.1 (room version 12, MSC4297).
+
+v2.1 is v2 with two flags:
+
+- the *conflicted state subgraph* (every event on an auth path from one conflicted state event
+  to another, both ends included) joins the full conflicted set, and
+- the first iterative auth checks start from an empty state map instead of the unconflicted
+  state map (which is still applied over the result at the end).
+
+Both flags come from `RoomRules.state_res` (STYLE R2), never from a version string.
+
+Spec: https://spec.matrix.org/latest/rooms/v2/#state-resolution (v2),
+https://spec.matrix.org/latest/rooms/v12/#state-resolution (v2.1). Synapse's
+`synapse/state/v2.py` and ruma's `state_res.rs` were read for comparison.
+
+Where the work goes: splitting the state sets touches every key once (dict lookups only);
+everything after that is proportional to the conflicted events, the auth difference and
+the auth-chain walks that find it. The unconflicted state is walked once, and that walk
+stops as soon as it reaches events that every state set's auth chain contains.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from worker.core.events import Event, StateKey
+from worker.core.stateres.common import (
+    CREATE,
+    POWER_LEVELS,
+    Authorizer,
+    Events,
+    Mainline,
+    ResolutionStats,
+    is_power_event,
+    lexicographic_topo_sort,
+    sender_power,
+    separate_v2,
+)
+from worker.core.versions import StateResAlgorithm
+
+
+@dataclass(frozen=True, slots=True)
+class V2Flags:
+    """The v2.1 tweaks (ruma calls them `StateResolutionV2Rules`)."""
+
+    # MSC4297: include the conflicted state subgraph in the full conflicted set.
+    conflicted_subgraph: bool
+    # MSC4297: begin the first iterative auth checks from an empty state map.
+    start_from_empty_state: bool
+
+    @staticmethod
+    def for_algorithm(alg: StateResAlgorithm) -> V2Flags:
+        on = alg is StateResAlgorithm.V2_1
+        return V2Flags(conflicted_subgraph=on, start_from_empty_state=on)
+
+
+def resolve_v2(
+    state_sets: Sequence[Mapping[StateKey, str]],
+    events: Events,
+    authz: Authorizer,
+    flags: V2Flags,
+) -> tuple[dict[StateKey, str], ResolutionStats]:
+    """Resolve `state_sets` with state resolution v2 (or v2.1, per `flags`)."""
+    unconflicted, conflicted = separate_v2(state_sets)
+    if not conflicted:
+        return unconflicted, ResolutionStats()
+
+    conflicted_ids: set[str] = set()
+    for ids in conflicted.values():
+        conflicted_ids.update(ids)
+    for eid in sorted(conflicted_ids):
+        # Every value of a state map must be known: the caller vouched for these events.
+        events.must(eid)
+
+    per_set = [
+        {eid for key, eid in s.items() if key in conflicted} for s in state_sets
+    ]
+    chains_union, difference = _auth_difference(events, unconflicted, per_set)
+    full = conflicted_ids | difference
+    if flags.conflicted_subgraph:
+        full |= _conflicted_subgraph(events, conflicted_ids, chains_union)
+    # Auth-chain events we could not look up cannot be checked or applied; they only
+    # matter through the events citing them, whose checks then fail or fall back.
+    full = {eid for eid in full if events.get(eid) is not None}
+
+    checked = 0
+    # Step 1: power events of the full conflicted set and their auth ancestors within it,
+    # in reverse topological power ordering.
+    power = sorted(eid for eid in full if is_power_event(events.must(eid)))
+    graph = _power_graph(events, power, full)
+
+    def power_key(eid: str) -> tuple[float, int, str]:
+        ev = events.must(eid)
+        return (-sender_power(events, ev), ev.origin_server_ts, eid)
+
+    power_order = lexicographic_topo_sort(graph, power_key)
+
+    # Step 2: iterative auth checks from the unconflicted state map (v2) or from nothing
+    # (v2.1, MSC4297: so that unconflicted state cannot vouch for conflicted events).
+    state: dict[StateKey, str] = {} if flags.start_from_empty_state else dict(unconflicted)
+    checked += iterative_auth_checks(events, authz, power_order, state)
+
+    # Step 3: everything else, in mainline order of the partially resolved power levels.
+    in_graph = set(graph)
+    rest = [eid for eid in full if eid not in in_graph]
+    mainline = Mainline(events, state.get(POWER_LEVELS))
+
+    def mainline_key(eid: str) -> tuple[float, int, str]:
+        ev = events.must(eid)
+        return (-mainline.position(ev), ev.origin_server_ts, eid)
+
+    rest.sort(key=mainline_key)
+
+    # Step 4: iterative auth checks over them, continuing from the partial state.
+    checked += iterative_auth_checks(events, authz, rest, state)
+
+    # Step 5: the unconflicted state map wins wherever it has an entry.
+    state.update(unconflicted)
+    stats = ResolutionStats(
+        conflicted=len(conflicted_ids),
+        auth_difference=len(full) - len(conflicted_ids & full),
+        auth_checked=checked,
+    )
+    return state, stats
+
+
+def _auth_difference(
+    events: Events, unconflicted: Mapping[StateKey, str], per_set: list[set[str]]
+) -> tuple[set[str], set[str]]:
+    """The spec's auth difference ∪Cᵢ − ∩Cᵢ, and the union of the conflicted events' chains.
+
+    Cᵢ, the full auth chain of Sᵢ, is C(U) ∪ C(Xᵢ) where U is the unconflicted state and
+    Xᵢ the conflicted events of Sᵢ. Whatever is in C(U) is in every Cᵢ, so the difference is
+    (∪C(Xᵢ) − ∩C(Xᵢ)) − C(U). C(U) is never built: a walk from U only has to find which of
+    those candidates it reaches, and it may stop at any event in ∩C(Xᵢ), because everything
+    behind such an event is in ∩C(Xᵢ) as well (chains are closed under "auth event of").
+    An event's auth chain excludes the event itself (spec "Auth chain").
+    """
+    chains = [events.closure(sorted(x)) for x in per_set]
+    union: set[str] = set().union(*chains)
+    inter: set[str] = set(chains[0]).intersection(*chains[1:]) if chains else set()
+    candidates = union - inter
+    if not candidates:
+        return union, candidates
+    reached = _walk_until(events, list(unconflicted.values()), inter)
+    return union, candidates - reached
+
+
+def _walk_until(events: Events, roots: list[str], stop: set[str]) -> set[str]:
+    """Events reachable through auth references from `roots`, not expanding past `stop`."""
+    seen: set[str] = set()
+    stack: list[str] = []
+    for r in roots:
+        ev = events.get(r)
+        if ev is not None:
+            stack.extend(events.auth_refs(ev))
+    while stack:
+        eid = stack.pop()
+        if eid in seen or eid in stop:
+            continue
+        seen.add(eid)
+        ev = events.get(eid)
+        if ev is not None:
+            stack.extend(events.auth_refs(ev))
+    return seen
+
+
+def _conflicted_subgraph(
+    events: Events, conflicted_ids: set[str], chains_union: set[str]
+) -> set[str]:
+    """MSC4297's conflicted state subgraph: events x such that some conflicted event reaches
+    x through auth references and x reaches some conflicted event (ends included).
+
+    Everything reachable from a conflicted event is in `chains_union` (or conflicted), so
+    the search inverts the auth edges inside that set and floods forwards from the
+    conflicted events.
+    """
+    backwards = chains_union | conflicted_ids
+    cited_by: dict[str, list[str]] = {}
+    for x in backwards:
+        ev = events.get(x)
+        if ev is None:
+            continue
+        for a in events.auth_refs(ev):
+            if a in backwards:
+                cited_by.setdefault(a, []).append(x)
+    out: set[str] = set()
+    stack = list(conflicted_ids)
+    while stack:
+        x = stack.pop()
+        if x in out:
+            continue
+        out.add(x)
+        stack.extend(p for p in cited_by.get(x, ()) if p not in out)
+    return out
+
+
+def _power_graph(events: Events, power: list[str], full: set[str]) -> dict[str, set[str]]:
+    """The auth DAG over the power events and their auth ancestors inside `full`.
+
+    Spec step 1 takes "the union of their auth chains"; as in the algorithm's original
+    description (MSC1442) and every implementation, only ancestors that are themselves in
+    the full conflicted set count: the rest is common to every state set.
+    """
+    graph: dict[str, set[str]] = {}
+    stack = list(power)
+    while stack:
+        eid = stack.pop()
+        if eid in graph:
+            continue
+        edges = {a for a in events.auth_refs(events.must(eid)) if a in full}
+        graph[eid] = edges
+        stack.extend(a for a in edges if a not in graph)
+    return graph
+
+
+def iterative_auth_checks(
+    events: Events, authz: Authorizer, order: list[str], state: dict[StateKey, str]
+) -> int:
+    """Spec "Iterative auth checks": apply each event of `order` to `state` (in place) if the
+    auth rules allow it against that state. Returns how many checks ran.
+
+    Auth events come from `state` for every key the rules need; a key missing there falls
+    back to the event's own auth event, unless that auth event was rejected. Events that
+    were previously rejected for failing auth against the state before them are checked
+    like any other (spec "Rejected events"); the caller never passes events rejected
+    against their own auth chain, as those cannot be in any state set or auth chain.
+    """
+    checked = 0
+    for eid in order:
+        ev = events.must(eid)
+        key = ev.state_tuple
+        if key is None:
+            continue
+        auth_events: dict[StateKey, Event] = {}
+        for aid in events.auth_refs(ev):
+            if aid in events.rejected:
+                continue
+            aev = events.get(aid)
+            if aev is not None and aev.state_tuple is not None:
+                auth_events[aev.state_tuple] = aev
+        for k in authz.auth_types(ev):
+            sid = state.get(k)
+            if sid is not None:
+                auth_events[k] = events.must(sid)
+        # The auth rules read the create event in every version, including v12 where it
+        # is no longer among the selected auth types.
+        create_id = state.get(CREATE)
+        if create_id is not None:
+            auth_events[CREATE] = events.must(create_id)
+        checked += 1
+        if authz.check(ev, auth_events) is None:
+            state[key] = eid
+    return checked
