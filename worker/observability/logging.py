@@ -48,11 +48,16 @@ def _shared_processors() -> list[Any]:
 
 
 def configure_logging(
-    level: str = "info", *, stream: TextIO | None = None, json: bool | None = None
+    level: str = "info",
+    *,
+    stream: TextIO | None = None,
+    json: bool | None = None,
+    cache: bool = True,
 ) -> None:
     """Configure structlog and the standard library once, at start-up.
 
     `json=None` picks console rendering when `stream` is a terminal and JSON lines otherwise.
+    `cache=False` is for tests that reconfigure: a cached logger keeps its first stream.
     """
     out = sys.stderr if stream is None else stream
     use_json = not out.isatty() if json is None else json
@@ -76,7 +81,7 @@ def configure_logging(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=factory,
-        cache_logger_on_first_use=True,
+        cache_logger_on_first_use=cache,
     )
     _configure_stdlib(numeric, out, shared, use_json)
 
