@@ -18,6 +18,10 @@ class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
     headers: dict[str, str] = msgspec.field(default_factory=dict)
     # The original body, standard base64 with padding.
     body: str = ""
+    # Size of the original body in bytes; `body_truncated` when it was too large to keep
+    # within the server's maximum payload (`body` is then empty).
+    body_size: int = 0
+    body_truncated: bool = False
     # Stable, snake_case (e.g. `undecodable`, `invalid_event`, `retries_exhausted`).
     reason_code: str
     reason: str = ""

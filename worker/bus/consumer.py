@@ -1,0 +1,476 @@
+"""The input consumer: shard pull consumers → per-room queues → the handler → settlement.
+
+    JetStream shard k ──fetch(batch)──▶ intake (decode once, route by room)
+                                         │
+                                         ▼
+                         RoomDispatcher: one queue and task per room
+                                         │
+                                         ▼
+                 handler.handle(room_id, input, delivery=, in_progress=)
+                                         │
+                                         ▼
+             settle.Fate ──▶ dead letter? ──▶ ack / nak(delay) / term ──▶ reply
+
+Each shard has one durable pull consumer (explicit ack, `max_ack_pending` = what one worker
+holds at most). A message is settled only after its room finished it (never acked early), and
+every held message, queued or being handled, gets a periodic `in_progress` so a busy room's
+backlog is not redelivered behind its back. Shards are started and stopped one by one, so a
+lease manager can move them between workers; `drain()` stops everything gracefully.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+import msgspec
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.errors import Error as NatsError
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import Error as JetStreamError
+
+from worker.bus import settle
+from worker.bus.deadletter import DeadLetterWriter
+from worker.bus.dispatch import RoomDispatcher
+from worker.bus.subjects import (
+    MSG_ID_HEADER,
+    REPLY_INBOX_HEADER,
+    ROOM_ID_HEADER,
+    SubjectError,
+    Subjects,
+    room_id_from_token,
+)
+from worker.errors import RetryableError
+from worker.messages.input import INPUT_DECODER, InputRoomEvent
+from worker.messages.reply import HandleResult, InputReply, encode_reply
+from worker.observability.logging import bind_event, get_logger
+from worker.observability.metrics import (
+    CONSUMER_PENDING,
+    REDELIVERIES,
+    SHARDS_OWNED,
+    SettleAction,
+    count_settle,
+)
+
+if TYPE_CHECKING:
+    from nats.js.client import JetStreamContext
+
+    from worker.config import Settings
+
+_log = get_logger(__name__)
+
+
+class InputHandler(Protocol):
+    """The pipeline, as the consumer calls it (implemented in `worker.pipeline`).
+
+    Returns the outcome for every event it could judge (rejections are values). Raises
+    `worker.errors.RetryableError` for transient infrastructure failures (the input is retried
+    with back-off) and `PermanentError` when retrying cannot help (dead-lettered). `delivery`
+    is JetStream's delivery count (1 on first delivery); `in_progress` tells JetStream the
+    message is still being worked on (the consumer also does so periodically on its own).
+    """
+
+    async def handle(
+        self,
+        room_id: str,
+        input: InputRoomEvent,
+        *,
+        delivery: int,
+        in_progress: Callable[[], Awaitable[None]],
+    ) -> HandleResult: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerSettings:
+    """Tuning of the input consumer; `from_settings` reads the worker's configuration."""
+
+    shards: int = 4
+    # Messages fetched per pull request, and held (queued + handled) per worker at most.
+    batch: int = 64
+    max_in_flight: int = 256
+    # JetStream redelivers a message not settled nor touched for this long.
+    ack_wait: float = 60.0
+    # How long one pull request waits for messages; bounds how fast a shard stops.
+    fetch_timeout: float = 1.0
+    retry: settle.RetryPolicy = field(default_factory=settle.RetryPolicy)
+    drain_grace: float = 30.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ConsumerSettings:
+        bus = settings.bus
+        return cls(
+            shards=bus.shards,
+            retry=settle.RetryPolicy(
+                max_deliveries=bus.max_retries + 1, base_delay=bus.retry_backoff
+            ),
+            drain_grace=settings.drain_grace_seconds,
+        )
+
+    @property
+    def heartbeat_interval(self) -> float:
+        return self.ack_wait / 3
+
+    def consumer_config(self, subjects: Subjects, shard: int) -> ConsumerConfig:
+        # JetStream's own limit is one above ours: the extra delivery is where a message that
+        # never got settled (the worker crashed on it) is dead-lettered instead of stranded.
+        max_deliver = self.retry.max_deliveries + 1
+        # Redeliveries after an ack timeout (a dead worker) back off; explicit naks carry
+        # their own delay. JetStream requires fewer back-off steps than deliveries.
+        backoff = [self.ack_wait * 2**i for i in range(min(4, max_deliver - 1))]
+        return ConsumerConfig(
+            durable_name=subjects.input_consumer(shard),
+            description=f"roomserver input shard {shard}",
+            filter_subject=subjects.input_shard_filter(shard),
+            deliver_policy=DeliverPolicy.ALL,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=self.ack_wait,
+            backoff=backoff or None,
+            max_deliver=max_deliver,
+            max_ack_pending=self.max_in_flight,
+            max_waiting=8,
+        )
+
+
+@dataclass(slots=True, eq=False)
+class _Delivery:
+    """One fetched message held by this worker until it is settled."""
+
+    msg: Msg
+    shard: int
+    delivery: int
+    stream_sequence: int
+    event_id: str
+    reply_inbox: str | None
+    # Exactly one of these is set by intake: the decoded input, or why it could not be.
+    input: InputRoomEvent | None = None
+    problem: tuple[str, str] | None = None
+    received: float = field(default_factory=time.monotonic)
+    settled: bool = False
+
+    async def touch(self) -> None:
+        """Tell JetStream the message is still being worked on (the `in_progress` callable)."""
+        if self.settled:
+            return
+        try:
+            await self.msg.in_progress()
+            count_settle("in_progress")
+        except (NatsError, JetStreamError) as exc:
+            _log.warning("in_progress_failed", error=repr(exc), event_id=self.event_id)
+
+
+_ACTION_LABEL: dict[settle.AckAction, SettleAction] = {
+    settle.AckAction.ACK: "ack",
+    settle.AckAction.NAK: "nak",
+    settle.AckAction.TERM: "term",
+}
+# The pseudo-room of messages whose room cannot be known: no real room token is empty.
+_UNROUTABLE = ""
+
+
+class InputConsumer:
+    """Consumes the input shards this worker owns and settles every message it takes."""
+
+    def __init__(
+        self,
+        nc: NATS,
+        subjects: Subjects,
+        handler: InputHandler,
+        settings: ConsumerSettings | None = None,
+    ) -> None:
+        self._nc = nc
+        self._js: JetStreamContext = nc.jetstream()
+        self._subjects = subjects
+        self._handler = handler
+        self.settings = settings or ConsumerSettings()
+        self._deadletters = DeadLetterWriter(self._js, subjects, max_payload=nc.max_payload)
+        self._dispatcher: RoomDispatcher[_Delivery] = RoomDispatcher(self._process)
+        self._held: set[_Delivery] = set()
+        self._fetchers: dict[int, asyncio.Task[None]] = {}
+        self._stopping: dict[int, asyncio.Event] = {}
+        self._heartbeat: asyncio.Task[None] | None = None
+
+    # --- lifecycle ---------------------------------------------------------------------
+
+    @property
+    def shards(self) -> frozenset[int]:
+        """The shards being consumed now."""
+        return frozenset(self._fetchers)
+
+    @property
+    def in_flight(self) -> int:
+        return self._dispatcher.in_flight
+
+    async def start(self, shards: Iterable[int] | None = None) -> None:
+        """Consume the given shards (all of them by default)."""
+        for shard in range(self.settings.shards) if shards is None else shards:
+            await self.start_shard(shard)
+
+    async def ensure_consumer(self, shard: int) -> None:
+        """Create the shard's durable consumer, or update it in place to our settings."""
+        config = self.settings.consumer_config(self._subjects, shard)
+        await self._js.add_consumer(self._subjects.input_stream, config)
+
+    async def start_shard(self, shard: int) -> None:
+        if not 0 <= shard < self.settings.shards:
+            raise ValueError(f"shard {shard} is outside 0..{self.settings.shards - 1}")
+        if shard in self._fetchers:
+            return
+        await self.ensure_consumer(shard)
+        sub = await self._js.pull_subscribe_bind(
+            self._subjects.input_consumer(shard), self._subjects.input_stream
+        )
+        stop = self._stopping[shard] = asyncio.Event()
+        self._fetchers[shard] = asyncio.create_task(
+            self._fetch_loop(shard, sub, stop), name=f"input-shard-{shard}"
+        )
+        SHARDS_OWNED.inc()
+        if self._heartbeat is None:
+            self._heartbeat = asyncio.create_task(self._heartbeat_loop(), name="input-heartbeat")
+        _log.info("shard_started", shard=shard)
+
+    async def stop_shard(self, shard: int, grace: float | None = None) -> bool:
+        """Stop fetching a shard and wait for its held messages; False if some remain.
+
+        Messages still held after `grace` keep running: their rooms' advisory locks fence
+        the writes, and the new owner's delivery of them is answered as a duplicate.
+        """
+        task = self._fetchers.pop(shard, None)
+        if task is None:
+            return True
+        self._stopping.pop(shard).set()
+        await self._join_fetcher(task)
+        SHARDS_OWNED.dec()
+        CONSUMER_PENDING.remove(str(shard))
+        grace = self.settings.drain_grace if grace is None else grace
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(grace):
+                await self._dispatcher.wait_for(
+                    lambda: not any(d.shard == shard for d in self._held)
+                )
+        done = not any(d.shard == shard for d in self._held)
+        _log.info("shard_stopped", shard=shard, finished=done)
+        return done
+
+    async def drain(self, grace: float | None = None) -> bool:
+        """Stop fetching, finish in-flight work within `grace`; False if it had to give up.
+
+        Work not finished in time is cancelled and handed back to JetStream unacked (a nak
+        without delay), never acked: another worker, or this one after a restart, redoes it.
+        """
+        grace = self.settings.drain_grace if grace is None else grace
+        for shard in list(self._fetchers):
+            self._stopping.pop(shard).set()
+        fetchers = list(self._fetchers.values())
+        shards = list(self._fetchers)
+        self._fetchers.clear()
+        for task in fetchers:
+            await self._join_fetcher(task)
+        for shard in shards:
+            SHARDS_OWNED.dec()
+            CONSUMER_PENDING.remove(str(shard))
+        finished = await self._dispatcher.wait_idle(grace)
+        if not finished:
+            left = await self._dispatcher.cancel()
+            _log.warning("drain_grace_exceeded", unfinished=len(left), grace=grace)
+            for d in left:
+                await self._carry_out(d, settle.of_shutdown())
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._heartbeat
+            self._heartbeat = None
+        return finished
+
+    async def wait_idle(self, timeout: float | None = None) -> bool:
+        """Wait until nothing is held (tests and burst mode); False on timeout."""
+        return await self._dispatcher.wait_idle(timeout)
+
+    async def _join_fetcher(self, task: asyncio.Task[None]) -> None:
+        # A fetch in progress returns within `fetch_timeout`; letting it finish (instead of
+        # cancelling it) means the messages it brings are held and settled, not stranded
+        # until their ack wait runs out.
+        try:
+            async with asyncio.timeout(self.settings.fetch_timeout + 5):
+                await asyncio.shield(task)
+        except TimeoutError:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    # --- fetching ----------------------------------------------------------------------
+
+    async def _fetch_loop(
+        self, shard: int, sub: JetStreamContext.PullSubscription, stop: asyncio.Event
+    ) -> None:
+        limit = self.settings.max_in_flight
+        try:
+            while not stop.is_set():
+                await self._dispatcher.wait_below(limit)
+                if stop.is_set():
+                    break
+                want = min(self.settings.batch, limit - self._dispatcher.in_flight)
+                try:
+                    msgs = await sub.fetch(want, timeout=self.settings.fetch_timeout)
+                except NatsTimeoutError:
+                    CONSUMER_PENDING.labels(str(shard)).set(0)
+                    continue
+                except (NatsError, JetStreamError) as exc:
+                    _log.warning("fetch_failed", shard=shard, error=repr(exc))
+                    await asyncio.sleep(min(self.settings.fetch_timeout, 1.0))
+                    continue
+                for msg in msgs:
+                    self._intake(shard, msg)
+                if msgs:
+                    with contextlib.suppress(AttributeError, ValueError):
+                        CONSUMER_PENDING.labels(str(shard)).set(msgs[-1].metadata.num_pending)
+        finally:
+            with contextlib.suppress(NatsError, JetStreamError):
+                await sub.unsubscribe()
+
+    def _intake(self, shard: int, msg: Msg) -> None:
+        """Decode once, work out the room, and queue the message on it."""
+        headers = msg.headers or {}
+        meta = msg.metadata
+        d = _Delivery(
+            msg=msg,
+            shard=shard,
+            delivery=meta.num_delivered,
+            stream_sequence=meta.sequence.stream,
+            event_id=headers.get(MSG_ID_HEADER, ""),
+            reply_inbox=headers.get(REPLY_INBOX_HEADER) or None,
+        )
+        if d.delivery > 1:
+            REDELIVERIES.inc()
+        room_id = _UNROUTABLE
+        try:
+            _, token = self._subjects.parse_stored_input(msg.subject)
+            room_id = room_id_from_token(token)
+        except SubjectError as exc:
+            d.problem = (exc.code, str(exc))
+        header_room = headers.get(ROOM_ID_HEADER)
+        if d.problem is None and header_room is not None and header_room != room_id:
+            d.problem = (
+                "room_mismatch",
+                f"Room-ID header {header_room!r} does not match the subject's room {room_id!r}",
+            )
+            room_id = _UNROUTABLE
+        if d.problem is None:
+            try:
+                d.input = INPUT_DECODER.decode(msg.data)
+            except msgspec.DecodeError as exc:
+                d.problem = ("undecodable", f"body is not an InputRoomEvent: {exc}")
+        self._held.add(d)
+        self._dispatcher.submit(room_id, d)
+
+    # --- handling ----------------------------------------------------------------------
+
+    async def _process(self, room_id: str, d: _Delivery) -> None:
+        with bind_event(room_id, d.event_id):
+            fate = await self._decide(room_id, d)
+            await self._carry_out(d, fate)
+
+    async def _decide(self, room_id: str, d: _Delivery) -> settle.Fate:
+        policy = self.settings.retry
+        if d.problem is not None:
+            code, reason = d.problem
+            return settle.of_undecodable(event_id=d.event_id, reason_code=code, reason=reason)
+        if d.delivery > policy.max_deliveries:
+            return settle.of_delivery_limit(
+                event_id=d.event_id, delivery=d.delivery, policy=policy
+            )
+        assert d.input is not None
+        try:
+            result = await self._handler.handle(
+                room_id, d.input, delivery=d.delivery, in_progress=d.touch
+            )
+        except Exception as exc:
+            fate = settle.of_error(exc, event_id=d.event_id, delivery=d.delivery, policy=policy)
+            log = _log.warning if fate.action is settle.AckAction.NAK else _log.error
+            log(
+                "handler_failed",
+                reason_code=fate.reason_code,
+                reason=fate.reason,
+                delivery=d.delivery,
+                fate=fate.situation.value,
+                exc_info=not isinstance(exc, RetryableError),
+            )
+            return fate
+        if not d.event_id:
+            d.event_id = result.event_id
+        return settle.of_result(result)
+
+    async def _carry_out(self, d: _Delivery, fate: settle.Fate) -> None:
+        """Dead letter, then the ack action, then the reply (see `worker.bus.settle`)."""
+        if d.settled:
+            return
+        msg = d.msg
+        if fate.dead_letter:
+            try:
+                await self._deadletters.write(
+                    subject=self._published_subject(msg.subject),
+                    headers=msg.headers,
+                    body=msg.data,
+                    reason_code=fate.reason_code,
+                    reason=fate.reason,
+                    delivery_count=d.delivery,
+                    stream=self._subjects.input_stream,
+                    stream_sequence=d.stream_sequence,
+                )
+            except RetryableError as exc:
+                # Not stored anywhere yet: keep the original and try again later.
+                _log.error("deadletter_failed", error=str(exc))
+                fate = settle.Fate(
+                    situation=settle.Situation.RETRY,
+                    action=settle.AckAction.NAK,
+                    delay=self.settings.retry.delay(d.delivery),
+                )
+        try:
+            if fate.action is settle.AckAction.ACK:
+                await msg.ack_sync()
+            elif fate.action is settle.AckAction.NAK:
+                # A delay of 0 would mean "use the consumer's back-off" to JetStream; a
+                # hand-back at shutdown should be redelivered at once.
+                await msg.nak(delay=max(fate.delay, 0.001))
+            else:
+                await msg.term()
+            count_settle(_ACTION_LABEL[fate.action])
+        except (NatsError, JetStreamError) as exc:
+            # The message will be redelivered; handling is idempotent, so that is harmless.
+            _log.warning("settle_failed", action=fate.action.value, error=repr(exc))
+        d.settled = True
+        self._held.discard(d)
+        if fate.reply is not None and d.reply_inbox:
+            await self._reply(d.reply_inbox, fate.reply)
+
+    async def _reply(self, inbox: str, reply: InputReply) -> None:
+        try:
+            await self._nc.publish(inbox, encode_reply(reply))
+        except (NatsError, JetStreamError) as exc:
+            _log.warning("reply_failed", inbox=inbox, error=repr(exc))
+
+    def _published_subject(self, stored: str) -> str:
+        """The subject the producer used (before the stream's shard transform)."""
+        try:
+            _, token = self._subjects.parse_stored_input(stored)
+        except SubjectError:
+            return stored
+        return f"{self._subjects.prefix}.input.{token}"
+
+    async def _heartbeat_loop(self) -> None:
+        interval = self.settings.heartbeat_interval
+        while True:
+            await asyncio.sleep(interval)
+            now = time.monotonic()
+            for d in list(self._held):
+                # Only messages held long enough to matter: most are settled in milliseconds.
+                if not d.settled and now - d.received >= interval:
+                    await d.touch()
+
+
+__all__ = ["ConsumerSettings", "InputConsumer", "InputHandler"]
