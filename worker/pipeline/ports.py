@@ -146,3 +146,23 @@ class OutboxRelay(Protocol):
     async def flush(self, room_id: str) -> None:
         """Return once every outbox row of the room committed so far is published."""
         ...
+
+
+class FederationClient(Protocol):
+    """Gap filling (DESIGN §2 step 4): asks the federation service for events we lack.
+
+    Implemented over NATS request/reply by a later issue (9); the pipeline calls it only when
+    one is configured, and otherwise refuses inputs with missing prev or auth events. Each
+    method returns PDUs as JSON objects (as received, not yet checked); an empty list means
+    "could not be had". Transient trouble is raised as `worker.errors.RetryableError`.
+    """
+
+    async def event_auth(self, room_id: str, event_id: str) -> list[Mapping[str, object]]:
+        """The auth chain of `event_id` (federation `/event_auth`), in any order."""
+        ...
+
+    async def missing_events(
+        self, room_id: str, earliest: Sequence[str], latest: Sequence[str], limit: int
+    ) -> list[Mapping[str, object]]:
+        """Events between `earliest` and `latest` (federation `/get_missing_events`)."""
+        ...

@@ -1,0 +1,27 @@
+"""How the pipeline writes events out: as stored, and as carried in outputs."""
+
+from __future__ import annotations
+
+import msgspec
+
+from worker.core.canonical import encode_canonical
+from worker.core.events import Event
+
+_encoder = msgspec.json.Encoder()
+
+
+def stored_json(event: Event) -> bytes:
+    """The PDU as stored: canonical JSON of the PDU as received (no ID added)."""
+    return encode_canonical(event.pdu)
+
+
+def event_raw(event: Event) -> msgspec.Raw:
+    """The event as outputs carry it: the PDU plus its `event_id`.
+
+    From room version 3 the ID is not part of the PDU (it is the reference hash); consumers
+    should not have to hash events to know their IDs, so outputs always include it.
+    """
+    pdu = event.pdu
+    if pdu.get("event_id") == event.event_id:
+        return msgspec.Raw(_encoder.encode(pdu))
+    return msgspec.Raw(_encoder.encode({**pdu, "event_id": event.event_id}))

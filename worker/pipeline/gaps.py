@@ -1,0 +1,122 @@
+"""Steps 3 and 4 of DESIGN §2: duplicates, and prev/auth events we do not have.
+
+An input whose prev or auth events are missing, and that the federation service cannot
+complete, is refused with `missing_prev_events` / `missing_auth_events` and is *not* stored:
+a later delivery, once the gap can be filled, must still succeed, and nothing else in the
+room changes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+
+from worker.core.outcomes import Outcome, Rejection
+from worker.pipeline.authstep import create_event_id, is_create
+from worker.pipeline.model import Result, Work, refused
+from worker.pipeline.ports import FederationClient, RoomStore, StoredEvent
+
+# Inputs a gap filler feeds back into the pipeline: (kind, PDU) -> result.
+Reinput = Callable[[str, Mapping[str, object]], Awaitable[Result]]
+
+# How many events one /get_missing_events may bring (Dendrite and Synapse ask for 20).
+MISSING_EVENTS_LIMIT = 20
+
+
+def duplicate_of(work: Work, stored: StoredEvent | None) -> Result | None:
+    """The original result when the event was already fully processed, else None.
+
+    An event stored as an outlier is processed again when it arrives as `new` or `old`: that
+    is how an outlier joins the DAG (it then gets a state snapshot and outputs).
+    """
+    if stored is None:
+        return None
+    if stored.kind == "outlier" and work.kind != "outlier":
+        return None
+    return Result(
+        work.event_id, stored.outcome, stored.reason_code, stored.reason, duplicate=True
+    )
+
+
+def find_missing(work: Work, known: Mapping[str, StoredEvent]) -> tuple[list[str], list[str]]:
+    """(missing auth event IDs, prev event IDs whose state is unknown), each in PDU order.
+
+    Outliers need only their auth events. A `new` event needs the state after each prev
+    event; an `old` one needs its prev events stored (without state it is stored without a
+    snapshot). `state_event_ids` replaces the need for prev state altogether.
+    """
+    missing_auth = [a for a in work.event.auth_event_ids if a not in known]
+    if work.kind == "outlier" or work.inp.state_event_ids is not None:
+        return missing_auth, []
+    if work.kind == "new":
+        missing_prev = [
+            p for p in work.event.prev_event_ids if p not in known or not known[p].has_state
+        ]
+    else:
+        missing_prev = [p for p in work.event.prev_event_ids if p not in known]
+    return missing_auth, missing_prev
+
+
+async def _fill(
+    fed: FederationClient,
+    store: RoomStore,
+    work: Work,
+    missing_auth: Sequence[str],
+    missing_prev: Sequence[str],
+    reinput: Reinput,
+) -> None:
+    """Ask the federation service for what is missing and feed it back in.
+
+    Auth chains come in as outliers, oldest first (by depth, then ID, so an event's auth
+    events precede it); missing prev events as `old` events, oldest first.
+    """
+    if missing_auth:
+        chain = await fed.event_auth(work.room_id, work.event_id)
+        for pdu in sorted(chain, key=_age_key):
+            await reinput("outlier", pdu)
+    if missing_prev:
+        earliest = await store.extremities(work.room_id)
+        found = await fed.missing_events(
+            work.room_id, earliest, [work.event_id], MISSING_EVENTS_LIMIT
+        )
+        for pdu in sorted(found, key=_age_key):
+            await reinput("old", pdu)
+
+
+def _age_key(pdu: Mapping[str, object]) -> tuple[int, str]:
+    depth = pdu.get("depth")
+    eid = pdu.get("event_id")
+    return (depth if isinstance(depth, int) else 0, eid if isinstance(eid, str) else "")
+
+
+async def load_dependencies(
+    store: RoomStore,
+    work: Work,
+    fed: FederationClient | None = None,
+    reinput: Reinput | None = None,
+) -> Result | None:
+    """Load the prev and auth events into `work.known`; a refusal when some are missing."""
+    wanted_set = {*work.event.prev_event_ids, *work.event.auth_event_ids}
+    create_id = create_event_id(work)
+    if create_id is not None and not is_create(work.event):
+        # v12+: the create event is not listed in auth_events but the auth rules read it.
+        wanted_set.add(create_id)
+    wanted = sorted(wanted_set)
+    work.known = await store.events(wanted) if wanted else {}
+    missing_auth, missing_prev = find_missing(work, work.known)
+    if (missing_auth or missing_prev) and fed is not None and reinput is not None:
+        await _fill(fed, store, work, missing_auth, missing_prev, reinput)
+        work.known = await store.events(wanted)
+        missing_auth, missing_prev = find_missing(work, work.known)
+    if missing_auth:
+        why = Rejection(
+            "missing_auth_events",
+            f"auth events not known here: {', '.join(missing_auth)}",
+        )
+        return refused(work.event_id, Outcome.REJECTED, why)
+    if missing_prev:
+        why = Rejection(
+            "missing_prev_events",
+            f"prev events (or the state after them) not known here: {', '.join(missing_prev)}",
+        )
+        return refused(work.event_id, Outcome.REJECTED, why)
+    return None

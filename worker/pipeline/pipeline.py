@@ -1,0 +1,231 @@
+"""The input pipeline: DESIGN §2, one small function per step, in order.
+
+`Pipeline.handle` is the handler the bus's consumer calls for each decoded `InputRoomEvent`
+(step 1, decoding, is the bus's). It returns a `HandleResult` that the bus settles and
+replies with (step 10); infrastructure failures propagate as `worker.errors` exceptions.
+The bus guarantees one event at a time per room, so the steps read and then write a room's
+state without racing themselves; the store's per-room advisory lock fences stale owners.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Literal
+
+import msgspec
+import structlog
+
+from worker.core.events import Event
+from worker.core.outcomes import Outcome, Rejection
+from worker.messages import HandleResult, InputRoomEvent, NewInviteEvent, RetireInviteEvent
+from worker.observability.metrics import DUPLICATES, count_event, measure
+from worker.pipeline import redactions
+from worker.pipeline._metrics import STATE_RESETS
+from worker.pipeline.authstep import check_current_state, check_own_auth_events, check_state_before
+from worker.pipeline.events import stored_json
+from worker.pipeline.gaps import duplicate_of, load_dependencies
+from worker.pipeline.latest import Advance, advance
+from worker.pipeline.memberships import detect_resets, invite_outputs
+from worker.pipeline.model import Result, Work, refused
+from worker.pipeline.outputs import new_room_event, old_room_event, records
+from worker.pipeline.ports import EventWrite, FederationClient, OutboxRelay, RoomStore, StoredEvent
+from worker.pipeline.state import state_before, state_entry
+from worker.pipeline.validate import validate
+
+log = structlog.get_logger(__name__)
+
+OutcomeLabel = Literal["accepted", "soft_failed", "rejected", "outlier", "invalid"]
+_LABEL: dict[Outcome, OutcomeLabel] = {
+    Outcome.ACCEPTED: "accepted",
+    Outcome.SOFT_FAILED: "soft_failed",
+    Outcome.REJECTED: "rejected",
+    Outcome.OUTLIER: "outlier",
+    Outcome.INVALID: "invalid",
+}
+# Refusals after which nothing is stored, so that a later delivery can still succeed.
+_NOT_STORED = frozenset({"missing_state_events"})
+
+
+class Pipeline:
+    """The roomserver's input handler (implements the bus's handler Protocol)."""
+
+    def __init__(
+        self,
+        store: RoomStore,
+        relay: OutboxRelay,
+        federation: FederationClient | None = None,
+    ) -> None:
+        self.store = store
+        self.relay = relay
+        self.federation = federation
+
+    async def handle(
+        self,
+        room_id: str,
+        input: InputRoomEvent,
+        *,
+        delivery: int = 1,
+        in_progress: Callable[[], Awaitable[None]] | None = None,
+    ) -> HandleResult:
+        with measure("total"):
+            result = await self.process(room_id, input)
+        count_event(input.kind, _LABEL[result.outcome])
+        if result.duplicate:
+            DUPLICATES.inc()
+        return result
+
+    async def process(self, room_id: str, inp: InputRoomEvent, *, fill: bool = True) -> Result:
+        """Steps 2 to 9 for one input."""
+        with measure("validate"):
+            work = await validate(self.store, room_id, inp)
+        if isinstance(work, HandleResult):
+            return work
+        structlog.contextvars.bind_contextvars(event_id=work.event_id)
+        with measure("dedupe"):
+            known = await self.store.events([work.event_id])
+            duplicate = duplicate_of(work, known.get(work.event_id))
+        if duplicate is not None:
+            # The original may have crashed between commit and publish: make sure its
+            # outputs are out before the producer hears "done" again.
+            await self.relay.flush(room_id)
+            return duplicate
+        with measure("fill_gaps"):
+            fed = self.federation if fill else None
+            refusal = await load_dependencies(self.store, work, fed, self._reinput(room_id))
+        if refusal is not None:
+            return refusal
+        return await self._decide(work)
+
+    def _reinput(self, room_id: str) -> Callable[[str, Mapping[str, object]], Awaitable[Result]]:
+        async def reinput(kind: str, pdu: Mapping[str, object]) -> Result:
+            # Events fetched to fill a gap never fill gaps themselves: no unbounded recursion.
+            raw = msgspec.Raw(msgspec.json.encode(pdu))
+            inp = InputRoomEvent(kind=kind, event=raw)  # type: ignore[arg-type]
+            return await self.process(room_id, inp, fill=False)
+
+        return reinput
+
+    async def _decide(self, work: Work) -> Result:
+        """Steps 5 to 7: auth, state before, auth against it, soft-fail."""
+        with measure("auth_own"):
+            problem = check_own_auth_events(work)
+        if problem is not None:
+            return await self._finish(work, Outcome.REJECTED, problem)
+        if work.kind == "outlier":
+            return await self._finish(work, Outcome.OUTLIER, None)
+        with measure("state_before"):
+            before = await state_before(self.store, work)
+        if isinstance(before, Rejection):
+            if before.code in _NOT_STORED:
+                return refused(work.event_id, Outcome.REJECTED, before)
+            return await self._finish(work, Outcome.REJECTED, before)
+        work.state_before = before
+        if before is not None:
+            with measure("auth_state"):
+                problem = await check_state_before(self.store, work, before)
+            if problem is not None:
+                return await self._finish(work, Outcome.REJECTED, problem)
+        if work.kind == "new":
+            work.extremities = await self.store.extremities(work.room_id)
+            problem = await self._soft_fail(work)
+            if problem is not None:
+                return await self._finish(work, Outcome.SOFT_FAILED, problem)
+        return await self._finish(work, Outcome.ACCEPTED, None)
+
+    async def _soft_fail(self, work: Work) -> Rejection | None:
+        """Soft-fail check (`kind=new`), skipped where it cannot differ from the state check:
+        a state rewrite, or prev events that are exactly the current extremities (then the
+        state before the event *is* the current state)."""
+        if work.inp.state_event_ids is not None:
+            return None
+        if sorted(work.event.prev_event_ids) == sorted(work.extremities or []):
+            return None
+        with measure("soft_fail"):
+            return await check_current_state(self.store, work)
+
+    async def _finish(self, work: Work, outcome: Outcome, problem: Rejection | None) -> Result:
+        """Steps 8 and 9: one transaction with everything the event changes, then publish."""
+        write = await self._write(work, outcome, problem)
+        with measure("persist"):
+            await self.store.persist(write)
+        with measure("publish"):
+            await self.relay.flush(work.room_id)
+        if problem is not None:
+            log.info("event_refused", outcome=outcome.value, code=problem.code, reason=problem.reason)
+            return refused(work.event_id, outcome, problem)
+        return Result(work.event_id, outcome)
+
+    async def _write(self, work: Work, outcome: Outcome, problem: Rejection | None) -> EventWrite:
+        write = EventWrite(
+            room_id=work.room_id,
+            room_version=work.rules.version,
+            event=work.event,
+            event_json=stored_json(work.event),
+            kind=work.kind,
+            outcome=outcome,
+            reason_code=problem.code if problem is not None else "",
+            reason=problem.reason if problem is not None else "",
+            state_before=work.state_before,
+        )
+        if outcome is not Outcome.ACCEPTED:
+            return write
+        pairs = await redactions.pair(self.store, work)
+        redacted = redactions.redacted_outputs(pairs)
+        applied = [(red.event_id, target.event_id) for red, target in pairs]
+        if work.kind == "old":
+            main = old_room_event(work)
+            outputs = records(work.event, [], main, redacted)
+            return dataclasses.replace(write, redactions=applied, outputs=outputs)
+        assert work.state_before is not None
+        after = self.store.apply(work.state_before, state_entry(work))
+        adv = await advance(self.store, work, after)
+        invites = await self._invites(work, adv)
+        return dataclasses.replace(
+            write,
+            redactions=applied,
+            extremities=adv.extremities,
+            current_state=adv.current,
+            outputs=records(work.event, invites, new_room_event(work, adv), redacted),
+            notes=await self._check_reset(work, adv),
+        )
+
+    async def _events(
+        self, work: Work, ids: list[str], adv_events: Mapping[str, StoredEvent] | None = None
+    ) -> dict[str, Event]:
+        """Events by ID, from what this input already loaded, else from the store."""
+        have: dict[str, Event] = {}
+        merged = adv_events if adv_events is not None else {}
+        for cache in (work.given_state or {}, work.known, merged):
+            for eid in ids:
+                if eid in cache:
+                    have[eid] = cache[eid].event
+        have[work.event_id] = work.event
+        rest = [i for i in ids if i not in have]
+        if rest:
+            have.update({eid: se.event for eid, se in (await self.store.events(rest)).items()})
+        return have
+
+    async def _invites(
+        self, work: Work, adv: Advance
+    ) -> list[NewInviteEvent | RetireInviteEvent]:
+        added, removed = adv.added_events, adv.removed_events
+        if added is None or removed is None:
+            merged = adv.merge.events if adv.merge is not None else None
+            have = await self._events(work, [*adv.adds, *adv.removes], merged)
+            added = [have[i] for i in adv.adds if i in have]
+            removed = [have[i] for i in adv.removes if i in have]
+        return invite_outputs(work.room_id, work.rules.version, added, removed)
+
+    async def _check_reset(self, work: Work, adv: Advance) -> dict[str, str]:
+        """The state-reset detector, on merges only (a linear step cannot reset state)."""
+        if adv.merge is None or not adv.removes:
+            return {}
+        ids = [*adv.removes, *adv.merge.resolved.values()]
+        have = await self._events(work, ids, adv.merge.events)
+        removed = [have[i] for i in adv.removes if i in have]
+        findings = detect_resets(removed, adv.merge.resolved, have)
+        for finding in findings:
+            STATE_RESETS.labels(finding["kind"]).inc()
+            log.warning("state_reset_detected", **finding)
+        return {"state_resets": str(len(findings))} if findings else {}
