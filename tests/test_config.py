@@ -110,7 +110,7 @@ def test_every_problem_is_reported_at_once() -> None:
         "DATABASE_URL": "must start with postgres:// or postgresql://, got 'mysql://db'",
         "LOG_LEVEL": "must be one of debug, info, warning, error, critical, got 'loud'",
         "METRICS_ADDR": "must be HOST:PORT, got '9090'",
-        "ROOMSERVER_PREFIX": "must be 1-32 letters, digits, '_' or '-', got 'room.server'",
+        "ROOMSERVER_PREFIX": "must be 1-64 letters, digits, '_' or '-', got 'room.server'",
         "FEDERATION_PREFIX": "must be dot-separated subject tokens without wildcards, "
         "got 'fed.>'",
         "RETRY_BACKOFF": "must be between 0 and 3600, got -1",
@@ -219,3 +219,10 @@ def test_variables_listing_names_every_setting(
     out = capsys.readouterr().out
     for var in VARIABLES:
         assert var.name in out
+
+
+def test_readme_configuration_table_matches_the_code() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    for var in VARIABLES:
+        default = f"`{var.default}`" if var.default else "—"
+        assert f"| `{var.name}` | {default} | {var.help} |" in readme, var.name

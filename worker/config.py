@@ -183,14 +183,14 @@ def _level(raw: str) -> str:
     return value
 
 
-_PREFIX = re.compile(r"[A-Za-z0-9_-]{1,32}")
+_PREFIX = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _SUBJECT = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*")
 
 
 def _prefix(raw: str) -> str:
     # The prefix is one subject token and, upper-cased, the start of the stream names.
     if not _PREFIX.fullmatch(raw):
-        raise _Invalid(f"must be 1-32 letters, digits, '_' or '-', got {raw!r}")
+        raise _Invalid(f"must be 1-64 letters, digits, '_' or '-', got {raw!r}")
     return raw
 
 
