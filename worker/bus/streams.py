@@ -1,6 +1,6 @@
 """The three streams as code: definitions, create-or-update in place, export for operators.
 
-    python -m worker.bus.streams DIR [--prefix roomserver] [--shards 4]
+    python -m worker.bus streams DIR [--prefix roomserver] [--shards 4]
 
 writes `DIR/<STREAM>.json`, each usable with `nats stream add --config DIR/<STREAM>.json`.
 
@@ -43,10 +43,10 @@ from nats.js.api import (
     SubjectTransform,
 )
 from nats.js.client import JetStreamContext
-from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.errors import APIError, NotFoundError, ServiceUnavailableError
 
 from worker.bus.subjects import Subjects
-from worker.errors import PermanentError
+from worker.errors import PermanentError, RetryableError
 
 MiB = 1024 * 1024
 DAY = 86400.0
@@ -181,7 +181,9 @@ async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> StreamAct
         return "unchanged"
     try:
         await js.update_stream(config)
-    except BadRequestError as exc:
+    except ServiceUnavailableError as exc:
+        raise RetryableError(f"JetStream unavailable: {exc!r}", code="nats_unavailable") from exc
+    except APIError as exc:
         raise PermanentError(
             f"stream {config.name} differs from its definition in {', '.join(changed)} and "
             f"JetStream refused to update it in place ({exc.description}); it was left as "
@@ -221,7 +223,7 @@ def export(directory: Path, subjects: Subjects, limits: StreamLimits) -> list[Pa
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m worker.bus.streams")
+    parser = argparse.ArgumentParser(prog="python -m worker.bus streams")
     parser.add_argument("directory", type=Path)
     parser.add_argument("--prefix", default="roomserver")
     parser.add_argument("--shards", type=int, default=4)
@@ -229,7 +231,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     for path in export(args.directory, Subjects(args.prefix), StreamLimits(shards=args.shards)):
         print(path)
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
