@@ -127,9 +127,18 @@ def test_strict_rejects(value: Any, code: str) -> None:
     assert check_json_values(value, strict=False) is None
 
 
-def test_rejection_names_the_key() -> None:
-    problem = check_json_values({"content": {"weight": 2.5}}, strict=True)
-    assert problem is not None and "'weight'" in problem.reason
+@pytest.mark.parametrize(
+    ("value", "path"),
+    [
+        ({"content": {"weight": 2.5}}, "'content.weight'"),
+        ({"content": {"users": {"@a:b": 1.0}}}, "'content.users['@a:b']'"),
+        ({"content": {"x": [0, [1, 0.5]]}}, "'content.x[1][1]'"),
+        ([[2**60]], "'[0][0]'"),
+    ],
+)
+def test_rejection_names_the_value(value: Any, path: str) -> None:
+    problem = check_json_values(value, strict=True)
+    assert problem is not None and path in problem.reason
 
 
 def _nest(levels: int) -> Any:

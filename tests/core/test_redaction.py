@@ -43,6 +43,9 @@ def event(version: str, event_type: str, content: Any, **extra: Any) -> dict[str
     }
     if rules.reference_pairs:
         pdu["event_id"] = "$e:example.org"
+    if rules.room_id_from_create_event and event_type == "m.room.create":
+        # v12: the create event's ID is the room ID; it carries no room_id.
+        del pdu["room_id"]
     pdu.update(extra)
     return pdu
 

@@ -95,78 +95,105 @@ def check_json_values(value: Any, *, strict: bool) -> Rejection | None:
     https://spec.matrix.org/latest/appendices/#canonical-json ("integers ... in the range
     [-(2**53)+1, (2**53)-1]", "floats are not permitted") and the room version pages: the
     value rules are enforced from room version 6 (`strict`). Nesting is limited in every
-    version (see `MAX_NESTING`). Returns the first problem found, or None.
+    version (see `MAX_NESTING`). Returns the first problem found, or None; its sentence
+    names the offending value by its path (`content.users['@a:b']`-style, `content.x[2]`).
     """
     # An explicit stack instead of recursion: the depth limit is what we are checking, so the
-    # walk itself must not depend on Python's recursion limit.
-    stack: list[tuple[Any, int]] = [(value, 1)]
+    # walk itself must not depend on Python's recursion limit. Each entry carries the path of
+    # the container, built only for containers (leaves build theirs on error only).
+    stack: list[tuple[Any, int, str]] = [(value, 1, "")]
     while stack:
-        item, level = stack.pop()
+        item, level, path = stack.pop()
         if isinstance(item, dict):
             if level > MAX_NESTING:
-                return _too_deep()
+                return _too_deep(path)
             for key, sub in item.items():
                 if not isinstance(key, str):
-                    return Rejection(
-                        Reason.WRONG_TYPE, f"object key {key!r} is not a string", "canonical-json"
+                    return _reject(
+                        Reason.WRONG_TYPE, f"the object key {key!r} at {_at(path)} is not a string"
                     )
                 if isinstance(sub, dict | list | tuple):
-                    stack.append((sub, level + 1))
+                    stack.append((sub, level + 1, _child(path, key)))
                 else:
-                    problem = _check_scalar(sub, strict, key)
+                    problem = _check_scalar(sub, strict, path, key)
                     if problem is not None:
                         return problem
         elif isinstance(item, list | tuple):
             if level > MAX_NESTING:
-                return _too_deep()
-            for sub in item:
+                return _too_deep(path)
+            for index, sub in enumerate(item):
                 if isinstance(sub, dict | list | tuple):
-                    stack.append((sub, level + 1))
+                    stack.append((sub, level + 1, f"{path}[{index}]"))
                 else:
-                    problem = _check_scalar(sub, strict, None)
+                    problem = _check_scalar(sub, strict, path, index)
                     if problem is not None:
                         return problem
         else:
-            problem = _check_scalar(item, strict, None)
+            problem = _check_scalar(item, strict, path, None)
             if problem is not None:
                 return problem
     return None
 
 
-def _check_scalar(value: Any, strict: bool, key: str | None) -> Rejection | None:
+def _child(path: str, key: str) -> str:
+    """The path of `key` inside the object at `path`: dotted when the key is a plain name."""
+    if key.isidentifier():
+        return f"{path}.{key}" if path else key
+    return f"{path}[{key!r}]"
+
+
+def _at(path: str) -> str:
+    return f"'{path}'" if path else "the top level"
+
+
+def _check_scalar(value: Any, strict: bool, path: str, key: str | int | None) -> Rejection | None:
     """One leaf: str, bool, None always pass; ints and floats depend on `strict`."""
-    where = f"the value of {key!r}" if key is not None else "a value"
     # bool is a subclass of int and is always fine; test it first.
     if value is None or isinstance(value, str | bool):
         return None
     if isinstance(value, int):
         # v6+: "integers outside the range [-(2**53)+1, (2**53)-1]" make the event invalid.
         if strict and not -MAX_SAFE_INT <= value <= MAX_SAFE_INT:
-            return Rejection(
+            return _reject(
                 Reason.BAD_INTEGER,
-                f"{where} is {value}, outside the canonical JSON range ±(2**53-1)",
-                "canonical-json",
+                f"{_where(path, key)} is {value}, outside the canonical JSON range ±(2**53-1)",
             )
         return None
     if isinstance(value, float):
         # v6+: "floats are not permitted". v1-v5 keep them, but NaN/inf have no JSON form.
         if strict:
-            return Rejection(
+            return _reject(
                 Reason.FLOAT_NOT_ALLOWED,
-                f"{where} is the float {value!r}; room versions 6 and later forbid floats",
-                "canonical-json",
+                f"{_where(path, key)} is the float {value!r}; room versions 6 and later "
+                "forbid floats",
             )
         if value != value or value in (float("inf"), float("-inf")):
-            return Rejection(Reason.BAD_JSON, f"{where} is {value!r}, not a JSON number", "")
+            return _reject(Reason.BAD_JSON, f"{_where(path, key)} is {value!r}, not a JSON number")
         return None
-    return Rejection(
-        Reason.WRONG_TYPE, f"{where} has type {type(value).__name__}, not a JSON type", ""
+    return _reject(
+        Reason.WRONG_TYPE,
+        f"{_where(path, key)} has type {type(value).__name__}, not a JSON type",
     )
 
 
-def _too_deep() -> Rejection:
-    return Rejection(
+def _where(path: str, key: str | int | None) -> str:
+    """'the value of 'content.n'' for a leaf, from its container's path and its key."""
+    if isinstance(key, str):
+        path = _child(path, key)
+    elif isinstance(key, int):
+        path = f"{path}[{key}]"
+    return f"the value at '{path}'" if path else "the value"
+
+
+def _reject(code: Reason, reason: str) -> Rejection:
+    return Rejection(code.value, reason, "canonical-json")
+
+
+def _too_deep(path: str) -> Rejection:
+    # The path of a too-deep value is itself ~100 segments long: show its beginning only.
+    if len(path) > 60:
+        path = path[:60] + "..."
+    return _reject(
         Reason.TOO_DEEP,
-        f"objects and arrays are nested more than {MAX_NESTING} levels deep",
-        "canonical-json",
+        f"objects and arrays are nested more than {MAX_NESTING} levels deep (at {_at(path)})",
     )

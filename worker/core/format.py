@@ -162,13 +162,13 @@ def _decode(data: bytes) -> Any:
         return _reject(Reason.BAD_JSON, f"the PDU is not valid UTF-8 JSON ({exc})", "pdu")
     if not isinstance(value, dict):
         return _reject(
-            Reason.NOT_OBJECT, f"the PDU is a JSON {type(value).__name__}, not an object", "pdu"
+            Reason.NOT_OBJECT, f"the PDU is {_json_type(value)}, not a JSON object", "pdu"
         )
     return value
 
 
 def _reject(code: Reason, reason: str, rule: str) -> Rejection:
-    return Rejection(str(code), reason, rule)
+    return Rejection(code.value, reason, rule)
 
 
 def _is_int(value: Any) -> bool:
@@ -236,25 +236,26 @@ def _check_fields(pdu: Mapping[str, Any], rules: RoomRules) -> Rejection | None:
 def _wrong_type(name: str, value: Any, described: str) -> Rejection:
     return _reject(
         Reason.WRONG_TYPE,
-        f"the {name!r} field is a {_json_type(value)}, it must be {described}",
+        f"the {name!r} field is {_json_type(value)}, it must be {described}",
         f"pdu.{name}",
     )
 
 
 def _json_type(value: Any) -> str:
+    """The JSON type of a decoded value, with its article, for messages."""
     if value is None:
         return "null"
     if isinstance(value, bool):
-        return "boolean"
+        return "a boolean"
     if isinstance(value, int | float):
-        return "number"
+        return "a number"
     if isinstance(value, str):
-        return "string"
+        return "a string"
     if isinstance(value, list | tuple):
-        return "array"
+        return "an array"
     if isinstance(value, Mapping):
-        return "object"
-    return type(value).__name__
+        return "an object"
+    return f"a {type(value).__name__}"
 
 
 def _check_lengths(pdu: Mapping[str, Any], rules: RoomRules) -> Rejection | None:
@@ -375,7 +376,7 @@ def _check_ref(name: str, index: int, ref: Any, rules: RoomRules) -> Rejection |
         ref = ref[0]
     if not isinstance(ref, str):
         return _reject(
-            Reason.WRONG_TYPE, f"{where} is a {_json_type(ref)}, not a string", f"pdu.{name}"
+            Reason.WRONG_TYPE, f"{where} is {_json_type(ref)}, not a string", f"pdu.{name}"
         )
     if not ids.is_valid_event_id(ref, rules):
         return _reject(
