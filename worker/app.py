@@ -29,10 +29,15 @@ from typing import Any
 import asyncpg
 import nats
 from nats.aio.client import Client as NatsClient
+from nats.errors import Error as NatsError
+from nats.js.errors import Error as JetStreamError
 
 from worker import __version__
+from worker.bus.streams import StreamLimits, ensure_streams
+from worker.bus.subjects import Subjects
 from worker.config import Settings, mask_url
 from worker.embedded import EmbeddedError, EmbeddedNats, EmbeddedPostgres
+from worker.errors import PermanentError
 from worker.observability import metrics
 from worker.observability.http import HealthServer, ReadinessCheck
 from worker.observability.logging import get_logger
@@ -133,6 +138,7 @@ class Worker:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.subjects = Subjects(settings.bus.prefix)
         self.embedded_nats: EmbeddedNats | None = None
         self.embedded_pg: EmbeddedPostgres | None = None
         self.nats_url = settings.nats.url or ""
@@ -260,8 +266,14 @@ class Worker:
 
     async def _provision(self) -> None:
         assert self.nc is not None
-        # Interim, until worker.bus lands with its stream definitions.
-        log.warning("streams_unavailable", reason="worker.bus has no stream provisioning yet")
+        limits = StreamLimits(shards=self.settings.bus.shards)
+        try:
+            done = await ensure_streams(self.nc.jetstream(), self.subjects, limits)
+        except PermanentError as exc:
+            raise StartupError(str(exc)) from exc
+        except (NatsError, JetStreamError) as exc:
+            raise StartupError(f"cannot provision the streams: {exc!r}") from exc
+        log.info("streams_provisioned", **done)
 
     async def _serve_http(self) -> None:
         self.http = HealthServer(self.settings.http.host, self.settings.http.port,
