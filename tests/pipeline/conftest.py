@@ -10,7 +10,7 @@ import pytest
 
 from tests.fixtures.builder import RoomBuilder
 from tests.pipeline.fakes import FakeRelay, FakeStore
-from worker.core.hashes import compute_event_id
+from worker.core.hashes import compute_event_id, content_hash, unpadded_b64
 from worker.core.versions import rules_for
 from worker.messages import HandleResult, InputRoomEvent, OutputEvent
 from worker.pipeline import Pipeline
@@ -18,10 +18,17 @@ from worker.pipeline.ports import FederationClient
 
 
 def builder(version: str = "10") -> RoomBuilder:
-    """A RoomBuilder whose event IDs are real (reference hashes from v3 on)."""
+    """A RoomBuilder whose events carry real content hashes and real event IDs (reference
+    hashes from v3 on): without the content hash, two events differing only in content
+    would share an ID, since the reference hash covers the redacted event."""
     rules = rules_for(version)
     assert rules is not None
-    return RoomBuilder(version, event_id_fn=lambda pdu: compute_event_id(pdu, rules))
+
+    def event_id(pdu: dict[str, Any]) -> str:
+        pdu["hashes"] = {"sha256": unpadded_b64(content_hash(pdu))}
+        return compute_event_id(pdu, rules)
+
+    return RoomBuilder(version, event_id_fn=event_id)
 
 
 def started(version: str = "10") -> RoomBuilder:

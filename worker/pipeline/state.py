@@ -86,7 +86,13 @@ async def resolve_handles(
     if all(m == maps[0] for m in maps[1:]):
         return handles[0], None
     ids = {eid for m in maps for eid in m.values()}
+    if work.event_id in ids:
+        # The state after the event being processed includes it, and it is not stored yet.
+        ids.discard(work.event_id)
+        ids.update(work.event.auth_event_ids)
     events = await load_auth_closure(store, ids)
+    if work.event_id in {eid for m in maps for eid in m.values()}:
+        events[work.event_id] = StoredEvent(work.event, Outcome.ACCEPTED, "", "", work.kind, True)
     run = functools.partial(_resolve_sync, work.rules, maps, events)
     if len(events) > OFFLOAD_EVENTS:
         log.info("state_resolution_offloaded", events=len(events), sets=len(maps))

@@ -1,0 +1,293 @@
+"""Forks, merges, soft-failure, rejection, invites, redactions, outliers and old events."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import msgspec
+
+from tests.pipeline.conftest import Harness, builder, started
+from worker.core.outcomes import Outcome
+
+
+async def test_rejected_event_is_stored_with_reason_and_announces_nothing(
+    harness: Harness,
+) -> None:
+    b = started("10")
+    await harness.send_all(b)
+    published = len(harness.relay.published)
+    # carol never joined: her message fails auth against its own auth events.
+    msg = b.message("carol")
+    result = await harness.send(b, msg)
+    assert result.outcome is Outcome.REJECTED and result.reason_code
+    assert harness.store.stored[msg].outcome is Outcome.REJECTED
+    assert len(harness.relay.published) == published
+    assert msg not in harness.store.latest[b.room_id]
+
+
+async def test_event_failing_only_state_before_is_rejected(harness: Harness) -> None:
+    b = started("10")
+    fork = b.fork()
+    ban = b.ban("alice", "bob")
+    # bob's topic change on a branch after the ban, citing his old join as auth: its own
+    # auth events allow it, the state before it (which has the ban) does not.
+    topic = fork.topic("bob", "mine", prev=[ban])
+    await harness.send_all(b)
+    result = await harness.send(fork, topic)
+    assert result.outcome is Outcome.REJECTED
+
+
+async def test_soft_failed_event_is_stored_but_not_an_extremity(harness: Harness) -> None:
+    b = started("10")
+    fork = b.fork()
+    ban = b.ban("alice", "bob")
+    await harness.send_all(b)
+    # bob writes on a branch that does not know of the ban: fine there, not in current state.
+    msg = fork.message("bob")
+    result = await harness.send(fork, msg)
+    assert result.outcome is Outcome.SOFT_FAILED
+    assert harness.store.stored[msg].outcome is Outcome.SOFT_FAILED
+    assert harness.store.latest[b.room_id] == [ban]
+    assert all(o.new_room_event is None or msg not in bytes(o.new_room_event.event).decode()
+               for o in harness.outputs())
+
+
+async def test_fork_and_merge_resolve_state(harness: Harness) -> None:
+    b = started("10")
+    base = list(b.latest)
+    fork = b.fork()
+    topic_a = b.topic("alice", "A")
+    name_b = fork.state_event("m.room.name", "", {"name": "B"}, "alice")
+    for eid in b.events:
+        if eid != name_b:
+            await harness.send(b, eid)
+    await harness.send(fork, name_b)
+    assert sorted(harness.store.latest[b.room_id]) == sorted([topic_a, name_b])
+    merge = b.message("alice", prev=[topic_a, name_b])
+    result = await harness.send(b, merge)
+    assert result.outcome is Outcome.ACCEPTED
+    assert harness.store.latest[b.room_id] == [merge]
+    state = harness.state(b.room_id)
+    assert state[("m.room.topic", "")] == topic_a
+    assert state[("m.room.name", "")] == name_b
+    assert base  # the fork point existed
+    out = harness.outputs("new_room_event")[-1].new_room_event
+    assert out is not None and out.latest_event_ids == (merge,)
+
+
+async def test_concurrent_fork_current_state_resolved_over_extremities(harness: Harness) -> None:
+    b = started("10")
+    fork = b.fork()
+    topic_a = b.topic("alice", "A")
+    topic_b = fork.topic("alice", "B")
+    for eid in b.events:
+        if eid != topic_b:
+            await harness.send(b, eid)
+    result = await harness.send(fork, topic_b)
+    assert result.outcome is Outcome.ACCEPTED
+    state = harness.state(b.room_id)
+    # Both topics are by alice at the same power: v2 orders by origin_server_ts, later wins.
+    assert state[("m.room.topic", "")] == topic_b
+    out = harness.outputs("new_room_event")[-1].new_room_event
+    assert out is not None
+    assert sorted(out.latest_event_ids) == sorted([topic_a, topic_b])
+    assert out.adds_state_event_ids == (topic_b,)
+    assert out.removes_state_event_ids == (topic_a,)
+
+
+async def test_invite_then_join_retires_the_invite(harness: Harness) -> None:
+    b = started("10")
+    b.join_rules("alice", "invite")
+    invite = b.invite("alice", "carol")
+    join = b.join("carol")
+    invite_dave = b.invite("alice", "dave")
+    decline = b.leave("dave")
+    await harness.send_all(b)
+    invites = harness.outputs("new_invite_event")
+    assert len(invites) == 2
+    retired = [o.retire_invite_event for o in harness.outputs("retire_invite_event")]
+    assert [(r.event_id, r.retired_by_event_id, r.membership) for r in retired if r] == [
+        (invite, join, "join"),
+        (invite_dave, decline, "leave"),
+    ]
+    # Invite outputs precede the new_room_event of the same event.
+    types = [o.type for o in harness.outputs()]
+    i = types.index("retire_invite_event")
+    assert types[i + 1] == "new_room_event"
+
+
+async def test_redaction_after_its_target(harness: Harness) -> None:
+    b = started("10")
+    msg = b.message("bob")
+    red = b.redact("alice", msg)
+    await harness.send_all(b)
+    outs = [o.redacted_event for o in harness.outputs("redacted_event")]
+    assert [o.redacted_event_id for o in outs if o] == [msg]
+    assert (red, msg) in harness.store.applied_redactions
+    stored = msgspec.json.decode(harness.store.json[msg])
+    assert stored["content"] == {}
+
+
+async def test_redaction_before_its_target(harness: Harness) -> None:
+    b = started("10")
+    fork = b.fork()
+    msg = fork.message("bob")
+    red = b.redact("alice", msg)
+    for eid in b.events:
+        if eid != msg:
+            await harness.send(b, eid)
+    assert harness.outputs("redacted_event") == []
+    await harness.send(fork, msg)
+    outs = harness.outputs("redacted_event")
+    assert len(outs) == 1 and outs[0].redacted_event is not None
+    assert outs[0].redacted_event.redacted_event_id == msg
+    assert (red, msg) in harness.store.applied_redactions
+
+
+async def test_unauthorised_redaction_is_not_applied(harness: Harness) -> None:
+    b = started("10")
+    b.join("@eve:other")
+    msg = b.message("alice")
+    red = b.redact("@eve:other", msg)
+    results = await harness.send_all(b)
+    assert results[-1].outcome is Outcome.ACCEPTED
+    assert harness.outputs("redacted_event") == []
+    assert (red, msg) not in harness.store.applied_redactions
+
+
+async def test_missing_prev_events_are_refused_and_not_stored(harness: Harness) -> None:
+    b = started("10")
+    await harness.send_all(b)
+    gap = b.message("alice")
+    msg = b.message("bob")
+    result = await harness.send(b, msg)
+    assert result.outcome is Outcome.REJECTED
+    assert result.reason_code == "missing_prev_events"
+    assert msg not in harness.store.stored
+    await harness.send(b, gap)
+    assert (await harness.send(b, msg)).outcome is Outcome.ACCEPTED
+
+
+async def test_unknown_room_and_bad_input_are_refused(harness: Harness) -> None:
+    b = started("10")
+    msg = b.message("bob")
+    unknown = await harness.send(b, msg)
+    assert (unknown.outcome, unknown.reason_code) == (Outcome.REJECTED, "room_unknown")
+    for eid in list(b.events)[:-1]:
+        await harness.send(b, eid)
+    from worker.messages import InputRoomEvent
+
+    bad = await harness.pipeline.handle(
+        b.room_id, InputRoomEvent(kind="new", event=msgspec.Raw(b"{not json"))
+    )
+    assert bad.outcome is Outcome.INVALID and bad.reason_code == "bad_json"
+    pdu = dict(b.events[msg])
+    pdu["event_id"] = "$forged"
+    forged = await harness.pipeline.handle(
+        b.room_id, InputRoomEvent(kind="new", event=msgspec.Raw(msgspec.json.encode(pdu)))
+    )
+    assert forged.outcome is Outcome.INVALID and forged.reason_code == "event_id_mismatch"
+
+
+async def test_federated_join_outliers_then_join_with_state(harness: Harness) -> None:
+    remote = started("10")
+    remote.topic("alice", "remote room")
+    state_ids = sorted(set(remote.state.values()), key=lambda e: remote.events[e]["depth"])
+    for eid in state_ids:
+        result = await harness.send(remote, eid, kind="outlier")
+        assert result.outcome is Outcome.OUTLIER
+    assert harness.outputs() == []
+    state_before = list(remote.state.values())
+    join = remote.join("@zed:here")
+    result = await harness.send(remote, join, state_event_ids=tuple(state_before))
+    assert result.outcome is Outcome.ACCEPTED
+    out = harness.outputs("new_room_event")[-1].new_room_event
+    assert out is not None and out.rewrites_state
+    assert sorted(out.adds_state_event_ids) == sorted([*state_before, join])
+    assert harness.store.latest[remote.room_id] == [join]
+    assert harness.state(remote.room_id) == remote.state
+    # The room then moves on normally.
+    msg = remote.message("@zed:here")
+    assert (await harness.send(remote, msg)).outcome is Outcome.ACCEPTED
+
+
+async def test_old_event_is_announced_without_touching_current_state(harness: Harness) -> None:
+    b = started("10")
+    fork = b.fork()
+    b.message("alice")
+    await harness.send_all(b)
+    latest = list(harness.store.latest[b.room_id])
+    current = harness.state(b.room_id)
+    old = fork.message("bob")
+    result = await harness.send(fork, old, kind="old")
+    assert result.outcome is Outcome.ACCEPTED
+    assert harness.store.latest[b.room_id] == latest
+    assert harness.state(b.room_id) == current
+    assert len(harness.outputs("old_room_event")) == 1
+
+
+class _Federation:
+    def __init__(self, pdus: Mapping[str, Mapping[str, object]]) -> None:
+        self.pdus = pdus
+        self.asked: list[str] = []
+
+    async def event_auth(self, room_id: str, event_id: str) -> list[Mapping[str, object]]:
+        self.asked.append("event_auth")
+        return []
+
+    async def missing_events(
+        self, room_id: str, earliest: Sequence[str], latest: Sequence[str], limit: int
+    ) -> list[Mapping[str, object]]:
+        self.asked.append("missing_events")
+        return list(self.pdus.values())
+
+
+async def test_gap_filled_through_the_federation_port() -> None:
+    b = started("10")
+    events = list(b.events)
+    gap = b.message("bob")
+    msg = b.message("alice")
+    fed = _Federation({gap: b.events[gap]})
+    harness = Harness(federation=fed)
+    for eid in events:
+        await harness.send(b, eid)
+    result = await harness.send(b, msg)
+    assert fed.asked == ["missing_events"]
+    assert result.outcome is Outcome.ACCEPTED
+    assert harness.store.stored[gap].kind == "old"
+
+
+async def test_v2_room_with_carried_ids() -> None:
+    harness = Harness()
+    b = builder("2")
+    b.create("alice")
+    b.join("alice")
+    b.power_levels("alice", users={"alice": 100})
+    b.message("alice")
+    results = await harness.send_all(b)
+    assert [r.outcome for r in results] == [Outcome.ACCEPTED] * 4
+
+
+def test_state_reset_detector_flags_only_unexplained_losses() -> None:
+    from worker.pipeline.memberships import detect_resets
+
+    b = started("10")
+    before_join = b.state[("m.room.member", "@bob:test")]
+    pl_old = b.state[("m.room.power_levels", "")]
+    join_key = ("m.room.member", "@bob:test")
+    kick = b.kick("alice", "bob")
+    pl_new = b.power_levels("alice", users={"alice": 100})
+    events = {eid: b.event(eid) for eid in b.events}
+    removed = [events[before_join], events[pl_old]]
+    # Kicked by an event that cites the join: not a reset.
+    explained = {join_key: kick, ("m.room.power_levels", ""): pl_new}
+    assert detect_resets(removed, explained, events) == []
+    # The join simply vanished from the resolved state: a reset.
+    vanished = {("m.room.power_levels", ""): pl_new}
+    assert [f["kind"] for f in detect_resets(removed, vanished, events)] == ["join_removed"]
+    # Power lowered by an older power levels event that does not descend from the lost one.
+    older = b.power_levels("alice", users={"alice": 100, "bob": 10}, auth=[])
+    raised = b.power_levels("alice", users={"alice": 100, "bob": 50})
+    events = {eid: b.event(eid) for eid in b.events}
+    found = detect_resets([events[raised]], {("m.room.power_levels", ""): older}, events)
+    assert [(f["kind"], f["user_id"]) for f in found] == [("power_lowered", "@bob:test")]
