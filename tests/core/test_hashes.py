@@ -171,6 +171,21 @@ def test_signatures_unsigned_and_age_ts_do_not_change_the_id(version: str) -> No
     assert compute_event_id(message(depth=2), rules) != compute_event_id(pdu, rules)
 
 
+@pytest.mark.parametrize("version", ["3", "4", "12"])
+def test_stray_event_id_does_not_change_a_hashed_id(version: str) -> None:
+    rules = _rules(version)
+    pdu = message()
+    derived = compute_event_id(pdu, rules)
+    assert compute_event_id(dict(pdu, event_id=derived), rules) == derived
+    assert compute_event_id(dict(pdu, event_id="$readable"), rules) == derived
+
+
+def test_event_id_is_part_of_a_v1_reference_hash() -> None:
+    rules = _rules("1")
+    one = reference_hash(message(event_id="$a:example.org"), rules)
+    assert one != reference_hash(message(event_id="$b:example.org"), rules)
+
+
 _KEYS = st.text(alphabet="abcdefghij_.", min_size=1, max_size=5)
 _CONTENT = st.recursive(
     st.one_of(st.none(), st.booleans(), st.integers(-(2**53) + 1, 2**53 - 1), st.text(max_size=5)),

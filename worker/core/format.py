@@ -76,16 +76,21 @@ def validate_pdu(pdu: Mapping[str, Any], rules: RoomRules) -> Rejection | None:
     values, size, required fields and types, field lengths, identifier grammar, integer
     ranges, references.
     """
+    # A PDU is a JSON object; anything else is not an event at all.
     if not isinstance(pdu, Mapping):
         return _reject(Reason.NOT_OBJECT, "the PDU is not a JSON object", "pdu")
     if not isinstance(pdu, dict):
         # The value walk and the encoder speak JSON types; any other Mapping is read as one.
         pdu = dict(pdu)
-    # Canonical JSON value rules: nesting in every version, floats and big integers in v6+.
+    # 1. Canonical JSON value rules. Since v6: no floats, integers within ±(2**53-1). All
+    #    versions: nesting within MAX_NESTING. First, because every later step (and every
+    #    hash) walks or encodes the whole value and must be able to.
     problem = check_json_values(pdu, strict=rules.strict_canonical_json)
     if problem is not None:
         return problem
-    # Size limit on the whole PDU, as canonical JSON.
+    # 2. Size limit on the whole PDU, as canonical JSON, signatures included (all versions).
+    #    Encoding can still fail on a Mapping built in Python (lone surrogates): a value with
+    #    no canonical form has no hash, so it cannot be an event.
     try:
         size = len(encode_canonical(pdu))
     except (ValueError, TypeError) as exc:
@@ -96,6 +101,8 @@ def validate_pdu(pdu: Mapping[str, Any], rules: RoomRules) -> Rejection | None:
             f"the PDU is {size} bytes as canonical JSON, more than {MAX_PDU_BYTES}",
             "pdu.size",
         )
+    # 3-7. Field presence and types, field lengths, identifier grammar, integer ranges,
+    #      references; each in its own function below, in this order.
     for check in (_check_fields, _check_lengths, _check_ids, _check_integers, _check_refs):
         problem = check(pdu, rules)
         if problem is not None:
@@ -118,6 +125,9 @@ def parse_pdu(
         if isinstance(decoded, Rejection):
             return decoded
         pdu: Any = decoded
+    elif isinstance(data, Mapping) and not isinstance(data, dict):
+        # The Event keeps the PDU for hashing and storage, which need plain JSON types.
+        pdu = dict(data)
     else:
         pdu = data
     problem = validate_pdu(pdu, rules)
@@ -130,12 +140,18 @@ def check_event_id(pdu: Mapping[str, Any], rules: RoomRules, claimed: str) -> Re
     """Refuse an event whose claimed ID is not the one its room version derives (DESIGN §1).
 
     v1, v2: the claim must equal the carried `event_id`. v3+: it must equal `$` + the
-    (version's) base64 of the reference hash. Expects a PDU that `validate_pdu` accepted.
+    (version's) base64 of the reference hash. Meant for a PDU that `validate_pdu` accepted;
+    one that cannot be hashed at all is refused with `bad_json` rather than raising.
     """
     if rules.event_id_format is EventIdFormat.CARRIED:
+        # v1, v2: the ID is whatever the event says; a claim can only contradict it.
         derived = pdu.get("event_id")
     else:
-        derived = compute_event_id(pdu, rules)
+        # v3+: the ID is a hash of the redacted event, so it cannot be chosen, only derived.
+        try:
+            derived = compute_event_id(pdu, rules)
+        except (ValueError, TypeError) as exc:
+            return _reject(Reason.BAD_JSON, f"the event cannot be hashed ({exc})", "event_id")
     if claimed != derived:
         return _reject(
             Reason.EVENT_ID_MISMATCH,
@@ -171,11 +187,6 @@ def _reject(code: Reason, reason: str, rule: str) -> Rejection:
     return Rejection(code.value, reason, rule)
 
 
-def _is_int(value: Any) -> bool:
-    # JSON booleans decode as Python bools, which are ints; they are not JSON numbers.
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 # Required fields and their JSON types, per room version family. `event_id` is required only
 # where the event carries it (v1, v2); `room_id` is required except on a v12 create event.
 _REQUIRED: tuple[tuple[str, type | tuple[type, ...], str], ...] = (
@@ -204,13 +215,15 @@ def _check_fields(pdu: Mapping[str, Any], rules: RoomRules) -> Rejection | None:
         if name not in pdu:
             return _reject(Reason.MISSING_FIELD, f"the PDU has no {name!r} field", f"pdu.{name}")
         value = pdu[name]
+        # JSON booleans decode as Python bools, which are ints: `true` is not a depth.
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             return _wrong_type(name, value, described)
     for name, kind, described in _OPTIONAL:
         if name in pdu and not isinstance(pdu[name], kind):
             return _wrong_type(name, pdu[name], described)
-    # v1, v2: the event carries its own ID. v3+ do not, and a stray `event_id` is ignored
-    # (it is not covered by any hash; some servers send it).
+    # v1, v2: the event carries its own ID. v3+ do not; a stray `event_id` is tolerated
+    # (our outputs and test DAGs add one) and left out of the reference hash, so it cannot
+    # change the derived ID. Holding a carried ID to the derived one is `check_event_id`.
     if rules.event_id_format is EventIdFormat.CARRIED:
         if "event_id" not in pdu:
             return _reject(Reason.MISSING_FIELD, "the PDU has no 'event_id' field", "pdu.event_id")

@@ -59,10 +59,17 @@ def reference_hash(pdu: Mapping[str, Any], rules: RoomRules) -> bytes:
     Steps (spec "Calculating the reference hash"): 1. redact the event with the version's
     algorithm; 2. remove `signatures` and `unsigned`; 3. canonical JSON; 4. sha256. Because
     the content hash survives redaction, the reference hash covers the whole event.
+
+    v3+: a PDU has no `event_id` (its ID *is* this hash), but our own outputs and stored JSON
+    add one for consumers, and redaction keeps the key. It is left out so that such a copy
+    hashes to the ID it carries. (Synapse refuses v3+ PDUs with an `event_id` outright, so no
+    server derives a different ID for them.) In v1/v2 `event_id` is part of the hash.
     """
     redacted = redact(pdu, rules)
     for key in _NOT_IN_REFERENCE_HASH:
         redacted.pop(key, None)
+    if rules.event_id_format is not EventIdFormat.CARRIED:
+        redacted.pop("event_id", None)
     return hashlib.sha256(encode_canonical(redacted)).digest()
 
 
