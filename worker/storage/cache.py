@@ -1,0 +1,62 @@
+"""A small weighted LRU for the store's in-process caches.
+
+Everything cached by the store is either immutable once committed (NIDs, snapshot layers,
+event ID <-> NID) or invalidated by the one writer that changes it (a room's current state and
+extremities, an event's stored JSON after redaction).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class Lru(Generic[K, V]):
+    """Least-recently-used map bounded by the total weight of its values."""
+
+    def __init__(self, capacity: int, weight: Callable[[V], int] = lambda _: 1) -> None:
+        self._data: OrderedDict[K, V] = OrderedDict()
+        self._capacity = capacity
+        self._weight = weight
+        self._total = 0
+
+    def get(self, key: K) -> V | None:
+        v = self._data.get(key)
+        if v is not None:
+            self._data.move_to_end(key)
+        return v
+
+    def peek(self, key: K) -> V | None:
+        return self._data.get(key)
+
+    def key_list(self) -> list[K]:
+        return list(self._data.keys())
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._data
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def put(self, key: K, value: V) -> None:
+        old = self._data.pop(key, None)
+        if old is not None:
+            self._total -= self._weight(old)
+        self._data[key] = value
+        self._total += self._weight(value)
+        while self._total > self._capacity and len(self._data) > 1:
+            _, dropped = self._data.popitem(last=False)
+            self._total -= self._weight(dropped)
+
+    def pop(self, key: K) -> None:
+        old = self._data.pop(key, None)
+        if old is not None:
+            self._total -= self._weight(old)
+
+    def clear(self) -> None:
+        self._data.clear()
+        self._total = 0

@@ -1,0 +1,227 @@
+"""Rooms, events, event JSON, prev references, memberships, invites and redactions (STYLE R8).
+
+Statement constants and batch-first functions; functions that must run inside the caller's
+transaction take the connection first and end in `_txn`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import msgspec
+
+from worker.core.events import Event
+from worker.core.outcomes import Outcome
+from worker.core.versions import rules_for
+
+KIND_CODES = {"new": 1, "outlier": 2, "old": 3}
+KIND_NAMES = {v: k for k, v in KIND_CODES.items()}
+OUTCOME_CODES = {
+    Outcome.ACCEPTED: 1,
+    Outcome.SOFT_FAILED: 2,
+    Outcome.REJECTED: 3,
+    Outcome.OUTLIER: 4,
+    Outcome.INVALID: 5,
+}
+OUTCOME_NAMES = {v: k for k, v in OUTCOME_CODES.items()}
+MEMBERSHIP_CODES = {"leave": 1, "invite": 2, "join": 3, "knock": 4, "ban": 5}
+MEMBERSHIP_NAMES = {v: k for k, v in MEMBERSHIP_CODES.items()}
+MEMBERSHIP_INVITE = 2
+
+_json_decoder = msgspec.json.Decoder(dict[str, Any])
+
+SELECT_ROOM = """
+SELECT room_nid, room_id, room_version, current_snapshot_nid, extremities
+FROM rooms WHERE room_id = $1
+"""
+
+UPSERT_ROOM = """
+WITH ins AS (
+    INSERT INTO rooms (room_id, room_version) VALUES ($1, $2)
+    ON CONFLICT (room_id) DO NOTHING
+    RETURNING room_nid, room_id, room_version, current_snapshot_nid, extremities
+)
+SELECT * FROM ins
+UNION ALL
+SELECT room_nid, room_id, room_version, current_snapshot_nid, extremities
+FROM rooms WHERE room_id = $1
+"""
+
+UPDATE_ROOM = """
+UPDATE rooms
+SET current_snapshot_nid = CASE WHEN $2 THEN $3 ELSE current_snapshot_nid END,
+    extremities = coalesce($4, extremities),
+    notes = notes || $5::jsonb
+WHERE room_nid = $1
+"""
+
+# One statement stores the event row, its JSON and its prev references. A re-input updates the
+# decision but never downgrades a stored event to an outlier, and never touches the JSON (which
+# may have been redacted since: redaction is permanent).
+UPSERT_EVENT = """
+WITH e AS (
+    INSERT INTO events AS old (event_id, room_nid, type_nid, state_key_nid, depth, kind,
+                               outcome, reason_code, reason, membership, auth_event_nids,
+                               before_snapshot_nid)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10,
+            (SELECT coalesce(array_agg(a.event_nid ORDER BY a.event_nid), '{}')
+             FROM events a WHERE a.event_id = ANY($11::text[])),
+            $12)
+    ON CONFLICT (event_id) DO UPDATE
+    SET kind = EXCLUDED.kind, outcome = EXCLUDED.outcome, reason_code = EXCLUDED.reason_code,
+        reason = EXCLUDED.reason, auth_event_nids = EXCLUDED.auth_event_nids,
+        before_snapshot_nid = coalesce(EXCLUDED.before_snapshot_nid, old.before_snapshot_nid)
+    WHERE NOT (EXCLUDED.kind = 2 AND old.kind <> 2)
+    RETURNING event_nid
+), ev AS (
+    SELECT event_nid FROM e
+    UNION ALL
+    SELECT event_nid FROM events WHERE event_id = $1 AND NOT EXISTS (SELECT 1 FROM e)
+), j AS (
+    INSERT INTO event_json (event_nid, json) SELECT event_nid, $13 FROM ev
+    ON CONFLICT (event_nid) DO NOTHING
+), p AS (
+    INSERT INTO event_prevs (prev_event_id, event_nid)
+    SELECT unnest($14::text[]), event_nid FROM ev
+    ON CONFLICT DO NOTHING
+)
+SELECT event_nid FROM ev
+"""
+
+SELECT_EVENTS_BY_ID = """
+SELECT e.event_nid, e.event_id, e.kind, e.outcome, e.reason_code, e.reason,
+       e.before_snapshot_nid, e.redacted_by, e.type_nid, e.state_key_nid, j.json, r.room_version
+FROM events e
+JOIN event_json j ON j.event_nid = e.event_nid
+JOIN rooms r ON r.room_nid = e.room_nid
+WHERE e.event_id = ANY($1::text[])
+"""
+
+SELECT_EVENTS_BY_NID = """
+SELECT e.event_nid, e.event_id, j.json, r.room_version
+FROM events e
+JOIN event_json j ON j.event_nid = e.event_nid
+JOIN rooms r ON r.room_nid = e.room_nid
+WHERE e.event_nid = ANY($1::bigint[])
+"""
+
+SELECT_NIDS_BY_ID = "SELECT event_id, event_nid FROM events WHERE event_id = ANY($1::text[])"
+SELECT_IDS_BY_NID = "SELECT event_nid, event_id FROM events WHERE event_nid = ANY($1::bigint[])"
+
+SELECT_MEMBERSHIP_CODES = """
+SELECT event_nid, membership FROM events WHERE event_nid = ANY($1::bigint[])
+"""
+
+UPSERT_MEMBERSHIPS = """
+INSERT INTO memberships (room_nid, target_nid, membership, event_nid)
+SELECT $1, e.state_key_nid, coalesce(e.membership, 0), e.event_nid
+FROM events e WHERE e.event_nid = ANY($2::bigint[])
+ON CONFLICT (room_nid, target_nid) DO UPDATE
+SET membership = EXCLUDED.membership, event_nid = EXCLUDED.event_nid
+"""
+
+DELETE_MEMBERSHIPS = """
+DELETE FROM memberships WHERE room_nid = $1 AND target_nid = ANY($2::bigint[])
+"""
+
+RETIRE_INVITES = """
+UPDATE invites SET retired = true
+WHERE room_nid = $1 AND target_nid = ANY($2::bigint[]) AND NOT retired
+  AND NOT (invite_event_nid = ANY($3::bigint[]))
+"""
+
+INSERT_INVITES = """
+INSERT INTO invites (invite_event_nid, room_nid, target_nid)
+SELECT e.event_nid, $1, e.state_key_nid FROM events e WHERE e.event_nid = ANY($2::bigint[])
+ON CONFLICT (invite_event_nid) DO NOTHING
+"""
+
+INSERT_REDACTION = """
+INSERT INTO redactions (redaction_event_id, target_event_id) VALUES ($1, $2)
+ON CONFLICT (redaction_event_id) DO NOTHING
+"""
+
+SELECT_PENDING_REDACTIONS = """
+SELECT r.target_event_id, r.redaction_event_id
+FROM redactions r JOIN events e ON e.event_id = r.redaction_event_id
+WHERE r.target_event_id = ANY($1::text[]) AND NOT r.applied AND e.outcome = 1
+ORDER BY r.target_event_id, r.redaction_event_id
+"""
+
+SELECT_REDACTION_TARGETS = """
+SELECT e.event_nid, e.event_id, e.redacted_by, j.json, r.room_version
+FROM events e
+JOIN event_json j ON j.event_nid = e.event_nid
+JOIN rooms r ON r.room_nid = e.room_nid
+WHERE e.event_id = ANY($1::text[])
+FOR UPDATE OF e
+"""
+
+APPLY_REDACTION = """
+WITH j AS (UPDATE event_json SET json = $2 WHERE event_nid = $1),
+     e AS (UPDATE events SET redacted_by = $3 WHERE event_nid = $1)
+UPDATE redactions SET applied = true WHERE redaction_event_id = $3
+"""
+
+INSERT_REDACTION_APPLIED = """
+INSERT INTO redactions (redaction_event_id, target_event_id, applied) VALUES ($1, $2, true)
+ON CONFLICT (redaction_event_id) DO UPDATE SET applied = true
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class RoomRow:
+    room_nid: int
+    room_id: str
+    version: str
+    current_snapshot_nid: int | None
+    extremities: list[str]
+
+
+def room_row(r: asyncpg.Record) -> RoomRow:
+    return RoomRow(
+        r["room_nid"],
+        r["room_id"],
+        r["room_version"],
+        r["current_snapshot_nid"],
+        list(r["extremities"]),
+    )
+
+
+def decode_event(event_id: str, json: bytes, version: str) -> Event:
+    """An `Event` view of stored JSON (the room version was checked when the room was made)."""
+    rules = rules_for(version)
+    if rules is None:
+        raise RuntimeError(f"stored room version {version!r} is unknown")
+    return Event(_json_decoder.decode(json), event_id, rules)
+
+
+def membership_code(event: Event) -> int | None:
+    """The `events.membership` value: a code for member events, None for other types."""
+    if event.type != "m.room.member":
+        return None
+    return MEMBERSHIP_CODES.get(event.membership or "", 0)
+
+
+async def event_nids(conn: asyncpg.Connection, ids: Iterable[str]) -> dict[str, int]:
+    wanted = sorted(set(ids))
+    if not wanted:
+        return {}
+    return {r["event_id"]: r["event_nid"] for r in await conn.fetch(SELECT_NIDS_BY_ID, wanted)}
+
+
+async def event_ids(conn: asyncpg.Connection, nids: Iterable[int]) -> dict[int, str]:
+    wanted = sorted(set(nids))
+    if not wanted:
+        return {}
+    return {r["event_nid"]: r["event_id"] for r in await conn.fetch(SELECT_IDS_BY_NID, wanted)}
+
+
+async def events_by_nid(conn: asyncpg.Connection, nids: Sequence[int]) -> dict[int, Event]:
+    if not nids:
+        return {}
+    rows = await conn.fetch(SELECT_EVENTS_BY_NID, sorted(set(nids)))
+    return {r["event_nid"]: decode_event(r["event_id"], r["json"], r["room_version"]) for r in rows}

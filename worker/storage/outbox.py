@@ -1,0 +1,115 @@
+"""The transactional outbox (DESIGN §2 steps 8-9).
+
+Rows are inserted in the event's own transaction (`insert_outputs_txn`), so an output exists
+exactly when its event's effects are committed. The relay (`worker.bus.outbox`) reads
+`fetch_unsent` in commit order, publishes each with `Nats-Msg-Id = output_id`, then calls
+`mark_sent`. A crash between publish and mark only causes a republish, which JetStream's
+duplicate window drops. Re-running an input inserts nothing: `output_id` is unique.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import asyncpg
+
+from worker.pipeline.ports import OutputRecord
+
+INSERT_OUTPUTS = """
+INSERT INTO outbox (output_id, room_id, output_type, payload)
+SELECT output_id, $1, output_type, payload
+FROM unnest($2::text[], $3::text[], $4::bytea[]) WITH ORDINALITY
+     AS u(output_id, output_type, payload, pos)
+ORDER BY pos
+ON CONFLICT (output_id) DO NOTHING
+"""
+
+SELECT_UNSENT = """
+SELECT seq, output_id, room_id, output_type, payload
+FROM outbox WHERE sent_at IS NULL
+ORDER BY seq LIMIT $1
+"""
+
+SELECT_UNSENT_ROOM = """
+SELECT seq, output_id, room_id, output_type, payload
+FROM outbox WHERE sent_at IS NULL AND room_id = $2
+ORDER BY seq LIMIT $1
+"""
+
+MARK_SENT = """
+UPDATE outbox SET sent_at = now()
+WHERE output_id = ANY($1::text[]) AND sent_at IS NULL
+"""
+
+SELECT_STATS = """
+SELECT count(*) AS unsent,
+       coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8 AS lag
+FROM outbox WHERE sent_at IS NULL
+"""
+
+DELETE_SENT = """
+DELETE FROM outbox WHERE sent_at IS NOT NULL AND sent_at < now() - make_interval(secs => $1)
+"""
+
+Executor = asyncpg.Pool | asyncpg.Connection
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    seq: int
+    output_id: str
+    room_id: str
+    output_type: str
+    payload: bytes
+
+
+async def insert_outputs_txn(
+    conn: asyncpg.Connection, room_id: str, outputs: Sequence[OutputRecord]
+) -> None:
+    """Insert the outputs of one event, in order, inside the caller's transaction."""
+    if not outputs:
+        return
+    await conn.execute(
+        INSERT_OUTPUTS,
+        room_id,
+        [o.output_id for o in outputs],
+        [o.output_type for o in outputs],
+        [o.payload for o in outputs],
+    )
+
+
+async def fetch_unsent(
+    db: Executor, *, room_id: str | None = None, limit: int = 256
+) -> list[OutboxRow]:
+    """Unsent rows in commit order (of one room, or of all rooms)."""
+    if room_id is None:
+        rows = await db.fetch(SELECT_UNSENT, limit)
+    else:
+        rows = await db.fetch(SELECT_UNSENT_ROOM, limit, room_id)
+    return [
+        OutboxRow(r["seq"], r["output_id"], r["room_id"], r["output_type"], bytes(r["payload"]))
+        for r in rows
+    ]
+
+
+async def mark_sent(db: Executor, output_ids: Sequence[str]) -> int:
+    """Mark published rows; returns how many were newly marked."""
+    if not output_ids:
+        return 0
+    status = await db.execute(MARK_SENT, list(output_ids))
+    return int(status.split()[-1])
+
+
+async def outbox_stats(db: Executor) -> tuple[int, float]:
+    """(unsent rows, age in seconds of the oldest unsent row) for the outbox metrics."""
+    row = await db.fetchrow(SELECT_STATS)
+    if row is None:
+        return 0, 0.0
+    return int(row["unsent"]), float(row["lag"])
+
+
+async def prune_sent(db: Executor, older_than_seconds: float) -> int:
+    """Delete rows published more than `older_than_seconds` ago; returns how many."""
+    status = await db.execute(DELETE_SENT, float(older_than_seconds))
+    return int(status.split()[-1])

@@ -1,0 +1,155 @@
+"""State blocks and snapshots: SQL for the layered chains of `worker.core.stateblocks`.
+
+A snapshot of any depth loads in one query: a recursive CTE walks the parents from the asked
+snapshots down to their roots and returns, in the same result, each layer's inline delta and
+each root's bucket blocks. Layers already cached in process are passed in and the walk stops
+there, so a new snapshot on top of a cached chain reads one row.
+
+Writes deduplicate by content hash within the room (`ON CONFLICT (hash) DO NOTHING` and a read
+of the existing row in the same statement); the per-room advisory lock held by every writer
+means two writers never race on the same room's hashes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+import asyncpg
+
+from worker.core import stateblocks as sb
+from worker.observability.metrics import (
+    SNAPSHOTS_WRITTEN,
+    STATE_BLOCKS_REUSED,
+    STATE_BLOCKS_WRITTEN,
+)
+
+LOAD_CHAINS = """
+WITH RECURSIVE chain AS (
+    SELECT s.snapshot_nid, s.parent_nid, s.rank, s.block_nids, s.delta
+    FROM state_snapshots s
+    WHERE s.snapshot_nid = ANY($1::bigint[])
+  UNION
+    SELECT s.snapshot_nid, s.parent_nid, s.rank, s.block_nids, s.delta
+    FROM state_snapshots s JOIN chain c ON s.snapshot_nid = c.parent_nid
+    WHERE NOT (s.snapshot_nid = ANY($2::bigint[]))
+)
+SELECT c.snapshot_nid, c.parent_nid, c.rank, c.delta AS data, 0::bigint AS pos,
+       coalesce(cardinality(c.block_nids), 0) AS nblocks
+FROM chain c
+UNION ALL
+SELECT c.snapshot_nid, c.parent_nid, c.rank, b.entries, u.pos, cardinality(c.block_nids)
+FROM chain c
+CROSS JOIN LATERAL unnest(c.block_nids) WITH ORDINALITY AS u(block_nid, pos)
+JOIN state_blocks b ON b.block_nid = u.block_nid
+"""
+
+INSERT_BLOCKS = """
+WITH input AS (
+    SELECT hash, entries, pos
+    FROM unnest($2::bytea[], $3::bytea[]) WITH ORDINALITY AS u(hash, entries, pos)
+), ins AS (
+    INSERT INTO state_blocks (room_nid, hash, entries)
+    SELECT $1, hash, entries FROM input
+    WHERE NOT EXISTS (SELECT 1 FROM state_blocks b WHERE b.hash = input.hash)
+    ORDER BY pos
+    ON CONFLICT (hash) DO NOTHING
+    RETURNING block_nid, hash
+)
+SELECT block_nid, hash, true AS fresh FROM ins
+UNION ALL
+SELECT b.block_nid, b.hash, false FROM state_blocks b JOIN input i ON b.hash = i.hash
+"""
+
+INSERT_SNAPSHOT = """
+WITH ins AS (
+    INSERT INTO state_snapshots (room_nid, hash, parent_nid, rank, block_nids, delta)
+    SELECT $1, $2, $3, $4, $5, $6
+    WHERE NOT EXISTS (SELECT 1 FROM state_snapshots s WHERE s.hash = $2)
+    ON CONFLICT (hash) DO NOTHING
+    RETURNING snapshot_nid
+)
+SELECT snapshot_nid, true AS fresh FROM ins
+UNION ALL
+SELECT snapshot_nid, false FROM state_snapshots WHERE hash = $2
+"""
+
+
+async def load_layers(
+    conn: asyncpg.Connection, tops: Iterable[int], known: Iterable[int] = ()
+) -> dict[int, sb.Layer]:
+    """The layers of the chains under `tops`, stopping at `known` ones (one query)."""
+    wanted = sorted({t for t in tops if t})
+    if not wanted:
+        return {}
+    rows = await conn.fetch(LOAD_CHAINS, wanted, sorted(set(known)))
+    meta: dict[int, tuple[int, int, int]] = {}
+    deltas: dict[int, bytes | None] = {}
+    roots: dict[int, list[tuple[int, bytes]]] = {}
+    for r in rows:
+        nid = r["snapshot_nid"]
+        meta[nid] = (r["parent_nid"], r["rank"], r["nblocks"])
+        if r["pos"]:
+            roots.setdefault(nid, []).append((r["pos"], r["data"]))
+        else:
+            deltas[nid] = r["data"]
+    out: dict[int, sb.Layer] = {}
+    for nid, (parent, rank, nblocks) in meta.items():
+        if rank == sb.ROOT_RANK:
+            blocks = sorted(roots.get(nid, []))
+            if len(blocks) != nblocks:
+                raise RuntimeError(f"snapshot {nid}: {nblocks} blocks listed, {len(blocks)} found")
+            state: sb.NidState = {}
+            for _, data in blocks:
+                state.update(sb.unpack(data))
+            out[nid] = sb.Layer(nid, parent, rank, state, nblocks)
+        else:
+            out[nid] = sb.Layer(nid, parent, rank, sb.unpack(deltas.get(nid)), 1)
+    return out
+
+
+async def write_plan_txn(
+    conn: asyncpg.Connection, room_nid: int, plan: sb.Plan
+) -> tuple[int, sb.Layer | None]:
+    """Store a planned snapshot; (its NID, its layer) — (0, None) for the empty state."""
+    if isinstance(plan, sb.NewRoot):
+        return await _write_root_txn(conn, room_nid, plan.state)
+    packed = sb.pack(plan.delta)
+    h = sb.snapshot_hash(room_nid, plan.parent, plan.rank, (), packed)
+    nid = await _insert_snapshot_txn(conn, room_nid, h, plan.parent, plan.rank, None, packed)
+    return nid, sb.Layer(nid, plan.parent, plan.rank, plan.delta, 1)
+
+
+async def _write_root_txn(
+    conn: asyncpg.Connection, room_nid: int, state: Mapping[sb.NidKey, int]
+) -> tuple[int, sb.Layer | None]:
+    if not state:
+        return 0, None
+    blocks = sb.split_root(state)
+    hashes = [sb.block_hash(room_nid, b) for b in blocks]
+    rows = await conn.fetch(INSERT_BLOCKS, room_nid, hashes, blocks)
+    by_hash: dict[bytes, int] = {}
+    fresh = 0
+    for r in rows:
+        by_hash[bytes(r["hash"])] = r["block_nid"]
+        fresh += bool(r["fresh"])
+    STATE_BLOCKS_WRITTEN.inc(fresh)
+    STATE_BLOCKS_REUSED.inc(len(blocks) - fresh)
+    block_nids = [by_hash[h] for h in hashes]
+    h = sb.snapshot_hash(room_nid, 0, sb.ROOT_RANK, block_nids, b"")
+    nid = await _insert_snapshot_txn(conn, room_nid, h, 0, sb.ROOT_RANK, block_nids, None)
+    return nid, sb.Layer(nid, 0, sb.ROOT_RANK, dict(state), len(block_nids))
+
+
+async def _insert_snapshot_txn(
+    conn: asyncpg.Connection,
+    room_nid: int,
+    h: bytes,
+    parent: int,
+    rank: int,
+    block_nids: list[int] | None,
+    delta: bytes | None,
+) -> int:
+    rows = await conn.fetch(INSERT_SNAPSHOT, room_nid, h, parent, rank, block_nids, delta)
+    if any(r["fresh"] for r in rows):
+        SNAPSHOTS_WRITTEN.inc()
+    return int(rows[0]["snapshot_nid"])

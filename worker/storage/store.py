@@ -1,0 +1,604 @@
+"""`PostgresStore`: the `RoomStore` port over PostgreSQL (DESIGN §2 step 8, §3).
+
+A state handle (`PgState`) is (room, snapshot NID, pending delta of string entries): `apply`
+only copies the small delta, `lookup` reads the few keys asked for from the snapshot's layers,
+and nothing is written until `persist`, which turns each handle it is given into one new
+snapshot row at most (`worker.core.stateblocks.plan_snapshot`).
+
+Every write runs through `txn(desc, fn)` under the room's advisory lock, so even a stale owner
+of a room's shard cannot interleave with the live one. Caches: NIDs, snapshot layers and event
+ID <-> NID mappings are immutable once committed; a room's current snapshot and extremities
+are refreshed by `persist` itself, the one writer (call `forget_room` when a room's ownership
+moves to this process, so state written elsewhere meanwhile is re-read).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TypeVar, cast
+
+import asyncpg
+
+from worker.core import stateblocks as sb
+from worker.core.canonical import encode_canonical
+from worker.core.events import Event, StateKey
+from worker.core.outcomes import Outcome
+from worker.core.redaction import redact
+from worker.core.versions import rules_for
+from worker.errors import InvariantViolation, RetryableError
+from worker.observability.metrics import DB_TRANSACTION_DURATION, DB_TRANSACTION_RETRIES
+from worker.pipeline.ports import EventWrite, RoomInfo, StateHandle, StoredEvent
+from worker.storage import events as ev_sql
+from worker.storage import nids as nid_sql
+from worker.storage import outbox as outbox_sql
+from worker.storage import snapshots as snap_sql
+from worker.storage.cache import Lru
+
+T = TypeVar("T")
+
+_RETRIES = 5
+_RECENT_MATERIALIZED = 8
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class PgState:
+    """The store's `StateHandle`: snapshot `snapshot_nid` (0 = empty) plus `delta`.
+
+    In `delta` an empty event ID removes the key (a resolution may drop entries).
+    """
+
+    room_id: str
+    snapshot_nid: int
+    delta: Mapping[StateKey, str] = field(default_factory=dict)
+
+
+def room_lock_key(room_id: str) -> int:
+    """The advisory lock key of a room: 64 bits of a hash of its ID."""
+    d = hashlib.blake2b(room_id.encode(), digest_size=8, person=b"rs-lock").digest()
+    return int.from_bytes(d, "big", signed=True)
+
+
+def _own(state: StateHandle) -> PgState:
+    if not isinstance(state, PgState):
+        raise InvariantViolation(f"state handle {state!r} was not made by PostgresStore")
+    return state
+
+
+@dataclass
+class _Effects:
+    """What a committed transaction lets the caches learn."""
+
+    nids: nid_sql.Nids = field(default_factory=nid_sql.Nids)
+    layers: dict[int, sb.Layer] = field(default_factory=dict)
+    id_nids: dict[str, int] = field(default_factory=dict)
+    room: ev_sql.RoomRow | None = None
+    stale_events: set[str] = field(default_factory=set)
+
+
+class PostgresStore:
+    """Implements `worker.pipeline.ports.RoomStore`."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        *,
+        layer_cache_entries: int = 2_000_000,
+        event_cache_size: int = 20_000,
+        id_cache_size: int = 500_000,
+    ) -> None:
+        self.pool = pool
+        self.nids = nid_sql.NidCache()
+        self._layers: Lru[int, sb.Layer] = Lru(
+            layer_cache_entries, lambda layer: len(layer.entries) + 1
+        )
+        self._roots: Lru[int, bool] = Lru(1024)
+        self._rooms: dict[str, ev_sql.RoomRow] = {}
+        self._events: Lru[str, Event] = Lru(event_cache_size)
+        self._nid_ids: Lru[int, str] = Lru(id_cache_size)
+        self._recent: deque[tuple[PgState, dict[StateKey, str]]] = deque(
+            maxlen=_RECENT_MATERIALIZED
+        )
+
+    # --- transactions --------------------------------------------------------------------
+
+    async def txn(self, desc: str, fn: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+        """Run `fn` in one transaction labelled `desc`; retry deadlocks and serialization
+        failures; report an unreachable database as retryable (STYLE R5, R8)."""
+        for attempt in range(_RETRIES):
+            start = time.perf_counter()
+            try:
+                async with self.pool.acquire() as conn, conn.transaction():
+                    return await fn(cast(asyncpg.Connection, conn))
+            except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError):
+                DB_TRANSACTION_RETRIES.labels(desc).inc()
+                if attempt == _RETRIES - 1:
+                    raise RetryableError(f"{desc}: kept conflicting", code="db_conflict") from None
+            except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError) as e:
+                raise RetryableError(f"{desc}: {e}", code="database_unavailable") from e
+            finally:
+                DB_TRANSACTION_DURATION.labels(desc).observe(time.perf_counter() - start)
+        raise AssertionError("unreachable")
+
+    async def _read(self, fn: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+        try:
+            async with self.pool.acquire() as conn:
+                return await fn(cast(asyncpg.Connection, conn))
+        except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError) as e:
+            raise RetryableError(f"read: {e}", code="database_unavailable") from e
+
+    def forget_room(self, room_id: str) -> None:
+        """Drop what is cached about a room's mutable rows (its current state, extremities)."""
+        self._rooms.pop(room_id, None)
+
+    # --- rooms ---------------------------------------------------------------------------
+
+    async def _room(self, conn: asyncpg.Connection, room_id: str) -> ev_sql.RoomRow | None:
+        row = self._rooms.get(room_id)
+        if row is None:
+            r = await conn.fetchrow(ev_sql.SELECT_ROOM, room_id)
+            if r is None:
+                return None
+            row = ev_sql.room_row(r)
+            self._rooms[room_id] = row
+        return row
+
+    async def room(self, room_id: str) -> RoomInfo | None:
+        row = self._rooms.get(room_id) or await self._read(lambda c: self._room(c, room_id))
+        return RoomInfo(row.room_id, row.version) if row else None
+
+    async def current_state(self, room_id: str) -> PgState | None:
+        row = self._rooms.get(room_id) or await self._read(lambda c: self._room(c, room_id))
+        if row is None or row.current_snapshot_nid is None:
+            return None
+        return PgState(room_id, row.current_snapshot_nid)
+
+    async def extremities(self, room_id: str) -> list[str]:
+        row = self._rooms.get(room_id) or await self._read(lambda c: self._room(c, room_id))
+        return list(row.extremities) if row else []
+
+    # --- events --------------------------------------------------------------------------
+
+    async def _stored(
+        self, conn: asyncpg.Connection, event_ids: Sequence[str]
+    ) -> dict[str, tuple[StoredEvent, int | None]]:
+        """(stored event, snapshot before it) per known ID; one query."""
+        if not event_ids:
+            return {}
+        rows = await conn.fetch(ev_sql.SELECT_EVENTS_BY_ID, sorted(set(event_ids)))
+        out: dict[str, tuple[StoredEvent, int | None]] = {}
+        for r in rows:
+            event = ev_sql.decode_event(r["event_id"], r["json"], r["room_version"])
+            self._nid_ids.put(r["event_nid"], r["event_id"])
+            stored = StoredEvent(
+                event=event,
+                outcome=ev_sql.OUTCOME_NAMES[r["outcome"]],
+                reason_code=r["reason_code"],
+                reason=r["reason"],
+                kind=ev_sql.KIND_NAMES[r["kind"]],
+                has_state=r["before_snapshot_nid"] is not None,
+                redacted=r["redacted_by"] is not None,
+            )
+            out[r["event_id"]] = (stored, r["before_snapshot_nid"])
+        return out
+
+    async def events(self, event_ids: Sequence[str]) -> dict[str, StoredEvent]:
+        found = await self._read(lambda c: self._stored(c, event_ids))
+        return {k: v[0] for k, v in found.items()}
+
+    async def state_after(self, event_ids: Sequence[str]) -> dict[str, StateHandle]:
+        found = await self._read(lambda c: self._stored(c, event_ids))
+        out: dict[str, StateHandle] = {}
+        for eid, (stored, before) in found.items():
+            if before is None:
+                continue
+            e = stored.event
+            key = e.state_tuple
+            delta = {key: eid} if key and stored.outcome is Outcome.ACCEPTED else {}
+            out[eid] = PgState(e.room_id, before, delta)
+        return out
+
+    async def state_from_ids(self, room_id: str, event_ids: Sequence[str]) -> PgState:
+        found = await self.events(event_ids)
+        state: dict[StateKey, str] = {}
+        for eid in event_ids:
+            stored = found.get(eid)
+            if stored is None:
+                raise InvariantViolation(f"state event {eid} is not stored")
+            key = stored.event.state_tuple
+            if key is not None:
+                state.setdefault(key, eid)
+        return await self.handle_from_map(room_id, state)
+
+    async def pending_redactions(self, target_ids: Sequence[str]) -> dict[str, list[str]]:
+        if not target_ids:
+            return {}
+        rows = await self._read(
+            lambda c: c.fetch(ev_sql.SELECT_PENDING_REDACTIONS, sorted(set(target_ids)))
+        )
+        out: dict[str, list[str]] = {}
+        for r in rows:
+            out.setdefault(r["target_event_id"], []).append(r["redaction_event_id"])
+        return out
+
+    # --- state reads ---------------------------------------------------------------------
+
+    async def _chain(
+        self,
+        conn: asyncpg.Connection,
+        top: int,
+        pending: Mapping[int, sb.Layer] | None = None,
+    ) -> sb.Chain:
+        if not top:
+            return ()
+        get = _getter(pending or {}, self._layers)
+        try:
+            return sb.chain_via(top, get)
+        except KeyError:
+            pass
+        known = [nid for nid in self._roots.key_list() if self._layers.peek(nid) is not None]
+        loaded = await snap_sql.load_layers(conn, [top], known)
+        for nid, layer in loaded.items():
+            self._layers.put(nid, layer)
+            if layer.is_root:
+                self._roots.put(nid, True)
+
+        def get_loaded(nid: int) -> sb.Layer | None:
+            layer = loaded.get(nid)
+            return layer if layer is not None else get(nid)
+
+        return sb.chain_via(top, get_loaded)
+
+    async def _ids_of(self, conn: asyncpg.Connection, nids: Iterable[int]) -> dict[int, str]:
+        out: dict[int, str] = {}
+        missing: list[int] = []
+        for n in nids:
+            eid = self._nid_ids.get(n)
+            if eid is None:
+                missing.append(n)
+            else:
+                out[n] = eid
+        if missing:
+            fetched = await ev_sql.event_ids(conn, missing)
+            for n, eid in fetched.items():
+                self._nid_ids.put(n, eid)
+            out.update(fetched)
+        return out
+
+    async def _lookup_ids(
+        self, conn: asyncpg.Connection, h: PgState, keys: Iterable[StateKey]
+    ) -> dict[StateKey, str]:
+        """Event IDs at `keys` of a state, reading only those keys."""
+        out: dict[StateKey, str] = {}
+        rest: list[StateKey] = []
+        for k in keys:
+            if k in h.delta:
+                if h.delta[k]:
+                    out[k] = h.delta[k]
+            else:
+                rest.append(k)
+        if not rest or not h.snapshot_nid:
+            return out
+        nids = await nid_sql.select_nids(
+            conn, self.nids, {k[0] for k in rest}, {k[1] for k in rest}
+        )
+        chain = await self._chain(conn, h.snapshot_nid)
+        found: dict[StateKey, int] = {}
+        for k in rest:
+            t = nids.types.get(k[0])
+            s = nids.keys.get(k[1])
+            if t is None or s is None:
+                continue
+            ev = sb.value_at(chain, (t, s))
+            if ev:
+                found[k] = ev
+        names = await self._ids_of(conn, found.values())
+        for k, ev in found.items():
+            out[k] = names[ev]
+        return out
+
+    async def _events_by_id(self, conn: asyncpg.Connection, ids: Iterable[str]) -> dict[str, Event]:
+        out: dict[str, Event] = {}
+        missing: list[str] = []
+        for eid in ids:
+            e = self._events.get(eid)
+            if e is None:
+                missing.append(eid)
+            else:
+                out[eid] = e
+        if missing:
+            for eid, (stored, _) in (await self._stored(conn, missing)).items():
+                self._events.put(eid, stored.event)
+                out[eid] = stored.event
+        return out
+
+    async def lookup(self, state: StateHandle, keys: Sequence[StateKey]) -> dict[StateKey, Event]:
+        h = _own(state)
+
+        async def go(conn: asyncpg.Connection) -> dict[StateKey, Event]:
+            ids = await self._lookup_ids(conn, h, keys)
+            events = await self._events_by_id(conn, ids.values())
+            return {k: events[eid] for k, eid in ids.items() if eid in events}
+
+        return await self._read(go)
+
+    async def _materialize_nids(self, conn: asyncpg.Connection, snapshot_nid: int) -> sb.NidState:
+        return sb.materialize(await self._chain(conn, snapshot_nid))
+
+    async def _materialize(self, conn: asyncpg.Connection, h: PgState) -> dict[StateKey, str]:
+        for cand, result in self._recent:
+            if cand is h:
+                return dict(result)
+        nstate = await self._materialize_nids(conn, h.snapshot_nid)
+        tnames, knames = await nid_sql.select_names(
+            conn, self.nids, {k[0] for k in nstate}, {k[1] for k in nstate}
+        )
+        ids = await self._ids_of(conn, nstate.values())
+        out = {(tnames[t], knames[s]): ids[e] for (t, s), e in nstate.items()}
+        for k, v in h.delta.items():
+            if v:
+                out[k] = v
+            else:
+                out.pop(k, None)
+        self._recent.append((h, out))
+        return dict(out)
+
+    async def materialize(self, state: StateHandle) -> dict[StateKey, str]:
+        h = _own(state)
+        return await self._read(lambda c: self._materialize(c, h))
+
+    def apply(self, state: StateHandle, entries: Mapping[StateKey, str]) -> PgState:
+        h = _own(state)
+        if not entries:
+            return h
+        delta = dict(h.delta)
+        delta.update(entries)
+        return PgState(h.room_id, h.snapshot_nid, delta)
+
+    async def handle_from_map(self, room_id: str, state: Mapping[StateKey, str]) -> PgState:
+        """The state as a delta over the nearest recently materialized state of the room.
+
+        The pipeline materializes the states it resolves, so the parents of a merge are
+        among the candidates: a merge is stored as a small delta over one of them.
+        """
+        best = PgState(room_id, 0, dict(state))
+        best_size = len(state)
+        for cand, cmap in self._recent:
+            if cand.room_id != room_id:
+                continue
+            changes: dict[StateKey, str] = {k: v for k, v in state.items() if cmap.get(k) != v}
+            for k in cmap:
+                if k not in state:
+                    changes[k] = ""
+            if len(changes) < best_size:
+                delta = dict(cand.delta)
+                delta.update(changes)
+                best = PgState(room_id, cand.snapshot_nid, delta)
+                best_size = len(changes)
+        return best
+
+    async def diff(self, old: StateHandle | None, new: StateHandle) -> tuple[list[str], list[str]]:
+        n = _own(new)
+        o = _own(old) if old is not None else None
+
+        async def go(conn: asyncpg.Connection) -> tuple[list[str], list[str]]:
+            if o is None:
+                return sorted(set((await self._materialize(conn, n)).values())), []
+            co = await self._chain(conn, o.snapshot_nid)
+            cn = await self._chain(conn, n.snapshot_nid)
+            if o.snapshot_nid == n.snapshot_nid:
+                nid_keys: set[sb.NidKey] | None = set()
+            else:
+                nid_keys = sb.touched_keys(co, {}, cn, {})
+            if nid_keys is None:
+                a = await self._materialize(conn, o)
+                b = await self._materialize(conn, n)
+                keys: set[StateKey] = a.keys() | b.keys()
+            else:
+                tn, kn = await nid_sql.select_names(
+                    conn, self.nids, {k[0] for k in nid_keys}, {k[1] for k in nid_keys}
+                )
+                keys = {(tn[t], kn[s]) for t, s in nid_keys} | set(o.delta) | set(n.delta)
+                a = await self._lookup_ids(conn, o, keys)
+                b = await self._lookup_ids(conn, n, keys)
+            added = {b[k] for k in keys if k in b and a.get(k) != b[k]}
+            removed = {a[k] for k in keys if k in a and b.get(k) != a[k]}
+            return sorted(added), sorted(removed)
+
+        return await self._read(go)
+
+    # --- the write ----------------------------------------------------------------------
+
+    async def persist(self, write: EventWrite) -> None:
+        effects = await self.txn("persist_event", lambda c: self._persist_txn(c, write))
+        self._learn(effects)
+
+    def _learn(self, fx: _Effects) -> None:
+        self.nids.learn(fx.nids)
+        for nid, layer in fx.layers.items():
+            self._layers.put(nid, layer)
+            if layer.is_root:
+                self._roots.put(nid, True)
+        for eid, nid in fx.id_nids.items():
+            self._nid_ids.put(nid, eid)
+        for eid in fx.stale_events:
+            self._events.pop(eid)
+        if fx.room is not None:
+            self._rooms[fx.room.room_id] = fx.room
+
+    async def _persist_txn(self, conn: asyncpg.Connection, w: EventWrite) -> _Effects:
+        fx = _Effects()
+        e = w.event
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", room_lock_key(w.room_id))
+        r = await conn.fetchrow(ev_sql.UPSERT_ROOM, w.room_id, w.room_version)
+        if r is None:
+            raise InvariantViolation(f"room {w.room_id} could not be created")
+        room = ev_sql.room_row(r)
+        before = _own(w.state_before) if w.state_before is not None else None
+        current = _own(w.current_state) if w.current_state is not None else None
+        handles = [h for h in (before, current) if h is not None]
+
+        types = {e.type} | {k[0] for h in handles for k in h.delta}
+        keys = {k[1] for h in handles for k in h.delta}
+        if e.state_key is not None:
+            keys.add(e.state_key)
+        nids, fx.nids = await nid_sql.get_or_create_txn(conn, self.nids, types, keys)
+        ref_ids = {v for h in handles for v in h.delta.values() if v and v != e.event_id}
+        id_nids = await ev_sql.event_nids(conn, ref_ids)
+
+        before_nid = None
+        if before is not None:
+            before_nid = await self._store_state_txn(conn, room.room_nid, before, nids, id_nids, fx)
+        event_nid = await conn.fetchval(
+            ev_sql.UPSERT_EVENT,
+            e.event_id,
+            room.room_nid,
+            nids.types[e.type],
+            nids.keys[e.state_key] if e.state_key is not None else 0,
+            e.depth,
+            ev_sql.KIND_CODES[w.kind],
+            ev_sql.OUTCOME_CODES[w.outcome],
+            w.reason_code,
+            w.reason,
+            ev_sql.membership_code(e),
+            list(e.auth_event_ids),
+            before_nid,
+            w.event_json,
+            list(e.prev_event_ids),
+        )
+        id_nids[e.event_id] = event_nid
+        fx.id_nids = id_nids
+        fx.stale_events.add(e.event_id)
+
+        new_current = room.current_snapshot_nid
+        if current is not None:
+            new_current = await self._store_state_txn(
+                conn, room.room_nid, current, nids, id_nids, fx
+            )
+            await self._update_memberships_txn(
+                conn, room.room_nid, room.current_snapshot_nid, new_current, fx
+            )
+        await conn.execute(
+            ev_sql.UPDATE_ROOM,
+            room.room_nid,
+            current is not None,
+            new_current,
+            list(w.extremities) if w.extremities is not None else None,
+            _notes_json(w.notes),
+        )
+        fx.room = ev_sql.RoomRow(
+            room.room_nid,
+            room.room_id,
+            room.version,
+            new_current,
+            list(w.extremities) if w.extremities is not None else room.extremities,
+        )
+        if e.type == "m.room.redaction" and e.redacts and e.state_key is None:
+            await conn.execute(ev_sql.INSERT_REDACTION, e.event_id, e.redacts)
+        if w.redactions:
+            await self._apply_redactions_txn(conn, w.redactions, fx)
+        await outbox_sql.insert_outputs_txn(conn, w.room_id, w.outputs)
+        return fx
+
+    async def _store_state_txn(
+        self,
+        conn: asyncpg.Connection,
+        room_nid: int,
+        h: PgState,
+        nids: nid_sql.Nids,
+        id_nids: Mapping[str, int],
+        fx: _Effects,
+    ) -> int:
+        """The snapshot NID of a handle, writing at most one snapshot (or one new root)."""
+        if not h.delta:
+            return h.snapshot_nid
+        delta: sb.NidState = {}
+        for (t, s), eid in h.delta.items():
+            if eid and eid not in id_nids:
+                raise InvariantViolation(f"state refers to event {eid}, which is not stored")
+            delta[(nids.types[t], nids.keys[s])] = id_nids[eid] if eid else 0
+        chain = await self._chain(conn, h.snapshot_nid, fx.layers)
+        delta = {k: v for k, v in delta.items() if sb.value_at(chain, k) != v}
+        if not delta:
+            return h.snapshot_nid
+        plan = sb.plan_snapshot(chain, delta)
+        nid, layer = await snap_sql.write_plan_txn(conn, room_nid, plan)
+        if layer is not None:
+            fx.layers[nid] = layer
+        return nid
+
+    async def _update_memberships_txn(
+        self, conn: asyncpg.Connection, room_nid: int, old: int | None, new: int, fx: _Effects
+    ) -> None:
+        """Keep `memberships`/`invites` in step with the current state's member entries."""
+        if old == new:
+            return
+        co = await self._chain(conn, old or 0, fx.layers)
+        cn = await self._chain(conn, new, fx.layers)
+        member = nid_sql.MEMBER_TYPE_NID
+        keys = sb.touched_keys(co, {}, cn, {})
+        if keys is None:
+            a = {k: v for k, v in sb.materialize(co).items() if k[0] == member}
+            b = {k: v for k, v in sb.materialize(cn).items() if k[0] == member}
+            candidates: Iterable[sb.NidKey] = a.keys() | b.keys()
+        else:
+            candidates = [k for k in keys if k[0] == member]
+            a = {k: sb.value_at(co, k) for k in candidates}
+            b = {k: sb.value_at(cn, k) for k in candidates}
+        upserts: list[int] = []
+        deletes: list[int] = []
+        targets: list[int] = []
+        for k in candidates:
+            was, now = a.get(k, 0), b.get(k, 0)
+            if was == now:
+                continue
+            targets.append(k[1])
+            if now:
+                upserts.append(now)
+            else:
+                deletes.append(k[1])
+        if upserts:
+            await conn.execute(ev_sql.UPSERT_MEMBERSHIPS, room_nid, upserts)
+            await conn.execute(ev_sql.INSERT_INVITES, room_nid, upserts)
+        if deletes:
+            await conn.execute(ev_sql.DELETE_MEMBERSHIPS, room_nid, deletes)
+        if targets:
+            await conn.execute(ev_sql.RETIRE_INVITES, room_nid, targets, upserts)
+
+    async def _apply_redactions_txn(
+        self, conn: asyncpg.Connection, pairs: Sequence[tuple[str, str]], fx: _Effects
+    ) -> None:
+        rows = await conn.fetch(ev_sql.SELECT_REDACTION_TARGETS, sorted({t for _, t in pairs}))
+        targets = {r["event_id"]: r for r in rows}
+        for redaction_id, target_id in pairs:
+            await conn.execute(ev_sql.INSERT_REDACTION_APPLIED, redaction_id, target_id)
+            r = targets.get(target_id)
+            if r is None or r["redacted_by"] is not None:
+                continue
+            rules = rules_for(r["room_version"])
+            if rules is None:
+                raise InvariantViolation(f"stored room version {r['room_version']!r} unknown")
+            pdu = ev_sql.decode_event(target_id, r["json"], r["room_version"]).pdu
+            redacted = encode_canonical(redact(pdu, rules))
+            await conn.execute(ev_sql.APPLY_REDACTION, r["event_nid"], redacted, redaction_id)
+            fx.stale_events.add(target_id)
+
+
+def _getter(
+    pending: Mapping[int, sb.Layer], cache: Lru[int, sb.Layer]
+) -> Callable[[int], sb.Layer | None]:
+    """Layers of a transaction not yet committed, then the cache (read without reordering)."""
+
+    def get(nid: int) -> sb.Layer | None:
+        layer = pending.get(nid)
+        return layer if layer is not None else cache.peek(nid)
+
+    return get
+
+
+def _notes_json(notes: Mapping[str, str]) -> str:
+    return json.dumps(dict(sorted(notes.items())))
