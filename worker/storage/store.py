@@ -32,7 +32,7 @@ from worker.core.redaction import redact
 from worker.core.versions import rules_for
 from worker.errors import InvariantViolation, RetryableError
 from worker.observability.metrics import DB_TRANSACTION_DURATION, DB_TRANSACTION_RETRIES
-from worker.pipeline.ports import EventWrite, RoomInfo, StateHandle, StoredEvent
+from worker.pipeline.ports import EventWrite, RoomInfo, RoomStore, StateHandle, StoredEvent
 from worker.storage import events as ev_sql
 from worker.storage import nids as nid_sql
 from worker.storage import outbox as outbox_sql
@@ -602,3 +602,8 @@ def _getter(
 
 def _notes_json(notes: Mapping[str, str]) -> str:
     return json.dumps(dict(sorted(notes.items())))
+
+
+def _conforms(store: PostgresStore) -> RoomStore:
+    """Static proof (checked by mypy --strict) that `PostgresStore` implements `RoomStore`."""
+    return store

@@ -1,0 +1,191 @@
+"""PostgresStore against real PostgreSQL: the RoomStore port, writes and reads."""
+
+from __future__ import annotations
+
+import asyncpg
+import msgspec
+
+from tests.storage.helpers import VERSION, key, make_event, member, write
+from worker.core.outcomes import Outcome
+from worker.pipeline.ports import OutputRecord, RoomStore
+from worker.storage import PgState, PostgresStore, fetch_unsent, mark_sent
+
+ROOM = "!room:test"
+
+
+async def _linear_room(store: PostgresStore) -> dict[str, str]:
+    """create, join alice, power levels, join bob, message; returns name -> event ID."""
+    ids: dict[str, str] = {}
+    create, raw = make_event(
+        ROOM, "$create", "m.room.create", "", content={"room_version": VERSION}
+    )
+    empty = await store.handle_from_map(ROOM, {})
+    cur = store.apply(empty, {key(create): create.event_id})
+    await store.persist(write(create, raw, before=empty, current=cur, extremities=["$create"]))
+    ids["create"] = "$create"
+    prev = "$create"
+    for name, (ev, raw) in {
+        "join_alice": member(ROOM, "$join_alice", "@alice:test", prev=[prev]),
+        "pl": make_event(
+            ROOM,
+            "$pl",
+            "m.room.power_levels",
+            "",
+            prev=["$join_alice"],
+            content={"users": {"@alice:test": 100}},
+        ),
+        "join_bob": member(ROOM, "$join_bob", "@bob:test", prev=["$pl"]),
+        "msg": make_event(ROOM, "$msg", "m.room.message", prev=["$join_bob"]),
+    }.items():
+        before = (await store.state_after([prev]))[prev]
+        cur = store.apply(before, {key(ev): ev.event_id}) if ev.is_state else before
+        await store.persist(write(ev, raw, before=before, current=cur, extremities=[ev.event_id]))
+        ids[name] = ev.event_id
+        prev = ev.event_id
+    return ids
+
+
+async def test_conforms_to_room_store(store: PostgresStore) -> None:
+    port: RoomStore = store
+    assert await port.room(ROOM) is None
+    assert await port.current_state(ROOM) is None
+    assert await port.extremities(ROOM) == []
+
+
+async def test_linear_room_state(store: PostgresStore, pool: asyncpg.Pool) -> None:
+    await _linear_room(store)
+    info = await store.room(ROOM)
+    assert info is not None and info.version == VERSION
+    assert await store.extremities(ROOM) == ["$msg"]
+    cur = await store.current_state(ROOM)
+    assert cur is not None
+    want = {
+        ("m.room.create", ""): "$create",
+        ("m.room.member", "@alice:test"): "$join_alice",
+        ("m.room.power_levels", ""): "$pl",
+        ("m.room.member", "@bob:test"): "$join_bob",
+    }
+    assert await store.materialize(cur) == want
+    before_msg = (await store.state_after(["$join_bob"]))["$join_bob"]
+    assert await store.materialize(before_msg) == want
+    got = await store.lookup(cur, [("m.room.member", "@bob:test"), ("m.room.name", "")])
+    assert list(got) == [("m.room.member", "@bob:test")]
+    assert got[("m.room.member", "@bob:test")].membership == "join"
+    # The state after a message is the state before it.
+    after_msg = (await store.state_after(["$msg"]))["$msg"]
+    assert await store.materialize(after_msg) == want
+    # A fresh store (cold caches) reads the same.
+    cold = PostgresStore(pool)
+    cur2 = await cold.current_state(ROOM)
+    assert cur2 is not None and await cold.materialize(cur2) == want
+    assert (await cold.lookup(cur2, [("m.room.power_levels", "")]))[
+        ("m.room.power_levels", "")
+    ].event_id == "$pl"
+    stored = await cold.events(["$msg", "$nope"])
+    assert list(stored) == ["$msg"] and stored["$msg"].has_state
+    assert stored["$msg"].outcome is Outcome.ACCEPTED and stored["$msg"].kind == "new"
+    rows = await pool.fetch("SELECT target_nid, membership FROM memberships ORDER BY target_nid")
+    assert [r["membership"] for r in rows] == [3, 3]
+
+
+async def test_diff_and_apply_are_pure(store: PostgresStore) -> None:
+    await _linear_room(store)
+    a = (await store.state_after(["$join_alice"]))["$join_alice"]
+    b = (await store.state_after(["$join_bob"]))["$join_bob"]
+    assert await store.diff(a, b) == (["$join_bob", "$pl"], [])
+    assert await store.diff(b, a) == ([], ["$join_bob", "$pl"])
+    c = store.apply(b, {("m.room.member", "@bob:test"): "$join_alice"})
+    assert await store.diff(b, c) == (["$join_alice"], ["$join_bob"])
+    assert await store.materialize(b) != await store.materialize(c)
+    assert await store.diff(None, a) == (["$create", "$join_alice"], [])
+
+
+async def test_duplicate_persist_is_harmless(store: PostgresStore, pool: asyncpg.Pool) -> None:
+    await _linear_room(store)
+    before_counts = await _counts(pool)
+    ev, raw = member(ROOM, "$join_bob", "@bob:test", prev=["$pl"])
+    before = (await store.state_after(["$pl"]))["$pl"]
+    cur = store.apply(before, {key(ev): ev.event_id})
+    await store.persist(write(ev, raw, before=before, current=cur, extremities=["$join_bob"]))
+    assert await _counts(pool) == before_counts
+
+
+async def _counts(pool: asyncpg.Pool) -> tuple[int, ...]:
+    out = []
+    for t in ("events", "state_snapshots", "state_blocks", "memberships", "outbox", "event_prevs"):
+        out.append(await pool.fetchval(f"SELECT count(*) FROM {t}"))
+    return tuple(out)
+
+
+async def test_outbox_rows_commit_with_the_event(store: PostgresStore, pool: asyncpg.Pool) -> None:
+    await _linear_room(store)
+    before = (await store.state_after(["$msg"]))["$msg"]
+    ev, raw = make_event(ROOM, "$msg2", "m.room.message", prev=["$msg"])
+    outs = (OutputRecord("$msg2:new", "new_room_event", b"{}"),)
+    w = write(ev, raw, before=before, current=before, extremities=["$msg2"], outputs=outs)
+    await store.persist(w)
+    await store.persist(w)
+    rows = await fetch_unsent(pool, room_id=ROOM)
+    assert [(r.output_id, r.output_type, r.payload) for r in rows] == [
+        ("$msg2:new", "new_room_event", b"{}")
+    ]
+    assert await mark_sent(pool, ["$msg2:new"]) == 1
+    assert await fetch_unsent(pool) == []
+
+
+async def test_redaction_is_permanent(store: PostgresStore, pool: asyncpg.Pool) -> None:
+    await _linear_room(store)
+    before = (await store.state_after(["$msg"]))["$msg"]
+    red, raw = make_event(
+        ROOM, "$red", "m.room.redaction", prev=["$msg"], redacts="$msg", content={"redacts": "$msg"}
+    )
+    assert await store.pending_redactions(["$msg"]) == {}
+    await store.persist(write(red, raw, before=before, current=before, extremities=["$red"]))
+    assert await store.pending_redactions(["$msg"]) == {"$msg": ["$red"]}
+    await store.persist(
+        write(
+            red,
+            raw,
+            before=before,
+            current=before,
+            extremities=["$red"],
+            redactions=(("$red", "$msg"),),
+        )
+    )
+    assert await store.pending_redactions(["$msg"]) == {}
+    stored = (await store.events(["$msg"]))["$msg"]
+    assert stored.redacted and stored.event.content == {}
+    # Re-input of the target does not restore its JSON.
+    msg, msg_raw = make_event(
+        ROOM, "$msg", "m.room.message", prev=["$join_bob"], content={"body": "secret"}
+    )
+    b2 = (await store.state_after(["$join_bob"]))["$join_bob"]
+    await store.persist(write(msg, msg_raw, before=b2, current=None, extremities=None))
+    raw_json = await pool.fetchval(
+        "SELECT json FROM event_json j JOIN events e USING (event_nid) WHERE event_id = '$msg'"
+    )
+    assert "secret" not in msgspec.json.decode(raw_json).get("content", {}).values()
+    assert (await PostgresStore(pool).events(["$msg"]))["$msg"].redacted
+
+
+async def test_state_from_ids_and_removals(store: PostgresStore) -> None:
+    await _linear_room(store)
+    h = await store.state_from_ids(ROOM, ["$create", "$join_alice"])
+    assert isinstance(h, PgState)
+    assert await store.materialize(h) == {
+        ("m.room.create", ""): "$create",
+        ("m.room.member", "@alice:test"): "$join_alice",
+    }
+    # Persisting a state with fewer entries than its base (a reset) stores removals.
+    ev, raw = make_event(ROOM, "$topic", "m.room.topic", "", prev=["$msg"])
+    await store.persist(
+        write(
+            ev, raw, before=h, current=store.apply(h, {key(ev): "$topic"}), extremities=["$topic"]
+        )
+    )
+    after = (await store.state_after(["$topic"]))["$topic"]
+    assert await PostgresStore(store.pool).materialize(after) == {
+        ("m.room.create", ""): "$create",
+        ("m.room.member", "@alice:test"): "$join_alice",
+        ("m.room.topic", ""): "$topic",
+    }
