@@ -155,6 +155,17 @@ def test_embedded_run_is_ready_and_sigterm_leaves_nothing_behind(data_dir: Path)
     assert (data_dir / "nats" / "jetstream").is_dir()
 
 
+def test_sigterm_during_startup_stops_cleanly(data_dir: Path) -> None:
+    run = Run(data_dir)
+    deadline = time.monotonic() + READY_DEADLINE
+    # Signal handlers are in place once this line is written; the start may be anywhere.
+    while '"event":"worker_starting"' not in run.logs():
+        assert time.monotonic() < deadline and run.proc.poll() is None, run.logs()
+        time.sleep(0.02)
+    assert run.stop(signal.SIGTERM) == 0, run.logs()
+    assert _processes_mentioning(str(data_dir)) == []
+
+
 def test_sigkill_then_restart_recovers_stale_servers(data_dir: Path) -> None:
     first = Run(data_dir)
     first.wait_ready()

@@ -175,15 +175,27 @@ class Worker:
 
     # -- start --
 
-    async def start(self) -> None:
-        """Bring every part up; on failure, tear down what started and raise StartupError."""
+    async def start(self) -> bool:
+        """Bring every part up, in order; on failure tear down what started and raise.
+
+        Returns False, with everything stopped again, when a stop was requested during the
+        start (a SIGTERM while PostgreSQL was starting need not wait for a full start).
+        """
+        steps = (
+            self._start_embedded,
+            self._connect,
+            self._migrate,
+            self._provision,
+            self._serve_http,
+            self._start_consumer,
+        )
         try:
-            await self._start_embedded()
-            await self._connect()
-            await self._migrate()
-            await self._provision()
-            await self._serve_http()
-            await self._start_consumer()
+            for step in steps:
+                if self._stop.is_set():
+                    log.info("startup_interrupted", before=step.__name__.lstrip("_"))
+                    await self._teardown()
+                    return False
+                await step()
         except BaseException:
             await self._teardown()
             raise
@@ -195,6 +207,7 @@ class Worker:
             http=self.http.url if self.http else None,
             version=__version__,
         )
+        return True
 
     async def _start_embedded(self, *, with_nats: bool = True) -> None:
         data = Path(self.settings.data_dir).resolve()
@@ -377,13 +390,16 @@ async def serve(settings: Settings) -> int:
     worker = Worker(settings)
     worker.install_signal_handlers()
     metrics.BUILD_INFO.info({"version": __version__})
+    log.info("worker_starting", version=__version__, prefix=settings.bus.prefix,
+             shards=settings.bus.shards)
     try:
-        await worker.start()
+        started = await worker.start()
     except StartupError as exc:
         log.error("startup_failed", error=str(exc))
         return EXIT_FAILED
-    if not worker._stop.is_set():
-        await worker.wait_stopped()
+    if not started:
+        return EXIT_OK
+    await worker.wait_stopped()
     await worker.stop()
     return EXIT_OK
 
