@@ -31,7 +31,6 @@ import msgspec
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
-from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import Error as JetStreamError
 
@@ -120,9 +119,10 @@ class ConsumerSettings:
         # JetStream's own limit is one above ours: the extra delivery is where a message that
         # never got settled (the worker crashed on it) is dead-lettered instead of stranded.
         max_deliver = self.retry.max_deliveries + 1
-        # Redeliveries after an ack timeout (a dead worker) back off; explicit naks carry
-        # their own delay. JetStream requires fewer back-off steps than deliveries.
-        backoff = [self.ack_wait * 2**i for i in range(min(4, max_deliver - 1))]
+        # No JetStream `backoff`: with one set, nats-server (2.15) replaced the delay of a
+        # repeated nak by the back-off step (a 10 ms nak waited ack_wait), and our retry
+        # delays are chosen per error (`RetryableError.delay`, `RetryPolicy`). Redelivery
+        # after an ack timeout (a dead worker) simply waits `ack_wait`.
         return ConsumerConfig(
             durable_name=subjects.input_consumer(shard),
             description=f"roomserver input shard {shard}",
@@ -130,7 +130,6 @@ class ConsumerSettings:
             deliver_policy=DeliverPolicy.ALL,
             ack_policy=AckPolicy.EXPLICIT,
             ack_wait=self.ack_wait,
-            backoff=backoff or None,
             max_deliver=max_deliver,
             max_ack_pending=self.max_in_flight,
             max_waiting=8,
@@ -317,7 +316,7 @@ class InputConsumer:
                 want = min(self.settings.batch, limit - self._dispatcher.in_flight)
                 try:
                     msgs = await sub.fetch(want, timeout=self.settings.fetch_timeout)
-                except NatsTimeoutError:
+                except TimeoutError:  # nats' own TimeoutError included
                     CONSUMER_PENDING.labels(str(shard)).set(0)
                     continue
                 except (NatsError, JetStreamError) as exc:
