@@ -12,12 +12,16 @@ from typing import Any
 
 import msgspec
 
-from worker.core.format import check_event_id, parse_pdu
+from worker.core.events import Event
+from worker.core.format import MAX_RAW_BYTES, check_event_id, parse_pdu
+from worker.core.hashes import room_id_for_create
 from worker.core.outcomes import Outcome, Rejection
-from worker.core.versions import EventIdFormat, rules_for
+from worker.core.reasons import Reason
+from worker.core.versions import V1, EventIdFormat, RoomRules, rules_for
 from worker.messages import InputRoomEvent
+from worker.pipeline.authstep import is_create
 from worker.pipeline.model import KINDS, Result, Work, refused
-from worker.pipeline.ports import RoomStore
+from worker.pipeline.ports import RoomInfo, RoomStore
 
 CREATE = "m.room.create"
 
@@ -32,30 +36,47 @@ def _claimed_id(pdu: Any) -> str:
 
 
 def _decode(data: bytes) -> dict[str, Any] | Rejection:
-    try:
-        pdu = msgspec.json.decode(data)
-    except (msgspec.DecodeError, RecursionError, UnicodeDecodeError) as exc:
-        return Rejection("bad_json", f"the event is not valid JSON: {exc}")
-    if not isinstance(pdu, dict):
-        return Rejection("not_an_object", "the event must be a JSON object")
-    return pdu
+    """The PDU as a JSON object; the core's own reason when it is not one."""
+    pdu: Any = None
+    if len(data) <= MAX_RAW_BYTES:
+        try:
+            pdu = msgspec.json.decode(data)
+        except (msgspec.DecodeError, RecursionError, UnicodeDecodeError):
+            pdu = None
+    if isinstance(pdu, dict):
+        return pdu
+    # Decoding does not depend on the room version: let the core say what is wrong, with
+    # the same reason codes as everywhere else.
+    problem = parse_pdu(data, V1)
+    if isinstance(problem, Rejection):
+        return problem
+    return Rejection(Reason.NOT_OBJECT, "the PDU is not a JSON object")
 
 
-def _version_for_new_room(pdu: dict[str, Any], inp: InputRoomEvent) -> str | Rejection:
-    """The version of a room that does not exist yet: only its create event may make it."""
-    if pdu.get("type") != CREATE or pdu.get("state_key") != "":
-        return Rejection(
-            "room_unknown",
-            "the room is not known here and the event is not the room's m.room.create event",
-        )
-    content = pdu.get("content")
-    named = content.get("room_version") if isinstance(content, dict) else None
-    if named is None:
-        # Room version 1 predates the field; the producer's hint is used when it gave one.
-        return inp.room_version or "1"
-    if not isinstance(named, str):
-        return Rejection("wrong_type", "m.room.create content.room_version must be a string")
-    return named
+def _version(room: RoomInfo | None, pdu: dict[str, Any], inp: InputRoomEvent) -> str | Rejection:
+    """The room version to validate against: the room's; for a room not known yet, the one
+    its create event names, or the producer's `room_version` (then format is checked, and
+    the event refused as `room_unknown` afterwards)."""
+    if room is not None:
+        return room.version
+    if pdu.get("type") == CREATE and pdu.get("state_key") == "":
+        content = pdu.get("content")
+        named = content.get("room_version") if isinstance(content, dict) else None
+        if named is None:
+            # Room version 1 predates the field; the producer's hint is used when given.
+            return inp.room_version or "1"
+        if not isinstance(named, str):
+            return Rejection("wrong_type", "m.room.create content.room_version must be a string")
+        return named
+    if inp.room_version:
+        return inp.room_version
+    return _UNKNOWN_ROOM
+
+
+_UNKNOWN_ROOM = Rejection(
+    "room_unknown",
+    "the room is not known here and the event is not the room's m.room.create event",
+)
 
 
 async def validate(store: RoomStore, room_id: str, inp: InputRoomEvent) -> Work | Result:
@@ -67,28 +88,42 @@ async def validate(store: RoomStore, room_id: str, inp: InputRoomEvent) -> Work 
     if inp.kind not in KINDS:
         bad_kind = Rejection("bad_kind", f"input kind {inp.kind!r} is not new, outlier or old")
         return refused(claimed, Outcome.INVALID, bad_kind)
-    if pdu.get("room_id", room_id) != room_id:
-        wrong = Rejection("wrong_room", "the event's room_id differs from the input's room")
-        return refused(claimed, Outcome.INVALID, wrong)
     room = await store.room(room_id)
-    version = room.version if room is not None else _version_for_new_room(pdu, inp)
+    version = _version(room, pdu, inp)
     if isinstance(version, Rejection):
-        outcome = Outcome.REJECTED if version.code == "room_unknown" else Outcome.INVALID
+        outcome = Outcome.REJECTED if version is _UNKNOWN_ROOM else Outcome.INVALID
         return refused(claimed, outcome, version)
     rules = rules_for(version)
     if rules is None:
         unknown = Rejection("unsupported_room_version", f"room version {version!r} is not known")
         return refused(claimed, Outcome.INVALID, unknown)
+    event = _parse(pdu, rules, claimed)
+    if isinstance(event, Rejection):
+        return refused(claimed, Outcome.INVALID, event)
+    if _room_of(event) != room_id:
+        wrong = Rejection("wrong_room", "the event's room_id differs from the input's room")
+        return refused(event.event_id, Outcome.INVALID, wrong)
+    if room is None and not is_create(event):
+        return refused(event.event_id, Outcome.REJECTED, _UNKNOWN_ROOM)
+    return Work(room_id, inp, event, event.pdu, rules, room_known=room is not None)
+
+
+def _room_of(event: Event) -> str:
+    """The room an event belongs to; in v12+ a create event's room ID derives from it."""
+    if is_create(event) and event.rules.room_id_from_create_event:
+        return room_id_for_create(event.pdu, event.rules)
+    return event.room_id
+
+
+def _parse(pdu: dict[str, Any], rules: RoomRules, claimed: str) -> Event | Rejection:
+    """Format validation and the event ID check of the room version."""
     hashed = rules.event_id_format is not EventIdFormat.CARRIED
     if hashed and "event_id" in pdu:
         # From v3 the ID is not part of the PDU (it is its reference hash); a producer may
         # still send it along, and then it must be the one the hash derives.
         pdu = {k: v for k, v in pdu.items() if k != "event_id"}
     event = parse_pdu(pdu, rules)
-    if isinstance(event, Rejection):
-        return refused(claimed, Outcome.INVALID, event)
-    if claimed and hashed:
-        mismatch = check_event_id(pdu, rules, claimed)
-        if mismatch is not None:
-            return refused(claimed, Outcome.INVALID, mismatch)
-    return Work(room_id, inp, event, pdu, rules, room_known=room is not None)
+    if isinstance(event, Rejection) or not (claimed and hashed):
+        return event
+    mismatch = check_event_id(pdu, rules, claimed)
+    return mismatch if mismatch is not None else event
