@@ -64,12 +64,15 @@ _SLOW = json.JSONEncoder(
     sort_keys=True,
 )
 
-# A float in msgspec's output is a number token, right after `[`, `:` or `,` (or at the very
-# start), that has a `.` or an exponent. The same bytes can occur inside a string (a server
-# name "1.2.3.4" after a colon): such a false positive only costs the slow path, never
-# correctness. NaN and infinity come out of msgspec as `null`, so `null` also takes the slow
-# path, which raises for them as canonicaljson does.
-_MAYBE_FLOAT = re.compile(rb"(?:^|[\[:,])-?[0-9]+[.eE]")
+# A float in msgspec's output is a number token, right after `[`, `:` or `,`, that has a `.`
+# or an exponent; a float at the very top level is caught by looking at the first byte. The
+# same bytes can occur inside a string (a server name "1.2.3.4" after a colon): such a false
+# positive only costs the slow path, never correctness. NaN and infinity come out of msgspec
+# as `null`, so `null` also takes the slow path, which raises for them as canonicaljson does.
+# (The pattern starts with a character class and no alternation so that `re` can scan for
+# its first byte quickly: this test is most of the cost of the fast path.)
+_MAYBE_FLOAT = re.compile(rb"[:,\[]-?\d+[.eE]")
+_NUMBER_START = frozenset(b"-0123456789")
 
 
 def encode_canonical(value: Any) -> bytes:
@@ -84,7 +87,7 @@ def encode_canonical(value: Any) -> bytes:
         # msgspec refuses non-str keys when sorting; the json module stringifies int keys,
         # and canonicaljson does what the json module does.
         return _SLOW.encode(value).encode("utf-8")
-    if b"null" in out or _MAYBE_FLOAT.search(out) is not None:
+    if out[0] in _NUMBER_START or b"null" in out or _MAYBE_FLOAT.search(out) is not None:
         return _SLOW.encode(value).encode("utf-8")
     return out
 
@@ -112,27 +115,42 @@ def check_json_values(value: Any, *, strict: bool) -> Rejection | None:
                     return _reject(
                         Reason.WRONG_TYPE, f"the object key {key!r} at {_at(path)} is not a string"
                     )
+                # The common leaves are decided inline: this walk runs on every event.
+                if _plain(sub, strict):
+                    continue
                 if isinstance(sub, dict | list | tuple):
                     stack.append((sub, level + 1, _child(path, key)))
-                else:
-                    problem = _check_scalar(sub, strict, path, key)
-                    if problem is not None:
-                        return problem
+                    continue
+                problem = _check_scalar(sub, strict, path, key)
+                if problem is not None:
+                    return problem
         elif isinstance(item, list | tuple):
             if level > MAX_NESTING:
                 return _too_deep(path)
             for index, sub in enumerate(item):
+                if _plain(sub, strict):
+                    continue
                 if isinstance(sub, dict | list | tuple):
                     stack.append((sub, level + 1, f"{path}[{index}]"))
-                else:
-                    problem = _check_scalar(sub, strict, path, index)
-                    if problem is not None:
-                        return problem
+                    continue
+                problem = _check_scalar(sub, strict, path, index)
+                if problem is not None:
+                    return problem
         else:
             problem = _check_scalar(item, strict, path, None)
             if problem is not None:
                 return problem
     return None
+
+
+def _plain(value: Any, strict: bool) -> bool:
+    """True for the leaves that need no further thought: strings, booleans, null, and exact
+    ints within range. Exact type tests (not isinstance) keep bool and int subclasses on
+    the careful path of `_check_scalar`."""
+    kind = type(value)
+    if kind is str or kind is bool or value is None:
+        return True
+    return kind is int and (not strict or -MAX_SAFE_INT <= value <= MAX_SAFE_INT)
 
 
 def _child(path: str, key: str) -> str:
