@@ -14,6 +14,7 @@ from synapse.api.room_versions import KNOWN_ROOM_VERSIONS
 from synapse.events import make_event_from_dict
 
 from tests.fixtures.malformed import load_cases
+from worker.core import ids
 from worker.core.canonical import MAX_SAFE_INT, encode_canonical
 from worker.core.events import Event
 from worker.core.format import (
@@ -310,3 +311,85 @@ def test_parse_never_raises_on_a_mutated_field(
 @given(data=st.binary(max_size=64), version=st.sampled_from(["1", "10"]))
 def test_parse_never_raises_on_random_bytes(data: bytes, version: str) -> None:
     assert isinstance(parse_pdu(data, _rules(version)), Rejection)
+
+
+# --- identifier grammar (worker.core.ids) ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "ok"),
+    [
+        ("example.org", True),
+        ("example.org:8448", True),
+        ("1.2.3.4", True),
+        ("[1234:5678::abcd]", True),
+        ("[::1]:1", True),
+        ("localhost", True),
+        ("", False),
+        ("exa mple.org", False),
+        ("example.org:", False),
+        ("example.org:123456", False),
+        ("example.org:80a", False),
+        ("[::1", False),
+        ("[g::1]", False),
+        ("ex_ample.org", False),
+        ("example.org\n", False),
+        ("d" * 256, False),
+    ],
+)
+def test_server_names(name: str, ok: bool) -> None:
+    assert ids.is_valid_server_name(name) is ok
+
+
+@pytest.mark.parametrize(
+    ("user_id", "historical", "strict"),
+    [
+        ("@alice:example.org", True, True),
+        ("@a.b_c=d-e/f+g:example.org", True, True),
+        ("@Alice:example.org", True, False),
+        ("@al!ce:example.org", True, False),
+        ('@"quoted"~:example.org', True, False),
+        ("@:example.org", False, False),
+        ("@al ice:example.org", False, False),
+        ("@alice", False, False),
+        ("alice:example.org", False, False),
+        ("@\u00e9:example.org", False, False),
+        ("@a:b:c", False, False),
+        ("@" + "a" * 242 + ":example.org", True, True),
+        ("@" + "a" * 243 + ":example.org", False, False),
+    ],
+)
+def test_user_ids(user_id: str, historical: bool, strict: bool) -> None:
+    assert ids.is_valid_user_id(user_id) is historical
+    assert ids.is_valid_user_id(user_id, historical=False) is strict
+
+
+def test_room_and_event_ids_per_version() -> None:
+    v1, v3, v4, v12 = (_rules(v) for v in ("1", "3", "4", "12"))
+    hashed = "$" + "a" * 42 + "b"
+    assert ids.is_valid_room_id("!opaque:example.org", v1)
+    assert ids.is_valid_room_id("!opaque:example.org", _rules("11"))
+    assert not ids.is_valid_room_id("!" + "R" * 43, _rules("11"))
+    assert ids.is_valid_room_id("!" + "R" * 42 + "-", v12)
+    assert not ids.is_valid_room_id("!opaque:example.org", v12)
+    assert ids.is_valid_event_id("$opaque:example.org", v1)
+    assert not ids.is_valid_event_id(hashed, v1)
+    assert ids.is_valid_event_id(hashed, v3) and ids.is_valid_event_id(hashed, v4)
+    assert ids.is_valid_event_id("$" + "a" * 42 + "/", v3)
+    assert not ids.is_valid_event_id("$" + "a" * 42 + "/", v4)
+    assert ids.is_valid_event_id("$" + "a" * 42 + "-", v4)
+    assert not ids.is_valid_event_id("$" + "a" * 42 + "-", v3)
+    assert not ids.is_valid_event_id("$" + "a" * 44, v4)
+    assert ids.domain_of("@alice:example.org:8448") == "example.org:8448"
+    assert ids.domain_of("$" + "a" * 43) is None
+
+
+def test_raw_input_beyond_a_mebibyte_is_refused_before_decoding() -> None:
+    data = b'{"content": {"body": "' + b"x" * (1 << 20) + b'"}}'
+    assert _code(parse_pdu(data, _rules("10"))) == "too_large"
+
+
+def test_bytes_like_inputs() -> None:
+    raw = msgspec.json.encode(valid("10"))
+    for data in (bytearray(raw), memoryview(raw)):
+        assert isinstance(parse_pdu(data, _rules("10")), Event)
