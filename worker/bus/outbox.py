@@ -4,7 +4,8 @@ The pipeline writes one outbox row per output in the event's own transaction, th
 `flush(room_id)`; the relay publishes that room's unsent rows in outbox order to
 `<prefix>.output.<room token>` with `Nats-Msg-Id` = the row's stable output id, waits for each
 `PubAck`, and marks the rows sent. After a crash between commit and publish, `sweep()` (run at
-start and then periodically by `run()`) publishes whatever is still unsent. Publishing a row
+start and then periodically by `run()`) publishes whatever is still unsent, and updates the
+outbox gauges when given a `stats` callable (`PgOutboxStore.stats`). Publishing a row
 twice is harmless within the stream's duplicate window: JetStream drops the repeat.
 
 Order: rows of one room are published one at a time in outbox order, and a row is only
@@ -18,9 +19,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
+import asyncpg
 from nats.aio.client import Client as NATS
 from nats.errors import Error as NatsError
 from nats.js.errors import Error as JetStreamError
@@ -28,7 +31,8 @@ from nats.js.errors import Error as JetStreamError
 from worker.bus.subjects import MSG_ID_HEADER, OUTPUT_TYPE_HEADER, ROOM_ID_HEADER, Subjects
 from worker.errors import RetryableError
 from worker.observability.logging import get_logger
-from worker.observability.metrics import OUTPUTS_PUBLISHED
+from worker.observability.metrics import OUTBOX_LAG, OUTBOX_UNSENT, OUTPUTS_PUBLISHED
+from worker.storage import outbox as outbox_sql
 
 _log = get_logger(__name__)
 
@@ -59,15 +63,53 @@ class OutboxRow(Protocol):
 
 
 class OutboxStore(Protocol):
-    """What the relay needs from storage (implemented in `worker.storage.outbox`)."""
+    """What the relay needs from storage (`PgOutboxStore` over `worker.storage.outbox`)."""
 
-    async def fetch_unsent(self, limit: int, room_id: str | None = None) -> Sequence[OutboxRow]:
+    async def fetch_unsent(
+        self, *, room_id: str | None = None, limit: int = 256
+    ) -> Sequence[OutboxRow]:
         """Up to `limit` unsent rows, ordered by `seq`; of one room, or of all rooms."""
         ...
 
-    async def mark_sent(self, seqs: Sequence[int]) -> None:
+    async def mark_sent(self, output_ids: Sequence[str]) -> object:
         """Mark these rows published (idempotent)."""
         ...
+
+
+# What a database failure looks like from asyncpg: the connection or the server went away.
+_DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
+
+
+@dataclass(frozen=True, slots=True)
+class PgOutboxStore:
+    """`OutboxStore` over the storage module's outbox functions and a connection pool.
+
+    Database failures become `RetryableError`, so a flush that cannot reach PostgreSQL
+    naks the input instead of failing it.
+    """
+
+    db: asyncpg.Pool
+
+    async def fetch_unsent(
+        self, *, room_id: str | None = None, limit: int = 256
+    ) -> Sequence[OutboxRow]:
+        try:
+            return await outbox_sql.fetch_unsent(self.db, room_id=room_id, limit=limit)
+        except _DB_ERRORS as exc:
+            raise RetryableError(f"outbox read failed: {exc!r}", code="db_unavailable") from exc
+
+    async def mark_sent(self, output_ids: Sequence[str]) -> int:
+        try:
+            return await outbox_sql.mark_sent(self.db, output_ids)
+        except _DB_ERRORS as exc:
+            raise RetryableError(f"outbox update failed: {exc!r}", code="db_unavailable") from exc
+
+    async def stats(self) -> tuple[int, float]:
+        """(unsent rows, age of the oldest in seconds) for the outbox gauges."""
+        try:
+            return await outbox_sql.outbox_stats(self.db)
+        except _DB_ERRORS as exc:
+            raise RetryableError(f"outbox stats failed: {exc!r}", code="db_unavailable") from exc
 
 
 class NatsOutboxRelay:
@@ -82,6 +124,7 @@ class NatsOutboxRelay:
         batch: int = 256,
         sweep_interval: float = 5.0,
         publish_timeout: float = 5.0,
+        stats: Callable[[], Awaitable[tuple[int, float]]] | None = None,
     ) -> None:
         self._js = nc.jetstream()
         self._subjects = subjects
@@ -89,6 +132,7 @@ class NatsOutboxRelay:
         self._batch = batch
         self._sweep_interval = sweep_interval
         self._publish_timeout = publish_timeout
+        self._stats = stats
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
 
     @contextlib.asynccontextmanager
@@ -113,7 +157,7 @@ class NatsOutboxRelay:
         """
         async with self._room_lock(room_id):
             while True:
-                rows = await self._store.fetch_unsent(self._batch, room_id=room_id)
+                rows = await self._store.fetch_unsent(room_id=room_id, limit=self._batch)
                 if rows:
                     await self._publish_in_order(rows)
                 if len(rows) < self._batch:
@@ -123,7 +167,7 @@ class NatsOutboxRelay:
         """Publish every unsent row of every room; returns how many rows were handled."""
         total = 0
         while True:
-            rows = await self._store.fetch_unsent(self._batch)
+            rows = await self._store.fetch_unsent(limit=self._batch)
             by_room: dict[str, list[OutboxRow]] = {}
             for row in rows:
                 by_room.setdefault(row.room_id, []).append(row)
@@ -141,16 +185,20 @@ class NatsOutboxRelay:
                 swept = await self.sweep()
                 if swept:
                     _log.info("outbox_swept", rows=swept)
+                if self._stats is not None:
+                    unsent, lag = await self._stats()
+                    OUTBOX_UNSENT.set(unsent)
+                    OUTBOX_LAG.set(lag)
             except RetryableError as exc:
                 _log.warning("outbox_sweep_failed", error=str(exc), code=exc.code)
             await asyncio.sleep(self._sweep_interval)
 
     async def _publish_in_order(self, rows: Sequence[OutboxRow]) -> None:
-        sent: list[int] = []
+        sent: list[str] = []
         try:
             for row in rows:
                 await self._publish(row)
-                sent.append(row.seq)
+                sent.append(row.output_id)
         finally:
             if sent:
                 await self._store.mark_sent(sent)
@@ -178,4 +226,4 @@ class NatsOutboxRelay:
             OUTPUTS_PUBLISHED.labels(row.output_type).inc()
 
 
-__all__ = ["NatsOutboxRelay", "OutboxRow", "OutboxStore"]
+__all__ = ["NatsOutboxRelay", "OutboxRow", "OutboxStore", "PgOutboxStore"]

@@ -1,0 +1,160 @@
+"""The outbox relay against the embedded NATS (and, for the storage adapter, PostgreSQL)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import asyncpg
+import msgspec
+import pytest
+from nats.aio.client import Client as NATS
+
+from worker.bus.outbox import NatsOutboxRelay, PgOutboxStore
+from worker.bus.subjects import MSG_ID_HEADER, OUTPUT_TYPE_HEADER, ROOM_ID_HEADER, Subjects
+from worker.errors import RetryableError
+from worker.messages import PurgeRoom, decode_output, encode_output
+from worker.pipeline.ports import OutboxRelay, OutputRecord
+from worker.storage.migrations import apply_migrations
+from worker.storage.outbox import insert_outputs_txn
+
+
+@dataclass(frozen=True)
+class Row:
+    seq: int
+    room_id: str
+    output_id: str
+    output_type: str
+    payload: bytes
+
+
+@dataclass
+class MemoryOutbox:
+    rows: list[Row] = field(default_factory=list)
+    sent: set[str] = field(default_factory=set)
+    fail_mark: bool = False
+
+    def add(self, room_id: str, n: int) -> Row:
+        row = Row(
+            seq=len(self.rows) + 1,
+            room_id=room_id,
+            output_id=f"out-{room_id}-{n}",
+            output_type="purge_room",
+            payload=encode_output(PurgeRoom(room_id=f"{room_id}#{n}")),
+        )
+        self.rows.append(row)
+        return row
+
+    async def fetch_unsent(self, *, room_id: str | None = None, limit: int = 256) -> list[Row]:
+        rows = [r for r in self.rows if r.output_id not in self.sent]
+        if room_id is not None:
+            rows = [r for r in rows if r.room_id == room_id]
+        return rows[:limit]
+
+    async def mark_sent(self, output_ids: Sequence[str]) -> None:
+        if self.fail_mark:
+            raise RetryableError("db down")
+        self.sent.update(output_ids)
+
+
+async def read_outputs(nc: NATS, subjects: Subjects) -> list[tuple[str, dict[str, str], bytes]]:
+    js = nc.jetstream()
+    info = await js.stream_info(subjects.output_stream)
+    out = []
+    for seq in range(info.state.first_seq, info.state.last_seq + 1):
+        msg = await js.get_msg(subjects.output_stream, seq)
+        out.append((msg.subject, dict(msg.headers or {}), msg.data or b""))
+    return out
+
+
+async def test_flush_publishes_a_rooms_rows_in_order_with_headers(
+    nc: NATS, streams: Subjects
+) -> None:
+    store = MemoryOutbox()
+    for n in range(3):
+        store.add("!a:x", n)
+        store.add("!b:x", n)
+    relay: OutboxRelay = NatsOutboxRelay(nc, streams, store, batch=2)
+    await relay.flush("!a:x")
+    published = await read_outputs(nc, streams)
+    assert [h[MSG_ID_HEADER] for _, h, _ in published] == [f"out-!a:x-{n}" for n in range(3)]
+    for subject, headers, data in published:
+        assert subject == streams.output("!a:x")
+        assert headers[ROOM_ID_HEADER] == "!a:x"
+        assert headers[OUTPUT_TYPE_HEADER] == "purge_room"
+        assert decode_output(data).type == "purge_room"
+    assert store.sent == {f"out-!a:x-{n}" for n in range(3)}
+
+
+async def test_republish_is_dropped_as_duplicate(nc: NATS, streams: Subjects) -> None:
+    store = MemoryOutbox()
+    store.add("!a:x", 0)
+    store.add("!a:x", 1)
+    relay = NatsOutboxRelay(nc, streams, store)
+    # A crash after publishing, before marking sent: everything is published again.
+    store.fail_mark = True
+    with pytest.raises(RetryableError):
+        await relay.flush("!a:x")
+    store.fail_mark = False
+    await relay.flush("!a:x")
+    assert store.sent == {"out-!a:x-0", "out-!a:x-1"}
+    published = await read_outputs(nc, streams)
+    assert [h[MSG_ID_HEADER] for _, h, _ in published] == ["out-!a:x-0", "out-!a:x-1"]
+
+
+async def test_sweep_publishes_every_room_and_races_with_flush_safely(
+    nc: NATS, streams: Subjects
+) -> None:
+    store = MemoryOutbox()
+    for n in range(5):
+        for room in ("!a:x", "!b:x", "!c:x"):
+            store.add(room, n)
+    relay = NatsOutboxRelay(nc, streams, store, batch=4)
+    await asyncio.gather(relay.sweep(), relay.flush("!b:x"), relay.flush("!c:x"))
+    assert store.sent == {r.output_id for r in store.rows}
+    published = await read_outputs(nc, streams)
+    assert len(published) == 15  # no duplicates stored
+    for room in ("!a:x", "!b:x", "!c:x"):
+        ids = [h[MSG_ID_HEADER] for _, h, _ in published if h[ROOM_ID_HEADER] == room]
+        assert ids == [f"out-{room}-{n}" for n in range(5)]
+    assert await relay.sweep() == 0
+
+
+async def test_publish_failure_is_retryable_and_keeps_rows(nc: NATS, streams: Subjects) -> None:
+    store = MemoryOutbox()
+    store.add("!a:x", 0)
+    relay = NatsOutboxRelay(nc, Subjects(streams.prefix + "nostream"), store, publish_timeout=0.5)
+    with pytest.raises(RetryableError) as info:
+        await relay.flush("!a:x")
+    assert info.value.code == "output_publish_failed"
+    assert store.sent == set()
+
+
+async def test_pg_outbox_store_round_trip(
+    nc: NATS, streams: Subjects, database_dsn: str
+) -> None:
+    pool = await asyncpg.create_pool(database_dsn, min_size=1, max_size=2)
+    assert pool is not None
+    try:
+        await apply_migrations(pool)
+        async with pool.acquire() as conn, conn.transaction():
+            await insert_outputs_txn(
+                conn,  # type: ignore[arg-type]
+                "!a:x",
+                [
+                    OutputRecord(output_id=f"o{n}", output_type="purge_room",
+                                 payload=msgspec.json.encode({"type": "purge_room", "n": n}))
+                    for n in range(3)
+                ],
+            )
+        store = PgOutboxStore(pool)
+        relay = NatsOutboxRelay(nc, streams, store, stats=store.stats)
+        assert (await store.stats())[0] == 3
+        await relay.flush("!a:x")
+        assert await store.fetch_unsent(room_id="!a:x") == []
+        assert (await store.stats())[0] == 0
+        published = await read_outputs(nc, streams)
+        assert [h[MSG_ID_HEADER] for _, h, _ in published] == ["o0", "o1", "o2"]
+    finally:
+        await pool.close()
