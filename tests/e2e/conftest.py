@@ -125,7 +125,7 @@ class Client:
         while loop.time() < deadline:
             try:
                 msgs = await self._sub.fetch(256, timeout=0.3)
-            except nats.errors.TimeoutError:
+            except (TimeoutError, nats.errors.TimeoutError):
                 if len(self.seen) >= at_least:
                     break
                 continue
