@@ -60,7 +60,7 @@ from worker.core.auth import (
     check_auth,
     check_auth_event_list,
 )
-from worker.core.auth.third_party import encode_canonical
+from worker.core.canonical import encode_canonical
 
 ROOMS_PER_VERSION = int(os.environ.get("ROOMSERVER_FUZZ_DAGS", "0")) // 12 or 20
 EVENTS_PER_ROOM = 90

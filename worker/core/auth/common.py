@@ -10,10 +10,10 @@ exists in more than one version; earlier versions number some top-level steps on
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from typing import Any
 
+from worker.core import ids
 from worker.core.events import Event, StateKey
 from worker.core.outcomes import Rejection
 
@@ -33,15 +33,6 @@ JOIN_RULES_KEY: StateKey = (JOIN_RULES, "")
 # members): the rules only ever call `.get(key)` on it, never iterate or copy it.
 AuthEvents = Mapping[StateKey, Event]
 
-# Server names: a DNS name, an IPv4 literal or a bracketed IPv6 literal, and an optional port
-# (https://spec.matrix.org/latest/appendices/#server-name).
-_SERVER_NAME = re.compile(
-    r"(?:\[[0-9A-Fa-f:.]{2,45}\]|[0-9A-Za-z.-]{1,255})(?::[0-9]{1,5})?", re.ASCII
-)
-# Historical user ID localparts: any printable ASCII except ":" (appendix, "Historical user
-# IDs"). Servers must accept those from other servers, so the rules accept them too.
-_LOCALPART = re.compile(r"[\x21-\x39\x3b-\x7e]+", re.ASCII)
-
 
 def reject(code: str, rule: str, reason: str) -> Rejection:
     """A rejection value; argument order puts the stable parts first so call sites align."""
@@ -60,17 +51,10 @@ def domain_of(identifier: str) -> str:
 def is_valid_user_id(value: Any) -> bool:
     """Whether `value` passes the user ID grammar applied to `sender`.
 
-    `@localpart:server_name`, at most 255 bytes, historical localparts allowed
-    (https://spec.matrix.org/latest/appendices/#user-identifiers).
+    `@localpart:server_name`, at most 255 bytes, historical localparts allowed, as
+    `worker.core.ids` checks senders (https://spec.matrix.org/latest/appendices/#user-identifiers).
     """
-    if not isinstance(value, str) or not value.startswith("@"):
-        return False
-    if len(value.encode("utf-8")) > 255:
-        return False
-    localpart, sep, server = value[1:].partition(":")
-    if not sep:
-        return False
-    return bool(_LOCALPART.fullmatch(localpart)) and bool(_SERVER_NAME.fullmatch(server))
+    return isinstance(value, str) and ids.is_valid_user_id(value, historical=True)
 
 
 def membership_of(auth_events: AuthEvents, user_id: str) -> str | None:

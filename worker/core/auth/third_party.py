@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -21,20 +20,11 @@ from nacl.exceptions import BadSignatureError
 from nacl.signing import VerifyKey
 
 from worker.core.auth.common import THIRD_PARTY_INVITE, AuthEvents, reject
+from worker.core.canonical import encode_canonical
 from worker.core.events import Event
 from worker.core.outcomes import Rejection
 
 _R = "m.room.member/invite"
-
-
-def encode_canonical(value: Any) -> bytes:
-    """Canonical JSON (sorted keys, no whitespace, UTF-8) of the `signed` object.
-
-    Enough for what identity servers sign (strings, integers, objects).
-    """
-    return json.dumps(
-        value, ensure_ascii=False, sort_keys=True, separators=(",", ":"), allow_nan=False
-    ).encode("utf-8")
 
 
 def _unbase64(text: Any) -> bytes | None:
