@@ -85,7 +85,9 @@ class Dag:
     state_sets: list[dict[StateKey, str]] = field(default_factory=list)
 
 
-def _auth_keys(rules: RoomRules, etype: str, sender: str, skey: str | None, content: dict[str, Any]) -> list[StateKey]:
+def _auth_keys(
+    rules: RoomRules, etype: str, sender: str, skey: str | None, content: dict[str, Any]
+) -> list[StateKey]:
     keys: list[StateKey] = []
     if etype == "m.room.create":
         return keys
@@ -238,7 +240,12 @@ def random_forked_dag(rng: random.Random, version: str, readable_ids: bool = Tru
 
     for etype, skey, content in (
         ("m.room.member", "@alice:a", {"membership": "join"}),
-        ("m.room.power_levels", "", _pl_content(rules, rng, creators) | {"users": {} if rules.privileged_creators else {"@alice:a": 100}}),
+        (
+            "m.room.power_levels",
+            "",
+            _pl_content(rules, rng, creators)
+            | {"users": {} if rules.privileged_creators else {"@alice:a": 100}},
+        ),
         ("m.room.join_rules", "", {"join_rule": "public"}),
     ):
         got = b.add(etype, "@alice:a", skey, content, state, [last], ts)
@@ -251,17 +258,46 @@ def random_forked_dag(rng: random.Random, version: str, readable_ids: bool = Tru
             if got is not None:
                 last = got
                 history.append((dict(state), last))
-    for _ in range(rng.randint(0, 6)):
+    for _ in range(rng.randint(0, 10)):
         last = step(state, last)
         history.append((dict(state), last))
     forks = rng.randint(2, 3)
     for _ in range(forks):
         base, prev = rng.choice(history[len(history) // 2 :]) if rng.random() < 0.5 else history[-1]
         st = dict(base)
-        for _ in range(rng.randint(1, 6)):
+        for _ in range(rng.randint(1, 10)):
             prev = step(st, prev)
+            history.append((dict(st), prev))
+        if rng.random() < 0.3:
+            _mix_in_older(rng, st, history)
         b.dag.state_sets.append(st)
+    sets = b.dag.state_sets
+    if rng.random() < 0.5:
+        # Partial merges: one fork's entry copied into another, so that a later event of
+        # one fork becomes unconflicted next to conflicted earlier ones.
+        for _ in range(rng.randint(1, 3)):
+            i, j = rng.sample(range(len(sets)), 2)
+            key = rng.choice(sorted(sets[j]))
+            sets[i][key] = sets[j][key]
     return b.dag
+
+
+def _mix_in_older(
+    rng: random.Random, st: dict[StateKey, str], history: list[tuple[dict[StateKey, str], str]]
+) -> None:
+    """Replace a few entries by older (or other forks') values of the same key.
+
+    Such state sets arise after earlier resolutions ("state resets", MSC4297's examples):
+    they put later events in the unconflicted state next to earlier conflicted ones, which
+    is where v2 and v2.1 part ways.
+    """
+    for _ in range(rng.randint(1, 3)):
+        old, _ = rng.choice(history)
+        key = rng.choice(sorted(st))
+        if key == ("m.room.create", ""):
+            continue
+        if key in old:
+            st[key] = old[key]
 
 
 # --- resolving the same DAG both ways ------------------------------------------------------
