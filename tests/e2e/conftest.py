@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,33 +23,15 @@ from nats.aio.client import Client as NATS
 from tests.fixtures.builder import RoomBuilder
 from worker.bus import settle
 from worker.bus.consumer import ConsumerSettings, InputConsumer
-from worker.bus.outbox import NatsOutboxRelay
+from worker.bus.outbox import NatsOutboxRelay, PgOutboxStore
 from worker.bus.producer import publish_input, send_input
 from worker.bus.streams import StreamLimits, ensure_streams
 from worker.bus.subjects import Subjects
 from worker.messages import InputReply, InputRoomEvent, OutputEvent, decode_output
 from worker.pipeline import Pipeline
 from worker.storage import PostgresStore, apply_migrations
-from worker.storage import fetch_unsent as _fetch_unsent
-from worker.storage import mark_sent as _mark_sent
 
 SHARDS = 2
-
-
-class PoolOutbox:
-    """The relay's outbox port over the storage functions."""
-
-    def __init__(self, pool: asyncpg.Pool) -> None:
-        self.pool = pool
-        self._ids: dict[int, str] = {}
-
-    async def fetch_unsent(self, limit: int, room_id: str | None = None) -> Sequence[Any]:
-        rows = await _fetch_unsent(self.pool, room_id=room_id, limit=limit)
-        self._ids.update((r.seq, r.output_id) for r in rows)
-        return rows
-
-    async def mark_sent(self, seqs: Sequence[int]) -> None:
-        await _mark_sent(self.pool, [self._ids.pop(s) for s in seqs if s in self._ids])
 
 
 @dataclass
@@ -68,7 +50,7 @@ class WorkerRun:
         self.pool = await asyncpg.create_pool(self.dsn, min_size=1, max_size=4)
         await apply_migrations(self.pool)
         self.store = PostgresStore(self.pool)
-        relay = NatsOutboxRelay(self.nc, self.subjects, PoolOutbox(self.pool))
+        relay = NatsOutboxRelay(self.nc, self.subjects, PgOutboxStore(self.pool))
         pipeline = Pipeline(self.store, relay)
         cfg = ConsumerSettings(
             shards=SHARDS,
