@@ -32,7 +32,7 @@ class Row:
 @dataclass
 class MemoryOutbox:
     rows: list[Row] = field(default_factory=list)
-    sent: set[str] = field(default_factory=set)
+    sent: set[int] = field(default_factory=set)
     fail_mark: bool = False
 
     def add(self, room_id: str, n: int) -> Row:
@@ -46,16 +46,19 @@ class MemoryOutbox:
         self.rows.append(row)
         return row
 
-    async def fetch_unsent(self, *, room_id: str | None = None, limit: int = 256) -> list[Row]:
-        rows = [r for r in self.rows if r.output_id not in self.sent]
+    async def fetch_unsent(self, limit: int, room_id: str | None = None) -> list[Row]:
+        rows = [r for r in self.rows if r.seq not in self.sent]
         if room_id is not None:
             rows = [r for r in rows if r.room_id == room_id]
         return rows[:limit]
 
-    async def mark_sent(self, output_ids: Sequence[str]) -> None:
+    async def mark_sent(self, seqs: Sequence[int]) -> None:
         if self.fail_mark:
             raise RetryableError("db down")
-        self.sent.update(output_ids)
+        self.sent.update(seqs)
+
+    def sent_ids(self) -> set[str]:
+        return {r.output_id for r in self.rows if r.seq in self.sent}
 
 
 async def read_outputs(nc: NATS, subjects: Subjects) -> list[tuple[str, dict[str, str], bytes]]:
@@ -84,7 +87,7 @@ async def test_flush_publishes_a_rooms_rows_in_order_with_headers(
         assert headers[ROOM_ID_HEADER] == "!a:x"
         assert headers[OUTPUT_TYPE_HEADER] == "purge_room"
         assert decode_output(data).type == "purge_room"
-    assert store.sent == {f"out-!a:x-{n}" for n in range(3)}
+    assert store.sent_ids() == {f"out-!a:x-{n}" for n in range(3)}
 
 
 async def test_republish_is_dropped_as_duplicate(nc: NATS, streams: Subjects) -> None:
@@ -98,7 +101,7 @@ async def test_republish_is_dropped_as_duplicate(nc: NATS, streams: Subjects) ->
         await relay.flush("!a:x")
     store.fail_mark = False
     await relay.flush("!a:x")
-    assert store.sent == {"out-!a:x-0", "out-!a:x-1"}
+    assert store.sent_ids() == {"out-!a:x-0", "out-!a:x-1"}
     published = await read_outputs(nc, streams)
     assert [h[MSG_ID_HEADER] for _, h, _ in published] == ["out-!a:x-0", "out-!a:x-1"]
 
@@ -112,7 +115,7 @@ async def test_sweep_publishes_every_room_and_races_with_flush_safely(
             store.add(room, n)
     relay = NatsOutboxRelay(nc, streams, store, batch=4)
     await asyncio.gather(relay.sweep(), relay.flush("!b:x"), relay.flush("!c:x"))
-    assert store.sent == {r.output_id for r in store.rows}
+    assert store.sent_ids() == {r.output_id for r in store.rows}
     published = await read_outputs(nc, streams)
     assert len(published) == 15  # no duplicates stored
     for room in ("!a:x", "!b:x", "!c:x"):
@@ -152,7 +155,7 @@ async def test_pg_outbox_store_round_trip(
         relay = NatsOutboxRelay(nc, streams, store, stats=store.stats)
         assert (await store.stats())[0] == 3
         await relay.flush("!a:x")
-        assert await store.fetch_unsent(room_id="!a:x") == []
+        assert await store.fetch_unsent(10, room_id="!a:x") == []
         assert (await store.stats())[0] == 0
         published = await read_outputs(nc, streams)
         assert [h[MSG_ID_HEADER] for _, h, _ in published] == ["o0", "o1", "o2"]

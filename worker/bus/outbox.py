@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import asyncpg
@@ -65,14 +65,12 @@ class OutboxRow(Protocol):
 class OutboxStore(Protocol):
     """What the relay needs from storage (`PgOutboxStore` over `worker.storage.outbox`)."""
 
-    async def fetch_unsent(
-        self, *, room_id: str | None = None, limit: int = 256
-    ) -> Sequence[OutboxRow]:
+    async def fetch_unsent(self, limit: int, room_id: str | None = None) -> Sequence[OutboxRow]:
         """Up to `limit` unsent rows, ordered by `seq`; of one room, or of all rooms."""
         ...
 
-    async def mark_sent(self, output_ids: Sequence[str]) -> object:
-        """Mark these rows published (idempotent)."""
+    async def mark_sent(self, seqs: Sequence[int]) -> None:
+        """Mark the rows with these `seq`s published (idempotent)."""
         ...
 
 
@@ -89,18 +87,21 @@ class PgOutboxStore:
     """
 
     db: asyncpg.Pool
+    # Storage marks rows by output id: the ids of fetched rows, by seq, until marked.
+    _ids: dict[int, str] = field(default_factory=dict, init=False, repr=False)
 
-    async def fetch_unsent(
-        self, *, room_id: str | None = None, limit: int = 256
-    ) -> Sequence[OutboxRow]:
+    async def fetch_unsent(self, limit: int, room_id: str | None = None) -> Sequence[OutboxRow]:
         try:
-            return await outbox_sql.fetch_unsent(self.db, room_id=room_id, limit=limit)
+            rows = await outbox_sql.fetch_unsent(self.db, room_id=room_id, limit=limit)
         except _DB_ERRORS as exc:
             raise RetryableError(f"outbox read failed: {exc!r}", code="db_unavailable") from exc
+        self._ids.update((r.seq, r.output_id) for r in rows)
+        return rows
 
-    async def mark_sent(self, output_ids: Sequence[str]) -> int:
+    async def mark_sent(self, seqs: Sequence[int]) -> None:
+        ids = [self._ids.pop(seq) for seq in seqs if seq in self._ids]
         try:
-            return await outbox_sql.mark_sent(self.db, output_ids)
+            await outbox_sql.mark_sent(self.db, ids)
         except _DB_ERRORS as exc:
             raise RetryableError(f"outbox update failed: {exc!r}", code="db_unavailable") from exc
 
@@ -157,7 +158,7 @@ class NatsOutboxRelay:
         """
         async with self._room_lock(room_id):
             while True:
-                rows = await self._store.fetch_unsent(room_id=room_id, limit=self._batch)
+                rows = await self._store.fetch_unsent(self._batch, room_id=room_id)
                 if rows:
                     await self._publish_in_order(rows)
                 if len(rows) < self._batch:
@@ -167,7 +168,7 @@ class NatsOutboxRelay:
         """Publish every unsent row of every room; returns how many rows were handled."""
         total = 0
         while True:
-            rows = await self._store.fetch_unsent(limit=self._batch)
+            rows = await self._store.fetch_unsent(self._batch)
             by_room: dict[str, list[OutboxRow]] = {}
             for row in rows:
                 by_room.setdefault(row.room_id, []).append(row)
@@ -194,11 +195,11 @@ class NatsOutboxRelay:
             await asyncio.sleep(self._sweep_interval)
 
     async def _publish_in_order(self, rows: Sequence[OutboxRow]) -> None:
-        sent: list[str] = []
+        sent: list[int] = []
         try:
             for row in rows:
                 await self._publish(row)
-                sent.append(row.output_id)
+                sent.append(row.seq)
         finally:
             if sent:
                 await self._store.mark_sent(sent)
