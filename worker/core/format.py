@@ -190,15 +190,21 @@ def _reject(code: Reason, reason: str, rule: str) -> Rejection:
 # Required fields and their JSON types, per room version family. `event_id` is required only
 # where the event carries it (v1, v2); `room_id` is required except on a v12 create event.
 _REQUIRED: tuple[tuple[str, type | tuple[type, ...], str], ...] = (
+    # What the event is and who sent it: every auth rule starts from these.
     ("type", str, "a string"),
     ("sender", str, "a string"),
+    # An object in every version: the auth rules and redaction read keys from it.
     ("content", dict, "an object"),
+    # Integers (not bools, not floats even before v6): ordering and tie-breaks use them.
     ("depth", int, "an integer"),
     ("origin_server_ts", int, "an integer"),
+    # The DAG edges. Empty lists are fine here (the create event has none).
     ("prev_events", list, "an array"),
     ("auth_events", list, "an array"),
 )
-# Optional fields: only their type is checked, when present.
+# Optional fields: only their type is checked, when present. `state_key` makes an event a
+# state event; the others are checked upstream or not at all, but a wrong type would still
+# break code that reads them (storage, outputs).
 _OPTIONAL: tuple[tuple[str, type, str], ...] = (
     ("state_key", str, "a string"),
     ("hashes", dict, "an object"),
@@ -209,8 +215,13 @@ _OPTIONAL: tuple[tuple[str, type, str], ...] = (
 
 
 def _check_fields(pdu: Mapping[str, Any], rules: RoomRules) -> Rejection | None:
-    """Required fields are present and every known field has its JSON type."""
-    # Every version: the fields of the PDU schema the rules read.
+    """Required fields are present and every known field has its JSON type (step 3).
+
+    Spec: server-server API, "PDUs" (the schema) and the room version's "Event format".
+    Missing and mistyped are told apart (`missing_field` / `wrong_type`) because they are
+    different bugs in the sender.
+    """
+    # All versions: the fields of the PDU schema that the rules, the state and the DAG read.
     for name, kind, described in _REQUIRED:
         if name not in pdu:
             return _reject(Reason.MISSING_FIELD, f"the PDU has no {name!r} field", f"pdu.{name}")
@@ -278,9 +289,14 @@ def _check_lengths(pdu: Mapping[str, Any], rules: RoomRules) -> Rejection | None
     stores byte-limit violators as rejected rather than dropping them. We follow the spec's
     bytes in every version; the pipeline can tell these apart by the code.
     """
+    # Step 4, all versions. The five keys the spec names; `event_id` only matters in v1/v2
+    # (a stray one in v3+ is still measured: it travels with the event). Types were checked
+    # in step 3, so a non-string here is an absent optional key.
     for name in ("type", "state_key", "sender", "room_id", "event_id"):
         value = pdu.get(name)
         if isinstance(value, str):
+            # Bytes, not code points: 128 "é" are 128 characters but 256 bytes. The encode
+            # cannot fail: step 2 already encoded the whole PDU.
             size = len(value.encode("utf-8", "surrogatepass"))
             if size > MAX_FIELD_BYTES:
                 return _reject(
@@ -292,13 +308,21 @@ def _check_lengths(pdu: Mapping[str, Any], rules: RoomRules) -> Rejection | None
 
 
 def _check_ids(pdu: Mapping[str, Any], rules: RoomRules) -> Rejection | None:
-    """Identifier grammar of `sender`, `room_id`, `event_id` and `redacts`."""
-    # `sender`: a user ID; historical localparts are accepted over federation.
+    """Identifier grammar of `sender`, `room_id`, `event_id` and `redacts` (step 5).
+
+    Spec: appendices, "Identifier grammar"; the room/event ID forms come from the room
+    version (`ids`). Only the grammar is checked: whether the sender's server signed the
+    event is the federation service's concern, whether the sender may act is the auth rules'.
+    """
+    # All versions: `sender` is a user ID. Historical localparts (upper case, punctuation)
+    # are accepted: the spec tells servers to accept them over federation, and old rooms
+    # are full of them. Refusing them would fork those rooms.
     if not ids.is_valid_user_id(pdu["sender"], historical=True):
         return _reject(
             Reason.BAD_USER_ID, f"the 'sender' {pdu['sender']!r} is not a user ID", "pdu.sender"
         )
-    # `room_id`: `!opaque:server` before v12, `!` + hash in v12 (absent on the v12 create).
+    # v1-v11: `room_id` is `!opaque:server`. Since v12: `!` + URL-safe hash, no domain (and
+    # absent on the create event, checked in step 3).
     room_id = pdu.get("room_id")
     if isinstance(room_id, str) and not ids.is_valid_room_id(room_id, rules):
         return _reject(
@@ -306,7 +330,7 @@ def _check_ids(pdu: Mapping[str, Any], rules: RoomRules) -> Rejection | None:
             f"the 'room_id' {room_id!r} is not a room ID of room version {rules.version}",
             "pdu.room_id",
         )
-    # `event_id`: carried in v1, v2 only.
+    # v1, v2: the carried `event_id` is `$opaque:server`. v3+ derive it, nothing to check.
     if rules.event_id_format is EventIdFormat.CARRIED and not ids.is_valid_event_id(
         pdu["event_id"], rules
     ):
@@ -341,6 +365,8 @@ def _check_integers(pdu: Mapping[str, Any], rules: RoomRules) -> Rejection | Non
     origin_server_ts: milliseconds since the epoch, [0, 2**53-1] (ruma's UInt, the same
     bound).
     """
+    # Step 6, all versions. Both are known ints here (step 3). Before v6 nothing else bounds
+    # them, and a depth beyond 2**53-1 breaks every peer that stores it as a JSON number.
     for name in ("depth", "origin_server_ts"):
         value = pdu[name]
         if not 0 <= value <= MAX_SAFE_INT:
@@ -353,7 +379,12 @@ def _check_integers(pdu: Mapping[str, Any], rules: RoomRules) -> Rejection | Non
 
 
 def _check_refs(pdu: Mapping[str, Any], rules: RoomRules) -> Rejection | None:
-    """`prev_events` and `auth_events`: bounded lists of well-formed references."""
+    """`prev_events` and `auth_events`: bounded lists of well-formed references (step 7).
+
+    The bounds come first so that a huge list is refused without walking it. Duplicates and
+    whether the referenced events exist or are the right ones are for the auth rules and the
+    pipeline's gap filling, which see the other events.
+    """
     for name, limit, code in (
         ("prev_events", MAX_PREV_EVENTS, Reason.TOO_MANY_PREV_EVENTS),
         ("auth_events", MAX_AUTH_EVENTS, Reason.TOO_MANY_AUTH_EVENTS),
@@ -379,6 +410,8 @@ def _check_ref(name: str, index: int, ref: Any, rules: RoomRules) -> Rejection |
     v3+: the event ID itself.
     """
     where = f"{name}[{index}]"
+    # v1, v2: a pair. Exactly two elements, as every implementation unpacks it that way;
+    # only its shape is checked: Synapse reads the ID and ignores the hashes object.
     if rules.reference_pairs:
         if not (isinstance(ref, list) and len(ref) == 2 and isinstance(ref[1], dict)):
             return _reject(
@@ -387,6 +420,8 @@ def _check_ref(name: str, index: int, ref: Any, rules: RoomRules) -> Rejection |
                 f"pdu.{name}",
             )
         ref = ref[0]
+    # All versions: the ID is a string of the version's event ID form, so that a v4 room
+    # cannot point at a v3-style ID (a different alphabet, hence a different event).
     if not isinstance(ref, str):
         return _reject(
             Reason.WRONG_TYPE, f"{where} is {_json_type(ref)}, not a string", f"pdu.{name}"

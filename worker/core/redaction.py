@@ -83,15 +83,21 @@ def redact(pdu: Mapping[str, Any], rules: RoomRules) -> dict[str, Any]:
     The input is not modified. A `content` that is not an object redacts to `{}`.
     """
     v11 = _since(rules, RedactionAlgorithm.V11)
-    # Step 1: strip every top-level key not in the version's list.
+    # Step 1 (all versions): strip every top-level key not in the version's list. Anything
+    # else a sender adds (custom keys, `unsigned`, `age_ts`, `redacts` before v11) goes, so
+    # that it cannot influence the reference hash.
     keep = _TOP_LEVEL if v11 else _TOP_LEVEL_BEFORE_V11
     out = {k: v for k, v in pdu.items() if k in keep}
-    # Step 2: strip the content down to the keys the event type keeps.
+    # Step 2 (all versions): strip the content down to the keys its event type keeps. The
+    # type is read from the event itself; a state key is not required (the spec's rules
+    # are by type only, and Synapse agrees).
     content = pdu.get("content")
     event_type = pdu.get("type")
     if isinstance(content, Mapping) and isinstance(event_type, str):
         out["content"] = _redact_content(event_type, content, rules)
     else:
+        # redact() must not fail on any JSON object: it runs inside hashing, which may see
+        # input nobody validated yet. Content that is not an object keeps nothing.
         out["content"] = {}
     return out
 
@@ -99,7 +105,13 @@ def redact(pdu: Mapping[str, Any], rules: RoomRules) -> dict[str, Any]:
 def _redact_content(
     event_type: str, content: Mapping[str, Any], rules: RoomRules
 ) -> dict[str, Any]:
-    """The content keys kept for `event_type` (step 2 of the algorithm)."""
+    """The content keys kept for `event_type` (step 2 of the algorithm).
+
+    Every type not listed keeps no content at all. The kept keys are exactly those the auth
+    rules and state resolution read, which is why redacting an event never changes whether
+    later events are allowed.
+    """
+    # `keys` are copied when present; `extra` holds values built from nested parts.
     keys: tuple[str, ...] = ()
     extra: dict[str, Any] = {}
     if event_type == "m.room.member":
