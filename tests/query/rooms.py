@@ -38,6 +38,11 @@ class MemoryStore:
         self.current: dict[StateKey, str] = {}
         self.latest: list[str] = []
         self.ts = 1000
+        # What a real store is given, event by event, in order: the PDU as first input, and
+        # the extremities after it (for writing the same room into PostgreSQL).
+        self.order: list[str] = []
+        self.originals: dict[str, dict[str, Any]] = {}
+        self.latest_at: dict[str, list[str]] = {}
 
     def add(
         self,
@@ -83,6 +88,9 @@ class MemoryStore:
         # The room moves forward: the new event replaces its prevs as an extremity.
         self.latest = sorted((set(self.latest) - set(prevs)) | {event_id})
         self.current = self.after(event_id)
+        self.order.append(event_id)
+        self.originals[event_id] = pdu
+        self.latest_at[event_id] = list(self.latest)
         if redacts is not None and redacts in self.stored and outcome == "accepted":
             old = self.stored[redacts]
             pdu2 = redact(old.event.pdu, self.rules)

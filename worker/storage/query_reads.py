@@ -1,0 +1,215 @@
+"""The reads of the query API (`worker.query.ports.QueryStore`) over the roomserver's schema.
+
+State comes from the store's own snapshot machinery (`PostgresStore`: `state_after`,
+`current_state`, `lookup`, `materialize`), so there is one way to read a snapshot; this module
+adds what only queries need, each in one round trip: events with their stored (redacted) JSON,
+whole auth chains by a recursive walk of `events.auth_event_nids`, the state before events, and
+"was this user ever joined".
+
+Reads run on their own pool connections and take no locks: MVCC gives each statement a
+consistent view, so a query never waits for, nor holds up, a room's writer (DESIGN §5).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, cast
+
+import asyncpg
+import msgspec
+
+from worker.core import stateblocks as sb
+from worker.core.events import Event, StateKey
+from worker.core.versions import RoomRules, rules_for
+from worker.pipeline.ports import RoomStore, StateHandle
+from worker.query.ports import WILDCARD, QueryEvent, StateFilter
+from worker.storage.nids import NidCache, select_names, select_nids
+from worker.storage.snapshots import load_layers
+
+# Mirrors of worker.storage.events codes (schemas/sql/0001_initial.sql comments).
+_OUTCOMES = {1: "accepted", 2: "soft_failed", 3: "rejected", 4: "outlier", 5: "invalid"}
+_MEMBER_TYPE_NID = 5
+_JOIN = 3
+
+SELECT_ROOM_VERSION = "SELECT room_version FROM rooms WHERE room_id = $1"
+
+SELECT_EVENTS = """
+SELECT e.event_id, e.outcome, e.before_snapshot_nid IS NOT NULL AS has_state,
+       e.redacted_by IS NOT NULL AS redacted, r.room_version, j.json
+FROM events e
+JOIN event_json j ON j.event_nid = e.event_nid
+JOIN rooms r ON r.room_nid = e.room_nid
+WHERE e.event_id = ANY($1::text[])
+"""
+
+# UNION (not UNION ALL) drops repeats, so the walk ends even on a cyclic (corrupt) chain.
+SELECT_AUTH_CHAIN = """
+WITH RECURSIVE chain(nid) AS (
+    SELECT unnest(auth_event_nids) FROM events WHERE event_id = ANY($1::text[])
+  UNION
+    SELECT unnest(e.auth_event_nids) FROM events e JOIN chain c ON e.event_nid = c.nid
+)
+SELECT e.event_id FROM chain c JOIN events e ON e.event_nid = c.nid
+"""
+
+SELECT_BEFORE_SNAPSHOTS = """
+SELECT event_id, before_snapshot_nid FROM events
+WHERE event_id = ANY($1::text[]) AND before_snapshot_nid IS NOT NULL
+"""
+
+SELECT_EVENT_IDS = "SELECT event_nid, event_id FROM events WHERE event_nid = ANY($1::bigint[])"
+
+SELECT_EVER_JOINED = f"""
+SELECT EXISTS (
+    SELECT 1 FROM events e
+    JOIN rooms r ON r.room_nid = e.room_nid
+    JOIN state_keys s ON s.state_key_nid = e.state_key_nid
+    WHERE r.room_id = $1 AND s.state_key = $2
+      AND e.type_nid = {_MEMBER_TYPE_NID} AND e.membership = {_JOIN} AND e.outcome = 1
+)
+"""
+
+
+class PostgresQueryReads:
+    """`QueryStore` over PostgreSQL: `pool` for the query-only reads, `store` for state."""
+
+    def __init__(self, pool: asyncpg.Pool[Any], store: RoomStore) -> None:
+        self._pool = pool
+        self._store = store
+        self._nids = NidCache()
+
+    @classmethod
+    def from_pool(cls, pool: asyncpg.Pool[Any]) -> PostgresQueryReads:
+        from worker.storage.store import PostgresStore
+
+        return cls(pool, PostgresStore(pool))
+
+    async def room_version(self, room_id: str) -> str | None:
+        version: str | None = await self._pool.fetchval(SELECT_ROOM_VERSION, room_id)
+        return version
+
+    async def events(self, event_ids: Sequence[str]) -> dict[str, QueryEvent]:
+        if not event_ids:
+            return {}
+        rows = await self._pool.fetch(SELECT_EVENTS, list(event_ids))
+        out: dict[str, QueryEvent] = {}
+        for row in rows:
+            rules = rules_for(row["room_version"])
+            if rules is None:
+                continue
+            out[row["event_id"]] = _query_event(row, rules)
+        return out
+
+    async def extremities(self, room_id: str) -> list[str]:
+        return await self._store.extremities(room_id)
+
+    async def current_state(self, room_id: str, keys: StateFilter) -> dict[StateKey, str]:
+        handle = await self._store.current_state(room_id)
+        if handle is None:
+            return {}
+        return await self._read(handle, keys)
+
+    async def state_after(
+        self, event_ids: Sequence[str], keys: StateFilter
+    ) -> dict[str, dict[StateKey, str]]:
+        handles = await self._store.state_after(event_ids)
+        return {i: await self._read(h, keys) for i, h in handles.items()}
+
+    async def state_before(
+        self, event_ids: Sequence[str], keys: StateFilter
+    ) -> dict[str, dict[StateKey, str]]:
+        """From each event's `before_snapshot_nid`: all snapshots' layers in one query, the
+        filter turned into NIDs first so that only the wanted entries are ever named."""
+        if not event_ids:
+            return {}
+        async with self._pool.acquire() as proxy:
+            # The proxy forwards every call to its connection; the storage helpers are typed
+            # for a plain connection.
+            conn = cast("asyncpg.Connection[asyncpg.Record]", proxy)
+            rows = await conn.fetch(SELECT_BEFORE_SNAPSHOTS, list(event_ids))
+            if not rows:
+                return {}
+            layers = await load_layers(conn, [r["before_snapshot_nid"] for r in rows])
+            want = await self._nid_filter(conn, keys)
+            states: dict[str, sb.NidState] = {}
+            for r in rows:
+                full = sb.materialize(sb.chain_from_rows(r["before_snapshot_nid"], layers))
+                states[r["event_id"]] = full if want is None else _pick(full, *want)
+            return await self._name_states(conn, states)
+
+    async def _nid_filter(
+        self, conn: asyncpg.Connection, keys: StateFilter
+    ) -> tuple[set[sb.NidKey], set[int]] | None:
+        """(exact NID keys, type NIDs with a wildcard); names never stored match nothing."""
+        if keys is None:
+            return None
+        nids = await select_nids(
+            conn, self._nids, {t for t, _ in keys}, {k for _, k in keys if k != WILDCARD}
+        )
+        exact = {
+            (nids.types[t], nids.keys[k])
+            for t, k in keys
+            if k != WILDCARD and t in nids.types and k in nids.keys
+        }
+        types = {nids.types[t] for t, k in keys if k == WILDCARD and t in nids.types}
+        return exact, types
+
+    async def _name_states(
+        self, conn: asyncpg.Connection, states: Mapping[str, sb.NidState]
+    ) -> dict[str, dict[StateKey, str]]:
+        """NID states -> (type, state_key) -> event ID, with one query per kind of name."""
+        type_nids = {t for st in states.values() for t, _ in st}
+        key_nids = {k for st in states.values() for _, k in st}
+        event_nids = sorted({e for st in states.values() for e in st.values()})
+        types, skeys = await select_names(conn, self._nids, type_nids, key_nids)
+        ids: dict[int, str] = {}
+        if event_nids:
+            ids = {
+                r["event_nid"]: r["event_id"]
+                for r in await conn.fetch(SELECT_EVENT_IDS, event_nids)
+            }
+        return {
+            i: {
+                (types[t], skeys[k]): ids[e]
+                for (t, k), e in st.items()
+                if t in types and k in skeys and e in ids
+            }
+            for i, st in states.items()
+        }
+
+    async def auth_chain(self, event_ids: Sequence[str]) -> set[str]:
+        if not event_ids:
+            return set()
+        rows = await self._pool.fetch(SELECT_AUTH_CHAIN, list(event_ids))
+        return {r["event_id"] for r in rows}
+
+    async def ever_joined(self, room_id: str, user_id: str) -> bool:
+        return bool(await self._pool.fetchval(SELECT_EVER_JOINED, room_id, user_id))
+
+    async def _read(self, handle: StateHandle, keys: StateFilter) -> dict[StateKey, str]:
+        """A state, filtered: exact keys by lookup, anything with a wildcard materialised."""
+        if keys is not None and all(k[1] != WILDCARD for k in keys):
+            found = await self._store.lookup(handle, list(keys))
+            return {k: e.event_id for k, e in found.items()}
+        full = await self._store.materialize(handle)
+        if keys is None:
+            return full
+        exact = {k for k in keys if k[1] != WILDCARD}
+        types = {k[0] for k in keys if k[1] == WILDCARD}
+        return {k: v for k, v in full.items() if k in exact or k[0] in types}
+
+
+def _query_event(row: asyncpg.Record, rules: RoomRules) -> QueryEvent:
+    raw: bytes = bytes(row["json"])
+    pdu = msgspec.json.decode(raw)
+    return QueryEvent(
+        event=Event(pdu, row["event_id"], rules),
+        json=raw,
+        outcome=_OUTCOMES.get(row["outcome"], "invalid"),
+        has_state=bool(row["has_state"]),
+        redacted=bool(row["redacted"]),
+    )
+
+
+def _pick(state: sb.NidState, exact: set[sb.NidKey], types: set[int]) -> sb.NidState:
+    return {k: v for k, v in state.items() if k in exact or k[0] in types}
