@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -348,3 +349,36 @@ async def test_shards_start_and_stop_one_by_one(nc: NATS, streams: Subjects) -> 
     with pytest.raises(ValueError):
         await consumer.start_shard(SHARDS)
     assert await consumer.drain(grace=GUARD)
+
+
+async def test_held_messages_are_kept_alive_past_the_ack_wait(nc: NATS, streams: Subjects) -> None:
+    # ack_wait 1 s; three events of one room take ~0.6 s each, so the last one is held
+    # (queued, then handled) well past the ack wait. Without the periodic in_progress
+    # JetStream would redeliver them while they are still being worked on.
+    async def slow(room_id: str, message: InputRoomEvent, delivery: int) -> HandleResult:
+        await asyncio.sleep(0.6)
+        return HandleResult(event_id=event_id_of(message), outcome=Outcome.ACCEPTED)
+
+    class Silent(FakeHandler):
+        async def handle(
+            self,
+            room_id: str,
+            input: InputRoomEvent,
+            *,
+            delivery: int,
+            in_progress: Callable[[], Awaitable[None]],
+        ) -> HandleResult:
+            self.calls.append((room_id, event_id_of(input), delivery))
+            return await self.behaviour(room_id, input, delivery)
+
+    handler = Silent(slow)
+    settings = dataclasses.replace(FAST, ack_wait=1.0)
+    for n in (1, 2, 3):
+        await publish_input(nc, streams, event("!slow:x", n))
+    async with running(nc, streams, handler, settings) as consumer:
+        async with asyncio.timeout(GUARD):
+            while len(handler.calls) < 3 or consumer.in_flight:
+                await asyncio.sleep(0.05)
+        await asyncio.sleep(1.2)  # a redelivery of anything unsettled would show up by now
+    assert handler.calls == [("!slow:x", f"$e{n}", 1) for n in (1, 2, 3)]
+    assert await input_left(nc, streams) == 0
