@@ -17,6 +17,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -54,6 +55,9 @@ def _processes_mentioning(text: str) -> list[str]:
 class Run:
     """One `python -m worker run` subprocess and the addresses it was given."""
 
+    # Every worker started by the current test, killed at teardown if still running.
+    live: ClassVar[list[subprocess.Popen[bytes]]] = []
+
     def __init__(
         self,
         data_dir: Path,
@@ -84,6 +88,7 @@ class Run:
             stdout=self._log,
             stderr=subprocess.STDOUT,
         )
+        Run.live.append(self.proc)
 
     @property
     def base(self) -> str:
@@ -127,7 +132,12 @@ class Run:
 def data_dir(tmp_path: Path) -> Iterator[Path]:
     d = tmp_path / "var"
     yield d
-    # Whatever a failed test left behind must not outlive it.
+    # Whatever a failed test left behind must not outlive it: the worker, then its servers.
+    while Run.live:
+        proc = Run.live.pop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
     for line in _processes_mentioning(str(d)):
         pid = int(line.split(":", 1)[0])
         with contextlib.suppress(ProcessLookupError):
@@ -139,7 +149,9 @@ def test_embedded_run_is_ready_and_sigterm_leaves_nothing_behind(data_dir: Path)
     verdict = run.wait_ready()
     assert verdict == {
         "ready": True,
-        "checks": {"migrations": "ok", "nats": "ok", "postgres": "ok", "worker": "ok"},
+        "checks": {
+            "consumer": "ok", "migrations": "ok", "nats": "ok", "postgres": "ok", "worker": "ok"
+        },
     }
     assert _get(run.base + "/healthz") == (200, "ok\n")
     status, metrics = _get(run.base + "/metrics")

@@ -7,22 +7,21 @@ Start-up, in order (each step logged; any failure stops what was started and exi
 3. database migrations (`worker.storage.migrations`);
 4. stream provisioning: `ROOMSERVER_INPUT`, `_OUTPUT`, `_DEADLETTER` created or updated;
 5. the HTTP endpoint (`/metrics`, `/healthz`, `/readyz`);
-6. the input consumer, handing each decoded event to the pipeline's handler.
+6. the outbox relay and the input consumer, handing each decoded event to the pipeline.
 
 Shutdown (SIGTERM, SIGINT, or `Worker.request_stop`): `/readyz` turns 503, the consumer
-stops fetching and finishes in-flight rooms within `DRAIN_GRACE_SECONDS`, then HTTP, NATS
-(drained), the pool and the embedded servers are stopped, in reverse order of start. A
-second signal skips the grace period.
+stops fetching and finishes in-flight rooms within `DRAIN_GRACE_SECONDS`, the outbox is
+flushed, then HTTP, NATS (drained), the pool and the embedded servers are stopped, in
+reverse order of start. A second signal skips the grace period.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import signal
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +32,8 @@ from nats.errors import Error as NatsError
 from nats.js.errors import Error as JetStreamError
 
 from worker import __version__
+from worker.bus.consumer import ConsumerSettings, InputConsumer
+from worker.bus.outbox import NatsOutboxRelay
 from worker.bus.streams import StreamLimits, ensure_streams
 from worker.bus.subjects import Subjects
 from worker.config import Settings, mask_url
@@ -41,10 +42,26 @@ from worker.errors import PermanentError
 from worker.observability import metrics
 from worker.observability.http import HealthServer, ReadinessCheck
 from worker.observability.logging import get_logger
+from worker.pipeline import Pipeline
+from worker.storage import (
+    OutboxRow,
+    PostgresStore,
+    apply_migrations,
+    fetch_unsent,
+    mark_sent,
+    outbox_stats,
+    prune_sent,
+)
 
 EMBEDDED_DATABASE = "roomserver"
 EXIT_OK = 0
 EXIT_FAILED = 1
+# Outbox housekeeping: how often the lag gauges are refreshed, and how long published rows are
+# kept (they are useful to an operator tracing an output, and useless after that).
+HOUSEKEEPING_INTERVAL = 10.0
+OUTBOX_RETENTION_SECONDS = 24 * 3600.0
+# After the consumer drained: time for the relay to publish what was committed meanwhile.
+FINAL_SWEEP_TIMEOUT = 10.0
 
 log = get_logger("worker.app")
 
@@ -147,6 +164,10 @@ class Worker:
         self.pool: asyncpg.Pool[asyncpg.Record] | None = None
         self.http: HealthServer | None = None
         self.schema_version: int | None = None
+        self.relay: NatsOutboxRelay | None = None
+        self.consumer: InputConsumer | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self.started = False
         self.draining = False
         self._stop = asyncio.Event()
         self._hurry = asyncio.Event()
@@ -200,6 +221,7 @@ class Worker:
             await self._teardown()
             raise
         metrics.READY.set(1)
+        self.started = True
         log.info(
             "worker_ready",
             nats=mask_url(self.nats_url),
@@ -262,16 +284,6 @@ class Worker:
     async def _migrate(self) -> None:
         assert self.pool is not None
         try:
-            module = importlib.import_module("worker.storage.migrations")
-        except ModuleNotFoundError as exc:
-            # Interim, until worker.storage lands: there is nothing to apply yet.
-            if exc.name != "worker.storage.migrations":
-                raise
-            log.warning("migrations_unavailable", reason="worker.storage.migrations missing")
-            self.schema_version = 0
-            return
-        apply_migrations: Callable[[Any], Awaitable[int]] = module.apply_migrations
-        try:
             self.schema_version = await apply_migrations(self.pool)
         except Exception as exc:
             raise StartupError(f"database migrations failed: {exc!r}") from exc
@@ -301,8 +313,89 @@ class Worker:
         self._cleanup.append(("http", self.http.stop))
 
     async def _start_consumer(self) -> None:
-        # Interim, until worker.bus lands with its consumer.
-        log.warning("consumer_unavailable", reason="worker.bus has no consumer yet")
+        assert self.nc is not None and self.pool is not None
+        store = PostgresStore(self.pool)
+        self.relay = NatsOutboxRelay(self.nc, self.subjects, PoolOutbox(self.pool))
+        self._background(self.relay.run(), "outbox-relay")
+        self._background(self._housekeeping(), "housekeeping")
+        self._cleanup.append(("outbox", self._stop_background))
+        # No federation client yet: an input with missing prev/auth events is refused with
+        # missing_prev_events / missing_auth_events, and a later delivery can still succeed.
+        pipeline = Pipeline(store, self.relay, federation=None)
+        self.consumer = InputConsumer(
+            self.nc, self.subjects, pipeline, ConsumerSettings.from_settings(self.settings)
+        )
+        self._cleanup.append(("consumer", self._drain_consumer))
+        try:
+            await self.consumer.start()
+        except (NatsError, JetStreamError) as exc:
+            raise StartupError(f"cannot start the input consumers: {exc!r}") from exc
+
+    def _background(self, work: Awaitable[None], name: str) -> None:
+        async def guarded() -> None:
+            try:
+                await work
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.error("background_task_failed", task=name, error=repr(exc), exc_info=True)
+
+        self._tasks.append(asyncio.create_task(guarded(), name=name))
+
+    async def _housekeeping(self) -> None:
+        """Refresh the outbox gauges; now and then delete long-published outbox rows."""
+        assert self.pool is not None
+        last_prune = 0.0
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                unsent, lag = await outbox_stats(self.pool)
+                metrics.OUTBOX_UNSENT.set(unsent)
+                metrics.OUTBOX_LAG.set(lag)
+                metrics.ROOMS_IN_FLIGHT.set(self.consumer.in_flight if self.consumer else 0)
+                if loop.time() - last_prune > 3600.0:
+                    pruned = await prune_sent(self.pool, OUTBOX_RETENTION_SECONDS)
+                    last_prune = loop.time()
+                    if pruned:
+                        log.info("outbox_pruned", rows=pruned)
+            except (asyncpg.PostgresError, OSError) as exc:
+                log.warning("housekeeping_failed", error=repr(exc))
+            await asyncio.sleep(HOUSEKEEPING_INTERVAL)
+
+    async def _drain_consumer(self) -> None:
+        """Stop fetching; let in-flight rooms finish within the grace (a 2nd signal: now)."""
+        if self.consumer is None:
+            return
+        grace = 0.0 if self._hurry.is_set() else self.settings.drain_grace_seconds
+        drain = asyncio.create_task(self.consumer.drain(grace), name="drain")
+        hurry = asyncio.create_task(self._hurry.wait(), name="hurry")
+        done, _ = await asyncio.wait({drain, hurry}, return_when=asyncio.FIRST_COMPLETED)
+        hurry.cancel()
+        if drain in done:
+            log.info("consumer_drained", finished=drain.result())
+        else:
+            # Unsettled messages are not acked: JetStream redelivers them after ack_wait.
+            drain.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await drain
+            log.warning("consumer_drain_cut_short")
+        self.consumer = None
+
+    async def _stop_background(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        if self.relay is not None and not self._hurry.is_set():
+            # Publish what the drained rooms committed last (DESIGN §6: flush the outbox).
+            try:
+                swept = await asyncio.wait_for(self.relay.sweep(), FINAL_SWEEP_TIMEOUT)
+                log.info("outbox_flushed", rows=swept)
+            except Exception as exc:  # whatever is left is published by the next start
+                log.warning("outbox_flush_failed", error=repr(exc))
+        self.relay = None
 
     # -- readiness --
 
@@ -322,13 +415,21 @@ class Worker:
             return None if self.schema_version is not None else "not applied"
 
         async def worker_check() -> str | None:
-            return "draining" if self.draining else None
+            if self.draining:
+                return "draining"
+            return None if self.started else "starting"
+
+        async def consumer_check() -> str | None:
+            if self.consumer is None or not self.consumer.shards:
+                return "not consuming"
+            return None
 
         return {
             "nats": nats_check,
             "postgres": postgres_check,
             "migrations": migrations_check,
             "worker": worker_check,
+            "consumer": consumer_check,
         }
 
     # -- stop --
@@ -369,6 +470,27 @@ class Worker:
             pool.terminate()
 
 
+class PoolOutbox:
+    """The relay's outbox port (`worker.bus.outbox.OutboxStore`) over worker.storage.
+
+    The relay marks rows by sequence number, storage by output id; the ids of fetched rows
+    are remembered until they are marked.
+    """
+
+    def __init__(self, pool: asyncpg.Pool[asyncpg.Record]) -> None:
+        self._pool = pool
+        self._ids: dict[int, str] = {}
+
+    async def fetch_unsent(self, limit: int, room_id: str | None = None) -> list[OutboxRow]:
+        rows = await fetch_unsent(self._pool, room_id=room_id, limit=limit)
+        self._ids.update((r.seq, r.output_id) for r in rows)
+        return rows
+
+    async def mark_sent(self, seqs: Sequence[int]) -> None:
+        ids = [self._ids.pop(seq) for seq in seqs if seq in self._ids]
+        await mark_sent(self._pool, ids)
+
+
 async def migrate(settings: Settings) -> int:
     """`python -m worker migrate`: apply pending migrations (embedded PostgreSQL if needed)."""
     worker = Worker(settings)
@@ -406,6 +528,7 @@ async def serve(settings: Settings) -> int:
 
 __all__ = [
     "EMBEDDED_DATABASE",
+    "PoolOutbox",
     "StartupError",
     "Worker",
     "connect_nats",
