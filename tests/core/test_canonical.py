@@ -141,6 +141,13 @@ def test_rejection_names_the_value(value: Any, path: str) -> None:
     assert problem is not None and path in problem.reason
 
 
+def test_lenient_keys_are_top_level_only() -> None:
+    value = {"unsigned": {"f": 1.5}, "content": {"unsigned": {"f": 1.5}}}
+    problem = check_json_values(value, strict=True, lenient_keys={"unsigned"})
+    assert problem is not None and "content.unsigned.f" in problem.reason
+    assert check_json_values({"unsigned": [2**60]}, strict=True, lenient_keys={"unsigned"}) is None
+
+
 def _nest(levels: int) -> Any:
     value: Any = "leaf"
     for i in range(levels):

@@ -197,6 +197,20 @@ def test_floats_before_v6_keep_synapse_event_ids() -> None:
         assert _code(parse_pdu(raw, _rules("6"))) is not None
 
 
+@pytest.mark.parametrize("version", ["6", "10", "12"])
+def test_unsigned_is_exempt_from_value_rules_but_not_nesting(version: str) -> None:
+    rules = _rules(version)
+    pdu = valid(version, unsigned={"age": 1.5, "big": 2**64, "x": [0.5]})
+    assert validate_pdu(pdu, rules) is None
+    # The same values in a hashed part of the event are refused...
+    assert _code(validate_pdu(valid(version, hashes={"sha256": 0.5}), rules)) is not None
+    # ...and nesting is limited everywhere.
+    deep: Any = 0
+    for _ in range(120):
+        deep = [deep]
+    assert _code(validate_pdu(valid(version, unsigned={"d": deep}), rules)) == "too_deep"
+
+
 def test_stray_event_id_in_v3_plus_is_ignored() -> None:
     rules = _rules("4")
     plain = parse_pdu(valid("4"), rules)

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Collection
 from typing import Any
 
 import msgspec
@@ -92,7 +93,9 @@ def encode_canonical(value: Any) -> bytes:
     return out
 
 
-def check_json_values(value: Any, *, strict: bool) -> Rejection | None:
+def check_json_values(
+    value: Any, *, strict: bool, lenient_keys: Collection[str] = ()
+) -> Rejection | None:
     """Check every value nested in `value` against the canonical JSON rules.
 
     https://spec.matrix.org/latest/appendices/#canonical-json ("integers ... in the range
@@ -100,13 +103,18 @@ def check_json_values(value: Any, *, strict: bool) -> Rejection | None:
     value rules are enforced from room version 6 (`strict`). Nesting is limited in every
     version (see `MAX_NESTING`). Returns the first problem found, or None; its sentence
     names the offending value by its path (`content.users['@a:b']`-style, `content.x[2]`).
+
+    `lenient_keys` names top-level keys whose values are exempt from the strict value rules
+    (but not from the nesting limit): `format` passes `unsigned`, which is neither signed
+    nor hashed and which Synapse filters before it applies these rules.
     """
     # An explicit stack instead of recursion: the depth limit is what we are checking, so the
     # walk itself must not depend on Python's recursion limit. Each entry carries the path of
-    # the container, built only for containers (leaves build theirs on error only).
-    stack: list[tuple[Any, int, str]] = [(value, 1, "")]
+    # the container, built only for containers (leaves build theirs on error only), and
+    # whether the strict rules apply below it.
+    stack: list[tuple[Any, int, str, bool]] = [(value, 1, "", strict)]
     while stack:
-        item, level, path = stack.pop()
+        item, level, path, strict_here = stack.pop()
         if isinstance(item, dict):
             if level > MAX_NESTING:
                 return _too_deep(path)
@@ -115,29 +123,30 @@ def check_json_values(value: Any, *, strict: bool) -> Rejection | None:
                     return _reject(
                         Reason.WRONG_TYPE, f"the object key {key!r} at {_at(path)} is not a string"
                     )
+                sub_strict = strict_here and not (level == 1 and key in lenient_keys)
                 # The common leaves are decided inline: this walk runs on every event.
-                if _plain(sub, strict):
+                if _plain(sub, sub_strict):
                     continue
                 if isinstance(sub, dict | list | tuple):
-                    stack.append((sub, level + 1, _child(path, key)))
+                    stack.append((sub, level + 1, _child(path, key), sub_strict))
                     continue
-                problem = _check_scalar(sub, strict, path, key)
+                problem = _check_scalar(sub, sub_strict, path, key)
                 if problem is not None:
                     return problem
         elif isinstance(item, list | tuple):
             if level > MAX_NESTING:
                 return _too_deep(path)
             for index, sub in enumerate(item):
-                if _plain(sub, strict):
+                if _plain(sub, strict_here):
                     continue
                 if isinstance(sub, dict | list | tuple):
-                    stack.append((sub, level + 1, f"{path}[{index}]"))
+                    stack.append((sub, level + 1, f"{path}[{index}]", strict_here))
                     continue
-                problem = _check_scalar(sub, strict, path, index)
+                problem = _check_scalar(sub, strict_here, path, index)
                 if problem is not None:
                     return problem
         else:
-            problem = _check_scalar(item, strict, path, None)
+            problem = _check_scalar(item, strict_here, path, None)
             if problem is not None:
                 return problem
     return None

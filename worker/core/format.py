@@ -50,6 +50,8 @@ MAX_PREV_EVENTS = 20
 MAX_AUTH_EVENTS = 10
 
 _CREATE = "m.room.create"
+# Top-level keys that are part of no hash and no signature.
+_UNHASHED_KEYS = frozenset({"unsigned"})
 
 # msgspec refuses lone-surrogate escapes, NaN and numbers beyond float range, which is what we
 # want; big integers decode as Python ints, exactly. Built once (STYLE R7).
@@ -85,7 +87,12 @@ def validate_pdu(pdu: Mapping[str, Any], rules: RoomRules) -> Rejection | None:
     # 1. Canonical JSON value rules. Since v6: no floats, integers within ±(2**53-1). All
     #    versions: nesting within MAX_NESTING. First, because every later step (and every
     #    hash) walks or encodes the whole value and must be able to.
-    problem = check_json_values(pdu, strict=rules.strict_canonical_json)
+    #    `unsigned` is exempt from the value rules (not from nesting): it is covered by no
+    #    hash or signature, any server may rewrite it, and Synapse filters it before these
+    #    checks; refusing an event for it would drop an event every other server accepts.
+    problem = check_json_values(
+        pdu, strict=rules.strict_canonical_json, lenient_keys=_UNHASHED_KEYS
+    )
     if problem is not None:
         return problem
     # 2. Size limit on the whole PDU, as canonical JSON, signatures included (all versions).
