@@ -83,6 +83,9 @@ class Dag:
     syn: dict[str, EventBase] = field(default_factory=dict)
     pdus: list[dict[str, Any]] = field(default_factory=list)
     state_sets: list[dict[StateKey, str]] = field(default_factory=list)
+    # The states along the linear shared history, oldest first: each extends the ones
+    # before it with events that passed the auth rules.
+    linear_states: list[dict[StateKey, str]] = field(default_factory=list)
 
 
 def _auth_keys(
@@ -261,6 +264,7 @@ def random_forked_dag(rng: random.Random, version: str, readable_ids: bool = Tru
     for _ in range(rng.randint(0, 10)):
         last = step(state, last)
         history.append((dict(state), last))
+    b.dag.linear_states = [st for st, _ in history]
     forks = rng.randint(2, 3)
     for _ in range(forks):
         base, prev = rng.choice(history[len(history) // 2 :]) if rng.random() < 0.5 else history[-1]
