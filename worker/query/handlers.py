@@ -446,6 +446,7 @@ async def missing_events(
             out.append(msgspec.Raw(ev.json))
         else:
             pdu = redaction.redact(ev.event.pdu, rules)
+            pdu.setdefault("event_id", ev.event.event_id)
             out.append(msgspec.Raw(msgspec.json.encode(pdu)))
     return m.MissingEventsResponse(events=out)
 

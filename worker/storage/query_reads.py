@@ -199,9 +199,20 @@ class PostgresQueryReads:
         return {k: v for k, v in full.items() if k in exact or k[0] in types}
 
 
+def _with_event_id(raw: bytes, pdu: dict[str, Any], event_id: str) -> bytes:
+    """The PDU JSON with its `event_id`, as outputs carry it (v3+ PDUs are stored without
+    one, their ID being their reference hash); spliced in, not re-encoded, to stay cheap."""
+    if "event_id" in pdu:
+        return raw
+    head = b'{"event_id":' + msgspec.json.encode(event_id)
+    body = raw.lstrip()[1:].lstrip()
+    return head + (b"}" if body.startswith(b"}") else b"," + body)
+
+
 def _query_event(row: asyncpg.Record, rules: RoomRules) -> QueryEvent:
-    raw: bytes = bytes(row["json"])
-    pdu = msgspec.json.decode(raw)
+    stored: bytes = bytes(row["json"])
+    pdu = msgspec.json.decode(stored)
+    raw = _with_event_id(stored, pdu, row["event_id"])
     return QueryEvent(
         event=Event(pdu, row["event_id"], rules),
         json=raw,
