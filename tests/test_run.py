@@ -6,6 +6,7 @@ an operator would run it, and looks at it only from outside: HTTP, exit code, pr
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -19,9 +20,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import ClassVar
 
+import msgspec
+import nats
 import pytest
+from nats.js.errors import NotFoundError
 
+from tests.fixtures.builder import RoomBuilder
+from worker.bus.producer import send_input
+from worker.bus.subjects import Subjects
 from worker.embedded import free_port
+from worker.messages import InputRoomEvent, decode_deadletter, decode_output
 
 REPO = Path(__file__).resolve().parent.parent
 # Generous: the first start of a cluster runs initdb. Not a performance claim, a hang guard.
@@ -203,6 +211,61 @@ def test_external_servers_are_used_and_nothing_is_embedded(
     assert run.stop() == 0, run.logs()
     assert not (data_dir / "nats").exists()
     assert not (data_dir / "pg").exists()
+
+
+async def _last(js: nats.js.JetStreamContext, stream: str, subject: str) -> bytes:
+    """The body of the last message on `subject`, waiting for it to arrive."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + READY_DEADLINE
+    while True:
+        try:
+            raw = await js.get_last_msg(stream, subject)
+        except NotFoundError:
+            if loop.time() > deadline:
+                raise
+            await asyncio.sleep(0.1)
+            continue
+        return raw.data or b""
+
+
+async def test_garbage_is_dead_lettered_while_a_valid_event_flows(
+    data_dir: Path, nats_url: str, database_dsn: str, prefix: str
+) -> None:
+    run = Run(data_dir, {"NATS_URL": nats_url, "DATABASE_URL": database_dsn,
+                         "ROOMSERVER_PREFIX": prefix})
+    await asyncio.to_thread(run.wait_ready)
+    subjects = Subjects(prefix)
+    nc = await nats.connect(nats_url)
+    try:
+        js = nc.jetstream()
+        garbage_room = "!garbage:test"
+        garbage = b"\x00 this is not an InputRoomEvent"
+        await js.publish(subjects.input(garbage_room), garbage,
+                         headers={"Room-ID": garbage_room}, stream=subjects.input_stream)
+
+        b = RoomBuilder("10", real_ids=True)
+        create = b.create("alice")
+        message = InputRoomEvent(
+            kind="new", event=msgspec.Raw(msgspec.json.encode(b.events[create])),
+            room_version="10", origin="test",
+        )
+        reply = await send_input(nc, subjects, message, room_id=b.room_id, event_id=create,
+                                 timeout=READY_DEADLINE)
+        assert (reply.event_id, reply.outcome, reply.duplicate) == (create, "accepted", False)
+
+        output = await _last(js, subjects.output_stream, subjects.output(b.room_id))
+        assert decode_output(output).type == "new_room_event"
+
+        dead = await _last(js, subjects.deadletter_stream, subjects.deadletter)
+        letter = decode_deadletter(dead)
+        assert letter.reason_code == "undecodable"
+        assert "InputRoomEvent" in letter.reason
+        assert letter.original_body() == garbage
+        assert letter.subject == subjects.input(garbage_room)
+        assert letter.headers.get("Room-ID") == garbage_room
+    finally:
+        await nc.close()
+    assert await asyncio.to_thread(run.stop) == 0, run.logs()
 
 
 def test_invalid_settings_exit_2_naming_each_problem(tmp_path: Path) -> None:
