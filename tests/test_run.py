@@ -228,7 +228,7 @@ async def _last(js: nats.js.JetStreamContext, stream: str, subject: str) -> byte
         return raw.data or b""
 
 
-async def test_garbage_is_dead_lettered_while_a_valid_event_flows(
+async def test_garbage_is_dead_lettered_while_a_valid_event_flows_and_is_queryable(
     data_dir: Path, nats_url: str, database_dsn: str, prefix: str
 ) -> None:
     run = Run(data_dir, {"NATS_URL": nats_url, "DATABASE_URL": database_dsn,
@@ -252,6 +252,10 @@ async def test_garbage_is_dead_lettered_while_a_valid_event_flows(
         reply = await send_input(nc, subjects, message, room_id=b.room_id, event_id=create,
                                  timeout=READY_DEADLINE)
         assert (reply.event_id, reply.outcome, reply.duplicate) == (create, "accepted", False)
+
+        answer = await nc.request(f"{prefix}.query.room_version",
+                                  msgspec.json.encode({"room_id": b.room_id}), timeout=30)
+        assert msgspec.json.decode(answer.data) == {"room_id": b.room_id, "room_version": "10"}
 
         output = await _last(js, subjects.output_stream, subjects.output(b.room_id))
         assert decode_output(output).type == "new_room_event"

@@ -7,7 +7,8 @@ Start-up, in order (each step logged; any failure stops what was started and exi
 3. database migrations (`worker.storage.migrations`);
 4. stream provisioning: `ROOMSERVER_INPUT`, `_OUTPUT`, `_DEADLETTER` created or updated;
 5. the HTTP endpoint (`/metrics`, `/healthz`, `/readyz`);
-6. the outbox relay and the input consumer, handing each decoded event to the pipeline.
+6. the outbox relay and the input consumer, handing each decoded event to the pipeline;
+7. the query micro service `roomserver` on `<prefix>.query.<name>`.
 
 Shutdown (SIGTERM, SIGINT, or `Worker.request_stop`): `/readyz` turns 503, the consumer
 stops fetching and finishes in-flight rooms within `DRAIN_GRACE_SECONDS`, the outbox is
@@ -43,6 +44,7 @@ from worker.observability import metrics
 from worker.observability.http import HealthServer, ReadinessCheck
 from worker.observability.logging import get_logger
 from worker.pipeline import Pipeline
+from worker.query.service import QueryService, start_query_service
 from worker.storage import (
     OutboxRow,
     PostgresStore,
@@ -166,6 +168,7 @@ class Worker:
         self.schema_version: int | None = None
         self.relay: NatsOutboxRelay | None = None
         self.consumer: InputConsumer | None = None
+        self.queries: QueryService | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.started = False
         self.draining = False
@@ -209,6 +212,7 @@ class Worker:
             self._provision,
             self._serve_http,
             self._start_consumer,
+            self._start_queries,
         )
         try:
             for step in steps:
@@ -330,6 +334,21 @@ class Worker:
             await self.consumer.start()
         except (NatsError, JetStreamError) as exc:
             raise StartupError(f"cannot start the input consumers: {exc!r}") from exc
+
+    async def _start_queries(self) -> None:
+        assert self.nc is not None and self.pool is not None
+        try:
+            self.queries = await start_query_service(
+                self.nc, self.pool, prefix=self.settings.bus.prefix
+            )
+        except (NatsError, JetStreamError) as exc:
+            raise StartupError(f"cannot start the query service: {exc!r}") from exc
+        self._cleanup.append(("queries", self._stop_queries))
+
+    async def _stop_queries(self) -> None:
+        if self.queries is not None:
+            queries, self.queries = self.queries, None
+            await queries.stop()
 
     def _background(self, work: Awaitable[None], name: str) -> None:
         async def guarded() -> None:
