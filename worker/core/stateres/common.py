@@ -195,10 +195,12 @@ def separate_v2(
     unconflicted: dict[StateKey, str] = {}
     conflicted: dict[StateKey, list[str]] = {}
     for key, eid in first.items():
-        if all(s.get(key) == eid for s in rest):
-            unconflicted[key] = eid
+        for s in rest:
+            if s.get(key) != eid:
+                conflicted[key] = _values(state_sets, key)
+                break
         else:
-            conflicted[key] = _values(state_sets, key)
+            unconflicted[key] = eid
     for s in rest:
         for key in s:
             if key not in first and key not in conflicted:

@@ -228,27 +228,32 @@ def iterative_auth_checks(
     against their own auth chain, as those cannot be in any state set or auth chain.
     """
     checked = 0
+    rejected = events.rejected
+    get = events.get
+    must = events.must
     for eid in order:
-        ev = events.must(eid)
+        ev = must(eid)
         key = ev.state_tuple
         if key is None:
             continue
         auth_events: dict[StateKey, Event] = {}
         for aid in events.auth_refs(ev):
-            if aid in events.rejected:
+            if aid in rejected:
                 continue
-            aev = events.get(aid)
-            if aev is not None and aev.state_tuple is not None:
-                auth_events[aev.state_tuple] = aev
+            aev = get(aid)
+            if aev is not None:
+                akey = aev.state_tuple
+                if akey is not None:
+                    auth_events[akey] = aev
         for k in authz.auth_types(ev):
             sid = state.get(k)
             if sid is not None:
-                auth_events[k] = events.must(sid)
+                auth_events[k] = must(sid)
         # The auth rules read the create event in every version, including v12 where it
         # is no longer among the selected auth types.
         create_id = state.get(CREATE)
         if create_id is not None:
-            auth_events[CREATE] = events.must(create_id)
+            auth_events[CREATE] = must(create_id)
         checked += 1
         if authz.check(ev, auth_events) is None:
             state[key] = eid
