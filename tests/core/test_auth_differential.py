@@ -27,6 +27,10 @@ generated or not compared (each is marked `DEVIATION` below):
 5. Rule 5.2 (v8+, the authorising server's signature on a restricted join) is outside
    `check_state_dependent_auth_rules`; the builder signs for the authorising server.
 
+6. Synapse's state-independent checks index `signed["token"]` of a third-party invite without
+   a guard (KeyError), and raise RuntimeError (not AuthError) for a v12 event that lists the
+   create event; the first has no verdict to compare, the second counts as a rejection.
+
 `ROOMSERVER_FUZZ_DAGS` (see `make fuzz`) scales the number of rooms per version.
 """
 
@@ -47,6 +51,7 @@ from synapse.api.room_versions import KNOWN_ROOM_VERSIONS
 from synapse.event_auth import (
     _check_create,
     check_state_dependent_auth_rules,
+    check_state_independent_auth_rules,
 )
 from synapse.event_auth import (
     auth_types_for_event as synapse_auth_types,
@@ -61,6 +66,7 @@ from worker.core.auth import (
     check_auth_event_list,
 )
 from worker.core.canonical import encode_canonical
+from worker.core.events import Event
 
 ROOMS_PER_VERSION = int(os.environ.get("ROOMSERVER_FUZZ_DAGS", "0")) // 12 or 20
 EVENTS_PER_ROOM = 90
@@ -85,12 +91,12 @@ def _b64(raw: bytes) -> str:
 class Room:
     """One random room: our builder plus the same events as Synapse objects."""
 
-    def __init__(self, version: str, rng: random.Random) -> None:
+    def __init__(self, version: str, rng: random.Random, name: str = "room") -> None:
         self.version = version
         self.rv = KNOWN_ROOM_VERSIONS[version]
         self.rng = rng
         self.creator = rng.choice(["@alice:test", "@alice:test", "@dave:other.example"])
-        room_id = "!room:" + self.creator.split(":", 1)[1]
+        room_id = f"!{name}:" + self.creator.split(":", 1)[1]
         self.b = RoomBuilder(version, room_id=room_id, event_id_fn=self._synapse_id)
         self.rules = self.b.rules
         self.syn: dict[str, EventBase] = {}
@@ -378,3 +384,75 @@ def test_differential_create_events() -> None:
         theirs = _synapse_verdict(functools.partial(_check_create, syn))
         ours = check_auth(b.event(eid), {})
         assert (ours is None) == (theirs is None), (version, pdu, ours, theirs)
+
+
+class _FakeStore:
+    """The one store method `check_state_independent_auth_rules` calls, over memory."""
+
+    def __init__(self, events: dict[str, EventBase]) -> None:
+        self.events = events
+
+    async def get_events(self, event_ids: Any, *args: Any, **kwargs: Any) -> dict[str, EventBase]:
+        return {e: self.events[e] for e in event_ids if e in self.events}
+
+
+@pytest.mark.parametrize("version", [str(v) for v in range(1, 13)])
+async def test_differential_auth_event_lists(version: str) -> None:
+    """Rule 2/3 (the event's own auth_events list) against Synapse's state-independent checks:
+    duplicates, entries the selection does not select, a missing create event (v1-v11), an
+    entry from another room; reordered and shortened lists stay acceptable."""
+    rng = random.Random(f"auth-differential-lists-{version}")
+    room = Room(version, rng)
+    room.grow(40)
+    other = Room(version, random.Random(f"other-{version}"), name="other")
+    other.grow(5)
+    b = room.b
+    store = _FakeStore({**other.syn, **room.syn})
+    foreign_events = {k: other.b.event(k) for k in other.b.events}
+    by_key: dict[Any, list[str]] = {}
+    for eid in b.events:
+        key = b.event(eid).state_tuple
+        if key is not None:
+            by_key.setdefault(key, []).append(eid)
+    candidates = [e for e in b.events if b.event(e).type != "m.room.create"]
+    checked = 0
+    for eid in rng.sample(candidates, min(60, len(candidates))):
+        auth = list(b.event(eid).auth_event_ids)
+        variants: list[list[str]] = [auth[::-1], auth[1:]]
+        for a in auth:
+            twins = [t for t in by_key.get(b.event(a).state_tuple, []) if t != a]
+            if twins:
+                variants.append([*auth, rng.choice(twins)])
+        stray = [e for e in b.events if b.event(e).is_state and e not in auth]
+        if stray:
+            variants.append([*auth, rng.choice(stray)])
+        # (v1/v2 readable IDs can repeat across the two rooms; those are not foreign.)
+        foreign = [e for e in other.b.events if other.b.event(e).is_state and e not in b.events]
+        if foreign:
+            variants.append([*auth, rng.choice(foreign)])
+        for variant in variants:
+            pdu = copy.deepcopy(b.events[eid])
+            pdu["auth_events"] = b._refs(variant)
+            pdu.pop("event_id", None)
+            if b.rules.reference_pairs:
+                pdu["event_id"] = eid.split(":")[0] + "_v" + str(checked) + ":test"
+            syn_ev = room._to_synapse(pdu)
+            pdu["event_id"] = syn_ev.event_id
+            ev = Event(pdu, syn_ev.event_id, b.rules)
+            listed = [b.event(a) if a in b.events else foreign_events[a] for a in variant]
+            ours = check_auth_event_list(ev, listed)
+            try:
+                await check_state_independent_auth_rules(store, syn_ev)
+                theirs = None
+            except SynapseError as exc:
+                theirs = str(exc)
+            except KeyError:
+                # Synapse's selection indexes `signed["token"]` unguarded; no verdict to compare.
+                continue
+            except RuntimeError as exc:
+                # v12: Synapse raises (rather than rejects) on a listed create event.
+                assert b.rules.room_id_from_create_event, exc
+                theirs = str(exc)
+            assert (ours is None) == (theirs is None), (variant, ours, theirs)
+            checked += 1
+    assert checked > 100
