@@ -382,3 +382,31 @@ async def test_held_messages_are_kept_alive_past_the_ack_wait(nc: NATS, streams:
         await asyncio.sleep(1.2)  # a redelivery of anything unsettled would show up by now
     assert handler.calls == [("!slow:x", f"$e{n}", 1) for n in (1, 2, 3)]
     assert await input_left(nc, streams) == 0
+
+
+async def test_in_flight_is_bounded(nc: NATS, streams: Subjects) -> None:
+    gate = asyncio.Event()
+    entered: list[str] = []
+
+    async def blocked(room_id: str, message: InputRoomEvent, delivery: int) -> HandleResult:
+        entered.append(room_id)
+        await gate.wait()
+        return HandleResult(event_id=event_id_of(message), outcome=Outcome.ACCEPTED)
+
+    for n in range(10):
+        await publish_input(nc, streams, event(f"!room{n}:x", n))
+    handler = FakeHandler(blocked)
+    settings = dataclasses.replace(FAST, max_in_flight=4)
+    async with running(nc, streams, handler, settings) as consumer:
+        async with asyncio.timeout(GUARD):
+            while len(entered) < 4:
+                await asyncio.sleep(0.01)
+        # Several fetch rounds pass while the handlers block; none may take more.
+        await asyncio.sleep(4 * FAST.fetch_timeout)
+        assert consumer.in_flight == 4 and len(entered) == 4
+        gate.set()
+        async with asyncio.timeout(GUARD):
+            while len(handler.calls) < 10 or consumer.in_flight:
+                await asyncio.sleep(0.01)
+    assert sorted(r for r, _, _ in handler.calls) == sorted(f"!room{n}:x" for n in range(10))
+    assert await input_left(nc, streams) == 0
