@@ -239,6 +239,18 @@ def _check_fields(pdu: Mapping[str, Any], rules: RoomRules) -> Rejection | None:
     for name, kind, described in _OPTIONAL:
         if name in pdu and not isinstance(pdu[name], kind):
             return _wrong_type(name, pdu[name], described)
+    # `hashes` is {algorithm: base64} and `signatures` {server: {key ID: base64}}. Their
+    # values are verified upstream, but their shape is part of the format: Synapse refuses
+    # an event whose hashes or signatures hold anything but strings there.
+    for algorithm, digest in pdu.get("hashes", {}).items():
+        if not isinstance(digest, str):
+            return _wrong_type(f"hashes.{algorithm}", digest, "a string")
+    for server, by_key in pdu.get("signatures", {}).items():
+        if not isinstance(by_key, dict):
+            return _wrong_type(f"signatures.{server}", by_key, "an object")
+        for key_id, signature in by_key.items():
+            if not isinstance(signature, str):
+                return _wrong_type(f"signatures.{server}.{key_id}", signature, "a string")
     # v1, v2: the event carries its own ID. v3+ do not; a stray `event_id` is tolerated
     # (our outputs and test DAGs add one) and left out of the reference hash, so it cannot
     # change the derived ID. Holding a carried ID to the derived one is `check_event_id`.
