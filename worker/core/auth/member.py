@@ -21,8 +21,14 @@ from worker.core.auth.third_party import check_third_party_invite
 from worker.core.events import Event
 from worker.core.outcomes import Rejection
 
-# Rule names are "m.room.member/<membership>/<step>", steps numbered as in the v12 text.
+# Rule names are "m.room.member/<membership>/<step>", steps numbered as in the v12 text
+# (5.3.x is "join/x"). In v8-v11 the whole rule is number 4, in v1-v7 number 5; inside it,
+# v1-v7 lack 5.2 (restricted joins), so their join/invite/... sub-steps are one lower.
 _R = "m.room.member"
+
+# Who "holds a place" in the room for the purposes of 5.3.4 and 5.3.5.1: an invite lets the
+# user in whatever the join rule, and a joined user re-joining (a profile change) is a no-op.
+_ADMITTED = ("invite", "join")
 
 
 def _join_rule(auth_events: AuthEvents) -> str:
@@ -39,7 +45,12 @@ def _join_rule(auth_events: AuthEvents) -> str:
 
 
 def check_member(event: Event, auth_events: AuthEvents) -> Rejection | None:
-    """Rule 5: dispatch on `content.membership` after the shape and signature checks."""
+    """Rule 5 (all versions): dispatch on `content.membership` after the shape checks.
+
+    Membership events never reach rules 6 to 10: whatever this returns is the verdict.
+    "Current membership" below means the m.room.member event in `auth_events` for that user
+    (absent: no membership at all, which the spec treats like `leave`).
+    """
     rules = event.rules
     # 5.1 (all versions): a membership event names its target and a membership.
     target = event.state_key
@@ -49,7 +60,10 @@ def check_member(event: Event, auth_events: AuthEvents) -> Rejection | None:
             "bad_membership", f"{_R}/5.1", "A membership event needs a state_key and membership."
         )
     # 5.2 (v8+): a join authorised by another server carries that server's signature. The
-    # signature itself was verified upstream with the others; here we check it is present.
+    # signature itself was verified upstream with the others (DESIGN §1: signatures are the
+    # federation service's job); here we check it is present, so that a server cannot claim
+    # an authoriser on another server without that server having signed the join. The key
+    # is checked whatever the membership: the spec puts 5.2 before the dispatch.
     if rules.restricted_join_rule and "join_authorised_via_users_server" in event.content:
         authoriser = event.content["join_authorised_via_users_server"]
         signatures = event.pdu.get("signatures")
@@ -63,6 +77,7 @@ def check_member(event: Event, auth_events: AuthEvents) -> Rejection | None:
                 f"{_R}/5.2",
                 "The join is not signed by the server of join_authorised_via_users_server.",
             )
+    # One view of the power levels for the whole rule: every sub-rule reads the same event.
     power = PowerLevels.from_auth_events(rules, auth_events)
     if membership == "join":
         return _join(event, target, auth_events, power)
@@ -82,6 +97,7 @@ def check_member(event: Event, auth_events: AuthEvents) -> Rejection | None:
 def _join(
     event: Event, target: str, auth_events: AuthEvents, power: PowerLevels
 ) -> Rejection | None:
+    """5.3 (all versions; 5.3.5 from v8, knock from v7, knock_restricted from v10)."""
     rules = event.rules
     # 5.3.1: the creator's own first join, right after the create event. The creator is
     # content.creator in v1-v10 and the create event's sender from v11 (in v12 the
@@ -93,31 +109,38 @@ def _join(
         )
         if target == first_joiner:
             return None
-    # 5.3.2: nobody joins on someone else's behalf.
+    # 5.3.2 (all versions): nobody joins on someone else's behalf.
     if event.sender != target:
         return reject("sender_mismatch", f"{_R}/join/2", "Cannot make another user join.")
+    # From here on sender = target, so "membership state" is the sender's own.
     current = membership_of(auth_events, event.sender)
-    # 5.3.3: banned users stay out.
+    # 5.3.3 (all versions): banned users stay out, whatever the join rule.
     if current == "ban":
         return reject("banned", f"{_R}/join/3", f"{target} is banned from the room.")
     join_rule = _join_rule(auth_events)
-    # 5.3.4: invite-only rooms (and v7+ knock rooms) admit the invited and the already joined.
+    # 5.3.4 (all versions; `knock` from v7): invite-only rooms, and knock rooms (where a
+    # knock is answered with an invite), admit the invited and the already joined. In v1-v6
+    # `knock` is no join rule at all and falls through to 5.3.7.
     if join_rule == "invite" or (rules.knock and join_rule == "knock"):
-        if current in ("invite", "join"):
+        if current in _ADMITTED:
             return None
         return reject(
             "join_rule_forbids",
             f"{_R}/join/4",
             f"The room is {join_rule}-only; {target} is not invited.",
         )
-    # 5.3.5: restricted rooms (v8+) and knock_restricted rooms (v10+).
+    # 5.3.5 (v8+ `restricted`, v10+ `knock_restricted`): membership of another room, which
+    # only the authorising server can see, admits the user. In older versions these names
+    # are unknown join rules and fall through to 5.3.7.
     if (rules.restricted_join_rule and join_rule == "restricted") or (
         rules.knock_restricted_join_rule and join_rule == "knock_restricted"
     ):
         # 5.3.5.1: the invited and the already joined need no authorisation.
-        if current in ("invite", "join"):
+        if current in _ADMITTED:
             return None
-        # 5.3.5.2: otherwise a joined member able to invite vouches for the join.
+        # 5.3.5.2: otherwise a joined member able to invite vouches for the join: the spec
+        # says the key "is not a user with sufficient permission to invite other users or is
+        # not a joined member", so a missing (or non-string) key fails too.
         authoriser = event.content.get("join_authorised_via_users_server")
         if not isinstance(authoriser, str):
             return reject(
@@ -139,10 +162,11 @@ def _join(
             )
         # 5.3.5.3: otherwise, allow.
         return None
-    # 5.3.6: public rooms admit anyone not banned.
+    # 5.3.6 (all versions): public rooms admit anyone not banned (5.3.3 ran already).
     if join_rule == "public":
         return None
-    # 5.3.7: any other join rule (private, unknown, or not supported by this version).
+    # 5.3.7 (all versions): any other join rule: `private` (reserved, never implemented),
+    # unknown values, and the ones this version does not know yet.
     return reject(
         "join_rule_forbids", f"{_R}/join/7", f"The join rule {join_rule!r} forbids joining."
     )
@@ -151,24 +175,27 @@ def _join(
 def _invite(
     event: Event, target: str, auth_events: AuthEvents, power: PowerLevels
 ) -> Rejection | None:
+    """5.4 (all versions, unchanged since v1)."""
     # 5.4.1: invites through a third-party identifier are vouched for by the identity server's
-    # signature, not by the sender's membership.
+    # signature, not by the sender's membership: the sender must only be whoever sent the
+    # m.room.third_party_invite (5.4.1.6), who may have left the room since.
     if "third_party_invite" in event.content:
         # 5.4.1.1: a banned target stays out.
         if membership_of(auth_events, target) == "ban":
             return reject("banned", f"{_R}/invite/1.1", f"{target} is banned from the room.")
         # 5.4.1.2 to 5.4.1.8.
         return check_third_party_invite(event, target, auth_events)
-    # 5.4.2: only members invite.
+    # 5.4.2: only members invite (an invited user cannot pass the invite on).
     if membership_of(auth_events, event.sender) != "join":
         return reject("not_in_room", f"{_R}/invite/2", f"{event.sender} is not in the room.")
-    # 5.4.3: members and banned users cannot be invited.
+    # 5.4.3: members cannot be invited again, and an invite must not undo a ban (unbanning
+    # is a `leave` by someone with the ban level, 5.5.3).
     current = membership_of(auth_events, target)
     if current == "join":
         return reject("target_in_room", f"{_R}/invite/3", f"{target} is already in the room.")
     if current == "ban":
         return reject("banned", f"{_R}/invite/3", f"{target} is banned from the room.")
-    # 5.4.4 and 5.4.5: the sender needs the invite level.
+    # 5.4.4 and 5.4.5: the sender needs the invite level (default 0: any member invites).
     if power.user_level(event.sender) >= power.named("invite"):
         return None
     return reject("insufficient_power", f"{_R}/invite/4", "The sender may not invite users.")
@@ -177,22 +204,28 @@ def _invite(
 def _leave(
     event: Event, target: str, auth_events: AuthEvents, power: PowerLevels
 ) -> Rejection | None:
+    """5.5 (all versions; withdrawing a knock from v7). Covers leave, kick and unban."""
     rules = event.rules
     sender_membership = membership_of(auth_events, event.sender)
-    # 5.5.1: leaving oneself (or rejecting an invite, or v7+ withdrawing a knock).
+    # 5.5.1: leaving oneself (or rejecting an invite, or v7+ withdrawing a knock). "Allow if
+    # and only if": a banned user cannot lift their own ban by leaving, and someone with no
+    # membership has nothing to leave.
     if event.sender == target:
         allowed = ("invite", "join", "knock") if rules.knock else ("invite", "join")
         if sender_membership in allowed:
             return None
         return reject("not_in_room", f"{_R}/leave/1", f"{target} has nothing to leave.")
-    # 5.5.2: kicking and unbanning are for members.
+    # 5.5.2: kicking and unbanning (a leave for someone else) are for members.
     if sender_membership != "join":
         return reject("not_in_room", f"{_R}/leave/2", f"{event.sender} is not in the room.")
     sender_level = power.user_level(event.sender)
-    # 5.5.3: unbanning needs the ban level.
+    # 5.5.3: unbanning needs the ban level, on top of the kick rule below: "to unban
+    # somebody, you must have power level greater than or equal to both the kick and ban
+    # levels, and greater than the target user's power level" (the spec's note).
     if membership_of(auth_events, target) == "ban" and sender_level < power.named("ban"):
         return reject("insufficient_power", f"{_R}/leave/3", "The sender may not unban users.")
-    # 5.5.4 and 5.5.5: kicking needs the kick level and a higher level than the target's.
+    # 5.5.4 and 5.5.5: kicking needs the kick level and a strictly higher level than the
+    # target's, so equals cannot kick each other (and v12 creators cannot be kicked at all).
     if sender_level >= power.named("kick") and power.user_level(target) < sender_level:
         return None
     return reject("insufficient_power", f"{_R}/leave/4", f"The sender may not kick {target}.")
@@ -201,10 +234,11 @@ def _leave(
 def _ban(
     event: Event, target: str, auth_events: AuthEvents, power: PowerLevels
 ) -> Rejection | None:
+    """5.6 (all versions). The target may be anyone, also someone never in the room."""
     # 5.6.1: banning is for members.
     if membership_of(auth_events, event.sender) != "join":
         return reject("not_in_room", f"{_R}/ban/1", f"{event.sender} is not in the room.")
-    # 5.6.2 and 5.6.3: the ban level and a higher level than the target's.
+    # 5.6.2 and 5.6.3: the ban level and a strictly higher level than the target's.
     sender_level = power.user_level(event.sender)
     if sender_level >= power.named("ban") and power.user_level(target) < sender_level:
         return None
@@ -212,6 +246,7 @@ def _ban(
 
 
 def _knock(event: Event, target: str, auth_events: AuthEvents) -> Rejection | None:
+    """5.7 (v7+; `knock_restricted` rooms from v10). A knock asks the members for an invite."""
     rules = event.rules
     join_rule = _join_rule(auth_events)
     # 5.7.1 (v7+): only knock rooms, and (v10+) knock_restricted rooms, take knocks.
@@ -225,7 +260,8 @@ def _knock(event: Event, target: str, auth_events: AuthEvents) -> Rejection | No
     # 5.7.2: nobody knocks on someone else's behalf.
     if event.sender != target:
         return reject("sender_mismatch", f"{_R}/knock/2", "Cannot knock for another user.")
-    # 5.7.3 and 5.7.4: the banned, the invited and the joined have no reason to knock.
+    # 5.7.3 and 5.7.4: the banned must not pester the room, and the invited and the joined
+    # have nothing to ask for. No power level is involved.
     current = membership_of(auth_events, event.sender)
     if current in ("ban", "invite", "join"):
         return reject("knock_not_allowed", f"{_R}/knock/3", f"{target} is {current}; cannot knock.")

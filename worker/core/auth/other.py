@@ -21,6 +21,8 @@ def check_federate(event: Event, create: Event) -> Rejection | None:
     Only the literal `false` counts: the spec says "set to false". (Synapse also treats any
     non-`true` value as false and also applies it to membership targets; the spec does not.)
     """
+    # Same-server senders are unaffected: `m.federate` keeps the room on its creating server,
+    # it does not restrict local users. Also applies to membership events (rule 5 comes later).
     if create.content.get("m.federate", True) is False and domain_of(event.sender) != domain_of(
         create.sender
     ):
@@ -55,6 +57,7 @@ def check_aliases(event: Event) -> Rejection | None:
 
 def check_sender_joined(event: Event, auth_events: AuthEvents) -> Rejection | None:
     """Rule 6 (5 in v8-v11; all versions): from here on only joined members act."""
+    # Invited, knocking, left and banned users can only change their own membership (rule 5).
     if membership_of(auth_events, event.sender) != "join":
         return reject("not_in_room", "room/6", f"{event.sender} is not joined to the room.")
     return None
@@ -62,6 +65,8 @@ def check_sender_joined(event: Event, auth_events: AuthEvents) -> Rejection | No
 
 def check_third_party_invite_event(event: Event, power: PowerLevels) -> Rejection | None:
     """Rule 7 (all versions): issuing a third-party invite needs the invite level."""
+    # "Allow if and only if": rules 8 to 10 are skipped, so an `events` entry for
+    # m.room.third_party_invite has no effect; what counts is who may invite.
     if power.user_level(event.sender) >= power.named("invite"):
         return None
     return reject(
@@ -73,6 +78,8 @@ def check_third_party_invite_event(event: Event, power: PowerLevels) -> Rejectio
 
 def check_required_level(event: Event, power: PowerLevels) -> Rejection | None:
     """Rule 8 (all versions): the sender has at least the event type's required level."""
+    # Membership events never get here (rule 5 decided them); redactions do, and are held to
+    # `events`/`events_default` like any event, not to the redact level (see rule 11).
     required = power.required_level(event.type, event.is_state)
     if required > power.user_level(event.sender):
         return reject(
@@ -84,7 +91,11 @@ def check_required_level(event: Event, power: PowerLevels) -> Rejection | None:
 
 
 def check_user_state_key(event: Event) -> Rejection | None:
-    """Rule 9 (all versions): state keyed by a user ID belongs to that user."""
+    """Rule 9 (all versions): state keyed by a user ID belongs to that user.
+
+    Lets clients keep per-user state (e.g. `org.example.status` keyed by user) that nobody
+    else can overwrite, whatever their power. (MSC3757's relaxation is in no stable version.)
+    """
     if (
         event.state_key is not None
         and event.state_key.startswith("@")

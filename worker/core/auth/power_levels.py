@@ -100,10 +100,13 @@ class PowerLevels:
 
     @classmethod
     def from_auth_events(cls, rules: RoomRules, auth_events: AuthEvents) -> PowerLevels:
+        """The view the rules use: two lookups, whatever the size of `auth_events`."""
         return cls(rules, auth_events.get(POWER_LEVELS_KEY), auth_events.get(CREATE_KEY))
 
     def named(self, name: str) -> int:
         """`users_default`, `events_default`, `state_default`, `ban`, `kick`, `redact`, `invite`."""
+        # An absent property takes its default (server-server API "Definitions"); so does an
+        # unusable one, which only a power levels event accepted by another server could hold.
         level = parse_level(self._content.get(name), self._rules)
         return NAMED_DEFAULTS[name] if level is None else level
 
@@ -112,6 +115,8 @@ class PowerLevels:
         # v12+: creators outrank everyone, whatever the power levels event says.
         if self._rules.privileged_creators and user_id in self._creators:
             return CREATOR_LEVEL
+        # With a power levels event: `users`, else `users_default` (the creator gets nothing
+        # special in v1-v11 once power levels exist; createRoom lists them in `users`).
         if self._has_event:
             found = self._users.get(user_id)
             return self.named("users_default") if found is None else found
@@ -120,6 +125,8 @@ class PowerLevels:
 
     def required_level(self, event_type: str, is_state: bool) -> int:
         """The *required power level* of an event type: `events`, else the state/event default."""
+        # "The event type is either listed explicitly in the events section or given by either
+        # state_default or events_default depending on if the event is a state event or not."
         events = self._content.get("events")
         if isinstance(events, dict) and event_type in events:
             level = parse_level(events[event_type], self._rules)
@@ -137,13 +144,16 @@ def _check_structure(event: Event) -> Rejection | None:
     """
     rules = event.rules
     content = event.content
+    # Rule names use the v12 numbering (10.1 named levels, 10.2 events/notifications, 10.3
+    # users); v10-v11 number them 9.1-9.3, and v1-v9 have only the `users` step (10.1/9.1).
     # 10.1 (v10+; v1-v9 by the comparison argument above): the named levels are integers.
     for name in NAMED_DEFAULTS:
         if name in content and parse_level(content[name], rules) is None:
             return reject(
                 "bad_power_levels", "m.room.power_levels/10.1", f"content.{name} is not an integer."
             )
-    # 10.2: `events` and (v6+, where it is checked at all) `notifications` map to integers.
+    # 10.2 (v10+; v6-v9 likewise): `events` and `notifications` map to integers. In v1-v5
+    # `notifications` is never compared (MSC2209 came with v6), so it is not checked either.
     maps = ("events", "notifications") if rules.limit_notifications_power_levels else ("events",)
     for name in maps:
         if name in content:
@@ -156,7 +166,9 @@ def _check_structure(event: Event) -> Rejection | None:
                     "m.room.power_levels/10.2",
                     f"content.{name} must be an object whose values are integers.",
                 )
-    # 10.3 (all versions): `users` maps valid user IDs to integers.
+    # 10.3 (all versions): `users` maps valid user IDs to integers (v1-v9: or to strings and,
+    # v1-v5, floats that parse as levels). An invalid key could never match a sender, but
+    # the spec rejects it so that every server reads the same table.
     if "users" in content:
         users = content["users"]
         if not isinstance(users, dict) or any(
@@ -178,7 +190,8 @@ def check_power_levels(event: Event, auth_events: AuthEvents) -> Rejection | Non
         return bad
     users = event.content.get("users")
     users = users if isinstance(users, dict) else {}
-    # 10.4 (v12+): creators cannot be given a level, so they cannot be demoted either.
+    # 10.4 (v12+): creators cannot be given a level, so they cannot be demoted either; their
+    # power comes from the create event alone, which nobody can change.
     if rules.privileged_creators:
         create = auth_events.get(CREATE_KEY)
         if create is not None:
@@ -189,16 +202,22 @@ def check_power_levels(event: Event, auth_events: AuthEvents) -> Rejection | Non
                         "m.room.power_levels/10.4",
                         f"Room creator {creator} must not appear in content.users.",
                     )
-    # 10.5: the first power levels event of a room is not compared with anything.
+    # 10.5 (all versions; 10.2 in v1-v9): the first power levels event of a room is not
+    # compared with anything: it may give anyone any level (createRoom sends it right after
+    # the creator joins, and only the creator can send it: rule 8, state_default 50 < 100).
     current = auth_events.get(POWER_LEVELS_KEY)
     if current is None:
         return None
+    # The sender's level comes from the current power levels, never from the new event:
+    # otherwise an event could grant itself the power it needs.
     sender_level = PowerLevels.from_auth_events(rules, auth_events).user_level(event.sender)
     old_content = current.content
     new_content = event.content
 
-    # 10.6: each named level added, changed or removed may be neither above the sender's level
-    # before nor after. (An absent value is not compared: "removed" checks only the old one.)
+    # 10.6 (10.3 in v1-v9): each named level added, changed or removed may be neither above
+    # the sender's level before nor after. An absent value is not replaced by its default:
+    # "removed" checks only the old value, "added" only the new one (as Synapse and ruma do).
+    # Values are compared as levels, so "50" -> 50 in v1-v9 is no change.
     for name in NAMED_DEFAULTS:
         old = parse_level(old_content.get(name), rules) if name in old_content else None
         new = parse_level(new_content.get(name), rules) if name in new_content else None
@@ -211,7 +230,9 @@ def check_power_levels(event: Event, auth_events: AuthEvents) -> Rejection | Non
                 f"Changing {name} needs a power level of at least the old and new values.",
             )
 
-    # 10.7 and 10.8: the same for each entry of `events` and (v6+) `notifications`.
+    # 10.7 and 10.8 (10.4 and 10.5 in v1-v9): the same for each entry of `events` and (v6+)
+    # `notifications`. Keys are visited in sorted order only so that the reported entry is
+    # deterministic; the verdict does not depend on the order.
     maps = ("events", "notifications") if rules.limit_notifications_power_levels else ("events",)
     for name in maps:
         olds = _level_map(old_content.get(name), rules)
@@ -235,13 +256,16 @@ def check_power_levels(event: Event, auth_events: AuthEvents) -> Rejection | Non
                     f"Setting {name}[{key!r}] to {new} is above the sender's level.",
                 )
 
+    # 10.9 and 10.10 (10.6 and 10.7 in v1-v9): user levels.
     olds = _level_map(old_content.get("users"), rules)
     news = _level_map(users, rules)
     for user in sorted(olds.keys() | news.keys()):
         old, new = olds.get(user), news.get(user)
         if old == new:
             continue
-        # 10.9: changed or removed entries of others: the current value is below the sender's.
+        # 10.9: changed or removed entries of others: the current value is strictly below the
+        # sender's, so that peers cannot demote each other. The sender's own entry is exempt:
+        # anyone may lower themselves (10.10 still stops them raising it).
         if user != event.sender and old is not None and old >= sender_level:
             return reject(
                 "insufficient_power",
@@ -255,5 +279,5 @@ def check_power_levels(event: Event, auth_events: AuthEvents) -> Rejection | Non
                 "m.room.power_levels/10.10",
                 f"Cannot give {user} a level above the sender's.",
             )
-    # 10.11: otherwise, allow.
+    # 10.11 (10.8 in v1-v9): otherwise, allow.
     return None

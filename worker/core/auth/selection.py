@@ -28,8 +28,11 @@ def auth_types_for_event(event: Event) -> list[StateKey]:
     target's member, join rules, the third-party invite, the authorising user's member.
     Duplicates (sender = target) appear once. The create event itself selects nothing.
     """
+    # "The auth_events for the m.room.create event in a room is empty."
     if event.type == CREATE:
         return []
+    # A list, not a set: callers (the RoomBuilder, a future event creator) list auth events in
+    # this order, and the order must not depend on hashing (STYLE R9).
     keys: list[StateKey] = []
     # v1-v11: the create event; v12 derives it from the room ID instead, and it MUST NOT be
     # selected (v12 "auth events selection" note).
@@ -41,23 +44,27 @@ def auth_types_for_event(event: Event) -> list[StateKey]:
     if event.type == MEMBER and event.state_key is not None:
         content = event.content
         membership = content.get("membership")
-        # The target's current membership.
+        # The target's current membership: bans, kicks and invites depend on it.
         keys.append((MEMBER, event.state_key))
-        # join, invite and knock: the join rules.
+        # join, invite and knock: the join rules. (Invites do not consult them in the auth
+        # rules, but the selection lists them; leave and ban do not.)
         if membership in ("join", "invite", "knock"):
             keys.append(JOIN_RULES_KEY)
         # invite with `third_party_invite`: the m.room.third_party_invite named by the token.
+        # A malformed `third_party_invite` selects nothing here; rule 5.4.1 rejects it.
         if membership == "invite":
             third_party = content.get("third_party_invite")
             signed = third_party.get("signed") if isinstance(third_party, dict) else None
             token = signed.get("token") if isinstance(signed, dict) else None
             if isinstance(token, str):
                 keys.append((THIRD_PARTY_INVITE, token))
-        # v8+ join with `join_authorised_via_users_server`: the authorising user's membership.
+        # v8+ join with `join_authorised_via_users_server`: the authorising user's membership,
+        # which 5.3.5.2 checks ("the room version supports restricted rooms": v8+).
         if membership == "join" and event.rules.restricted_join_rule:
             authoriser = content.get("join_authorised_via_users_server")
             if isinstance(authoriser, str):
                 keys.append((MEMBER, authoriser))
+    # Deduplicate keeping the first position (e.g. sender = target on a join).
     return list(dict.fromkeys(keys))
 
 
@@ -71,6 +78,7 @@ def check_auth_event_list(event: Event, listed: Sequence[Event]) -> Rejection | 
     if event.type == CREATE:
         return None
     rules = event.rules
+    # The same checks are rule 2 in v1-v11 and rule 3 in v12 (which inserted the room ID rule).
     step = "3" if rules.room_id_from_create_event else "2"
     expected = set(auth_types_for_event(event))
     seen: dict[StateKey, str] = {}

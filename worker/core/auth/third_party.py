@@ -28,7 +28,12 @@ _R = "m.room.member/invite"
 
 
 def _unbase64(text: Any) -> bytes | None:
-    """Matrix's unpadded base64; standard or URL-safe alphabet, padding tolerated."""
+    """Matrix's unpadded base64; standard or URL-safe alphabet, padding tolerated.
+
+    The spec says "base64-encoded" for the keys and "unpadded base64" for signatures;
+    identity servers have used both alphabets, and accepting both cannot make a wrong
+    signature verify. Anything undecodable is None (it matches no key).
+    """
     if not isinstance(text, str):
         return None
     raw = text.strip().rstrip("=").replace("-", "+").replace("_", "/")
@@ -40,6 +45,8 @@ def _unbase64(text: Any) -> bytes | None:
 
 def _public_keys(invite: Event) -> Iterator[bytes]:
     """5.4.1.7.1 and 5.4.1.7.2: `public_key`, then each `public_keys[].public_key`."""
+    # A key that is not 32 bytes is skipped by the caller: nacl would raise on it, and a
+    # malformed key in one entry must not hide a good one in another.
     single = _unbase64(invite.content.get("public_key"))
     if single is not None:
         yield single
@@ -54,6 +61,8 @@ def _public_keys(invite: Event) -> Iterator[bytes]:
 
 def _signatures(signed: Mapping[str, Any]) -> Iterator[bytes]:
     """Every ed25519 signature in `signed.signatures`, whatever server or key ID it is under."""
+    # `signatures` is {server: {key_id: signature}}; which server or key ID the identity
+    # server used does not matter, only whether the bytes verify under a key the room trusts.
     by_server = signed.get("signatures")
     if not isinstance(by_server, dict):
         return
@@ -62,6 +71,7 @@ def _signatures(signed: Mapping[str, Any]) -> Iterator[bytes]:
         if not isinstance(by_key, dict):
             continue
         for key_id in sorted(k for k in by_key if isinstance(k, str)):
+            # Only ed25519 is defined for Matrix signing keys; other algorithms cannot match.
             if key_id.startswith("ed25519:"):
                 sig = _unbase64(by_key[key_id])
                 if sig is not None and len(sig) == 64:
@@ -98,6 +108,8 @@ def check_third_party_invite(
 ) -> Rejection | None:
     """5.4.1.2 to 5.4.1.8 (all versions); 5.4.1.1 (banned target) is checked by the caller."""
     third_party = event.content.get("third_party_invite")
+    # Steps are named as in every version's text ("m.room.member/invite/1.x"); v8-v11 number
+    # the membership rule 4 instead of 5, the sub-steps are the same.
     # 5.4.1.2: the invite carries the identity server's `signed` block.
     signed = third_party.get("signed") if isinstance(third_party, dict) else None
     if not isinstance(signed, dict):
@@ -108,18 +120,22 @@ def check_third_party_invite(
     mxid, token = signed.get("mxid"), signed.get("token")
     if "mxid" not in signed or "token" not in signed:
         return reject("bad_third_party_invite", f"{_R}/1.3", "signed lacks mxid or token.")
-    # 5.4.1.4: for the user this event invites.
+    # 5.4.1.4: for the user this event invites, so a signature for one user cannot be
+    # replayed to invite another.
     if mxid != target:
         return reject(
             "bad_third_party_invite", f"{_R}/1.4", "signed.mxid does not match the state_key."
         )
-    # 5.4.1.5: the token names an m.room.third_party_invite in the room state.
+    # 5.4.1.5: the token names an m.room.third_party_invite in the room state (state key =
+    # token); revoking the third-party invite (an empty one) removes its keys, so a
+    # later redemption fails at 5.4.1.7.
     invite = auth_events.get((THIRD_PARTY_INVITE, token)) if isinstance(token, str) else None
     if invite is None:
         return reject(
             "bad_third_party_invite", f"{_R}/1.5", "No m.room.third_party_invite matches the token."
         )
-    # 5.4.1.6: redeemed by whoever issued the third-party invite.
+    # 5.4.1.6: redeemed by whoever issued the third-party invite: the identity server's
+    # signature says who is invited, the issuer's server vouches for the invite event.
     if event.sender != invite.sender:
         return reject(
             "bad_third_party_invite",
