@@ -410,3 +410,32 @@ async def test_in_flight_is_bounded(nc: NATS, streams: Subjects) -> None:
                 await asyncio.sleep(0.01)
     assert sorted(r for r, _, _ in handler.calls) == sorted(f"!room{n}:x" for n in range(10))
     assert await input_left(nc, streams) == 0
+
+
+async def test_shard_consumers_are_updated_in_place(nc: NATS, streams: Subjects) -> None:
+    await publish_input(nc, streams, event("!r:x", 1))
+    js = nc.jetstream()
+    for in_flight in (4, 8):
+        consumer = InputConsumer(
+            nc, streams, FakeHandler(), dataclasses.replace(FAST, max_in_flight=in_flight)
+        )
+        for shard in range(SHARDS):
+            await consumer.ensure_consumer(shard)
+    infos = [
+        await js.consumer_info(streams.input_stream, streams.input_consumer(s))
+        for s in range(SHARDS)
+    ]
+    assert [i.config.max_ack_pending for i in infos] == [8] * SHARDS
+    assert [i.config.max_deliver for i in infos] == [FAST.retry.max_deliveries + 1] * SHARDS
+    assert sum(i.num_pending for i in infos) == 1  # the waiting input is still there
+
+
+def test_settings_from_the_worker_configuration() -> None:
+    from worker.config import BusSettings, Settings
+
+    cfg = ConsumerSettings.from_settings(
+        Settings(bus=BusSettings(shards=8, max_retries=2, retry_backoff=0.5),
+                 drain_grace_seconds=7.0)
+    )
+    assert cfg.shards == 8 and cfg.drain_grace == 7.0
+    assert cfg.retry.max_deliveries == 3 and cfg.retry.base_delay == 0.5
