@@ -141,10 +141,15 @@ def _auth_difference(
     union: set[str] = set().union(*chains)
     inter: set[str] = set(chains[0]).intersection(*chains[1:]) if chains else set()
     candidates = union - inter
-    if not candidates:
+    # Conflicted events join the full conflicted set anyway: whether they are also in the
+    # auth difference changes nothing, so only the others need the walk from U (which
+    # then is usually skipped, e.g. when a stale fork's old events are all it finds).
+    conflicted: set[str] = set().union(*per_set)
+    undecided = candidates - conflicted
+    if not undecided:
         return union, candidates
     reached = _walk_until(events, list(unconflicted.values()), inter)
-    return union, candidates - reached
+    return union, candidates - (reached & undecided)
 
 
 def _walk_until(events: Events, roots: list[str], stop: set[str]) -> set[str]:
