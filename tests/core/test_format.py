@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import types
 from typing import Any
 
@@ -473,3 +474,14 @@ def test_accepted_events_are_accepted_by_synapse_with_the_same_id(
     theirs = event_from_pdu_json(sent, KNOWN_ROOM_VERSIONS[version])
     _check_size_limits(theirs)
     assert theirs.event_id == compute_event_id(pdu, rules)
+
+
+def test_duplicate_keys_keep_the_last_value_like_synapse() -> None:
+    # JSON parsers disagree on duplicate keys; Synapse (Python's json) keeps the last one,
+    # and so does msgspec. The event ID follows the decoded object.
+    rules = _rules("10")
+    raw = msgspec.json.encode(valid("10"))[:-1] + b',"depth":7,"depth":9}'
+    event = parse_pdu(raw, rules)
+    assert isinstance(event, Event) and event.depth == 9
+    synapse_event = make_event_from_dict(json.loads(raw), KNOWN_ROOM_VERSIONS["10"])
+    assert synapse_event.event_id == event.event_id
