@@ -88,20 +88,32 @@ def _age_key(pdu: Mapping[str, object]) -> tuple[int, str]:
     return (depth if isinstance(depth, int) else 0, eid if isinstance(eid, str) else "")
 
 
+def dependency_ids(work: Work) -> list[str]:
+    """The events the steps need to find stored: prev and auth events (and the create
+    event in v12+, where it is not listed but the auth rules read it)."""
+    wanted = {*work.event.prev_event_ids, *work.event.auth_event_ids}
+    create_id = create_event_id(work)
+    if create_id is not None and not is_create(work.event):
+        wanted.add(create_id)
+    return sorted(wanted)
+
+
 async def load_dependencies(
     store: RoomStore,
     work: Work,
     fed: FederationClient | None = None,
     reinput: Reinput | None = None,
+    prefetched: Mapping[str, StoredEvent] | None = None,
 ) -> Result | None:
-    """Load the prev and auth events into `work.known`; a refusal when some are missing."""
-    wanted_set = {*work.event.prev_event_ids, *work.event.auth_event_ids}
-    create_id = create_event_id(work)
-    if create_id is not None and not is_create(work.event):
-        # v12+: the create event is not listed in auth_events but the auth rules read it.
-        wanted_set.add(create_id)
-    wanted = sorted(wanted_set)
-    work.known = await store.events(wanted) if wanted else {}
+    """Load the prev and auth events into `work.known`; a refusal when some are missing.
+
+    `prefetched` holds them when the caller already read them (with the duplicate check,
+    in one round trip)."""
+    wanted = dependency_ids(work)
+    if prefetched is not None:
+        work.known = {e: prefetched[e] for e in wanted if e in prefetched}
+    else:
+        work.known = await store.events(wanted) if wanted else {}
     missing_auth, missing_prev = find_missing(work, work.known)
     if (missing_auth or missing_prev) and fed is not None and reinput is not None:
         await _fill(fed, store, work, missing_auth, missing_prev, reinput)

@@ -24,7 +24,7 @@ from worker.pipeline import redactions
 from worker.pipeline._metrics import STATE_RESETS
 from worker.pipeline.authstep import check_current_state, check_own_auth_events, check_state_before
 from worker.pipeline.events import stored_json
-from worker.pipeline.gaps import duplicate_of, load_dependencies
+from worker.pipeline.gaps import dependency_ids, duplicate_of, load_dependencies
 from worker.pipeline.latest import Advance, advance
 from worker.pipeline.memberships import detect_resets, invite_outputs
 from worker.pipeline.model import Result, Work, refused
@@ -83,7 +83,8 @@ class Pipeline:
             return work
         structlog.contextvars.bind_contextvars(event_id=work.event_id)
         with measure("dedupe"):
-            known = await self.store.events([work.event_id])
+            # One round trip for the event itself and everything the next steps need.
+            known = await self.store.events([work.event_id, *dependency_ids(work)])
             duplicate = duplicate_of(work, known.get(work.event_id))
         if duplicate is not None:
             # The original may have crashed between commit and publish: make sure its
@@ -92,7 +93,9 @@ class Pipeline:
             return duplicate
         with measure("fill_gaps"):
             fed = self.federation if fill else None
-            refusal = await load_dependencies(self.store, work, fed, self._reinput(room_id))
+            refusal = await load_dependencies(
+                self.store, work, fed, self._reinput(room_id), prefetched=known
+            )
         if refusal is not None:
             return refusal
         return await self._decide(work)

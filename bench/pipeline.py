@@ -1,0 +1,351 @@
+"""The input pipeline end to end (issue 6; `make bench`), against a raw JetStream baseline.
+
+Everything runs on the embedded NATS and PostgreSQL; the worker is the real process
+(`python -m worker run`), so the publisher and the worker do not share an interpreter.
+
+1. Baseline: the same messages published to a plain stream and consumed back with a pull
+   consumer (fetch + ack), no processing. That is the ceiling the worker is measured against.
+2. Many rooms: ROOMS rooms of PER_ROOM events each (creation, joins, power levels, messages),
+   published interleaved; events/s until the last `new_room_event`, the ratio to the
+   baseline, and p50/p99 latency from publish to the event's output.
+3. One linear room of LINEAR events: the per-room serial path.
+4. A big-room join: BIG_ROOM state events published as outliers, then a join carrying the
+   whole state as `state_event_ids`; the time of the outliers and of the join alone.
+
+Goals (issue 6, 2 cores): >= 3,000 events/s across rooms, >= 1,000 in one room, join <= 10 s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import msgspec
+import nats
+from nats.js.api import StreamConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.fixtures.builder import RoomBuilder  # noqa: E402
+from worker.bus.subjects import Subjects, room_token  # noqa: E402
+from worker.core.hashes import compute_event_id, content_hash, unpadded_b64  # noqa: E402
+from worker.core.versions import rules_for  # noqa: E402
+from worker.embedded import EmbeddedNats, EmbeddedPostgres  # noqa: E402
+from worker.messages import InputRoomEvent, decode_output, decode_reply, encode_input  # noqa: E402
+
+ROOMS = int(os.environ.get("BENCH_ROOMS", "200"))
+PER_ROOM = int(os.environ.get("BENCH_PER_ROOM", "25"))
+LINEAR = int(os.environ.get("BENCH_LINEAR", "3000"))
+BIG_ROOM = int(os.environ.get("BENCH_BIG_ROOM", "30000"))
+PUBLISH_WINDOW = 512
+
+
+@dataclass(frozen=True)
+class Message:
+    room_id: str
+    event_id: str
+    body: bytes  # an encoded InputRoomEvent
+
+
+def _builder(version: str, room_id: str) -> RoomBuilder:
+    rules = rules_for(version)
+    assert rules is not None
+
+    def event_id(pdu: dict[str, Any]) -> str:
+        pdu["hashes"] = {"sha256": unpadded_b64(content_hash(pdu))}
+        return compute_event_id(pdu, rules)
+
+    return RoomBuilder(version, room_id=room_id, event_id_fn=event_id)
+
+
+def _message(b: RoomBuilder, eid: str, kind: str = "new", **kw: Any) -> Message:
+    raw = msgspec.Raw(msgspec.json.encode(b.events[eid]))
+    inp = InputRoomEvent(kind=kind, event=raw, **kw)  # type: ignore[arg-type]
+    return Message(b.room_id, eid, encode_input(inp))
+
+
+def _room(room_id: str, events: int) -> list[Message]:
+    b = _builder("10", room_id)
+    b.create("alice")
+    b.join("alice")
+    b.power_levels("alice", users={"alice": 100})
+    b.join_rules("alice", "public")
+    users = [f"u{i}" for i in range(max(1, events // 10))]
+    while len(b.events) < events:
+        n = len(b.events)
+        user = users[n % len(users)]
+        if ("m.room.member", f"@{user}:test") not in b.state:
+            b.join(user)
+        else:
+            b.message(user, f"message {n}")
+    return [_message(b, eid) for eid in b.events]
+
+
+def many_rooms() -> list[Message]:
+    rooms = [_room(f"!r{i}:test", PER_ROOM) for i in range(ROOMS)]
+    # Interleaved, as traffic of many rooms arrives; each room stays in order.
+    return [rooms[r][i] for i in range(PER_ROOM) for r in range(ROOMS)]
+
+
+def big_room() -> tuple[list[Message], Message]:
+    b = _builder("10", "!big:test")
+    b.create("alice")
+    b.join("alice")
+    b.power_levels("alice", users={"alice": 100})
+    b.join_rules("alice", "public")
+    for i in range(BIG_ROOM - 4):
+        b.join(f"m{i}")
+    state = list(b.state.values())
+    outliers = [_message(b, eid, kind="outlier") for eid in state]
+    join = b.join("@newcomer:here")
+    return outliers, _message(b, join, state_event_ids=tuple(state))
+
+
+# --- the services --------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def _database(pg: EmbeddedPostgres) -> str:
+    name = f"bench_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(pg.dsn())
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    return pg.dsn(name)
+
+
+class WorkerProcess:
+    def __init__(self, nats_url: str, dsn: str, prefix: str, data_dir: Path) -> None:
+        self.port = _free_port()
+        env = {
+            **os.environ,
+            "NATS_URL": nats_url,
+            "DATABASE_URL": dsn,
+            "ROOMSERVER_PREFIX": prefix,
+            "METRICS_ADDR": f"127.0.0.1:{self.port}",
+            "SHARDS": "4",
+            "LOG_LEVEL": "warning",
+            "DATA_DIR": str(data_dir),
+        }
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "worker", "run"], cwd=ROOT, env=env,
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )
+
+    async def ready(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                err = self.proc.stderr.read().decode() if self.proc.stderr else ""
+                raise RuntimeError(f"worker exited early: {err[-2000:]}")
+            try:
+                reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+                writer.write(b"GET /readyz HTTP/1.0\r\n\r\n")
+                status = await reader.readline()
+                writer.close()
+                if b" 200 " in status:
+                    return
+            except OSError:
+                pass
+            await asyncio.sleep(0.2)
+        raise RuntimeError("worker did not become ready")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+# --- measuring -----------------------------------------------------------------------------
+
+
+async def _publish(
+    js: Any, subject_of: Any, messages: Sequence[Message], stream: str, sent: dict[str, float]
+) -> None:
+    """Publish with up to PUBLISH_WINDOW acks outstanding; calls start in order, so each
+    room's messages reach the stream in order."""
+    pending: list[asyncio.Future[Any]] = []
+    for m in messages:
+        headers = {"Room-ID": m.room_id, "Nats-Msg-Id": m.event_id}
+        sent[m.event_id] = time.perf_counter()
+        pending.append(
+            asyncio.ensure_future(js.publish(subject_of(m), m.body, stream=stream, headers=headers))
+        )
+        if len(pending) >= PUBLISH_WINDOW:
+            await asyncio.gather(*pending)
+            pending.clear()
+    await asyncio.gather(*pending)
+
+
+async def baseline(nats_url: str, messages: Sequence[Message]) -> float:
+    """Raw JetStream: publish to a plain stream, consume and ack; events/s."""
+    nc = await nats.connect(nats_url, max_reconnect_attempts=1)
+    js = nc.jetstream()
+    name = f"BENCHRAW_{uuid.uuid4().hex[:6].upper()}"
+    subject = f"benchraw.{name.lower()}"
+    await js.add_stream(StreamConfig(name=name, subjects=[f"{subject}.>"], max_msg_size=16 << 20))
+    sub = await js.pull_subscribe(f"{subject}.>", durable="raw", stream=name)
+    start = time.perf_counter()
+    publisher = asyncio.create_task(
+        _publish(js, lambda m: f"{subject}.{room_token(m.room_id)}", messages, name, {})
+    )
+    got = 0
+    while got < len(messages):
+        try:
+            batch = await sub.fetch(256, timeout=1.0)
+        except (TimeoutError, nats.errors.TimeoutError):
+            continue
+        for msg in batch:
+            await msg.ack()
+        got += len(batch)
+    elapsed = time.perf_counter() - start
+    await publisher
+    await js.delete_stream(name)
+    await nc.close()
+    return len(messages) / elapsed
+
+
+async def through_worker(
+    nats_url: str, subjects: Subjects, messages: Sequence[Message]
+) -> tuple[float, list[float]]:
+    """Publish to the worker's input; (events/s until the last output, latencies in s)."""
+    nc = await nats.connect(nats_url, max_reconnect_attempts=1)
+    js = nc.jetstream()
+    sub = await js.pull_subscribe(
+        subjects.output_wildcard, durable=f"bench{uuid.uuid4().hex[:6]}",
+        stream=subjects.output_stream,
+    )
+    sent: dict[str, float] = {}
+    latencies: list[float] = []
+    start = time.perf_counter()
+    publisher = asyncio.create_task(
+        _publish(js, lambda m: subjects.input(m.room_id), messages, subjects.input_stream, sent)
+    )
+    wanted = {m.event_id for m in messages}
+    while wanted:
+        try:
+            batch = await sub.fetch(256, timeout=5.0)
+        except (TimeoutError, nats.errors.TimeoutError):
+            if publisher.done():
+                print(f"   gave up waiting: {len(wanted)} events without output")
+                break
+            continue
+        now = time.perf_counter()
+        for msg in batch:
+            out = decode_output(msg.data)
+            await msg.ack()
+            if out.new_room_event is None:
+                continue
+            eid = msgspec.json.decode(out.new_room_event.event)["event_id"]
+            if eid in wanted:
+                wanted.discard(eid)
+                latencies.append(now - sent[eid])
+    elapsed = time.perf_counter() - start
+    await publisher
+    await nc.close()
+    return (len(messages) - len(wanted)) / elapsed, latencies
+
+
+async def big_join(nats_url: str, subjects: Subjects) -> tuple[float, float, str]:
+    outliers, join = big_room()
+    nc = await nats.connect(nats_url, max_reconnect_attempts=1)
+    js = nc.jetstream()
+    start = time.perf_counter()
+    await _publish(js, lambda m: subjects.input(m.room_id), outliers[:-1], subjects.input_stream, {})
+    last = await _request(nc, subjects, outliers[-1])
+    outliers_done = time.perf_counter() - start
+    start = time.perf_counter()
+    reply = await _request(nc, subjects, join)
+    join_done = time.perf_counter() - start
+    await nc.close()
+    return outliers_done, join_done, f"{last.outcome}/{reply.outcome} {reply.reason_code}"
+
+
+async def _request(nc: Any, subjects: Subjects, m: Message) -> Any:
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(inbox, max_msgs=1)
+    headers = {"Room-ID": m.room_id, "Nats-Msg-Id": m.event_id, "Reply-Inbox": inbox}
+    await nc.jetstream().publish(
+        subjects.input(m.room_id), m.body, stream=subjects.input_stream, headers=headers
+    )
+    msg = await sub.next_msg(timeout=600)
+    return decode_reply(msg.data)
+
+
+def _pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+async def _scenario(
+    name: str, nats_url: str, pg: EmbeddedPostgres, data: Path, messages: list[Message]
+) -> None:
+    raw = await baseline(nats_url, messages)
+    prefix = f"bench{uuid.uuid4().hex[:6]}"
+    worker = WorkerProcess(nats_url, await _database(pg), prefix, data)
+    try:
+        await worker.ready()
+        rate, lat = await through_worker(nats_url, Subjects(prefix), messages)
+    finally:
+        worker.stop()
+    print(
+        f"{name:<28} {len(messages):>7} events  baseline {raw:>8.0f}/s  worker {rate:>7.0f}/s"
+        f"  ratio {rate / raw:>5.2f}  p50 {_pct(lat, 0.5) * 1000:>7.1f} ms"
+        f"  p99 {_pct(lat, 0.99) * 1000:>7.1f} ms",
+        flush=True,
+    )
+
+
+async def main() -> None:
+    with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp:
+        data = Path(tmp)
+        nats_server = EmbeddedNats(data / "nats", server_name="bench-pipeline")
+        pg = EmbeddedPostgres(data / "pg", fsync=False)
+        nats_server.start()
+        pg.start()
+        try:
+            print(f"many rooms: {ROOMS} x {PER_ROOM}; linear: {LINEAR}; big room: {BIG_ROOM}")
+            await _scenario("many rooms", nats_server.url, pg, data, many_rooms())
+            await _scenario("one linear room", nats_server.url, pg, data, _room("!lin:test", LINEAR))
+            prefix = f"bench{uuid.uuid4().hex[:6]}"
+            worker = WorkerProcess(nats_server.url, await _database(pg), prefix, data)
+            try:
+                await worker.ready()
+                outliers, join, outcome = await big_join(nats_server.url, Subjects(prefix))
+            finally:
+                worker.stop()
+            print(
+                f"big-room join: {BIG_ROOM} outliers in {outliers:.1f} s "
+                f"({BIG_ROOM / outliers:.0f}/s), join with state in {join:.2f} s ({outcome})",
+                flush=True,
+            )
+        finally:
+            pg.stop()
+            nats_server.stop()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
