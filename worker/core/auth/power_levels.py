@@ -60,7 +60,14 @@ def parse_level(value: Any, rules: RoomRules) -> int | None:
     if rules.integer_power_levels:
         return None
     if isinstance(value, str):
-        return int(value.strip(" \t\n\r\f\v")) if _STRINGY_INT.fullmatch(value) else None
+        if not _STRINGY_INT.fullmatch(value):
+            return None
+        try:
+            return int(value.strip(" \t\n\r\f\v"))
+        except ValueError:
+            # More digits than Python converts (sys.int_info.str_digits_check_threshold):
+            # far outside any level a JSON integer could hold, so not a level.
+            return None
     if isinstance(value, float) and not rules.strict_canonical_json and math.isfinite(value):
         return math.trunc(value)
     return None
