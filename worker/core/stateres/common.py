@@ -219,10 +219,13 @@ def is_power_event(event: Event) -> bool:
     as a power event keeps it ahead of everything that depends on it (as Synapse does).
     """
     key = event.state_tuple
+    # Only state events can be power events.
     if key is None:
         return False
+    # v2+: m.room.power_levels and m.room.join_rules (and, as above, m.room.create).
     if key in (POWER_LEVELS, JOIN_RULES, CREATE):
         return True
+    # v2+: a leave or ban of someone else, i.e. a kick or a ban. Leaving oneself is not.
     if event.type == "m.room.member" and event.membership in ("leave", "ban"):
         return event.sender != event.state_key
     return False
@@ -273,17 +276,23 @@ def sender_power(events: Events, event: Event) -> float:
     if event.state_tuple == CREATE:
         create = event
     rules = events.rules
+    # v12+: creators have infinite power, whatever any power levels event says.
     if rules.privileged_creators and create is not None and event.sender in creators(create):
         return CREATOR_POWER
+    # All versions: no power levels yet, so the creator has 100, everyone else 0.
     if pl is None:
         if create is None:
             return 0
+        # v1-v10: `creator` in the create content; v11+: the create event's sender.
         creator = create.sender if rules.implicit_room_creator else create.content.get("creator")
         return 100 if creator == event.sender else 0
+    # All versions: `users[sender]`, else `users_default`, else 0.
     users = pl.content.get("users")
     level = users.get(event.sender) if isinstance(users, dict) else None
     if level is None:
         level = pl.content.get("users_default", 0)
+    # v1-v9 accept numeric strings; v10+ reject them at format validation, so reading
+    # them the old way here changes nothing for v10+ events.
     got = _as_int(level)
     return got if got is not None else 0
 
@@ -297,11 +306,14 @@ def lexicographic_topo_sort(
     A heap of `(key(node), node)` makes the choice independent of iteration order; keys end
     in the event ID so no two nodes tie.
     """
+    # Kahn's algorithm on out-degrees (edges point at auth events, which come first).
     outdegree = {n: len(edges) for n, edges in graph.items()}
     parents: dict[str, list[str]] = {n: [] for n in graph}
     for n, edges in graph.items():
         for e in edges:
             parents[e].append(n)
+    # The order of `parents` lists may follow set iteration, but the heap's keys are unique,
+    # so what comes out is fixed by the keys alone.
     ready = [(key(n), n) for n, d in outdegree.items() if d == 0]
     heapq.heapify(ready)
     out: list[str] = []

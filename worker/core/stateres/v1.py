@@ -88,9 +88,13 @@ def _resolve_auth_list(
     checker: _Checker, evs: list[Event], r: Mapping[StateKey, Event]
 ) -> Event:
     """Steps 2-4 for one key: ascending depth, descending sha1; keep replacing while allowed."""
+    # a./b. Assemble the events and sort them by ascending depth, then descending sha1.
     order = list(reversed(_newest_first(evs)))
     local = dict(r)
+    # c. The first one goes into R unchecked.
     current = order[0]
+    # d. Each next one must be allowed by the auth rules in R (holding the previous one);
+    #    the first that is not ends the list.
     for ev in order[1:]:
         key = current.state_tuple
         assert key is not None
@@ -114,9 +118,11 @@ def resolve_v1(
     state_sets: Sequence[Mapping[StateKey, str]], events: Events, authz: Authorizer
 ) -> tuple[dict[StateKey, str], ResolutionStats]:
     """Resolve `state_sets` with the room version 1 algorithm."""
+    # Step 1: R = the union of the state sets without the conflicting entries.
     unconflicted, conflicted = separate_v1(state_sets)
     if not conflicted:
         return unconflicted, ResolutionStats()
+    # Every conflicting event must be known: the caller vouched for the state sets.
     conflicted_events = {k: [events.must(eid) for eid in ids] for k, ids in conflicted.items()}
 
     # R only needs the keys the auth rules can read for the conflicted events.
@@ -130,14 +136,16 @@ def resolve_v1(
     checker = _Checker(authz)
     resolved: dict[StateKey, Event] = {}
 
-    # Step 2: power levels.
+    # Step 2: conflicting m.room.power_levels events; the winner joins R before step 3.
     if POWER_LEVELS in conflicted_events:
         resolved[POWER_LEVELS] = _resolve_auth_list(
             checker, conflicted_events[POWER_LEVELS], r
         )
     r.update(resolved)
 
-    # Steps 3 and 4: join rules, then memberships, each stage against R as it began.
+    # Steps 3 and 4: m.room.join_rules, then m.room.member, "the above process" per key,
+    # each key against R as the stage began (see the module docstring), sorted keys so the
+    # order of work is fixed too.
     for etype in ("m.room.join_rules", "m.room.member"):
         stage: dict[StateKey, Event] = {}
         for key in sorted(k for k in conflicted_events if k[0] == etype):
@@ -145,7 +153,7 @@ def resolve_v1(
         resolved.update(stage)
         r.update(stage)
 
-    # Step 5: everything else.
+    # Step 5: every other conflicted key, against R after steps 2-4.
     for key in sorted(k for k in conflicted_events if k not in resolved):
         resolved[key] = _resolve_normal(checker, conflicted_events[key], r)
 

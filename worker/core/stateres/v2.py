@@ -61,8 +61,15 @@ def resolve_v2(
     authz: Authorizer,
     flags: V2Flags,
 ) -> tuple[dict[StateKey, str], ResolutionStats]:
-    """Resolve `state_sets` with state resolution v2 (or v2.1, per `flags`)."""
+    """Resolve `state_sets` with state resolution v2 (or v2.1, per `flags`).
+
+    Spec: https://spec.matrix.org/latest/rooms/v2/#algorithm (steps 1-5), with the v12
+    changes of https://spec.matrix.org/latest/rooms/v12/#state-resolution.
+    """
+    # Definitions (v2+): the unconflicted state map U and the conflicted state set; a key
+    # missing from some state set is conflicted.
     unconflicted, conflicted = separate_v2(state_sets)
+    # Nothing conflicted: U is the answer (also the case for a single state set).
     if not conflicted:
         return unconflicted, ResolutionStats()
 
@@ -73,11 +80,14 @@ def resolve_v2(
         # Every value of a state map must be known: the caller vouched for these events.
         events.must(eid)
 
+    # Definitions (v2+): the full conflicted set is the conflicted state set plus the auth
+    # difference. Only each set's conflicted events are needed to find the difference.
     per_set = [
         {eid for key, eid in s.items() if key in conflicted} for s in state_sets
     ]
     chains_union, difference = _auth_difference(events, unconflicted, per_set)
     full = conflicted_ids | difference
+    # v12+ (MSC4297): ... plus the conflicted state subgraph.
     if flags.conflicted_subgraph:
         full |= _conflicted_subgraph(events, conflicted_ids, chains_union)
     # Auth-chain events we could not look up cannot be checked or applied; they only
@@ -90,6 +100,8 @@ def resolve_v2(
     power = sorted(eid for eid in full if is_power_event(events.must(eid)))
     graph = _power_graph(events, power, full)
 
+    # The comparison of the "reverse topological power ordering": greater sender power
+    # first (v12+: creators above all), then earlier origin_server_ts, then event ID.
     def power_key(eid: str) -> tuple[float, int, str]:
         ev = events.must(eid)
         return (-sender_power(events, ev), ev.origin_server_ts, eid)
@@ -106,6 +118,9 @@ def resolve_v2(
     rest = [eid for eid in full if eid not in in_graph]
     mainline = Mainline(events, state.get(POWER_LEVELS))
 
+    # The comparison of the "mainline ordering": greater mainline position first (an event
+    # based on older power levels, or on none, comes earlier), then origin_server_ts, then
+    # event ID. Power levels events are all power events, so none is left to sort here.
     def mainline_key(eid: str) -> tuple[float, int, str]:
         ev = events.must(eid)
         return (-mainline.position(ev), ev.origin_server_ts, eid)
@@ -115,7 +130,8 @@ def resolve_v2(
     # Step 4: iterative auth checks over them, continuing from the partial state.
     checked += iterative_auth_checks(events, authz, rest, state)
 
-    # Step 5: the unconflicted state map wins wherever it has an entry.
+    # Step 5 (all versions): the unconflicted state map wins wherever it has an entry. In
+    # v2.1 this is where U first enters the result.
     state.update(unconflicted)
     stats = ResolutionStats(
         conflicted=len(conflicted_ids),
