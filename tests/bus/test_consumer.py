@@ -219,6 +219,29 @@ async def test_recovers_when_the_retry_succeeds(nc: NATS, streams: Subjects) -> 
     assert [d for _, _, d in handler.calls] == [1, 2]
 
 
+async def test_a_retry_keeps_the_rooms_order(nc: NATS, streams: Subjects) -> None:
+    # The first event of the room fails once; its successor must still be handled after it
+    # (a nak would have let the successor overtake it). Another room is not held up.
+    async def behaviour(room_id: str, message: InputRoomEvent, delivery: int) -> HandleResult:
+        if event_id_of(message) == "$e1" and delivery == 1:
+            raise RetryableError("blip", delay=0.2)
+        return HandleResult(event_id=event_id_of(message), outcome=Outcome.ACCEPTED)
+
+    for n, room in [(1, "!a:x"), (2, "!a:x"), (3, "!a:x"), (4, "!b:x")]:
+        await publish_input(nc, streams, event(room, n))
+    handler = FakeHandler(behaviour)
+    async with running(nc, streams, handler) as consumer:
+        async with asyncio.timeout(GUARD):
+            while len(handler.calls) < 5 or consumer.in_flight:
+                await asyncio.sleep(0.01)
+    assert [(e, d) for r, e, d in handler.calls if r == "!a:x"] == [
+        ("$e1", 1), ("$e1", 2), ("$e2", 1), ("$e3", 1)
+    ]
+    order = [e for _, e, _ in handler.calls]
+    assert order.index("$e4") < order.index("$e2")
+    assert await input_left(nc, streams) == 0
+
+
 async def test_permanent_errors_and_invalid_events_go_to_dead_letters(
     nc: NATS, streams: Subjects
 ) -> None:

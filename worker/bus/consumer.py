@@ -372,6 +372,15 @@ class InputConsumer:
     async def _process(self, room_id: str, d: _Delivery) -> None:
         with bind_event(room_id, d.event_id):
             fate = await self._decide(room_id, d)
+            # A transient failure is retried here, in place, rather than by a nak: a nak'd
+            # message comes back after the room's later messages, which would then be handled
+            # before an event they may depend on. Holding the room keeps its order; other
+            # rooms go on, and the heartbeat keeps this message alive meanwhile. Each attempt
+            # counts as a delivery, so the retry limit and the dead letter still apply.
+            while fate.situation is settle.Situation.RETRY:
+                await asyncio.sleep(fate.delay)
+                d.delivery += 1
+                fate = await self._decide(room_id, d)
             await self._carry_out(d, fate)
 
     async def _decide(self, room_id: str, d: _Delivery) -> settle.Fate:
