@@ -98,11 +98,16 @@ class PowerLevels:
 
     __slots__ = ("_content", "_creators", "_has_event", "_rules", "_users")
 
+    _users: Mapping[str, Any]
+
     def __init__(self, rules: RoomRules, power_levels: Event | None, create: Event | None) -> None:
         self._rules = rules
         self._has_event = power_levels is not None
         self._content: Mapping[str, Any] = power_levels.content if power_levels else {}
-        self._users = _level_map(self._content.get("users"), rules)
+        # Parsed per lookup, not up front: a big room's `users` can hold thousands of entries
+        # and state resolution builds this view for every event it checks.
+        users = self._content.get("users")
+        self._users = users if isinstance(users, dict) else {}
         self._creators = creators(create) if create is not None else frozenset()
 
     @classmethod
@@ -125,7 +130,7 @@ class PowerLevels:
         # With a power levels event: `users`, else `users_default` (the creator gets nothing
         # special in v1-v11 once power levels exist; createRoom lists them in `users`).
         if self._has_event:
-            found = self._users.get(user_id)
+            found = parse_level(self._users.get(user_id), self._rules)
             return self.named("users_default") if found is None else found
         # v1-v11 without a power levels event: the creator has 100, everyone else 0.
         return 100 if user_id in self._creators else 0
