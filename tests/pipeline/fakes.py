@@ -42,6 +42,9 @@ class FakeStore:
     latest: dict[str, list[str]] = field(default_factory=dict)
     applied_redactions: set[tuple[str, str]] = field(default_factory=set)
     outbox: dict[str, list[OutputRecord]] = field(default_factory=dict)
+    # Accepted redactions by the ID of the event they redact.
+    redactions_of: dict[str, set[str]] = field(default_factory=dict)
+    output_ids: set[str] = field(default_factory=set)
     persists: int = 0
     # Raise this once from the next persist (a crash before commit).
     fail_next_persist: Exception | None = None
@@ -101,12 +104,10 @@ class FakeStore:
 
     async def pending_redactions(self, target_ids: Sequence[str]) -> dict[str, list[str]]:
         out: dict[str, list[str]] = {}
-        for eid, se in sorted(self.stored.items()):
-            ev = se.event
-            if ev.type != "m.room.redaction" or se.outcome is not Outcome.ACCEPTED:
-                continue
-            if ev.redacts in target_ids and (eid, ev.redacts) not in self.applied_redactions:
-                out.setdefault(ev.redacts, []).append(eid)
+        for target in target_ids:
+            for eid in sorted(self.redactions_of.get(target, ())):
+                if (eid, target) not in self.applied_redactions:
+                    out.setdefault(target, []).append(eid)
         return out
 
     async def persist(self, write: EventWrite) -> None:
@@ -125,6 +126,9 @@ class FakeStore:
             has_state=write.state_before is not None,
         )
         self.json[eid] = write.event_json
+        ev = write.event
+        if ev.type == "m.room.redaction" and ev.redacts and write.outcome is Outcome.ACCEPTED:
+            self.redactions_of.setdefault(ev.redacts, set()).add(eid)
         if write.state_before is not None:
             self.before[eid] = dict(_entries(write.state_before))
         if write.extremities is not None:
@@ -146,8 +150,10 @@ class FakeStore:
                 redacted=True,
             )
         rows = self.outbox.setdefault(write.room_id, [])
-        known = {r.output_id for r in rows}
-        rows.extend(r for r in write.outputs if r.output_id not in known)
+        for row in write.outputs:
+            if row.output_id not in self.output_ids:
+                self.output_ids.add(row.output_id)
+                rows.append(row)
 
 
 @dataclass
@@ -155,12 +161,17 @@ class FakeRelay:
     store: FakeStore
     published: list[OutputRecord] = field(default_factory=list)
     _sent: set[str] = field(default_factory=set)
+    # How many of each room's outbox rows were handled already.
+    _done: dict[str, int] = field(default_factory=dict)
 
     async def flush(self, room_id: str) -> None:
-        for row in self.store.outbox.get(room_id, []):
+        rows = self.store.outbox.get(room_id, [])
+        start = self._done.get(room_id, 0)
+        for row in rows[start:]:
             if row.output_id not in self._sent:
                 self._sent.add(row.output_id)
                 self.published.append(row)
+        self._done[room_id] = len(rows)
 
     def outputs(self, output_type: str | None = None) -> list[OutputEvent]:
         decoded = [decode_output(r.payload) for r in self.published]

@@ -291,3 +291,15 @@ def test_state_reset_detector_flags_only_unexplained_losses() -> None:
     events = {eid: b.event(eid) for eid in b.events}
     found = detect_resets([events[raised]], {("m.room.power_levels", ""): older}, events)
     assert [(f["kind"], f["user_id"]) for f in found] == [("power_lowered", "@bob:test")]
+
+
+async def test_second_create_event_for_a_room_is_refused(harness: Harness) -> None:
+    b = started("10")
+    await harness.send_all(b)
+    again = b.create("mallory")
+    result = await harness.send(b, again)
+    assert (result.outcome, result.reason_code) == (Outcome.REJECTED, "room_exists")
+    assert again not in harness.store.stored
+    # The original create, delivered again, is still just a duplicate.
+    first = await harness.send(b, next(iter(b.events)))
+    assert first.duplicate and first.outcome is Outcome.ACCEPTED

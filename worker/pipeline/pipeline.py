@@ -22,7 +22,12 @@ from worker.messages import HandleResult, InputRoomEvent, NewInviteEvent, Retire
 from worker.observability.metrics import DUPLICATES, count_event, measure
 from worker.pipeline import redactions
 from worker.pipeline._metrics import STATE_RESETS
-from worker.pipeline.authstep import check_current_state, check_own_auth_events, check_state_before
+from worker.pipeline.authstep import (
+    check_current_state,
+    check_own_auth_events,
+    check_state_before,
+    is_create,
+)
 from worker.pipeline.events import stored_json
 from worker.pipeline.gaps import dependency_ids, duplicate_of, load_dependencies
 from worker.pipeline.latest import Advance, advance
@@ -111,6 +116,11 @@ class Pipeline:
 
     async def _decide(self, work: Work) -> Result:
         """Steps 5 to 7: auth, state before, auth against it, soft-fail."""
+        if work.room_known and is_create(work.event):
+            # Another create event for an existing room (v1-v11, where the room ID does not
+            # derive from it) would start a second DAG: refused, and not stored.
+            exists = Rejection("room_exists", "the room already has its m.room.create event")
+            return refused(work.event_id, Outcome.REJECTED, exists)
         with measure("auth_own"):
             problem = check_own_auth_events(work)
         if problem is not None:
