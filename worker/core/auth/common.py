@@ -10,6 +10,7 @@ exists in more than one version; earlier versions number some top-level steps on
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -54,7 +55,14 @@ def is_valid_user_id(value: Any) -> bool:
     `@localpart:server_name`, at most 255 bytes, historical localparts allowed, as
     `worker.core.ids` checks senders (https://spec.matrix.org/latest/appendices/#user-identifiers).
     """
-    return isinstance(value, str) and ids.is_valid_user_id(value, historical=True)
+    return isinstance(value, str) and _valid_user_id(value)
+
+
+@functools.lru_cache(maxsize=65536)
+def _valid_user_id(value: str) -> bool:
+    # Memoised: every power levels event repeats the room's `users` table (thousands of
+    # entries in big rooms), and state resolution checks each such event many times.
+    return ids.is_valid_user_id(value, historical=True)
 
 
 def membership_of(auth_events: AuthEvents, user_id: str) -> str | None:
