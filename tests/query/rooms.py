@@ -81,9 +81,7 @@ class MemoryStore:
             assert len(prevs) <= 1, "give the state before a merge explicitly"
             state_before = self.after(prevs[0]) if prevs else {}
         ev = Event(pdu, event_id, self.rules)
-        self.stored[event_id] = QueryEvent(
-            event=ev, json=msgspec.json.encode(pdu), outcome=outcome, has_state=True
-        )
+        self.stored[event_id] = self._query_event(ev, outcome)
         self.before[event_id] = dict(state_before)
         # The room moves forward: the new event replaces its prevs as an extremity.
         self.latest = sorted((set(self.latest) - set(prevs)) | {event_id})
@@ -94,14 +92,24 @@ class MemoryStore:
         if redacts is not None and redacts in self.stored and outcome == "accepted":
             old = self.stored[redacts]
             pdu2 = redact(old.event.pdu, self.rules)
-            self.stored[redacts] = QueryEvent(
-                event=Event(pdu2, redacts, self.rules),
-                json=msgspec.json.encode(pdu2),
-                outcome=old.outcome,
-                has_state=old.has_state,
-                redacted=True,
+            self.stored[redacts] = self._query_event(
+                Event(pdu2, redacts, self.rules), old.outcome, redacted=True
             )
         return event_id
+
+    def _query_event(self, ev: Event, outcome: str, redacted: bool = False) -> QueryEvent:
+        return QueryEvent(
+            event_id=ev.event_id,
+            json=msgspec.json.encode(ev.pdu),
+            rules=self.rules,
+            room_id=ev.room_id,
+            depth=ev.depth,
+            outcome=outcome,
+            has_state=True,
+            redacted=redacted,
+            membership=ev.membership if ev.type == "m.room.member" else None,
+            event=ev,
+        )
 
     def after(self, event_id: str) -> dict[StateKey, str]:
         state = dict(self.before[event_id])

@@ -99,8 +99,13 @@ def _sorted_json(state: Mapping[StateKey, str], events: Mapping[str, QueryEvent]
     return out
 
 
+def _membership(ev: QueryEvent) -> str | None:
+    """The membership of a member event, from the store's column when it has one."""
+    return ev.membership or ev.event.membership
+
+
 def _by_depth(events: Iterable[QueryEvent]) -> list[msgspec.Raw]:
-    ordered = sorted(events, key=lambda e: (e.event.depth, e.event.event_id))
+    ordered = sorted(events, key=lambda e: (e.depth, e.event_id))
     return [msgspec.Raw(e.json) for e in ordered]
 
 
@@ -115,7 +120,7 @@ async def _known_with_state(
     """The events of the room among `event_ids` that have state, and the others (sorted)."""
     found = await store.events(event_ids)
     ok = {
-        i: e for i, e in found.items() if e.event.room_id == room_id and e.has_state
+        i: e for i, e in found.items() if e.room_id == room_id and e.has_state
     }
     missing = sorted({i for i in event_ids if i not in ok})
     return ok, missing
@@ -172,7 +177,7 @@ async def latest_events_and_state(
     latest = sorted(await store.extremities(req.room_id))
     state = await store.current_state(req.room_id, keys) if keys != [] else {}
     events = await store.events(sorted(set(latest) | set(state.values())))
-    depth = max((events[i].event.depth for i in latest if i in events), default=0) + 1
+    depth = max((events[i].depth for i in latest if i in events), default=0) + 1
     return m.LatestEventsAndStateResponse(
         room_id=req.room_id,
         room_version=version,
@@ -220,7 +225,7 @@ async def events_by_id(store: QueryStore, req: m.EventsByIdRequest) -> m.EventsB
             continue
         seen.add(i)
         ev = found.get(i)
-        if ev is None or (req.room_id and ev.event.room_id != req.room_id):
+        if ev is None or (req.room_id and ev.room_id != req.room_id):
             missing.append(i)
         else:
             events.append(msgspec.Raw(ev.json))
@@ -250,7 +255,7 @@ async def membership_for_user(
     if event_id:
         found = await store.events([event_id])
         if event_id in found:
-            membership = found[event_id].event.membership or "leave"
+            membership = _membership(found[event_id]) or "leave"
     joined = membership == "join"
     ever = joined or await store.ever_joined(req.room_id, req.user_id)
     return m.MembershipForUserResponse(
@@ -273,7 +278,7 @@ async def memberships_for_room(
         ev = found.get(state[key])
         if ev is None:
             continue
-        if req.joined_only and ev.event.membership != "join":
+        if req.joined_only and _membership(ev) != "join":
             continue
         out.append(msgspec.Raw(ev.json))
     return m.MembershipsForRoomResponse(room_id=req.room_id, events=out)
@@ -294,7 +299,7 @@ async def membership_at_event(
     for i in sorted(known):
         mid = before.get(i, {}).get(key, "")
         ev = members.get(mid)
-        membership = (ev.event.membership if ev is not None else None) or "leave"
+        membership = (_membership(ev) if ev is not None else None) or "leave"
         out.append(m.MembershipAt(event_id=i, membership=membership, membership_event_id=mid))
     return m.MembershipAtEventResponse(
         room_id=req.room_id, memberships=out, missing_event_ids=missing
@@ -392,7 +397,7 @@ async def server_allowed_to_see_event(
         await _version(store, req.room_id)
     found = await store.events([req.event_id])
     ev = found.get(req.event_id)
-    if ev is None or (req.room_id and ev.event.room_id != req.room_id):
+    if ev is None or (req.room_id and ev.room_id != req.room_id):
         raise QueryFailed("unknown_event", f"unknown event {req.event_id}")
     # An event whose state we do not know (an outlier) cannot be shown to be visible.
     allowed = (await _allowed(store, req.server_name, [req.event_id])).get(req.event_id, False)
@@ -424,29 +429,29 @@ async def missing_events(
         seen.update(fresh)
         found = await store.events(fresh) if fresh else {}
         for i, ev in found.items():
-            if ev.event.room_id == req.room_id:
+            if ev.room_id == req.room_id:
                 loaded[i] = ev
-                heapq.heappush(heap, (-ev.event.depth, i))
+                heapq.heappush(heap, (-ev.depth, i))
 
     await push(
-        p for e in latest.values() if e.event.room_id == req.room_id for p in e.event.prev_event_ids
+        p for e in latest.values() if e.room_id == req.room_id for p in e.event.prev_event_ids
     )
     result: list[QueryEvent] = []
     while heap and len(result) < req.limit:
         _, i = heapq.heappop(heap)
         ev = loaded[i]
-        if ev.event.depth < req.min_depth:
+        if ev.depth < req.min_depth:
             continue
         result.append(ev)
         await push(ev.event.prev_event_ids)
-    allowed = await _allowed(store, req.server_name, [e.event.event_id for e in result])
+    allowed = await _allowed(store, req.server_name, [e.event_id for e in result])
     out: list[msgspec.Raw] = []
-    for ev in sorted(result, key=lambda e: (e.event.depth, e.event.event_id)):
-        if allowed.get(ev.event.event_id, False):
+    for ev in sorted(result, key=lambda e: (e.depth, e.event_id)):
+        if allowed.get(ev.event_id, False):
             out.append(msgspec.Raw(ev.json))
         else:
             pdu = redaction.redact(ev.event.pdu, rules)
-            pdu.setdefault("event_id", ev.event.event_id)
+            pdu.setdefault("event_id", ev.event_id)
             out.append(msgspec.Raw(msgspec.json.encode(pdu)))
     return m.MissingEventsResponse(events=out)
 
@@ -459,7 +464,7 @@ async def server_joined_to_room(
     state = await store.current_state(req.room_id, [(MEMBER, WILDCARD)])
     keys = member_keys_of_server(state, req.server_name)
     found = await store.events(sorted({state[k] for k in keys}))
-    joined = any(found[state[k]].event.membership == "join" for k in keys if state[k] in found)
+    joined = any(_membership(found[state[k]]) == "join" for k in keys if state[k] in found)
     return m.ServerJoinedToRoomResponse(room_id=req.room_id, is_joined=joined)
 
 

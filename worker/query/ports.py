@@ -11,10 +11,12 @@ Every method is one database round trip or a few, never one per event.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Protocol
 
+import msgspec
+
 from worker.core.events import Event, StateKey
+from worker.core.versions import RoomRules
 
 # The wildcard state key of a filter.
 WILDCARD = "*"
@@ -22,18 +24,59 @@ WILDCARD = "*"
 StateFilter = Sequence[StateKey] | None
 
 
-@dataclass(frozen=True, slots=True)
 class QueryEvent:
-    """A stored event as queries see it."""
+    """A stored event as queries see it: its JSON, plus the few facts queries sort and filter
+    on. The `Event` view is parsed from the JSON only when a handler asks for it, so answers
+    that just relay thousands of events (a big room's members) never decode them."""
 
-    event: Event
-    # The PDU JSON to send (the stored form: redacted when a redaction was applied).
-    json: bytes
-    # "accepted" | "soft_failed" | "rejected" | "outlier" | "invalid" (`Outcome` values).
-    outcome: str
-    # A state snapshot before the event is stored, so state before/after it can be answered.
-    has_state: bool
-    redacted: bool = False
+    __slots__ = (
+        "_event",
+        "depth",
+        "event_id",
+        "has_state",
+        "json",
+        "membership",
+        "outcome",
+        "redacted",
+        "room_id",
+        "rules",
+    )
+
+    def __init__(
+        self,
+        *,
+        event_id: str,
+        json: bytes,
+        rules: RoomRules,
+        room_id: str,
+        depth: int,
+        outcome: str,
+        has_state: bool,
+        redacted: bool = False,
+        membership: str | None = None,
+        event: Event | None = None,
+    ) -> None:
+        self.event_id = event_id
+        # The PDU JSON to send (the stored form: redacted once a redaction applied), carrying
+        # its `event_id` as outputs do.
+        self.json = json
+        self.rules = rules
+        self.room_id = room_id
+        self.depth = depth
+        # "accepted" | "soft_failed" | "rejected" | "outlier" | "invalid" (`Outcome` values).
+        self.outcome = outcome
+        # A state snapshot before the event is stored, so state before/after it is known.
+        self.has_state = has_state
+        self.redacted = redacted
+        # For m.room.member events: the membership; None for other types.
+        self.membership = membership
+        self._event = event
+
+    @property
+    def event(self) -> Event:
+        if self._event is None:
+            self._event = Event(msgspec.json.decode(self.json), self.event_id, self.rules)
+        return self._event
 
     @property
     def rejected(self) -> bool:

@@ -19,7 +19,7 @@ import asyncpg
 import msgspec
 
 from worker.core import stateblocks as sb
-from worker.core.events import Event, StateKey
+from worker.core.events import StateKey
 from worker.core.versions import RoomRules, rules_for
 from worker.pipeline.ports import RoomStore, StateHandle
 from worker.query.ports import WILDCARD, QueryEvent, StateFilter
@@ -28,6 +28,7 @@ from worker.storage.snapshots import load_layers
 
 # Mirrors of worker.storage.events codes (schemas/sql/0001_initial.sql comments).
 _OUTCOMES = {1: "accepted", 2: "soft_failed", 3: "rejected", 4: "outlier", 5: "invalid"}
+_MEMBERSHIPS = {0: "", 1: "leave", 2: "invite", 3: "join", 4: "knock", 5: "ban"}
 _MEMBER_TYPE_NID = 5
 _JOIN = 3
 
@@ -35,7 +36,8 @@ SELECT_ROOM_VERSION = "SELECT room_version FROM rooms WHERE room_id = $1"
 
 SELECT_EVENTS = """
 SELECT e.event_id, e.outcome, e.before_snapshot_nid IS NOT NULL AS has_state,
-       e.redacted_by IS NOT NULL AS redacted, r.room_version, j.json
+       e.redacted_by IS NOT NULL AS redacted, e.depth, e.membership, r.room_id,
+       r.room_version, j.json
 FROM events e
 JOIN event_json j ON j.event_nid = e.event_nid
 JOIN rooms r ON r.room_nid = e.room_nid
@@ -199,10 +201,18 @@ class PostgresQueryReads:
         return {k: v for k, v in full.items() if k in exact or k[0] in types}
 
 
-def _with_event_id(raw: bytes, pdu: dict[str, Any], event_id: str) -> bytes:
+class _TopLevel(msgspec.Struct):
+    event_id: Any = None
+
+
+# Reads only the top-level `event_id`; everything else is skipped without building objects.
+_TOP_LEVEL = msgspec.json.Decoder(_TopLevel)
+
+
+def _with_event_id(raw: bytes, event_id: str) -> bytes:
     """The PDU JSON with its `event_id`, as outputs carry it (v3+ PDUs are stored without
     one, their ID being their reference hash); spliced in, not re-encoded, to stay cheap."""
-    if "event_id" in pdu:
+    if _TOP_LEVEL.decode(raw).event_id is not None:
         return raw
     head = b'{"event_id":' + msgspec.json.encode(event_id)
     body = raw.lstrip()[1:].lstrip()
@@ -210,15 +220,16 @@ def _with_event_id(raw: bytes, pdu: dict[str, Any], event_id: str) -> bytes:
 
 
 def _query_event(row: asyncpg.Record, rules: RoomRules) -> QueryEvent:
-    stored: bytes = bytes(row["json"])
-    pdu = msgspec.json.decode(stored)
-    raw = _with_event_id(stored, pdu, row["event_id"])
     return QueryEvent(
-        event=Event(pdu, row["event_id"], rules),
-        json=raw,
+        event_id=row["event_id"],
+        json=_with_event_id(bytes(row["json"]), row["event_id"]),
+        rules=rules,
+        room_id=row["room_id"],
+        depth=row["depth"],
         outcome=_OUTCOMES.get(row["outcome"], "invalid"),
         has_state=bool(row["has_state"]),
         redacted=bool(row["redacted"]),
+        membership=_MEMBERSHIPS.get(row["membership"]) if row["membership"] is not None else None,
     )
 
 
