@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import msgspec
+import pytest
 
 from tests.pipeline.conftest import Harness, builder, started
 from worker.core.outcomes import Outcome
@@ -303,3 +304,41 @@ async def test_second_create_event_for_a_room_is_refused(harness: Harness) -> No
     # The original create, delivered again, is still just a duplicate.
     first = await harness.send(b, next(iter(b.events)))
     assert first.duplicate and first.outcome is Outcome.ACCEPTED
+
+
+async def test_big_resolutions_run_off_the_event_loop(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from structlog.testing import capture_logs
+
+    from worker.pipeline import state
+
+    monkeypatch.setattr(state, "OFFLOAD_EVENTS", 0)
+    b = started("10")
+    fork = b.fork()
+    topic = b.topic("alice", "A")
+    name = fork.state_event("m.room.name", "", {"name": "B"}, "alice")
+    for eid in b.events:
+        if eid != name:
+            await harness.send(b, eid)
+    with capture_logs() as logs:
+        await harness.send(fork, name)
+    assert any(entry["event"] == "state_resolution_offloaded" for entry in logs)
+    assert harness.state(b.room_id)[("m.room.topic", "")] == topic
+
+
+async def test_outcomes_are_counted(harness: Harness) -> None:
+    from worker.observability.metrics import DUPLICATES, EVENTS_PROCESSED
+
+    def count(kind: str, outcome: str) -> float:
+        value = EVENTS_PROCESSED.labels(kind, outcome)._value.get()
+        assert isinstance(value, float)
+        return value
+
+    before = (count("new", "accepted"), count("new", "rejected"), DUPLICATES._value.get())
+    b = started("10")
+    await harness.send_all(b)
+    await harness.send(b, b.message("mallory"))
+    await harness.send(b, next(iter(b.events)))
+    after = (count("new", "accepted"), count("new", "rejected"), DUPLICATES._value.get())
+    assert (after[0] - before[0], after[1] - before[1], after[2] - before[2]) == (6, 1, 1)

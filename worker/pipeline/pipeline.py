@@ -162,8 +162,11 @@ class Pipeline:
         write = await self._write(work, outcome, problem)
         with measure("persist"):
             await self.store.persist(write)
-        with measure("publish"):
-            await self.relay.flush(work.room_id)
+        if write.outputs:
+            # Nothing new to publish otherwise (outliers, refusals, soft-failures); rows a
+            # crash left unsent are the relay's sweep's to publish.
+            with measure("publish"):
+                await self.relay.flush(work.room_id)
         if problem is not None:
             log.info("event_refused", outcome=outcome.value, code=problem.code, reason=problem.reason)
             return refused(work.event_id, outcome, problem)
