@@ -115,28 +115,30 @@ SELECT_MEMBERSHIP_CODES = """
 SELECT event_nid, membership FROM events WHERE event_nid = ANY($1::bigint[])
 """
 
-UPSERT_MEMBERSHIPS = """
-INSERT INTO memberships (room_nid, target_nid, membership, event_nid)
-SELECT $1, e.state_key_nid, coalesce(e.membership, 0), e.event_nid
-FROM events e WHERE e.event_nid = ANY($2::bigint[])
-ON CONFLICT (room_nid, target_nid) DO UPDATE
-SET membership = EXCLUDED.membership, event_nid = EXCLUDED.event_nid
-"""
-
-DELETE_MEMBERSHIPS = """
-DELETE FROM memberships WHERE room_nid = $1 AND target_nid = ANY($2::bigint[])
-"""
-
-RETIRE_INVITES = """
-UPDATE invites SET retired = true
-WHERE room_nid = $1 AND target_nid = ANY($2::bigint[]) AND NOT retired
-  AND NOT (invite_event_nid = ANY($3::bigint[]))
-"""
-
-INSERT_INVITES = """
-INSERT INTO invites (invite_event_nid, room_nid, target_nid)
-SELECT e.event_nid, $1, e.state_key_nid FROM events e WHERE e.event_nid = ANY($2::bigint[])
-ON CONFLICT (invite_event_nid) DO NOTHING
+# One statement for every membership change of a new current state: upsert the members whose
+# entry changed ($2: their new member event NIDs), record new invites, delete the members whose
+# entry disappeared ($3: target NIDs, a state reset), and retire the active invites of every
+# changed target ($4) except the invites just recorded.
+APPLY_MEMBERSHIP_CHANGES = """
+WITH up AS (
+    INSERT INTO memberships (room_nid, target_nid, membership, event_nid)
+    SELECT $1, e.state_key_nid, coalesce(e.membership, 0), e.event_nid
+    FROM events e WHERE e.event_nid = ANY($2::bigint[])
+    ON CONFLICT (room_nid, target_nid) DO UPDATE
+    SET membership = EXCLUDED.membership, event_nid = EXCLUDED.event_nid
+), inv AS (
+    INSERT INTO invites (invite_event_nid, room_nid, target_nid)
+    SELECT e.event_nid, $1, e.state_key_nid
+    FROM events e WHERE e.event_nid = ANY($2::bigint[]) AND e.membership = 2
+    ON CONFLICT (invite_event_nid) DO NOTHING
+), del AS (
+    DELETE FROM memberships WHERE room_nid = $1 AND target_nid = ANY($3::bigint[])
+), ret AS (
+    UPDATE invites SET retired = true
+    WHERE room_nid = $1 AND target_nid = ANY($4::bigint[]) AND NOT retired
+      AND NOT (invite_event_nid = ANY($2::bigint[]))
+)
+SELECT 1
 """
 
 INSERT_REDACTION = """

@@ -78,6 +78,7 @@ class _Effects:
     id_nids: dict[str, int] = field(default_factory=dict)
     room: ev_sql.RoomRow | None = None
     stale_events: set[str] = field(default_factory=set)
+    derived: dict[tuple[int, frozenset[tuple[sb.NidKey, int]]], int] = field(default_factory=dict)
 
 
 class PostgresStore:
@@ -100,6 +101,11 @@ class PostgresStore:
         self._rooms: dict[str, ev_sql.RoomRow] = {}
         self._events: Lru[str, Event] = Lru(event_cache_size)
         self._nid_ids: Lru[int, str] = Lru(id_cache_size)
+        self._id_nids: Lru[str, int] = Lru(id_cache_size)
+        # (base snapshot, NID delta) -> the snapshot already stored for it: the state after an
+        # event is written as the room's current state, then read back as the next event's
+        # state before; this skips the second (deduplicated) insert.
+        self._derived: Lru[tuple[int, frozenset[tuple[sb.NidKey, int]]], int] = Lru(4096)
         self._recent: deque[tuple[PgState, dict[StateKey, str]]] = deque(
             maxlen=_RECENT_MATERIALIZED
         )
@@ -174,6 +180,7 @@ class PostgresStore:
         for r in rows:
             event = ev_sql.decode_event(r["event_id"], r["json"], r["room_version"])
             self._nid_ids.put(r["event_nid"], r["event_id"])
+            self._id_nids.put(r["event_id"], r["event_nid"])
             stored = StoredEvent(
                 event=event,
                 outcome=ev_sql.OUTCOME_NAMES[r["outcome"]],
@@ -266,6 +273,7 @@ class PostgresStore:
             fetched = await ev_sql.event_ids(conn, missing)
             for n, eid in fetched.items():
                 self._nid_ids.put(n, eid)
+                self._id_nids.put(eid, n)
             out.update(fetched)
         return out
 
@@ -425,6 +433,9 @@ class PostgresStore:
                 self._roots.put(nid, True)
         for eid, nid in fx.id_nids.items():
             self._nid_ids.put(nid, eid)
+            self._id_nids.put(eid, nid)
+        for dkey, nid in fx.derived.items():
+            self._derived.put(dkey, nid)
         for eid in fx.stale_events:
             self._events.pop(eid)
         if fx.room is not None:
@@ -448,7 +459,12 @@ class PostgresStore:
             keys.add(e.state_key)
         nids, fx.nids = await nid_sql.get_or_create_txn(conn, self.nids, types, keys)
         ref_ids = {v for h in handles for v in h.delta.values() if v and v != e.event_id}
-        id_nids = await ev_sql.event_nids(conn, ref_ids)
+        id_nids: dict[str, int] = {}
+        for eid in ref_ids:
+            known = self._id_nids.get(eid)
+            if known is not None:
+                id_nids[eid] = known
+        id_nids.update(await ev_sql.event_nids(conn, ref_ids - id_nids.keys()))
 
         before_nid = None
         if before is not None:
@@ -521,6 +537,10 @@ class PostgresStore:
             if eid and eid not in id_nids:
                 raise InvariantViolation(f"state refers to event {eid}, which is not stored")
             delta[(nids.types[t], nids.keys[s])] = id_nids[eid] if eid else 0
+        dkey = (h.snapshot_nid, frozenset(delta.items()))
+        known = fx.derived.get(dkey) or self._derived.get(dkey)
+        if known is not None:
+            return known
         chain = await self._chain(conn, h.snapshot_nid, fx.layers)
         delta = {k: v for k, v in delta.items() if sb.value_at(chain, k) != v}
         if not delta:
@@ -529,6 +549,7 @@ class PostgresStore:
         nid, layer = await snap_sql.write_plan_txn(conn, room_nid, plan)
         if layer is not None:
             fx.layers[nid] = layer
+        fx.derived[dkey] = nid
         return nid
 
     async def _update_memberships_txn(
@@ -561,13 +582,8 @@ class PostgresStore:
                 upserts.append(now)
             else:
                 deletes.append(k[1])
-        if upserts:
-            await conn.execute(ev_sql.UPSERT_MEMBERSHIPS, room_nid, upserts)
-            await conn.execute(ev_sql.INSERT_INVITES, room_nid, upserts)
-        if deletes:
-            await conn.execute(ev_sql.DELETE_MEMBERSHIPS, room_nid, deletes)
         if targets:
-            await conn.execute(ev_sql.RETIRE_INVITES, room_nid, targets, upserts)
+            await conn.execute(ev_sql.APPLY_MEMBERSHIP_CHANGES, room_nid, upserts, deletes, targets)
 
     async def _apply_redactions_txn(
         self, conn: asyncpg.Connection, pairs: Sequence[tuple[str, str]], fx: _Effects
