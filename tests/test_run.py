@@ -10,9 +10,11 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -137,8 +139,11 @@ class Run:
 
 
 @pytest.fixture
-def data_dir(tmp_path: Path) -> Iterator[Path]:
-    d = tmp_path / "var"
+def data_dir() -> Iterator[Path]:
+    # Not under tmp_path: as root, PostgreSQL runs as an unprivileged user that must traverse
+    # the parents, and every new pytest session resets /tmp/pytest-of-<user> to mode 0700.
+    base = Path(tempfile.mkdtemp(prefix="roomserver-run-"))
+    d = base / "var"
     yield d
     # Whatever a failed test left behind must not outlive it: the worker, then its servers.
     while Run.live:
@@ -150,6 +155,7 @@ def data_dir(tmp_path: Path) -> Iterator[Path]:
         pid = int(line.split(":", 1)[0])
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
+    shutil.rmtree(base, ignore_errors=True)
 
 
 def test_embedded_run_is_ready_and_sigterm_leaves_nothing_behind(data_dir: Path) -> None:
@@ -166,9 +172,14 @@ def test_embedded_run_is_ready_and_sigterm_leaves_nothing_behind(data_dir: Path)
     assert status == 200
     assert "roomserver_ready 1.0" in metrics
     assert _processes_mentioning(str(data_dir)), "embedded servers should be running"
+    probe = _command("check-health", METRICS_ADDR=f"127.0.0.1:{run.http_port}")
+    assert probe.returncode == 0, probe.stderr
+    assert json.loads(probe.stdout)["ready"] is True
 
     assert run.stop(signal.SIGTERM) == 0, run.logs()
     assert _processes_mentioning(str(data_dir)) == []
+    probe = _command("check-health", METRICS_ADDR=f"127.0.0.1:{run.http_port}")
+    assert probe.returncode == 1 and "unreachable" in probe.stderr
     assert '"event":"worker_stopped"' in run.logs()
     # The embedded data stays for the next start.
     assert (data_dir / "pg" / "data" / "PG_VERSION").exists()
@@ -270,6 +281,29 @@ async def test_garbage_is_dead_lettered_while_a_valid_event_flows_and_is_queryab
     finally:
         await nc.close()
     assert await asyncio.to_thread(run.stop) == 0, run.logs()
+
+
+def _command(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "worker", *args], cwd=REPO, env=dict(os.environ, **env),
+        capture_output=True, text=True, timeout=120, check=False,
+    )
+
+
+async def test_migrate_command_applies_the_schema_once(database_dsn: str) -> None:
+    import asyncpg
+
+    first = await asyncio.to_thread(_command, "migrate", DATABASE_URL=database_dsn)
+    assert first.returncode == 0, first.stderr
+    assert '"event":"migrations_applied"' in first.stderr
+    again = await asyncio.to_thread(_command, "migrate", DATABASE_URL=database_dsn)
+    assert again.returncode == 0, again.stderr
+    conn = await asyncpg.connect(database_dsn)
+    try:
+        tables = {r["tablename"] for r in await conn.fetch("SELECT tablename FROM pg_tables")}
+    finally:
+        await conn.close()
+    assert {"events", "outbox"} <= tables
 
 
 def test_invalid_settings_exit_2_naming_each_problem(tmp_path: Path) -> None:

@@ -371,7 +371,6 @@ class Worker:
                 unsent, lag = await outbox_stats(self.pool)
                 metrics.OUTBOX_UNSENT.set(unsent)
                 metrics.OUTBOX_LAG.set(lag)
-                metrics.ROOMS_IN_FLIGHT.set(self.consumer.in_flight if self.consumer else 0)
                 if loop.time() - last_prune > 3600.0:
                     pruned = await prune_sent(self.pool, OUTBOX_RETENTION_SECONDS)
                     last_prune = loop.time()

@@ -306,6 +306,8 @@ class EmbeddedPostgres:
         sock_dir.mkdir(exist_ok=True)
         ids = _pg_user()
         if ids is not None:
+            # Again on every start: a parent's mode may have changed since initdb.
+            _make_traversable(self.data_dir)
             _chown_tree(self.data_dir, *ids)
         args = [
             str(_pg_bin() / "postgres"),
