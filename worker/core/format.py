@@ -44,8 +44,9 @@ MAX_PDU_BYTES = 65_536
 MAX_RAW_BYTES = 1 << 20
 # "type, state_key, sender, room_id, event_id: 255 bytes" (spec, Size limits).
 MAX_FIELD_BYTES = 255
-# Not in the spec's PDU schema but enforced by Synapse (event_auth) and every federating
-# server: an event referencing more is refused, so accepting it would fork the room.
+# Synapse refuses received events with more (`_sanity_check_event` in its federation event
+# handler: more edges mean bigger state resolutions and fetch cascades). Accepting what the
+# reference server drops would make our view of the room differ from everybody else's.
 MAX_PREV_EVENTS = 20
 MAX_AUTH_EVENTS = 10
 
