@@ -226,6 +226,19 @@ def test_restricted_join(version: str, rule_name: str) -> None:
     assert code(b, b.join("erin")) is None
 
 
+@pytest.mark.parametrize("version", V8_PLUS)
+def test_restricted_join_authoriser_must_be_joined(version: str) -> None:
+    b = _restricted(version)
+    b.power_levels("alice", users={"erin": 100} | ({} if version == "12" else {"alice": 100}))
+    # erin has the power but has never joined; after joining, erin can authorise
+    failure = b.check(b.join("bob", join_authorised_via_users_server="@erin:test", apply=False))
+    assert failure is not None and failure.code == "bad_authoriser"
+    assert "not joined" in failure.reason
+    b.invite("alice", "erin")
+    b.join("erin")
+    assert code(b, b.join("bob", join_authorised_via_users_server="@erin:test")) is None
+
+
 def test_v12_creator_authorises_restricted_join() -> None:
     b = _restricted("12")
     assert code(b, b.join("bob", join_authorised_via_users_server="@alice:test")) is None
