@@ -86,10 +86,7 @@ class Event:
         # version's own place first, so that either form of a v11 redaction is understood.
         top = pdu.get("redacts")
         inner = self.content.get("redacts")
-        if rules.redaction.value == "v11":
-            r = inner if isinstance(inner, str) else top
-        else:
-            r = top
+        r = (inner if isinstance(inner, str) else top) if rules.redacts_in_content else top
         self.redacts = r if isinstance(r, str) else None
 
     @property

@@ -64,6 +64,8 @@ class RoomRules:
     integer_power_levels: bool
     # v11+: the create event has no `creator`; the room creator is the create event's sender.
     implicit_room_creator: bool
+    # v11+: a redaction's `redacts` lives in its content (top-level before).
+    redacts_in_content: bool
     # v12+: the room ID is "!" + URL-safe base64 of the create event's reference hash, the
     # create event has no `room_id`, and is not listed in `auth_events`.
     room_id_from_create_event: bool
@@ -87,6 +89,7 @@ V1 = RoomRules(
     knock_restricted_join_rule=False,
     integer_power_levels=False,
     implicit_room_creator=False,
+    redacts_in_content=False,
     room_id_from_create_event=False,
     privileged_creators=False,
 )
@@ -112,7 +115,9 @@ V10 = dataclasses.replace(
     V9, version="10", knock_restricted_join_rule=True, integer_power_levels=True
 )
 V11 = dataclasses.replace(
-    V10, version="11", redaction=RedactionAlgorithm.V11, implicit_room_creator=True
+    V10, version="11", redaction=RedactionAlgorithm.V11,
+    implicit_room_creator=True,
+    redacts_in_content=True,
 )
 V12 = dataclasses.replace(
     V11,
