@@ -355,6 +355,26 @@ def test_third_party_invite_any_signature_counts() -> None:
     assert code(b, eid) is None
 
 
+@pytest.mark.parametrize("junk", ["AAAA", "", "not base64!", 7, None, "A" * 200, {"x": 1}])
+def test_third_party_invite_malformed_signatures_do_not_match(junk: Any) -> None:
+    b = _tpi_room("10")
+    bad = _signed("@bob:test")
+    bad["signatures"] = {"id.example": {"ed25519:0": junk}, "x": junk, 5: {"ed25519:1": junk}}
+    assert code(b, b.invite("alice", "bob", third_party_invite={"signed": bad})) == (
+        "bad_third_party_invite"
+    )
+    good = _signed("@bob:test")
+    good["signatures"]["aaa.example"] = {"ed25519:0": junk}
+    assert code(b, b.invite("alice", "bob", third_party_invite={"signed": good})) is None
+
+
+@pytest.mark.parametrize("key", ["", "AAAA", "!!", 5, None])
+def test_third_party_invite_malformed_public_key(key: Any) -> None:
+    b = _tpi_room("10", public_key=key, public_keys=[{"public_key": key}, "junk", {}])
+    eid = b.invite("alice", "bob", third_party_invite={"signed": _signed("@bob:test")})
+    assert code(b, eid) == "bad_third_party_invite"
+
+
 @pytest.mark.parametrize("version", ALL)
 @pytest.mark.parametrize(
     ("case", "step"),
