@@ -18,7 +18,6 @@ from tests.e2e.conftest import Client, WorkerRun, client, worker  # noqa: F401
 from tests.fixtures.builder import RoomBuilder
 from tests.pipeline.conftest import builder
 from worker.query.service import QueryService, start_query_service
-from worker.storage.query_reads import PostgresQueryReads
 
 BOB = "@bob:b.test"
 CAROL = "@carol:c.test"
@@ -49,10 +48,9 @@ class Asker:
 async def asker(
     worker: WorkerRun, client: Client, prefix: str  # noqa: F811
 ) -> AsyncIterator[Asker]:
-    assert worker.pool is not None and worker.store is not None
-    svc: QueryService = await start_query_service(
-        client.nc, PostgresQueryReads(worker.pool, worker.store), prefix=prefix
-    )
+    assert worker.pool is not None
+    # As worker.app starts it: over the worker's pool, with a store view of its own.
+    svc: QueryService = await start_query_service(client.nc, worker.pool, prefix=prefix)
     try:
         yield Asker(client, prefix)
     finally:

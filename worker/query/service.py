@@ -92,17 +92,20 @@ async def start_query_service(
     store: QueryStore | asyncpg.Pool[Any],
     *,
     prefix: str = "roomserver",
-    max_in_flight: int = 64,
+    max_in_flight: int = 16,
     queue_group: str = "q",
 ) -> QueryService:
     """Start the `roomserver` micro service with every query endpoint; `stop()` to end it.
 
-    `store` is a `QueryStore`, or an asyncpg pool (then the PostgreSQL adapter of
-    worker.storage.query_reads is built over it).
+    `store` is a `QueryStore`, or an asyncpg pool: then the PostgreSQL adapter of
+    worker.storage.query_reads is built over it, and since that pool is shared with the input
+    pipeline, queries are held to a quarter of its connections (each query uses at most one at
+    a time), so a burst of queries can never starve event processing (DESIGN §5).
     """
     if isinstance(store, asyncpg.Pool):
         from worker.storage.query_reads import PostgresQueryReads
 
+        max_in_flight = min(max_in_flight, max(1, store.get_max_size() // 4))
         store = PostgresQueryReads.from_pool(store)
     svc = QueryService(store, max_in_flight=max_in_flight)
     service = await add_service(

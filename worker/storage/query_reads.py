@@ -84,7 +84,8 @@ class PostgresQueryReads:
     def from_pool(cls, pool: asyncpg.Pool[Any]) -> PostgresQueryReads:
         from worker.storage.store import PostgresStore
 
-        return cls(pool, PostgresStore(pool))
+        # Its own view of the state (own caches, sized for reads) over the same database.
+        return cls(pool, PostgresStore(pool, layer_cache_entries=500_000, event_cache_size=5_000))
 
     async def room_version(self, room_id: str) -> str | None:
         version: str | None = await self._pool.fetchval(SELECT_ROOM_VERSION, room_id)
