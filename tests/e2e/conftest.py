@@ -82,10 +82,13 @@ class Client:
     seen: list[OutputEvent] = field(default_factory=list)
     _sub: Any = None
 
-    async def send(self, b: RoomBuilder, event_id: str, kind: str = "new", **kw: Any) -> InputReply:
+    async def send(
+        self, b: RoomBuilder, event_id: str, kind: str = "new", msg_id: str = "", **kw: Any
+    ) -> InputReply:
+        """Publish and wait for the reply; `msg_id` overrides the Nats-Msg-Id (the event ID)."""
         return await send_input(
             self.nc, self.subjects, _input(b, event_id, kind, **kw),
-            room_id=b.room_id, event_id=event_id, timeout=30.0,
+            room_id=b.room_id, event_id=msg_id or event_id, timeout=30.0,
         )
 
     async def publish(self, b: RoomBuilder, event_id: str, kind: str = "new", **kw: Any) -> None:

@@ -127,3 +127,23 @@ async def test_federated_join_and_old_events(worker: WorkerRun, client: Client) 
     assert stored[state_ids[0]].kind == "outlier"
     body = msgspec.json.decode(outs[2].old_room_event.event)  # type: ignore[union-attr]
     assert body["event_id"] == old
+
+
+async def test_outlier_later_delivered_as_new_joins_the_dag(
+    worker: WorkerRun, client: Client
+) -> None:
+    b = started("10")
+    for eid in list(b.events):
+        await client.send(b, eid)
+    msg = b.message("bob", "first seen as an outlier")
+    assert (await client.send(b, msg, kind="outlier")).outcome == "outlier"
+    # Nats-Msg-Id is the event ID by default, and JetStream would drop the second input as
+    # a duplicate within its window: the producer must give the promotion its own ID.
+    again = await client.send(b, msg, msg_id=msg + ":new")
+    assert again.outcome == "accepted" and not again.duplicate
+    outs = await client.outputs(at_least=len(b.events))
+    assert event_id_of(outs[-1]) == msg
+    assert worker.store is not None
+    assert await worker.store.extremities(b.room_id) == [msg]
+    stored = await worker.store.events([msg])
+    assert stored[msg].kind == "new" and stored[msg].has_state
