@@ -53,8 +53,7 @@ def test_create_room_id_domain_must_match_sender(version: str) -> None:
 def test_v12_create_with_room_id_rejected() -> None:
     b = RoomBuilder("12")
     eid = b.create("alice")
-    b.events[eid]["room_id"] = "!create"
-    b._views.clear()
+    b.edit(eid, room_id="!create")
     assert _code(b, eid) == "bad_create"
 
 

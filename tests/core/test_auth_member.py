@@ -72,8 +72,7 @@ def test_authorised_join_needs_authoriser_signature(version: str) -> None:
     b = room(version, "restricted")
     eid = b.join("bob", join_authorised_via_users_server="@alice:test")
     assert code(b, eid) is None
-    b.events[eid]["signatures"] = {"elsewhere": {"ed25519:x": "s"}}
-    b._views.clear()
+    b.edit(eid, signatures={"elsewhere": {"ed25519:x": "s"}})
     assert code(b, eid) == "missing_authoriser_signature"
 
 
@@ -81,8 +80,7 @@ def test_authorised_join_needs_authoriser_signature(version: str) -> None:
 def test_authoriser_signature_not_checked_before_v8(version: str) -> None:
     b = room(version)
     eid = b.join("bob", join_authorised_via_users_server="@carol:elsewhere")
-    b.events[eid]["signatures"] = {"test": {"ed25519:x": "s"}}
-    b._views.clear()
+    b.edit(eid, signatures={"test": {"ed25519:x": "s"}})
     assert code(b, eid) is None
 
 
