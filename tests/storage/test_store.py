@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncpg
 import msgspec
+import pytest
 
 from tests.storage.helpers import VERSION, key, make_event, member, write
+from worker.core import stateblocks as sb
 from worker.core.outcomes import Outcome
 from worker.pipeline.ports import OutputRecord, RoomStore
 from worker.storage import PgState, PostgresStore, fetch_unsent, mark_sent
@@ -189,3 +191,50 @@ async def test_state_from_ids_and_removals(store: PostgresStore) -> None:
         ("m.room.member", "@alice:test"): "$join_alice",
         ("m.room.topic", ""): "$topic",
     }
+
+
+async def test_compaction_through_postgres(
+    store: PostgresStore, pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Shrunk thresholds: layers merge, roots are rebuilt and split into buckets, every state
+    reads back from a cold store, and no snapshot passes MAX_BLOCKS blocks."""
+    monkeypatch.setattr(sb, "FANOUT", 3)
+    monkeypatch.setattr(sb, "MIN_REBUILD_ENTRIES", 8)
+    monkeypatch.setattr(sb, "TARGET_BLOCK_ENTRIES", 4)
+    monkeypatch.setattr(sb, "MAX_ROOT_BLOCKS", 4)
+    monkeypatch.setattr(sb, "MAX_BLOCKS", 12)
+    room = "!compact:test"
+    create, raw = make_event(room, "$cc", "m.room.create", "", content={"room_version": VERSION})
+    empty = await store.handle_from_map(room, {})
+    cur = store.apply(empty, {key(create): "$cc"})
+    await store.persist(write(create, raw, before=empty, current=cur, extremities=["$cc"]))
+    want: dict[str, dict[tuple[str, str], str]] = {"$cc": {key(create): "$cc"}}
+    prev = "$cc"
+    for i in range(120):
+        ev, raw = member(room, f"$cm{i}", f"@u{(i * 7) % 37}:test", prev=[prev])
+        before = (await store.state_after([prev]))[prev]
+        after = store.apply(before, {key(ev): ev.event_id})
+        await store.persist(write(ev, raw, before=before, current=after, extremities=[ev.event_id]))
+        want[ev.event_id] = {**want[prev], key(ev): ev.event_id}
+        prev = ev.event_id
+    cold = PostgresStore(pool)
+    handles = await cold.state_after(list(want))
+    async with pool.acquire() as conn:
+        for eid, h in handles.items():
+            assert await cold.materialize(h) == want[eid]
+            assert isinstance(h, PgState)
+            assert sb.chain_blocks(await cold._chain(conn, h.snapshot_nid)) <= sb.MAX_BLOCKS
+    row = await pool.fetchrow(
+        """SELECT count(*) FILTER (WHERE rank = -1) AS roots,
+                  count(*) FILTER (WHERE rank > 0) AS merged,
+                  max(cardinality(block_nids)) AS widest
+           FROM state_snapshots"""
+    )
+    assert row is not None
+    assert row["roots"] > 2 and row["merged"] > 2 and row["widest"] == 4
+    # Rebuilt roots share the buckets that did not change.
+    shared = await pool.fetchval(
+        """SELECT count(*) FROM (SELECT unnest(block_nids) b FROM state_snapshots
+           WHERE rank = -1) u GROUP BY b ORDER BY 1 DESC LIMIT 1"""
+    )
+    assert shared > 1

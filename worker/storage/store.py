@@ -14,9 +14,11 @@ moves to this process, so state written elsewhere meanwhile is re-read).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import time
+import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -106,6 +108,9 @@ class PostgresStore:
         # event is written as the room's current state, then read back as the next event's
         # state before; this skips the second (deduplicated) insert.
         self._derived: Lru[tuple[int, frozenset[tuple[sb.NidKey, int]]], int] = Lru(4096)
+        self._room_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = (
+            weakref.WeakValueDictionary()
+        )
         self._recent: deque[tuple[PgState, dict[StateKey, str]]] = deque(
             maxlen=_RECENT_MATERIALIZED
         )
@@ -247,7 +252,12 @@ class PostgresStore:
             return sb.chain_via(top, get)
         except KeyError:
             pass
-        known = [nid for nid in self._roots.key_list() if self._layers.peek(nid) is not None]
+        # Hold the cached roots the walk may stop at: the cache can evict them meanwhile.
+        known: dict[int, sb.Layer] = {}
+        for nid in self._roots.key_list():
+            root = self._layers.peek(nid)
+            if root is not None:
+                known[nid] = root
         loaded = await snap_sql.load_layers(conn, [top], known)
         for nid, layer in loaded.items():
             self._layers.put(nid, layer)
@@ -255,7 +265,7 @@ class PostgresStore:
                 self._roots.put(nid, True)
 
         def get_loaded(nid: int) -> sb.Layer | None:
-            layer = loaded.get(nid)
+            layer = loaded.get(nid) or known.get(nid)
             return layer if layer is not None else get(nid)
 
         return sb.chain_via(top, get_loaded)
@@ -422,8 +432,13 @@ class PostgresStore:
     # --- the write ----------------------------------------------------------------------
 
     async def persist(self, write: EventWrite) -> None:
-        effects = await self.txn("persist_event", lambda c: self._persist_txn(c, write))
-        self._learn(effects)
+        # In-process writes to one room take turns too, so the cache learns in commit order.
+        lock = self._room_locks.get(write.room_id)
+        if lock is None:
+            lock = self._room_locks[write.room_id] = asyncio.Lock()
+        async with lock:
+            effects = await self.txn("persist_event", lambda c: self._persist_txn(c, write))
+            self._learn(effects)
 
     def _learn(self, fx: _Effects) -> None:
         self.nids.learn(fx.nids)
