@@ -58,3 +58,12 @@ async def test_concurrent_starts_apply_once(database_dsn: str) -> None:
     finally:
         for c in conns:
             await c.close()
+
+
+def test_changelog_lists_every_migration() -> None:
+    from worker.storage import migrations
+
+    assert migrations.__doc__ is not None
+    for mig in load_migrations():
+        assert f"{mig.version}  {mig.name}" in migrations.__doc__
+    assert load_migrations()[-1].version == SCHEMA_VERSION
