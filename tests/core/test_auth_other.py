@@ -65,7 +65,7 @@ def test_aliases_special_case(version: str) -> None:
     bad = b.state_event("m.room.aliases", "other.example", {"aliases": []}, "alice")
     failure = b.check(bad)
     assert failure is not None and failure.code == "bad_alias_state_key"
-    assert failure.rule == "m.room.aliases/4.2"
+    assert failure.rule == "m.room.aliases/2"
     no_key = b.add("m.room.aliases", "alice", {"aliases": []})
     assert code(b, no_key) == "bad_alias_state_key"
 
@@ -99,7 +99,7 @@ def test_third_party_invite_event_needs_invite_level(version: str) -> None:
     assert code(b, b.state_event("m.room.third_party_invite", "t1", content, "bob")) is None
     failure = b.check(b.state_event("m.room.third_party_invite", "t2", content, "carol"))
     assert failure is not None and failure.code == "insufficient_power"
-    assert failure.rule == "m.room.third_party_invite/7"
+    assert failure.rule == "room/7"
     # rule 7 allows before rule 8: an events entry for the type does not apply
     b2 = room(version, events={"m.room.third_party_invite": 100})
     assert code(b2, b2.state_event("m.room.third_party_invite", "t", content, "carol")) is None
@@ -146,7 +146,7 @@ def test_redaction_v1_v2(version: str) -> None:
     # another server's event: needs the redact level (50)
     failure = b.check(b.redact("carol", remote))
     assert failure is not None and failure.code == "insufficient_power"
-    assert failure.rule == "m.room.redaction/11"
+    assert failure.rule == "m.room.redaction/3"
     assert code(b, b.redact("bob", remote)) is None
 
 

@@ -1,11 +1,20 @@
 """Shared vocabulary of the auth rules: state keys, identifier helpers, the rejection helper.
 
 Nothing here is a rule by itself; the rule modules (`create`, `member`, `power_levels`,
-`third_party`, `other`) cite the spec steps they implement. Rule names used in `Rejection.rule`
-follow the numbering of the room version 12 text of the spec
-(https://spec.matrix.org/latest/rooms/v12/#authorisation-rules), with the section as a prefix
-("m.room.member/join/3"), because that numbering is stable across versions for everything that
-exists in more than one version; earlier versions number some top-level steps one lower.
+`third_party`, `other`, `selection`) cite the spec steps they implement.
+
+Rule names (`Rejection.rule`) follow the numbering of the room version 12 text of the spec
+(https://spec.matrix.org/latest/rooms/v12/#authorisation-rules), stable for anything that
+exists in more than one version (earlier versions number some top-level rules one lower):
+
+- top-level rules: "room/<n>" (room/2 room ID, room/4 m.federate, room/6 sender joined,
+  room/7 m.room.third_party_invite, room/8 required power level, room/9 `@` state keys);
+- within a rule family, "<family>/<sub-step>": "m.room.create/2" is step 1.2,
+  "auth_events/1" is 3.1 (2.1 in v1-v11), "m.room.aliases/2" is 4.2 of v1-v5,
+  "m.room.member/1" is 5.1, "m.room.power_levels/9" is 10.9, "m.room.redaction/3" is 11.3 of
+  v1-v2;
+- membership sub-rules by membership: "m.room.member/join/4" is 5.3.4,
+  "m.room.member/invite/1.5" is 5.4.1.5, and so on (v8+ numbering inside rule 5).
 """
 
 from __future__ import annotations

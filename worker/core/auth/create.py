@@ -15,7 +15,7 @@ from worker.core.versions import ROOM_VERSIONS
 def check_create(event: Event) -> Rejection | None:
     """Rule 1 (all versions): the create event stands alone; no auth events are consulted.
 
-    Rule names: "create/1.x" with the v12 numbering; v1-v10 have 1.4 = `creator` present, v11
+    Rule names: "m.room.create/x" for step 1.x of the v12 text; v1-v10 have 1.4 = `creator` present, v11
     has no 1.4, v12 has 1.4 = `additional_creators`. Whether `content.room_version` names the
     version the room is processed with is not an auth rule: the pipeline reads the version
     from the create event in the first place.
@@ -25,18 +25,20 @@ def check_create(event: Event) -> Rejection | None:
     # Both the parsed IDs and the raw field are looked at: a malformed non-empty list that
     # yields no IDs is still "any prev_events".
     if event.prev_event_ids or event.pdu.get("prev_events"):
-        return reject("create_not_first", "create/1.1", "The create event has prev_events.")
+        return reject("create_not_first", "m.room.create/1", "The create event has prev_events.")
     if rules.room_id_from_create_event:
         # 1.2 (v12+): the room ID is derived from the create event's ID, so the event itself
         # must not carry one (it would be circular).
         if "room_id" in event.pdu:
-            return reject("bad_create", "create/1.2", "A v12 create event must not have a room_id.")
+            return reject(
+                "bad_create", "m.room.create/2", "A v12 create event must not have a room_id."
+            )
     # 1.2 (v1-v11): a server may only create rooms in its own namespace, so that two servers
     # cannot both claim one room ID. (v12 room IDs are hashes and cannot collide.)
     elif domain_of(event.room_id) != domain_of(event.sender) or not domain_of(event.sender):
         return reject(
             "bad_create",
-            "create/1.2",
+            "m.room.create/2",
             "The domain of the room ID does not match the domain of the create event's sender.",
         )
     # 1.3 (all versions): `content.room_version`, when present, names a version we know.
@@ -46,13 +48,13 @@ def check_create(event: Event) -> Rejection | None:
         if not isinstance(version, str) or version not in ROOM_VERSIONS:
             return reject(
                 "unknown_room_version",
-                "create/1.3",
+                "m.room.create/3",
                 f"The create event names an unknown room version {version!r}.",
             )
     # 1.4 (v1-v10): the creator is named in content (it decides the first join, 5.3.1, and
     # the level 100 before any power levels event). v11 made the sender the creator.
     if not rules.implicit_room_creator and "creator" not in event.content:
-        return reject("bad_create", "create/1.4", "The create event has no content.creator.")
+        return reject("bad_create", "m.room.create/4", "The create event has no content.creator.")
     # 1.4 (v12+): `additional_creators`, when present, is a list of valid user IDs: they get
     # infinite power, so a malformed entry must not leave servers disagreeing about who.
     if rules.privileged_creators and "additional_creators" in event.content:
@@ -60,7 +62,7 @@ def check_create(event: Event) -> Rejection | None:
         if not isinstance(extra, list) or not all(is_valid_user_id(u) for u in extra):
             return reject(
                 "bad_additional_creators",
-                "create/1.4",
+                "m.room.create/4",
                 "content.additional_creators must be a list of valid user IDs.",
             )
     # 1.5: otherwise, allow.

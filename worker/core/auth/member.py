@@ -57,7 +57,7 @@ def check_member(event: Event, auth_events: AuthEvents) -> Rejection | None:
     membership = event.content.get("membership")
     if target is None or "membership" not in event.content:
         return reject(
-            "bad_membership", f"{_R}/5.1", "A membership event needs a state_key and membership."
+            "bad_membership", f"{_R}/1", "A membership event needs a state_key and membership."
         )
     # 5.2 (v8+): a join authorised by another server carries that server's signature. The
     # signature itself was verified upstream with the others (DESIGN §1: signatures are the
@@ -74,7 +74,7 @@ def check_member(event: Event, auth_events: AuthEvents) -> Rejection | None:
         ):
             return reject(
                 "missing_authoriser_signature",
-                f"{_R}/5.2",
+                f"{_R}/2",
                 "The join is not signed by the server of join_authorised_via_users_server.",
             )
     # One view of the power levels for the whole rule: every sub-rule reads the same event.
@@ -91,7 +91,7 @@ def check_member(event: Event, auth_events: AuthEvents) -> Rejection | None:
     if membership == "knock" and rules.knock:
         return _knock(event, target, auth_events)
     # 5.8: otherwise, the membership is unknown.
-    return reject("unknown_membership", f"{_R}/5.8", f"Unknown membership {membership!r}.")
+    return reject("unknown_membership", f"{_R}/8", f"Unknown membership {membership!r}.")
 
 
 def _join(

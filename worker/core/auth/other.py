@@ -42,13 +42,13 @@ def check_aliases(event: Event) -> Rejection | None:
     # 4.1: it is a state event.
     if event.state_key is None:
         return reject(
-            "bad_alias_state_key", "m.room.aliases/4.1", "m.room.aliases needs a state_key."
+            "bad_alias_state_key", "m.room.aliases/1", "m.room.aliases needs a state_key."
         )
     # 4.2: whose state key is the sender's own server.
     if event.state_key != domain_of(event.sender):
         return reject(
             "bad_alias_state_key",
-            "m.room.aliases/4.2",
+            "m.room.aliases/2",
             "The state_key of m.room.aliases is not the sender's server.",
         )
     # 4.3: otherwise, allow.
@@ -71,7 +71,7 @@ def check_third_party_invite_event(event: Event, power: PowerLevels) -> Rejectio
         return None
     return reject(
         "insufficient_power",
-        "m.room.third_party_invite/7",
+        "room/7",
         "The sender may not invite users.",
     )
 
@@ -134,6 +134,6 @@ def check_redaction(event: Event, power: PowerLevels) -> Rejection | None:
     # 11.3: otherwise, reject.
     return reject(
         "insufficient_power",
-        "m.room.redaction/11",
+        "m.room.redaction/3",
         "Redacting another server's event needs the redact level.",
     )

@@ -162,7 +162,7 @@ def _check_structure(event: Event) -> Rejection | None:
     for name in NAMED_DEFAULTS:
         if name in content and parse_level(content[name], rules) is None:
             return reject(
-                "bad_power_levels", "m.room.power_levels/10.1", f"content.{name} is not an integer."
+                "bad_power_levels", "m.room.power_levels/1", f"content.{name} is not an integer."
             )
     # 10.2 (v10+; v6-v9 likewise): `events` and `notifications` map to integers. In v1-v5
     # `notifications` is never compared (MSC2209 came with v6), so it is not checked either.
@@ -175,7 +175,7 @@ def _check_structure(event: Event) -> Rejection | None:
             ):
                 return reject(
                     "bad_power_levels",
-                    "m.room.power_levels/10.2",
+                    "m.room.power_levels/2",
                     f"content.{name} must be an object whose values are integers.",
                 )
     # 10.3 (all versions): `users` maps valid user IDs to integers (v1-v9: or to strings and,
@@ -188,7 +188,7 @@ def _check_structure(event: Event) -> Rejection | None:
         ):
             return reject(
                 "bad_power_levels",
-                "m.room.power_levels/10.3",
+                "m.room.power_levels/3",
                 "content.users must map valid user IDs to integers.",
             )
     return None
@@ -211,7 +211,7 @@ def check_power_levels(event: Event, auth_events: AuthEvents) -> Rejection | Non
                 if creator in users:
                     return reject(
                         "creator_in_power_levels",
-                        "m.room.power_levels/10.4",
+                        "m.room.power_levels/4",
                         f"Room creator {creator} must not appear in content.users.",
                     )
     # 10.5 (all versions; 10.2 in v1-v9): the first power levels event of a room is not
@@ -238,7 +238,7 @@ def check_power_levels(event: Event, auth_events: AuthEvents) -> Rejection | Non
         if (old is not None and old > sender_level) or (new is not None and new > sender_level):
             return reject(
                 "insufficient_power",
-                "m.room.power_levels/10.6",
+                "m.room.power_levels/6",
                 f"Changing {name} needs a power level of at least the old and new values.",
             )
 
@@ -257,14 +257,14 @@ def check_power_levels(event: Event, auth_events: AuthEvents) -> Rejection | Non
             if old is not None and old > sender_level:
                 return reject(
                     "insufficient_power",
-                    "m.room.power_levels/10.7",
+                    "m.room.power_levels/7",
                     f"Changing {name}[{key!r}] from {old} is above the sender's level.",
                 )
             # 10.8: added or changed entries: the new value is not above the sender.
             if new is not None and new > sender_level:
                 return reject(
                     "insufficient_power",
-                    "m.room.power_levels/10.8",
+                    "m.room.power_levels/8",
                     f"Setting {name}[{key!r}] to {new} is above the sender's level.",
                 )
 
@@ -281,14 +281,14 @@ def check_power_levels(event: Event, auth_events: AuthEvents) -> Rejection | Non
         if user != event.sender and old is not None and old >= sender_level:
             return reject(
                 "insufficient_power",
-                "m.room.power_levels/10.9",
+                "m.room.power_levels/9",
                 f"Cannot change the level of {user}, who is not below the sender.",
             )
         # 10.10: added or changed entries: the new value is not above the sender's.
         if new is not None and new > sender_level:
             return reject(
                 "insufficient_power",
-                "m.room.power_levels/10.10",
+                "m.room.power_levels/10",
                 f"Cannot give {user} a level above the sender's.",
             )
     # 10.11 (10.8 in v1-v9): otherwise, allow.

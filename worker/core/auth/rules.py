@@ -52,7 +52,7 @@ def check_auth(event: Event, auth_events: AuthEvents) -> Rejection | None:
     # 2.4 (v1-v11): there is a create event. Callers always provide it, so this guards
     # against a room that has none in the given state (e.g. a bogus state snapshot).
     if create is None:
-        return reject("missing_create", "auth_events/2.4", "No create event in the auth events.")
+        return reject("missing_create", "auth_events/4", "No create event in the auth events.")
     # 2 (v12+): the room ID is the create event's ID.
     bad = check_room_id(event, create)
     if bad is not None:

@@ -78,8 +78,8 @@ def check_auth_event_list(event: Event, listed: Sequence[Event]) -> Rejection | 
     if event.type == CREATE:
         return None
     rules = event.rules
-    # The same checks are rule 2 in v1-v11 and rule 3 in v12 (which inserted the room ID rule).
-    step = "3" if rules.room_id_from_create_event else "2"
+    # The same checks are rule 2 in v1-v11 and rule 3 in v12 (which inserted the room ID
+    # rule); the rule names give the sub-step only ("auth_events/1" is 2.1 / 3.1).
     expected = set(auth_types_for_event(event))
     seen: dict[StateKey, str] = {}
     for auth in listed:
@@ -88,7 +88,7 @@ def check_auth_event_list(event: Event, listed: Sequence[Event]) -> Rejection | 
         if key is not None and key in seen:
             return reject(
                 "duplicate_auth_event",
-                f"auth_events/{step}.1",
+                "auth_events/1",
                 f"auth_events lists {key} twice ({seen[key]} and {auth.event_id}).",
             )
         # 2.2 / 3.2 (all versions): only what the selection algorithm selects; in v12 that
@@ -97,7 +97,7 @@ def check_auth_event_list(event: Event, listed: Sequence[Event]) -> Rejection | 
             what = "the create event" if key == CREATE_KEY else f"{auth.event_id} {key}"
             return reject(
                 "unexpected_auth_event",
-                f"auth_events/{step}.2",
+                "auth_events/2",
                 f"auth_events lists {what}, which the auth events selection does not select.",
             )
         # 2.5 / 3.5 (all versions): every auth event belongs to this room. (v12 create events
@@ -105,11 +105,11 @@ def check_auth_event_list(event: Event, listed: Sequence[Event]) -> Rejection | 
         if auth.room_id != event.room_id:
             return reject(
                 "wrong_room",
-                f"auth_events/{step}.5",
+                "auth_events/5",
                 f"Auth event {auth.event_id} belongs to room {auth.room_id!r}.",
             )
         seen[key] = auth.event_id
     # 2.4 (v1-v11): the create event is among them.
     if not rules.room_id_from_create_event and CREATE_KEY not in seen:
-        return reject("missing_create", "auth_events/2.4", "auth_events lacks the create event.")
+        return reject("missing_create", "auth_events/4", "auth_events lacks the create event.")
     return None
