@@ -101,6 +101,9 @@ def _auth_keys(
         keys.append(("m.room.member", skey))
         if content.get("membership") in ("join", "invite", "knock"):
             keys.append(("m.room.join_rules", ""))
+        via = content.get("join_authorised_via_users_server")
+        if rules.restricted_join_rule and content.get("membership") == "join" and via:
+            keys.append(("m.room.member", via))
     return list(dict.fromkeys(keys))
 
 
@@ -142,7 +145,13 @@ class DagBuilder:
             "depth": depth,
             "origin_server_ts": ts,
             "hashes": {"sha256": "x"},
-            "signatures": {},
+            # Placeholders: signatures are verified upstream, but the auth rules want the
+            # authorising server's entry on a restricted join.
+            "signatures": {
+                u.split(":", 1)[1]: {"ed25519:k": "x"}
+                for u in (sender, content.get("join_authorised_via_users_server"))
+                if isinstance(u, str) and ":" in u
+            },
         }
         if skey is not None:
             pdu["state_key"] = skey
@@ -220,25 +229,36 @@ def random_forked_dag(rng: random.Random, version: str, readable_ids: bool = Tru
         ts += rng.randint(0, 3)
         sender = rng.choice(USERS)
         kind = rng.choices(
-            ["topic", "join", "leave", "kick", "ban", "invite", "pl", "jr", "name"],
-            weights=[3, 4, 1, 2, 2, 2, 2, 1, 1],
+            ["topic", "join", "leave", "kick", "ban", "invite", "pl", "jr", "name", "knock", "via"],
+            weights=[3, 4, 1, 2, 2, 2, 2, 1, 1, 1, 1],
         )[0]
         target = rng.choice(USERS)
         if kind == "topic":
             got = b.add("m.room.topic", sender, "", {"topic": f"t{b.n}"}, st, [prev], ts)
         elif kind == "name":
             got = b.add("m.room.name", sender, "", {"name": f"n{b.n}"}, st, [prev], ts)
-        elif kind in ("join", "leave"):
+        elif kind in ("join", "leave") or (kind == "knock" and rules.knock):
             got = b.add("m.room.member", sender, sender, {"membership": kind}, st, [prev], ts)
+        elif kind == "via" and rules.restricted_join_rule:
+            content = {"membership": "join", "join_authorised_via_users_server": target}
+            got = b.add("m.room.member", sender, sender, content, st, [prev], ts)
         elif kind in ("kick", "ban", "invite"):
             m = {"kick": "leave", "ban": "ban", "invite": "invite"}[kind]
             got = b.add("m.room.member", sender, target, {"membership": m}, st, [prev], ts)
         elif kind == "pl":
             content = _pl_content(rules, rng, creators)
             got = b.add("m.room.power_levels", sender, "", content, st, [prev], ts)
+        elif kind == "jr":
+            rules_ok = ["public", "invite"]
+            rules_ok += ["knock"] if rules.knock else []
+            rules_ok += ["restricted"] if rules.restricted_join_rule else []
+            rules_ok += ["knock_restricted"] if rules.knock_restricted_join_rule else []
+            jr_content: dict[str, Any] = {"join_rule": rng.choice(rules_ok)}
+            if jr_content["join_rule"].endswith("restricted"):
+                jr_content["allow"] = [{"type": "m.room_membership", "room_id": "!other:a"}]
+            got = b.add("m.room.join_rules", sender, "", jr_content, st, [prev], ts)
         else:
-            jr = rng.choice(["public", "invite"])
-            got = b.add("m.room.join_rules", sender, "", {"join_rule": jr}, st, [prev], ts)
+            got = None
         return got if got is not None else prev
 
     for etype, skey, content in (

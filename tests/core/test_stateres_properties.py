@@ -126,9 +126,10 @@ def test_pythonhashseed_does_not_change_the_result() -> None:
             env=env,
             capture_output=True,
             text=True,
-            check=True,
+            check=False,
             timeout=240,
         )
+        assert out.returncode == 0, out.stderr[-2000:]
         digests.append(out.stdout.strip())
     assert len(digests[0]) == 64
     assert digests[0] == digests[1]
