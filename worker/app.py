@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import signal
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
@@ -34,7 +35,9 @@ from nats.js.errors import Error as JetStreamError
 
 from worker import __version__
 from worker.bus.consumer import ConsumerSettings, InputConsumer
+from worker.bus.leases import LeaseSettings, ShardLeases, new_worker_id
 from worker.bus.outbox import NatsOutboxRelay
+from worker.bus.shards import ShardAwareStore
 from worker.bus.streams import StreamLimits, ensure_streams
 from worker.bus.subjects import Subjects
 from worker.config import Settings, mask_url
@@ -47,7 +50,6 @@ from worker.pipeline import Pipeline
 from worker.query.service import QueryService, start_query_service
 from worker.storage import (
     OutboxRow,
-    PostgresStore,
     apply_migrations,
     fetch_unsent,
     mark_sent,
@@ -137,12 +139,17 @@ async def ensure_database(admin_dsn: str, name: str) -> None:
         await conn.close()
 
 
-async def create_pool(settings: Settings, dsn: str) -> asyncpg.Pool[asyncpg.Record]:
+async def create_pool(
+    settings: Settings, dsn: str, application_name: str | None = None
+) -> asyncpg.Pool[asyncpg.Record]:
+    # application_name = the worker id: the write log (schemas/sql/0002) records it per event.
+    server_settings = {"application_name": application_name[:63]} if application_name else None
     try:
         pool: asyncpg.Pool[asyncpg.Record] = await asyncpg.create_pool(
             dsn,
             min_size=settings.database.pool_min_size,
             max_size=settings.database.pool_max_size,
+            server_settings=server_settings,
         )
     except Exception as exc:
         raise StartupError(f"cannot connect to PostgreSQL at {mask_url(dsn)}: {exc!r}") from exc
@@ -169,6 +176,8 @@ class Worker:
         self.relay: NatsOutboxRelay | None = None
         self.consumer: InputConsumer | None = None
         self.queries: QueryService | None = None
+        self.worker_id = new_worker_id()
+        self.leases: ShardLeases | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.started = False
         self.draining = False
@@ -272,7 +281,7 @@ class Worker:
     async def _connect(self) -> None:
         nc, pool = await asyncio.gather(
             connect_nats(self.settings, self.nats_url),
-            create_pool(self.settings, self.database_dsn),
+            create_pool(self.settings, self.database_dsn, self.worker_id),
             return_exceptions=True,
         )
         if isinstance(nc, NatsClient):
@@ -318,7 +327,8 @@ class Worker:
 
     async def _start_consumer(self) -> None:
         assert self.nc is not None and self.pool is not None
-        store = PostgresStore(self.pool)
+        shards = self.settings.bus.shards
+        store = ShardAwareStore(self.pool, shards=shards)
         self.relay = NatsOutboxRelay(self.nc, self.subjects, PoolOutbox(self.pool))
         self._background(self.relay.run(), "outbox-relay")
         self._background(self._housekeeping(), "housekeeping")
@@ -326,14 +336,43 @@ class Worker:
         # No federation client yet: an input with missing prev/auth events is refused with
         # missing_prev_events / missing_auth_events, and a later delivery can still succeed.
         pipeline = Pipeline(store, self.relay, federation=None)
-        self.consumer = InputConsumer(
-            self.nc, self.subjects, pipeline, ConsumerSettings.from_settings(self.settings)
+        consumer_settings = ConsumerSettings.from_settings(self.settings)
+        # One fetcher per shard (the leases), so a delivery gap can safely reset the shard.
+        consumer_settings = dataclasses.replace(consumer_settings, reset_on_gap=True)
+        consumer = self.consumer = InputConsumer(
+            self.nc, self.subjects, pipeline, consumer_settings
         )
+
+        # Shards are consumed while this worker holds their lease (worker.bus.leases).
+        async def gain(shard: int) -> None:
+            store.forget_shard(shard)
+            await consumer.start_shard(shard, fresh=True)
+
+        async def release(shard: int) -> None:
+            await consumer.stop_shard(shard, self.settings.drain_grace_seconds)
+
+        async def lost(shard: int) -> None:
+            await consumer.stop_shard(shard, 0.0)
+
+        leases = self.leases = ShardLeases(
+            self.database_dsn, self.settings.bus.prefix, self.worker_id,
+            LeaseSettings(shards=shards), on_gain=gain, on_release=release, on_lost=lost,
+        )
+        # Teardown runs in reverse: stop balancing, drain the consumer, then free the locks.
+        self._cleanup.append(("shard_leases", leases.close))
         self._cleanup.append(("consumer", self._drain_consumer))
         try:
-            await self.consumer.start()
-        except (NatsError, JetStreamError) as exc:
-            raise StartupError(f"cannot start the input consumers: {exc!r}") from exc
+            await leases.tick()
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+            raise StartupError(f"cannot take shard leases: {exc!r}") from exc
+        lease_task = asyncio.create_task(leases.run(), name="shard-leases")
+
+        async def stop_balancing() -> None:
+            leases.halt()
+            with contextlib.suppress(Exception):
+                await lease_task
+
+        self._cleanup.append(("shard_balancing", stop_balancing))
 
     async def _start_queries(self) -> None:
         assert self.nc is not None and self.pool is not None

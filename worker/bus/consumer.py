@@ -33,6 +33,7 @@ from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import Error as JetStreamError
+from nats.js.errors import NotFoundError
 
 from worker.bus import settle
 from worker.bus.deadletter import DeadLetterWriter
@@ -99,6 +100,9 @@ class ConsumerSettings:
     fetch_timeout: float = 1.0
     retry: settle.RetryPolicy = field(default_factory=settle.RetryPolicy)
     drain_grace: float = 30.0
+    # Reset a shard's consumer when its deliveries skip a sequence number. Only sound when
+    # one worker alone fetches each shard (the lease manager guarantees it), so off by default.
+    reset_on_gap: bool = False
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ConsumerSettings:
@@ -193,6 +197,9 @@ class InputConsumer:
         self._fetchers: dict[int, asyncio.Task[None]] = {}
         self._stopping: dict[int, asyncio.Event] = {}
         self._heartbeat: asyncio.Task[None] | None = None
+        # Shards given up without waiting (a lost lease): their held messages still queued or
+        # retrying are handed back instead of handled, since another worker now owns them.
+        self._abandoned: set[int] = set()
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -215,12 +222,32 @@ class InputConsumer:
         config = self.settings.consumer_config(self._subjects, shard)
         await self._js.add_consumer(self._subjects.input_stream, config)
 
-    async def start_shard(self, shard: int) -> None:
+    async def reset_consumer(self, shard: int) -> None:
+        """Delete and recreate the shard's durable consumer.
+
+        On a work-queue stream an acked message is gone, so the new consumer (deliver all)
+        starts at the oldest message not yet acked, in stream order. Messages a dead owner
+        held, or deliveries lost in transit, come back at once and before the room's later
+        messages instead of after `ack_wait` behind them (where a later event would be
+        refused for its missing prev event). Only the shard's lease holder may do this.
+        """
+        with contextlib.suppress(NotFoundError):
+            await self._js.delete_consumer(
+                self._subjects.input_stream, self._subjects.input_consumer(shard)
+            )
+        await self.ensure_consumer(shard)
+
+    async def start_shard(self, shard: int, *, fresh: bool = False) -> None:
+        """Consume a shard; `fresh` first resets its consumer (see `reset_consumer`)."""
         if not 0 <= shard < self.settings.shards:
             raise ValueError(f"shard {shard} is outside 0..{self.settings.shards - 1}")
         if shard in self._fetchers:
             return
-        await self.ensure_consumer(shard)
+        self._abandoned.discard(shard)
+        if fresh:
+            await self.reset_consumer(shard)
+        else:
+            await self.ensure_consumer(shard)
         sub = await self._js.pull_subscribe_bind(
             self._subjects.input_consumer(shard), self._subjects.input_stream
         )
@@ -253,6 +280,8 @@ class InputConsumer:
                     lambda: not any(d.shard == shard for d in self._held)
                 )
         done = not any(d.shard == shard for d in self._held)
+        if not done:
+            self._abandoned.add(shard)
         _log.info("shard_stopped", shard=shard, finished=done)
         return done
 
@@ -308,6 +337,10 @@ class InputConsumer:
         self, shard: int, sub: JetStreamContext.PullSubscription, stop: asyncio.Event
     ) -> None:
         limit = self.settings.max_in_flight
+        # Consumer sequence of the last delivery taken: every delivery of a shard's consumer
+        # comes to its one owner, so a jump means deliveries were lost in transit (a NATS
+        # node went away with a pull request): see `_restart_after_gap`.
+        last_seq: int | None = None
         try:
             while not stop.is_set():
                 await self._dispatcher.wait_below(limit)
@@ -323,14 +356,52 @@ class InputConsumer:
                     _log.warning("fetch_failed", shard=shard, error=repr(exc))
                     await asyncio.sleep(min(self.settings.fetch_timeout, 1.0))
                     continue
+                gap = False
                 for msg in msgs:
+                    seq = _consumer_seq(msg)
+                    if (
+                        self.settings.reset_on_gap
+                        and last_seq is not None
+                        and seq is not None
+                        and seq != last_seq + 1
+                    ):
+                        _log.warning("delivery_gap", shard=shard, expected=last_seq + 1, got=seq)
+                        gap = True
+                        break
+                    last_seq = seq if seq is not None else last_seq
                     self._intake(shard, msg)
+                if gap:
+                    sub = await self._restart_after_gap(shard, sub, stop)
+                    last_seq = None
+                    continue
                 if msgs:
                     with contextlib.suppress(AttributeError, ValueError):
                         CONSUMER_PENDING.labels(str(shard)).set(msgs[-1].metadata.num_pending)
         finally:
             with contextlib.suppress(NatsError, JetStreamError):
                 await sub.unsubscribe()
+
+    async def _restart_after_gap(
+        self, shard: int, sub: JetStreamContext.PullSubscription, stop: asyncio.Event
+    ) -> JetStreamContext.PullSubscription:
+        """Finish what came before the gap, then reset the consumer so the lost deliveries
+        come back first; what came after the gap is dropped here and redelivered in order."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.settings.drain_grace):
+                await self._dispatcher.wait_for(
+                    lambda: stop.is_set() or not any(d.shard == shard for d in self._held)
+                )
+        with contextlib.suppress(NatsError, JetStreamError):
+            await sub.unsubscribe()
+        while True:
+            try:
+                await self.reset_consumer(shard)
+                return await self._js.pull_subscribe_bind(
+                    self._subjects.input_consumer(shard), self._subjects.input_stream
+                )
+            except (NatsError, JetStreamError) as exc:
+                _log.warning("consumer_reset_failed", shard=shard, error=repr(exc))
+                await asyncio.sleep(1.0)
 
     def _intake(self, shard: int, msg: Msg) -> None:
         """Decode once, work out the room, and queue the message on it."""
@@ -371,6 +442,9 @@ class InputConsumer:
 
     async def _process(self, room_id: str, d: _Delivery) -> None:
         with bind_event(room_id, d.event_id):
+            if d.shard in self._abandoned:
+                await self._carry_out(d, settle.of_shutdown())
+                return
             fate = await self._decide(room_id, d)
             # A transient failure is retried here, in place, rather than by a nak: a nak'd
             # message comes back after the room's later messages, which would then be handled
@@ -379,6 +453,9 @@ class InputConsumer:
             # counts as a delivery, so the retry limit and the dead letter still apply.
             while fate.situation is settle.Situation.RETRY:
                 await asyncio.sleep(fate.delay)
+                if d.shard in self._abandoned:
+                    fate = settle.of_shutdown()
+                    break
                 d.delivery += 1
                 fate = await self._decide(room_id, d)
             await self._carry_out(d, fate)
@@ -479,6 +556,13 @@ class InputConsumer:
                 # Only messages held long enough to matter: most are settled in milliseconds.
                 if not d.settled and now - d.received >= interval:
                     await d.touch()
+
+
+def _consumer_seq(msg: Msg) -> int | None:
+    try:
+        return int(msg.metadata.sequence.consumer)
+    except (AttributeError, ValueError, TypeError):
+        return None
 
 
 __all__ = ["ConsumerSettings", "InputConsumer", "InputHandler"]

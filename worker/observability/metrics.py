@@ -212,3 +212,18 @@ __all__ = [
     "count_settle",
     "measure",
 ]
+
+# --- shard ownership (worker.bus.leases); SHARDS_OWNED above is kept by the consumer ---------
+
+LeaseEvent = Literal["acquired", "lost", "released"]
+LEASE_CHANGES = Counter(
+    "roomserver_shard_lease_changes_total",
+    "Shard lease changes of this worker: acquired, lost (taken away) or released (rebalance).",
+    ["event"],
+)
+SHARD_TAKEOVER_SECONDS = Histogram(
+    "roomserver_shard_takeover_seconds",
+    "From this worker first seeing a shard without an owner to it consuming the shard.",
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 7.5, 10.0, 20.0, 60.0),
+)
+__all__ += ["LEASE_CHANGES", "SHARD_TAKEOVER_SECONDS", "LeaseEvent"]

@@ -10,6 +10,8 @@ Changelog (SCHEMA_VERSION = the highest file number):
     1  0001_initial.sql   rooms, NID dictionaries (preassigned well-known types and the empty
                           state key), events + JSON + prev references, state blocks and layered
                           snapshots, memberships, invites, redactions, outbox.
+    2  0002_write_log.sql the write log: which worker (application_name) first wrote each
+                          event, when, from a trigger in the event's transaction.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import cast
 
 import asyncpg
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 SQL_DIR = Path(__file__).resolve().parents[2] / "schemas" / "sql"
 
