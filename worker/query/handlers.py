@@ -157,13 +157,17 @@ async def _resolve(
     ids = sorted({i for s in state_sets for i in s.values()})
     chain = await store.auth_chain(ids)
     loaded = await store.events(sorted(set(ids) | chain))
-    views: dict[str, Event] = {i: e.event for i, e in loaded.items()}
-    rejected = frozenset(i for i, e in loaded.items() if e.rejected)
-    # CPU-heavy on big rooms: a thread keeps the loop (and other queries) moving (DESIGN §5).
-    resolved, _stats = await asyncio.to_thread(
-        resolve, rules, state_sets, views.get, None, rejected
-    )
-    return dict(resolved)
+
+    def run() -> dict[StateKey, str]:
+        # Parsing thousands of events and resolving are CPU-heavy on big rooms: in a thread,
+        # so the loop (the pipeline's other rooms, heartbeats, other queries) keeps moving
+        # (DESIGN §5).
+        views: dict[str, Event] = {i: e.event for i, e in loaded.items()}
+        rejected = frozenset(i for i, e in loaded.items() if e.rejected)
+        resolved, _stats = resolve(rules, state_sets, views.get, None, rejected)
+        return dict(resolved)
+
+    return await asyncio.to_thread(run)
 
 
 # --- the endpoints ----------------------------------------------------------------------------

@@ -12,6 +12,7 @@ consistent view, so a query never waits for, nor holds up, a room's writer (DESI
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
@@ -28,6 +29,7 @@ from worker.storage.snapshots import load_layers
 
 # Mirrors of worker.storage.events codes (schemas/sql/0001_initial.sql comments).
 _OUTCOMES = {1: "accepted", 2: "soft_failed", 3: "rejected", 4: "outlier", 5: "invalid"}
+_YIELD_EVERY = 1000
 _MEMBERSHIPS = {0: "", 1: "leave", 2: "invite", 3: "join", 4: "knock", 5: "ban"}
 _MEMBER_TYPE_NID = 5
 _JOIN = 3
@@ -96,7 +98,10 @@ class PostgresQueryReads:
             return {}
         rows = await self._pool.fetch(SELECT_EVENTS, list(event_ids))
         out: dict[str, QueryEvent] = {}
-        for row in rows:
+        for n, row in enumerate(rows, 1):
+            if n % _YIELD_EVERY == 0:
+                # A big room's state is thousands of rows: let other rooms' work interleave.
+                await asyncio.sleep(0)
             rules = rules_for(row["room_version"])
             if rules is None:
                 continue
