@@ -6,6 +6,10 @@ by state resolution and the CLI on events from anywhere, so they must be total f
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
@@ -132,3 +136,37 @@ def test_rules_never_raise(
     assert (soft is None) == (direct is None)
     if soft is not None and direct is not None:
         assert soft.code == "soft_failed_" + direct.code
+
+
+_VERDICTS_SCRIPT = """
+import json, random
+import tests.core.test_auth_differential as d
+out = []
+for version in ("1", "6", "10", "12"):
+    room = d.Room(version, random.Random("hashseed-" + version))
+    room.grow(60)
+    b = room.b
+    for eid in b.events:
+        failure = b.check(eid)
+        out.append([eid, None if failure is None else [failure.code, failure.reason, failure.rule]])
+print(json.dumps(out))
+"""
+
+
+def test_verdicts_do_not_depend_on_hash_seed() -> None:
+    """Codes, reasons and rule names are the same under different PYTHONHASHSEED (STYLE R9)."""
+    root = Path(__file__).resolve().parents[2]
+    outputs = []
+    for seed in ("1", "12345"):
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        done = subprocess.run(
+            [sys.executable, "-c", _VERDICTS_SCRIPT],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=root,
+            env=env,
+        )
+        outputs.append(done.stdout)
+    assert outputs[0] == outputs[1]
+    assert len(outputs[0]) > 1000
