@@ -168,6 +168,19 @@ class WorkerProcess:
             await asyncio.sleep(0.2)
         raise RuntimeError("worker did not become ready")
 
+    async def stage_seconds(self) -> dict[str, float]:
+        """Seconds spent per pipeline stage so far, from the worker's /metrics."""
+        reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+        writer.write(b"GET /metrics HTTP/1.0\r\n\r\n")
+        body = (await reader.read()).decode()
+        writer.close()
+        out: dict[str, float] = {}
+        for line in body.splitlines():
+            if line.startswith("roomserver_stage_duration_seconds_sum{"):
+                stage = line.split('stage="', 1)[1].split('"', 1)[0]
+                out[stage] = float(line.rsplit(" ", 1)[1])
+        return out
+
     def stop(self) -> None:
         self.proc.terminate()
         try:
@@ -309,6 +322,7 @@ async def _scenario(
     try:
         await worker.ready()
         rate, lat = await through_worker(nats_url, Subjects(prefix), messages)
+        stages = await worker.stage_seconds()
     finally:
         worker.stop()
     print(
@@ -317,6 +331,9 @@ async def _scenario(
         f"  p99 {_pct(lat, 0.99) * 1000:>7.1f} ms",
         flush=True,
     )
+    per_event = {k: v / len(messages) * 1000 for k, v in stages.items() if v > 0}
+    shown = ", ".join(f"{k} {v:.2f}" for k, v in sorted(per_event.items(), key=lambda kv: -kv[1]))
+    print(f"{'':<28} ms per event by stage: {shown}", flush=True)
 
 
 async def main() -> None:

@@ -43,6 +43,8 @@ class WorkerRun:
     pool: asyncpg.Pool | None = None
     store: PostgresStore | None = None
     consumer: InputConsumer | None = None
+    pipeline: Pipeline | None = None
+    sweeper: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         self.nc = await nats.connect(self.nats_url)
@@ -50,8 +52,12 @@ class WorkerRun:
         self.pool = await asyncpg.create_pool(self.dsn, min_size=1, max_size=4)
         await apply_migrations(self.pool)
         self.store = PostgresStore(self.pool)
-        relay = NatsOutboxRelay(self.nc, self.subjects, PgOutboxStore(self.pool))
-        pipeline = Pipeline(self.store, relay)
+        relay = NatsOutboxRelay(
+            self.nc, self.subjects, PgOutboxStore(self.pool), sweep_interval=0.5
+        )
+        # The relay's sweep publishes what a crashed predecessor committed but never sent.
+        self.sweeper = asyncio.create_task(relay.run())
+        self.pipeline = pipeline = Pipeline(self.store, relay)
         cfg = ConsumerSettings(
             shards=SHARDS,
             ack_wait=5.0,
@@ -65,12 +71,19 @@ class WorkerRun:
     async def stop(self, *, graceful: bool = True) -> None:
         if self.consumer is not None:
             await self.consumer.drain(10.0 if graceful else 0.0)
+        if self.pipeline is not None and graceful:
+            await self.pipeline.drain()
+        if self.sweeper is not None:
+            self.sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.sweeper
         if self.nc is not None:
             with contextlib.suppress(Exception):
                 await self.nc.close()
         if self.pool is not None:
             await self.pool.close()
         self.consumer = self.nc = self.pool = self.store = None
+        self.pipeline = self.sweeper = None
 
 
 @dataclass

@@ -58,7 +58,10 @@ class Harness:
     ) -> HandleResult:
         raw = msgspec.Raw(msgspec.json.encode(b.events[event_id]))
         inp = InputRoomEvent(kind=kind, event=raw, **fields)  # type: ignore[arg-type]
-        return await self.pipeline.handle(b.room_id, inp)
+        result = await self.pipeline.handle(b.room_id, inp)
+        # Outputs are published in the background: wait for them, as a consumer would.
+        await self.pipeline.drain()
+        return result
 
     async def send_all(self, b: RoomBuilder, kind: str = "new") -> list[HandleResult]:
         return [await self.send(b, eid, kind) for eid in list(b.events)]

@@ -29,6 +29,7 @@ from worker.pipeline.authstep import (
     is_create,
 )
 from worker.pipeline.events import stored_json
+from worker.pipeline.flusher import BackgroundFlusher
 from worker.pipeline.gaps import dependency_ids, duplicate_of, load_dependencies
 from worker.pipeline.latest import Advance, advance
 from worker.pipeline.memberships import detect_resets, invite_outputs
@@ -60,10 +61,21 @@ class Pipeline:
         store: RoomStore,
         relay: OutboxRelay,
         federation: FederationClient | None = None,
+        *,
+        await_outputs: bool = False,
     ) -> None:
+        """`await_outputs=True` publishes each event's outputs before answering (one event
+        at a time per room, slower); by default they are published in the background
+        (`worker.pipeline.flusher`), and `drain()` waits for them."""
         self.store = store
         self.relay = relay
         self.federation = federation
+        self.await_outputs = await_outputs
+        self.flusher = BackgroundFlusher(relay)
+
+    async def drain(self) -> None:
+        """Wait until the outputs of every event handled so far are published."""
+        await self.flusher.wait()
 
     async def handle(
         self,
@@ -165,8 +177,11 @@ class Pipeline:
         if write.outputs:
             # Nothing new to publish otherwise (outliers, refusals, soft-failures); rows a
             # crash left unsent are the relay's sweep's to publish.
-            with measure("publish"):
-                await self.relay.flush(work.room_id)
+            if self.await_outputs:
+                with measure("publish"):
+                    await self.relay.flush(work.room_id)
+            else:
+                self.flusher.kick(work.room_id)
         if problem is not None:
             log.info("event_refused", outcome=outcome.value, code=problem.code, reason=problem.reason)
             return refused(work.event_id, outcome, problem)
