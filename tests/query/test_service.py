@@ -10,6 +10,7 @@ import msgspec
 import nats
 import pytest
 from nats.aio.client import Client
+from prometheus_client import REGISTRY
 
 from worker.query.ports import QueryEvent
 from worker.query.service import ERROR_REASON_HEADER, HANDLERS, start_query_service
@@ -40,8 +41,16 @@ async def test_endpoints_answer_on_prefixed_subjects(nc: Client, prefix: str) ->
         await svc.stop()
 
 
+def _count(query: str, result: str) -> float:
+    value = REGISTRY.get_sample_value(
+        "roomserver_queries_total", {"query": query, "result": result}
+    )
+    return value or 0.0
+
+
 async def test_errors_use_micro_headers_and_stable_codes(nc: Client, prefix: str) -> None:
     svc = await start_query_service(nc, build_room(), prefix=prefix)
+    before = _count("current_state", "unknown_room")
     try:
         msg = await nc.request(f"{prefix}.query.current_state", b'{"room_id": "!x:y", "state_tuples": []}', timeout=5)
         assert msg.headers is not None
@@ -53,6 +62,8 @@ async def test_errors_use_micro_headers_and_stable_codes(nc: Client, prefix: str
         assert msg.headers["Nats-Service-Error-Code"] == "400"
         assert "event_ids" in msg.headers["Nats-Service-Error"]
         assert json.loads(msg.data)["code"] == "bad_request"
+        # Counted by query and stable code.
+        assert _count("current_state", "unknown_room") == before + 1
     finally:
         await svc.stop()
 

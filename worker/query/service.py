@@ -10,6 +10,7 @@ and a `QueryError` body (see worker.messages.query).
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -22,6 +23,7 @@ from nats.micro.request import Request
 from nats.micro.service import EndpointConfig, Service, ServiceConfig
 
 from worker.messages import query as m
+from worker.observability.metrics import QUERIES, QUERY_DURATION
 from worker.query import handlers as h
 from worker.query.handlers import HANDLERS, answer
 from worker.query.ports import QueryStore
@@ -66,17 +68,27 @@ class QueryService:
 
     async def _run(self, name: str, request: Request) -> None:
         async with self._slots:
+            start = time.perf_counter()
+            result = "ok"
             try:
                 response = await answer(self._store, name, request.data)
             except h.QueryFailed as exc:
+                result = exc.code
                 body, headers = error_reply(exc.code, exc.message)
                 await request.respond_error(m.ERROR_CODES[exc.code], exc.message, body, headers)
                 return
             except Exception as exc:
+                result = "internal_error"
                 log.exception("query_failed", query=name)
                 body, headers = error_reply("internal_error", f"{type(exc).__name__}: {exc}")
-                await request.respond_error("500", f"internal error: {type(exc).__name__}", body, headers)
+                await request.respond_error(
+                    "500", f"internal error: {type(exc).__name__}", body, headers
+                )
                 return
+            finally:
+                # Labels come from fixed sets: the endpoint names and the error codes.
+                QUERIES.labels(name, result).inc()
+                QUERY_DURATION.labels(name).observe(time.perf_counter() - start)
             await request.respond(_encoder.encode(response))
 
     async def stop(self) -> None:
