@@ -23,6 +23,7 @@ import asyncio
 import os
 import random
 import statistics
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -310,6 +311,9 @@ async def _write_room(store: PostgresStore, total: int, seed: int) -> _Result:
             continue
         depth += 1
         tip, sid = await step(tip, depth, ref, sid)
+        if res.events % 10_000 == 0:
+            rate = res.events / (time.perf_counter() - start)
+            print(f"  ... {res.events} events written ({rate:.0f}/s)", file=sys.stderr)
     res.write_seconds = time.perf_counter() - start
     return res
 

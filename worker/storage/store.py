@@ -506,6 +506,8 @@ class PostgresStore:
         fx.stale_events.add(e.event_id)
 
         new_current = room.current_snapshot_nid
+        if current is not None and before is not None and before_nid is not None:
+            current = _rebase(current, before, before_nid)
         if current is not None:
             new_current = await self._store_state_txn(
                 conn, room.room_nid, current, nids, id_nids, fx
@@ -617,6 +619,21 @@ class PostgresStore:
             redacted = encode_canonical(redact(pdu, rules))
             await conn.execute(ev_sql.APPLY_REDACTION, r["event_nid"], redacted, redaction_id)
             fx.stale_events.add(target_id)
+
+
+def _rebase(current: PgState, before: PgState, before_nid: int) -> PgState:
+    """`current` over the snapshot just stored for `before`, when it extends `before`.
+
+    The pipeline builds the state after an event as `apply(state_before, {event})`; over the
+    snapshot of the state before, that is a one-entry delta, which is exactly the snapshot the
+    next event's `state_after(prev)` will ask for, so both share one row.
+    """
+    if current.snapshot_nid != before.snapshot_nid or current.room_id != before.room_id:
+        return current
+    if any(current.delta.get(k) != v for k, v in before.delta.items()):
+        return current
+    rest = {k: v for k, v in current.delta.items() if k not in before.delta}
+    return PgState(current.room_id, before_nid, rest)
 
 
 def _getter(
