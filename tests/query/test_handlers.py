@@ -195,6 +195,15 @@ async def test_auth_chain_and_state_and_auth_chain(store: MemoryStore) -> None:
     })
     assert ids(r["auth_chain_events"], store) == ["$create", "$a_join", "$pl", "$jr"]
     assert r["state_events"] == []
+    r = await ask(store, "state_and_auth_chain", {
+        "room_id": ROOM, "prev_event_ids": ["$b_leave"], "state_before": True,
+    })
+    assert sorted(ids(r["state_events"], store)) == sorted(store.before["$b_leave"].values())
+    assert "$b_join" in ids(r["state_events"], store)
+    err = await fails(store, "state_and_auth_chain", {
+        "room_id": ROOM, "prev_event_ids": ["$t1", "$t2"], "state_before": True,
+    })
+    assert err.code == "bad_request"
     r = await ask(store, "state_and_auth_chain", {"room_id": ROOM, "prev_event_ids": ["$zz"]})
     assert r["state_known"] is False and r["missing_event_ids"] == ["$zz"]
 

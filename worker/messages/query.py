@@ -197,6 +197,9 @@ class StateAndAuthChainRequest(msgspec.Struct, frozen=True, kw_only=True):
     auth_event_ids: list[str] = []
     # Only the auth chain of `prev_event_ids` + `auth_event_ids`, no state (/event_auth).
     only_auth_chain: bool = False
+    # The state *before* the one event in `prev_event_ids` instead of after it: federation
+    # `/state` and `/state_ids` ("the state at the event", which excludes the event itself).
+    state_before: bool = False
 
 
 class StateAndAuthChainResponse(msgspec.Struct, frozen=True, kw_only=True):

@@ -335,12 +335,18 @@ async def state_and_auth_chain(
         )
     if not req.prev_event_ids:
         raise QueryFailed("bad_request", "prev_event_ids must not be empty")
+    if req.state_before and len(set(req.prev_event_ids)) != 1:
+        raise QueryFailed("bad_request", "state_before needs exactly one event in prev_event_ids")
     _, missing = await _known_with_state(store, req.room_id, req.prev_event_ids)
     if missing:
         return m.StateAndAuthChainResponse(
             room_id=req.room_id, room_version=version, state_known=False, missing_event_ids=missing
         )
-    state = await state_after(store, rules, req.prev_event_ids, None)
+    if req.state_before:
+        [event_id] = set(req.prev_event_ids)
+        state = (await store.state_before([event_id], None)).get(event_id, {})
+    else:
+        state = await state_after(store, rules, req.prev_event_ids, None)
     auth_found = await store.events(req.auth_event_ids)
     roots = sorted(set(state.values()) | set(auth_found))
     chain = await store.auth_chain(roots) | set(auth_found)
