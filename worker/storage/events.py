@@ -111,6 +111,16 @@ WHERE e.event_nid = ANY($1::bigint[])
 SELECT_NIDS_BY_ID = "SELECT event_id, event_nid FROM events WHERE event_id = ANY($1::text[])"
 SELECT_IDS_BY_NID = "SELECT event_nid, event_id FROM events WHERE event_nid = ANY($1::bigint[])"
 
+# Everything needed to name a state's entries, from the event NIDs alone: an entry's key is
+# its event's own (type, state key).
+SELECT_STATE_NAMES = """
+SELECT e.event_nid, e.event_id, e.type_nid, t.event_type, e.state_key_nid, k.state_key
+FROM events e
+JOIN event_types t ON t.type_nid = e.type_nid
+JOIN state_keys k ON k.state_key_nid = e.state_key_nid
+WHERE e.event_nid = ANY($1::bigint[])
+"""
+
 SELECT_MEMBERSHIP_CODES = """
 SELECT event_nid, membership FROM events WHERE event_nid = ANY($1::bigint[])
 """

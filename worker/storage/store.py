@@ -352,11 +352,7 @@ class PostgresStore:
             if cand is h:
                 return dict(result)
         nstate = await self._materialize_nids(conn, h.snapshot_nid)
-        tnames, knames = await nid_sql.select_names(
-            conn, self.nids, {k[0] for k in nstate}, {k[1] for k in nstate}
-        )
-        ids = await self._ids_of(conn, nstate.values())
-        out = {(tnames[t], knames[s]): ids[e] for (t, s), e in nstate.items()}
+        out = await self._name_entries(conn, nstate)
         for k, v in h.delta.items():
             if v:
                 out[k] = v
@@ -364,6 +360,32 @@ class PostgresStore:
                 out.pop(k, None)
         self._recent.append((h, out))
         return dict(out)
+
+    async def _name_entries(
+        self, conn: asyncpg.Connection, nstate: sb.NidState
+    ) -> dict[StateKey, str]:
+        """A NID state as (type, state_key) -> event ID: from the caches, and one query for
+        the entries they cannot name."""
+        tn, kn, ids = self.nids.type_names, self.nids.key_names, self._nid_ids
+        out: dict[StateKey, str] = {}
+        missing: list[int] = []
+        for (t, s), e in nstate.items():
+            eid = ids.peek(e)
+            tname = tn.get(t)
+            kname = kn.get(s)
+            if eid is None or tname is None or kname is None:
+                missing.append(e)
+            else:
+                out[(tname, kname)] = eid
+        if missing:
+            learned = nid_sql.Nids()
+            for r in await conn.fetch(ev_sql.SELECT_STATE_NAMES, missing):
+                out[(r["event_type"], r["state_key"])] = r["event_id"]
+                ids.put(r["event_nid"], r["event_id"])
+                learned.types[r["event_type"]] = r["type_nid"]
+                learned.keys[r["state_key"]] = r["state_key_nid"]
+            self.nids.learn(learned)
+        return out
 
     async def materialize(self, state: StateHandle) -> dict[StateKey, str]:
         h = _own(state)
