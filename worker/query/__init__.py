@@ -1,1 +1,24 @@
-"""worker.query"""
+"""worker.query: how other services ask the roomserver about rooms (DESIGN §4 "Queries").
+
+    handlers.py    one plain async function per query, over the `QueryStore` port
+    ports.py       `QueryStore` (what the handlers read) and `QueryEvent`
+    visibility.py  history visibility for remote servers (pure)
+    service.py     the NATS micro service `roomserver`, `<prefix>.query.<name>` per endpoint
+
+The wire types are in `worker.messages.query`; the PostgreSQL implementation of the port is
+`worker.storage.query_reads.PostgresQueryReads`.
+"""
+
+from worker.query.handlers import HANDLERS, QueryFailed, answer
+from worker.query.ports import QueryEvent, QueryStore
+from worker.query.service import QueryService, start_query_service
+
+__all__ = [
+    "HANDLERS",
+    "QueryEvent",
+    "QueryFailed",
+    "QueryService",
+    "QueryStore",
+    "answer",
+    "start_query_service",
+]
