@@ -26,8 +26,9 @@ import structlog
 
 from worker.core.events import Event, StateKey
 from worker.core.outcomes import Outcome, Rejection
-from worker.core.stateres import resolve
+from worker.core.stateres import UnknownEvent, resolve
 from worker.core.versions import RoomRules
+from worker.errors import InvariantViolation
 from worker.observability.metrics import STATE_RESOLUTION_CONFLICTED, STATE_RESOLUTION_DURATION
 from worker.pipeline.authstep import is_create
 from worker.pipeline.model import Work
@@ -69,7 +70,12 @@ def _resolve_sync(
     by_id: dict[str, Event] = {eid: se.event for eid, se in events.items()}
     rejected = frozenset(eid for eid, se in events.items() if se.outcome is Outcome.REJECTED)
     start = time.perf_counter()
-    state, stats = resolve(rules, state_sets, by_id.get, None, rejected)
+    try:
+        state, stats = resolve(rules, state_sets, by_id.get, None, rejected)
+    except UnknownEvent as exc:
+        # Every state event is stored before it can be in a state set, and so are its auth
+        # events: a gap here is corrupt data, not something a retry could fix.
+        raise InvariantViolation(f"state resolution: {exc}") from exc
     algorithm = rules.state_res.value
     STATE_RESOLUTION_DURATION.labels(algorithm).observe(time.perf_counter() - start)
     STATE_RESOLUTION_CONFLICTED.labels(algorithm).observe(stats.conflicted)
