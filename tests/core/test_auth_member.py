@@ -366,6 +366,23 @@ def test_third_party_invite_malformed_signatures_do_not_match(junk: Any) -> None
     assert code(b, b.invite("alice", "bob", third_party_invite={"signed": good})) is None
 
 
+@pytest.mark.parametrize("signatures", [None, "sig", [1], {"id.example": "sig"}])
+def test_third_party_invite_signatures_not_an_object(signatures: Any) -> None:
+    b = _tpi_room("10")
+    signed = _signed("@bob:test")
+    signed["signatures"] = signatures
+    eid = b.invite("alice", "bob", third_party_invite={"signed": signed})
+    assert code(b, eid) == "bad_third_party_invite"
+
+
+def test_third_party_invite_signed_without_canonical_form() -> None:
+    b = _tpi_room("3")  # v1-v5 allow floats, so NaN can reach the rules
+    signed = _signed("@bob:test")
+    signed["nan"] = float("nan")
+    eid = b.invite("alice", "bob", third_party_invite={"signed": signed})
+    assert code(b, eid) == "bad_third_party_invite"
+
+
 @pytest.mark.parametrize("key", ["", "AAAA", "!!", 5, None])
 def test_third_party_invite_malformed_public_key(key: Any) -> None:
     b = _tpi_room("10", public_key=key, public_keys=[{"public_key": key}, "junk", {}])

@@ -205,3 +205,15 @@ def test_check_auth_only_looks_up_selected_keys(version: str) -> None:
     state = CountingState(b.state_events())
     assert check_auth(b.event(b.message("bob")), state) is None
     assert state.lookups <= 4
+
+
+def test_soft_fail_view_exposes_only_the_selection() -> None:
+    from worker.core.auth.softfail import _Selected
+
+    b = room("10")
+    state = b.state_events()
+    view = _Selected(state, [("m.room.power_levels", ""), ("m.room.member", "@zed:test")])
+    assert sorted(view) == [("m.room.create", ""), ("m.room.power_levels", "")]
+    assert len(view) == 2
+    assert view.get(("m.room.join_rules", "")) is None  # in the state, not in the selection
+    assert view[("m.room.power_levels", "")] is state[("m.room.power_levels", "")]

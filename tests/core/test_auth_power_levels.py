@@ -69,6 +69,11 @@ def test_stringy_levels_before_v10(version: str) -> None:
         assert parse_level(text, r) is None
 
 
+@pytest.mark.parametrize("version", PRE_V10)
+def test_stringy_level_too_long_for_int_is_not_a_level(version: str) -> None:
+    assert parse_level("9" * 5000, rules(version)) is None
+
+
 @pytest.mark.parametrize("version", V10_PLUS)
 def test_no_stringy_levels_from_v10(version: str) -> None:
     assert parse_level("100", rules(version)) is None
