@@ -123,3 +123,21 @@ async def test_cli_prints_the_answer_or_the_error(
         assert "invalid current_state request" in capsys.readouterr().err
     finally:
         await svc.stop()
+
+
+async def test_over_a_shared_pool_queries_take_a_quarter_of_it(
+    nc: Client, prefix: str, database_dsn: str
+) -> None:
+    import asyncpg
+
+    pool = await asyncpg.create_pool(database_dsn, min_size=1, max_size=8)
+    try:
+        svc = await start_query_service(nc, pool, prefix=prefix)
+        try:
+            # Each query holds at most one connection at a time: 2 of 8 stay with queries,
+            # the rest with the input pipeline.
+            assert svc.max_in_flight == 2
+        finally:
+            await svc.stop()
+    finally:
+        await pool.close()

@@ -52,6 +52,7 @@ class QueryService:
 
     def __init__(self, store: QueryStore, *, max_in_flight: int) -> None:
         self._store = store
+        self.max_in_flight = max_in_flight
         self._slots = asyncio.Semaphore(max_in_flight)
         self._tasks: set[asyncio.Task[None]] = set()
         self.service: Service | None = None
