@@ -164,27 +164,32 @@ def _auth_difference(
     undecided = candidates - conflicted
     if not undecided:
         return union, candidates
-    reached = _walk_until(events, list(unconflicted.values()), inter)
-    return union, candidates - (reached & undecided)
+    reached = _reached(events, list(unconflicted.values()), inter, undecided)
+    return union, candidates - reached
 
 
-def _walk_until(events: Events, roots: list[str], stop: set[str]) -> set[str]:
-    """Events reachable through auth references from `roots`, not expanding past `stop`."""
+def _reached(events: Events, roots: list[str], stop: set[str], wanted: set[str]) -> set[str]:
+    """Which of `wanted` are reachable through auth references from `roots`.
+
+    The walk does not expand past `stop`, and ends as soon as every wanted event is found.
+    """
+    left = set(wanted)
     seen: set[str] = set()
     stack: list[str] = []
     for r in roots:
         ev = events.get(r)
         if ev is not None:
             stack.extend(events.auth_refs(ev))
-    while stack:
+    while stack and left:
         eid = stack.pop()
         if eid in seen or eid in stop:
             continue
         seen.add(eid)
+        left.discard(eid)
         ev = events.get(eid)
         if ev is not None:
             stack.extend(events.auth_refs(ev))
-    return seen
+    return wanted - left
 
 
 def _conflicted_subgraph(
