@@ -31,7 +31,9 @@ import asyncpg
 import nats
 from nats.aio.client import Client as NatsClient
 from nats.errors import Error as NatsError
+from nats.js.client import JetStreamContext
 from nats.js.errors import Error as JetStreamError
+from nats.js.errors import NotFoundError
 
 from worker import __version__
 from worker.bus.consumer import ConsumerSettings, InputConsumer
@@ -42,7 +44,7 @@ from worker.bus.streams import StreamLimits, ensure_streams
 from worker.bus.subjects import Subjects
 from worker.config import Settings, mask_url
 from worker.embedded import EmbeddedError, EmbeddedNats, EmbeddedPostgres
-from worker.errors import PermanentError
+from worker.errors import PermanentError, RetryableError
 from worker.observability import metrics
 from worker.observability.http import HealthServer, ReadinessCheck
 from worker.observability.logging import get_logger
@@ -126,6 +128,19 @@ async def connect_nats(settings: Settings, url: str) -> NatsClient:
     except Exception as exc:
         raise StartupError(f"cannot connect to NATS at {mask_url(url)}: {exc!r}") from exc
     return nc
+
+
+async def existing_replicas(js: JetStreamContext, subjects: Subjects) -> int:
+    """The replica count the input stream already has (1 for a new one).
+
+    Replication is the operator's choice for their cluster (R3 on three nodes, deploy/nats):
+    provisioning keeps it instead of scaling the streams back to one replica.
+    """
+    try:
+        info = await js.stream_info(subjects.input_stream)
+    except NotFoundError:
+        return 1
+    return max(int(info.config.num_replicas or 1), 1)
 
 
 async def ensure_database(admin_dsn: str, name: str) -> None:
@@ -304,8 +319,9 @@ class Worker:
 
     async def _provision(self) -> None:
         assert self.nc is not None
-        limits = StreamLimits(shards=self.settings.bus.shards)
         try:
+            replicas = await existing_replicas(self.nc.jetstream(), self.subjects)
+            limits = StreamLimits(shards=self.settings.bus.shards, replicas=replicas)
             done = await ensure_streams(self.nc.jetstream(), self.subjects, limits)
         except PermanentError as exc:
             raise StartupError(str(exc)) from exc
@@ -539,13 +555,25 @@ class PoolOutbox:
         self._ids: dict[int, str] = {}
 
     async def fetch_unsent(self, limit: int, room_id: str | None = None) -> list[OutboxRow]:
-        rows = await fetch_unsent(self._pool, room_id=room_id, limit=limit)
+        try:
+            rows = await fetch_unsent(self._pool, room_id=room_id, limit=limit)
+        except _DB_DOWN as exc:
+            raise RetryableError(f"outbox: {exc!r}", code="database_unavailable") from exc
         self._ids.update((r.seq, r.output_id) for r in rows)
         return rows
 
     async def mark_sent(self, seqs: Sequence[int]) -> None:
         ids = [self._ids.pop(seq) for seq in seqs if seq in self._ids]
-        await mark_sent(self._pool, ids)
+        try:
+            await mark_sent(self._pool, ids)
+        except _DB_DOWN as exc:
+            # Left unsent: published again later, and dropped as a duplicate by JetStream.
+            raise RetryableError(f"outbox: {exc!r}", code="database_unavailable") from exc
+
+
+# A database restart, as the relay sees it: retried (the relay loop survives it), not fatal.
+_DB_DOWN = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
+            asyncpg.CannotConnectNowError)
 
 
 async def migrate(settings: Settings) -> int:
