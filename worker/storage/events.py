@@ -121,6 +121,16 @@ JOIN state_keys k ON k.state_key_nid = e.state_key_nid
 WHERE e.event_nid = ANY($1::bigint[])
 """
 
+# The state keys of events given by ID (a federated join's state can be tens of thousands of
+# events: their JSON is not needed). Non-state events come back with a NULL state key.
+SELECT_STATE_KEYS_BY_ID = """
+SELECT e.event_id, t.event_type, k.state_key
+FROM events e
+JOIN event_types t ON t.type_nid = e.type_nid
+LEFT JOIN state_keys k ON k.state_key_nid = e.state_key_nid AND e.state_key_nid <> 0
+WHERE e.event_id = ANY($1::text[])
+"""
+
 SELECT_MEMBERSHIP_CODES = """
 SELECT event_nid, membership FROM events WHERE event_nid = ANY($1::bigint[])
 """

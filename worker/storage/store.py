@@ -215,13 +215,18 @@ class PostgresStore:
         return out
 
     async def state_from_ids(self, room_id: str, event_ids: Sequence[str]) -> PgState:
-        found = await self.events(event_ids)
+        rows = await self._read(
+            lambda c: c.fetch(ev_sql.SELECT_STATE_KEYS_BY_ID, sorted(set(event_ids)))
+        )
+        keys: dict[str, StateKey | None] = {
+            r["event_id"]: (r["event_type"], r["state_key"]) if r["state_key"] is not None else None
+            for r in rows
+        }
         state: dict[StateKey, str] = {}
         for eid in event_ids:
-            stored = found.get(eid)
-            if stored is None:
+            if eid not in keys:
                 raise InvariantViolation(f"state event {eid} is not stored")
-            key = stored.event.state_tuple
+            key = keys[eid]
             if key is not None:
                 state.setdefault(key, eid)
         return await self.handle_from_map(room_id, state)
