@@ -193,6 +193,7 @@ class Worker:
         self.queries: QueryService | None = None
         self.worker_id = new_worker_id()
         self.leases: ShardLeases | None = None
+        self._lease_task: asyncio.Task[None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.started = False
         self.draining = False
@@ -381,7 +382,7 @@ class Worker:
             await leases.tick()
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
             raise StartupError(f"cannot take shard leases: {exc!r}") from exc
-        lease_task = asyncio.create_task(leases.run(), name="shard-leases")
+        lease_task = self._lease_task = asyncio.create_task(leases.run(), name="shard-leases")
 
         async def stop_balancing() -> None:
             leases.halt()
@@ -493,8 +494,12 @@ class Worker:
             return None if self.started else "starting"
 
         async def consumer_check() -> str | None:
-            if self.consumer is None or not self.consumer.shards:
-                return "not consuming"
+            # Owning no shard is fine (more workers than shards, or a rebalance under way);
+            # the shard balancing must be running for the worker to take its share.
+            if self.consumer is None or self._lease_task is None:
+                return "not started"
+            if self._lease_task.done():
+                return "shard balancing stopped"
             return None
 
         return {
