@@ -83,9 +83,18 @@ def pretty(out: OutputEvent, room_id: str, when: datetime | None = None) -> str:
     return head.rstrip()
 
 
+def _stored_at(msg: Any) -> datetime | None:
+    """When JetStream stored the output (its metadata), not when we print it."""
+    try:
+        stamp = msg.metadata.timestamp
+    except Exception:  # not a JetStream message (no metadata): print the local time
+        return None
+    return stamp if isinstance(stamp, datetime) else None
+
+
 async def follow(nc: Any, prefix: str, args: argparse.Namespace) -> int:
     """Print outputs until `--count` or `--idle` says stop; returns how many were printed."""
-    from nats.js.api import DeliverPolicy
+    from nats.js.api import ConsumerConfig, DeliverPolicy
 
     from worker.bus.subjects import ROOM_ID_HEADER, Subjects
 
@@ -98,7 +107,8 @@ async def follow(nc: Any, prefix: str, args: argparse.Namespace) -> int:
     elif args.last:
         info = await js.stream_info(subjects.output_stream)
         first = max(info.state.first_seq, info.state.last_seq - args.last + 1)
-        policy = {"deliver_policy": DeliverPolicy.BY_START_SEQUENCE, "opt_start_seq": first}
+        policy = {"config": ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+                                           opt_start_seq=first)}
     queue: asyncio.Queue[Any] = asyncio.Queue()
 
     async def on_msg(msg: Any) -> None:
@@ -118,7 +128,7 @@ async def follow(nc: Any, prefix: str, args: argparse.Namespace) -> int:
                 sys.stdout.write(bytes(msg.data).decode("utf-8", "replace") + "\n")
             else:
                 try:
-                    line = pretty(decode_output(msg.data), room)
+                    line = pretty(decode_output(msg.data), room, _stored_at(msg))
                 except msgspec.DecodeError as exc:
                     line = f"(undecodable output: {exc})"
                 sys.stdout.write(line + "\n")
