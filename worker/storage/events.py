@@ -50,14 +50,6 @@ SELECT room_nid, room_id, room_version, current_snapshot_nid, extremities
 FROM rooms WHERE room_id = $1
 """
 
-UPDATE_ROOM = """
-UPDATE rooms
-SET current_snapshot_nid = CASE WHEN $2 THEN $3 ELSE current_snapshot_nid END,
-    extremities = coalesce($4, extremities),
-    notes = notes || $5::jsonb
-WHERE room_nid = $1
-"""
-
 # One statement stores the event row, its JSON and its prev references. A re-input updates the
 # decision but never downgrades a stored event to an outlier, and never touches the JSON (which
 # may have been redacted since: redaction is permanent).
@@ -89,6 +81,50 @@ WITH e AS (
     ON CONFLICT DO NOTHING
 )
 SELECT event_nid FROM ev
+"""
+
+# The end of an event's write, in one round trip: the room row (current snapshot,
+# extremities, notes), the membership changes of a new current state ($6 new member event
+# NIDs, $7 targets whose entry disappeared, $8 every changed target; see
+# APPLY_MEMBERSHIP_CHANGES), the outbox rows in order, and the pairing of a redaction event
+# with its target.
+FINISH_EVENT = """
+WITH room AS (
+    UPDATE rooms
+    SET current_snapshot_nid = CASE WHEN $2 THEN $3 ELSE current_snapshot_nid END,
+        extremities = coalesce($4, extremities),
+        notes = notes || $5::jsonb
+    WHERE room_nid = $1
+), up AS (
+    INSERT INTO memberships (room_nid, target_nid, membership, event_nid)
+    SELECT $1, e.state_key_nid, coalesce(e.membership, 0), e.event_nid
+    FROM events e WHERE e.event_nid = ANY($6::bigint[])
+    ON CONFLICT (room_nid, target_nid) DO UPDATE
+    SET membership = EXCLUDED.membership, event_nid = EXCLUDED.event_nid
+), inv AS (
+    INSERT INTO invites (invite_event_nid, room_nid, target_nid)
+    SELECT e.event_nid, $1, e.state_key_nid
+    FROM events e WHERE e.event_nid = ANY($6::bigint[]) AND e.membership = 2
+    ON CONFLICT (invite_event_nid) DO NOTHING
+), del AS (
+    DELETE FROM memberships WHERE room_nid = $1 AND target_nid = ANY($7::bigint[])
+), ret AS (
+    UPDATE invites SET retired = true
+    WHERE room_nid = $1 AND target_nid = ANY($8::bigint[]) AND NOT retired
+      AND NOT (invite_event_nid = ANY($6::bigint[]))
+), ob AS (
+    INSERT INTO outbox (output_id, room_id, output_type, payload)
+    SELECT output_id, $12, output_type, payload
+    FROM unnest($9::text[], $10::text[], $11::bytea[]) WITH ORDINALITY
+         AS u(output_id, output_type, payload, pos)
+    ORDER BY pos
+    ON CONFLICT (output_id) DO NOTHING
+), red AS (
+    INSERT INTO redactions (redaction_event_id, target_event_id)
+    SELECT $13::text, $14::text WHERE $13::text IS NOT NULL
+    ON CONFLICT (redaction_event_id) DO NOTHING
+)
+SELECT 1
 """
 
 SELECT_EVENTS_BY_ID = """
@@ -129,41 +165,6 @@ FROM events e
 JOIN event_types t ON t.type_nid = e.type_nid
 LEFT JOIN state_keys k ON k.state_key_nid = e.state_key_nid AND e.state_key_nid <> 0
 WHERE e.event_id = ANY($1::text[])
-"""
-
-SELECT_MEMBERSHIP_CODES = """
-SELECT event_nid, membership FROM events WHERE event_nid = ANY($1::bigint[])
-"""
-
-# One statement for every membership change of a new current state: upsert the members whose
-# entry changed ($2: their new member event NIDs), record new invites, delete the members whose
-# entry disappeared ($3: target NIDs, a state reset), and retire the active invites of every
-# changed target ($4) except the invites just recorded.
-APPLY_MEMBERSHIP_CHANGES = """
-WITH up AS (
-    INSERT INTO memberships (room_nid, target_nid, membership, event_nid)
-    SELECT $1, e.state_key_nid, coalesce(e.membership, 0), e.event_nid
-    FROM events e WHERE e.event_nid = ANY($2::bigint[])
-    ON CONFLICT (room_nid, target_nid) DO UPDATE
-    SET membership = EXCLUDED.membership, event_nid = EXCLUDED.event_nid
-), inv AS (
-    INSERT INTO invites (invite_event_nid, room_nid, target_nid)
-    SELECT e.event_nid, $1, e.state_key_nid
-    FROM events e WHERE e.event_nid = ANY($2::bigint[]) AND e.membership = 2
-    ON CONFLICT (invite_event_nid) DO NOTHING
-), del AS (
-    DELETE FROM memberships WHERE room_nid = $1 AND target_nid = ANY($3::bigint[])
-), ret AS (
-    UPDATE invites SET retired = true
-    WHERE room_nid = $1 AND target_nid = ANY($4::bigint[]) AND NOT retired
-      AND NOT (invite_event_nid = ANY($2::bigint[]))
-)
-SELECT 1
-"""
-
-INSERT_REDACTION = """
-INSERT INTO redactions (redaction_event_id, target_event_id) VALUES ($1, $2)
-ON CONFLICT (redaction_event_id) DO NOTHING
 """
 
 SELECT_PENDING_REDACTIONS = """

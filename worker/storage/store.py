@@ -37,7 +37,6 @@ from worker.observability.metrics import DB_TRANSACTION_DURATION, DB_TRANSACTION
 from worker.pipeline.ports import EventWrite, RoomInfo, RoomStore, StateHandle, StoredEvent
 from worker.storage import events as ev_sql
 from worker.storage import nids as nid_sql
-from worker.storage import outbox as outbox_sql
 from worker.storage import snapshots as snap_sql
 from worker.storage.cache import Lru
 
@@ -535,20 +534,29 @@ class PostgresStore:
         new_current = room.current_snapshot_nid
         if current is not None and before is not None and before_nid is not None:
             current = _rebase(current, before, before_nid)
+        changes: tuple[list[int], list[int], list[int]] = ([], [], [])
         if current is not None:
             new_current = await self._store_state_txn(
                 conn, room.room_nid, current, nids, id_nids, fx
             )
-            await self._update_memberships_txn(
-                conn, room.room_nid, room.current_snapshot_nid, new_current, fx
+            changes = await self._membership_changes(
+                conn, room.current_snapshot_nid, new_current, fx
             )
+        pairing = e.type == "m.room.redaction" and e.redacts and e.state_key is None
         await conn.execute(
-            ev_sql.UPDATE_ROOM,
+            ev_sql.FINISH_EVENT,
             room.room_nid,
             current is not None,
             new_current,
             list(w.extremities) if w.extremities is not None else None,
             _notes_json(w.notes),
+            *changes,
+            [o.output_id for o in w.outputs],
+            [o.output_type for o in w.outputs],
+            [o.payload for o in w.outputs],
+            w.room_id,
+            e.event_id if pairing else None,
+            e.redacts if pairing else None,
         )
         fx.room = ev_sql.RoomRow(
             room.room_nid,
@@ -557,11 +565,8 @@ class PostgresStore:
             new_current,
             list(w.extremities) if w.extremities is not None else room.extremities,
         )
-        if e.type == "m.room.redaction" and e.redacts and e.state_key is None:
-            await conn.execute(ev_sql.INSERT_REDACTION, e.event_id, e.redacts)
         if w.redactions:
             await self._apply_redactions_txn(conn, w.redactions, fx)
-        await outbox_sql.insert_outputs_txn(conn, w.room_id, w.outputs)
         return fx
 
     async def _store_state_txn(
@@ -596,12 +601,13 @@ class PostgresStore:
         fx.derived[dkey] = nid
         return nid
 
-    async def _update_memberships_txn(
-        self, conn: asyncpg.Connection, room_nid: int, old: int | None, new: int, fx: _Effects
-    ) -> None:
-        """Keep `memberships`/`invites` in step with the current state's member entries."""
+    async def _membership_changes(
+        self, conn: asyncpg.Connection, old: int | None, new: int, fx: _Effects
+    ) -> tuple[list[int], list[int], list[int]]:
+        """(new member event NIDs, removed targets, changed targets) between two current
+        states, for `memberships`/`invites` (FINISH_EVENT)."""
         if old == new:
-            return
+            return [], [], []
         co = await self._chain(conn, old or 0, fx.layers)
         cn = await self._chain(conn, new, fx.layers)
         member = nid_sql.MEMBER_TYPE_NID
@@ -617,7 +623,7 @@ class PostgresStore:
         upserts: list[int] = []
         deletes: list[int] = []
         targets: list[int] = []
-        for k in candidates:
+        for k in sorted(candidates):
             was, now = a.get(k, 0), b.get(k, 0)
             if was == now:
                 continue
@@ -626,8 +632,7 @@ class PostgresStore:
                 upserts.append(now)
             else:
                 deletes.append(k[1])
-        if targets:
-            await conn.execute(ev_sql.APPLY_MEMBERSHIP_CHANGES, room_nid, upserts, deletes, targets)
+        return upserts, deletes, targets
 
     async def _apply_redactions_txn(
         self, conn: asyncpg.Connection, pairs: Sequence[tuple[str, str]], fx: _Effects
