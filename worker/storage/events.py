@@ -84,10 +84,11 @@ SELECT event_nid FROM ev
 """
 
 # The end of an event's write, in one round trip: the room row (current snapshot,
-# extremities, notes), the membership changes of a new current state ($6 new member event
-# NIDs, $7 targets whose entry disappeared, $8 every changed target; see
-# APPLY_MEMBERSHIP_CHANGES), the outbox rows in order, and the pairing of a redaction event
-# with its target.
+# extremities, notes), the membership changes of a new current state ($6: the new member
+# events of changed targets, upserted, and recorded as invites when they are invites; $7:
+# targets whose entry disappeared, a state reset, deleted; $8: every changed target, whose
+# older active invites are retired), the outbox rows in order, and the pairing of a
+# redaction event with its target.
 FINISH_EVENT = """
 WITH room AS (
     UPDATE rooms
