@@ -238,3 +238,61 @@ async def test_compaction_through_postgres(
            WHERE rank = -1) u GROUP BY b ORDER BY 1 DESC LIMIT 1"""
     )
     assert shared > 1
+
+
+async def test_invites_are_recorded_and_retired(store: PostgresStore, pool: asyncpg.Pool) -> None:
+    await _linear_room(store)
+    prev = "$msg"
+    for eid, m in (("$inv_carol", "invite"), ("$join_carol", "join")):
+        ev, raw = member(ROOM, eid, "@carol:test", m, prev=[prev])
+        before = (await store.state_after([prev]))[prev]
+        after = store.apply(before, {key(ev): eid})
+        await store.persist(write(ev, raw, before=before, current=after, extremities=[eid]))
+        rows = await pool.fetch(
+            """SELECT e.event_id, i.retired FROM invites i
+               JOIN events e ON e.event_nid = i.invite_event_nid"""
+        )
+        assert [(r["event_id"], r["retired"]) for r in rows] == [("$inv_carol", m == "join")]
+        prev = eid
+    code = await pool.fetchval(
+        """SELECT m.membership FROM memberships m JOIN state_keys k ON k.state_key_nid = m.target_nid
+           WHERE k.state_key = '@carol:test'"""
+    )
+    assert code == 3
+
+
+async def test_merge_is_a_small_delta_over_a_parent(
+    store: PostgresStore, pool: asyncpg.Pool
+) -> None:
+    ids = await _linear_room(store)
+    tips = []
+    for branch in ("x", "y"):
+        ev, raw = make_event(
+            ROOM,
+            f"$topic_{branch}",
+            "m.room.topic",
+            "",
+            prev=[ids["msg"]],
+            content={"topic": branch},
+        )
+        before = (await store.state_after([ids["msg"]]))[ids["msg"]]
+        after = store.apply(before, {key(ev): ev.event_id})
+        await store.persist(write(ev, raw, before=before, current=after, extremities=[ev.event_id]))
+        tips.append(ev.event_id)
+    handles = await store.state_after(tips)
+    maps = [await store.materialize(handles[t]) for t in tips]
+    resolved = {**maps[0], **maps[1]}
+    merged = await store.handle_from_map(ROOM, resolved)
+    assert isinstance(merged, PgState) and merged.snapshot_nid != 0 and len(merged.delta) <= 1
+    ev, raw = make_event(ROOM, "$merge", "m.room.message", prev=sorted(tips))
+    await store.persist(write(ev, raw, before=merged, current=merged, extremities=["$merge"]))
+    snap = await pool.fetchrow(
+        """SELECT s.rank, s.parent_nid FROM events e
+           JOIN state_snapshots s ON s.snapshot_nid = e.before_snapshot_nid
+           WHERE e.event_id = '$merge'"""
+    )
+    assert snap is not None and snap["rank"] >= 0 and snap["parent_nid"] != 0
+    assert (
+        await PostgresStore(pool).materialize((await store.state_after(["$merge"]))["$merge"])
+        == resolved
+    )
