@@ -342,3 +342,25 @@ async def test_outcomes_are_counted(harness: Harness) -> None:
     await harness.send(b, next(iter(b.events)))
     after = (count("new", "accepted"), count("new", "rejected"), DUPLICATES._value.get())
     assert (after[0] - before[0], after[1] - before[1], after[2] - before[2]) == (6, 1, 1)
+
+
+async def test_missing_auth_events_fetched_as_outliers() -> None:
+    b = started("10")
+    base = list(b.events)
+    join = b.join("carol")
+    msg = b.message("carol", prev=[base[-1]])
+
+    class AuthOnly(_Federation):
+        async def event_auth(self, room_id: str, event_id: str) -> list[Mapping[str, object]]:
+            self.asked.append("event_auth")
+            return [b.events[join]]
+
+    fed = AuthOnly({})
+    harness = Harness(federation=fed)
+    for eid in base:
+        await harness.send(b, eid)
+    result = await harness.send(b, msg)
+    assert fed.asked == ["event_auth"]
+    assert harness.store.stored[join].kind == "outlier"
+    # Its own auth events now allow it; the state before it (no join of carol) does not.
+    assert result.outcome is Outcome.REJECTED and result.reason_code != "missing_auth_events"
