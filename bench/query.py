@@ -7,6 +7,7 @@ events. The query service runs on an embedded NATS; the bench measures request/r
 
 - `current_state` of a few tuples (what event building asks): goal p50 <= 20 ms;
 - `current_state` of every member (`m.room.member`, `*`);
+- `server_joined_to_room` (asked by federation on every inbound request);
 - `state_after_events` of the two forked events (a state resolution over the whole room).
 """
 
@@ -150,11 +151,18 @@ async def _run(tmp: Path) -> None:
             ("current_state (member, *)", "current_state", enc({
                 "room_id": ROOM, "state_tuples": [["m.room.member", "*"]],
             }), 20),
+            ("server_joined_to_room", "server_joined_to_room", enc({
+                "room_id": ROOM, "server_name": "s7.bench.test",
+            }), 50),
             ("state_after_events (fork)", "state_after_events", enc({
                 "room_id": ROOM, "prev_event_ids": [fa, fb],
                 "state_tuples": [["m.room.topic", ""], ["m.room.name", ""]],
             }), 10),
         ]
+        # The room must be what the numbers claim: every member of s7 joined, per the store.
+        check = await nc.request("bench.query.server_joined_to_room", enc({
+            "room_id": ROOM, "server_name": "s7.bench.test"}), timeout=60)
+        assert msgspec.json.decode(check.data)["is_joined"] is True, check.data
         print(f"{'query':<28} {'n':>4} {'p50 ms':>9} {'p99 ms':>9} {'mean ms':>9}")
         for label, name, body, n in cases:
             await _measure(nc, f"bench.query.{name}", body, 2)  # warm caches

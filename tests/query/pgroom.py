@@ -83,5 +83,8 @@ class Backed:
     async def auth_chain(self, event_ids: Sequence[str]) -> set[str]:
         return await self.reads.auth_chain(event_ids)
 
+    async def server_joined(self, room_id: str, server_name: str) -> bool:
+        return await self.reads.server_joined(room_id, server_name)
+
     async def ever_joined(self, room_id: str, user_id: str) -> bool:
         return await self.reads.ever_joined(room_id, user_id)

@@ -17,6 +17,7 @@ from worker.core.redaction import redact
 from worker.core.versions import rules_for
 from worker.query.handlers import filter_state
 from worker.query.ports import QueryEvent, StateFilter
+from worker.query.visibility import member_keys_of_server
 
 ROOM = "!room:a.test"
 ALICE = "@alice:a.test"
@@ -152,6 +153,10 @@ class MemoryStore:
             out.add(i)
             todo.extend(self.stored[i].event.auth_event_ids)
         return out
+
+    async def server_joined(self, room_id: str, server_name: str) -> bool:
+        keys = member_keys_of_server(self.current, server_name) if room_id == self.room_id else []
+        return any(self.stored[self.current[k]].event.membership == "join" for k in keys)
 
     async def ever_joined(self, room_id: str, user_id: str) -> bool:
         return any(

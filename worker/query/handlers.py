@@ -471,10 +471,9 @@ async def server_joined_to_room(
 ) -> m.ServerJoinedToRoomResponse:
     await _version(store, req.room_id)
     _need(req.server_name, "server_name")
-    state = await store.current_state(req.room_id, [(MEMBER, WILDCARD)])
-    keys = member_keys_of_server(state, req.server_name)
-    found = await store.events(sorted({state[k] for k in keys}))
-    joined = any(_membership(found[state[k]]) == "join" for k in keys if state[k] in found)
+    # Asked by federation on every inbound request: one read of the membership rows, without
+    # loading member events.
+    joined = await store.server_joined(req.room_id, req.server_name)
     return m.ServerJoinedToRoomResponse(room_id=req.room_id, is_joined=joined)
 
 

@@ -122,6 +122,10 @@ class QueryStore(Protocol):
         themselves, unless one is in the chain of another)."""
         ...
 
+    async def server_joined(self, room_id: str, server_name: str) -> bool:
+        """True when a user of `server_name` is joined in the room's current state."""
+        ...
+
     async def ever_joined(self, room_id: str, user_id: str) -> bool:
         """True when an accepted join of the user is in the room's history."""
         ...

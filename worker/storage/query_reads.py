@@ -63,6 +63,17 @@ WHERE event_id = ANY($1::text[]) AND before_snapshot_nid IS NOT NULL
 
 SELECT_EVENT_IDS = "SELECT event_nid, event_id FROM events WHERE event_nid = ANY($1::bigint[])"
 
+# The server name of a user ID is everything after its first colon.
+SELECT_SERVER_JOINED = f"""
+SELECT EXISTS (
+    SELECT 1 FROM memberships m
+    JOIN rooms r ON r.room_nid = m.room_nid
+    JOIN state_keys s ON s.state_key_nid = m.target_nid
+    WHERE r.room_id = $1 AND m.membership = {_JOIN}
+      AND substr(s.state_key, strpos(s.state_key, ':') + 1) = $2
+)
+"""
+
 SELECT_EVER_JOINED = f"""
 SELECT EXISTS (
     SELECT 1 FROM events e
@@ -190,6 +201,9 @@ class PostgresQueryReads:
             return set()
         rows = await self._pool.fetch(SELECT_AUTH_CHAIN, list(event_ids))
         return {r["event_id"] for r in rows}
+
+    async def server_joined(self, room_id: str, server_name: str) -> bool:
+        return bool(await self._pool.fetchval(SELECT_SERVER_JOINED, room_id, server_name))
 
     async def ever_joined(self, room_id: str, user_id: str) -> bool:
         return bool(await self._pool.fetchval(SELECT_EVER_JOINED, room_id, user_id))
