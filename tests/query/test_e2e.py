@@ -181,3 +181,26 @@ async def test_queries_over_a_room_built_through_the_stream(
     data, headers = await asker.raw("membership_for_user", {"room_id": room, "user_id": 3})
     assert headers["Nats-Service-Error-Code"] == "400"
     assert "user_id" in msgspec.json.decode(json.dumps(data).encode())["message"]
+
+
+async def test_answers_follow_the_room_as_it_moves_on(
+    client: Client, asker: Asker  # noqa: F811
+) -> None:
+    """The query side caches nothing mutable: each answer sees the latest committed event."""
+    b = builder("10")
+    b.create("alice")
+    b.join("alice")
+    b.power_levels("alice", users={"alice": 100})
+    for eid in list(b.events):
+        assert (await client.send(b, eid)).outcome == "accepted"
+    tuples = [["m.room.topic", ""]]
+    r = await asker.ok("latest_events_and_state", {"room_id": b.room_id, "state_tuples": tuples})
+    assert r["state_events"] == []
+    for n in range(3):
+        topic = b.topic("alice", f"topic {n}")
+        assert (await client.send(b, topic)).outcome == "accepted"
+        r = await asker.ok("latest_events_and_state", {"room_id": b.room_id, "state_tuples": tuples})
+        assert r["latest_event_ids"] == [topic]
+        assert [e["event_id"] for e in r["state_events"]] == [topic]
+        r = await asker.ok("current_state", {"room_id": b.room_id, "state_tuples": tuples})
+        assert r["state_events"][0]["content"] == {"topic": f"topic {n}"}

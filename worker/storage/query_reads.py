@@ -22,10 +22,11 @@ import msgspec
 from worker.core import stateblocks as sb
 from worker.core.events import StateKey
 from worker.core.versions import RoomRules, rules_for
-from worker.pipeline.ports import RoomStore, StateHandle
+from worker.pipeline.ports import StateHandle
 from worker.query.ports import WILDCARD, QueryEvent, StateFilter
 from worker.storage.nids import NidCache, select_names, select_nids
 from worker.storage.snapshots import load_layers
+from worker.storage.store import PostgresStore
 
 # Mirrors of worker.storage.events codes (schemas/sql/0001_initial.sql comments).
 _OUTCOMES = {1: "accepted", 2: "soft_failed", 3: "rejected", 4: "outlier", 5: "invalid"}
@@ -88,15 +89,13 @@ SELECT EXISTS (
 class PostgresQueryReads:
     """`QueryStore` over PostgreSQL: `pool` for the query-only reads, `store` for state."""
 
-    def __init__(self, pool: asyncpg.Pool[Any], store: RoomStore) -> None:
+    def __init__(self, pool: asyncpg.Pool[Any], store: PostgresStore) -> None:
         self._pool = pool
         self._store = store
         self._nids = NidCache()
 
     @classmethod
     def from_pool(cls, pool: asyncpg.Pool[Any]) -> PostgresQueryReads:
-        from worker.storage.store import PostgresStore
-
         # Its own view of the state (own caches, sized for reads) over the same database.
         return cls(pool, PostgresStore(pool, layer_cache_entries=500_000, event_cache_size=5_000))
 
@@ -120,9 +119,13 @@ class PostgresQueryReads:
         return out
 
     async def extremities(self, room_id: str) -> list[str]:
+        self._store.forget_room(room_id)
         return await self._store.extremities(room_id)
 
     async def current_state(self, room_id: str, keys: StateFilter) -> dict[StateKey, str]:
+        # The store caches a room's mutable row for its writer; queries are not that writer
+        # (nor, with several workers, in the writer's process): read the row afresh.
+        self._store.forget_room(room_id)
         handle = await self._store.current_state(room_id)
         if handle is None:
             return {}
