@@ -113,9 +113,11 @@ class Events:
             return ev
 
     def must(self, event_id: str) -> Event:
-        ev = self.get(event_id)
+        ev = self._cache.get(event_id)
         if ev is None:
-            raise UnknownEvent(event_id)
+            ev = self.get(event_id)
+            if ev is None:
+                raise UnknownEvent(event_id)
         return ev
 
     def auth_refs(self, event: Event) -> tuple[str, ...]:

@@ -263,23 +263,31 @@ def iterative_auth_checks(
         if key is None:
             continue
         auth_events: dict[StateKey, Event] = {}
-        for aid in events.auth_refs(ev):
-            if aid in rejected:
-                continue
-            aev = get(aid)
-            if aev is not None:
-                akey = aev.state_tuple
-                if akey is not None:
-                    auth_events[akey] = aev
+        missing = False
         for k in authz.auth_types(ev):
             sid = state.get(k)
             if sid is not None:
                 auth_events[k] = must(sid)
+            else:
+                missing = True
         # The auth rules read the create event in every version, including v12 where it
         # is no longer among the selected auth types.
         create_id = state.get(CREATE)
         if create_id is not None:
             auth_events[CREATE] = must(create_id)
+        else:
+            missing = True
+        if missing:
+            # Keys the state lacks fall back to the event's own auth events, unless those
+            # were rejected. (The rules only read the keys of the auth types and create.)
+            for aid in events.auth_refs(ev):
+                if aid in rejected:
+                    continue
+                aev = get(aid)
+                if aev is not None:
+                    akey = aev.state_tuple
+                    if akey is not None and akey not in auth_events:
+                        auth_events[akey] = aev
         checked += 1
         if authz.check(ev, auth_events) is None:
             state[key] = eid
