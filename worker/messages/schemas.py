@@ -19,6 +19,7 @@ import msgspec
 from worker.messages.deadletter import DeadLetter
 from worker.messages.input import InputRoomEvent
 from worker.messages.output import OutputEvent
+from worker.messages.query import QUERIES, QueryError
 from worker.messages.reply import InputReply
 
 # File stem -> the Struct it describes. Nested Structs appear in each file's `$defs`.
@@ -27,7 +28,12 @@ SCHEMAS: dict[str, type[msgspec.Struct]] = {
     "input_reply": InputReply,
     "output_event": OutputEvent,
     "dead_letter": DeadLetter,
+    "query_error": QueryError,
 }
+# Every query's request and response: query_<name>_request.json, query_<name>_response.json.
+for _name, (_request, _response) in QUERIES.items():
+    SCHEMAS[f"query_{_name}_request"] = _request
+    SCHEMAS[f"query_{_name}_response"] = _response
 
 
 def render(struct: type[msgspec.Struct]) -> str:
