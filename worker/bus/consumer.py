@@ -196,6 +196,8 @@ class InputConsumer:
         self._held: set[_Delivery] = set()
         self._fetchers: dict[int, asyncio.Task[None]] = {}
         self._stopping: dict[int, asyncio.Event] = {}
+        # Slots promised to fetches under way (see `_fetch_loop`).
+        self._reserved = 0
         self._heartbeat: asyncio.Task[None] | None = None
         # Shards given up without waiting (a lost lease): their held messages still queued or
         # retrying are handed back instead of handled, since another worker now owns them.
@@ -343,10 +345,15 @@ class InputConsumer:
         last_seq: int | None = None
         try:
             while not stop.is_set():
-                await self._dispatcher.wait_below(limit)
+                # Capacity is reserved before fetching: the shards' fetch loops run side by
+                # side, and each must not count on room that another is about to fill.
+                await self._dispatcher.wait_for(
+                    lambda: stop.is_set() or self._dispatcher.in_flight + self._reserved < limit
+                )
                 if stop.is_set():
                     break
-                want = min(self.settings.batch, limit - self._dispatcher.in_flight)
+                want = min(self.settings.batch, limit - self._dispatcher.in_flight - self._reserved)
+                self._reserved += want
                 try:
                     msgs = await sub.fetch(want, timeout=self.settings.fetch_timeout)
                 except TimeoutError:  # nats' own TimeoutError included
@@ -356,6 +363,10 @@ class InputConsumer:
                     _log.warning("fetch_failed", shard=shard, error=repr(exc))
                     await asyncio.sleep(min(self.settings.fetch_timeout, 1.0))
                     continue
+                finally:
+                    self._reserved -= want
+                    # Another shard may be waiting for the slots this fetch did not fill.
+                    self._dispatcher.notify()
                 gap = False
                 for msg in msgs:
                     seq = _consumer_seq(msg)

@@ -81,6 +81,10 @@ class RoomDispatcher(Generic[T]):
             ROOMS_IN_FLIGHT.dec()
             self._notify()
 
+    def notify(self) -> None:
+        """Wake the waiters of `wait_for`: for conditions that also depend on outside state."""
+        self._notify()
+
     def _notify(self) -> None:
         self._changed.set()
         self._changed = asyncio.Event()
