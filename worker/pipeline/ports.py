@@ -177,3 +177,20 @@ class FederationClient(Protocol):
     ) -> list[Mapping[str, object]]:
         """Events between `earliest` and `latest` (federation `/get_missing_events`)."""
         ...
+
+    # Added for issue 9 (the full gap filler, `worker.pipeline.gapfill`).
+
+    async def state_ids(self, room_id: str, event_id: str) -> tuple[list[str], list[str]]:
+        """(state event IDs, auth chain IDs) before `event_id` (federation `/state_ids`);
+        both empty when it could not be had."""
+        ...
+
+    async def state(
+        self, room_id: str, event_id: str
+    ) -> tuple[list[Mapping[str, object]], list[Mapping[str, object]]]:
+        """(state PDUs, auth chain PDUs) before `event_id` (federation `/state`)."""
+        ...
+
+    async def event(self, room_id: str, event_id: str) -> Mapping[str, object] | None:
+        """One event by ID (federation `/event`); None when it could not be had."""
+        ...
