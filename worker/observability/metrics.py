@@ -227,3 +227,21 @@ SHARD_TAKEOVER_SECONDS = Histogram(
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 7.5, 10.0, 20.0, 60.0),
 )
 __all__ += ["LEASE_CHANGES", "SHARD_TAKEOVER_SECONDS", "LeaseEvent"]
+
+# --- gap filling (worker.pipeline.gapfill, worker.federation) -----------------------------------
+
+# closed: get_missing_events closed the gap; state_ids / state: the state before the event was
+# fetched (by IDs, or in full); auth: only missing auth events were fetched; failed: refused.
+GapPath = Literal["closed", "state_ids", "state", "auth", "failed"]
+GAPS = Counter(
+    "roomserver_gaps_total",
+    "Inputs with missing prev or auth events, by how the gap was filled (or failed).",
+    ["path"],
+)
+FEDERATION_FETCH_SECONDS = Histogram(
+    "roomserver_federation_fetch_seconds",
+    "Latency of one gap-filling request to the federation service, answered or not.",
+    ["verb"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+)
+__all__ += ["FEDERATION_FETCH_SECONDS", "GAPS", "GapPath"]
