@@ -219,16 +219,33 @@ def summary(results: list[Sent], every: bool) -> str:
     return "\n".join(lines)
 
 
-async def _main(args: argparse.Namespace, settings: Settings, items: list[Item]) -> int:
+def nats_url(args: argparse.Namespace, settings: Settings) -> str:
+    """`--url`, else NATS_URL, else the embedded server that `roomserver run` starts."""
+    url: str = args.url or settings.nats.url or f"nats://127.0.0.1:{settings.nats.embedded_port}"
+    return url
+
+
+async def connect_once(url: str, settings: Settings) -> Any:
+    """Connect for a one-off command: fail within seconds when nothing answers (nats-py would
+    otherwise retry its initial connect 60 times, two seconds apart, logging each one)."""
     import nats
 
     from worker.app import nats_options
 
-    url = args.url or settings.nats.url or f"nats://127.0.0.1:{settings.nats.embedded_port}"
+    async def quiet(exc: Exception) -> None:
+        del exc  # the caller reports the final failure
+
+    return await nats.connect(
+        servers=[u.strip() for u in url.split(",")], connect_timeout=5, allow_reconnect=False,
+        max_reconnect_attempts=1, reconnect_time_wait=0.2, error_cb=quiet,
+        **nats_options(settings),
+    )
+
+
+async def _main(args: argparse.Namespace, settings: Settings, items: list[Item]) -> int:
+    url = nats_url(args, settings)
     try:
-        nc = await nats.connect(servers=[u.strip() for u in url.split(",")],
-                                connect_timeout=5, allow_reconnect=False,
-                                **nats_options(settings))
+        nc = await connect_once(url, settings)
     except Exception as exc:  # nats raises several kinds when unreachable
         print(f"roomserver: cannot connect to NATS at {url}: {type(exc).__name__}: {exc}",
               file=sys.stderr)

@@ -22,6 +22,7 @@ from typing import Any
 
 import msgspec
 
+from worker.commands.send import connect_once, nats_url
 from worker.config import EXIT_CONFIG, Settings, load_or_report
 from worker.messages.output import OutputEvent, decode_output
 
@@ -141,14 +142,9 @@ async def follow(nc: Any, prefix: str, args: argparse.Namespace) -> int:
 
 
 async def _main(args: argparse.Namespace, settings: Settings) -> int:
-    import nats
-
-    from worker.app import nats_options
-
-    url = args.url or settings.nats.url or f"nats://127.0.0.1:{settings.nats.embedded_port}"
+    url = nats_url(args, settings)
     try:
-        nc = await nats.connect(servers=[u.strip() for u in url.split(",")], connect_timeout=5,
-                                allow_reconnect=False, **nats_options(settings))
+        nc = await connect_once(url, settings)
     except Exception as exc:  # nats raises several kinds when unreachable
         print(f"roomserver: cannot connect to NATS at {url}: {type(exc).__name__}: {exc}",
               file=sys.stderr)
