@@ -4,6 +4,7 @@ what the store holds afterwards."""
 from __future__ import annotations
 
 import msgspec
+import pytest
 
 from tests.e2e.conftest import Client, WorkerRun, event_id_of
 from tests.pipeline.conftest import started
@@ -147,3 +148,26 @@ async def test_outlier_later_delivered_as_new_joins_the_dag(
     assert await worker.store.extremities(b.room_id) == [msg]
     stored = await worker.store.events([msg])
     assert stored[msg].kind == "new" and stored[msg].has_state
+
+
+@pytest.mark.parametrize("version", ["1", "12"])
+async def test_fork_redaction_invite_in_oldest_and_newest_versions(
+    version: str, worker: WorkerRun, client: Client
+) -> None:
+    b = started(version)
+    fork = b.fork()
+    topic = b.topic("alice", "main")
+    msg = fork.message("bob", "side message")
+    b.message("alice", "merge", prev=[topic, msg])
+    b.redact("alice", msg)
+    b.invite("alice", "carol")
+    ban = b.ban("alice", "carol")
+    replies = [await client.send(b, eid) for eid in b.events]
+    assert [r.outcome for r in replies] == ["accepted"] * len(b.events)
+    outs = await client.outputs(at_least=len(b.events) + 3)
+    types = [o.type for o in outs]
+    assert types.count("redacted_event") == 1 and types.count("new_invite_event") == 1
+    assert types.count("retire_invite_event") == 1
+    assert worker.store is not None
+    assert await worker.store.extremities(b.room_id) == [ban]
+    assert await _state(worker, b.room_id) == b.state
