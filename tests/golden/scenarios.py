@@ -71,6 +71,44 @@ def ban_vs_pl() -> Scenario:
     )
 
 
+def v1_ban_vs_pl() -> Scenario:
+    b = _base("1")
+    a, c = b.fork(), b.fork()
+    a.ban("alice", "bob")
+    c.power_levels("bob", users={"alice": 100, "bob": 50})
+    return Scenario(
+        "Room v1, the ban-vs-power-levels DAG: v1 has no power ordering. Power levels go "
+        "first, by ascending depth: Alice's older one enters R, then Bob's is checked "
+        "against R, which holds no membership for Bob (his key is conflicted, and conflicted "
+        "entries are left out of R), so it fails. Then Bob's membership: his join, then the "
+        "deeper ban, which Alice may send.",
+        b,
+        [a.state, c.state],
+        {
+            ("m.room.member", "@bob:test"): "$ban_bob:test",
+            ("m.room.power_levels", ""): "$pl:test",
+        },
+    )
+
+
+def v1_join_rule_evasion() -> Scenario:
+    b = _base("1")
+    a, c = b.fork(), b.fork()
+    a.join_rules("alice", "invite")
+    c.join("evelyn")
+    return Scenario(
+        "Room v1, the join-rule-evasion DAG: in v1 a key present in only one state set is "
+        "not a conflict, so Evelyn's join is never re-checked and stays, although the room "
+        "became invite-only (v2 drops it; see join_rule_evasion).",
+        b,
+        [a.state, c.state],
+        {
+            ("m.room.join_rules", ""): "$join_rules_2:test",
+            ("m.room.member", "@evelyn:test"): "$join_evelyn:test",
+        },
+    )
+
+
 def topic_reset() -> Scenario:
     b = _base("2")
     b.topic("alice", "T1", stem="t1")
@@ -280,6 +318,8 @@ def msc4297_subgraph(version: str) -> Callable[[], Scenario]:
 
 SCENARIOS: dict[str, Callable[[], Scenario]] = {
     "ban_vs_pl": ban_vs_pl,
+    "v1_ban_vs_pl": v1_ban_vs_pl,
+    "v1_join_rule_evasion": v1_join_rule_evasion,
     "topic_reset": topic_reset,
     "join_rule_evasion": join_rule_evasion,
     "offtopic_power_levels": offtopic_power_levels,
