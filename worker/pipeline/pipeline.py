@@ -30,12 +30,20 @@ from worker.pipeline.authstep import (
 )
 from worker.pipeline.events import stored_json
 from worker.pipeline.flusher import BackgroundFlusher
+from worker.pipeline.gapfill import Attempt, GapFiller, GapSettings
 from worker.pipeline.gaps import dependency_ids, duplicate_of, load_dependencies
 from worker.pipeline.latest import Advance, advance
 from worker.pipeline.memberships import detect_resets, invite_outputs
 from worker.pipeline.model import Result, Work, refused
 from worker.pipeline.outputs import new_room_event, old_room_event, records
-from worker.pipeline.ports import EventWrite, FederationClient, OutboxRelay, RoomStore, StoredEvent
+from worker.pipeline.ports import (
+    EventWrite,
+    FederationClient,
+    OutboxRelay,
+    RoomStore,
+    StateHandle,
+    StoredEvent,
+)
 from worker.pipeline.state import state_before, state_entry
 from worker.pipeline.validate import validate
 
@@ -63,6 +71,7 @@ class Pipeline:
         federation: FederationClient | None = None,
         *,
         await_outputs: bool = False,
+        gap_settings: GapSettings | None = None,
     ) -> None:
         """`await_outputs=True` publishes each event's outputs before answering (one event
         at a time per room, slower); by default they are published in the background
@@ -70,6 +79,9 @@ class Pipeline:
         self.store = store
         self.relay = relay
         self.federation = federation
+        # Gap filling (issue 9) runs only with a federation client; without one, inputs with
+        # missing prev or auth events are refused.
+        self.gaps = GapFiller(store, federation, gap_settings) if federation is not None else None
         self.await_outputs = await_outputs
         self.flusher = BackgroundFlusher(relay)
 
@@ -86,13 +98,15 @@ class Pipeline:
         in_progress: Callable[[], Awaitable[None]] | None = None,
     ) -> HandleResult:
         with measure("total"):
-            result = await self.process(room_id, input)
+            result = await self.process(room_id, input, attempt=Attempt(delivery, in_progress))
         count_event(input.kind, _LABEL[result.outcome])
         if result.duplicate:
             DUPLICATES.inc()
         return result
 
-    async def process(self, room_id: str, inp: InputRoomEvent, *, fill: bool = True) -> Result:
+    async def process(
+        self, room_id: str, inp: InputRoomEvent, *, fill: bool = True, attempt: Attempt | None = None
+    ) -> Result:
         """Steps 2 to 9 for one input."""
         with measure("validate"):
             work = await validate(self.store, room_id, inp)
@@ -109,13 +123,15 @@ class Pipeline:
             await self.relay.flush(room_id)
             return duplicate
         with measure("fill_gaps"):
-            fed = self.federation if fill else None
-            refusal = await load_dependencies(
-                self.store, work, fed, self._reinput(room_id), prefetched=known
-            )
-        if refusal is not None:
-            return refusal
-        return await self._decide(work)
+            if fill and self.gaps is not None:
+                reinput = self._reinput(room_id)
+                filled = await self.gaps.fill(work, known, reinput, attempt or Attempt())
+            else:
+                filled = await load_dependencies(self.store, work, prefetched=known)
+        if isinstance(filled, HandleResult):
+            return filled
+        # A state the gap filler fetched is the state before the event (issue 9).
+        return await self._decide(work, fetched_state=filled)
 
     def _reinput(self, room_id: str) -> Callable[[str, Mapping[str, object]], Awaitable[Result]]:
         async def reinput(kind: str, pdu: Mapping[str, object]) -> Result:
@@ -126,7 +142,7 @@ class Pipeline:
 
         return reinput
 
-    async def _decide(self, work: Work) -> Result:
+    async def _decide(self, work: Work, fetched_state: StateHandle | None = None) -> Result:
         """Steps 5 to 7: auth, state before, auth against it, soft-fail."""
         if work.room_known and is_create(work.event):
             # Another create event for an existing room (v1-v11, where the room ID does not
@@ -140,7 +156,10 @@ class Pipeline:
         if work.kind == "outlier":
             return await self._finish(work, Outcome.OUTLIER, None)
         with measure("state_before"):
-            before = await state_before(self.store, work)
+            if fetched_state is not None:
+                before: StateHandle | Rejection | None = fetched_state
+            else:
+                before = await state_before(self.store, work)
         if isinstance(before, Rejection):
             if before.code in _NOT_STORED:
                 return refused(work.event_id, Outcome.REJECTED, before)
