@@ -17,6 +17,7 @@ from pathlib import Path
 import msgspec
 
 from worker.messages.deadletter import DeadLetter
+from worker.messages.federation import FEDERATION_VERBS
 from worker.messages.input import InputRoomEvent
 from worker.messages.output import OutputEvent
 from worker.messages.query import QUERIES, QueryError
@@ -34,6 +35,11 @@ SCHEMAS: dict[str, type[msgspec.Struct]] = {
 for _name, (_request, _response) in QUERIES.items():
     SCHEMAS[f"query_{_name}_request"] = _request
     SCHEMAS[f"query_{_name}_response"] = _response
+# Gap-filling requests to the federation service and its answers (issue 9):
+# federation_<verb>_request.json, federation_<verb>_response.json.
+for _verb, (_request, _response) in FEDERATION_VERBS.items():
+    SCHEMAS[f"federation_{_verb}_request"] = _request
+    SCHEMAS[f"federation_{_verb}_response"] = _response
 
 
 def render(struct: type[msgspec.Struct]) -> str:
