@@ -48,6 +48,10 @@ class Work:
     given_state: dict[str, StoredEvent] | None = None
     # The room's forward extremities before this event (`kind=new` only), once read.
     extremities: list[str] | None = None
+    # Read ahead, together with the event's dependencies (see `Pipeline._read_ahead`):
+    # the state after each prev event, and the stored redactions waiting for this event.
+    after_prevs: dict[str, StateHandle] | None = None
+    pending_redactions: dict[str, list[str]] | None = None
 
     @property
     def kind(self) -> str:

@@ -68,7 +68,10 @@ async def pair(store: RoomStore, work: Work) -> list[tuple[Event, Event]]:
         same_room = target is not None and target.event.room_id == event.room_id
         if target is not None and same_room and authorised(event, target.event, work.before_entries):
             pairs.append((event, target.event))
-    pending = (await store.pending_redactions([event.event_id])).get(event.event_id, [])
+    waiting = work.pending_redactions
+    if waiting is None:
+        waiting = await store.pending_redactions([event.event_id])
+    pending = waiting.get(event.event_id, [])
     if pending:
         stored = await store.events(pending)
         for rid in sorted(stored):

@@ -121,7 +121,9 @@ async def state_before(store: RoomStore, work: Work) -> StateHandle | Rejection 
         return Rejection("no_prev_events", "only the create event may have no prev events")
     if any(not work.known[p].has_state for p in prevs):
         return None
-    after = await store.state_after(prevs)
+    after = work.after_prevs
+    if after is None or any(p not in after for p in prevs):
+        after = await store.state_after(prevs)
     handle, _ = await resolve_handles(store, work, [after[p] for p in prevs])
     return handle
 
