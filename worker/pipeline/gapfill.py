@@ -40,6 +40,7 @@ from typing import Any
 
 import structlog
 
+from worker.core.auth import check_soft_fail
 from worker.core.events import Event
 from worker.core.format import parse_pdu
 from worker.core.hashes import content_hash, room_id_for_create, unpadded_b64
@@ -47,10 +48,11 @@ from worker.core.outcomes import Outcome, Rejection
 from worker.core.versions import EventIdFormat, RoomRules
 from worker.errors import RetryableError
 from worker.observability.metrics import GAPS, GapPath
-from worker.pipeline.authstep import is_create
+from worker.pipeline.authstep import auth_keys, is_create
 from worker.pipeline.gaps import Reinput, dependency_ids, find_missing
 from worker.pipeline.model import Result, Work, refused
 from worker.pipeline.ports import FederationClient, RoomStore, StateHandle, StoredEvent
+from worker.pipeline.state import resolve_handles
 
 log = structlog.get_logger(__name__)
 
@@ -383,6 +385,22 @@ class GapFiller:
             if result.outcome is not Outcome.ACCEPTED and result.outcome is not Outcome.OUTLIER:
                 log.info("fetched_event_refused", fetched=eid, outcome=result.outcome.value,
                          code=result.reason_code)
+
+
+async def soft_fail_after_fetch(
+    store: RoomStore, work: Work, fetched: StateHandle
+) -> Rejection | None:
+    """The soft-fail check of an event whose state before was fetched (spec step 6 of PDU
+    receipt). Its state before knows what happened in the gap and the room's current state
+    does not, so, as Synapse's `_check_for_soft_fail` does when the prev events are not the
+    extremities, "current" is the resolution of the current state and the event's state
+    before: a member who joined in the gap is not soft-failed for it."""
+    current = await store.current_state(work.room_id)
+    if current is None:
+        return None
+    merged, _ = await resolve_handles(store, work, [current, fetched])
+    entries = await store.lookup(merged, auth_keys(work.event))
+    return check_soft_fail(work.event, entries)
 
 
 @contextlib.asynccontextmanager

@@ -31,7 +31,7 @@ from worker.pipeline.authstep import (
 )
 from worker.pipeline.events import stored_json
 from worker.pipeline.flusher import BackgroundFlusher
-from worker.pipeline.gapfill import Attempt, GapFiller, GapSettings
+from worker.pipeline.gapfill import Attempt, GapFiller, GapSettings, soft_fail_after_fetch
 from worker.pipeline.gaps import dependency_ids, duplicate_of, load_dependencies
 from worker.pipeline.latest import Advance, advance
 from worker.pipeline.memberships import detect_resets, invite_outputs
@@ -189,17 +189,22 @@ class Pipeline:
                 return await self._finish(work, Outcome.REJECTED, problem)
         if work.kind == "new":
             work.extremities = await self.store.extremities(work.room_id)
-            problem = await self._soft_fail(work)
+            problem = await self._soft_fail(work, fetched_state)
             if problem is not None:
                 return await self._finish(work, Outcome.SOFT_FAILED, problem)
         return await self._finish(work, Outcome.ACCEPTED, None)
 
-    async def _soft_fail(self, work: Work) -> Rejection | None:
+    async def _soft_fail(
+        self, work: Work, fetched_state: StateHandle | None = None
+    ) -> Rejection | None:
         """Soft-fail check (`kind=new`), skipped where it cannot differ from the state check:
         a state rewrite, or prev events that are exactly the current extremities (then the
         state before the event *is* the current state)."""
         if work.inp.state_event_ids is not None:
             return None
+        if fetched_state is not None:
+            with measure("soft_fail"):
+                return await soft_fail_after_fetch(self.store, work, fetched_state)
         if sorted(work.event.prev_event_ids) == sorted(work.extremities or []):
             return None
         with measure("soft_fail"):
