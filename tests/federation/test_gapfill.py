@@ -145,7 +145,7 @@ async def test_unreachable_service_retries_then_refuses(rig: Rig) -> None:
     result = await rig.send(b, latest, delivery=3)
 
     assert (result.outcome, result.reason_code) == (Outcome.REJECTED, "missing_prev_events")
-    assert "did not answer" in result.reason
+    assert "after 3 tries (federation_unavailable" in result.reason
     assert gaps("failed") == failed + 1
     assert latest not in rig.harness.store.stored
     # The room goes on with events whose prev events are known.

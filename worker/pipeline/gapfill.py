@@ -205,7 +205,9 @@ class GapFiller:
         except RetryableError as exc:
             if attempt.delivery < self.settings.max_attempts:
                 raise
-            reason = f"the federation service did not answer after {attempt.delivery} tries: {exc}"
+            # Usually the federation service not answering; a store failure while inputting
+            # what was fetched is retried the same way and ends the same way.
+            reason = f"not filled after {attempt.delivery} tries ({exc.code}: {exc})"
             return self._refuse(work, missing_auth, missing_prev, reason)
         work.known = await self.store.events(wanted)
         missing_auth, missing_prev = find_missing(work, work.known)
