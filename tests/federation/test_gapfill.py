@@ -63,6 +63,7 @@ async def test_small_gap_closed_with_get_missing_events(rig: Rig) -> None:
         ("new_room_event", latest),
     ]
     assert latest in rig.harness.store.latest[b.room_id]
+    assert rig.harness.state(b.room_id)[("m.room.topic", "")] == topic
     # The state before the event came from its prev events, the topic among them.
     assert rig.harness.store.before[latest][("m.room.topic", "")] == topic
     assert gaps("closed") == closed + 1
