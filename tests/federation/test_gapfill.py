@@ -249,6 +249,22 @@ async def test_malicious_missing_events_store_nothing(rig: Rig, forge: Any) -> N
     assert rig.harness.outputs()[seen:] == []
 
 
+async def test_gap_event_passed_on_redacted_is_used(rig: Rig) -> None:
+    b = started("10")
+    base = list(b.events)
+    gap = b.message("bob", "its content hash failed upstream")
+    latest = b.message("alice")
+    rig.fed.serve(b)
+    # The federation service redacts an event whose content hash fails (DESIGN §1).
+    rig.fed.served[gap] = {**b.events[gap], "content": {}}
+    await send_base(rig, b, base)
+
+    result = await rig.send(b, latest)
+
+    assert result.outcome is Outcome.ACCEPTED
+    assert rig.harness.store.stored[gap].event.content == {}
+
+
 async def test_too_many_missing_events_is_no_answer(rig: Rig) -> None:
     b = started("10")
     base = list(b.events)
