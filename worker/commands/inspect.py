@@ -120,9 +120,9 @@ def as_text(s: Summary, events: Mapping[str, Event]) -> str:
         lines.append(f"  {m.event_id}: {len(m.conflicts)} conflicted key(s)")
         for c in m.conflicts:
             cands = " vs ".join(describe(v, events) for v in c.candidates)
-            won = describe(c.winner, events) if c.winner else "(removed)"
+            won = f"kept {describe(c.winner, events)}" if c.winner else "removed from the state"
             lines.append(f"    {c.key[0]} {c.key[1]!r}: {cands}")
-            lines.append(f"      -> kept {won}")
+            lines.append(f"      -> {won}")
         for r in m.resets:
             lines.append(f"    STATE RESET {r.get('kind')}: {r.get('user_id')} "
                          f"lost {r.get('lost')}")

@@ -41,6 +41,9 @@ SELECT * FROM (
 
 SELECT_ROOM_IDS = "SELECT room_id FROM rooms ORDER BY room_nid"
 
+# Merges whose conflicts are worked out (the most recent ones).
+MAX_MERGES = 200
+
 _decoder = msgspec.json.Decoder(dict[str, Any])
 
 
@@ -104,6 +107,8 @@ async def _merge_inputs(
     """For each event with several prev events and a stored state: the state after each prev
     (those that have one) and the state before the event, i.e. what resolution produced."""
     wanted = [i for i in infos if len(i.event.prev_event_ids) > 1 and i.has_state]
+    # Each side is a whole state: in a big room with many merges, only the latest are read.
+    wanted = wanted[-MAX_MERGES:]
     if not wanted:
         return {}
     prev_ids = sorted({p for i in wanted for p in i.event.prev_event_ids})

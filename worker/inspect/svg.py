@@ -114,8 +114,8 @@ def _note_lines(merge: Merge, events: Mapping[str, Event]) -> list[tuple[str, st
         lines.append((f"{key}:", "#222222"))
         cands = " vs ".join(describe(v, events) for v in c.candidates)
         lines.append((f"    {cands}", "#555555"))
-        won = describe(c.winner, events) if c.winner else "(removed)"
-        lines.append((f"    → kept {won}", "#00796b"))
+        won = f"kept {describe(c.winner, events)}" if c.winner else "removed from the state"
+        lines.append((f"    → {won}", "#00796b"))
     for r in merge.resets:
         lines.append((f"⚠ state reset: {r.get('kind', '')} {r.get('user_id', '')} "
                       f"(lost {short_id(r.get('lost', ''))})", "#c5221f"))
