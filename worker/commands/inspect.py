@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     except InspectError as exc:
         print(f"roomserver: {exc.code}: {exc}", file=sys.stderr)
         return EXIT_UNKNOWN
-    except (OSError, Exception) as exc:  # asyncpg raises many kinds when unreachable
+    except Exception as exc:  # asyncpg raises many kinds when unreachable
         print(f"roomserver: cannot read the database: {type(exc).__name__}: {exc}",
               file=sys.stderr)
         return EXIT_UNREACHABLE
