@@ -176,7 +176,8 @@ def oldest_first(events: Mapping[str, Event]) -> list[str]:
                 heapq.heappush(heap, (events[child].depth, child))
     # A cycle (only a forged answer has one) leaves events behind: they go last, and the
     # pipeline refuses them for their missing dependencies.
-    rest = sorted((e for e in events if e not in set(order)), key=lambda e: (events[e].depth, e))
+    placed = set(order)
+    rest = sorted((e for e in events if e not in placed), key=lambda e: (events[e].depth, e))
     return order + rest
 
 
