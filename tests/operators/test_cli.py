@@ -159,3 +159,11 @@ async def test_unknown_room(worker: WorkerRun, roomserver: Cli) -> None:
         result = await roomserver(command, "!nope:example.org")
         assert result.code == 1
         assert "unknown_room" in result.err
+
+
+async def test_unreachable_database(roomserver: Cli) -> None:
+    for command in ("inspect", "graph"):
+        result = await roomserver(command, ROOM, "--database-url",
+                                  "postgresql://nobody@127.0.0.1:9/nothing")
+        assert result.code == 3
+        assert "cannot read the database" in result.err
