@@ -188,11 +188,8 @@ def test_embedded_run_is_ready_and_sigterm_leaves_nothing_behind(data_dir: Path)
 
 def test_sigterm_during_startup_stops_cleanly(data_dir: Path) -> None:
     run = Run(data_dir)
-    deadline = time.monotonic() + READY_DEADLINE
     # Signal handlers are in place once this line is written; the start may be anywhere.
-    while '"event":"worker_starting"' not in run.logs():
-        assert time.monotonic() < deadline and run.proc.poll() is None, run.logs()
-        time.sleep(0.02)
+    _wait_for_log(run, '"event":"worker_starting"')
     assert run.stop(signal.SIGTERM) == 0, run.logs()
     assert _processes_mentioning(str(data_dir)) == []
 
@@ -281,6 +278,33 @@ async def test_garbage_is_dead_lettered_while_a_valid_event_flows_and_is_queryab
     finally:
         await nc.close()
     assert await asyncio.to_thread(run.stop) == 0, run.logs()
+
+
+def _wait_for_log(run: Run, text: str) -> None:
+    deadline = time.monotonic() + READY_DEADLINE
+    while text not in run.logs():
+        assert time.monotonic() < deadline and run.proc.poll() is None, run.logs()
+        time.sleep(0.02)
+
+
+def test_unreachable_servers_fail_the_start_with_exit_1(data_dir: Path) -> None:
+    dead_nats, dead_pg = free_port(), free_port()
+    run = Run(data_dir, {"NATS_URL": f"nats://127.0.0.1:{dead_nats}",
+                         "DATABASE_URL": f"postgresql://rs:secret@127.0.0.1:{dead_pg}/rs"})
+    assert run.wait() == 1
+    logs = run.logs()
+    assert f"cannot connect to PostgreSQL at postgresql://rs:***@127.0.0.1:{dead_pg}/rs" in logs
+    assert "secret" not in logs
+
+
+async def test_sigterm_while_waiting_for_nats_stops_at_once(
+    data_dir: Path, database_dsn: str
+) -> None:
+    run = Run(data_dir, {"NATS_URL": f"nats://127.0.0.1:{free_port()}",
+                         "DATABASE_URL": database_dsn})
+    await asyncio.to_thread(_wait_for_log, run, '"event":"nats_connect_retry"')
+    assert await asyncio.to_thread(run.stop, signal.SIGTERM) == 0, run.logs()
+    assert '"step":"connect","event":"startup_interrupted"' in run.logs()
 
 
 def _command(*args: str, **env: str) -> subprocess.CompletedProcess[str]:

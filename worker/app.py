@@ -23,7 +23,7 @@ import contextlib
 import dataclasses
 import signal
 import ssl
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +66,8 @@ EXIT_FAILED = 1
 # kept (they are useful to an operator tracing an output, and useless after that).
 HOUSEKEEPING_INTERVAL = 10.0
 OUTBOX_RETENTION_SECONDS = 24 * 3600.0
+# Tries of the first NATS connection, a second apart, before the start fails.
+INITIAL_CONNECT_ATTEMPTS = 10
 # After the consumer drained: time for the relay to publish what was committed meanwhile.
 FINAL_SWEEP_TIMEOUT = 10.0
 
@@ -99,8 +101,16 @@ def nats_options(settings: Settings) -> dict[str, Any]:
     return opts
 
 
-async def connect_nats(settings: Settings, url: str) -> NatsClient:
-    """Connect, retrying forever after the first success (a restart of NATS is survivable)."""
+async def connect_nats(
+    settings: Settings, url: str, *, give_up: asyncio.Event | None = None
+) -> NatsClient:
+    """Connect, retrying forever after the first success (a restart of NATS is survivable).
+
+    The first connection is tried INITIAL_CONNECT_ATTEMPTS times, a second apart, so that a
+    wrong NATS_URL fails the start with a message. `give_up` ends the tries early: on
+    Python 3.11 a cancellation can be lost inside nats-py's connect (`asyncio.wait_for`
+    swallows it when the connection fails at the same moment), so a flag backs it up.
+    """
 
     async def on_error(exc: Exception) -> None:
         log.warning("nats_error", error=str(exc))
@@ -111,23 +121,36 @@ async def connect_nats(settings: Settings, url: str) -> NatsClient:
     async def on_reconnected() -> None:
         log.info("nats_reconnected")
 
-    try:
-        nc: NatsClient = await nats.connect(
-            servers=[u.strip() for u in url.split(",")],
-            name=f"roomserver-{settings.bus.prefix}",
-            connect_timeout=5,
-            # First connect fails fast; once up, reconnect indefinitely.
-            allow_reconnect=True,
-            max_reconnect_attempts=-1,
-            reconnect_time_wait=1,
-            error_cb=on_error,
-            disconnected_cb=on_disconnected,
-            reconnected_cb=on_reconnected,
-            **nats_options(settings),
-        )
-    except Exception as exc:
-        raise StartupError(f"cannot connect to NATS at {mask_url(url)}: {exc!r}") from exc
-    return nc
+    servers = [u.strip() for u in url.split(",")]
+    last: Exception | None = None
+    for attempt in range(1, INITIAL_CONNECT_ATTEMPTS + 1):
+        if give_up is not None and give_up.is_set():
+            # Abandoned: end as cancelled, which nobody needs to retrieve.
+            raise asyncio.CancelledError
+        try:
+            nc: NatsClient = await nats.connect(
+                servers=servers,
+                name=f"roomserver-{settings.bus.prefix}",
+                connect_timeout=5,
+                # Two tries per server per call (0 would mean forever to nats-py, and its
+                # default goes on for a minute); the loop around it does the waiting.
+                max_reconnect_attempts=1,
+                reconnect_time_wait=1,
+                error_cb=on_error,
+                disconnected_cb=on_disconnected,
+                reconnected_cb=on_reconnected,
+                **nats_options(settings),
+            )
+        except (OSError, TimeoutError, NatsError) as exc:
+            last = exc
+            log.info("nats_connect_retry", attempt=attempt, error=repr(exc))
+            await asyncio.sleep(1.0)
+            continue
+        # nats-py reads this on every disconnect: once up, a NATS restart of any length is
+        # survived by reconnecting.
+        nc.options["max_reconnect_attempts"] = -1
+        return nc
+    raise StartupError(f"cannot connect to NATS at {mask_url(url)}: {last!r}")
 
 
 async def existing_replicas(js: JetStreamContext, subjects: Subjects) -> int:
@@ -241,11 +264,13 @@ class Worker:
         )
         try:
             for step in steps:
-                if self._stop.is_set():
-                    log.info("startup_interrupted", before=step.__name__.lstrip("_"))
+                # The embedded servers start in threads that cannot be cancelled: that step
+                # runs to its end (bounded by its own timeouts) and the stop comes after it.
+                interruptible = step != self._start_embedded
+                if self._stop.is_set() or not await self._until_stopped(step, interruptible):
+                    log.info("startup_interrupted", step=step.__name__.lstrip("_"))
                     await self._teardown()
                     return False
-                await step()
         except BaseException:
             await self._teardown()
             raise
@@ -259,6 +284,27 @@ class Worker:
             version=__version__,
         )
         return True
+
+    async def _until_stopped(
+        self, step: Callable[[], Awaitable[None]], interruptible: bool
+    ) -> bool:
+        """Run one start step; False when a stop request cut it short (it was cancelled)."""
+        if not interruptible:
+            await step()
+            return True
+        task = asyncio.ensure_future(step())
+        stop = asyncio.ensure_future(self._stop.wait())
+        try:
+            await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+        if task.done():
+            task.result()
+            return True
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+        return False
 
     async def _start_embedded(self, *, with_nats: bool = True) -> None:
         data = Path(self.settings.data_dir).resolve()
@@ -295,20 +341,30 @@ class Worker:
                  data_dir=str(server.data_dir))
 
     async def _connect(self) -> None:
-        nc, pool = await asyncio.gather(
-            connect_nats(self.settings, self.nats_url),
-            create_pool(self.settings, self.database_dsn, self.worker_id),
-            return_exceptions=True,
+        """NATS and PostgreSQL at once; the first failure cancels the other attempt."""
+        give_up = asyncio.Event()
+        nats_task = asyncio.create_task(
+            connect_nats(self.settings, self.nats_url, give_up=give_up)
         )
-        if isinstance(nc, NatsClient):
-            self.nc = nc
+        pool_task = asyncio.create_task(
+            create_pool(self.settings, self.database_dsn, self.worker_id)
+        )
+        tasks = {nats_task, pool_task}
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        finally:
+            give_up.set()
+            await _abandon(t for t in tasks if not t.done())
+        if nats_task.done() and not nats_task.cancelled() and nats_task.exception() is None:
+            self.nc = nats_task.result()
             self._cleanup.append(("nats", self._close_nats))
-        if isinstance(pool, asyncpg.Pool):
-            self.pool = pool
+        if pool_task.done() and not pool_task.cancelled() and pool_task.exception() is None:
+            self.pool = pool_task.result()
             self._cleanup.append(("postgres_pool", self._close_pool))
-        for result in (nc, pool):
-            if isinstance(result, BaseException):
-                raise result
+        # The failure that ended the wait is the one to report.
+        for task in done:
+            if (exc := task.exception()) is not None:
+                raise exc
 
     async def _migrate(self) -> None:
         assert self.pool is not None
@@ -548,6 +604,34 @@ class Worker:
             pool.terminate()
 
 
+async def _abandon(tasks: Iterable[asyncio.Task[Any]]) -> None:
+    """Cancel connection attempts that are no longer wanted.
+
+    A task that lost its cancellation (see `connect_nats`) is given a moment, then left to
+    finish on its own (its tries are bounded), closing whatever it connects.
+    """
+    pending = list(tasks)
+    for task in pending:
+        task.cancel()
+    if not pending:
+        return
+    _, still = await asyncio.wait(pending, timeout=1.0)
+    for task in still:
+        task.add_done_callback(_close_result)
+
+
+def _close_result(task: asyncio.Task[Any]) -> None:
+    if task.cancelled() or task.exception() is not None:
+        return
+    result = task.result()
+    if isinstance(result, NatsClient | asyncpg.Pool):
+        _closing.add(asyncio.ensure_future(result.close()))
+
+
+# Strong references to close-downs scheduled from callbacks, so they are not collected early.
+_closing: set[asyncio.Future[Any]] = set()
+
+
 class PoolOutbox:
     """The relay's outbox port (`worker.bus.outbox.OutboxStore`) over worker.storage.
 
@@ -577,8 +661,7 @@ class PoolOutbox:
 
 
 # A database restart, as the relay sees it: retried (the relay loop survives it), not fatal.
-_DB_DOWN = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
-            asyncpg.CannotConnectNowError)
+_DB_DOWN = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError)
 
 
 async def migrate(settings: Settings) -> int:
