@@ -226,3 +226,11 @@ def test_readme_configuration_table_matches_the_code() -> None:
     for var in VARIABLES:
         default = f"`{var.default}`" if var.default else "—"
         assert f"| `{var.name}` | {default} | {var.help} |" in readme, var.name
+
+
+def test_readme_lists_every_command() -> None:
+    from worker.cli import COMMANDS
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    for name in COMMANDS:
+        assert f"| `{name}` |" in readme, name
