@@ -133,6 +133,21 @@ async def test_garbage_is_dead_lettered_while_a_valid_message_flows(
     assert await input_left(nc, streams) == 0
 
 
+async def test_a_deeply_nested_body_is_dead_lettered_and_the_shard_goes_on(
+    nc: NATS, streams: Subjects
+) -> None:
+    handler = FakeHandler()
+    room = "!deep:example.org"
+    deep = b'{"kind":"new","event":' + b"[" * 50_000 + b"]" * 50_000 + b"}"
+    await nc.jetstream().publish(streams.input(room), deep, headers={ROOM_ID_HEADER: room})
+    async with running(nc, streams, handler):
+        reply = await send_input(nc, streams, event(room, 1), timeout=GUARD)
+    assert reply == InputReply(event_id="$e1", outcome="accepted")
+    [letter] = await dead_letters(nc, streams, 1)
+    assert letter.reason_code == "undecodable" and "nested too deeply" in letter.reason
+    assert await input_left(nc, streams) == 0
+
+
 async def test_routing_problems_are_dead_lettered(nc: NATS, streams: Subjects) -> None:
     js = nc.jetstream()
     body = msgspec.json.encode(event("!a:x", 1))

@@ -446,6 +446,9 @@ class InputConsumer:
                 d.input = INPUT_DECODER.decode(msg.data)
             except msgspec.DecodeError as exc:
                 d.problem = ("undecodable", f"body is not an InputRoomEvent: {exc}")
+            except RecursionError:
+                # msgspec walks nested JSON recursively, even inside a Raw field.
+                d.problem = ("undecodable", "body is nested too deeply to decode")
         self._held.add(d)
         self._dispatcher.submit(room_id, d)
 
