@@ -134,7 +134,9 @@ class ShardLeases:
         while not self._stopped.is_set():
             try:
                 await self.tick()
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+            except Exception as exc:
+                # Whatever broke (a restart, a dead socket, asyncpg's own confusion when a
+                # connection dies mid-query), the leases can no longer be vouched for.
                 await self._lose_all(repr(exc))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopped.wait(), self.settings.interval)
