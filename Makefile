@@ -33,6 +33,11 @@ bench: $(STAMP)
 fuzz: $(STAMP)
 	ROOMSERVER_FUZZ_DAGS=100000 $(VENV)/bin/pytest -q -p no:cacheprovider tests/core -k differential
 
+# The long fault run (issue 8): >= 20,000 events, 20 SIGKILLs, a NATS node and a PostgreSQL
+# restart on a 3-node cluster with 3 workers; prints the figures and fails on any loss.
+chaos: $(STAMP)
+	$(PY) -m chaos
+
 schemas: $(STAMP)
 	$(PY) -m worker.messages.schemas schemas/messages
 
