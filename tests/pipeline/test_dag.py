@@ -256,6 +256,8 @@ async def test_gap_filled_through_the_federation_port() -> None:
     assert fed.asked == ["missing_events"]
     assert result.outcome is Outcome.ACCEPTED
     assert harness.store.stored[gap].kind == "old"
+    # The gap's events descend from the old extremity: it must not linger beside `msg`.
+    assert harness.store.latest[b.room_id] == [msg]
 
 
 async def test_v2_room_with_carried_ids() -> None:

@@ -71,7 +71,11 @@ async def advance(store: RoomStore, work: Work, after: StateHandle) -> Advance:
     prevs = list(work.event.prev_event_ids)
     if not rewrites and len(old_ext) == 1 and prevs == old_ext:
         return await _linear(store, work, after)
-    new_ext = _new_extremities(work, old_ext)
+    # Extremities that stored events already descend from are dropped (a gap closed with
+    # `old` events leaves the extremity it started from behind).
+    others = [e for e in old_ext if e not in prevs]
+    stale = await store.referenced_as_prev(others) if others and not rewrites else set()
+    new_ext = _new_extremities(work, [e for e in old_ext if e not in stale])
     old_current = await store.current_state(work.room_id)
     merge: Merge | None = None
     if (
