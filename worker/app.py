@@ -177,6 +177,14 @@ async def ensure_database(admin_dsn: str, name: str) -> None:
         await conn.close()
 
 
+async def _no_session_reset(conn: asyncpg.Connection[asyncpg.Record]) -> None:
+    """The pool's release hook: nothing. asyncpg's default reset costs a round trip per
+    release (unlock all, close cursors, unlisten, reset all), while pooled connections never
+    keep session state: advisory locks are transaction-scoped (the leases use their own
+    connection) and nothing sets, listens or declares. An open transaction is still rolled
+    back by asyncpg before this runs."""
+
+
 async def create_pool(
     settings: Settings, dsn: str, application_name: str | None = None
 ) -> asyncpg.Pool[asyncpg.Record]:
@@ -188,6 +196,7 @@ async def create_pool(
             min_size=settings.database.pool_min_size,
             max_size=settings.database.pool_max_size,
             server_settings=server_settings,
+            reset=_no_session_reset,
         )
     except Exception as exc:
         raise StartupError(f"cannot connect to PostgreSQL at {mask_url(dsn)}: {exc!r}") from exc
