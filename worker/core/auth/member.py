@@ -77,10 +77,12 @@ def check_member(event: Event, auth_events: AuthEvents) -> Rejection | None:
                 f"{_R}/2",
                 "The join is not signed by the server of join_authorised_via_users_server.",
             )
-    # One view of the power levels for the whole rule: every sub-rule reads the same event.
-    power = PowerLevels.from_auth_events(rules, auth_events)
+    # Joins read power levels only in restricted rooms (5.3.5.2), so the view is built there:
+    # joins are most of what state resolution checks in big rooms.
     if membership == "join":
-        return _join(event, target, auth_events, power)
+        return _join(event, target, auth_events)
+    # One view of the power levels for the rest: every sub-rule reads the same event.
+    power = PowerLevels.from_auth_events(rules, auth_events)
     if membership == "invite":
         return _invite(event, target, auth_events, power)
     if membership == "leave":
@@ -94,9 +96,7 @@ def check_member(event: Event, auth_events: AuthEvents) -> Rejection | None:
     return reject("unknown_membership", f"{_R}/8", f"Unknown membership {membership!r}.")
 
 
-def _join(
-    event: Event, target: str, auth_events: AuthEvents, power: PowerLevels
-) -> Rejection | None:
+def _join(event: Event, target: str, auth_events: AuthEvents) -> Rejection | None:
     """5.3 (all versions; 5.3.5 from v8, knock from v7, knock_restricted from v10)."""
     rules = event.rules
     # 5.3.1: the creator's own first join, right after the create event. The creator is
@@ -154,6 +154,7 @@ def _join(
                 f"{_R}/join/5.2",
                 f"The authorising user {authoriser} is not joined.",
             )
+        power = PowerLevels.from_auth_events(rules, auth_events)
         if power.user_level(authoriser) < power.named("invite"):
             return reject(
                 "bad_authoriser",

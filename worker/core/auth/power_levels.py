@@ -96,9 +96,10 @@ class PowerLevels:
     m.room.power_levels event the creator(s) have 100 (v1-v11) and everyone else 0.
     """
 
-    __slots__ = ("_content", "_creators", "_has_event", "_rules", "_users")
+    __slots__ = ("_content", "_create", "_creators", "_has_event", "_rules", "_users")
 
     _users: Mapping[str, Any]
+    _creators: frozenset[str] | None
 
     def __init__(self, rules: RoomRules, power_levels: Event | None, create: Event | None) -> None:
         self._rules = rules
@@ -108,7 +109,17 @@ class PowerLevels:
         # and state resolution builds this view for every event it checks.
         users = self._content.get("users")
         self._users = users if isinstance(users, dict) else {}
-        self._creators = creators(create) if create is not None else frozenset()
+        # The creators are worked out on first use: most checks (v1-v11 with a power levels
+        # event) never ask, and state resolution builds this view for every event it checks.
+        self._create = create
+        self._creators = None
+
+    def _creator_ids(self) -> frozenset[str]:
+        found = self._creators
+        if found is None:
+            found = creators(self._create) if self._create is not None else frozenset()
+            self._creators = found
+        return found
 
     @classmethod
     def from_auth_events(cls, rules: RoomRules, auth_events: AuthEvents) -> PowerLevels:
@@ -125,7 +136,7 @@ class PowerLevels:
     def user_level(self, user_id: str) -> int:
         """The user's power level (the user-level part of the spec's definitions)."""
         # v12+: creators outrank everyone, whatever the power levels event says.
-        if self._rules.privileged_creators and user_id in self._creators:
+        if self._rules.privileged_creators and user_id in self._creator_ids():
             return CREATOR_LEVEL
         # With a power levels event: `users`, else `users_default` (the creator gets nothing
         # special in v1-v11 once power levels exist; createRoom lists them in `users`).
@@ -133,7 +144,7 @@ class PowerLevels:
             found = parse_level(self._users.get(user_id), self._rules)
             return self.named("users_default") if found is None else found
         # v1-v11 without a power levels event: the creator has 100, everyone else 0.
-        return 100 if user_id in self._creators else 0
+        return 100 if user_id in self._creator_ids() else 0
 
     def required_level(self, event_type: str, is_state: bool) -> int:
         """The *required power level* of an event type: `events`, else the state/event default."""

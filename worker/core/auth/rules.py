@@ -54,9 +54,10 @@ def check_auth(event: Event, auth_events: AuthEvents) -> Rejection | None:
     if create is None:
         return reject("missing_create", "auth_events/4", "No create event in the auth events.")
     # 2 (v12+): the room ID is the create event's ID.
-    bad = check_room_id(event, create)
-    if bad is not None:
-        return bad
+    if rules.room_id_from_create_event:
+        bad = check_room_id(event, create)
+        if bad is not None:
+            return bad
     # 3 (v1-v11) / 4 (v12): m.federate.
     bad = check_federate(event, create)
     if bad is not None:

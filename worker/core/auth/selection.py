@@ -33,39 +33,47 @@ def auth_types_for_event(event: Event) -> list[StateKey]:
         return []
     # A list, not a set: callers (the RoomBuilder, a future event creator) list auth events in
     # this order, and the order must not depend on hashing (STYLE R9).
-    keys: list[StateKey] = []
+    rules = event.rules
+    sender_key: StateKey = (MEMBER, event.sender)
     # v1-v11: the create event; v12 derives it from the room ID instead, and it MUST NOT be
-    # selected (v12 "auth events selection" note).
-    if not event.rules.room_id_from_create_event:
-        keys.append(CREATE_KEY)
-    # All versions: the current power levels and the sender's membership.
-    keys.append(POWER_LEVELS_KEY)
-    keys.append((MEMBER, event.sender))
-    if event.type == MEMBER and event.state_key is not None:
-        content = event.content
-        membership = content.get("membership")
-        # The target's current membership: bans, kicks and invites depend on it.
-        keys.append((MEMBER, event.state_key))
-        # join, invite and knock: the join rules. (Invites do not consult them in the auth
-        # rules, but the selection lists them; leave and ban do not.)
-        if membership in ("join", "invite", "knock"):
-            keys.append(JOIN_RULES_KEY)
-        # invite with `third_party_invite`: the m.room.third_party_invite named by the token.
-        # A malformed `third_party_invite` selects nothing here; rule 5.4.1 rejects it.
-        if membership == "invite":
-            third_party = content.get("third_party_invite")
-            signed = third_party.get("signed") if isinstance(third_party, dict) else None
-            token = signed.get("token") if isinstance(signed, dict) else None
-            if isinstance(token, str):
-                keys.append((THIRD_PARTY_INVITE, token))
-        # v8+ join with `join_authorised_via_users_server`: the authorising user's membership,
-        # which 5.3.5.2 checks ("the room version supports restricted rooms": v8+).
-        if membership == "join" and event.rules.restricted_join_rule:
-            authoriser = content.get("join_authorised_via_users_server")
-            if isinstance(authoriser, str):
-                keys.append((MEMBER, authoriser))
-    # Deduplicate keeping the first position (e.g. sender = target on a join).
-    return list(dict.fromkeys(keys))
+    # selected (v12 "auth events selection" note). All versions: the current power levels
+    # and the sender's membership. (State resolution asks this for every event it checks,
+    # so the common prefix is built in one step.)
+    if rules.room_id_from_create_event:
+        keys = [POWER_LEVELS_KEY, sender_key]
+    else:
+        keys = [CREATE_KEY, POWER_LEVELS_KEY, sender_key]
+    target = event.state_key
+    if event.type != MEMBER or target is None:
+        return keys
+    content = event.content
+    membership = content.get("membership")
+    # The target's current membership: bans, kicks and invites depend on it. Listed once
+    # when the sender is the target (a join, a leave).
+    if target != event.sender:
+        keys.append((MEMBER, target))
+    # join, invite and knock: the join rules. (Invites do not consult them in the auth
+    # rules, but the selection lists them; leave and ban do not.)
+    if membership in ("join", "invite", "knock"):
+        keys.append(JOIN_RULES_KEY)
+    # invite with `third_party_invite`: the m.room.third_party_invite named by the token.
+    # A malformed `third_party_invite` selects nothing here; rule 5.4.1 rejects it.
+    if membership == "invite":
+        third_party = content.get("third_party_invite")
+        signed = third_party.get("signed") if isinstance(third_party, dict) else None
+        token = signed.get("token") if isinstance(signed, dict) else None
+        if isinstance(token, str):
+            keys.append((THIRD_PARTY_INVITE, token))
+    # v8+ join with `join_authorised_via_users_server`: the authorising user's membership,
+    # which 5.3.5.2 checks ("the room version supports restricted rooms": v8+). It may name
+    # the sender or the target, which are listed already.
+    if membership == "join" and rules.restricted_join_rule:
+        authoriser = content.get("join_authorised_via_users_server")
+        if isinstance(authoriser, str):
+            authoriser_key: StateKey = (MEMBER, authoriser)
+            if authoriser_key not in keys:
+                keys.append(authoriser_key)
+    return keys
 
 
 def check_auth_event_list(event: Event, listed: Sequence[Event]) -> Rejection | None:

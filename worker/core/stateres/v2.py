@@ -257,24 +257,34 @@ def iterative_auth_checks(
     rejected = events.rejected
     get = events.get
     must = events.must
+    cache = events.cache
+    auth_types = authz.auth_types
+    check = authz.check
+    # The create event in force, looked up once: only applying a create event changes it.
+    create_id = state.get(CREATE)
+    create = must(create_id) if create_id is not None else None
     for eid in order:
-        ev = must(eid)
-        key = ev.state_tuple
-        if key is None:
+        # The hot loop of a big resolution: dict reads instead of method calls where the
+        # event is known already (it always is, once the caller's checks have run).
+        ev = cache.get(eid)
+        if ev is None:
+            ev = must(eid)
+        state_key = ev.state_key
+        if state_key is None:
             continue
         auth_events: dict[StateKey, Event] = {}
         missing = False
-        for k in authz.auth_types(ev):
+        for k in auth_types(ev):
             sid = state.get(k)
             if sid is not None:
-                auth_events[k] = must(sid)
+                aev = cache.get(sid)
+                auth_events[k] = aev if aev is not None else must(sid)
             else:
                 missing = True
         # The auth rules read the create event in every version, including v12 where it
         # is no longer among the selected auth types.
-        create_id = state.get(CREATE)
-        if create_id is not None:
-            auth_events[CREATE] = must(create_id)
+        if create is not None:
+            auth_events[CREATE] = create
         else:
             missing = True
         if missing:
@@ -289,6 +299,9 @@ def iterative_auth_checks(
                     if akey is not None and akey not in auth_events:
                         auth_events[akey] = aev
         checked += 1
-        if authz.check(ev, auth_events) is None:
+        if check(ev, auth_events) is None:
+            key = (ev.type, state_key)
             state[key] = eid
+            if key == CREATE:
+                create = ev
     return checked
