@@ -13,7 +13,13 @@ import pytest
 
 from tests.fixtures.builder import RoomBuilder
 from worker.bus.leases import LeaseSettings, ShardLeases
-from worker.bus.shards import ShardAwareStore, StaleRoomView, fair_share, shard_of
+from worker.bus.shards import (
+    ShardAwareStore,
+    StaleRoomView,
+    fair_share,
+    is_database_down,
+    shard_of,
+)
 from worker.bus.streams import StreamLimits, ensure_streams
 from worker.bus.subjects import Subjects
 from worker.messages import InputRoomEvent
@@ -173,3 +179,21 @@ async def test_shard_of_matches_the_streams_partitioning(nats_url: str, prefix: 
             assert shard == shard_of(room, 7), room
     finally:
         await nc.close()
+
+
+@pytest.mark.parametrize(
+    ("exc", "transient"),
+    [
+        (asyncpg.CannotConnectNowError("the database system is starting up"), True),
+        (asyncpg.AdminShutdownError("terminating connection due to administrator command"), True),
+        (asyncpg.InternalClientError("cannot switch to state 15"), True),
+        (ConnectionRefusedError(111, "refused"), True),
+        (asyncpg.UniqueViolationError("duplicate key"), False),
+        (StaleRoomView("moved"), False),
+        (ValueError("a bug"), False),
+    ],
+)
+def test_a_database_restart_is_retryable_not_a_dead_letter(
+    exc: BaseException, transient: bool
+) -> None:
+    assert is_database_down(exc) is transient
