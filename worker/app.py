@@ -45,10 +45,12 @@ from worker.bus.subjects import Subjects
 from worker.config import Settings, mask_url
 from worker.embedded import EmbeddedError, EmbeddedNats, EmbeddedPostgres
 from worker.errors import PermanentError, RetryableError
+from worker.federation import NatsFederationClient
 from worker.observability import metrics
 from worker.observability.http import HealthServer, ReadinessCheck
 from worker.observability.logging import get_logger
 from worker.pipeline import Pipeline
+from worker.pipeline.gapfill import GapSettings
 from worker.query.service import QueryService, start_query_service
 from worker.storage import (
     OutboxRow,
@@ -415,9 +417,13 @@ class Worker:
         self._background(self.relay.run(), "outbox-relay")
         self._background(self._housekeeping(), "housekeeping")
         self._cleanup.append(("outbox", self._stop_background))
-        # No federation client yet: an input with missing prev/auth events is refused with
-        # missing_prev_events / missing_auth_events, and a later delivery can still succeed.
-        pipeline = Pipeline(store, self.relay, federation=None)
+        # Gap filling asks the federation service over NATS. While it cannot answer, an input
+        # with missing prev/auth events is retried, then refused with missing_prev_events /
+        # missing_auth_events; it is not stored, so a later delivery can still succeed. Gap
+        # attempts count the bus's deliveries, so the refusal comes before the dead letter.
+        federation = NatsFederationClient(self.nc, self.settings.bus.federation_prefix)
+        gap_settings = GapSettings(max_attempts=self.settings.bus.max_retries + 1)
+        pipeline = Pipeline(store, self.relay, federation, gap_settings=gap_settings)
         consumer_settings = ConsumerSettings.from_settings(self.settings)
         # One fetcher per shard (the leases), so a delivery gap can safely reset the shard.
         consumer_settings = dataclasses.replace(consumer_settings, reset_on_gap=True)
