@@ -12,6 +12,9 @@ Everything runs on the embedded NATS and PostgreSQL; the worker is the real proc
 4. A big-room join: BIG_ROOM state events published as outliers, then a join carrying the
    whole state as `state_event_ids`; the time of the outliers and of the join alone.
 
+BENCH_SCENARIOS=many,linear,join picks the scenarios; BENCH_ROOMS, BENCH_PER_ROOM, BENCH_LINEAR
+and BENCH_BIG_ROOM size them.
+
 Goals (issue 6, 2 cores): >= 3,000 events/s across rooms, >= 1,000 in one room, join <= 10 s.
 """
 
@@ -50,6 +53,8 @@ PER_ROOM = int(os.environ.get("BENCH_PER_ROOM", "25"))
 LINEAR = int(os.environ.get("BENCH_LINEAR", "3000"))
 BIG_ROOM = int(os.environ.get("BENCH_BIG_ROOM", "30000"))
 PUBLISH_WINDOW = 512
+# Which scenarios to run (comma-separated), for measuring one path at a time.
+SCENARIOS = set(os.environ.get("BENCH_SCENARIOS", "many,linear,join").split(","))
 
 
 @dataclass(frozen=True)
@@ -344,9 +349,18 @@ async def main() -> None:
         nats_server.start()
         pg.start()
         try:
-            print(f"many rooms: {ROOMS} x {PER_ROOM}; linear: {LINEAR}; big room: {BIG_ROOM}")
-            await _scenario("many rooms", nats_server.url, pg, data, many_rooms())
-            await _scenario("one linear room", nats_server.url, pg, data, _room("!lin:test", LINEAR))
+            load = " ".join(f"{x:.1f}" for x in os.getloadavg())
+            print(
+                f"many rooms: {ROOMS} x {PER_ROOM}; linear: {LINEAR}; big room: {BIG_ROOM}; "
+                f"load average {load} on {os.cpu_count()} cores"
+            )
+            if "many" in SCENARIOS:
+                await _scenario("many rooms", nats_server.url, pg, data, many_rooms())
+            if "linear" in SCENARIOS:
+                linear = _room("!lin:test", LINEAR)
+                await _scenario("one linear room", nats_server.url, pg, data, linear)
+            if "join" not in SCENARIOS:
+                return
             prefix = f"bench{uuid.uuid4().hex[:6]}"
             worker = WorkerProcess(nats_server.url, await _database(pg), prefix, data)
             try:
