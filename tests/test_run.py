@@ -280,6 +280,49 @@ async def test_garbage_is_dead_lettered_while_a_valid_event_flows_and_is_queryab
     assert await asyncio.to_thread(run.stop) == 0, run.logs()
 
 
+async def test_the_worker_fills_a_gap_through_the_federation_service(
+    data_dir: Path, nats_url: str, database_dsn: str, prefix: str
+) -> None:
+    from tests.federation.conftest import FakeFederation
+
+    fed_prefix = f"{prefix}.federation"
+    run = Run(data_dir, {"NATS_URL": nats_url, "DATABASE_URL": database_dsn,
+                         "ROOMSERVER_PREFIX": prefix, "FEDERATION_PREFIX": fed_prefix})
+    await asyncio.to_thread(run.wait_ready)
+    subjects = Subjects(prefix)
+    nc = await nats.connect(nats_url)
+    fed = FakeFederation(nc, fed_prefix)
+    try:
+        b = RoomBuilder("10", real_ids=True)
+        known = [b.create("alice"), b.join("alice")]
+        gap = b.message("alice", "only the federation service has this one")
+        latest = b.message("alice", "this one arrives first")
+        fed.serve(b)
+        await fed.start()
+
+        async def send(event_id: str) -> str:
+            message = InputRoomEvent(
+                kind="new", event=msgspec.Raw(msgspec.json.encode(b.events[event_id])),
+                room_version="10", origin="test",
+            )
+            reply = await send_input(nc, subjects, message, room_id=b.room_id,
+                                     event_id=event_id, timeout=READY_DEADLINE)
+            return reply.outcome
+
+        assert [await send(e) for e in known] == ["accepted", "accepted"]
+        assert await send(latest) == "accepted"
+        assert "get_missing_events" in fed.asked
+        answer = await nc.request(
+            f"{prefix}.query.events_by_id",
+            msgspec.json.encode({"room_id": b.room_id, "event_ids": [gap]}), timeout=30,
+        )
+        assert [e["event_id"] for e in msgspec.json.decode(answer.data)["events"]] == [gap]
+    finally:
+        await fed.stop()
+        await nc.close()
+    assert await asyncio.to_thread(run.stop) == 0, run.logs()
+
+
 def _wait_for_log(run: Run, text: str) -> None:
     deadline = time.monotonic() + READY_DEADLINE
     while text not in run.logs():
