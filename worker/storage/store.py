@@ -80,6 +80,7 @@ class _Effects:
     room: ev_sql.RoomRow | None = None
     stale_events: set[str] = field(default_factory=set)
     derived: dict[tuple[int, frozenset[tuple[sb.NidKey, int]]], int] = field(default_factory=dict)
+    after: dict[str, PgState] = field(default_factory=dict)
 
 
 class PostgresStore:
@@ -113,6 +114,10 @@ class PostgresStore:
         self._recent: deque[tuple[PgState, dict[StateKey, str]]] = deque(
             maxlen=_RECENT_MATERIALIZED
         )
+        # The state after events this process wrote (with state), for `state_after`: the
+        # next event's prev is nearly always the event written just before, which would
+        # otherwise be read back right after it was written.
+        self._after: Lru[str, PgState] = Lru(event_cache_size)
 
     # --- transactions --------------------------------------------------------------------
 
@@ -144,6 +149,9 @@ class PostgresStore:
     def forget_room(self, room_id: str) -> None:
         """Drop what is cached about a room's mutable rows (its current state, extremities)."""
         self._rooms.pop(room_id, None)
+        # Another writer may have rewritten events of the room meanwhile; this is rare (a
+        # lease change), so forgetting every room's entries keeps it simple.
+        self._after.clear()
 
     # --- rooms ---------------------------------------------------------------------------
 
@@ -202,8 +210,17 @@ class PostgresStore:
         return {k: v[0] for k, v in found.items()}
 
     async def state_after(self, event_ids: Sequence[str]) -> dict[str, StateHandle]:
-        found = await self._read(lambda c: self._stored(c, event_ids))
         out: dict[str, StateHandle] = {}
+        missing: list[str] = []
+        for eid in event_ids:
+            known = self._after.get(eid)
+            if known is None:
+                missing.append(eid)
+            else:
+                out[eid] = known
+        if not missing:
+            return out
+        found = await self._read(lambda c: self._stored(c, missing))
         for eid, (stored, before) in found.items():
             if before is None:
                 continue
@@ -490,6 +507,8 @@ class PostgresStore:
             self._derived.put(dkey, nid)
         for eid in fx.stale_events:
             self._events.pop(eid)
+        for eid, after in fx.after.items():
+            self._after.put(eid, after)
         if fx.room is not None:
             self._rooms[fx.room.room_id] = fx.room
 
@@ -540,6 +559,14 @@ class PostgresStore:
         )
         id_nids[e.event_id] = event_nid
         fx.id_nids = id_nids
+        if before_nid is not None and w.kind != "outlier":
+            # What `state_after` would read back: the upsert keeps this kind, outcome and
+            # snapshot for any write that is not an outlier's.
+            key = e.state_tuple
+            delta: dict[StateKey, str] = {}
+            if key is not None and w.outcome is Outcome.ACCEPTED:
+                delta[key] = e.event_id
+            fx.after[e.event_id] = PgState(e.room_id, before_nid, delta)
         fx.stale_events.add(e.event_id)
 
         new_current = room.current_snapshot_nid
