@@ -72,6 +72,12 @@ STATE_RESOLUTION_CONFLICTED = Histogram(
     ["algorithm"],
     buckets=_COUNT_BUCKETS,
 )
+STATE_RESETS = Counter(
+    "roomserver_state_resets_total",
+    "Merges that removed a member's join or lowered a power level with no event doing so"
+    " on either branch (the state-reset detector).",
+    ["kind"],
+)
 STATE_BLOCKS_WRITTEN = Counter(
     "roomserver_state_blocks_written_total",
     "State blocks inserted because no block with the same content existed in the room.",

@@ -20,9 +20,8 @@ import structlog
 from worker.core.events import Event
 from worker.core.outcomes import Outcome, Rejection
 from worker.messages import HandleResult, InputRoomEvent, NewInviteEvent, RetireInviteEvent
-from worker.observability.metrics import DUPLICATES, count_event, measure
+from worker.observability.metrics import DUPLICATES, STATE_RESETS, count_event, measure
 from worker.pipeline import redactions
-from worker.pipeline._metrics import STATE_RESETS
 from worker.pipeline.authstep import (
     check_current_state,
     check_own_auth_events,
