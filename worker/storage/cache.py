@@ -52,6 +52,16 @@ class Lru(Generic[K, V]):
             _, dropped = self._data.popitem(last=False)
             self._total -= self._weight(dropped)
 
+    def put_many(self, items: dict[K, V]) -> None:
+        """`put` for many entries at once (a whole state's worth), trimming once."""
+        for k in items.keys() & self._data.keys():
+            self._total -= self._weight(self._data.pop(k))
+        self._data.update(items)
+        self._total += sum(map(self._weight, items.values()))
+        while self._total > self._capacity and len(self._data) > 1:
+            _, dropped = self._data.popitem(last=False)
+            self._total -= self._weight(dropped)
+
     def pop(self, key: K) -> None:
         old = self._data.pop(key, None)
         if old is not None:

@@ -410,13 +410,13 @@ class PostgresStore:
             else:
                 out[(tname, kname)] = eid
         if missing:
-            learned = nid_sql.Nids()
-            for r in await conn.fetch(ev_sql.SELECT_STATE_NAMES, missing):
-                out[(r["event_type"], r["state_key"])] = r["event_id"]
-                ids.put(r["event_nid"], r["event_id"])
-                learned.types[r["event_type"]] = r["type_nid"]
-                learned.keys[r["state_key"]] = r["state_key_nid"]
-            self.nids.learn(learned)
+            # Columns by position: this loop runs once per entry of a whole state.
+            rows = await conn.fetch(ev_sql.SELECT_STATE_NAMES, missing)
+            out.update({(r[3], r[5]): r[1] for r in rows})
+            ids.put_many({r[0]: r[1] for r in rows})
+            self.nids.learn(
+                nid_sql.Nids(types={r[3]: r[2] for r in rows}, keys={r[5]: r[4] for r in rows})
+            )
         return out
 
     async def materialize(self, state: StateHandle) -> dict[StateKey, str]:
