@@ -3,10 +3,15 @@
 The outbox row is committed with the event (step 8), so once the transaction is in nothing
 can be lost: publishing is the relay's job, and a relay sweep republishes whatever a crash
 left unsent. Waiting for the publish before taking the room's next event would put three
-more round trips (read unsent rows, publish, mark sent) on every event's path; instead each
-room has at most one flush running, and events committed meanwhile are picked up by one
-more pass of it, so under load one flush publishes many events' outputs. Order within a room
-is kept by the relay (rows by commit order, one flush per room at a time).
+more round trips (read unsent rows, publish, mark sent) on every event's path; instead the
+flushes run in the background, and events committed meanwhile are picked up by one more
+pass, so under load one pass publishes many events' outputs. Order within a room is kept by
+the relay (rows by commit order, one flush per room at a time).
+
+With a relay that flushes many rooms at once (`BatchOutboxRelay`), one loop serves every
+room: each pass takes all the rooms kicked since the last one, so with many busy rooms the
+outbox costs one read and one update per pass instead of per room and event. Otherwise each
+room has at most one flush running.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import asyncio
 import structlog
 
 from worker.observability.metrics import measure
-from worker.pipeline.ports import OutboxRelay
+from worker.pipeline.ports import BatchOutboxRelay, OutboxRelay
 
 log = structlog.get_logger(__name__)
 
@@ -26,9 +31,18 @@ class BackgroundFlusher:
         self.relay = relay
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._again: set[str] = set()
+        # The one loop of a batch relay, and the rooms kicked since its last pass began.
+        self._batch: BatchOutboxRelay | None = relay if isinstance(relay, BatchOutboxRelay) else None
+        self._loop: asyncio.Task[None] | None = None
+        self._kicked: set[str] = set()
 
     def kick(self, room_id: str) -> None:
         """Make sure the room's committed outputs get published soon."""
+        if self._batch is not None:
+            self._kicked.add(room_id)
+            if self._loop is None:
+                self._loop = asyncio.create_task(self._run_batches(self._batch), name="flush")
+            return
         if room_id in self._tasks:
             self._again.add(room_id)
             return
@@ -49,11 +63,27 @@ class BackgroundFlusher:
         finally:
             del self._tasks[room_id]
 
+    async def _run_batches(self, relay: BatchOutboxRelay) -> None:
+        try:
+            while self._kicked:
+                rooms, self._kicked = sorted(self._kicked), set()
+                try:
+                    with measure("publish"):
+                        await relay.flush_rooms(rooms)
+                except Exception as exc:
+                    # What is left unsent is the next pass's, or the relay's sweep's.
+                    log.warning("outbox_flush_failed", rooms=len(rooms), error=repr(exc))
+        finally:
+            self._loop = None
+
     @property
     def pending(self) -> int:
-        return len(self._tasks)
+        return len(self._tasks) + len(self._kicked) + (self._loop is not None)
 
     async def wait(self) -> None:
         """Until every flush started so far (and the passes they owe) has finished."""
-        while self._tasks:
-            await asyncio.gather(*list(self._tasks.values()), return_exceptions=True)
+        while self._tasks or self._loop is not None:
+            waiting: list[asyncio.Task[None]] = list(self._tasks.values())
+            if self._loop is not None:
+                waiting.append(self._loop)
+            await asyncio.gather(*waiting, return_exceptions=True)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from worker.core.events import Event, StateKey
 from worker.core.outcomes import Outcome
@@ -165,6 +165,15 @@ class OutboxRelay(Protocol):
 
     async def flush(self, room_id: str) -> None:
         """Return once every outbox row of the room committed so far is published."""
+        ...
+
+
+@runtime_checkable
+class BatchOutboxRelay(OutboxRelay, Protocol):
+    """A relay that can flush several rooms at once (one read and one update for all)."""
+
+    async def flush_rooms(self, room_ids: Sequence[str]) -> None:
+        """`flush` of each room, with each room's rows still published in order."""
         ...
 
 

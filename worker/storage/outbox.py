@@ -37,6 +37,12 @@ FROM outbox WHERE sent_at IS NULL AND room_id = $2
 ORDER BY seq LIMIT $1
 """
 
+SELECT_UNSENT_ROOMS = """
+SELECT seq, output_id, room_id, output_type, payload
+FROM outbox WHERE sent_at IS NULL AND room_id = ANY($2::text[])
+ORDER BY seq LIMIT $1
+"""
+
 MARK_SENT = """
 UPDATE outbox SET sent_at = now()
 WHERE output_id = ANY($1::text[]) AND sent_at IS NULL
@@ -87,6 +93,19 @@ async def fetch_unsent(
         rows = await db.fetch(SELECT_UNSENT, limit)
     else:
         rows = await db.fetch(SELECT_UNSENT_ROOM, limit, room_id)
+    return [
+        OutboxRow(r["seq"], r["output_id"], r["room_id"], r["output_type"], bytes(r["payload"]))
+        for r in rows
+    ]
+
+
+async def fetch_unsent_rooms(
+    db: Executor, room_ids: Sequence[str], *, limit: int = 256
+) -> list[OutboxRow]:
+    """Unsent rows of several rooms in commit order, in one round trip."""
+    if not room_ids:
+        return []
+    rows = await db.fetch(SELECT_UNSENT_ROOMS, limit, list(room_ids))
     return [
         OutboxRow(r["seq"], r["output_id"], r["room_id"], r["output_type"], bytes(r["payload"]))
         for r in rows
