@@ -154,20 +154,25 @@ class Events:
             return out
         seen: set[str] = set()
         stack: list[str] = []
+        get = self.get
+        # v1-v11 events list all their auth events; only v12 needs `auth_refs` to add the
+        # implied create event (a method call per event, so avoided when not needed).
+        implied = self.rules.room_id_from_create_event
+        refs = self.auth_refs
         for r in roots:
-            ev = self.get(r)
+            ev = get(r)
             if ev is not None:
-                stack.extend(self.auth_refs(ev))
+                stack.extend(refs(ev) if implied else ev.auth_event_ids)
         while stack:
             eid = stack.pop()
             if eid in seen:
                 continue
             seen.add(eid)
-            ev = self.get(eid)
+            ev = get(eid)
             # A missing auth event ends the walk there: it cannot be resolved anyway, and
             # its absence shows up as an auth failure of the events that cite it.
             if ev is not None:
-                stack.extend(a for a in self.auth_refs(ev) if a not in seen)
+                stack.extend(refs(ev) if implied else ev.auth_event_ids)
         return seen
 
     def chain(self, event_id: str) -> AbstractSet[str]:
@@ -218,6 +223,14 @@ def separate_v2(
 
 
 def _values(state_sets: Sequence[Mapping[StateKey, str]], key: StateKey) -> list[str]:
+    if len(state_sets) == 2:
+        # The usual two-way fork: at most two values, ordered without building a set.
+        a = state_sets[0].get(key)
+        b = state_sets[1].get(key)
+        if a is None or b is None or a == b:
+            got = a if a is not None else b
+            return [got] if got is not None else []
+        return [a, b] if a < b else [b, a]
     return sorted({v for s in state_sets if (v := s.get(key)) is not None})
 
 
@@ -241,6 +254,8 @@ def is_power_event(event: Event) -> bool:
 
 
 _PL_TYPE = POWER_LEVELS[0]
+# Marks a cache miss where None means "looked up, unknown".
+_UNSEEN: Any = object()
 _POWER_TYPES = frozenset({POWER_LEVELS[0], JOIN_RULES[0], CREATE[0]})
 
 
@@ -347,10 +362,11 @@ class Mainline:
     of the PL chains walked), not n times the chain length.
     """
 
-    __slots__ = ("_events", "_pos", "_pos_from_walk")
+    __slots__ = ("_cache", "_events", "_pos", "_pos_from_walk")
 
     def __init__(self, events: Events, power_levels_id: str | None) -> None:
         self._events = events
+        self._cache = events.cache
         # mainline event -> its index i (P0 = 0, older power levels events higher).
         self._pos: dict[str, float] = {}
         i = 0
@@ -364,9 +380,13 @@ class Mainline:
 
     def _pl_of(self, event: Event) -> str | None:
         """The m.room.power_levels event among `event`'s auth events, if any."""
-        get = self._events.get
+        # Read the resolution's cache directly (thousands of events are sorted, each with a
+        # few auth events), asking the lookup only for events not looked up yet.
+        cache = self._cache
         for aid in event.auth_event_ids:
-            aev = get(aid)
+            aev = cache.get(aid, _UNSEEN)
+            if aev is _UNSEEN:
+                aev = self._events.get(aid)
             # Compared field by field: building the state tuple per auth event is a
             # measurable share of sorting thousands of events.
             if aev is not None and aev.state_key == "" and aev.type == _PL_TYPE:
