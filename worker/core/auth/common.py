@@ -77,4 +77,8 @@ def _valid_user_id(value: str) -> bool:
 def membership_of(auth_events: AuthEvents, user_id: str) -> str | None:
     """The user's current membership according to the given auth events (None: no event)."""
     member = auth_events.get((MEMBER, user_id))
-    return member.membership if member is not None else None
+    if member is None:
+        return None
+    # `Event.membership`, read directly: the rules ask this several times per event.
+    value = member.content.get("membership")
+    return value if isinstance(value, str) else None

@@ -59,9 +59,12 @@ def check_auth(event: Event, auth_events: AuthEvents) -> Rejection | None:
         if bad is not None:
             return bad
     # 3 (v1-v11) / 4 (v12): m.federate.
-    bad = check_federate(event, create)
-    if bad is not None:
-        return bad
+    # (Only a room created with `m.federate` set can fail it; checked inline first because
+    # state resolution runs these rules for thousands of events.)
+    if "m.federate" in create.content:
+        bad = check_federate(event, create)
+        if bad is not None:
+            return bad
     # 4 (v1-v5): m.room.aliases has its own rule and skips everything after it.
     if event.type == ALIASES and rules.special_case_aliases_auth:
         return check_aliases(event)
