@@ -15,12 +15,14 @@ moves to this process, so state written elsewhere meanwhile is re-read).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import time
 import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TypeVar, cast
 
@@ -43,6 +45,9 @@ from worker.storage.cache import Lru
 T = TypeVar("T")
 
 _RETRIES = 5
+# The room lock `txn` takes in the same round trip as BEGIN (set by `persist`), so that the
+# write itself need not take it again.
+_LOCK_AT_BEGIN: ContextVar[int | None] = ContextVar("lock_at_begin", default=None)
 _RECENT_MATERIALIZED = 8
 
 
@@ -127,8 +132,13 @@ class PostgresStore:
         for attempt in range(_RETRIES):
             start = time.perf_counter()
             try:
-                async with self.pool.acquire() as conn, conn.transaction():
-                    return await fn(cast(asyncpg.Connection, conn))
+                lock = _LOCK_AT_BEGIN.get()
+                async with self.pool.acquire() as c:
+                    conn = cast(asyncpg.Connection, c)
+                    if lock is None:
+                        async with conn.transaction():
+                            return await fn(conn)
+                    return await _locked_txn(conn, lock, fn)
             except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError):
                 DB_TRANSACTION_RETRIES.labels(desc).inc()
                 if attempt == _RETRIES - 1:
@@ -491,7 +501,11 @@ class PostgresStore:
         if lock is None:
             lock = self._room_locks[write.room_id] = asyncio.Lock()
         async with lock:
-            effects = await self.txn("persist_event", lambda c: self._persist_txn(c, write))
+            token = _LOCK_AT_BEGIN.set(room_lock_key(write.room_id))
+            try:
+                effects = await self.txn("persist_event", lambda c: self._persist_txn(c, write))
+            finally:
+                _LOCK_AT_BEGIN.reset(token)
             self._learn(effects)
 
     def _learn(self, fx: _Effects) -> None:
@@ -515,7 +529,8 @@ class PostgresStore:
     async def _persist_txn(self, conn: asyncpg.Connection, w: EventWrite) -> _Effects:
         fx = _Effects()
         e = w.event
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", room_lock_key(w.room_id))
+        if _LOCK_AT_BEGIN.get() != room_lock_key(w.room_id):
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", room_lock_key(w.room_id))
         r = await conn.fetchrow(ev_sql.UPSERT_ROOM, w.room_id, w.room_version)
         if r is None:
             raise InvariantViolation(f"room {w.room_id} could not be created")
@@ -689,6 +704,23 @@ class PostgresStore:
             redacted = encode_canonical(redact(pdu, rules))
             await conn.execute(ev_sql.APPLY_REDACTION, r["event_nid"], redacted, redaction_id)
             fx.stale_events.add(target_id)
+
+
+async def _locked_txn(
+    conn: asyncpg.Connection, lock: int, fn: Callable[[asyncpg.Connection], Awaitable[T]]
+) -> T:
+    """`fn` in a transaction begun together with the advisory lock `lock`: one round trip
+    for both (the simple query protocol takes several statements; `lock` is an int)."""
+    await conn.execute(f"BEGIN; SELECT pg_advisory_xact_lock({int(lock)})")
+    try:
+        result = await fn(conn)
+    except BaseException:
+        # A broken connection cannot roll back; the pool closes it on release anyway.
+        with contextlib.suppress(Exception):
+            await conn.execute("ROLLBACK")
+        raise
+    await conn.execute("COMMIT")
+    return result
 
 
 def _rebase(current: PgState, before: PgState, before_nid: int) -> PgState:
