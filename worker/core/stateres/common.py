@@ -421,3 +421,49 @@ class Mainline:
         for p in path:
             self._pos_from_walk[p] = found
         return found
+
+    def order(self, event_ids: Iterable[str]) -> list[str]:
+        """`event_ids` in the spec's "mainline ordering": greater mainline position first
+        (an event based on older power levels, or on none, comes earlier), then smaller
+        origin_server_ts, then smaller event ID.
+
+        The same as sorting by `(-position(e), e.origin_server_ts, e.event_id)`, with the
+        first step of each event's PL chain found inline: thousands of events are sorted
+        here and they cite a handful of power levels events, so which auth events are (or
+        are not) power levels events is remembered instead of looked up again.
+        """
+        events = self._events
+        cache = self._cache
+        # auth event ID -> whether it is an m.room.power_levels event (None: unknown event).
+        is_pl: dict[str, bool] = {}
+        # power levels event ID -> the mainline position it leads to.
+        pos_of: dict[str, float] = {}
+        keyed: list[tuple[float, int, str]] = []
+        for eid in event_ids:
+            ev = events.must(eid)
+            pl: str | None = None
+            # The first power levels event among the auth events, as `_pl_of` finds it.
+            for aid in ev.auth_event_ids:
+                known = is_pl.get(aid)
+                if known is None:
+                    aev = cache.get(aid, _UNSEEN)
+                    if aev is _UNSEEN:
+                        aev = events.get(aid)
+                    known = aev is not None and aev.state_key == "" and aev.type == _PL_TYPE
+                    is_pl[aid] = known
+                if known:
+                    pl = aid
+                    break
+            if pl is None:
+                pos = float("inf")
+            else:
+                got = pos_of.get(pl)
+                if got is None:
+                    # `position` walks on from the event's PL; its answer depends on that
+                    # PL alone, so it holds for every event citing the same one.
+                    got = pos_of[pl] = self.position(ev)
+                pos = got
+            keyed.append((-pos, ev.origin_server_ts, eid))
+        # The keys end in the event ID, so no two tie and the order is fixed by the keys.
+        keyed.sort()
+        return [k[2] for k in keyed]

@@ -123,14 +123,7 @@ def resolve_v2(
     # The comparison of the "mainline ordering": greater mainline position first (an event
     # based on older power levels, or on none, comes earlier), then origin_server_ts, then
     # event ID. Power levels events are all power events, so none is left to sort here.
-    position = mainline.position
-    keyed: list[tuple[float, int, str]] = []
-    for eid in rest:
-        ev: Event = cache[eid]  # type: ignore[assignment]
-        keyed.append((-position(ev), ev.origin_server_ts, eid))
-    # The keys end in the event ID, so no two tie and the order is fixed by the keys alone.
-    keyed.sort()
-    rest = [k[2] for k in keyed]
+    rest = mainline.order(rest)
 
     # Step 4: iterative auth checks over them, continuing from the partial state.
     checked += iterative_auth_checks(events, authz, rest, state)
