@@ -121,6 +121,23 @@ class Events:
             raise UnknownEvent(event_id)
         return ev  # type: ignore[no-any-return]
 
+    def unknown_among(self, event_ids: Iterable[str]) -> list[str]:
+        """Look up every event of `event_ids` (filling the cache); the ones that are unknown.
+
+        One loop for a batch: the first thing a resolution does is load its thousands of
+        conflicted events, and a method call per event is a visible share of that.
+        """
+        cache = self._cache
+        lookup = self._lookup
+        unknown: list[str] = []
+        for eid in event_ids:
+            ev = cache.get(eid, _UNSEEN)
+            if ev is _UNSEEN:
+                ev = cache[eid] = lookup(eid)
+            if ev is None:
+                unknown.append(eid)
+        return unknown
+
     @property
     def cache(self) -> Mapping[str, Event | None]:
         """The lookups made so far (event ID -> event, None for unknown), for hot loops that

@@ -80,7 +80,7 @@ def resolve_v2(
     # Every value of a state map must be known: the caller vouched for these events. The
     # smallest unknown ID is reported, so the error does not depend on set order.
     get = events.get
-    unknown = [eid for eid in conflicted_ids if get(eid) is None]
+    unknown = events.unknown_among(conflicted_ids)
     if unknown:
         raise UnknownEvent(min(unknown))
 
@@ -298,6 +298,8 @@ def iterative_auth_checks(
     cache = events.cache
     auth_types = authz.auth_types
     check = authz.check
+    # Only v12 events cite their create event implicitly (see `Events.auth_refs`).
+    implied_create = events.rules.room_id_from_create_event
     # The create event in force, looked up once: only applying a create event changes it.
     create_id = state.get(CREATE)
     create = must(create_id) if create_id is not None else None
@@ -328,10 +330,12 @@ def iterative_auth_checks(
         if missing:
             # Keys the state lacks fall back to the event's own auth events, unless those
             # were rejected. (The rules only read the keys of the auth types and create.)
-            for aid in events.auth_refs(ev):
+            for aid in events.auth_refs(ev) if implied_create else ev.auth_event_ids:
                 if aid in rejected:
                     continue
-                aev = get(aid)
+                aev = cache.get(aid)
+                if aev is None:
+                    aev = get(aid)
                 if aev is not None and aev.state_key is not None:
                     akey = (aev.type, aev.state_key)
                     if akey not in auth_events:
