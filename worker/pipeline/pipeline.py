@@ -40,6 +40,7 @@ from worker.pipeline.ports import (
     EventWrite,
     FederationClient,
     OutboxRelay,
+    ReadAheadStore,
     RoomStore,
     StateHandle,
     StoredEvent,
@@ -84,6 +85,9 @@ class Pipeline:
         self.gaps = GapFiller(store, federation, gap_settings) if federation is not None else None
         self.await_outputs = await_outputs
         self.flusher = BackgroundFlusher(relay)
+        # A store that reads events and waiting redactions in one round trip (checked once:
+        # a Protocol isinstance check is not free).
+        self._read_ahead_store = store if isinstance(store, ReadAheadStore) else None
 
     async def drain(self) -> None:
         """Wait until the outputs of every event handled so far are published."""
@@ -135,12 +139,21 @@ class Pipeline:
     async def _read_ahead(self, work: Work) -> dict[str, StoredEvent]:
         """The event itself and its dependencies, in one round trip; for events that will
         need them, the state after the prev events and the redactions waiting for the event
-        are read at the same time (on other connections), so that three reads cost one
-        round trip of latency. Unused when the event turns out to be a duplicate."""
+        are read at the same time (the redactions in the events' round trip when the store
+        can, else on other connections), so that three reads cost one round trip of latency.
+        Unused when the event turns out to be a duplicate."""
         ids = [work.event_id, *dependency_ids(work)]
         ev = work.event
         if work.kind == "outlier" or work.inp.state_event_ids is not None or is_create(ev):
             return await self.store.events(ids)
+        both = self._read_ahead_store
+        if both is not None:
+            (known, pending), after = await asyncio.gather(
+                both.events_and_redactions(ids, [work.event_id]),
+                self.store.state_after(ev.prev_event_ids),
+            )
+            work.after_prevs, work.pending_redactions = after, pending
+            return known
         known, after, pending = await asyncio.gather(
             self.store.events(ids),
             self.store.state_after(ev.prev_event_ids),

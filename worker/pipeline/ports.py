@@ -160,6 +160,17 @@ class RoomStore(Protocol):
         ...
 
 
+@runtime_checkable
+class ReadAheadStore(RoomStore, Protocol):
+    """A store that answers the pipeline's first two reads of an event in one round trip."""
+
+    async def events_and_redactions(
+        self, event_ids: Sequence[str], target_ids: Sequence[str]
+    ) -> tuple[dict[str, StoredEvent], dict[str, list[str]]]:
+        """(`events(event_ids)`, `pending_redactions(target_ids)`)."""
+        ...
+
+
 class OutboxRelay(Protocol):
     """Publishes committed outbox rows to the output stream (DESIGN §2 step 9)."""
 

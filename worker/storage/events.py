@@ -137,6 +137,23 @@ JOIN rooms r ON r.room_nid = e.room_nid
 WHERE e.event_id = ANY($1::text[])
 """
 
+# SELECT_EVENTS_BY_ID and SELECT_PENDING_REDACTIONS in one round trip: rows with a
+# redaction_event_id are (target, redaction) pairs, the others events.
+SELECT_EVENTS_AND_PENDING_REDACTIONS = """
+SELECT e.event_nid, e.event_id, e.kind, e.outcome, e.reason_code, e.reason,
+       e.before_snapshot_nid, e.redacted_by, e.type_nid, e.state_key_nid, j.json, r.room_version,
+       NULL::text AS redaction_event_id
+FROM events e
+JOIN event_json j ON j.event_nid = e.event_nid
+JOIN rooms r ON r.room_nid = e.room_nid
+WHERE e.event_id = ANY($1::text[])
+UNION ALL
+SELECT NULL, r.target_event_id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+       r.redaction_event_id
+FROM redactions r JOIN events e ON e.event_id = r.redaction_event_id
+WHERE r.target_event_id = ANY($2::text[]) AND NOT r.applied AND e.outcome = 1
+"""
+
 SELECT_EVENTS_BY_NID = """
 SELECT e.event_nid, e.event_id, j.json, r.room_version
 FROM events e

@@ -200,20 +200,46 @@ class PostgresStore:
         rows = await conn.fetch(ev_sql.SELECT_EVENTS_BY_ID, sorted(set(event_ids)))
         out: dict[str, tuple[StoredEvent, int | None]] = {}
         for r in rows:
-            event = ev_sql.decode_event(r["event_id"], r["json"], r["room_version"])
-            self._nid_ids.put(r["event_nid"], r["event_id"])
-            self._id_nids.put(r["event_id"], r["event_nid"])
-            stored = StoredEvent(
-                event=event,
-                outcome=ev_sql.OUTCOME_NAMES[r["outcome"]],
-                reason_code=r["reason_code"],
-                reason=r["reason"],
-                kind=ev_sql.KIND_NAMES[r["kind"]],
-                has_state=r["before_snapshot_nid"] is not None,
-                redacted=r["redacted_by"] is not None,
-            )
-            out[r["event_id"]] = (stored, r["before_snapshot_nid"])
+            out[r["event_id"]] = (self._stored_row(r), r["before_snapshot_nid"])
         return out
+
+    def _stored_row(self, r: asyncpg.Record) -> StoredEvent:
+        event = ev_sql.decode_event(r["event_id"], r["json"], r["room_version"])
+        self._nid_ids.put(r["event_nid"], r["event_id"])
+        self._id_nids.put(r["event_id"], r["event_nid"])
+        return StoredEvent(
+            event=event,
+            outcome=ev_sql.OUTCOME_NAMES[r["outcome"]],
+            reason_code=r["reason_code"],
+            reason=r["reason"],
+            kind=ev_sql.KIND_NAMES[r["kind"]],
+            has_state=r["before_snapshot_nid"] is not None,
+            redacted=r["redacted_by"] is not None,
+        )
+
+    async def events_and_redactions(
+        self, event_ids: Sequence[str], target_ids: Sequence[str]
+    ) -> tuple[dict[str, StoredEvent], dict[str, list[str]]]:
+        """`events(event_ids)` and `pending_redactions(target_ids)` in one round trip."""
+
+        async def go(conn: asyncpg.Connection) -> tuple[dict[str, StoredEvent], dict[str, list[str]]]:
+            rows = await conn.fetch(
+                ev_sql.SELECT_EVENTS_AND_PENDING_REDACTIONS,
+                sorted(set(event_ids)),
+                sorted(set(target_ids)),
+            )
+            events: dict[str, StoredEvent] = {}
+            pending: dict[str, list[str]] = {}
+            for r in rows:
+                if r["redaction_event_id"] is not None:
+                    pending.setdefault(r["event_id"], []).append(r["redaction_event_id"])
+                else:
+                    events[r["event_id"]] = self._stored_row(r)
+            for redactions in pending.values():
+                redactions.sort()
+            return events, pending
+
+        return await self._read(go)
 
     async def events(self, event_ids: Sequence[str]) -> dict[str, StoredEvent]:
         found = await self._read(lambda c: self._stored(c, event_ids))

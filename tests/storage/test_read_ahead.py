@@ -1,0 +1,65 @@
+"""`PostgresStore.events_and_redactions`: the pipeline's two first reads in one round trip,
+answering exactly what `events` and `pending_redactions` answer apart; and `state_after`
+from memory for events the store just wrote."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tests.storage.helpers import make_event, write
+from tests.storage.test_store import ROOM, _linear_room
+from worker.pipeline.ports import ReadAheadStore, StoredEvent
+from worker.storage import PostgresStore
+
+
+def _view(events: dict[str, StoredEvent]) -> dict[str, tuple[Any, ...]]:
+    """Events compare by identity: compare what was read instead."""
+    return {
+        eid: (s.event.event_id, s.event.pdu, s.outcome, s.reason_code, s.reason, s.kind,
+              s.has_state, s.redacted)
+        for eid, s in events.items()
+    }
+
+
+async def test_events_and_redactions_matches_the_two_reads(store: PostgresStore) -> None:
+    assert isinstance(store, ReadAheadStore)
+    await _linear_room(store)
+    before = (await store.state_after(["$msg"]))["$msg"]
+    # Two redactions of an event not stored yet, and one of a stored event.
+    for rid, target in (("$red2", "$later"), ("$red1", "$later"), ("$red3", "$msg")):
+        red, raw = make_event(
+            ROOM, rid, "m.room.redaction", prev=["$msg"], redacts=target,
+            content={"redacts": target},
+        )
+        await store.persist(write(red, raw, before=before, current=before, extremities=[rid]))
+
+    cases = [
+        (["$later", "$msg", "$create", "$nope"], ["$later"]),
+        (["$msg", "$red1"], ["$msg", "$later", "$nope"]),
+        ([], ["$later"]),
+        (["$msg"], []),
+    ]
+    for event_ids, targets in cases:
+        events, pending = await store.events_and_redactions(event_ids, targets)
+        assert _view(events) == _view(await store.events(event_ids))
+        assert pending == await store.pending_redactions(targets)
+    _, pending = await store.events_and_redactions([], ["$later"])
+    assert pending == {"$later": ["$red1", "$red2"]}
+
+
+async def test_state_after_of_a_written_event_equals_the_stored_one(
+    store: PostgresStore,
+) -> None:
+    await _linear_room(store)
+    ids = ["$create", "$join_alice", "$pl", "$join_bob", "$msg"]
+    remembered = await store.state_after(ids)
+    fresh = PostgresStore(store.pool)  # a new process: nothing in memory
+    stored = await fresh.state_after(ids)
+    assert set(remembered) == set(stored) == set(ids)
+    for eid in ids:
+        assert await store.materialize(remembered[eid]) == await fresh.materialize(stored[eid])
+    # Forgetting the room drops what was remembered; the answers stay the same.
+    store.forget_room(ROOM)
+    again = await store.state_after(ids)
+    for eid in ids:
+        assert await store.materialize(again[eid]) == await fresh.materialize(stored[eid])
