@@ -262,3 +262,19 @@ async def test_server_joined_to_room(store: MemoryStore) -> None:
     err = await fails(store, "server_joined_to_room", {"room_id": "!x:y", "server_name": "a.test"})
     assert err.code == "unknown_room"
 
+
+
+async def test_queries_about_only_unknown_events_are_not_found(store: MemoryStore) -> None:
+    asks: list[tuple[str, dict[str, Any]]] = [
+        ("auth_chain", {"event_ids": ["$nope"]}),
+        ("membership_at_event", {"room_id": ROOM, "user_id": BOB, "event_ids": ["$nope"]}),
+        ("missing_events", {"room_id": ROOM, "server_name": "b.test", "earliest_events": [],
+                            "latest_events": ["$nope"], "limit": 10}),
+    ]
+    for name, body in asks:
+        err = await fails(store, name, body)
+        assert err.code == "unknown_event", name
+        assert "$nope" in err.message
+    # Partly known: answered, with the unknown ones listed.
+    r = await ask(store, "auth_chain", {"event_ids": ["$m1", "$nope"]})
+    assert r["missing_event_ids"] == ["$nope"] and r["auth_chain_events"]

@@ -68,6 +68,13 @@ def _need(value: str, name: str) -> None:
         raise QueryFailed("bad_request", f"{name} is required")
 
 
+def _some_known(name: str, asked: Sequence[str], known: Iterable[str]) -> None:
+    """Not-found when none of the asked events is known: an empty success would read as an
+    answer. With some known, the answer lists the others in `missing_event_ids`."""
+    if asked and not any(True for _ in known):
+        raise QueryFailed("unknown_event", f"{name}: no known event among {sorted(set(asked))}")
+
+
 async def _version(store: QueryStore, room_id: str) -> tuple[str, RoomRules]:
     _need(room_id, "room_id")
     version = await store.room_version(room_id)
@@ -295,6 +302,7 @@ async def membership_at_event(
     _need(req.user_id, "user_id")
     _check_ids("event_ids", req.event_ids)
     known, missing = await _known_with_state(store, req.room_id, req.event_ids)
+    _some_known("event_ids", req.event_ids, known)
     key = (MEMBER, req.user_id)
     before = await store.state_before(sorted(known), [key])
     member_ids = sorted({s[key] for s in before.values() if key in s})
@@ -364,6 +372,7 @@ async def state_and_auth_chain(
 async def auth_chain(store: QueryStore, req: m.AuthChainRequest) -> m.AuthChainResponse:
     _check_ids("event_ids", req.event_ids)
     found = await store.events(req.event_ids)
+    _some_known("event_ids", req.event_ids, found)
     missing = sorted({i for i in req.event_ids if i not in found})
     chain = await store.auth_chain(sorted(found))
     loaded = await store.events(sorted(chain))
@@ -431,6 +440,9 @@ async def missing_events(
         raise QueryFailed("bad_request", f"limit must be within 0..{MAX_MISSING_EVENTS_LIMIT}")
     seen: set[str] = set(req.earliest_events) | set(req.latest_events)
     latest = await store.events(req.latest_events)
+    _some_known(
+        "latest_events", req.latest_events, (i for i, e in latest.items() if e.room_id == req.room_id)
+    )
     heap: list[tuple[int, str]] = []
     loaded: dict[str, QueryEvent] = {}
 
