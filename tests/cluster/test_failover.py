@@ -53,12 +53,23 @@ async def test_kill_a_worker_and_restart_a_nats_node(
         await publisher
         await wait_done(database_dsn, nc, subjects, replay, timeout=120)
 
-        # Every shard has one owner, and nobody more than its fair share.
-        owners = await shard_owners(embedded_pg.dsn(), prefix)
+        # Every shard has one owner, and nobody more than its fair share. Balancing moves one
+        # shard a second, so the fleet may still be settling after a fault: wait for it (the
+        # deadline only guards against a hang).
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 60
+        while True:
+            owners = await shard_owners(embedded_pg.dsn(), prefix)
+            per_worker: dict[int, int] = {}
+            for pid in owners.values():
+                per_worker[pid] = per_worker.get(pid, 0) + 1
+            settled = sorted(owners) == list(range(SHARDS)) and (
+                max(per_worker.values()) <= fair_share(SHARDS, len(fleet.alive))
+            )
+            if settled or loop.time() > deadline:
+                break
+            await asyncio.sleep(0.5)
         assert sorted(owners) == list(range(SHARDS))
-        per_worker: dict[int, int] = {}
-        for pid in owners.values():
-            per_worker[pid] = per_worker.get(pid, 0) + 1
         assert max(per_worker.values()) <= fair_share(SHARDS, len(fleet.alive))
 
         verdict = await verify(database_dsn, nc, subjects, replay)
