@@ -457,7 +457,9 @@ class Mainline:
         pos_of: dict[str, float] = {}
         keyed: list[tuple[float, int, str]] = []
         for eid in event_ids:
-            ev = events.must(eid)
+            ev = cache.get(eid)
+            if ev is None:
+                ev = events.must(eid)
             pl: str | None = None
             # The first power levels event among the auth events, as `_pl_of` finds it.
             for aid in ev.auth_event_ids:

@@ -193,7 +193,7 @@ def _auth_difference(
     # Each closure is a set, whatever order its walk takes.
     chains = [events.closure(x) for x in per_set]
     union: set[str] = set().union(*chains)
-    inter: set[str] = set(chains[0]).intersection(*chains[1:]) if chains else set()
+    inter: set[str] = chains[0].intersection(*chains[1:]) if chains else set()
     candidates = union - inter
     # Conflicted events join the full conflicted set anyway: whether they are also in the
     # auth difference changes nothing, so only the others need the walk from U (which
