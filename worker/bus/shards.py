@@ -27,6 +27,7 @@ import asyncpg
 from worker.bus.subjects import room_token
 from worker.errors import RetryableError
 from worker.pipeline.ports import EventWrite
+from worker.storage.errors import is_database_down
 from worker.storage.store import PostgresStore, room_lock_key
 
 T = TypeVar("T")
@@ -61,23 +62,6 @@ def shard_of(room_id: str, shards: int) -> int:
 def fair_share(shards: int, workers: int) -> int:
     """How many shards each of `workers` live workers should own: ceil(shards / workers)."""
     return -(-shards // max(workers, 1))
-
-
-def is_database_down(exc: BaseException) -> bool:
-    """A database restart or a lost connection, as asyncpg reports it: worth a retry.
-
-    `PostgresStore` retries only connection errors; a server shutting down or starting up
-    (SQLSTATE class 57, e.g. `CannotConnectNowError`, `AdminShutdownError`), a connection
-    exception (class 08) and asyncpg's pool confusion when a connection dies mid-operation
-    (`InternalClientError`) are just as transient, and must not dead-letter an input.
-    """
-    if isinstance(exc, RetryableError):
-        return False
-    if isinstance(exc, OSError | asyncpg.InterfaceError | asyncpg.InternalClientError):
-        return True
-    if isinstance(exc, asyncpg.PostgresError):
-        return str(getattr(exc, "sqlstate", "") or "")[:2] in ("08", "57")
-    return False
 
 
 class StaleRoomView(RetryableError):
@@ -129,24 +113,6 @@ class ShardAwareStore(PostgresStore):
             _EXPECTED.reset(token)
 
     async def txn(self, desc: str, fn: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
-        try:
-            return await self._txn_fenced(desc, fn)
-        except Exception as exc:
-            if is_database_down(exc):
-                raise RetryableError(f"{desc}: {exc!r}", code="database_unavailable") from exc
-            raise
-
-    async def _read(self, fn: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
-        try:
-            return await super()._read(fn)
-        except Exception as exc:
-            if is_database_down(exc):
-                raise RetryableError(f"read: {exc!r}", code="database_unavailable") from exc
-            raise
-
-    async def _txn_fenced(
-        self, desc: str, fn: Callable[[asyncpg.Connection], Awaitable[T]]
-    ) -> T:
         expected = _EXPECTED.get()
         if expected is None:
             return await super().txn(desc, fn)

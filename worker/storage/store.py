@@ -41,6 +41,7 @@ from worker.storage import events as ev_sql
 from worker.storage import nids as nid_sql
 from worker.storage import snapshots as snap_sql
 from worker.storage.cache import Lru
+from worker.storage.errors import is_database_down
 
 T = TypeVar("T")
 
@@ -143,8 +144,10 @@ class PostgresStore:
                 DB_TRANSACTION_RETRIES.labels(desc).inc()
                 if attempt == _RETRIES - 1:
                     raise RetryableError(f"{desc}: kept conflicting", code="db_conflict") from None
-            except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError) as e:
-                raise RetryableError(f"{desc}: {e}", code="database_unavailable") from e
+            except Exception as e:
+                if is_database_down(e):
+                    raise RetryableError(f"{desc}: {e!r}", code="database_unavailable") from e
+                raise
             finally:
                 DB_TRANSACTION_DURATION.labels(desc).observe(time.perf_counter() - start)
         raise AssertionError("unreachable")
@@ -153,8 +156,10 @@ class PostgresStore:
         try:
             async with self.pool.acquire() as conn:
                 return await fn(cast(asyncpg.Connection, conn))
-        except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError) as e:
-            raise RetryableError(f"read: {e}", code="database_unavailable") from e
+        except Exception as e:
+            if is_database_down(e):
+                raise RetryableError(f"read: {e!r}", code="database_unavailable") from e
+            raise
 
     def forget_room(self, room_id: str) -> None:
         """Drop what is cached about a room's mutable rows (its current state, extremities)."""
