@@ -26,70 +26,19 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
+from worker.commands._dag import EXIT_BAD_INPUT, BadInput, parse_events, read_document
 from worker.core.auth import check_auth, check_auth_event_list
 from worker.core.events import Event, StateKey
-from worker.core.format import parse_pdu
 from worker.core.outcomes import Outcome, Rejection
-from worker.core.reasons import Reason
-from worker.core.versions import rules_for
 
 HELP = "check one event of a JSON DAG against the authorisation rules"
 
-EXIT_BAD_INPUT = 2
-# Readable IDs in hand-written DAGs are allowed when the PDU carries them (as in `resolve`).
-_READABLE_ID_CODES = frozenset({Reason.BAD_EVENT_ID.value, Reason.BAD_ROOM_ID.value})
 _CREATE_KEY: StateKey = ("m.room.create", "")
 
-
-class BadInput(Exception):
-    """The input cannot be checked; the message says why."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("file", metavar="FILE", help="JSON input, or - for stdin")
-
-
-def _read(path: str) -> Any:
-    try:
-        if path == "-":
-            text = sys.stdin.read()
-        else:
-            with open(path, encoding="utf-8") as fh:
-                text = fh.read()
-    except OSError as exc:
-        raise BadInput(f"cannot read {path}: {exc.strerror or exc}") from exc
-    except UnicodeDecodeError as exc:
-        raise BadInput(f"{path} is not UTF-8: {exc.reason}") from exc
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise BadInput(f"{path} is not JSON: {exc.msg} at line {exc.lineno}") from exc
-
-
-def _events(doc: Mapping[str, Any]) -> tuple[dict[str, Event], Any]:
-    version = doc.get("room_version")
-    if not isinstance(version, str):
-        raise BadInput('"room_version" must be a string')
-    rules = rules_for(version)
-    if rules is None:
-        raise BadInput(f"unknown room version {version!r}")
-    pdus = doc.get("events")
-    if not isinstance(pdus, list):
-        raise BadInput('"events" must be a list of PDUs')
-    events: dict[str, Event] = {}
-    for i, pdu in enumerate(pdus):
-        if not isinstance(pdu, dict):
-            raise BadInput(f"events[{i}] is not a JSON object")
-        carried = pdu.get("event_id")
-        parsed = parse_pdu(pdu, rules, event_id=carried if isinstance(carried, str) else None)
-        if isinstance(parsed, Rejection):
-            if not (isinstance(carried, str) and parsed.code in _READABLE_ID_CODES):
-                raise BadInput(f"events[{i}] is invalid ({parsed.code}): {parsed.reason}")
-            parsed = Event(pdu, carried, rules)
-        if parsed.event_id in events:
-            raise BadInput(f"events[{i}] repeats the event ID {parsed.event_id!r}")
-        events[parsed.event_id] = parsed
-    return events, rules
 
 
 def _lookup(events: Mapping[str, Event], event_id: Any, what: str) -> Event:
@@ -130,7 +79,7 @@ def judge(doc: Any) -> Rejection | None:
     """Rule 2/3 on the event's list, then the rules against its auth events and the state."""
     if not isinstance(doc, dict):
         raise BadInput("the input must be a JSON object")
-    events, _ = _events(doc)
+    events, _ = parse_events(doc)
     event = _lookup(events, doc.get("event_id"), '"event_id"')
     # Without "state", only the event's own auth events are used (an outlier's check).
     raw_state = doc.get("state")
@@ -155,7 +104,7 @@ def judge(doc: Any) -> Rejection | None:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        failure = judge(_read(args.file))
+        failure = judge(read_document(args.file))
     except BadInput as exc:
         print(f"roomserver auth: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -23,43 +23,19 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
+from worker.commands._dag import EXIT_BAD_INPUT, BadInput, parse_events, read_document
 from worker.core.events import Event, StateKey
-from worker.core.format import parse_pdu
-from worker.core.outcomes import Rejection
-from worker.core.reasons import Reason
 from worker.core.stateres import UnknownEvent, resolve
-from worker.core.versions import RoomRules, rules_for
+from worker.core.versions import RoomRules
 
 HELP = "resolve state sets of a room DAG given as JSON; print the resolved state"
 
-EXIT_BAD_INPUT = 2
-_READABLE_ID_CODES = frozenset({Reason.BAD_EVENT_ID.value, Reason.BAD_ROOM_ID.value})
 
-
-class BadInput(Exception):
-    """The input file cannot be resolved; the message says why."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("file", metavar="FILE", help="JSON input, or - for stdin")
     parser.add_argument("--stats", action="store_true", help="also print resolution stats")
-
-
-def _read(path: str) -> Any:
-    try:
-        if path == "-":
-            text = sys.stdin.read()
-        else:
-            with open(path, encoding="utf-8") as fh:
-                text = fh.read()
-    except OSError as exc:
-        raise BadInput(f"cannot read {path}: {exc.strerror or exc}") from exc
-    except UnicodeDecodeError as exc:
-        raise BadInput(f"{path} is not UTF-8: {exc.reason}") from exc
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise BadInput(f"{path} is not JSON: {exc.msg} at line {exc.lineno}") from exc
 
 
 def _str_list(doc: Mapping[str, Any], name: str, default: list[str] | None = None) -> list[str]:
@@ -71,32 +47,7 @@ def _str_list(doc: Mapping[str, Any], name: str, default: list[str] | None = Non
 
 def parse_input(doc: Any) -> tuple[RoomRules, list[dict[StateKey, str]], dict[str, Event], list[str]]:
     """Validate the input document; every problem is a `BadInput` with a clear message."""
-    if not isinstance(doc, dict):
-        raise BadInput("the input must be a JSON object")
-    version = doc.get("room_version")
-    if not isinstance(version, str):
-        raise BadInput('"room_version" must be a string')
-    rules = rules_for(version)
-    if rules is None:
-        raise BadInput(f"unknown room version {version!r}")
-    pdus = doc.get("events")
-    if not isinstance(pdus, list):
-        raise BadInput('"events" must be a list of PDUs')
-    events: dict[str, Event] = {}
-    for i, pdu in enumerate(pdus):
-        if not isinstance(pdu, dict):
-            raise BadInput(f"events[{i}] is not a JSON object")
-        carried = pdu.get("event_id")
-        parsed = parse_pdu(pdu, rules, event_id=carried if isinstance(carried, str) else None)
-        if isinstance(parsed, Rejection):
-            # Test DAGs use readable IDs ("$pl_bob", "!room:test") where v3+ wants hashes:
-            # a PDU that carries its own `event_id` may use them; nothing else is relaxed.
-            if not (isinstance(carried, str) and parsed.code in _READABLE_ID_CODES):
-                raise BadInput(f"events[{i}] is invalid ({parsed.code}): {parsed.reason}")
-            parsed = Event(pdu, carried, rules)
-        if parsed.event_id in events:
-            raise BadInput(f"events[{i}] repeats the event ID {parsed.event_id!r}")
-        events[parsed.event_id] = parsed
+    events, rules = parse_events(doc)
     raw_sets = doc.get("state_sets")
     if not isinstance(raw_sets, list) or not raw_sets:
         raise BadInput('"state_sets" must be a non-empty list of lists of event IDs')
@@ -122,7 +73,7 @@ def parse_input(doc: Any) -> tuple[RoomRules, list[dict[StateKey, str]], dict[st
 
 def run(args: argparse.Namespace) -> int:
     try:
-        rules, state_sets, events, rejected = parse_input(_read(args.file))
+        rules, state_sets, events, rejected = parse_input(read_document(args.file))
         state, stats = resolve(rules, state_sets, events.get, rejected=frozenset(rejected))
     except BadInput as exc:
         print(f"roomserver resolve: {exc}", file=sys.stderr)
