@@ -323,10 +323,17 @@ async def _scenario(
 ) -> None:
     raw = await baseline(nats_url, messages)
     prefix = f"bench{uuid.uuid4().hex[:6]}"
-    worker = WorkerProcess(nats_url, await _database(pg), prefix, data)
+    dsn = await _database(pg)
+    worker = WorkerProcess(nats_url, dsn, prefix, data)
     try:
         await worker.ready()
+        backends = await _backends(pg, dsn)
+        cpu_before = _cpu_seconds([worker.proc.pid]), _cpu_seconds(backends)
         rate, lat = await through_worker(nats_url, Subjects(prefix), messages)
+        # Backends opened during the run started at zero.
+        backends_after = await _backends(pg, dsn)
+        cpu_worker = _cpu_seconds([worker.proc.pid]) - cpu_before[0]
+        cpu_pg = _cpu_seconds(backends_after) - cpu_before[1]
         stages = await worker.stage_seconds()
     finally:
         worker.stop()
@@ -339,6 +346,36 @@ async def _scenario(
     per_event = {k: v / len(messages) * 1000 for k, v in stages.items() if v > 0}
     shown = ", ".join(f"{k} {v:.2f}" for k, v in sorted(per_event.items(), key=lambda kv: -kv[1]))
     print(f"{'':<28} ms per event by stage: {shown}", flush=True)
+    # CPU time is what a loaded machine distorts least: compare runs by it.
+    print(
+        f"{'':<28} CPU ms per event: worker {cpu_worker / len(messages) * 1000:.2f}, "
+        f"its PostgreSQL backends {cpu_pg / len(messages) * 1000:.2f}",
+        flush=True,
+    )
+
+
+async def _backends(pg: EmbeddedPostgres, dsn: str) -> list[int]:
+    """PIDs of the PostgreSQL backends serving the worker's database."""
+    name = dsn.rsplit("/", 1)[1].split("?", 1)[0]
+    conn = await asyncpg.connect(pg.dsn())
+    try:
+        rows = await conn.fetch("SELECT pid FROM pg_stat_activity WHERE datname = $1", name)
+    finally:
+        await conn.close()
+    return [int(r["pid"]) for r in rows]
+
+
+def _cpu_seconds(pids: Sequence[int]) -> float:
+    """User + system CPU time of these processes (Linux /proc; 0 where unreadable)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+    return total / tick
 
 
 async def main() -> None:
