@@ -234,3 +234,11 @@ def test_readme_lists_every_command() -> None:
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     for name in COMMANDS:
         assert f"| `{name}` |" in readme, name
+
+
+def test_stream_replicas() -> None:
+    assert load_settings({}).bus.stream_replicas == 0  # keep what the streams have
+    assert load_settings({"STREAM_REPLICAS": "3"}).bus.stream_replicas == 3
+    with pytest.raises(ConfigError) as err:
+        load_settings({"STREAM_REPLICAS": "7"})
+    assert "STREAM_REPLICAS" in str(err.value)

@@ -388,7 +388,9 @@ class Worker:
     async def _provision(self) -> None:
         assert self.nc is not None
         try:
-            replicas = await existing_replicas(self.nc.jetstream(), self.subjects)
+            replicas = self.settings.bus.stream_replicas or await existing_replicas(
+                self.nc.jetstream(), self.subjects
+            )
             limits = StreamLimits(shards=self.settings.bus.shards, replicas=replicas)
             done = await ensure_streams(self.nc.jetstream(), self.subjects, limits)
         except PermanentError as exc:

@@ -57,6 +57,8 @@ class BusSettings(msgspec.Struct, frozen=True, kw_only=True):
 
     prefix: str = "roomserver"
     shards: int = 4
+    # Replicas of the streams; 0 keeps what the streams have (1 for new ones).
+    stream_replicas: int = 0
     max_retries: int = 5
     retry_backoff: float = 2.0
     federation_prefix: str = "federation.request"
@@ -253,6 +255,8 @@ VARIABLES: tuple[Variable, ...] = (
              "Prefix of every subject; upper-cased, of the stream names."),
     Variable("SHARDS", "bus", "shards", _int_in(1, 1024), "4",
              "Input shards (fixed per deployment)."),
+    Variable("STREAM_REPLICAS", "bus", "stream_replicas", _int_in(0, 5), "0",
+             "Replicas of the three streams (3 on a 3-node NATS cluster); 0 keeps what they have."),
     Variable("MAX_RETRIES", "bus", "max_retries", _int_in(0, 1000), "5",
              "Deliveries of a message failing transiently before it is dead-lettered."),
     Variable("RETRY_BACKOFF", "bus", "retry_backoff", _float_in(0.0, 3600.0), "2.0",
