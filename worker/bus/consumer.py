@@ -194,6 +194,8 @@ class InputConsumer:
         self._deadletters = DeadLetterWriter(self._js, subjects, max_payload=nc.max_payload)
         self._dispatcher: RoomDispatcher[_Delivery] = RoomDispatcher(self._process)
         self._held: set[_Delivery] = set()
+        # Acks of finished messages still waiting for JetStream's confirmation.
+        self._settling: set[asyncio.Task[None]] = set()
         self._fetchers: dict[int, asyncio.Task[None]] = {}
         self._stopping: dict[int, asyncio.Event] = {}
         # Slots promised to fetches under way (see `_fetch_loop`).
@@ -304,12 +306,13 @@ class InputConsumer:
         for shard in shards:
             SHARDS_OWNED.dec()
             CONSUMER_PENDING.remove(str(shard))
-        finished = await self._dispatcher.wait_idle(grace)
+        finished = await self.wait_idle(grace)
         if not finished:
             left = await self._dispatcher.cancel()
             _log.warning("drain_grace_exceeded", unfinished=len(left), grace=grace)
             for d in left:
                 await self._carry_out(d, settle.of_shutdown())
+        await asyncio.gather(*list(self._settling), return_exceptions=True)
         if self._heartbeat is not None:
             self._heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -318,8 +321,16 @@ class InputConsumer:
         return finished
 
     async def wait_idle(self, timeout: float | None = None) -> bool:
-        """Wait until nothing is held (tests and burst mode); False on timeout."""
-        return await self._dispatcher.wait_idle(timeout)
+        """Wait until nothing is held, acks included (tests and burst mode); False on
+        timeout."""
+        try:
+            async with asyncio.timeout(timeout):
+                await self._dispatcher.wait_for(
+                    lambda: self._dispatcher.in_flight == 0 and not self._settling
+                )
+        except TimeoutError:
+            return False
+        return True
 
     async def _join_fetcher(self, task: asyncio.Task[None]) -> None:
         # A fetch in progress returns within `fetch_timeout`; letting it finish (instead of
@@ -472,7 +483,21 @@ class InputConsumer:
                     break
                 d.delivery += 1
                 fate = await self._decide(room_id, d)
+            if fate.action is settle.AckAction.ACK and not fate.dead_letter:
+                # The outcome is committed: the room's next message need not wait for
+                # JetStream to confirm this ack (a round trip). The ack, then the reply, then
+                # forgetting the message (`_held`) follow in the background, in that order.
+                task = asyncio.create_task(self._carry_out(d, fate), name="settle")
+                self._settling.add(task)
+                task.add_done_callback(self._settled)
+                return
             await self._carry_out(d, fate)
+
+    def _settled(self, task: asyncio.Task[None]) -> None:
+        self._settling.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            _log.error("settle_crashed", error=repr(task.exception()))
+        self._dispatcher.notify()
 
     async def _decide(self, room_id: str, d: _Delivery) -> settle.Fate:
         policy = self.settings.retry
