@@ -14,6 +14,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
@@ -25,6 +27,7 @@ from tests.e2e.conftest import Client, WorkerRun, client, event_id_of  # noqa: F
 from tests.fixtures.builder import RoomBuilder
 from tests.pipeline.conftest import builder
 from worker.bus.subjects import Subjects
+from worker.pipeline import state as pipeline_state
 from worker.query.ports import QueryEvent
 from worker.query.service import QueryService, start_query_service
 from worker.storage import query_reads
@@ -42,14 +45,48 @@ HANG_GUARD = 60.0
 
 
 class Tracker:
-    """How many pool connections the query side holds right now, and the most it ever held."""
+    """How many pool connections the query side holds right now, and the most it ever held;
+    how many worker threads its state resolutions hold. Two gates: `gate` holds a query's
+    connection, `thread_gate` its resolution thread."""
 
     def __init__(self) -> None:
         self.holding = 0
         self.peak = 0
         self.held = 0  # queries that reached the gate
         self.gate = asyncio.Event()
+        self.thread_gate = threading.Event()
+        self._threads: set[int] = set()
+        self._threads_lock = threading.Lock()
+        self._loop = asyncio.get_running_loop()
         self._changed = asyncio.Condition()
+        self._thread_changed = asyncio.Event()
+
+    @property
+    def threads(self) -> int:
+        with self._threads_lock:
+            return len(self._threads)
+
+    def hold_thread(self) -> None:
+        """In a worker thread: wait for `thread_gate`, counted while waiting."""
+        me = threading.get_ident()
+        with self._threads_lock:
+            self._threads.add(me)
+        self._loop.call_soon_threadsafe(self._thread_changed.set)
+        try:
+            self.thread_gate.wait()
+        finally:
+            with self._threads_lock:
+                self._threads.discard(me)
+
+    async def until_threads(self, n: int) -> None:
+        async def reach() -> None:
+            while self.threads < n:
+                self._thread_changed.clear()
+                if self.threads >= n:
+                    break
+                await self._thread_changed.wait()
+
+        await asyncio.wait_for(reach(), HANG_GUARD)
 
     async def change(self, delta: int) -> None:
         async with self._changed:
@@ -120,10 +157,30 @@ class CountingPool:
         return getattr(self._pool, name)
 
 
+class ThreadHeldEvent(QueryEvent):
+    """A loaded event whose parsing, when a worker thread does it (a state resolution run
+    off the loop), waits for the test: a resolution that is slow in CPU."""
+
+    def __init__(self, tracker: Tracker, e: QueryEvent) -> None:
+        super().__init__(
+            event_id=e.event_id, json=e.json, rules=e.rules, room_id=e.room_id,
+            depth=e.depth, outcome=e.outcome, has_state=e.has_state, redacted=e.redacted,
+            membership=e.membership,
+        )
+        self.tracker = tracker
+
+    @property
+    def event(self) -> Any:
+        if threading.current_thread() is not threading.main_thread():
+            self.tracker.hold_thread()
+        return super().event
+
+
 def held_reads(tracker: Tracker) -> type[PostgresQueryReads]:
     """The real PostgreSQL query reads over a counting pool, whose event loads (every heavy
     query ends with one: the events to resolve, the state events to send) hold their pool
-    connection until the test opens the gate: a query that is slow in the database."""
+    connection until the test opens the gate: a query that is slow in the database. The
+    events they return hold the resolution thread until `thread_gate` is set."""
 
     class HeldReads(PostgresQueryReads):
         @classmethod
@@ -135,20 +192,23 @@ def held_reads(tracker: Tracker) -> type[PostgresQueryReads]:
             async with self._pool.acquire():
                 await tracker.gated()
                 await tracker.gate.wait()
-            return await super().events(event_ids)
+            found = await super().events(event_ids)
+            return {i: ThreadHeldEvent(tracker, e) for i, e in found.items()}
 
     return HeldReads
 
 
 @pytest.fixture
 async def worker(
-    nats_url: str, database_dsn: str, prefix: str
+    nats_url: str, database_dsn: str, prefix: str, request: pytest.FixtureRequest
 ) -> AsyncIterator[WorkerRun]:
-    """The e2e harness's worker, with a pool of POOL_SIZE instead of its usual 4."""
+    """The e2e harness's worker, with a pool of POOL_SIZE (or the test's parameter) instead
+    of its usual 4."""
     real = asyncpg.create_pool
+    size = getattr(request, "param", POOL_SIZE)
 
     def sized(dsn: str, **kw: Any) -> Any:
-        return real(dsn, **{**kw, "max_size": POOL_SIZE})
+        return real(dsn, **{**kw, "max_size": size})
 
     run = WorkerRun(nats_url, database_dsn, Subjects(prefix))
     with pytest.MonkeyPatch.context() as mp:
@@ -165,7 +225,6 @@ async def held(
     worker: WorkerRun, prefix: str, monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[tuple[QueryService, Tracker]]:
     assert worker.nc is not None and worker.pool is not None
-    assert worker.pool.get_max_size() == POOL_SIZE
     tracker = Tracker()
     monkeypatch.setattr(query_reads, "PostgresQueryReads", held_reads(tracker))
     # As worker.app starts it: the worker's own NATS connection and pool.
@@ -174,6 +233,7 @@ async def held(
         yield svc, tracker
     finally:
         tracker.gate.set()
+        tracker.thread_gate.set()
         await svc.stop()
 
 
@@ -232,6 +292,7 @@ async def test_held_queries_never_stop_other_rooms(
     client: Client, held: tuple[QueryService, Tracker], prefix: str  # noqa: F811
 ) -> None:
     svc, tracker = held
+    tracker.thread_gate.set()  # here the queries are held on their connections only
     # The cap is the app's: a quarter of the shared pool.
     assert svc.max_in_flight == QUERY_SHARE
 
@@ -300,3 +361,54 @@ async def test_held_queries_never_stop_other_rooms(
     for reply in replies[STATE_QUERIES:]:
         got = msgspec.json.decode(reply.data)
         assert {e["event_id"] for e in got["state_events"]} == member_ids
+
+
+# A pool so big that its quarter is the service's whole max_in_flight (16): more queries than
+# the loop's default executor has threads on a small machine (min(32, CPUs + 4)).
+BIG_POOL = 64
+DEFAULT_EXECUTOR_THREADS = min(32, (os.cpu_count() or 1) + 4)
+
+
+@pytest.mark.parametrize("worker", [BIG_POOL], indirect=True)
+async def test_held_resolutions_leave_the_pipeline_a_thread(
+    client: Client, held: tuple[QueryService, Tracker], prefix: str,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Query resolutions and the pipeline's big-fork resolutions share the loop's default
+    executor: queries must never take all of its threads."""
+    svc, tracker = held
+    tracker.gate.set()  # here the queries are held in their resolution threads only
+    # Every fork the pipeline resolves goes to a thread, as a big room's would.
+    monkeypatch.setattr(pipeline_state, "OFFLOAD_EVENTS", 0)
+    assert svc.max_in_flight < DEFAULT_EXECUTOR_THREADS
+
+    big, t1, t2 = big_room()
+    await send_all(client, big)
+    queries = [
+        asyncio.create_task(client.nc.request(
+            f"{prefix}.query.state_after_events",
+            json.dumps({"room_id": big.room_id, "prev_event_ids": [t1, t2]}).encode(),
+            timeout=HANG_GUARD,
+        ))
+        for _ in range(16)
+    ]
+    try:
+        await tracker.until_threads(svc.max_in_flight)
+        small = small_room()
+        await send_all(client, small)
+        await published(client, set(small.events))
+        assert not any(q.done() for q in queries)
+        assert tracker.threads == svc.max_in_flight
+        tracker.thread_gate.set()
+        replies = await asyncio.wait_for(asyncio.gather(*queries), HANG_GUARD)
+    finally:
+        tracker.thread_gate.set()
+        for q in queries:
+            q.cancel()
+        for q in queries:
+            with contextlib.suppress(BaseException):
+                await q
+    for reply in replies:
+        got = msgspec.json.decode(reply.data)
+        state = {(e["type"], e["state_key"]): e["event_id"] for e in got["state_events"]}
+        assert state[("m.room.topic", "")] in (t1, t2)

@@ -10,6 +10,7 @@ and a `QueryError` body (see worker.messages.query).
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -36,6 +37,11 @@ SERVICE_VERSION = "0.1.0"
 ERROR_REASON_HEADER = "Roomserver-Error"
 
 _encoder = msgspec.json.Encoder()
+
+
+def default_executor_threads() -> int:
+    """Threads of the loop's default executor (`asyncio.to_thread`), as CPython sizes it."""
+    return min(32, (os.cpu_count() or 1) + 4)
 
 
 def query_subject(prefix: str, name: str) -> str:
@@ -113,12 +119,18 @@ async def start_query_service(
     `store` is a `QueryStore`, or an asyncpg pool: then the PostgreSQL adapter of
     worker.storage.query_reads is built over it, and since that pool is shared with the input
     pipeline, queries are held to a quarter of its connections (each query uses at most one at
-    a time), so a burst of queries can never starve event processing (DESIGN §5).
+    a time), so a burst of queries can never starve event processing (DESIGN §5). Their state
+    resolutions run in the loop's default executor, where the pipeline resolves big forks too:
+    they are also held below its thread count, so the pipeline always finds a thread free.
     """
     if isinstance(store, asyncpg.Pool):
         from worker.storage.query_reads import PostgresQueryReads
 
-        max_in_flight = min(max_in_flight, max(1, store.get_max_size() // 4))
+        max_in_flight = min(
+            max_in_flight,
+            max(1, store.get_max_size() // 4),
+            max(1, default_executor_threads() - 1),
+        )
         store = PostgresQueryReads.from_pool(store)
     svc = QueryService(store, max_in_flight=max_in_flight)
     service = await add_service(
