@@ -5,8 +5,9 @@ share one asyncpg pool and one NATS connection, as `worker.app` wires them. A bu
 queries on a big room (state resolution over a fork, every member's current state) is held
 mid-flight, each holding a pool connection, until the test lets go; meanwhile another room's
 events must be accepted and their outputs published, and the queries must never hold more than
-their quarter of the pool. Holding is done with gates, not timing: nothing here depends on how
-fast the machine is.
+their quarter of the pool. Likewise with the queries held in their state resolution threads:
+the pipeline's own off-loop resolution of another room's fork must still find a thread. Holding
+is done with gates, not timing: nothing here depends on how fast the machine is.
 """
 
 from __future__ import annotations
