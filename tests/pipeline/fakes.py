@@ -110,16 +110,6 @@ class FakeStore:
                     out.setdefault(target, []).append(eid)
         return out
 
-    async def referenced_as_prev(self, event_ids: Sequence[str]) -> set[str]:
-        wanted = set(event_ids)
-        return {
-            prev
-            for se in self.stored.values()
-            if se.outcome is Outcome.ACCEPTED and se.kind != "outlier"
-            for prev in se.event.prev_event_ids
-            if prev in wanted
-        }
-
     async def persist(self, write: EventWrite) -> None:
         if self.fail_next_persist is not None:
             exc, self.fail_next_persist = self.fail_next_persist, None

@@ -366,3 +366,23 @@ async def test_missing_auth_events_fetched_as_outliers() -> None:
     assert harness.store.stored[join].kind == "outlier"
     # Its own auth events now allow it; the state before it (no join of carol) does not.
     assert result.outcome is Outcome.REJECTED and result.reason_code != "missing_auth_events"
+
+
+async def test_an_old_event_on_another_branch_keeps_that_branch_an_extremity(
+    harness: Harness,
+) -> None:
+    # Extremities [e1, t2]; an old event hangs off t2; then x extends e1. t2's branch (and
+    # its topic) must stay: x does not descend from it.
+    b = started("10")
+    await harness.send_all(b)
+    other = b.fork()
+    e1 = b.message("alice")
+    t2 = other.topic("alice", "kept")
+    await harness.send(b, e1)
+    await harness.send(other, t2)
+    old = other.message("bob")
+    assert (await harness.send(other, old, kind="old")).outcome is Outcome.ACCEPTED
+    x = b.message("alice")
+    assert (await harness.send(b, x)).outcome is Outcome.ACCEPTED
+    assert sorted(harness.store.latest[b.room_id]) == sorted([t2, x])
+    assert harness.state(b.room_id)[("m.room.topic", "")] == t2

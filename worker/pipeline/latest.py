@@ -46,6 +46,39 @@ def _new_extremities(work: Work, old: list[str]) -> list[str]:
     return sorted({*(e for e in old if e not in prevs), work.event_id})
 
 
+# How far back a gap's `old` events are followed: gaps closed by /get_missing_events hold at
+# most 20 events (worker.pipeline.gapfill), so 25 levels cover them with room to spare.
+_OLD_CHAIN_LEVELS = 25
+
+
+async def _reached_through_old(store: RoomStore, work: Work, candidates: set[str]) -> set[str]:
+    """Those of `candidates` (the room's other extremities) that the event reaches by walking
+    back through `old` events only. A `new` event on the way would have replaced the
+    extremity itself, so only chains of `old` events are walked: in a plain fork the walk
+    stops at the event's own prevs, with no read at all."""
+    found: set[str] = set()
+    frontier = [p for p in work.event.prev_event_ids if work.known.get(p) is not None]
+    known = {p: work.known[p] for p in frontier}
+    seen = set(frontier)
+    for _ in range(_OLD_CHAIN_LEVELS):
+        parents: list[str] = []
+        for eid in frontier:
+            stored = known.get(eid)
+            if stored is None or stored.kind != "old":
+                continue
+            for p in stored.event.prev_event_ids:
+                if p in candidates:
+                    found.add(p)
+                elif p not in seen:
+                    seen.add(p)
+                    parents.append(p)
+        if not parents or found == candidates:
+            break
+        known = await store.events(parents)
+        frontier = parents
+    return found
+
+
 async def _linear(store: RoomStore, work: Work, after: StateHandle) -> Advance:
     """The one prev is the one extremity: current state = state after the event."""
     adv = Advance([work.event_id], after, added_events=[], removed_events=[])
@@ -71,15 +104,16 @@ async def advance(store: RoomStore, work: Work, after: StateHandle) -> Advance:
     prevs = list(work.event.prev_event_ids)
     if not rewrites and len(old_ext) == 1 and prevs == old_ext:
         return await _linear(store, work, after)
-    # Extremities that stored events already descend from are dropped (a gap closed with
-    # `old` events leaves the extremity it started from behind).
+    # An extremity the event descends from through a gap closed with `old` events is no
+    # longer one (old events never touch extremities, so nothing else removed it).
     others = [e for e in old_ext if e not in prevs]
-    stale = await store.referenced_as_prev(others) if others and not rewrites else set()
+    stale = await _reached_through_old(store, work, set(others)) if others and not rewrites else set()
     new_ext = _new_extremities(work, [e for e in old_ext if e not in stale])
     old_current = await store.current_state(work.room_id)
     merge: Merge | None = None
     if (
         not rewrites
+        and not stale
         and not work.event.is_state
         and len(prevs) == 1
         and prevs[0] in old_ext
@@ -87,6 +121,7 @@ async def advance(store: RoomStore, work: Work, after: StateHandle) -> Advance:
     ):
         # A non-state event on one branch of a fork: the state after it equals the state
         # after the extremity it replaces, so the resolution over extremities is unchanged.
+        # Not when a stale extremity was dropped: the resolution then loses its branch.
         new_current = old_current
         adv = Advance(new_ext, None)
     else:

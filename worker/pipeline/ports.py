@@ -146,15 +146,6 @@ class RoomStore(Protocol):
         """For each target, the IDs of stored accepted redactions of it not yet applied."""
         ...
 
-    async def referenced_as_prev(self, event_ids: Sequence[str]) -> set[str]:
-        """Those of `event_ids` that a stored accepted, non-outlier event lists as a prev event.
-
-        Such an event is no longer a forward extremity: this happens when a gap before a new
-        event was closed with `old` events, which descend from the old extremity but never
-        touch extremities themselves.
-        """
-        ...
-
     async def persist(self, write: EventWrite) -> None:
         """One transaction, under the room's advisory lock (DESIGN §2 step 8)."""
         ...

@@ -266,11 +266,3 @@ async def events_by_nid(conn: asyncpg.Connection, nids: Sequence[int]) -> dict[i
         return {}
     rows = await conn.fetch(SELECT_EVENTS_BY_NID, sorted(set(nids)))
     return {r["event_nid"]: decode_event(r["event_id"], r["json"], r["room_version"]) for r in rows}
-
-
-# Which of $1 a stored accepted ($2), non-outlier ($3) event lists as a prev event.
-SELECT_REFERENCED_AS_PREV = """
-SELECT DISTINCT p.prev_event_id
-FROM event_prevs p JOIN events e ON e.event_nid = p.event_nid
-WHERE p.prev_event_id = ANY($1::text[]) AND e.outcome = $2 AND e.kind <> $3
-"""

@@ -288,17 +288,6 @@ class PostgresStore:
                 state.setdefault(key, eid)
         return await self.handle_from_map(room_id, state)
 
-    async def referenced_as_prev(self, event_ids: Sequence[str]) -> set[str]:
-        rows = await self._read(
-            lambda c: c.fetch(
-                ev_sql.SELECT_REFERENCED_AS_PREV,
-                list(event_ids),
-                ev_sql.OUTCOME_CODES[Outcome.ACCEPTED],
-                ev_sql.KIND_CODES["outlier"],
-            )
-        )
-        return {r["prev_event_id"] for r in rows}
-
     async def pending_redactions(self, target_ids: Sequence[str]) -> dict[str, list[str]]:
         if not target_ids:
             return {}
