@@ -24,6 +24,7 @@ from worker.bus.streams import StreamLimits, ensure_streams
 from worker.bus.subjects import Subjects
 from worker.messages import InputRoomEvent
 from worker.pipeline import Pipeline
+from worker.pipeline.ports import EventWrite
 from worker.storage import apply_migrations
 
 K = 5
@@ -160,6 +161,50 @@ async def test_a_stale_view_of_the_room_is_fenced(database_dsn: str) -> None:
         # Forgetting a shard drops exactly the cached rows of its rooms.
         assert sa.forget_shard((shard_of(b.room_id, K) + 1) % K) == 0
         assert sa.forget_shard(shard_of(b.room_id, K)) == 1
+    finally:
+        await pool.close()
+
+
+class _ForgetsBeforeWriting(ShardAwareStore):
+    """Forgets the room's cached row right before each write, as gaining a shard mid-event
+    does (`forget_shard`)."""
+
+    async def persist(self, write: EventWrite) -> None:
+        self.forget_room(write.room_id)
+        await super().persist(write)
+
+
+async def test_the_fence_uses_the_view_the_event_was_computed_from(database_dsn: str) -> None:
+    """A stale view must be refused even when the cache was refreshed between computing the
+    event and writing it: the fence compares what the pipeline used, not a fresh read."""
+    b = RoomBuilder("10", room_id="!refresh:test", real_ids=True)
+    b.create("alice")
+    b.join("alice")
+    b.power_levels("alice", users={"alice": 100})
+    b.join_rules("alice", "public")
+    b.join("bob")
+    ids = list(b.events)
+    for i in range(4):
+        ids.append(b.message("bob", f"m{i}"))
+    pool = await asyncpg.create_pool(database_dsn, min_size=1, max_size=4)
+    try:
+        await apply_migrations(pool)
+        sa, sb = _ForgetsBeforeWriting(pool, shards=K), ShardAwareStore(pool, shards=K)
+        pa, pb = Pipeline(sa, _NoRelay()), Pipeline(sb, _NoRelay())
+        for eid in ids[:5]:
+            await pa.handle(b.room_id, _input(b, eid))
+        # A's cached row (extremities [ids[4]]) is stale once B writes on; A computes ids[8]
+        # from it, and the row is refreshed from the database just before the write.
+        for eid in ids[5:8]:
+            await pb.handle(b.room_id, _input(b, eid))
+        with pytest.raises(StaleRoomView):
+            await pa.handle(b.room_id, _input(b, ids[8]))
+        assert await sb.extremities(b.room_id) == [ids[7]]
+        # Retried (as the bus does), it is computed from the fresh row and written right.
+        result = await pa.handle(b.room_id, _input(b, ids[8]))
+        assert result.outcome.value == "accepted"
+        sb.forget_room(b.room_id)
+        assert await sb.extremities(b.room_id) == [ids[8]]
     finally:
         await pool.close()
 

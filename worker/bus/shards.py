@@ -95,9 +95,15 @@ class ShardAwareStore(PostgresStore):
             # Outliers, old events and refusals do not derive anything from the room row.
             await super().persist(write)
             return
-        # Both come from the cached row (no I/O) when the pipeline read them for this event.
+        # The extremities the pipeline computed from, as it saw them: reading them again here
+        # could see a row refreshed since (a gained shard forgets its rooms), and pass a
+        # write computed from the stale one.
         current = await self.current_state(room_id)
-        extremities = await self.extremities(room_id)
+        extremities = (
+            write.extremities_seen
+            if write.extremities_seen is not None
+            else await self.extremities(room_id)
+        )
         view: _View = (
             current.snapshot_nid if current is not None else None,
             tuple(sorted(extremities)),

@@ -270,6 +270,7 @@ class Pipeline:
             redactions=applied,
             extremities=adv.extremities,
             current_state=adv.current,
+            extremities_seen=work.extremities,
             outputs=records(work.event, invites, new_room_event(work, adv), redacted),
             notes=await self._check_reset(work, adv),
         )
