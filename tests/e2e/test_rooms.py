@@ -150,6 +150,30 @@ async def test_outlier_later_delivered_as_new_joins_the_dag(
     assert stored[msg].kind == "new" and stored[msg].has_state
 
 
+async def test_redactions_of_outliers_in_either_order(worker: WorkerRun, client: Client) -> None:
+    b = started("10")
+    for eid in list(b.events):
+        await client.send(b, eid)
+    fork = b.fork()
+    first = fork.message("bob", "SECRET one")  # outlier, then its redaction, then new
+    second = fork.message("bob", "SECRET two")  # redaction first, then the outlier
+    red_first = b.redact("alice", first)
+    red_second = b.redact("alice", second)
+    assert (await client.send(fork, first, kind="outlier")).outcome == "outlier"
+    assert (await client.send(b, red_first)).outcome == "accepted"
+    assert (await client.send(b, red_second)).outcome == "accepted"
+    assert (await client.send(fork, second, kind="outlier")).outcome == "outlier"
+    assert worker.store is not None
+    stored = await worker.store.events([first, second])
+    assert stored[first].redacted and stored[second].redacted
+    assert "body" not in stored[second].event.pdu["content"]
+    joined = await client.send(fork, first, msg_id=first + ":new")
+    assert joined.outcome == "accepted"
+    outs = await client.outputs(at_least=len(b.events) + 1)
+    published = [o for o in outs if o.new_room_event and event_id_of(o) == first]
+    assert published and b"SECRET" not in bytes(published[0].new_room_event.event)
+
+
 @pytest.mark.parametrize("version", ["1", "12"])
 async def test_fork_redaction_invite_in_oldest_and_newest_versions(
     version: str, worker: WorkerRun, client: Client

@@ -386,3 +386,43 @@ async def test_an_old_event_on_another_branch_keeps_that_branch_an_extremity(
     assert (await harness.send(b, x)).outcome is Outcome.ACCEPTED
     assert sorted(harness.store.latest[b.room_id]) == sorted([t2, x])
     assert harness.state(b.room_id)[("m.room.topic", "")] == t2
+
+
+async def test_an_outlier_redacted_before_it_joins_the_dag_stays_redacted(
+    harness: Harness,
+) -> None:
+    b = started("10")
+    fork = b.fork()
+    msg = fork.message("bob", "SECRET")
+    red = b.redact("alice", msg)
+    for eid in b.events:
+        if eid not in (msg, red):
+            await harness.send(b, eid)
+    await harness.send(fork, msg, kind="outlier")
+    await harness.send(b, red)
+    assert (red, msg) in harness.store.applied_redactions
+    assert b"SECRET" not in harness.store.json[msg]
+    # Now the outlier arrives as part of the DAG: what is published is the redacted event.
+    assert (await harness.send(fork, msg)).outcome is Outcome.ACCEPTED
+    published = [
+        msgspec.json.decode(o.new_room_event.event) for o in harness.outputs("new_room_event")
+        if o.new_room_event is not None
+    ]
+    [joined] = [e for e in published if e["event_id"] == msg]
+    assert "body" not in joined["content"], "the redacted content must not be published"
+    assert b"SECRET" not in harness.store.json[msg]
+
+
+async def test_a_redaction_that_arrives_first_applies_to_an_outlier_target(
+    harness: Harness,
+) -> None:
+    b = started("10")
+    fork = b.fork()
+    msg = fork.message("bob", "SECRET")
+    red = b.redact("alice", msg)
+    for eid in b.events:
+        if eid != msg:
+            await harness.send(b, eid)
+    await harness.send(fork, msg, kind="outlier")
+    assert (red, msg) in harness.store.applied_redactions
+    assert b"SECRET" not in harness.store.json[msg]

@@ -19,6 +19,7 @@ import structlog
 
 from worker.core.events import Event
 from worker.core.outcomes import Outcome, Rejection
+from worker.core.redaction import redact
 from worker.messages import HandleResult, InputRoomEvent, NewInviteEvent, RetireInviteEvent
 from worker.observability.metrics import DUPLICATES, STATE_RESETS, count_event, measure
 from worker.pipeline import redactions
@@ -119,7 +120,13 @@ class Pipeline:
         structlog.contextvars.bind_contextvars(event_id=work.event_id)
         with measure("dedupe"):
             known = await self._read_ahead(work)
-            duplicate = duplicate_of(work, known.get(work.event_id))
+            itself = known.get(work.event_id)
+            duplicate = duplicate_of(work, itself)
+        if duplicate is None and itself is not None and itself.redacted:
+            # An outlier redacted while it waited, now joining the DAG: it stays redacted in
+            # every output too (the stored JSON already is, for good).
+            work.event = Event(redact(work.event.pdu, work.rules), work.event_id, work.rules)
+            work.pdu = work.event.pdu
         if duplicate is not None:
             # The original may have crashed between commit and publish: make sure its
             # outputs are out before the producer hears "done" again.
@@ -252,6 +259,14 @@ class Pipeline:
             reason=problem.reason if problem is not None else "",
             state_before=work.state_before,
         )
+        if outcome is Outcome.OUTLIER:
+            # A redaction that arrived first applies to the outlier at once: it is stored
+            # redacted (outliers publish nothing; if it joins the DAG later, it does so
+            # redacted).
+            waiting = await redactions.pair_waiting(self.store, work)
+            return dataclasses.replace(
+                write, redactions=[(red.event_id, target.event_id) for red, target in waiting]
+            )
         if outcome is not Outcome.ACCEPTED:
             return write
         pairs = await redactions.pair(self.store, work)

@@ -68,6 +68,13 @@ async def pair(store: RoomStore, work: Work) -> list[tuple[Event, Event]]:
         same_room = target is not None and target.event.room_id == event.room_id
         if target is not None and same_room and authorised(event, target.event, work.before_entries):
             pairs.append((event, target.event))
+    return pairs + await pair_waiting(store, work)
+
+
+async def pair_waiting(store: RoomStore, work: Work) -> list[tuple[Event, Event]]:
+    """(redaction, `work.event`) pairs for the stored redactions that arrived before it."""
+    event = work.event
+    pairs: list[tuple[Event, Event]] = []
     waiting = work.pending_redactions
     if waiting is None:
         waiting = await store.pending_redactions([event.event_id])
