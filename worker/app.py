@@ -30,6 +30,7 @@ from typing import Any
 import asyncpg
 import nats
 from nats.aio.client import Client as NatsClient
+from nats.errors import AuthorizationError, NoServersError
 from nats.errors import Error as NatsError
 from nats.js.client import JetStreamContext
 from nats.js.errors import Error as JetStreamError
@@ -114,7 +115,15 @@ async def connect_nats(
     swallows it when the connection fails at the same moment), so a flag backs it up.
     """
 
+    # nats-py ends a refused connect with a bare NoServersError; the server's reason (wrong
+    # secret, TLS failure) only reaches error_cb, so it is kept for the start-up message.
+    reported: list[Exception] = []
+    refusal = asyncio.Event()
+
     async def on_error(exc: Exception) -> None:
+        reported.append(exc)
+        if _is_refusal(exc):
+            refusal.set()
         log.warning("nats_error", error=str(exc))
 
     async def on_disconnected() -> None:
@@ -129,30 +138,64 @@ async def connect_nats(
         if give_up is not None and give_up.is_set():
             # Abandoned: end as cancelled, which nobody needs to retrieve.
             raise asyncio.CancelledError
+        connecting = asyncio.ensure_future(nats.connect(
+            servers=servers,
+            name=f"roomserver-{settings.bus.prefix}",
+            connect_timeout=5,
+            # Two tries per server per call (0 would mean forever to nats-py, and its
+            # default goes on for a minute); the loop around it does the waiting.
+            max_reconnect_attempts=1,
+            reconnect_time_wait=1,
+            error_cb=on_error,
+            disconnected_cb=on_disconnected,
+            reconnected_cb=on_reconnected,
+            **nats_options(settings),
+        ))
+        refused = asyncio.ensure_future(refusal.wait())
         try:
-            nc: NatsClient = await nats.connect(
-                servers=servers,
-                name=f"roomserver-{settings.bus.prefix}",
-                connect_timeout=5,
-                # Two tries per server per call (0 would mean forever to nats-py, and its
-                # default goes on for a minute); the loop around it does the waiting.
-                max_reconnect_attempts=1,
-                reconnect_time_wait=1,
-                error_cb=on_error,
-                disconnected_cb=on_disconnected,
-                reconnected_cb=on_reconnected,
-                **nats_options(settings),
-            )
+            await asyncio.wait({connecting, refused}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            refused.cancel()
+        if not connecting.done():
+            # Refused credentials or certificates do not become valid by waiting; and after a
+            # failed TLS handshake nats-py can hang forever closing the socket.
+            connecting.cancel()
+            connecting.add_done_callback(_retrieve)
+            last = next(e for e in reversed(reported) if _is_refusal(e))
+            break
+        try:
+            nc: NatsClient = connecting.result()
         except (OSError, TimeoutError, NatsError) as exc:
-            last = exc
-            log.info("nats_connect_retry", attempt=attempt, error=repr(exc))
+            refusals = [e for e in (*reported, exc) if _is_refusal(e)]
+            last = refusals[-1] if refusals else (
+                reported[-1] if isinstance(exc, NoServersError) and reported else exc)
+            reported.clear()
+            if refusals:
+                break
+            log.info("nats_connect_retry", attempt=attempt, error=repr(last))
             await asyncio.sleep(1.0)
             continue
         # nats-py reads this on every disconnect: once up, a NATS restart of any length is
         # survived by reconnecting.
         nc.options["max_reconnect_attempts"] = -1
         return nc
-    raise StartupError(f"cannot connect to NATS at {mask_url(url)}: {last!r}")
+    raise StartupError(
+        f"cannot connect to NATS at {mask_url(url)}: {type(last).__name__}: {last}"
+    )
+
+
+def _is_refusal(exc: BaseException) -> bool:
+    """The server refused our credentials, or TLS verification failed on either side."""
+    # During the handshake nats-py reports the server's -ERR as a plain Error.
+    return isinstance(exc, AuthorizationError | ssl.SSLError) or (
+        "authorization violation" in str(exc).lower()
+    )
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    """Consume an abandoned task's outcome so that asyncio does not log it as lost."""
+    if not task.cancelled():
+        task.exception()
 
 
 async def existing_replicas(js: JetStreamContext, subjects: Subjects) -> int:
