@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import datetime
 import hashlib
+import ipaddress
 import json
 import os
 import socket
@@ -202,7 +203,8 @@ def _jwt(issuer_seed: bytes, subject: str, name: str, nats_claims: dict[str, Any
         "sub": subject,
         "nats": {**nats_claims, "version": 2},
     }
-    # The jti is a hash of the claims without it, as the Go library computes it.
+    # A unique id derived from the claims (the Go library hashes with SHA-512/256; the
+    # server only needs it present, it does not recompute it).
     digest = hashlib.sha256(json.dumps(claims, sort_keys=True).encode()).digest()
     claims["jti"] = base64.b32encode(digest).rstrip(b"=").decode()
     header = _b64(json.dumps({"typ": "JWT", "alg": "ed25519-nkey"}).encode())
@@ -292,8 +294,6 @@ def _cert(subject: str, key: ec.EllipticCurvePrivateKey, issuer: str,
     if usage is not None:
         builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
     if usage == ExtendedKeyUsageOID.SERVER_AUTH:
-        import ipaddress
-
         builder = builder.add_extension(x509.SubjectAlternativeName(
             [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]),
             critical=False)
@@ -347,7 +347,7 @@ async def test_mutual_tls(start_server: StartServer, tls_files: dict[str, str]) 
     env = {"NATS_URL": url, "NATS_TLS_CA": tls_files["ca"],
            "NATS_TLS_CERT": tls_files["client_cert"], "NATS_TLS_KEY": tls_files["client_key"]}
     await _round_trip(load_settings(env))
-    # The same URL spelled tls:// works too (TLS from the first byte of the handshake on).
+    # The same server spelled tls:// (the client then insists on TLS) works too.
     await _round_trip(load_settings({**env, "NATS_URL": url.replace("nats://", "tls://")}))
 
     # verify: true — a client certificate signed by another CA is refused by the server.
