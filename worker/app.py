@@ -110,7 +110,9 @@ async def connect_nats(
     """Connect, retrying forever after the first success (a restart of NATS is survivable).
 
     The first connection is tried INITIAL_CONNECT_ATTEMPTS times, a second apart, so that a
-    wrong NATS_URL fails the start with a message. `give_up` ends the tries early: on
+    wrong NATS_URL fails the start with a message; credentials or a certificate the server
+    refuses (or a server certificate NATS_TLS_CA does not vouch for) fail it at once, with the
+    reason, since waiting does not fix them. `give_up` ends the tries early: on
     Python 3.11 a cancellation can be lost inside nats-py's connect (`asyncio.wait_for`
     swallows it when the connection fails at the same moment), so a flag backs it up.
     """
@@ -138,7 +140,7 @@ async def connect_nats(
         if give_up is not None and give_up.is_set():
             # Abandoned: end as cancelled, which nobody needs to retrieve.
             raise asyncio.CancelledError
-        connecting = asyncio.ensure_future(nats.connect(
+        connecting = asyncio.create_task(nats.connect(
             servers=servers,
             name=f"roomserver-{settings.bus.prefix}",
             connect_timeout=5,
@@ -151,16 +153,21 @@ async def connect_nats(
             reconnected_cb=on_reconnected,
             **nats_options(settings),
         ))
-        refused = asyncio.ensure_future(refusal.wait())
+        refused = asyncio.create_task(refusal.wait())
         try:
             await asyncio.wait({connecting, refused}, return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:
+            # Cancelled from outside: the attempt goes too, and closes what it still connects.
+            connecting.cancel()
+            connecting.add_done_callback(_close_result)
+            raise
         finally:
             refused.cancel()
         if not connecting.done():
             # Refused credentials or certificates do not become valid by waiting; and after a
             # failed TLS handshake nats-py can hang forever closing the socket.
             connecting.cancel()
-            connecting.add_done_callback(_retrieve)
+            connecting.add_done_callback(_close_result)
             last = next(e for e in reversed(reported) if _is_refusal(e))
             break
         try:
@@ -190,12 +197,6 @@ def _is_refusal(exc: BaseException) -> bool:
     return isinstance(exc, AuthorizationError | ssl.SSLError) or (
         "authorization violation" in str(exc).lower()
     )
-
-
-def _retrieve(task: asyncio.Future[Any]) -> None:
-    """Consume an abandoned task's outcome so that asyncio does not log it as lost."""
-    if not task.cancelled():
-        task.exception()
 
 
 async def existing_replicas(js: JetStreamContext, subjects: Subjects) -> int:
