@@ -450,6 +450,39 @@ async def test_in_flight_is_bounded(nc: NATS, streams: Subjects) -> None:
     assert await input_left(nc, streams) == 0
 
 
+async def test_a_rooms_backlog_in_one_shard_does_not_starve_another_shard(
+    nc: NATS, streams: Subjects
+) -> None:
+    from worker.bus.shards import shard_of
+
+    rooms = [f"!r{i}:x" for i in range(50)]
+    hot = rooms[0]
+    cold = next(r for r in rooms if shard_of(r, SHARDS) != shard_of(hot, SHARDS))
+    gate = asyncio.Event()
+
+    async def behaviour(room_id: str, message: InputRoomEvent, delivery: int) -> HandleResult:
+        if room_id == hot:
+            await gate.wait()
+        return HandleResult(event_id=event_id_of(message), outcome=Outcome.ACCEPTED)
+
+    # The hot room's backlog alone is larger than the worker's whole in-flight budget.
+    for n in range(12):
+        await publish_input(nc, streams, event(hot, n))
+    await publish_input(nc, streams, event(cold, 100))
+    handler = FakeHandler(behaviour)
+    settings = dataclasses.replace(FAST, max_in_flight=8, batch=8)
+    async with running(nc, streams, handler, settings) as consumer:
+        async with asyncio.timeout(GUARD):
+            while not any(r == cold for r, _, _ in handler.calls):
+                await asyncio.sleep(0.01)
+        assert not gate.is_set()
+        gate.set()
+        async with asyncio.timeout(GUARD):
+            while len(handler.calls) < 13 or consumer.in_flight:
+                await asyncio.sleep(0.01)
+    assert await input_left(nc, streams) == 0
+
+
 async def test_shard_consumers_are_updated_in_place(nc: NATS, streams: Subjects) -> None:
     await publish_input(nc, streams, event("!r:x", 1))
     js = nc.jetstream()

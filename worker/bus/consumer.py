@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
@@ -198,8 +199,12 @@ class InputConsumer:
         self._settling: set[asyncio.Task[None]] = set()
         self._fetchers: dict[int, asyncio.Task[None]] = {}
         self._stopping: dict[int, asyncio.Event] = {}
-        # Slots promised to fetches under way (see `_fetch_loop`).
+        # Slots promised to fetches under way (see `_fetch_loop`), in all and per shard.
         self._reserved = 0
+        self._reserved_by_shard: Counter[int] = Counter()
+        # Messages held per shard: each shard gets its share of `max_in_flight`, so a room
+        # with a backlog in one shard never starves the rooms of the others.
+        self._held_by_shard: Counter[int] = Counter()
         self._heartbeat: asyncio.Task[None] | None = None
         # Shards given up without waiting (a lost lease): their held messages still queued or
         # retrying are handed back instead of handled, since another worker now owns them.
@@ -359,12 +364,13 @@ class InputConsumer:
                 # Capacity is reserved before fetching: the shards' fetch loops run side by
                 # side, and each must not count on room that another is about to fill.
                 await self._dispatcher.wait_for(
-                    lambda: stop.is_set() or self._dispatcher.in_flight + self._reserved < limit
+                    lambda: stop.is_set() or self._room_to_fetch(shard, limit) > 0
                 )
                 if stop.is_set():
                     break
-                want = min(self.settings.batch, limit - self._dispatcher.in_flight - self._reserved)
+                want = min(self.settings.batch, self._room_to_fetch(shard, limit))
                 self._reserved += want
+                self._reserved_by_shard[shard] += want
                 try:
                     msgs = await sub.fetch(want, timeout=self.settings.fetch_timeout)
                 except TimeoutError:  # nats' own TimeoutError included
@@ -376,6 +382,7 @@ class InputConsumer:
                     continue
                 finally:
                     self._reserved -= want
+                    self._reserved_by_shard[shard] -= want
                     # Another shard may be waiting for the slots this fetch did not fill.
                     self._dispatcher.notify()
                 gap = False
@@ -402,6 +409,17 @@ class InputConsumer:
         finally:
             with contextlib.suppress(NatsError, JetStreamError):
                 await sub.unsubscribe()
+
+    def _room_to_fetch(self, shard: int, limit: int) -> int:
+        """How many more messages `shard` may take now.
+
+        Each shard has its own share of `limit` (a K-th of it), not a claim on a common
+        pool: a room with a backlog fills only its own shard's share, and the rooms of the
+        other shards keep flowing. The shares add up to at most `limit`.
+        """
+        share = max(1, limit // self.settings.shards)
+        own = self._held_by_shard[shard] + self._reserved_by_shard[shard]
+        return share - own
 
     async def _restart_after_gap(
         self, shard: int, sub: JetStreamContext.PullSubscription, stop: asyncio.Event
@@ -461,6 +479,7 @@ class InputConsumer:
                 # msgspec walks nested JSON recursively, even inside a Raw field.
                 d.problem = ("undecodable", "body is nested too deeply to decode")
         self._held.add(d)
+        self._held_by_shard[shard] += 1
         self._dispatcher.submit(room_id, d)
 
     # --- handling ----------------------------------------------------------------------
@@ -568,7 +587,11 @@ class InputConsumer:
             # The message will be redelivered; handling is idempotent, so that is harmless.
             _log.warning("settle_failed", action=fate.action.value, error=repr(exc))
         d.settled = True
-        self._held.discard(d)
+        if d in self._held:
+            self._held.discard(d)
+            self._held_by_shard[d.shard] -= 1
+            # A fetch loop may be waiting for its shard's share to free up.
+            self._dispatcher.notify()
         if fate.reply is not None and d.reply_inbox:
             await self._reply(d.reply_inbox, fate.reply)
 
