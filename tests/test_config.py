@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from worker.bus.subjects import Subjects
 from worker.cli import main
 from worker.config import (
     VARIABLES,
@@ -31,7 +32,8 @@ def test_defaults_embed_both_servers_on_fixed_ports() -> None:
     assert (s.nats.embedded_port, s.database.embedded_port) == (14222, 15432)
     assert (s.http.host, s.http.port) == ("127.0.0.1", 9464)
     assert s.bus.prefix == "roomserver" and s.bus.shards == 4
-    assert (s.bus.input_stream, s.bus.output_stream, s.bus.deadletter_stream) == (
+    names = Subjects(s.bus.prefix)
+    assert (names.input_stream, names.output_stream, names.deadletter_stream) == (
         "ROOMSERVER_INPUT",
         "ROOMSERVER_OUTPUT",
         "ROOMSERVER_DEADLETTER",
@@ -57,7 +59,7 @@ def test_environment_is_parsed_into_the_tree() -> None:
     )
     assert s.nats.url == "nats://a:4222,nats://b:4222"
     assert s.database.url == "postgresql://rs@db/roomserver"
-    assert s.bus.input_stream == "RS_TEST_INPUT"
+    assert Subjects(s.bus.prefix).input_stream == "RS_TEST_INPUT"
     assert (s.http.host, s.http.port) == ("0.0.0.0", 9100)
     assert (s.bus.shards, s.log_level, s.bus.retry_backoff) == (16, "debug", 0.5)
     assert s.drain_grace_seconds == 5.0

@@ -63,18 +63,6 @@ class BusSettings(msgspec.Struct, frozen=True, kw_only=True):
     retry_backoff: float = 2.0
     federation_prefix: str = "federation.request"
 
-    @property
-    def input_stream(self) -> str:
-        return f"{self.prefix.upper()}_INPUT"
-
-    @property
-    def output_stream(self) -> str:
-        return f"{self.prefix.upper()}_OUTPUT"
-
-    @property
-    def deadletter_stream(self) -> str:
-        return f"{self.prefix.upper()}_DEADLETTER"
-
 
 class HttpSettings(msgspec.Struct, frozen=True, kw_only=True):
     """Where `/metrics`, `/healthz` and `/readyz` are served."""
