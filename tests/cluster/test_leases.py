@@ -128,10 +128,9 @@ def _input(b: RoomBuilder, eid: str) -> InputRoomEvent:
     return InputRoomEvent(kind="new", event=msgspec.Raw(msgspec.json.encode(b.events[eid])))
 
 
-async def test_a_stale_view_of_the_room_is_fenced(database_dsn: str) -> None:
-    """Worker A handled a room, worker B went on with it; A's cached row is stale. A's next
-    write is refused (nothing written), and once retried with a fresh view it is right."""
-    b = RoomBuilder("10", room_id="!fence:test", real_ids=True)
+def _public_room(room_id: str) -> tuple[RoomBuilder, list[str]]:
+    """A public room (alice, bob) and four messages: nine events, in order."""
+    b = RoomBuilder("10", room_id=room_id, real_ids=True)
     b.create("alice")
     b.join("alice")
     b.power_levels("alice", users={"alice": 100})
@@ -140,6 +139,13 @@ async def test_a_stale_view_of_the_room_is_fenced(database_dsn: str) -> None:
     ids = list(b.events)
     for i in range(4):
         ids.append(b.message("bob", f"m{i}"))
+    return b, ids
+
+
+async def test_a_stale_view_of_the_room_is_fenced(database_dsn: str) -> None:
+    """Worker A handled a room, worker B went on with it; A's cached row is stale. A's next
+    write is refused (nothing written), and once retried with a fresh view it is right."""
+    b, ids = _public_room("!fence:test")
     pool = await asyncpg.create_pool(database_dsn, min_size=1, max_size=4)
     try:
         await apply_migrations(pool)
@@ -177,15 +183,7 @@ class _ForgetsBeforeWriting(ShardAwareStore):
 async def test_the_fence_uses_the_view_the_event_was_computed_from(database_dsn: str) -> None:
     """A stale view must be refused even when the cache was refreshed between computing the
     event and writing it: the fence compares what the pipeline used, not a fresh read."""
-    b = RoomBuilder("10", room_id="!refresh:test", real_ids=True)
-    b.create("alice")
-    b.join("alice")
-    b.power_levels("alice", users={"alice": 100})
-    b.join_rules("alice", "public")
-    b.join("bob")
-    ids = list(b.events)
-    for i in range(4):
-        ids.append(b.message("bob", f"m{i}"))
+    b, ids = _public_room("!refresh:test")
     pool = await asyncpg.create_pool(database_dsn, min_size=1, max_size=4)
     try:
         await apply_migrations(pool)
