@@ -9,6 +9,7 @@ import pytest
 
 from tests.pipeline.conftest import Harness, builder, started
 from worker.core.outcomes import Outcome
+from worker.messages import RetireInviteEvent
 
 
 async def test_rejected_event_is_stored_with_reason_and_announces_nothing(
@@ -426,3 +427,23 @@ async def test_a_redaction_that_arrives_first_applies_to_an_outlier_target(
     await harness.send(fork, msg, kind="outlier")
     assert (red, msg) in harness.store.applied_redactions
     assert b"SECRET" not in harness.store.json[msg]
+
+
+def test_an_invite_dropped_from_state_by_a_merge_is_retired() -> None:
+    from worker.core.events import Event
+    from worker.pipeline.memberships import invite_outputs
+
+    b = started("10")
+    invite = b.invite("alice", "carol")
+    ev = Event(b.events[invite], invite, b.rules)
+    [retired] = invite_outputs(b.room_id, "10", added=[], removed=[ev], cause="$merge")
+    assert isinstance(retired, RetireInviteEvent)
+    assert (retired.event_id, retired.target_user_id, retired.retired_by_event_id,
+            retired.membership) == (invite, "@carol:test", "$merge", "leave")
+    # Replaced by a join: retired by the join, as before; not twice.
+    join = b.join("carol")
+    joined = Event(b.events[join], join, b.rules)
+    outs = invite_outputs(b.room_id, "10", added=[joined], removed=[ev], cause=join)
+    assert [(o.event_id, o.membership) for o in outs if isinstance(o, RetireInviteEvent)] == [
+        (invite, "join")
+    ]

@@ -28,11 +28,31 @@ RETIRING = ("join", "leave", "ban")
 
 
 def invite_outputs(
-    room_id: str, version: str, added: Sequence[Event], removed: Sequence[Event]
+    room_id: str,
+    version: str,
+    added: Sequence[Event],
+    removed: Sequence[Event],
+    cause: str = "",
 ) -> list[NewInviteEvent | RetireInviteEvent]:
-    """Invite outputs for the member entries that changed, ordered by target user."""
+    """Invite outputs for the member entries that changed, ordered by target user.
+
+    `cause` is the event that changed the state: an invite whose entry left the state with
+    nothing in its place (a merge that dropped it) is retired by it, as `leave`.
+    """
     before = {e.state_key: e for e in removed if e.type == MEMBER}
     out: list[NewInviteEvent | RetireInviteEvent] = []
+    replaced = {e.state_key for e in added if e.type == MEMBER}
+    for key, gone in sorted(before.items(), key=lambda kv: kv[0] or ""):
+        if key not in replaced and gone.membership == "invite":
+            out.append(
+                RetireInviteEvent(
+                    event_id=gone.event_id,
+                    room_id=room_id,
+                    target_user_id=key or "",
+                    retired_by_event_id=cause,
+                    membership="leave",
+                )
+            )
     for ev in sorted((e for e in added if e.type == MEMBER), key=lambda e: e.state_key or ""):
         old = before.get(ev.state_key)
         old_membership = old.membership if old is not None else None

@@ -315,7 +315,7 @@ class Pipeline:
             have = await self._events(work, [*adv.adds, *adv.removes], merged)
             added = [have[i] for i in adv.adds if i in have]
             removed = [have[i] for i in adv.removes if i in have]
-        return invite_outputs(work.room_id, work.rules.version, added, removed)
+        return invite_outputs(work.room_id, work.rules.version, added, removed, work.event_id)
 
     async def _check_reset(self, work: Work, adv: Advance) -> dict[str, str]:
         """The state-reset detector, on merges only (a linear step cannot reset state)."""
