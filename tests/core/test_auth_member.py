@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from nacl.signing import SigningKey
 
+from tests.core.auth_rooms import code
 from tests.fixtures.builder import RoomBuilder
 from worker.core.canonical import encode_canonical
 
@@ -32,10 +33,6 @@ def room(version: str, join_rule: str | None = "public", **levels: Any) -> RoomB
         b.join_rules("alice", join_rule)
     return b
 
-
-def code(b: RoomBuilder, event_id: str) -> str | None:
-    failure = b.check(event_id)
-    return failure.code if failure else None
 
 
 def rule(b: RoomBuilder, event_id: str) -> str:

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from tests.core.auth_rooms import code, room
 from tests.fixtures.builder import RoomBuilder
 from worker.core.auth import SOFT_FAIL_PREFIX, check_auth, check_soft_fail
 from worker.core.events import Event, StateKey
@@ -19,22 +20,6 @@ V1_V2 = ["1", "2"]
 V3_PLUS = [str(v) for v in range(3, 13)]
 
 
-def room(version: str, **pl: Any) -> RoomBuilder:
-    b = RoomBuilder(version)
-    b.create("alice")
-    b.join("alice")
-    users = {"bob": 50} if version == "12" else {"alice": 100, "bob": 50}
-    users.update(pl.pop("users", {}))
-    b.power_levels("alice", users=users, **pl)
-    b.join_rules("alice", "public")
-    b.join("bob")
-    b.join("carol")
-    return b
-
-
-def code(b: RoomBuilder, event_id: str) -> str | None:
-    failure = b.check(event_id)
-    return failure.code if failure else None
 
 
 # -- rule 3 / 4: m.federate -------------------------------------------------------------------

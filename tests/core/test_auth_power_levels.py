@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from tests.core.auth_rooms import code, room
 from tests.fixtures.builder import RoomBuilder
 from worker.core.auth import CREATOR_LEVEL, PowerLevels, parse_level
 from worker.core.versions import rules_for
@@ -24,23 +25,6 @@ def rules(version: str) -> Any:
     return r
 
 
-def room(version: str, **pl: Any) -> RoomBuilder:
-    """alice (creator, 100 or v12 infinite), bob (50), carol (0) joined."""
-    b = RoomBuilder(version)
-    b.create("alice")
-    b.join("alice")
-    users = {"bob": 50} if version == "12" else {"alice": 100, "bob": 50}
-    users.update(pl.pop("users", {}))
-    b.power_levels("alice", users=users, **pl)
-    b.join_rules("alice", "public")
-    b.join("bob")
-    b.join("carol")
-    return b
-
-
-def code(b: RoomBuilder, event_id: str) -> str | None:
-    failure = b.check(event_id)
-    return failure.code if failure else None
 
 
 def current_content(b: RoomBuilder) -> dict[str, Any]:
