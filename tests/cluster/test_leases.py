@@ -142,21 +142,31 @@ def _public_room(room_id: str) -> tuple[RoomBuilder, list[str]]:
     return b, ids
 
 
+async def _a_writes_after_b(
+    pool: asyncpg.Pool, sa: ShardAwareStore, b: RoomBuilder, ids: list[str]
+) -> tuple[Pipeline, ShardAwareStore]:
+    """Worker A (store `sa`) writes ids[:5], worker B ids[5:8]; A's write of ids[8], computed
+    from its now stale row, is refused. Returns A's pipeline and B's store."""
+    await apply_migrations(pool)
+    sb = ShardAwareStore(pool, shards=K)
+    pa, pb = Pipeline(sa, _NoRelay()), Pipeline(sb, _NoRelay())
+    for eid in ids[:5]:
+        await pa.handle(b.room_id, _input(b, eid))
+    for eid in ids[5:8]:
+        await pb.handle(b.room_id, _input(b, eid))
+    with pytest.raises(StaleRoomView):
+        await pa.handle(b.room_id, _input(b, ids[8]))
+    return pa, sb
+
+
 async def test_a_stale_view_of_the_room_is_fenced(database_dsn: str) -> None:
     """Worker A handled a room, worker B went on with it; A's cached row is stale. A's next
     write is refused (nothing written), and once retried with a fresh view it is right."""
     b, ids = _public_room("!fence:test")
     pool = await asyncpg.create_pool(database_dsn, min_size=1, max_size=4)
     try:
-        await apply_migrations(pool)
-        sa, sb = ShardAwareStore(pool, shards=K), ShardAwareStore(pool, shards=K)
-        pa, pb = Pipeline(sa, _NoRelay()), Pipeline(sb, _NoRelay())
-        for eid in ids[:5]:
-            await pa.handle(b.room_id, _input(b, eid))
-        for eid in ids[5:8]:
-            await pb.handle(b.room_id, _input(b, eid))
-        with pytest.raises(StaleRoomView):
-            await pa.handle(b.room_id, _input(b, ids[8]))
+        sa = ShardAwareStore(pool, shards=K)
+        pa, _ = await _a_writes_after_b(pool, sa, b, ids)
         assert sa.stale_views == 1
         result = await pa.handle(b.room_id, _input(b, ids[8]))
         assert result.outcome.value == "accepted"
@@ -186,17 +196,9 @@ async def test_the_fence_uses_the_view_the_event_was_computed_from(database_dsn:
     b, ids = _public_room("!refresh:test")
     pool = await asyncpg.create_pool(database_dsn, min_size=1, max_size=4)
     try:
-        await apply_migrations(pool)
-        sa, sb = _ForgetsBeforeWriting(pool, shards=K), ShardAwareStore(pool, shards=K)
-        pa, pb = Pipeline(sa, _NoRelay()), Pipeline(sb, _NoRelay())
-        for eid in ids[:5]:
-            await pa.handle(b.room_id, _input(b, eid))
-        # A's cached row (extremities [ids[4]]) is stale once B writes on; A computes ids[8]
-        # from it, and the row is refreshed from the database just before the write.
-        for eid in ids[5:8]:
-            await pb.handle(b.room_id, _input(b, eid))
-        with pytest.raises(StaleRoomView):
-            await pa.handle(b.room_id, _input(b, ids[8]))
+        # A computes ids[8] from its stale row; the row is refreshed from the database just
+        # before the write (_ForgetsBeforeWriting), and the write must still be refused.
+        pa, sb = await _a_writes_after_b(pool, _ForgetsBeforeWriting(pool, shards=K), b, ids)
         assert await sb.extremities(b.room_id) == [ids[7]]
         # Retried (as the bus does), it is computed from the fresh row and written right.
         result = await pa.handle(b.room_id, _input(b, ids[8]))
