@@ -33,6 +33,14 @@ MEMBERSHIP_INVITE = 2
 
 _json_decoder = msgspec.json.Decoder(dict[str, Any])
 
+# Plan robustness. asyncpg prepares each statement once per connection, and after five
+# executions PostgreSQL may switch to a generic plan costed while the tables were tiny (or
+# never analyzed) and keep it for the life of the connection. A join may then be frozen as a
+# hash join over a sequential scan of a table that later holds millions of rows. So every
+# lookup by key below is written so that the only plan is an index probe per key: scalar
+# subqueries and `LATERAL (... LIMIT 1)` lookups on primary and unique keys, which the planner
+# cannot turn into hash joins. tests/storage/test_plans.py checks the generic plans.
+
 SELECT_ROOM = """
 SELECT room_nid, room_id, room_version, current_snapshot_nid, extremities
 FROM rooms WHERE room_id = $1
@@ -128,37 +136,44 @@ WITH room AS (
 SELECT 1
 """
 
-SELECT_EVENTS_BY_ID = """
+# The JSON and room version of an event by primary key (see "Plan robustness" above).
+_JSON_OF_E = "(SELECT j.json FROM event_json j WHERE j.event_nid = e.event_nid) AS json"
+_VERSION_OF_E = (
+    "(SELECT r.room_version FROM rooms r WHERE r.room_nid = e.room_nid) AS room_version"
+)
+
+SELECT_EVENTS_BY_ID = f"""
 SELECT e.event_nid, e.event_id, e.kind, e.outcome, e.reason_code, e.reason,
-       e.before_snapshot_nid, e.redacted_by, e.type_nid, e.state_key_nid, j.json, r.room_version
+       e.before_snapshot_nid, e.redacted_by, e.type_nid, e.state_key_nid,
+       {_JSON_OF_E}, {_VERSION_OF_E}
 FROM events e
-JOIN event_json j ON j.event_nid = e.event_nid
-JOIN rooms r ON r.room_nid = e.room_nid
 WHERE e.event_id = ANY($1::text[])
 """
 
+# Accepted redactions only: the redaction event's outcome, probed per pending row.
+_REDACTION_ACCEPTED = (
+    "(SELECT x.outcome FROM events x WHERE x.event_id = r.redaction_event_id) = 1"
+)
+
 # SELECT_EVENTS_BY_ID and SELECT_PENDING_REDACTIONS in one round trip: rows with a
 # redaction_event_id are (target, redaction) pairs, the others events.
-SELECT_EVENTS_AND_PENDING_REDACTIONS = """
+SELECT_EVENTS_AND_PENDING_REDACTIONS = f"""
 SELECT e.event_nid, e.event_id, e.kind, e.outcome, e.reason_code, e.reason,
-       e.before_snapshot_nid, e.redacted_by, e.type_nid, e.state_key_nid, j.json, r.room_version,
+       e.before_snapshot_nid, e.redacted_by, e.type_nid, e.state_key_nid,
+       {_JSON_OF_E}, {_VERSION_OF_E},
        NULL::text AS redaction_event_id
 FROM events e
-JOIN event_json j ON j.event_nid = e.event_nid
-JOIN rooms r ON r.room_nid = e.room_nid
 WHERE e.event_id = ANY($1::text[])
 UNION ALL
 SELECT NULL, r.target_event_id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
        r.redaction_event_id
-FROM redactions r JOIN events e ON e.event_id = r.redaction_event_id
-WHERE r.target_event_id = ANY($2::text[]) AND NOT r.applied AND e.outcome = 1
+FROM redactions r
+WHERE r.target_event_id = ANY($2::text[]) AND NOT r.applied AND {_REDACTION_ACCEPTED}
 """
 
-SELECT_EVENTS_BY_NID = """
-SELECT e.event_nid, e.event_id, j.json, r.room_version
+SELECT_EVENTS_BY_NID = f"""
+SELECT e.event_nid, e.event_id, {_JSON_OF_E}, {_VERSION_OF_E}
 FROM events e
-JOIN event_json j ON j.event_nid = e.event_nid
-JOIN rooms r ON r.room_nid = e.room_nid
 WHERE e.event_nid = ANY($1::bigint[])
 """
 
@@ -168,35 +183,38 @@ SELECT_IDS_BY_NID = "SELECT event_nid, event_id FROM events WHERE event_nid = AN
 # Everything needed to name a state's entries, from the event NIDs alone: an entry's key is
 # its event's own (type, state key).
 SELECT_STATE_NAMES = """
-SELECT e.event_nid, e.event_id, e.type_nid, t.event_type, e.state_key_nid, k.state_key
+SELECT e.event_nid, e.event_id,
+       e.type_nid,
+       (SELECT t.event_type FROM event_types t WHERE t.type_nid = e.type_nid) AS event_type,
+       e.state_key_nid,
+       (SELECT k.state_key FROM state_keys k WHERE k.state_key_nid = e.state_key_nid)
+           AS state_key
 FROM events e
-JOIN event_types t ON t.type_nid = e.type_nid
-JOIN state_keys k ON k.state_key_nid = e.state_key_nid
 WHERE e.event_nid = ANY($1::bigint[])
 """
 
 # The state keys of events given by ID (a federated join's state can be tens of thousands of
 # events: their JSON is not needed). Non-state events come back with a NULL state key.
 SELECT_STATE_KEYS_BY_ID = """
-SELECT e.event_id, t.event_type, k.state_key
+SELECT e.event_id,
+       (SELECT t.event_type FROM event_types t WHERE t.type_nid = e.type_nid) AS event_type,
+       CASE WHEN e.state_key_nid <> 0 THEN
+           (SELECT k.state_key FROM state_keys k WHERE k.state_key_nid = e.state_key_nid)
+       END AS state_key
 FROM events e
-JOIN event_types t ON t.type_nid = e.type_nid
-LEFT JOIN state_keys k ON k.state_key_nid = e.state_key_nid AND e.state_key_nid <> 0
 WHERE e.event_id = ANY($1::text[])
 """
 
-SELECT_PENDING_REDACTIONS = """
+SELECT_PENDING_REDACTIONS = f"""
 SELECT r.target_event_id, r.redaction_event_id
-FROM redactions r JOIN events e ON e.event_id = r.redaction_event_id
-WHERE r.target_event_id = ANY($1::text[]) AND NOT r.applied AND e.outcome = 1
+FROM redactions r
+WHERE r.target_event_id = ANY($1::text[]) AND NOT r.applied AND {_REDACTION_ACCEPTED}
 ORDER BY r.target_event_id, r.redaction_event_id
 """
 
-SELECT_REDACTION_TARGETS = """
-SELECT e.event_nid, e.event_id, e.redacted_by, j.json, r.room_version
+SELECT_REDACTION_TARGETS = f"""
+SELECT e.event_nid, e.event_id, e.redacted_by, {_JSON_OF_E}, {_VERSION_OF_E}
 FROM events e
-JOIN event_json j ON j.event_nid = e.event_nid
-JOIN rooms r ON r.room_nid = e.room_nid
 WHERE e.event_id = ANY($1::text[])
 FOR UPDATE OF e
 """

@@ -10,6 +10,11 @@ Under concurrent writers a name inserted by a transaction that committed after o
 began is neither inserted nor seen; it is read by one more SELECT (the rare second round trip).
 Names are inserted in sorted order to make lock-order deadlocks unlikely; the store's
 transaction helper retries the ones that still happen.
+
+Existing names are found by one unique-index probe per name (scalar subqueries and `LATERAL`
+lookups), never by a join that a cached generic plan could freeze into a hash join over the
+whole dictionary: `state_keys` holds every user ID the server has seen
+(worker.storage.events, "Plan robustness").
 """
 
 from __future__ import annotations
@@ -55,25 +60,31 @@ WITH tin AS (
 ), tnew AS (
     INSERT INTO event_types (event_type)
     SELECT name FROM tin
-    WHERE NOT EXISTS (SELECT 1 FROM event_types t WHERE t.event_type = tin.name)
+    WHERE (SELECT t.type_nid FROM event_types t WHERE t.event_type = tin.name) IS NULL
     ORDER BY name
     ON CONFLICT (event_type) DO NOTHING
     RETURNING type_nid AS nid, event_type AS name
 ), knew AS (
     INSERT INTO state_keys (state_key)
     SELECT name FROM kin
-    WHERE NOT EXISTS (SELECT 1 FROM state_keys k WHERE k.state_key = kin.name)
+    WHERE (SELECT k.state_key_nid FROM state_keys k WHERE k.state_key = kin.name) IS NULL
     ORDER BY name
     ON CONFLICT (state_key) DO NOTHING
     RETURNING state_key_nid AS nid, state_key AS name
 )
 SELECT true AS is_type, nid, name FROM tnew
 UNION ALL
-SELECT true, t.type_nid, t.event_type FROM event_types t JOIN tin ON t.event_type = tin.name
+SELECT true, t.type_nid, t.event_type
+FROM tin CROSS JOIN LATERAL (
+    SELECT x.type_nid, x.event_type FROM event_types x WHERE x.event_type = tin.name LIMIT 1
+) t
 UNION ALL
 SELECT false, nid, name FROM knew
 UNION ALL
-SELECT false, k.state_key_nid, k.state_key FROM state_keys k JOIN kin ON k.state_key = kin.name
+SELECT false, k.state_key_nid, k.state_key
+FROM kin CROSS JOIN LATERAL (
+    SELECT x.state_key_nid, x.state_key FROM state_keys x WHERE x.state_key = kin.name LIMIT 1
+) k
 """
 
 SELECT_BY_NAME = """

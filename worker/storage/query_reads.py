@@ -37,13 +37,17 @@ _JOIN = 3
 
 SELECT_ROOM_VERSION = "SELECT room_version FROM rooms WHERE room_id = $1"
 
+# Every lookup by key is an index probe per key (scalar subqueries, `LATERAL (... LIMIT 1)`):
+# never a join that a cached generic plan could freeze into a hash join over a whole table
+# (worker.storage.events, "Plan robustness"; tests/storage/test_plans.py).
 SELECT_EVENTS = """
 SELECT e.event_id, e.outcome, e.before_snapshot_nid IS NOT NULL AS has_state,
        e.redacted_by IS NOT NULL AS redacted, e.depth, e.membership, r.room_id,
-       r.room_version, j.json
+       r.room_version, (SELECT j.json FROM event_json j WHERE j.event_nid = e.event_nid) AS json
 FROM events e
-JOIN event_json j ON j.event_nid = e.event_nid
-JOIN rooms r ON r.room_nid = e.room_nid
+CROSS JOIN LATERAL (
+    SELECT x.room_id, x.room_version FROM rooms x WHERE x.room_nid = e.room_nid LIMIT 1
+) r
 WHERE e.event_id = ANY($1::text[])
 """
 
@@ -52,9 +56,15 @@ SELECT_AUTH_CHAIN = """
 WITH RECURSIVE chain(nid) AS (
     SELECT unnest(auth_event_nids) FROM events WHERE event_id = ANY($1::text[])
   UNION
-    SELECT unnest(e.auth_event_nids) FROM events e JOIN chain c ON e.event_nid = c.nid
+    SELECT unnest(e.auth_event_nids)
+    FROM chain c
+    CROSS JOIN LATERAL (
+        SELECT x.auth_event_nids FROM events x WHERE x.event_nid = c.nid LIMIT 1
+    ) e
 )
-SELECT e.event_id FROM chain c JOIN events e ON e.event_nid = c.nid
+SELECT e.event_id
+FROM chain c
+CROSS JOIN LATERAL (SELECT x.event_id FROM events x WHERE x.event_nid = c.nid LIMIT 1) e
 """
 
 SELECT_BEFORE_SNAPSHOTS = """
@@ -68,19 +78,18 @@ SELECT_EVENT_IDS = "SELECT event_nid, event_id FROM events WHERE event_nid = ANY
 SELECT_SERVER_JOINED = f"""
 SELECT EXISTS (
     SELECT 1 FROM memberships m
-    JOIN rooms r ON r.room_nid = m.room_nid
-    JOIN state_keys s ON s.state_key_nid = m.target_nid
-    WHERE r.room_id = $1 AND m.membership = {_JOIN}
-      AND substr(s.state_key, strpos(s.state_key, ':') + 1) = $2
+    WHERE m.room_nid = (SELECT r.room_nid FROM rooms r WHERE r.room_id = $1)
+      AND m.membership = {_JOIN}
+      AND (SELECT substr(s.state_key, strpos(s.state_key, ':') + 1)
+           FROM state_keys s WHERE s.state_key_nid = m.target_nid) = $2
 )
 """
 
 SELECT_EVER_JOINED = f"""
 SELECT EXISTS (
     SELECT 1 FROM events e
-    JOIN rooms r ON r.room_nid = e.room_nid
-    JOIN state_keys s ON s.state_key_nid = e.state_key_nid
-    WHERE r.room_id = $1 AND s.state_key = $2
+    WHERE e.room_nid = (SELECT r.room_nid FROM rooms r WHERE r.room_id = $1)
+      AND e.state_key_nid = (SELECT s.state_key_nid FROM state_keys s WHERE s.state_key = $2)
       AND e.type_nid = {_MEMBER_TYPE_NID} AND e.membership = {_JOIN} AND e.outcome = 1
 )
 """

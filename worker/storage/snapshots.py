@@ -8,6 +8,10 @@ there, so a new snapshot on top of a cached chain reads one row.
 Writes deduplicate by content hash within the room (`ON CONFLICT (hash) DO NOTHING` and a read
 of the existing row in the same statement); the per-room advisory lock held by every writer
 means two writers never race on the same room's hashes.
+
+Every lookup by key is a `LATERAL (... LIMIT 1)` probe or a scalar subquery, never a join the
+planner could freeze into a hash join over a whole table in a cached generic plan (see
+worker.storage.events, "Plan robustness"; tests/storage/test_plans.py).
 """
 
 from __future__ import annotations
@@ -30,7 +34,11 @@ WITH RECURSIVE chain AS (
     WHERE s.snapshot_nid = ANY($1::bigint[])
   UNION
     SELECT s.snapshot_nid, s.parent_nid, s.rank, s.block_nids, s.delta
-    FROM state_snapshots s JOIN chain c ON s.snapshot_nid = c.parent_nid
+    FROM chain c
+    CROSS JOIN LATERAL (
+        SELECT p.snapshot_nid, p.parent_nid, p.rank, p.block_nids, p.delta
+        FROM state_snapshots p WHERE p.snapshot_nid = c.parent_nid LIMIT 1
+    ) s
     WHERE NOT (s.snapshot_nid = ANY($2::bigint[]))
 )
 SELECT c.snapshot_nid, c.parent_nid, c.rank, c.delta AS data, 0::bigint AS pos,
@@ -40,7 +48,9 @@ UNION ALL
 SELECT c.snapshot_nid, c.parent_nid, c.rank, b.entries, u.pos, cardinality(c.block_nids)
 FROM chain c
 CROSS JOIN LATERAL unnest(c.block_nids) WITH ORDINALITY AS u(block_nid, pos)
-JOIN state_blocks b ON b.block_nid = u.block_nid
+CROSS JOIN LATERAL (
+    SELECT x.entries FROM state_blocks x WHERE x.block_nid = u.block_nid LIMIT 1
+) b
 """
 
 INSERT_BLOCKS = """
@@ -50,14 +60,18 @@ WITH input AS (
 ), ins AS (
     INSERT INTO state_blocks (room_nid, hash, entries)
     SELECT $1, hash, entries FROM input
-    WHERE NOT EXISTS (SELECT 1 FROM state_blocks b WHERE b.hash = input.hash)
+    WHERE (SELECT b.block_nid FROM state_blocks b WHERE b.hash = input.hash) IS NULL
     ORDER BY pos
     ON CONFLICT (hash) DO NOTHING
     RETURNING block_nid, hash
 )
 SELECT block_nid, hash, true AS fresh FROM ins
 UNION ALL
-SELECT b.block_nid, b.hash, false FROM state_blocks b JOIN input i ON b.hash = i.hash
+SELECT b.block_nid, b.hash, false
+FROM input i
+CROSS JOIN LATERAL (
+    SELECT x.block_nid, x.hash FROM state_blocks x WHERE x.hash = i.hash LIMIT 1
+) b
 """
 
 INSERT_SNAPSHOT = """

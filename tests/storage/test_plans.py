@@ -1,0 +1,154 @@
+"""Every hot statement stays an index probe per key, whatever the statistics.
+
+asyncpg prepares each statement once per connection and PostgreSQL may then switch it to a
+generic plan that it keeps until the table is analyzed. A generic plan costed on tiny or
+never-analyzed tables can freeze a hash join over a sequential scan of a table that grows to
+millions of rows: every event read then scans the whole table. These tests force generic plans
+(`plan_cache_mode = force_generic_plan`) on a freshly migrated, never-analyzed database, first
+empty (what a worker sees at start-up) and then with a few thousand rows in every big table,
+and assert that no statement scans a big table sequentially.
+
+Statements are discovered, not listed: every module-level SQL constant of the storage modules
+(and of the modules with inline SQL) is checked, so a new statement is covered the day it is
+written. The few statements that must read a whole table by design are listed in `_SCANS`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from types import ModuleType
+from typing import Any
+
+import asyncpg
+import msgspec
+
+from worker.bus import shards
+from worker.storage import apply_migrations, events, nids, outbox, query_reads, snapshots, store
+
+_MODULES: tuple[ModuleType, ...] = (events, snapshots, nids, outbox, query_reads, store, shards)
+
+# Tables that grow with the rooms, events and users of a deployment (`event_types` stays small).
+_BIG = frozenset({
+    "events", "event_json", "event_prevs", "state_snapshots", "state_blocks", "outbox",
+    "redactions", "memberships", "invites", "write_log", "rooms", "state_keys",
+})
+
+# Statements that read a whole table on purpose, and why.
+_SCANS = {
+    # Periodic (the relay's prune timer), not per event; an index on sent_at would cost an
+    # index insert on every mark_sent to save one scan per prune interval.
+    "outbox.DELETE_SENT",
+}
+
+_SQL_START = re.compile(r"^\s*(SELECT|WITH|INSERT|UPDATE|DELETE)\b", re.IGNORECASE)
+_ROWS = 3000
+
+
+def _statements() -> Iterator[tuple[str, str]]:
+    for module in _MODULES:
+        short = module.__name__.rsplit(".", 1)[-1]
+        for name, value in sorted(vars(module).items()):
+            if name.lstrip("_").isupper() and isinstance(value, str) and _SQL_START.match(value):
+                yield f"{short}.{name}", value
+
+
+def _seq_scans(plan: dict[str, Any]) -> Iterator[str]:
+    if plan.get("Node Type") == "Seq Scan" and plan.get("Relation Name") in _BIG:
+        yield str(plan["Relation Name"])
+    for child in plan.get("Plans", ()):
+        yield from _seq_scans(child)
+
+
+async def _generic_scans(conn: asyncpg.Connection) -> dict[str, list[str]]:
+    """Statement -> big tables its generic plan scans sequentially (only offenders)."""
+    await conn.execute("SET plan_cache_mode = force_generic_plan")
+    found: dict[str, list[str]] = {}
+    for name, sql in _statements():
+        # asyncpg infers the parameter types exactly as the worker's own prepare does.
+        params = (await conn.prepare(sql)).get_parameters()
+        types = [await conn.fetchval("SELECT format_type($1::oid, NULL)", p.oid) for p in params]
+        decl = f"({', '.join(types)})" if types else ""
+        args = f"({', '.join('NULL' for _ in types)})" if types else ""
+        await conn.execute(f"PREPARE plan_check{decl} AS {sql}")
+        try:
+            raw = await conn.fetchval(f"EXPLAIN (FORMAT JSON) EXECUTE plan_check{args}")
+        finally:
+            await conn.execute("DEALLOCATE plan_check")
+        plan = msgspec.json.decode(raw)[0]["Plan"]
+        scans = sorted(set(_seq_scans(plan)))
+        if scans and name not in _SCANS:
+            found[name] = scans
+    return found
+
+
+_POPULATE = f"""
+INSERT INTO rooms (room_id, room_version) SELECT '!r' || i || ':t', '10'
+FROM generate_series(1, {_ROWS}) i;
+INSERT INTO state_keys (state_key) SELECT '@u' || i || ':t' FROM generate_series(1, {_ROWS}) i;
+INSERT INTO events (event_id, room_nid, type_nid, state_key_nid, depth, kind, outcome,
+                    membership, auth_event_nids, before_snapshot_nid)
+SELECT '$e' || i, 1 + i % 7, CASE WHEN i % 3 = 0 THEN 5 ELSE 17 END,
+       CASE WHEN i % 3 = 0 THEN 65535 + i ELSE 0 END, i, 1, 1,
+       CASE WHEN i % 3 = 0 THEN 3 END, ARRAY[greatest(i - 1, 1)]::bigint[], i
+FROM generate_series(1, {_ROWS}) i;
+INSERT INTO event_json (event_nid, json)
+SELECT event_nid, convert_to('{{"type":"m.room.message"}}', 'UTF8') FROM events;
+INSERT INTO event_prevs (prev_event_id, event_nid) SELECT '$e' || (event_nid - 1), event_nid
+FROM events;
+INSERT INTO state_blocks (room_nid, hash, entries)
+SELECT 1, sha224(int8send(i)), int8send(i) FROM generate_series(1, {_ROWS}) i;
+INSERT INTO state_snapshots (room_nid, hash, parent_nid, rank, block_nids, delta)
+SELECT 1, sha256(int8send(i)), i - 1, 0, CASE WHEN i % 50 = 1 THEN ARRAY[i]::bigint[] END,
+       int8send(i)
+FROM generate_series(1, {_ROWS}) i;
+INSERT INTO memberships (room_nid, target_nid, membership, event_nid)
+SELECT 1 + i % 7, 65535 + i, 3, i FROM generate_series(1, {_ROWS}) i;
+INSERT INTO invites (invite_event_nid, room_nid, target_nid, retired)
+SELECT i, 1 + i % 7, 65535 + i, i % 2 = 0 FROM generate_series(1, {_ROWS}) i;
+INSERT INTO redactions (redaction_event_id, target_event_id, applied)
+SELECT '$e' || i, '$e' || (i + 1), i % 2 = 0 FROM generate_series(1, {_ROWS}) i;
+INSERT INTO outbox (output_id, room_id, output_type, payload, sent_at)
+SELECT 'o' || i, '!r' || (1 + i % 7) || ':t', 'new_room_event', '\\x00',
+       CASE WHEN i % 10 <> 0 THEN now() END
+FROM generate_series(1, {_ROWS}) i;
+"""
+
+
+async def test_hot_statements_never_scan_big_tables(database_dsn: str) -> None:
+    conn = await asyncpg.connect(database_dsn)
+    try:
+        await apply_migrations(conn)
+        tables = sorted(_BIG)
+        # No analyze may run behind the test's back: the point is a never-analyzed database.
+        for table in tables:
+            await conn.execute(f"ALTER TABLE {table} SET (autovacuum_enabled = false)")
+        assert len(list(_statements())) >= 30  # discovery found the statement constants
+        assert await _generic_scans(conn) == {}, "generic plans on the empty database"
+
+        await conn.execute(_POPULATE)
+        never = await conn.fetchval(
+            "SELECT count(*) FROM pg_stat_user_tables WHERE relname = ANY($1::text[])"
+            " AND last_analyze IS NULL AND last_autoanalyze IS NULL",
+            tables,
+        )
+        assert never == len(tables)
+        assert await _generic_scans(conn) == {}, f"generic plans with {_ROWS} rows per table"
+    finally:
+        await conn.close()
+
+
+async def test_the_check_sees_a_frozen_hash_join(database_dsn: str) -> None:
+    """The detector itself: the join the statements used to be written with is caught."""
+    conn = await asyncpg.connect(database_dsn)
+    try:
+        await apply_migrations(conn)
+        await conn.execute("SET plan_cache_mode = force_generic_plan")
+        await conn.execute(
+            "PREPARE joined(text[]) AS SELECT e.event_id, j.json FROM events e"
+            " JOIN event_json j ON j.event_nid = e.event_nid WHERE e.event_id = ANY($1)"
+        )
+        raw = await conn.fetchval("EXPLAIN (FORMAT JSON) EXECUTE joined(NULL)")
+        assert list(_seq_scans(msgspec.json.decode(raw)[0]["Plan"])) == ["event_json"]
+    finally:
+        await conn.close()
