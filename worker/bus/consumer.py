@@ -24,9 +24,9 @@ import asyncio
 import contextlib
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import msgspec
 from nats.aio.client import Client as NATS
@@ -87,6 +87,25 @@ class InputHandler(Protocol):
     ) -> HandleResult: ...
 
 
+# One queued input handed to `BatchInputHandler.handle_batch`: (input, delivery count,
+# `in_progress` callable).
+QueuedInput = tuple[InputRoomEvent, int, Callable[[], Awaitable[None]] | None]
+
+
+@runtime_checkable
+class BatchInputHandler(InputHandler, Protocol):
+    """A handler that can take a room's queued inputs together (one transaction for all).
+
+    Returns one result per input, in order, once all are committed. If it raises, none of
+    them is settled: the consumer hands them to `handle` one by one (which retries,
+    dead-letters and answers each on its own), so a batch never changes an outcome.
+    """
+
+    async def handle_batch(
+        self, room_id: str, items: Sequence[QueuedInput]
+    ) -> list[HandleResult]: ...
+
+
 @dataclass(frozen=True, slots=True)
 class ConsumerSettings:
     """Tuning of the input consumer; `from_settings` reads the worker's configuration."""
@@ -95,6 +114,9 @@ class ConsumerSettings:
     # Messages fetched per pull request, and held (queued + handled) per worker at most.
     batch: int = 64
     max_in_flight: int = 256
+    # At most this many queued inputs of one room are handled together (with a handler
+    # that can: `BatchInputHandler`); 1 handles each on its own.
+    room_batch: int = 64
     # JetStream redelivers a message not settled nor touched for this long.
     ack_wait: float = 60.0
     # How long one pull request waits for messages; bounds how fast a shard stops.
@@ -193,7 +215,12 @@ class InputConsumer:
         self._handler = handler
         self.settings = settings or ConsumerSettings()
         self._deadletters = DeadLetterWriter(self._js, subjects, max_payload=nc.max_payload)
-        self._dispatcher: RoomDispatcher[_Delivery] = RoomDispatcher(self._process)
+        batching = isinstance(handler, BatchInputHandler) and self.settings.room_batch > 1
+        self._dispatcher: RoomDispatcher[_Delivery] = RoomDispatcher(
+            self._process,
+            self._process_batch if batching else None,
+            max_batch=self.settings.room_batch,
+        )
         self._held: set[_Delivery] = set()
         # Acks of finished messages still waiting for JetStream's confirmation.
         self._settling: set[asyncio.Task[None]] = set()
@@ -512,6 +539,58 @@ class InputConsumer:
                 return
             await self._carry_out(d, fate)
 
+    async def _process_batch(self, room_id: str, ds: list[_Delivery]) -> None:
+        """Several queued messages of a room: runs of plain inputs go to `handle_batch`
+        together; anything else (undecodable, over its delivery limit, of an abandoned
+        shard) is processed on its own, in its place."""
+        run: list[_Delivery] = []
+        limit = self.settings.retry.max_deliveries
+        for d in ds:
+            plain = (
+                d.input is not None
+                and d.problem is None
+                and d.delivery <= limit
+                and d.shard not in self._abandoned
+            )
+            if plain:
+                run.append(d)
+                continue
+            await self._process_run(room_id, run)
+            run = []
+            await self._process(room_id, d)
+        await self._process_run(room_id, run)
+
+    async def _process_run(self, room_id: str, run: list[_Delivery]) -> None:
+        if len(run) < 2:
+            for d in run:
+                await self._process(room_id, d)
+            return
+        handler = self._handler
+        assert isinstance(handler, BatchInputHandler)
+        items: list[QueuedInput] = []
+        for d in run:
+            assert d.input is not None
+            items.append((d.input, d.delivery, d.touch))
+        try:
+            results = await handler.handle_batch(room_id, items)
+        except Exception as exc:
+            # Nothing of the batch is answered yet: each input again on its own, where a
+            # transient failure is retried in place and a bad one dead-lettered alone.
+            _log.info("batch_replayed", room_id=room_id, size=len(run), error=repr(exc))
+            for d in run:
+                await self._process(room_id, d)
+            return
+        for d, result in zip(run, results, strict=True):
+            if not d.event_id:
+                d.event_id = result.event_id
+            fate = settle.of_result(result)
+            if fate.action is settle.AckAction.ACK and not fate.dead_letter:
+                task = asyncio.create_task(self._carry_out(d, fate), name="settle")
+                self._settling.add(task)
+                task.add_done_callback(self._settled)
+            else:
+                await self._carry_out(d, fate)
+
     def _settled(self, task: asyncio.Task[None]) -> None:
         self._settling.discard(task)
         if not task.cancelled() and task.exception() is not None:
@@ -627,4 +706,10 @@ def _consumer_seq(msg: Msg) -> int | None:
         return None
 
 
-__all__ = ["ConsumerSettings", "InputConsumer", "InputHandler"]
+__all__ = [
+    "BatchInputHandler",
+    "ConsumerSettings",
+    "InputConsumer",
+    "InputHandler",
+    "QueuedInput",
+]

@@ -21,13 +21,24 @@ _log = get_logger(__name__)
 
 
 class RoomDispatcher(Generic[T]):
-    """Runs `process(room_id, item)` for submitted items, in order per room."""
+    """Runs `process(room_id, item)` for submitted items, in order per room.
 
-    def __init__(self, process: Callable[[str, T], Awaitable[None]]) -> None:
+    With `process_batch`, a room whose queue holds several items when its task comes round
+    hands them over together (up to `max_batch`, in order): `process_batch(room_id, items)`.
+    """
+
+    def __init__(
+        self,
+        process: Callable[[str, T], Awaitable[None]],
+        process_batch: Callable[[str, list[T]], Awaitable[None]] | None = None,
+        max_batch: int = 1,
+    ) -> None:
         self._process = process
+        self._process_batch = process_batch
+        self._max_batch = max_batch if process_batch is not None else 1
         self._queues: dict[str, deque[T]] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
-        self._running: dict[str, T] = {}
+        self._running: dict[str, list[T]] = {}
         self._count = 0
         # Replaced on every change; waiters re-check their condition when it fires.
         self._changed = asyncio.Event()
@@ -43,7 +54,8 @@ class RoomDispatcher(Generic[T]):
 
     def items(self) -> list[T]:
         """Every unfinished item: the running ones first, then the queued ones."""
-        return list(self._running.values()) + [i for q in self._queues.values() for i in q]
+        running = [i for items in self._running.values() for i in items]
+        return running + [i for q in self._queues.values() for i in q]
 
     def submit(self, room_id: str, item: T) -> None:
         queue = self._queues.get(room_id)
@@ -60,17 +72,21 @@ class RoomDispatcher(Generic[T]):
     async def _drain_room(self, room_id: str, queue: deque[T]) -> None:
         try:
             while queue:
-                item = queue.popleft()
-                self._running[room_id] = item
+                items = [queue.popleft() for _ in range(min(len(queue), self._max_batch))]
+                self._running[room_id] = items
                 try:
-                    await self._process(room_id, item)
+                    if len(items) == 1:
+                        await self._process(room_id, items[0])
+                    else:
+                        assert self._process_batch is not None
+                        await self._process_batch(room_id, items)
                 except Exception:
                     # `process` settles its own failures; reaching here is a bug in it. Keep
                     # the room going: the item stays unacked and JetStream redelivers it.
                     _log.exception("room_item_failed", room_id=room_id)
                 finally:
                     del self._running[room_id]
-                    self._count -= 1
+                    self._count -= len(items)
                     self._notify()
         finally:
             # Also on cancellation: forget the room so a later submit starts afresh.

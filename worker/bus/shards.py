@@ -19,7 +19,7 @@
 from __future__ import annotations
 
 import contextvars
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
 import asyncpg
@@ -88,20 +88,27 @@ class ShardAwareStore(PostgresStore):
             self._touched.discard(room_id)
         return len(moved)
 
-    async def persist(self, write: EventWrite) -> None:
-        room_id = write.room_id
+    async def persist_many(self, writes: Sequence[EventWrite]) -> None:
+        if not writes:
+            return
+        room_id = writes[0].room_id
         self._touched.add(room_id)
-        if write.extremities is None and write.current_state is None:
+        # Only the first write that derives something from the room row is fenced: the ones
+        # after it in the same transaction build on it, under the same lock.
+        first = next(
+            (w for w in writes if w.extremities is not None or w.current_state is not None), None
+        )
+        if first is None:
             # Outliers, old events and refusals do not derive anything from the room row.
-            await super().persist(write)
+            await super().persist_many(writes)
             return
         # The extremities the pipeline computed from, as it saw them: reading them again here
         # could see a row refreshed since (a gained shard forgets its rooms), and pass a
         # write computed from the stale one.
         current = await self.current_state(room_id)
         extremities = (
-            write.extremities_seen
-            if write.extremities_seen is not None
+            first.extremities_seen
+            if first.extremities_seen is not None
             else await self.extremities(room_id)
         )
         view: _View = (
@@ -110,7 +117,7 @@ class ShardAwareStore(PostgresStore):
         )
         token = _EXPECTED.set((room_id, view))
         try:
-            await super().persist(write)
+            await super().persist_many(writes)
         except StaleRoomView:
             self.forget_room(room_id)
             self.stale_views += 1

@@ -10,8 +10,9 @@ state without racing themselves; the store's per-room advisory lock fences stale
 from __future__ import annotations
 
 import asyncio
+import copy
 import dataclasses
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Literal
 
 import msgspec
@@ -32,18 +33,20 @@ from worker.pipeline.authstep import (
 from worker.pipeline.events import stored_json
 from worker.pipeline.flusher import BackgroundFlusher
 from worker.pipeline.gapfill import Attempt, GapFiller, GapSettings, soft_fail_after_fetch
-from worker.pipeline.gaps import dependency_ids, duplicate_of, load_dependencies
+from worker.pipeline.gaps import dependency_ids, duplicate_of, find_missing, load_dependencies
 from worker.pipeline.latest import Advance, advance
 from worker.pipeline.memberships import detect_resets, invite_outputs
 from worker.pipeline.model import Result, Work, refused
 from worker.pipeline.outputs import new_room_event, old_room_event, records
 from worker.pipeline.ports import (
+    BatchingStore,
     EventWrite,
     FederationClient,
     OutboxRelay,
     ReadAheadStore,
     RoomStore,
     StateHandle,
+    StoreBatch,
     StoredEvent,
 )
 from worker.pipeline.state import state_before, state_entry
@@ -61,6 +64,9 @@ _LABEL: dict[Outcome, OutcomeLabel] = {
 }
 # Refusals after which nothing is stored, so that a later delivery can still succeed.
 _NOT_STORED = frozenset({"missing_state_events"})
+
+# One queued input of a room: (input, JetStream delivery count, `in_progress` callable).
+Queued = tuple[InputRoomEvent, int, Callable[[], Awaitable[None]] | None]
 
 
 class Pipeline:
@@ -89,6 +95,9 @@ class Pipeline:
         # A store that reads events and waiting redactions in one round trip (checked once:
         # a Protocol isinstance check is not free).
         self._read_ahead_store = store if isinstance(store, ReadAheadStore) else None
+        self._batching = store if isinstance(store, BatchingStore) else None
+        # Set on the view `handle_batch` works through: the batch its writes are held in.
+        self._batch: StoreBatch | None = None
 
     async def drain(self) -> None:
         """Wait until the outputs of every event handled so far are published."""
@@ -109,12 +118,88 @@ class Pipeline:
             DUPLICATES.inc()
         return result
 
-    async def process(
-        self, room_id: str, inp: InputRoomEvent, *, fill: bool = True, attempt: Attempt | None = None
-    ) -> Result:
-        """Steps 2 to 9 for one input."""
+    async def handle_batch(self, room_id: str, items: Sequence[Queued]) -> list[HandleResult]:
+        """`handle` of several queued inputs of one room, in order, with their writes
+        committed in one transaction (when the store can hold them: `BatchingStore`).
+
+        Each input is decided exactly as `handle` would, after the ones before it; nothing
+        is answered before the commit. If this raises, no write held for the batch is
+        stored (some may have been committed early, see `StoreBatch`; handling those again
+        finds them as duplicates): the caller handles the inputs again one by one.
+        """
+        if self._batching is None or len(items) < 2:
+            return [
+                await self.handle(room_id, inp, delivery=delivery, in_progress=progress)
+                for inp, delivery, progress in items
+            ]
+        batch = self._batching.batch(room_id)
+        view = copy.copy(self)
+        view.store = view._read_ahead_store = view._batch = batch
+        results: list[Result] = []
+        try:
+            validated = await view._validate_all(room_id, [inp for inp, _, _ in items])
+            for (inp, delivery, progress), work in zip(items, validated, strict=True):
+                with measure("total"):
+                    results.append(
+                        await view.process(
+                            room_id, inp, attempt=Attempt(delivery, progress), validated=work
+                        )
+                    )
+            with measure("persist"):
+                await batch.commit()
+        finally:
+            if batch.committed:
+                self.flusher.kick(room_id)
+        if self.await_outputs or any(r.duplicate for r in results):
+            # As in `process`: a duplicate's outputs are out before it is answered.
+            with measure("publish"):
+                await self.relay.flush(room_id)
+        for (inp, _, _), result in zip(items, results, strict=True):
+            count_event(inp.kind, _LABEL[result.outcome])
+            if result.duplicate:
+                DUPLICATES.inc()
+        return results
+
+    async def _validate_all(
+        self, room_id: str, inputs: Sequence[InputRoomEvent]
+    ) -> list[Work | Result | None]:
+        """Validate a batch's inputs up front and read what they will ask for in one round
+        trip. Only for a room that exists: validation depends on the room only through its
+        version, which then cannot change; for a new room each input is validated in turn
+        (None), once the create event before it is held."""
+        assert self._batch is not None
+        if await self.store.room(room_id) is None:
+            return [None] * len(inputs)
+        out: list[Work | Result | None] = []
+        ids: list[str] = []
+        targets: list[str] = []
         with measure("validate"):
-            work = await validate(self.store, room_id, inp)
+            for inp in inputs:
+                work = await validate(self.store, room_id, inp)
+                out.append(work)
+                if isinstance(work, Work):
+                    ids.append(work.event_id)
+                    ids.extend(dependency_ids(work))
+                    targets.append(work.event_id)
+        with measure("dedupe"):
+            await self._batch.prefetch(ids, targets)
+        return out
+
+    async def process(
+        self,
+        room_id: str,
+        inp: InputRoomEvent,
+        *,
+        fill: bool = True,
+        attempt: Attempt | None = None,
+        validated: Work | Result | None = None,
+    ) -> Result:
+        """Steps 2 to 9 for one input (`validated`: step 2 already done)."""
+        if validated is None:
+            with measure("validate"):
+                work = await validate(self.store, room_id, inp)
+        else:
+            work = validated
         if isinstance(work, HandleResult):
             return work
         structlog.contextvars.bind_contextvars(event_id=work.event_id)
@@ -133,6 +218,12 @@ class Pipeline:
             await self.relay.flush(room_id)
             return duplicate
         with measure("fill_gaps"):
+            if self._batch is not None and fill and self.gaps is not None and any(
+                find_missing(work, known)
+            ):
+                # The gap filler reads and writes the store itself: from here on, this
+                # batch writes through.
+                await self._batch.immediate()
             if fill and self.gaps is not None:
                 reinput = self._reinput(room_id)
                 filled = await self.gaps.fill(work, known, reinput, attempt or Attempt())
@@ -234,9 +325,10 @@ class Pipeline:
         write = await self._write(work, outcome, problem)
         with measure("persist"):
             await self.store.persist(write)
-        if write.outputs:
+        if write.outputs and self._batch is None:
             # Nothing new to publish otherwise (outliers, refusals, soft-failures); rows a
-            # crash left unsent are the relay's sweep's to publish.
+            # crash left unsent are the relay's sweep's to publish. A batch's outputs are
+            # published once it commits (`handle_batch`).
             if self.await_outputs:
                 with measure("publish"):
                     await self.relay.flush(work.room_id)

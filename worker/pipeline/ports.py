@@ -165,6 +165,51 @@ class ReadAheadStore(RoomStore, Protocol):
         ...
 
 
+@runtime_checkable
+class StoreBatch(ReadAheadStore, Protocol):
+    """One room's writes held in memory and committed together (DESIGN §2 step 8: a
+    transaction may carry several events of one room, in order).
+
+    Reads answer as if every held write were committed. Where it cannot answer exactly
+    from memory, the batch commits what it holds first. If anything fails before `commit`
+    returns, nothing held is stored: the caller handles the events again one by one.
+    """
+
+    @property
+    def held(self) -> int:
+        """Writes held, not yet committed."""
+        ...
+
+    @property
+    def committed(self) -> int:
+        """Writes this batch has committed so far (`flush`, `immediate`, `commit`)."""
+        ...
+
+    async def prefetch(self, event_ids: Sequence[str], target_ids: Sequence[str]) -> None:
+        """Read ahead, in one round trip, the stored events and waiting redactions the
+        batch's events will ask for."""
+        ...
+
+    async def flush(self) -> None:
+        """Commit the held writes now."""
+        ...
+
+    async def immediate(self) -> None:
+        """Commit the held writes, and write every later one at once."""
+        ...
+
+    async def commit(self) -> None:
+        """Commit the held writes: the end of the batch."""
+        ...
+
+
+@runtime_checkable
+class BatchingStore(RoomStore, Protocol):
+    """A store that can hold a room's writes and commit them in one transaction."""
+
+    def batch(self, room_id: str) -> StoreBatch: ...
+
+
 class OutboxRelay(Protocol):
     """Publishes committed outbox rows to the output stream (DESIGN §2 step 9)."""
 

@@ -36,7 +36,15 @@ from worker.core.redaction import redact
 from worker.core.versions import rules_for
 from worker.errors import InvariantViolation, RetryableError
 from worker.observability.metrics import DB_TRANSACTION_DURATION, DB_TRANSACTION_RETRIES
-from worker.pipeline.ports import EventWrite, RoomInfo, RoomStore, StateHandle, StoredEvent
+from worker.pipeline.ports import (
+    BatchingStore,
+    EventWrite,
+    RoomInfo,
+    RoomStore,
+    StateHandle,
+    StoreBatch,
+    StoredEvent,
+)
 from worker.storage import events as ev_sql
 from worker.storage import nids as nid_sql
 from worker.storage import snapshots as snap_sql
@@ -87,6 +95,8 @@ class _Effects:
     stale_events: set[str] = field(default_factory=set)
     derived: dict[tuple[int, frozenset[tuple[sb.NidKey, int]]], int] = field(default_factory=dict)
     after: dict[str, PgState] = field(default_factory=dict)
+    # Handles stored as snapshots by this transaction, newest last (see `_rebase_on_stored`).
+    stored: list[tuple[PgState, int]] = field(default_factory=list)
 
 
 class PostgresStore:
@@ -516,17 +526,45 @@ class PostgresStore:
     # --- the write ----------------------------------------------------------------------
 
     async def persist(self, write: EventWrite) -> None:
+        await self.persist_many([write])
+
+    def batch(self, room_id: str) -> StoreBatch:
+        """Hold a room's writes in memory and commit them together (`worker.storage.batch`)."""
+        from worker.storage.batch import StoreBatch as Held
+
+        return Held(self, room_id)
+
+    async def persist_many(self, writes: Sequence[EventWrite]) -> None:
+        """Several writes of one room, in order, in one transaction (DESIGN §2 step 8: a
+        transaction may carry several events; an event is never split across two). Each
+        write sees the ones before it, exactly as if they had been persisted one by one."""
+        if not writes:
+            return
+        room_id = writes[0].room_id
+        if any(w.room_id != room_id for w in writes):
+            raise InvariantViolation("persist_many: writes of several rooms in one call")
         # In-process writes to one room take turns too, so the cache learns in commit order.
-        lock = self._room_locks.get(write.room_id)
+        lock = self._room_locks.get(room_id)
         if lock is None:
-            lock = self._room_locks[write.room_id] = asyncio.Lock()
+            lock = self._room_locks[room_id] = asyncio.Lock()
+        desc = "persist_event" if len(writes) == 1 else "persist_events"
         async with lock:
-            token = _LOCK_AT_BEGIN.set(room_lock_key(write.room_id))
+            token = _LOCK_AT_BEGIN.set(room_lock_key(room_id))
             try:
-                effects = await self.txn("persist_event", lambda c: self._persist_txn(c, write))
+                effects = await self.txn(desc, lambda c: self._persist_all_txn(c, writes))
             finally:
                 _LOCK_AT_BEGIN.reset(token)
             self._learn(effects)
+
+    async def _persist_all_txn(
+        self, conn: asyncpg.Connection, writes: Sequence[EventWrite]
+    ) -> _Effects:
+        # One set of effects for the whole transaction: what an earlier write created (NIDs,
+        # snapshots, event NIDs, the room row) is what the later ones build on.
+        fx = _Effects()
+        for w in writes:
+            await self._persist_txn(conn, w, fx)
+        return fx
 
     def _learn(self, fx: _Effects) -> None:
         self.nids.learn(fx.nids)
@@ -546,15 +584,18 @@ class PostgresStore:
         if fx.room is not None:
             self._rooms[fx.room.room_id] = fx.room
 
-    async def _persist_txn(self, conn: asyncpg.Connection, w: EventWrite) -> _Effects:
-        fx = _Effects()
+    async def _persist_txn(self, conn: asyncpg.Connection, w: EventWrite, fx: _Effects) -> None:
         e = w.event
-        if _LOCK_AT_BEGIN.get() != room_lock_key(w.room_id):
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", room_lock_key(w.room_id))
-        r = await conn.fetchrow(ev_sql.UPSERT_ROOM, w.room_id, w.room_version)
-        if r is None:
-            raise InvariantViolation(f"room {w.room_id} could not be created")
-        room = ev_sql.room_row(r)
+        if fx.room is not None and fx.room.room_id == w.room_id:
+            # An earlier write of this transaction has the row as it is now.
+            room = fx.room
+        else:
+            if _LOCK_AT_BEGIN.get() != room_lock_key(w.room_id):
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", room_lock_key(w.room_id))
+            r = await conn.fetchrow(ev_sql.UPSERT_ROOM, w.room_id, w.room_version)
+            if r is None:
+                raise InvariantViolation(f"room {w.room_id} could not be created")
+            room = ev_sql.room_row(r)
         before = _own(w.state_before) if w.state_before is not None else None
         current = _own(w.current_state) if w.current_state is not None else None
         handles = [h for h in (before, current) if h is not None]
@@ -563,10 +604,10 @@ class PostgresStore:
         keys = {k[1] for h in handles for k in h.delta}
         if e.state_key is not None:
             keys.add(e.state_key)
-        nids, fx.nids = await nid_sql.get_or_create_txn(conn, self.nids, types, keys)
+        nids = await self._nids_txn(conn, types, keys, fx)
         ref_ids = {v for h in handles for v in h.delta.values() if v and v != e.event_id}
-        id_nids: dict[str, int] = {}
-        for eid in ref_ids:
+        id_nids = fx.id_nids
+        for eid in ref_ids - id_nids.keys():
             known = self._id_nids.get(eid)
             if known is not None:
                 id_nids[eid] = known
@@ -593,7 +634,6 @@ class PostgresStore:
             list(e.prev_event_ids),
         )
         id_nids[e.event_id] = event_nid
-        fx.id_nids = id_nids
         if before_nid is not None and w.kind != "outlier":
             # What `state_after` would read back: the upsert keeps this kind, outcome and
             # snapshot for any write that is not an outlier's.
@@ -640,7 +680,24 @@ class PostgresStore:
         )
         if w.redactions:
             await self._apply_redactions_txn(conn, w.redactions, fx)
-        return fx
+
+    async def _nids_txn(
+        self, conn: asyncpg.Connection, types: set[str], keys: set[str], fx: _Effects
+    ) -> nid_sql.Nids:
+        """NIDs of these names, creating missing ones; names an earlier write of the
+        transaction created come from `fx` (not yet in the cache: they exist only if the
+        transaction commits)."""
+        made = fx.nids
+        nids, fresh = await nid_sql.get_or_create_txn(
+            conn, self.nids, types - made.types.keys(), keys - made.keys.keys()
+        )
+        for t in types & made.types.keys():
+            nids.types[t] = made.types[t]
+        for k in keys & made.keys.keys():
+            nids.keys[k] = made.keys[k]
+        made.types.update(fresh.types)
+        made.keys.update(fresh.keys)
+        return nids
 
     async def _store_state_txn(
         self,
@@ -654,6 +711,11 @@ class PostgresStore:
         """The snapshot NID of a handle, writing at most one snapshot (or one new root)."""
         if not h.delta:
             return h.snapshot_nid
+        original = h
+        h = _rebase_on_stored(h, fx.stored)
+        if not h.delta:
+            fx.stored.append((original, h.snapshot_nid))
+            return h.snapshot_nid
         delta: sb.NidState = {}
         for (t, s), eid in h.delta.items():
             if eid and eid not in id_nids:
@@ -662,6 +724,7 @@ class PostgresStore:
         dkey = (h.snapshot_nid, frozenset(delta.items()))
         known = fx.derived.get(dkey) or self._derived.get(dkey)
         if known is not None:
+            fx.stored.append((original, known))
             return known
         chain = await self._chain(conn, h.snapshot_nid, fx.layers)
         delta = {k: v for k, v in delta.items() if sb.value_at(chain, k) != v}
@@ -672,6 +735,7 @@ class PostgresStore:
         if layer is not None:
             fx.layers[nid] = layer
         fx.derived[dkey] = nid
+        fx.stored.append((original, nid))
         return nid
 
     async def _membership_changes(
@@ -758,6 +822,28 @@ def _rebase(current: PgState, before: PgState, before_nid: int) -> PgState:
     return PgState(current.room_id, before_nid, rest)
 
 
+_REBASE_CANDIDATES = 4
+
+
+def _rebase_on_stored(h: PgState, stored: Sequence[tuple[PgState, int]]) -> PgState:
+    """`h` over a snapshot this transaction already stored for a handle it extends.
+
+    Events persisted together chain their states: each one's state before is the previous
+    one's state after, a handle whose delta (over the snapshot the batch started from) grows
+    by one entry per state event. Stored as is, every snapshot would repeat the whole delta;
+    rebased on the snapshot just stored for the handle it extends, each adds only its own.
+    """
+    for cand, nid in reversed(stored[-_REBASE_CANDIDATES:]):
+        if cand.room_id != h.room_id or cand.snapshot_nid != h.snapshot_nid:
+            continue
+        if len(cand.delta) > len(h.delta):
+            continue
+        if all(h.delta.get(k, None) == v for k, v in cand.delta.items()):
+            rest = {k: v for k, v in h.delta.items() if k not in cand.delta}
+            return PgState(h.room_id, nid, rest)
+    return h
+
+
 def _getter(
     pending: Mapping[int, sb.Layer], cache: Lru[int, sb.Layer]
 ) -> Callable[[int], sb.Layer | None]:
@@ -776,4 +862,9 @@ def _notes_json(notes: Mapping[str, str]) -> str:
 
 def _conforms(store: PostgresStore) -> RoomStore:
     """Static proof (checked by mypy --strict) that `PostgresStore` implements `RoomStore`."""
+    return store
+
+
+def _batches(store: PostgresStore) -> BatchingStore:
+    """Static proof that `PostgresStore` implements `BatchingStore`."""
     return store
