@@ -58,9 +58,11 @@ SELECT room_nid, room_id, room_version, current_snapshot_nid, extremities
 FROM rooms WHERE room_id = $1
 """
 
-# One statement stores the event row, its JSON and its prev references. A re-input updates the
-# decision but never downgrades a stored event to an outlier, and never touches the JSON (which
-# may have been redacted since: redaction is permanent).
+# One statement stores the event row, its JSON and its prev references, and, for an event
+# it inserts (not one it updates), its write-log row (schemas/sql/0002, 0003: `pre` reads the
+# statement's snapshot, taken before the insert). A re-input updates the decision but never
+# downgrades a stored event to an outlier, and never touches the JSON (which may have been
+# redacted since: redaction is permanent).
 UPSERT_EVENT = """
 WITH e AS (
     INSERT INTO events AS old (event_id, room_nid, type_nid, state_key_nid, depth, kind,
@@ -87,6 +89,10 @@ WITH e AS (
     INSERT INTO event_prevs (prev_event_id, event_nid)
     SELECT unnest($14::text[]), event_nid FROM ev
     ON CONFLICT DO NOTHING
+), w AS (
+    INSERT INTO write_log (room_nid, event_nid, worker, txn_started, written)
+    SELECT $2, event_nid, current_setting('application_name'), now(), clock_timestamp()
+    FROM e WHERE NOT EXISTS (SELECT 1 FROM events pre WHERE pre.event_id = $1)
 )
 SELECT event_nid FROM ev
 """

@@ -12,6 +12,9 @@ Changelog (SCHEMA_VERSION = the highest file number):
                           snapshots, memberships, invites, redactions, outbox.
     2  0002_write_log.sql the write log: which worker (application_name) first wrote each
                           event, when, from a trigger in the event's transaction.
+    3  0003_lean_writes.sql less work per event: no foreign keys on the event tables, the
+                          write log written by the event's own upsert (trigger and its room
+                          index dropped), the outbox keyed by output_id (seq index dropped).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from typing import cast
 
 import asyncpg
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 SQL_DIR = Path(__file__).resolve().parents[2] / "schemas" / "sql"
 
