@@ -53,11 +53,32 @@ def _statements() -> Iterator[tuple[str, str]]:
                 yield f"{short}.{name}", value
 
 
-def _seq_scans(plan: dict[str, Any]) -> Iterator[str]:
-    if plan.get("Node Type") == "Seq Scan" and plan.get("Relation Name") in _BIG:
-        yield str(plan["Relation Name"])
+def _nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    yield plan
     for child in plan.get("Plans", ()):
-        yield from _seq_scans(child)
+        yield from _nodes(child)
+
+
+def _seq_scans(plan: dict[str, Any]) -> Iterator[str]:
+    for node in _nodes(plan):
+        if node.get("Node Type") == "Seq Scan" and node.get("Relation Name") in _BIG:
+            yield str(node["Relation Name"])
+
+
+async def _generic_plan(conn: asyncpg.Connection, sql: str) -> dict[str, Any]:
+    """The generic plan of `sql` (the session must force generic plans)."""
+    # asyncpg infers the parameter types exactly as the worker's own prepare does.
+    params = (await conn.prepare(sql)).get_parameters()
+    types = [await conn.fetchval("SELECT format_type($1::oid, NULL)", p.oid) for p in params]
+    decl = f"({', '.join(types)})" if types else ""
+    args = f"({', '.join('NULL' for _ in types)})" if types else ""
+    await conn.execute(f"PREPARE plan_check{decl} AS {sql}")
+    try:
+        raw = await conn.fetchval(f"EXPLAIN (FORMAT JSON) EXECUTE plan_check{args}")
+    finally:
+        await conn.execute("DEALLOCATE plan_check")
+    plan: dict[str, Any] = msgspec.json.decode(raw)[0]["Plan"]
+    return plan
 
 
 async def _generic_scans(conn: asyncpg.Connection) -> dict[str, list[str]]:
@@ -65,18 +86,7 @@ async def _generic_scans(conn: asyncpg.Connection) -> dict[str, list[str]]:
     await conn.execute("SET plan_cache_mode = force_generic_plan")
     found: dict[str, list[str]] = {}
     for name, sql in _statements():
-        # asyncpg infers the parameter types exactly as the worker's own prepare does.
-        params = (await conn.prepare(sql)).get_parameters()
-        types = [await conn.fetchval("SELECT format_type($1::oid, NULL)", p.oid) for p in params]
-        decl = f"({', '.join(types)})" if types else ""
-        args = f"({', '.join('NULL' for _ in types)})" if types else ""
-        await conn.execute(f"PREPARE plan_check{decl} AS {sql}")
-        try:
-            raw = await conn.fetchval(f"EXPLAIN (FORMAT JSON) EXECUTE plan_check{args}")
-        finally:
-            await conn.execute("DEALLOCATE plan_check")
-        plan = msgspec.json.decode(raw)[0]["Plan"]
-        scans = sorted(set(_seq_scans(plan)))
+        scans = sorted(set(_seq_scans(await _generic_plan(conn, sql))))
         if scans and name not in _SCANS:
             found[name] = scans
     return found
@@ -150,5 +160,20 @@ async def test_the_check_sees_a_frozen_hash_join(database_dsn: str) -> None:
         )
         raw = await conn.fetchval("EXPLAIN (FORMAT JSON) EXECUTE joined(NULL)")
         assert list(_seq_scans(msgspec.json.decode(raw)[0]["Plan"])) == ["event_json"]
+    finally:
+        await conn.close()
+
+
+async def test_marking_sent_probes_by_key(database_dsn: str) -> None:
+    """MARK_SENT finds its rows by output ID, never by walking the unsent rows' index
+    (which a backlog, and every marked row not yet vacuumed, makes long)."""
+    conn = await asyncpg.connect(database_dsn)
+    try:
+        await apply_migrations(conn)
+        await conn.execute(_POPULATE)
+        await conn.execute("SET plan_cache_mode = force_generic_plan")
+        plan = await _generic_plan(conn, outbox.MARK_SENT)
+        used = {n["Index Name"] for n in _nodes(plan) if "Index Name" in n}
+        assert used == {"outbox_pkey"}
     finally:
         await conn.close()

@@ -43,9 +43,23 @@ FROM outbox WHERE sent_at IS NULL AND room_id = ANY($2::text[])
 ORDER BY seq LIMIT $1
 """
 
+# Rows are found by their key, one probe per output ID. Written plainly (`output_id = ANY($1)
+# AND sent_at IS NULL`), the planner takes outbox_unsent_idx, whose predicate that WHERE
+# implies, and scans every unsent row (and every marked one not yet vacuumed out of that
+# index) to mark a few: each mark then costs as much as the whole backlog. Keeping sent_at
+# out of the UPDATE's own WHERE leaves the primary key as its only index. Two relays marking
+# one row at once may both count it; the row is marked either way.
 MARK_SENT = """
+WITH unsent AS (
+    SELECT o.output_id
+    FROM unnest($1::text[]) AS u(id)
+    CROSS JOIN LATERAL (
+        SELECT x.output_id, x.sent_at FROM outbox x WHERE x.output_id = u.id LIMIT 1
+    ) o
+    WHERE o.sent_at IS NULL
+)
 UPDATE outbox SET sent_at = now()
-WHERE output_id = ANY($1::text[]) AND sent_at IS NULL
+WHERE output_id = ANY (ARRAY(SELECT output_id FROM unsent))
 """
 
 SELECT_STATS = """
