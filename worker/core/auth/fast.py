@@ -1,0 +1,134 @@
+"""A table-driven shortcut through rule 5 for the commonest membership events.
+
+State resolution in a big room checks thousands of membership events, and nearly all of
+them are someone joining (or re-joining to change a display name) or leaving. For those the
+whole of `check_auth` comes down to two facts: the sender's current membership and the
+room's join rule. `MembershipShortcut` works out, once per create event, everything that
+does not depend on the event, and turns each join rule event into a table "current
+membership -> verdict"; a check is then a few attribute reads and dict lookups.
+
+The shortcut answers only when it is sure to agree with `check_auth`; for anything unusual
+it answers None and the caller runs the full rules. Agreement is a tested property
+(`tests/core/test_auth_fast.py` compares both on random events and auth states).
+
+Spec: https://spec.matrix.org/latest/rooms/v12/#authorisation-rules (rules 2-5; 5.3 joins,
+5.5.1 leaving), with the same version scopes as `check_auth` (see `member.py`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from worker.core.auth.common import MEMBER
+from worker.core.events import Event
+from worker.core.versions import RoomRules
+
+# A verdict table: current membership of the sender (None: no membership event) -> allowed
+# (True), refused (False), or "ask the full rules" (None), with a default for the rest.
+Table = tuple[Mapping[str | None, bool | None], bool | None]
+
+_VIA = "join_authorised_via_users_server"
+
+
+def _join_table(rules: RoomRules, join_rules: Event | None) -> Table:
+    """5.3.3-5.3.7 for a self-join, as a table over the sender's current membership."""
+    # As `member._join_rule`: no m.room.join_rules event means invite-only; a non-string
+    # rule is no rule at all (it then falls to 5.3.7 below).
+    if join_rules is None:
+        rule = "invite"
+    else:
+        got = join_rules.content.get("join_rule")
+        rule = got if isinstance(got, str) else ""
+    # 5.3.3 (all versions) comes first in every row: a banned sender is refused.
+    # 5.3.4 (all versions; `knock` v7+): invite-only and knock rooms admit the invited and
+    # the joined only.
+    if rule == "invite" or (rules.knock and rule == "knock"):
+        return {"invite": True, "join": True}, False
+    # 5.3.5 (v8+ `restricted`, v10+ `knock_restricted`): 5.3.5.1 admits the invited and the
+    # joined; everyone else needs an authorising user (5.3.5.2), which the shortcut leaves
+    # to the full rules.
+    if (rules.restricted_join_rule and rule == "restricted") or (
+        rules.knock_restricted_join_rule and rule == "knock_restricted"
+    ):
+        return {"invite": True, "join": True, "ban": False}, None
+    # 5.3.6 (all versions): public rooms admit anyone who is not banned.
+    if rule == "public":
+        return {"ban": False}, True
+    # 5.3.7 (all versions): any other join rule refuses.
+    return {}, False
+
+
+class MembershipShortcut:
+    """Rule 2-5 verdicts for self-joins and self-leaves, given one create event.
+
+    Built once per resolution (per create event in force); `allows` is then called per
+    event with the sender's current membership event and the join rules event, i.e. what
+    `auth_events` would hold under (m.room.member, sender) and (m.room.join_rules, "").
+    """
+
+    __slots__ = ("_create_prev", "_join_tables", "_leave_table", "_room_id", "_rules", "usable")
+
+    def __init__(self, rules: RoomRules, create: Event) -> None:
+        self._rules = rules
+        # 5.3.1 (all versions): the creator's first join, right after the create event, is
+        # judged differently; such joins (prev_events = [create]) go to the full rules.
+        self._create_prev = (create.event_id,)
+        # 2 (v12+): the room ID is the create event's ID with `!` for `$`. Events of another
+        # room (or a create event with a malformed ID) go to the full rules.
+        self._room_id: str | None = None
+        if rules.room_id_from_create_event:
+            self._room_id = "!" + create.event_id[1:]
+        # 3 (v1-v11) / 4 (v12): only a create event that sets `m.federate` can refuse
+        # anyone, on the sender's server; then the shortcut is not used at all. Nor is it
+        # for a v12 create event whose ID does not start with `$` (rule 2 refuses all).
+        self.usable = "m.federate" not in create.content and (
+            self._room_id is None or create.event_id.startswith("$")
+        )
+        # 5.5.1 (all versions; withdrawing a knock v7+): leaving oneself is allowed if and
+        # only if one is invited or joined (or has knocked).
+        allowed = ("invite", "join", "knock") if rules.knock else ("invite", "join")
+        self._leave_table: Table = (dict.fromkeys(allowed, True), False)
+        # join rules event ID -> its table (a room has few; None: no join rules event).
+        self._join_tables: dict[str | None, Table] = {}
+
+    def allows(
+        self, event: Event, sender_member: Event | None, join_rules: Event | None
+    ) -> bool | None:
+        """Whether `check_auth` allows `event`; None when the shortcut does not apply."""
+        # Only self-joins and self-leaves of this room version, without the fields that
+        # bring in other rules: 4 (v1-v5 aliases) and 6-10 concern other event types.
+        sender = event.sender
+        if (
+            not self.usable
+            or event.type != MEMBER
+            or event.state_key != sender
+            or event.rules is not self._rules
+        ):
+            return None
+        content = event.content
+        membership = content.get("membership")
+        # 5.2 (v8+): a join authorised via another server also needs that server's
+        # signature, whatever the membership; left to the full rules.
+        if self._rules.restricted_join_rule and _VIA in content:
+            return None
+        # 2 (v12+): the room ID.
+        if self._room_id is not None and event.room_id != self._room_id:
+            return None
+        # The sender's current membership, read as `membership_of` reads it.
+        current = sender_member.content.get("membership") if sender_member is not None else None
+        if not isinstance(current, str):
+            current = None
+        if membership == "join":
+            # 5.3.1: see __init__.
+            if event.prev_event_ids == self._create_prev:
+                return None
+            key = join_rules.event_id if join_rules is not None else None
+            table = self._join_tables.get(key)
+            if table is None:
+                table = self._join_tables[key] = _join_table(self._rules, join_rules)
+        elif membership == "leave":
+            table = self._leave_table
+        else:
+            return None
+        verdicts, default = table
+        return verdicts.get(current, default)
