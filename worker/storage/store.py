@@ -39,12 +39,14 @@ from worker.observability.metrics import DB_TRANSACTION_DURATION, DB_TRANSACTION
 from worker.pipeline.ports import (
     BatchingStore,
     EventWrite,
+    OutputRecord,
     RoomInfo,
     RoomStore,
     StateHandle,
     StoreBatch,
     StoredEvent,
 )
+from worker.storage import bulk as bulk_sql
 from worker.storage import events as ev_sql
 from worker.storage import nids as nid_sql
 from worker.storage import snapshots as snap_sql
@@ -562,8 +564,15 @@ class PostgresStore:
         # One set of effects for the whole transaction: what an earlier write created (NIDs,
         # snapshots, event NIDs, the room row) is what the later ones build on.
         fx = _Effects()
-        for w in writes:
-            await self._persist_txn(conn, w, fx)
+        i = 0
+        while i < len(writes):
+            run = _bulk_run(writes, i, fx)
+            if len(run) > 1:
+                await self._persist_bulk_txn(conn, run, fx)
+                i += len(run)
+            else:
+                await self._persist_txn(conn, writes[i], fx)
+                i += 1
         return fx
 
     def _learn(self, fx: _Effects) -> None:
@@ -680,6 +689,161 @@ class PostgresStore:
         )
         if w.redactions:
             await self._apply_redactions_txn(conn, w.redactions, fx)
+
+    async def _persist_bulk_txn(
+        self, conn: asyncpg.Connection, run: Sequence[EventWrite], fx: _Effects
+    ) -> None:
+        """A run of new events (see `_bulk_run`) with a fixed number of round trips: their
+        NIDs are reserved, their snapshots planned (and new ones written) in order, then
+        every row is inserted by one statement and the room's end state, memberships and
+        outbox rows by one more. Stores exactly what `_persist_txn` per write would."""
+        room_id = run[0].room_id
+        if fx.room is not None and fx.room.room_id == room_id:
+            room = fx.room
+        else:
+            if _LOCK_AT_BEGIN.get() != room_lock_key(room_id):
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", room_lock_key(room_id))
+            r = await conn.fetchrow(ev_sql.UPSERT_ROOM, room_id, run[0].room_version)
+            if r is None:
+                raise InvariantViolation(f"room {room_id} could not be created")
+            room = ev_sql.room_row(r)
+        types: set[str] = set()
+        keys: set[str] = set()
+        refs: set[str] = set()
+        for w in run:
+            e = w.event
+            types.add(e.type)
+            if e.state_key is not None:
+                keys.add(e.state_key)
+            for h in (w.state_before, w.current_state):
+                if h is not None:
+                    for (t, k), v in _own(h).delta.items():
+                        types.add(t)
+                        keys.add(k)
+                        if v:
+                            refs.add(v)
+            refs.update(e.auth_event_ids)
+        nids = await self._nids_txn(conn, types, keys, fx)
+        id_nids = fx.id_nids
+        reserved = await bulk_sql.reserve_event_nids(conn, len(run))
+        for w, nid in zip(run, reserved, strict=True):
+            id_nids[w.event.event_id] = nid
+        for eid in refs - id_nids.keys():
+            known = self._id_nids.get(eid)
+            if known is not None:
+                id_nids[eid] = known
+        id_nids.update(await ev_sql.event_nids(conn, refs - id_nids.keys()))
+
+        cols: tuple[list[object], ...] = tuple([] for _ in range(13))
+        prevs: tuple[list[str], list[int]] = ([], [])
+        current_nid = room.current_snapshot_nid
+        current_changed = False
+        extremities = room.extremities
+        notes: dict[str, str] = {}
+        outputs: list[OutputRecord] = []
+        changes: list[tuple[list[int], list[int], list[int]]] = []
+        for w, nid in zip(run, reserved, strict=True):
+            e = w.event
+            before = _own(w.state_before) if w.state_before is not None else None
+            current = _own(w.current_state) if w.current_state is not None else None
+            before_nid = None
+            if before is not None:
+                before_nid = await self._store_state_txn(
+                    conn, room.room_nid, before, nids, id_nids, fx
+                )
+                if w.kind != "outlier":
+                    key = e.state_tuple
+                    delta: dict[StateKey, str] = {}
+                    if key is not None and w.outcome is Outcome.ACCEPTED:
+                        delta[key] = e.event_id
+                    fx.after[e.event_id] = PgState(e.room_id, before_nid, delta)
+            fx.stale_events.add(e.event_id)
+            if current is not None:
+                if before is not None and before_nid is not None:
+                    current = _rebase(current, before, before_nid)
+                new_current = await self._store_state_txn(
+                    conn, room.room_nid, current, nids, id_nids, fx
+                )
+                changes.append(await self._membership_changes(conn, current_nid, new_current, fx))
+                current_nid, current_changed = new_current, True
+            if w.extremities is not None:
+                extremities = list(w.extremities)
+            notes.update(w.notes)
+            outputs.extend(w.outputs)
+            auth = sorted({id_nids[a] for a in e.auth_event_ids if a in id_nids})
+            row = (
+                nid,
+                e.event_id,
+                nids.types[e.type],
+                nids.keys[e.state_key] if e.state_key is not None else 0,
+                e.depth,
+                ev_sql.KIND_CODES[w.kind],
+                ev_sql.OUTCOME_CODES[w.outcome],
+                w.reason_code,
+                w.reason,
+                ev_sql.membership_code(e),
+                bulk_sql.nid_array(auth),
+                before_nid,
+                w.event_json,
+            )
+            for col, value in zip(cols, row, strict=True):
+                col.append(value)
+            for prev in dict.fromkeys(e.prev_event_ids):
+                prevs[0].append(prev)
+                prevs[1].append(nid)
+        inserted = await conn.fetchval(
+            bulk_sql.INSERT_EVENTS, *cols[:12], room.room_nid, *prevs, cols[12]
+        )
+        if inserted != len(run):
+            # Written meanwhile by someone else (a stale owner, despite the fence): let the
+            # one-by-one path, which upserts, decide.
+            raise StaleWrite(f"{len(run) - inserted} of {len(run)} events were already stored")
+        await self._finish_memberships_txn(conn, room.room_nid, changes)
+        await conn.execute(
+            ev_sql.FINISH_EVENT,
+            room.room_nid,
+            current_changed,
+            current_nid,
+            extremities if any(w.extremities is not None for w in run) else None,
+            _notes_json(notes),
+            *_merged_changes(changes),
+            [o.output_id for o in outputs],
+            [o.output_type for o in outputs],
+            [o.payload for o in outputs],
+            room_id,
+            None,
+            None,
+        )
+        fx.room = ev_sql.RoomRow(
+            room.room_nid, room.room_id, room.version, current_nid, list(extremities)
+        )
+
+    async def _finish_memberships_txn(
+        self,
+        conn: asyncpg.Connection,
+        room_nid: int,
+        changes: list[tuple[list[int], list[int], list[int]]],
+    ) -> None:
+        """Membership changes of a run that touch a target more than once: each write's own
+        changes, in order (only the last for a target would be right for `memberships`,
+        but invites retired in between must stay retired). Emptied from `changes`."""
+        seen: set[int] = set()
+        repeated = False
+        for _, _, targets in changes:
+            if seen.intersection(targets):
+                repeated = True
+                break
+            seen.update(targets)
+        if not repeated:
+            return
+        for upserts, deletes, targets in changes:
+            if not targets:
+                continue
+            await conn.execute(
+                ev_sql.FINISH_EVENT, room_nid, False, 0, None, "{}",
+                upserts, deletes, targets, [], [], [], "", None, None,
+            )
+        changes.clear()
 
     async def _nids_txn(
         self, conn: asyncpg.Connection, types: set[str], keys: set[str], fx: _Effects
@@ -823,6 +987,43 @@ def _rebase(current: PgState, before: PgState, before_nid: int) -> PgState:
 
 
 _REBASE_CANDIDATES = 4
+
+
+class StaleWrite(RetryableError):
+    """A write meant to insert an event found it already stored: recompute and retry."""
+
+    code = "stale_write"
+
+
+def _bulk_run(writes: Sequence[EventWrite], start: int, fx: _Effects) -> Sequence[EventWrite]:
+    """The longest run of writes from `start` that `_persist_bulk_txn` can take: events
+    not stored yet (nor earlier in this transaction, nor twice in the run), with no
+    redactions to apply and not redactions themselves (those pair with their target)."""
+    seen: set[str] = set()
+    end = start
+    while end < len(writes):
+        w = writes[end]
+        e = w.event
+        eid = e.event_id
+        if w.redactions or e.type == "m.room.redaction" or eid in seen or eid in fx.id_nids:
+            break
+        seen.add(eid)
+        end += 1
+    return writes[start:end]
+
+
+def _merged_changes(
+    changes: Sequence[tuple[list[int], list[int], list[int]]],
+) -> tuple[list[int], list[int], list[int]]:
+    """The membership changes of a run whose writes each touch different targets."""
+    up: list[int] = []
+    gone: list[int] = []
+    targets: list[int] = []
+    for u, d, t in changes:
+        up.extend(u)
+        gone.extend(d)
+        targets.extend(t)
+    return up, gone, targets
 
 
 def _rebase_on_stored(h: PgState, stored: Sequence[tuple[PgState, int]]) -> PgState:

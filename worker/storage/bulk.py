@@ -1,0 +1,68 @@
+"""SQL for writing a run of a batch's events in one statement (`PostgresStore.persist_many`).
+
+A batch's events are new to the store (the batch checked each was not stored, under the
+room's lease and lock), so their rows are plain inserts: their NIDs are reserved first, in
+one round trip, so that the snapshots that name them can be planned before the rows exist,
+and then every row (event, JSON, prev references, write log) goes in with one statement.
+If some event turned out to be stored after all (`ON CONFLICT DO NOTHING` skipped it), the
+caller aborts the transaction: the upsert path of one-by-one writes handles that case.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import asyncpg
+
+# NIDs for `n` events about to be inserted, in the order they will be used.
+RESERVE_EVENT_NIDS = """
+SELECT nextval(pg_get_serial_sequence('events', 'event_nid')) AS nid
+FROM generate_series(1, $1::int)
+"""
+
+# $1..$12: one array element per event; $13: the room; $14, $15: the prev references as
+# parallel arrays (prev event ID, the NID of the event naming it). auth_event_nids travel as
+# array literals ('{1,2}'): a SQL array of arrays must be rectangular.
+INSERT_EVENTS = """
+WITH u AS (
+    SELECT *
+    FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[],
+                $6::smallint[], $7::smallint[], $8::text[], $9::text[], $10::smallint[],
+                $11::text[], $12::bigint[], $16::bytea[])
+         AS u(event_nid, event_id, type_nid, state_key_nid, depth, kind, outcome,
+              reason_code, reason, membership, auth, before, json)
+), e AS (
+    INSERT INTO events (event_nid, event_id, room_nid, type_nid, state_key_nid, depth, kind,
+                        outcome, reason_code, reason, membership, auth_event_nids,
+                        before_snapshot_nid)
+    OVERRIDING SYSTEM VALUE
+    SELECT event_nid, event_id, $13, type_nid, state_key_nid, depth, kind, outcome,
+           reason_code, reason, membership, auth::bigint[], before
+    FROM u
+    ON CONFLICT (event_id) DO NOTHING
+    RETURNING event_nid
+), j AS (
+    INSERT INTO event_json (event_nid, json)
+    SELECT u.event_nid, u.json FROM u WHERE u.event_nid IN (SELECT event_nid FROM e)
+), p AS (
+    INSERT INTO event_prevs (prev_event_id, event_nid)
+    SELECT prev, nid FROM unnest($14::text[], $15::bigint[]) AS r(prev, nid)
+    WHERE nid IN (SELECT event_nid FROM e)
+    ON CONFLICT DO NOTHING
+), w AS (
+    INSERT INTO write_log (room_nid, event_nid, worker, txn_started, written)
+    SELECT $13, event_nid, current_setting('application_name'), now(), clock_timestamp()
+    FROM e
+)
+SELECT count(*) FROM e
+"""
+
+
+def nid_array(nids: Sequence[int]) -> str:
+    """A bigint[] literal."""
+    return "{" + ",".join(str(n) for n in nids) + "}"
+
+
+async def reserve_event_nids(conn: asyncpg.Connection, n: int) -> list[int]:
+    rows = await conn.fetch(RESERVE_EVENT_NIDS, n)
+    return sorted(int(r["nid"]) for r in rows)
