@@ -171,7 +171,26 @@ async def _stored(pool: asyncpg.Pool) -> dict[str, Any]:
             """SELECT e.event_id FROM memberships m JOIN events e ON e.event_nid = m.event_nid
                ORDER BY 1"""
         )
+        invites = await c.fetch(
+            """SELECT e.event_id, i.retired FROM invites i
+               JOIN events e ON e.event_nid = i.invite_event_nid ORDER BY 1"""
+        )
+        prevs = await c.fetch(
+            """SELECT p.prev_event_id, e.event_id FROM event_prevs p
+               JOIN events e ON e.event_nid = p.event_nid ORDER BY 1, 2"""
+        )
+        auth = await c.fetch(
+            """SELECT e.event_id, array(SELECT a.event_id FROM events a
+                                        WHERE a.event_nid = ANY(e.auth_event_nids)
+                                        ORDER BY 1)
+               FROM events e ORDER BY 1"""
+        )
+        logged = await c.fetchval("SELECT count(*) FROM write_log")
     return {
+        "invites": [tuple(r) for r in invites],
+        "prevs": [tuple(r) for r in prevs],
+        "auth": [(r[0], list(r[1])) for r in auth],
+        "write_log": logged,
         "events": [tuple(r) for r in events],
         "outbox": [tuple(r) for r in outbox],
         "rooms": [(r[0], sorted(r[1])) for r in rooms],
