@@ -46,16 +46,22 @@ SELECT room_nid, room_id, room_version, current_snapshot_nid, extremities
 FROM rooms WHERE room_id = $1
 """
 
+# The room is nearly always there already: read it first, and only a missing room reaches
+# the INSERT (which would otherwise draw a room NID from the sequence and probe the unique
+# index again, only to conflict).
 UPSERT_ROOM = """
-WITH ins AS (
-    INSERT INTO rooms (room_id, room_version) VALUES ($1, $2)
+WITH old AS (
+    SELECT room_nid, room_id, room_version, current_snapshot_nid, extremities
+    FROM rooms WHERE room_id = $1
+), ins AS (
+    INSERT INTO rooms (room_id, room_version)
+    SELECT $1, $2 WHERE NOT EXISTS (SELECT 1 FROM old)
     ON CONFLICT (room_id) DO NOTHING
     RETURNING room_nid, room_id, room_version, current_snapshot_nid, extremities
 )
 SELECT * FROM ins
 UNION ALL
-SELECT room_nid, room_id, room_version, current_snapshot_nid, extremities
-FROM rooms WHERE room_id = $1
+SELECT * FROM old
 """
 
 # One statement stores the event row, its JSON and its prev references, and, for an event

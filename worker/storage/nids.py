@@ -52,39 +52,41 @@ MEMBER_TYPE_NID = 5
 EMPTY_STATE_KEY_NID = 1
 FIRST_DYNAMIC_NID = 65536
 
+# Each name is probed once: `tin`/`kin` carry the NID of an existing name, and only the
+# others reach the INSERTs.
 GET_OR_CREATE = """
 WITH tin AS (
-    SELECT DISTINCT name FROM unnest($1::text[]) AS u(name)
+    SELECT u.name, t.type_nid AS nid
+    FROM (SELECT DISTINCT name FROM unnest($1::text[]) AS n(name)) u
+    LEFT JOIN LATERAL (
+        SELECT x.type_nid FROM event_types x WHERE x.event_type = u.name LIMIT 1
+    ) t ON true
 ), kin AS (
-    SELECT DISTINCT name FROM unnest($2::text[]) AS u(name)
+    SELECT u.name, k.state_key_nid AS nid
+    FROM (SELECT DISTINCT name FROM unnest($2::text[]) AS n(name)) u
+    LEFT JOIN LATERAL (
+        SELECT x.state_key_nid FROM state_keys x WHERE x.state_key = u.name LIMIT 1
+    ) k ON true
 ), tnew AS (
     INSERT INTO event_types (event_type)
-    SELECT name FROM tin
-    WHERE (SELECT t.type_nid FROM event_types t WHERE t.event_type = tin.name) IS NULL
+    SELECT name FROM tin WHERE nid IS NULL
     ORDER BY name
     ON CONFLICT (event_type) DO NOTHING
     RETURNING type_nid AS nid, event_type AS name
 ), knew AS (
     INSERT INTO state_keys (state_key)
-    SELECT name FROM kin
-    WHERE (SELECT k.state_key_nid FROM state_keys k WHERE k.state_key = kin.name) IS NULL
+    SELECT name FROM kin WHERE nid IS NULL
     ORDER BY name
     ON CONFLICT (state_key) DO NOTHING
     RETURNING state_key_nid AS nid, state_key AS name
 )
 SELECT true AS is_type, nid, name FROM tnew
 UNION ALL
-SELECT true, t.type_nid, t.event_type
-FROM tin CROSS JOIN LATERAL (
-    SELECT x.type_nid, x.event_type FROM event_types x WHERE x.event_type = tin.name LIMIT 1
-) t
+SELECT true, nid, name FROM tin WHERE nid IS NOT NULL
 UNION ALL
 SELECT false, nid, name FROM knew
 UNION ALL
-SELECT false, k.state_key_nid, k.state_key
-FROM kin CROSS JOIN LATERAL (
-    SELECT x.state_key_nid, x.state_key FROM state_keys x WHERE x.state_key = kin.name LIMIT 1
-) k
+SELECT false, nid, name FROM kin WHERE nid IS NOT NULL
 """
 
 SELECT_BY_NAME = """

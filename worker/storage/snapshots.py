@@ -53,38 +53,41 @@ CROSS JOIN LATERAL (
 ) b
 """
 
+# Each hash is probed once: `input` carries the NID of an existing block, and only the
+# others reach the INSERT.
 INSERT_BLOCKS = """
 WITH input AS (
-    SELECT hash, entries, pos
+    SELECT u.hash, u.entries, u.pos, b.block_nid
     FROM unnest($2::bytea[], $3::bytea[]) WITH ORDINALITY AS u(hash, entries, pos)
+    LEFT JOIN LATERAL (
+        SELECT x.block_nid FROM state_blocks x WHERE x.hash = u.hash LIMIT 1
+    ) b ON true
 ), ins AS (
     INSERT INTO state_blocks (room_nid, hash, entries)
     SELECT $1, hash, entries FROM input
-    WHERE (SELECT b.block_nid FROM state_blocks b WHERE b.hash = input.hash) IS NULL
+    WHERE block_nid IS NULL
     ORDER BY pos
     ON CONFLICT (hash) DO NOTHING
     RETURNING block_nid, hash
 )
 SELECT block_nid, hash, true AS fresh FROM ins
 UNION ALL
-SELECT b.block_nid, b.hash, false
-FROM input i
-CROSS JOIN LATERAL (
-    SELECT x.block_nid, x.hash FROM state_blocks x WHERE x.hash = i.hash LIMIT 1
-) b
+SELECT block_nid, hash, false FROM input WHERE block_nid IS NOT NULL
 """
 
 INSERT_SNAPSHOT = """
-WITH ins AS (
+WITH old AS (
+    SELECT snapshot_nid FROM state_snapshots WHERE hash = $2
+), ins AS (
     INSERT INTO state_snapshots (room_nid, hash, parent_nid, rank, block_nids, delta)
     SELECT $1, $2, $3, $4, $5, $6
-    WHERE NOT EXISTS (SELECT 1 FROM state_snapshots s WHERE s.hash = $2)
+    WHERE NOT EXISTS (SELECT 1 FROM old)
     ON CONFLICT (hash) DO NOTHING
     RETURNING snapshot_nid
 )
 SELECT snapshot_nid, true AS fresh FROM ins
 UNION ALL
-SELECT snapshot_nid, false FROM state_snapshots WHERE hash = $2
+SELECT snapshot_nid, false FROM old
 """
 
 
