@@ -27,7 +27,7 @@ from worker.core.versions import RoomRules
 # (True), refused (False), or "ask the full rules" (None), with a default for the rest.
 Table = tuple[Mapping[str | None, bool | None], bool | None]
 
-_VIA = "join_authorised_via_users_server"
+VIA = "join_authorised_via_users_server"
 
 
 def _join_table(rules: RoomRules, join_rules: Event | None) -> Table:
@@ -61,35 +61,57 @@ def _join_table(rules: RoomRules, join_rules: Event | None) -> Table:
 class MembershipShortcut:
     """Rule 2-5 verdicts for self-joins and self-leaves, given one create event.
 
-    Built once per resolution (per create event in force); `allows` is then called per
-    event with the sender's current membership event and the join rules event, i.e. what
-    `auth_events` would hold under (m.room.member, sender) and (m.room.join_rules, "").
+    Built once per resolution (per create event in force). `allows` is the shortcut as a
+    function of what `auth_events` would hold under (m.room.member, sender) and
+    (m.room.join_rules, ""). State resolution's hot loop reads the same fields inline
+    (`stateres.v2.iterative_auth_checks`); both are tested against `check_auth`.
     """
 
-    __slots__ = ("_create_prev", "_join_tables", "_leave_table", "_room_id", "_rules", "usable")
+    __slots__ = (
+        "_join_tables",
+        "create_prev",
+        "leave_allowed",
+        "restricted",
+        "room_id",
+        "rules",
+        "usable",
+    )
 
     def __init__(self, rules: RoomRules, create: Event) -> None:
-        self._rules = rules
+        self.rules = rules
         # 5.3.1 (all versions): the creator's first join, right after the create event, is
         # judged differently; such joins (prev_events = [create]) go to the full rules.
-        self._create_prev = (create.event_id,)
+        self.create_prev = (create.event_id,)
         # 2 (v12+): the room ID is the create event's ID with `!` for `$`. Events of another
-        # room (or a create event with a malformed ID) go to the full rules.
-        self._room_id: str | None = None
+        # room go to the full rules. None: the version has no such rule.
+        self.room_id: str | None = None
         if rules.room_id_from_create_event:
-            self._room_id = "!" + create.event_id[1:]
+            self.room_id = "!" + create.event_id[1:]
         # 3 (v1-v11) / 4 (v12): only a create event that sets `m.federate` can refuse
         # anyone, on the sender's server; then the shortcut is not used at all. Nor is it
         # for a v12 create event whose ID does not start with `$` (rule 2 refuses all).
         self.usable = "m.federate" not in create.content and (
-            self._room_id is None or create.event_id.startswith("$")
+            self.room_id is None or create.event_id.startswith("$")
         )
+        # 5.2 (v8+): a membership event naming `join_authorised_via_users_server` also needs
+        # that server's signature, whatever the membership; such events go to the full
+        # rules. Earlier versions ignore the key.
+        self.restricted = rules.restricted_join_rule
         # 5.5.1 (all versions; withdrawing a knock v7+): leaving oneself is allowed if and
         # only if one is invited or joined (or has knocked).
-        allowed = ("invite", "join", "knock") if rules.knock else ("invite", "join")
-        self._leave_table: Table = (dict.fromkeys(allowed, True), False)
+        self.leave_allowed = frozenset(
+            ("invite", "join", "knock") if rules.knock else ("invite", "join")
+        )
         # join rules event ID -> its table (a room has few; None: no join rules event).
         self._join_tables: dict[str | None, Table] = {}
+
+    def join_table(self, join_rules: Event | None) -> Table:
+        """The self-join verdicts under `join_rules` (None: the room has none), memoised."""
+        key = join_rules.event_id if join_rules is not None else None
+        table = self._join_tables.get(key)
+        if table is None:
+            table = self._join_tables[key] = _join_table(self.rules, join_rules)
+        return table
 
     def allows(
         self, event: Event, sender_member: Event | None, join_rules: Event | None
@@ -102,33 +124,27 @@ class MembershipShortcut:
             not self.usable
             or event.type != MEMBER
             or event.state_key != sender
-            or event.rules is not self._rules
+            or event.rules is not self.rules
         ):
             return None
         content = event.content
         membership = content.get("membership")
-        # 5.2 (v8+): a join authorised via another server also needs that server's
-        # signature, whatever the membership; left to the full rules.
-        if self._rules.restricted_join_rule and _VIA in content:
+        # 5.2 (v8+): see __init__.
+        if self.restricted and VIA in content:
             return None
         # 2 (v12+): the room ID.
-        if self._room_id is not None and event.room_id != self._room_id:
+        if self.room_id is not None and event.room_id != self.room_id:
             return None
         # The sender's current membership, read as `membership_of` reads it.
         current = sender_member.content.get("membership") if sender_member is not None else None
         if not isinstance(current, str):
             current = None
-        if membership == "join":
-            # 5.3.1: see __init__.
-            if event.prev_event_ids == self._create_prev:
-                return None
-            key = join_rules.event_id if join_rules is not None else None
-            table = self._join_tables.get(key)
-            if table is None:
-                table = self._join_tables[key] = _join_table(self._rules, join_rules)
-        elif membership == "leave":
-            table = self._leave_table
-        else:
+        if membership == "leave":
+            return current in self.leave_allowed
+        if membership != "join":
             return None
-        verdicts, default = table
+        # 5.3.1: see __init__.
+        if event.prev_event_ids == self.create_prev:
+            return None
+        verdicts, default = self.join_table(join_rules)
         return verdicts.get(current, default)

@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from worker.core.auth import check_auth
-from worker.core.auth.fast import MembershipShortcut
+from worker.core.auth.fast import VIA, MembershipShortcut
 from worker.core.events import Event, StateKey
 from worker.core.stateres.common import (
     CREATE,
@@ -296,8 +296,10 @@ def iterative_auth_checks(
     against their own auth chain, as those cannot be in any state set or auth chain.
 
     With the spec's own rules, self-joins and self-leaves (most of what a big room's
-    resolution checks) take `MembershipShortcut`, which reads only the sender's membership
-    and the join rules and agrees with `check_auth` wherever it answers.
+    resolution checks) take the `MembershipShortcut` inline: the sender's membership and
+    the join rules decide, through a table. Wherever the shortcut does not answer, the
+    full rules run. `tests/core/test_stateres_shortcut.py` checks that this loop gives the
+    same states as the full rules alone.
     """
     checked = 0
     rejected = events.rejected
@@ -310,7 +312,6 @@ def iterative_auth_checks(
     # Only v12 events cite their create event implicitly (see `Events.auth_refs`).
     implied_create = rules.room_id_from_create_event
     auth_refs = events.auth_refs
-
     # Auth event IDs known not to be anybody's usable membership event: events of other
     # types, unknown events, rejected events. Most events cite only such events besides
     # their sender's membership, so the fallback below is usually one subset test.
@@ -338,12 +339,23 @@ def iterative_auth_checks(
     # The create event in force, looked up once: only applying a create event changes it.
     create_id = state.get(CREATE)
     create = must(create_id) if create_id is not None else None
-    # The shortcut is exact only for the spec's rules, and needs the create event.
-    use_shortcut = check is check_auth
-    shortcut = MembershipShortcut(rules, create) if use_shortcut and create else None
-    # The power levels event the shortcut has made sure is known (the full path looks it
-    # up for every membership event, and an unknown one must fail the same way).
-    pl_known: str | None = None
+    # The shortcut is exact only for the spec's rules, and needs the create event. Its
+    # fields are copied into locals: the loop below reads them for thousands of events.
+    spec_rules = check is check_auth
+    shortcut = MembershipShortcut(rules, create) if spec_rules and create else None
+    fast = False
+    if shortcut is not None:
+        fast = shortcut.usable
+        restricted, room_id = shortcut.restricted, shortcut.room_id
+        create_prev, leave_allowed = shortcut.create_prev, shortcut.leave_allowed
+        join_table = shortcut.join_table
+    # The full rules look up the power levels event for every membership event, so an
+    # unknown one must fail the same way here, once (the shortcut never changes it).
+    pl_unchecked = state.get(POWER_LEVELS)
+    # The join rules event last seen in the state, and its table.
+    jr_id: str | None = None
+    verdicts: Mapping[str | None, bool | None] = {}
+    default: bool | None = None
     for eid in order:
         # The hot loop of a big resolution: dict reads instead of method calls where the
         # event is known already (it always is, once the caller's checks have run).
@@ -353,36 +365,64 @@ def iterative_auth_checks(
         state_key = ev.state_key
         if state_key is None:
             continue
-        if shortcut is not None and state_key == ev.sender and ev.type == MEMBER:
-            # What `auth_events` below would hold for the sender's membership and (for
-            # joins) the join rules: the state's event, else the event's own.
-            key = (MEMBER, state_key)
-            sid = state.get(key)
-            if sid is None:
-                member = own_auth_event(ev, key)
+        if fast and state_key == ev.sender and ev.type == MEMBER and ev.rules is rules:
+            # `MembershipShortcut.allows`, inline (see there for the rules cited): joins
+            # and leaves, not naming an authorising server (v8+), in this room (v12+);
+            # joins other than right after the create event.
+            content = ev.content
+            membership = content.get("membership")
+            if membership == "join":
+                usable = ev.prev_event_ids != create_prev
             else:
-                member = cache.get(sid)
-                if member is None:
-                    member = must(sid)
-            join_rules = None
-            if ev.content.get("membership") == "join":
-                sid = state.get(JOIN_RULES)
-                if sid is None:
-                    join_rules = own_auth_event(ev, JOIN_RULES)
+                usable = membership == "leave"
+            if (
+                usable
+                and not (restricted and VIA in content)
+                and (room_id is None or ev.room_id == room_id)
+            ):
+                if pl_unchecked is not None:
+                    must(pl_unchecked)
+                    pl_unchecked = None
+                # What `auth_events` below would hold for the sender's membership: the
+                # state's event, else the event's own (usually: it cites none).
+                key = (MEMBER, state_key)
+                sid = state.get(key)
+                if sid is not None:
+                    member = cache.get(sid)
+                    if member is None:
+                        member = must(sid)
+                elif not_member.issuperset(auth_refs(ev) if implied_create else ev.auth_event_ids):
+                    member = None
                 else:
-                    join_rules = cache.get(sid)
-                    if join_rules is None:
-                        join_rules = must(sid)
-            pl_id = state.get(POWER_LEVELS)
-            if pl_id is not None and pl_id != pl_known:
-                must(pl_id)
-                pl_known = pl_id
-            verdict = shortcut.allows(ev, member, join_rules)
-            if verdict is not None:
-                checked += 1
-                if verdict:
-                    state[key] = eid
-                continue
+                    member = own_auth_event(ev, key)
+                current = member.content.get("membership") if member is not None else None
+                if membership == "join":
+                    # ... and for the join rules, likewise.
+                    sid = state.get(JOIN_RULES)
+                    if sid is None:
+                        verdicts, default = join_table(own_auth_event(ev, JOIN_RULES))
+                        jr_id = None
+                    elif sid != jr_id:
+                        jr_id = sid
+                        join_rules = cache.get(sid)
+                        if join_rules is None:
+                            join_rules = must(sid)
+                        verdicts, default = join_table(join_rules)
+                    try:
+                        verdict = verdicts.get(current, default)
+                    except TypeError:
+                        # An unhashable membership is no membership (`membership_of`).
+                        verdict = default
+                else:
+                    try:
+                        verdict = current in leave_allowed
+                    except TypeError:
+                        verdict = False
+                if verdict is not None:
+                    checked += 1
+                    if verdict:
+                        state[key] = eid
+                    continue
         auth_events: dict[StateKey, Event] = {}
         missing = False
         for k in auth_types(ev):
@@ -417,5 +457,11 @@ def iterative_auth_checks(
             state[key] = eid
             if key == CREATE:
                 create = ev
-                shortcut = MembershipShortcut(rules, create) if use_shortcut else None
+                if spec_rules:
+                    shortcut = MembershipShortcut(rules, create)
+                    fast = shortcut.usable
+                    restricted, room_id = shortcut.restricted, shortcut.room_id
+                    create_prev, leave_allowed = shortcut.create_prev, shortcut.leave_allowed
+                    join_table = shortcut.join_table
+                jr_id = None
     return checked
