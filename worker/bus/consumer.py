@@ -112,8 +112,10 @@ class ConsumerSettings:
 
     shards: int = 4
     # Messages fetched per pull request, and held (queued + handled) per worker at most.
-    batch: int = 64
-    max_in_flight: int = 256
+    batch: int = 128
+    # Each shard may hold a K-th of this; a room's backlog needs a few batches' worth
+    # (room_batch) queued behind the one being handled, or it stalls on every fetch.
+    max_in_flight: int = 1024
     # At most this many queued inputs of one room are handled together (with a handler
     # that can: `BatchInputHandler`); 1 handles each on its own.
     room_batch: int = 64
