@@ -108,7 +108,8 @@ SELECT event_nid FROM ev
 # events of changed targets, upserted, and recorded as invites when they are invites; $7:
 # targets whose entry disappeared, a state reset, deleted; $8: every changed target, whose
 # older active invites are retired), the outbox rows in order, and the pairing of a
-# redaction event with its target.
+# redaction event with its target. The room row is rewritten only when a value changes (a
+# write of membership changes alone, or an outlier, leaves it as it is).
 FINISH_EVENT = """
 WITH room AS (
     UPDATE rooms
@@ -116,6 +117,10 @@ WITH room AS (
         extremities = coalesce($4, extremities),
         notes = notes || $5::jsonb
     WHERE room_nid = $1
+      AND (CASE WHEN $2 THEN $3 ELSE current_snapshot_nid END
+               IS DISTINCT FROM current_snapshot_nid
+           OR coalesce($4, extremities) IS DISTINCT FROM extremities
+           OR notes || $5::jsonb IS DISTINCT FROM notes)
 ), up AS (
     INSERT INTO memberships (room_nid, target_nid, membership, event_nid)
     SELECT $1, e.state_key_nid, coalesce(e.membership, 0), e.event_nid
