@@ -144,14 +144,20 @@ def parse_pdu(
     return Event(pdu, event_id if event_id is not None else compute_event_id(pdu, rules), rules)
 
 
-def check_event_id(pdu: Mapping[str, Any], rules: RoomRules, claimed: str) -> Rejection | None:
+def check_event_id(
+    pdu: Mapping[str, Any], rules: RoomRules, claimed: str, *, derived: str | None = None
+) -> Rejection | None:
     """Refuse an event whose claimed ID is not the one its room version derives (DESIGN §1).
 
     v1, v2: the claim must equal the carried `event_id`. v3+: it must equal `$` + the
     (version's) base64 of the reference hash. Meant for a PDU that `validate_pdu` accepted;
     one that cannot be hashed at all is refused with `bad_json` rather than raising.
+    `derived`: the ID `parse_pdu` already derived for this PDU (hashing it again is the
+    costliest part of validating an input).
     """
-    if rules.event_id_format is EventIdFormat.CARRIED:
+    if derived is not None:
+        pass
+    elif rules.event_id_format is EventIdFormat.CARRIED:
         # v1, v2: the ID is whatever the event says; a claim can only contradict it.
         derived = pdu.get("event_id")
     else:

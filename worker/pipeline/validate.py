@@ -125,5 +125,5 @@ def _parse(pdu: dict[str, Any], rules: RoomRules, claimed: str) -> Event | Rejec
     event = parse_pdu(pdu, rules)
     if isinstance(event, Rejection) or not (claimed and hashed):
         return event
-    mismatch = check_event_id(pdu, rules, claimed)
+    mismatch = check_event_id(pdu, rules, claimed, derived=event.event_id)
     return mismatch if mismatch is not None else event

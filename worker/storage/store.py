@@ -99,6 +99,10 @@ class _Effects:
     after: dict[str, PgState] = field(default_factory=dict)
     # Handles stored as snapshots by this transaction, newest last (see `_rebase_on_stored`).
     stored: list[tuple[PgState, int]] = field(default_factory=list)
+    # Events this transaction inserted (not upserted): stored exactly as given.
+    inserted: dict[str, Event] = field(default_factory=dict)
+    # Events whose stored JSON this transaction redacted.
+    redacted: set[str] = field(default_factory=set)
 
 
 class PostgresStore:
@@ -410,6 +414,9 @@ class PostgresStore:
 
     async def lookup(self, state: StateHandle, keys: Sequence[StateKey]) -> dict[StateKey, Event]:
         h = _own(state)
+        cached = self._lookup_cached(h, keys)
+        if cached is not None:
+            return cached
 
         async def go(conn: asyncpg.Connection) -> dict[StateKey, Event]:
             ids = await self._lookup_ids(conn, h, keys)
@@ -417,6 +424,44 @@ class PostgresStore:
             return {k: events[eid] for k, eid in ids.items() if eid in events}
 
         return await self._read(go)
+
+    def _lookup_cached(self, h: PgState, keys: Sequence[StateKey]) -> dict[StateKey, Event] | None:
+        """`lookup` from the caches alone, or None if anything it needs is not cached (a
+        name without a cached NID may still have one: only the database can say it has
+        not). The common case in a busy room: the auth events of the next event are the
+        room's hot state, read or written moments ago."""
+        ids: dict[StateKey, str] = {}
+        rest: list[StateKey] = []
+        for k in keys:
+            if k in h.delta:
+                if h.delta[k]:
+                    ids[k] = h.delta[k]
+            else:
+                rest.append(k)
+        if rest and h.snapshot_nid:
+            types, skeys = self.nids.types, self.nids.keys
+            try:
+                chain = sb.chain_via(h.snapshot_nid, self._layers.peek)
+            except KeyError:
+                return None
+            for k in rest:
+                t = types.get(k[0])
+                s = skeys.get(k[1])
+                if t is None or s is None:
+                    return None
+                ev = sb.value_at(chain, (t, s))
+                if ev:
+                    eid = self._nid_ids.peek(ev)
+                    if eid is None:
+                        return None
+                    ids[k] = eid
+        out: dict[StateKey, Event] = {}
+        for k, eid in ids.items():
+            event = self._events.get(eid)
+            if event is None:
+                return None
+            out[k] = event
+        return out
 
     async def _materialize_nids(self, conn: asyncpg.Connection, snapshot_nid: int) -> sb.NidState:
         return sb.materialize(await self._chain(conn, snapshot_nid))
@@ -588,6 +633,10 @@ class PostgresStore:
             self._derived.put(dkey, nid)
         for eid in fx.stale_events:
             self._events.pop(eid)
+        for eid, event in fx.inserted.items():
+            # The next events' auth lookups name these (a sender's join, a new power level).
+            if eid not in fx.redacted:
+                self._events.put(eid, event)
         for eid, after in fx.after.items():
             self._after.put(eid, after)
         if fx.room is not None:
@@ -798,6 +847,8 @@ class PostgresStore:
             # Written meanwhile by someone else (a stale owner, despite the fence): let the
             # one-by-one path, which upserts, decide.
             raise StaleWrite(f"{len(run) - inserted} of {len(run)} events were already stored")
+        for w in run:
+            fx.inserted[w.event.event_id] = w.event
         await self._finish_memberships_txn(conn, room.room_nid, changes)
         await conn.execute(
             ev_sql.FINISH_EVENT,
@@ -952,6 +1003,7 @@ class PostgresStore:
             redacted = encode_canonical(redact(pdu, rules))
             await conn.execute(ev_sql.APPLY_REDACTION, r["event_nid"], redacted, redaction_id)
             fx.stale_events.add(target_id)
+            fx.redacted.add(target_id)
 
 
 async def _locked_txn(
