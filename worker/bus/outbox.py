@@ -8,17 +8,35 @@ start and then periodically by `run()`) publishes whatever is still unsent, and 
 outbox gauges when given a `stats` callable (`PgOutboxStore.stats`). Publishing a row
 twice is harmless within the stream's duplicate window: JetStream drops the repeat.
 
-Order: rows of one room are published one at a time in outbox order, and a row is only
-attempted once every earlier row of its room was stored by JetStream (by this relay or, as a
-duplicate, by another), so the output stream keeps each room's order even when a flush and a
-sweep, or two workers, race on the same rows. Within one process a per-room lock keeps them
-from doing the work twice.
+Batches: a room's rows of one pass go out as JetStream *atomic batches* (ADR-50, nats-server
+2.12+, a stream with `allow_atomic`): every row but the last is a plain publish carrying
+`Nats-Batch-Id` and `Nats-Batch-Sequence`, the last also carries `Nats-Batch-Commit: 1` and is
+the only request, so a room's pass costs one round trip instead of one per row. The server
+stores the whole batch or nothing, and rejects the whole batch if any of its `Nats-Msg-Id`s is
+already stored (error 10201), which is what a crash between publish and mark-sent leaves
+behind. A batch is at most `max_batch_messages` rows (the server's default limit is 1,000) and
+`max_batch_bytes`; a bigger pass is cut into consecutive batches, each committed before the
+next is sent. On any batch error the rows go out the serial way below; after a duplicate
+rejection only until the first row that JetStream stores afresh, then batches resume.
+
+Order: a row, alone or as part of a batch, is only attempted once every earlier row of its
+room was stored by JetStream (by this relay or, as a duplicate, by another), and a batch is
+stored whole, in its own order, or not at all; so the output stream keeps each room's order
+even when a flush and a sweep, or two workers, race on the same rows, and even when a batch
+fails half-way. Rows are marked sent only once JetStream acknowledged them (a batch's rows once
+its commit was acknowledged). Within one process a per-room lock keeps them from doing the
+work twice.
+
+`OUTPUTS_PUBLISHED` counts rows newly stored: every row of a committed batch (a committed batch
+holds no duplicate, by the rule above) and every serially published row whose `PubAck` is not
+a duplicate.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
@@ -26,6 +44,7 @@ from typing import Protocol, runtime_checkable
 import asyncpg
 from nats.aio.client import Client as NATS
 from nats.errors import Error as NatsError
+from nats.js.errors import APIError
 from nats.js.errors import Error as JetStreamError
 
 from worker.bus.subjects import MSG_ID_HEADER, OUTPUT_TYPE_HEADER, ROOM_ID_HEADER, Subjects
@@ -35,6 +54,22 @@ from worker.observability.metrics import OUTBOX_LAG, OUTBOX_UNSENT, OUTPUTS_PUBL
 from worker.storage import outbox as outbox_sql
 
 _log = get_logger(__name__)
+
+# ADR-50's headers (nats-server `JSBatchId`, `JSBatchSeq`, `JSBatchCommit`) and the one the
+# server checks against the stream a message lands in.
+BATCH_ID_HEADER = "Nats-Batch-Id"
+BATCH_SEQUENCE_HEADER = "Nats-Batch-Sequence"
+BATCH_COMMIT_HEADER = "Nats-Batch-Commit"
+EXPECTED_STREAM_HEADER = "Nats-Expected-Stream"
+# JetStream error codes (nats-server errors.json) the relay acts on.
+_ATOMIC_DISABLED = 10174  # JSAtomicPublishDisabledErr: the stream lacks allow_atomic
+_BATCH_DUPLICATE = 10201  # JSAtomicPublishContainsDuplicateMessageErr
+# After a stream said atomic publish is disabled, try batches again this much later (an
+# operator may update the stream meanwhile) instead of paying a failed batch every pass.
+_ATOMIC_RETRY_AFTER = 60.0
+# Below this many rows a batch waits for no free slot: the serial path costs little more.
+_SMALL_BATCH = 8
+MiB = 1024 * 1024
 
 
 class OutboxRow(Protocol):
@@ -143,7 +178,17 @@ class NatsOutboxRelay:
         sweep_interval: float = 5.0,
         publish_timeout: float = 5.0,
         stats: Callable[[], Awaitable[tuple[int, float]]] | None = None,
+        max_batch_messages: int = 1000,
+        max_batch_bytes: int = 8 * MiB,
+        batch_slots: int = 16,
     ) -> None:
+        """`max_batch_messages` must not exceed the server's `max_batch_size` (default 1,000);
+        `max_batch_bytes` bounds the payloads of one batch (the server stages a batch whole
+        before committing it); `batch_slots` bounds this relay's batches in flight (the server
+        allows 50 per stream, shared by every worker; beyond that it refuses new batches)."""
+        if max_batch_messages < 1 or max_batch_bytes < 1 or batch_slots < 1:
+            raise ValueError("max_batch_messages, max_batch_bytes and batch_slots must be >= 1")
+        self._nc = nc
         self._js = nc.jetstream()
         self._subjects = subjects
         self._store = store
@@ -152,6 +197,11 @@ class NatsOutboxRelay:
         self._publish_timeout = publish_timeout
         self._stats = stats
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+        self._max_batch_messages = max_batch_messages
+        self._max_batch_bytes = max_batch_bytes
+        self._batch_slots = asyncio.Semaphore(batch_slots)
+        # Loop time before which batches are not tried (set when the stream refused them).
+        self._atomic_off_until = 0.0
 
     @contextlib.asynccontextmanager
     async def _room_lock(self, room_id: str) -> AsyncIterator[None]:
@@ -183,7 +233,7 @@ class NatsOutboxRelay:
 
     async def flush_rooms(self, room_ids: Sequence[str]) -> None:
         """`flush` of several rooms: one read and one update for all of them, and the rooms
-        published side by side (each room's rows still one at a time, in order), so that
+        published side by side (each room's rows still in order), so that
         under load of many rooms the outbox costs two statements per pass, not per room.
 
         Raises the first failure once every room had its try; rows published before it are
@@ -215,9 +265,7 @@ class NatsOutboxRelay:
 
     async def _publish_room(self, room_id: str, rows: Sequence[OutboxRow], sent: list[int]) -> None:
         async with self._room_lock(room_id):
-            for row in rows:
-                await self._publish(row)
-                sent.append(row.seq)
+            await self._publish_rows(rows, sent)
 
     async def sweep(self) -> int:
         """Publish every unsent row of every room; returns how many rows were handled."""
@@ -252,34 +300,135 @@ class NatsOutboxRelay:
     async def _publish_in_order(self, rows: Sequence[OutboxRow]) -> None:
         sent: list[int] = []
         try:
-            for row in rows:
-                await self._publish(row)
-                sent.append(row.seq)
+            await self._publish_rows(rows, sent)
         finally:
             if sent:
                 await self._store.mark_sent(sent)
 
-    async def _publish(self, row: OutboxRow) -> None:
-        headers = {
+    async def _publish_rows(self, rows: Sequence[OutboxRow], sent: list[int]) -> None:
+        """Publish one room's rows in order, adding each row's seq to `sent` once JetStream
+        has it; raises `RetryableError` at the first row that could not be published."""
+        i = 0
+        while i < len(rows):
+            chunk = self._next_batch(rows, i)
+            failure = await self._publish_batch(chunk) if self._batching(len(chunk)) else "serial"
+            if failure is None:
+                sent.extend(row.seq for row in chunk)
+                i += len(chunk)
+            elif failure == "duplicate":
+                # What a crash left stored is a prefix of the room's unsent rows: go one by one
+                # past it, then back to batches.
+                while i < len(rows):
+                    fresh = await self._publish(rows[i])
+                    sent.append(rows[i].seq)
+                    i += 1
+                    if fresh:
+                        break
+            else:
+                for row in chunk:
+                    await self._publish(row)
+                    sent.append(row.seq)
+                i += len(chunk)
+
+    def _next_batch(self, rows: Sequence[OutboxRow], start: int) -> Sequence[OutboxRow]:
+        """The longest run of rows from `start` within the batch limits (at least one row)."""
+        end, size = start, 0
+        while end < len(rows) and end - start < self._max_batch_messages:
+            size += len(rows[end].payload)
+            if size > self._max_batch_bytes and end > start:
+                break
+            end += 1
+        return rows[start:end]
+
+    def _batching(self, n: int) -> bool:
+        if n < 2 or asyncio.get_running_loop().time() < self._atomic_off_until:
+            return False
+        # A small batch does not queue for a slot; a big one is worth the wait.
+        return n >= _SMALL_BATCH or not self._batch_slots.locked()
+
+    async def _publish_batch(self, rows: Sequence[OutboxRow]) -> str | None:
+        """Publish one room's rows as one atomic batch; None once committed, else why not
+        (then nothing of the batch is stored, or, if only the commit's reply was lost, all of
+        it: the serial retry sees the rows as duplicates)."""
+        batch_id = uuid.uuid4().hex
+        subject = self._subjects.output(rows[0].room_id)
+        stream = self._subjects.output_stream
+        last = len(rows)
+        try:
+            async with self._batch_slots:
+                for n, row in enumerate(rows[:-1], start=1):
+                    headers = self._headers(row)
+                    headers[EXPECTED_STREAM_HEADER] = stream
+                    headers[BATCH_ID_HEADER] = batch_id
+                    headers[BATCH_SEQUENCE_HEADER] = str(n)
+                    await self._nc.publish(subject, row.payload, headers=headers)
+                headers = self._headers(rows[-1])
+                headers[BATCH_ID_HEADER] = batch_id
+                headers[BATCH_SEQUENCE_HEADER] = str(last)
+                headers[BATCH_COMMIT_HEADER] = "1"
+                ack = await self._js.publish(
+                    subject,
+                    rows[-1].payload,
+                    timeout=self._publish_timeout,
+                    stream=stream,
+                    headers=headers,
+                )
+        except APIError as exc:
+            return self._batch_refused(rows, exc)
+        except (NatsError, JetStreamError, TimeoutError) as exc:
+            _log.warning("outbox_batch_failed", room_id=rows[0].room_id, rows=last, error=repr(exc))
+            return "nats"
+        if ack.batch_id != batch_id or ack.batch_size != last:
+            # Not the answer a committed batch gets: trust nothing, let the serial path sort
+            # it out (stored rows come back as duplicates).
+            _log.warning("outbox_batch_bad_ack", room_id=rows[0].room_id, rows=last, ack=repr(ack))
+            return "bad_ack"
+        for row in rows:
+            OUTPUTS_PUBLISHED.labels(row.output_type).inc()
+        return None
+
+    def _batch_refused(self, rows: Sequence[OutboxRow], exc: APIError) -> str:
+        if exc.err_code == _BATCH_DUPLICATE:
+            _log.info("outbox_batch_duplicate", room_id=rows[0].room_id, rows=len(rows))
+            return "duplicate"
+        if exc.err_code == _ATOMIC_DISABLED:
+            self._atomic_off_until = asyncio.get_running_loop().time() + _ATOMIC_RETRY_AFTER
+        _log.warning(
+            "outbox_batch_refused",
+            room_id=rows[0].room_id,
+            rows=len(rows),
+            err_code=exc.err_code,
+            error=exc.description,
+        )
+        return "refused"
+
+    @staticmethod
+    def _headers(row: OutboxRow) -> dict[str, str]:
+        return {
             ROOM_ID_HEADER: row.room_id,
             OUTPUT_TYPE_HEADER: row.output_type,
             MSG_ID_HEADER: row.output_id,
         }
+
+    async def _publish(self, row: OutboxRow) -> bool:
+        """Publish one row and wait for its `PubAck`; True if JetStream stored it afresh."""
         try:
             ack = await self._js.publish(
                 self._subjects.output(row.room_id),
                 row.payload,
                 timeout=self._publish_timeout,
                 stream=self._subjects.output_stream,
-                headers=headers,
+                headers=self._headers(row),
             )
         except (NatsError, JetStreamError, TimeoutError) as exc:
             raise RetryableError(
                 f"could not publish output {row.output_id} of {row.room_id}: {exc!r}",
                 code="output_publish_failed",
             ) from exc
-        if not ack.duplicate:
-            OUTPUTS_PUBLISHED.labels(row.output_type).inc()
+        if ack.duplicate:
+            return False
+        OUTPUTS_PUBLISHED.labels(row.output_type).inc()
+        return True
 
 
 def _raise_first(results: Sequence[object]) -> None:

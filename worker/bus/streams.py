@@ -20,6 +20,11 @@ Choices (DESIGN §4, §6):
   federation sender, push, appservices) read it at their own pace and a new one may replay it.
 - **Dead letters: limits retention** with a long maximum age, for an operator to read.
 - File storage everywhere, a 2-minute duplicate window, messages up to 16 MiB.
+- **Output: atomic batch publish allowed** (`allow_atomic`, ADR-50, nats-server 2.12+): the
+  outbox relay publishes a room's pending outputs as one all-or-nothing batch and one round
+  trip. Enabling it on an existing stream is an in-place update. On a server too old for it
+  the relay falls back to one publish at a time (an older server may reject the setting, and
+  then `ensure_streams` says so).
 
 Streams are never deleted here. A changed setting is applied with a stream update; a change
 that JetStream cannot apply in place (storage type, retention to or from work-queue) fails
@@ -115,6 +120,7 @@ def stream_configs(subjects: Subjects, limits: StreamLimits) -> list[StreamConfi
         retention=RetentionPolicy.LIMITS,
         max_age=limits.output_max_age,
         max_msg_size=limits.max_msg_size,
+        allow_atomic=True,
     )
     deadletter = StreamConfig(
         **_base(
@@ -147,6 +153,7 @@ _COMPARED = (
     "max_msg_size",
     "duplicate_window",
     "subject_transform",
+    "allow_atomic",
 )
 
 
@@ -162,7 +169,16 @@ def _norm(value: Any) -> Any:
 
 def differences(want: StreamConfig, have: StreamConfig) -> list[str]:
     """Names of the fields in which the server's stream differs from our definition."""
-    return [f for f in _COMPARED if _norm(getattr(want, f)) != _norm(getattr(have, f))]
+    return [f for f in _COMPARED if _field(want, f) != _field(have, f)]
+
+
+# Flags the server leaves out when off (`omitempty`): absent and false are the same setting.
+_FLAGS = frozenset({"allow_atomic"})
+
+
+def _field(config: StreamConfig, name: str) -> Any:
+    value = getattr(config, name)
+    return bool(value) if name in _FLAGS else _norm(value)
 
 
 StreamAction = Literal["created", "updated", "unchanged"]
