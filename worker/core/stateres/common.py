@@ -89,9 +89,22 @@ class Events:
     `event` is the caller's lookup (a dict's `get`, a store cache); `auth_chain`, when
     given, answers full auth chains directly (a store's chain index), otherwise chains are
     walked through `auth_event_ids`.
+
+    When the lookup is a plain dict's `get` (the pipeline and the tests pass one), that
+    dict *is* the cache: nothing is copied, and it is never written to. Otherwise the
+    answers are kept in a dict of our own (None for unknown events).
     """
 
-    __slots__ = ("_cache", "_chain_fn", "_chains", "_lookup", "rejected", "rules")
+    __slots__ = (
+        "_backed",
+        "_cache",
+        "_chain_fn",
+        "_chains",
+        "_lookup",
+        "_walked",
+        "rejected",
+        "rules",
+    )
 
     def __init__(
         self,
@@ -104,8 +117,13 @@ class Events:
         self.rejected = rejected
         self._lookup = lookup
         self._chain_fn = auth_chain
-        self._cache: dict[str, Event | None] = {}
+        owner = getattr(lookup, "__self__", None)
+        # `type(...) is dict`: a subclass may answer `get` differently from its items.
+        self._backed = type(owner) is dict and lookup == owner.get
+        self._cache: dict[str, Event | None] = owner if self._backed else {}  # type: ignore[assignment]
         self._chains: dict[str, AbstractSet[str]] = {}
+        # (roots, what they cite) of every closure walked here, for `cited_by`.
+        self._walked: list[tuple[set[str], set[str]]] = []
 
     def get(self, event_id: str) -> Event | None:
         # A sentinel rather than try/except: every event misses once, and raising KeyError
@@ -113,7 +131,8 @@ class Events:
         ev = self._cache.get(event_id, _UNSEEN)
         if ev is _UNSEEN:
             ev = self._lookup(event_id)
-            self._cache[event_id] = ev
+            if not self._backed:
+                self._cache[event_id] = ev
         return ev  # type: ignore[no-any-return]
 
     def must(self, event_id: str) -> Event:
@@ -133,16 +152,19 @@ class Events:
         wanted = event_ids if isinstance(event_ids, (set, frozenset)) else set(event_ids)
         self.load(wanted)
         cache = self._cache
-        if all(map(cache.__getitem__, wanted)):
+        if all(map(cache.get, wanted)):
             return []
-        return [eid for eid in wanted if cache[eid] is None]
+        return [eid for eid in wanted if cache.get(eid) is None]
 
     def load(self, event_ids: Iterable[str]) -> None:
         """Look up (once) every event of `event_ids` that is not in the cache yet.
 
         The lookups and the cache writes run in C (`map`, `dict.update`): walks hand over
-        whole generations of an auth graph at a time.
+        whole generations of an auth graph at a time. A dict-backed cache has nothing to
+        load.
         """
+        if self._backed:
+            return
         cache = self._cache
         if isinstance(event_ids, (set, frozenset)):
             new = list(event_ids.difference(cache))
@@ -172,13 +194,7 @@ class Events:
         return refs
 
     def closure(self, roots: Iterable[str]) -> set[str]:
-        """The union of the auth chains of `roots` (the roots themselves only if reachable).
-
-        A breadth-first walk one generation at a time: each generation is a set, so the
-        per-edge work (deduplication, "seen already?") is set algebra in C and Python only
-        loops once per generation. A union of overlapping chains costs the size of the
-        union, not the sum of the chain sizes.
-        """
+        """The union of the auth chains of `roots` (the roots themselves only if reachable)."""
         if self._chain_fn is not None:
             out: set[str] = set()
             for r in roots:
@@ -186,23 +202,44 @@ class Events:
             return out
         start = roots if isinstance(roots, set) else set(roots)
         self.load(start)
+        first = self.refs_of(start)
+        self._walked.append((start, first))
+        return self.walk(first)
+
+    def cited_by(self, event_ids: set[str]) -> set[str]:
+        """A superset of the auth events that `event_ids` cite.
+
+        The first generation of every closure walked so far is reused: a resolution walks
+        from its conflicted events, and later asks what they cite (mainline ordering).
+        Events no walk started from are read here.
+        """
+        roots: set[str] = set().union(*(r for r, _ in self._walked))
+        left = event_ids - roots
+        return set().union(*(c for _, c in self._walked), self.refs_of(left) if left else ())
+
+    def walk(self, frontier: set[str]) -> set[str]:
+        """Every event reachable through auth references from `frontier`, itself included.
+
+        A breadth-first walk one generation at a time: each generation is a set, so the
+        per-edge work (deduplication, "seen already?") is set algebra in C and Python only
+        loops once per generation. A union of overlapping chains costs the size of the
+        union, not the sum of the chain sizes. Unknown events are included but end the
+        walk there: they cannot be resolved anyway, and their absence shows up as an auth
+        failure of the events that cite them.
+        """
         seen: set[str] = set()
-        frontier = self.refs_of(start)
         while frontier:
-            frontier -= seen
+            frontier = frontier - seen
             if not frontier:
                 break
             seen |= frontier
             self.load(frontier)
             frontier = self.refs_of(frontier)
-        # Unknown events (None in the cache) are in `seen` too, but end the walk there:
-        # they cannot be resolved anyway, and their absence shows up as an auth failure of
-        # the events that cite them.
         return seen
 
     def refs_of(self, event_ids: Iterable[str]) -> set[str]:
         """The union of `auth_refs` over the known events of `event_ids` (loaded already)."""
-        known = list(filter(None, map(self._cache.__getitem__, event_ids)))
+        known = list(filter(None, map(self._cache.get, event_ids)))
         refs: set[str] = set().union(*map(_AUTH_IDS, known))
         # v12+: every event but the create event also cites its room's create event (see
         # `auth_refs`). Rooms are few, so the implied IDs are added once per room.
@@ -470,7 +507,7 @@ class Mainline:
         events = self._events
         events.load(event_ids)
         ids = list(event_ids)
-        found = list(map(self._cache.__getitem__, ids))
+        found = list(map(self._cache.get, ids))
         typed: Iterable[str]
         if all(found):
             # Types are compared in C; only the few power levels events reach Python.
@@ -479,7 +516,7 @@ class Mainline:
             typed = [e for e, ev in zip(ids, found, strict=True) if ev and ev.type == _PL_TYPE]
         return {eid for eid in typed if self._cache[eid].state_key == ""}  # type: ignore[union-attr]
 
-    def order(self, event_ids: Iterable[str]) -> list[str]:
+    def order(self, event_ids: Iterable[str], cited: set[str] | None = None) -> list[str]:
         """`event_ids` in the spec's "mainline ordering": greater mainline position first
         (an event based on older power levels, or on none, comes earlier), then smaller
         origin_server_ts, then smaller event ID.
@@ -488,7 +525,8 @@ class Mainline:
         for thousands of events that cite a handful of power levels events between them:
 
         - an event's position depends only on the first power levels event among its auth
-          events, so the power levels events among all the auth events are found once, and
+          events, so the power levels events among all the auth events are found once (the
+          caller may pass `cited`, a superset of those auth events it has at hand), and
           when there is just one (the usual case) "does the event cite it" is all there is
           to ask per event;
         - the sort is three stable sorts on one key each (event ID, then timestamp, then
@@ -503,7 +541,7 @@ class Mainline:
                 ev if ev is not None else events.must(eid) for ev, eid in zip(evs, ids, strict=True)
             ]
         auths = list(map(_AUTH_IDS, evs))
-        pls = self._power_levels_among(set().union(*auths))
+        pls = self._power_levels_among(cited if cited is not None else set().union(*auths))
         neg_pos: list[float] | None = None
         if len(pls) == 1:
             # Events citing the one PL event share its position; the others have none.

@@ -91,19 +91,32 @@ def resolve_v2(
     # Definitions (v2+): the full conflicted set is the conflicted state set plus the auth
     # difference.
     chains_union, difference = _auth_difference(events, unconflicted, per_set)
-    full = conflicted_ids | difference
-    # v12+ (MSC4297): ... plus the conflicted state subgraph.
-    if flags.conflicted_subgraph:
-        full |= _conflicted_subgraph(events, conflicted_ids, chains_union)
+    full = conflicted_ids
     # Auth-chain events we could not look up cannot be checked or applied; they only
-    # matter through the events citing them, whose checks then fail or fall back.
+    # matter through the events citing them, whose checks then fail or fall back. (The
+    # conflicted events are known, see above.)
+    extra = difference - conflicted_ids
+    if extra:
+        events.load(extra)
+        full = full | {eid for eid in extra if get(eid) is not None}
+    # v12+ (MSC4297): ... plus the conflicted state subgraph (conflicted events and the
+    # known events citing them, so nothing to filter).
+    if flags.conflicted_subgraph:
+        full = full | _conflicted_subgraph(events, conflicted_ids, chains_union)
     cache = events.cache
-    full = {eid for eid in full if (cache[eid] if eid in cache else get(eid)) is not None}
 
     checked = 0
     # Step 1: power events of the full conflicted set and their auth ancestors within it,
     # in reverse topological power ordering.
-    power = sorted(eid for eid in full if is_power_event(cache[eid]))  # type: ignore[arg-type]
+    power: list[str] = []
+    for eid in full:
+        ev = cache[eid]
+        assert ev is not None
+        # Membership changes of one's own are never power events: tested first, as they
+        # are nearly all the conflicted events of a big room.
+        if (ev.state_key != ev.sender or ev.type != MEMBER) and is_power_event(ev):
+            power.append(eid)
+    power.sort()
     graph = _power_graph(events, power, full)
 
     # The comparison of the "reverse topological power ordering": greater sender power
@@ -120,14 +133,14 @@ def resolve_v2(
     checked += iterative_auth_checks(events, authz, power_order, state)
 
     # Step 3: everything else, in mainline order of the partially resolved power levels.
-    in_graph = set(graph)
-    rest = [eid for eid in full if eid not in in_graph]
+    rest = [eid for eid in full if eid not in graph] if graph else list(full)
     mainline = Mainline(events, state.get(POWER_LEVELS))
 
     # The comparison of the "mainline ordering": greater mainline position first (an event
     # based on older power levels, or on none, comes earlier), then origin_server_ts, then
     # event ID. Power levels events are all power events, so none is left to sort here.
-    rest = mainline.order(rest)
+    # (What the events cite was mostly seen by the walks of the auth difference.)
+    rest = mainline.order(rest, events.cited_by(full))
 
     # Step 4: iterative auth checks over them, continuing from the partial state.
     checked += iterative_auth_checks(events, authz, rest, state)
@@ -137,7 +150,7 @@ def resolve_v2(
     state.update(unconflicted)
     stats = ResolutionStats(
         conflicted=len(conflicted_ids),
-        auth_difference=len(full) - len(conflicted_ids & full),
+        auth_difference=len(full) - len(conflicted_ids),
         auth_checked=checked,
     )
     return state, stats
@@ -165,6 +178,8 @@ def _split(
     mine: set[str] = set()
     theirs: set[str] = set()
     second_get = second.get
+    # Keys of `first` that `second` has with another event.
+    changed = 0
     for key, eid in first.items():
         other = second_get(key)
         if other == eid:
@@ -174,9 +189,12 @@ def _split(
             mine.add(eid)
             if other is not None:
                 theirs.add(other)
-    for key, eid in second.items():
-        if key not in first:
-            theirs.add(eid)
+                changed += 1
+    # Keys only `second` has: there are some unless every key of `second` was met above.
+    if len(unconflicted) + changed != len(second):
+        for key, eid in second.items():
+            if key not in first:
+                theirs.add(eid)
     if not mine and not theirs:
         return unconflicted, []
     return unconflicted, [mine, theirs]
