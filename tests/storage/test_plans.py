@@ -27,7 +27,7 @@ import msgspec
 
 import worker.storage
 from worker.bus import shards
-from worker.storage import apply_migrations, outbox
+from worker.storage import apply_migrations, events, outbox, snapshots
 
 _MODULES: tuple[ModuleType, ...] = (
     *(
@@ -184,5 +184,40 @@ async def test_marking_sent_probes_by_key(database_dsn: str) -> None:
         plan = await _generic_plan(conn, outbox.MARK_SENT)
         used = {n["Index Name"] for n in _nodes(plan) if "Index Name" in n}
         assert used == {"outbox_pkey"}
+    finally:
+        await conn.close()
+
+
+async def test_hot_statements_keep_their_generic_plan(database_dsn: str) -> None:
+    """The statements that PostgreSQL used to re-plan on every call (a custom plan, seeing a
+    short key array, always looked cheaper than the generic one) settle on the generic plan
+    after PostgreSQL's five custom ones (see "Generic plans" in worker.storage.events)."""
+    conn = await asyncpg.connect(database_dsn)
+    try:
+        await apply_migrations(conn)
+        await conn.execute(_POPULATE)
+        calls: dict[str, tuple[str, Any]] = {
+            "events": (
+                events.SELECT_EVENTS_AND_PENDING_REDACTIONS,
+                lambda i: ([f"$e{i}", f"$e{i + 1}"], [f"$e{i + 2}"]),
+            ),
+            "by_id": (events.SELECT_EVENTS_BY_ID, lambda i: ([f"$e{i}", f"$e{i + 1}"],)),
+            "mark": (outbox.MARK_SENT, lambda i: ([f"o{10 * i}", f"o{10 * i + 1}"],)),
+            "blocks": (
+                snapshots.INSERT_BLOCKS,
+                lambda i: (1, [bytes([i, 1]), bytes([i, 2])], [b"x", b"y"]),
+            ),
+        }
+        for name, (sql, args) in calls.items():
+            stmt = await conn.prepare(sql)
+            for i in range(1, 11):
+                await stmt.fetch(*args(i))
+            plans = await conn.fetchrow(
+                "SELECT generic_plans, custom_plans FROM pg_prepared_statements"
+                " WHERE statement = $1",
+                sql,
+            )
+            assert plans is not None
+            assert (name, plans["generic_plans"], plans["custom_plans"]) == (name, 5, 5)
     finally:
         await conn.close()

@@ -48,11 +48,13 @@ ORDER BY seq LIMIT $1
 # implies, and scans every unsent row (and every marked one not yet vacuumed out of that
 # index) to mark a few: each mark then costs as much as the whole backlog. Keeping sent_at
 # out of the UPDATE's own WHERE leaves the primary key as its only index. Two relays marking
-# one row at once may both count it; the row is marked either way.
+# one row at once may both count it; the row is marked either way. The IDs are read through an
+# InitPlan so that the generic plan is kept, not re-planned per call (see "Generic plans" in
+# worker.storage.events).
 MARK_SENT = """
 WITH unsent AS (
     SELECT o.output_id
-    FROM unnest($1::text[]) AS u(id)
+    FROM unnest((SELECT $1::text[])::text[]) AS u(id)
     CROSS JOIN LATERAL (
         SELECT x.output_id, x.sent_at FROM outbox x WHERE x.output_id = u.id LIMIT 1
     ) o

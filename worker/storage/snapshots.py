@@ -54,11 +54,13 @@ CROSS JOIN LATERAL (
 """
 
 # Each hash is probed once: `input` carries the NID of an existing block, and only the
-# others reach the INSERT.
+# others reach the INSERT. The arrays are read through InitPlans so that the generic plan is
+# kept, not re-planned per call (see "Generic plans" in worker.storage.events).
 INSERT_BLOCKS = """
 WITH input AS (
     SELECT u.hash, u.entries, u.pos, b.block_nid
-    FROM unnest($2::bytea[], $3::bytea[]) WITH ORDINALITY AS u(hash, entries, pos)
+    FROM unnest((SELECT $2::bytea[])::bytea[], (SELECT $3::bytea[])::bytea[])
+         WITH ORDINALITY AS u(hash, entries, pos)
     LEFT JOIN LATERAL (
         SELECT x.block_nid FROM state_blocks x WHERE x.hash = u.hash LIMIT 1
     ) b ON true
