@@ -19,8 +19,7 @@
 from __future__ import annotations
 
 import contextvars
-from collections.abc import Awaitable, Callable, Sequence
-from typing import TypeVar
+from collections.abc import Sequence
 
 import asyncpg
 
@@ -28,9 +27,8 @@ from worker.bus.subjects import room_token
 from worker.errors import RetryableError
 from worker.pipeline.ports import EventWrite
 from worker.storage.errors import is_database_down
-from worker.storage.store import PostgresStore, room_lock_key
-
-T = TypeVar("T")
+from worker.storage.events import RoomRow
+from worker.storage.store import PostgresStore
 
 _FNV_OFFSET = 0x811C9DC5
 _FNV_PRIME = 0x01000193
@@ -41,11 +39,6 @@ _View = tuple[int | None, tuple[str, ...]]
 _EXPECTED: contextvars.ContextVar[tuple[str, _View] | None] = contextvars.ContextVar(
     "roomserver_expected_room_view", default=None
 )
-
-_SELECT_ROOM_VIEW = """
-SELECT current_snapshot_nid, extremities FROM rooms WHERE room_id = $1
-"""
-
 
 def fnv1a_32(data: bytes) -> int:
     h = _FNV_OFFSET
@@ -125,28 +118,18 @@ class ShardAwareStore(PostgresStore):
         finally:
             _EXPECTED.reset(token)
 
-    async def txn(self, desc: str, fn: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+    def check_room_row(self, room: RoomRow) -> None:
+        # Read by the write's own first statement (UPSERT_ROOM) under the room's lock, so
+        # the comparison and the write see the room as one; no extra round trip.
         expected = _EXPECTED.get()
-        if expected is None:
-            return await super().txn(desc, fn)
-        room_id, view = expected
-
-        async def fenced(conn: asyncpg.Connection) -> T:
-            # Same key as the write itself takes next (advisory locks are re-entrant), so
-            # the comparison and the write see the room under one lock.
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", room_lock_key(room_id))
-            row = await conn.fetchrow(_SELECT_ROOM_VIEW, room_id)
-            have: _View = (None, ())
-            if row is not None:
-                have = (row["current_snapshot_nid"], tuple(sorted(row["extremities"])))
-            if have != view:
-                raise StaleRoomView(
-                    f"room {room_id} changed since it was read (another worker wrote it)",
-                    delay=0.05,
-                )
-            return await fn(conn)
-
-        return await super().txn(desc, fenced)
+        if expected is None or expected[0] != room.room_id:
+            return
+        have: _View = (room.current_snapshot_nid, tuple(sorted(room.extremities)))
+        if have != expected[1]:
+            raise StaleRoomView(
+                f"room {room.room_id} changed since it was read (another worker wrote it)",
+                delay=0.05,
+            )
 
 
 __all__ = [

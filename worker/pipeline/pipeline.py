@@ -245,6 +245,13 @@ class Pipeline:
         if work.kind == "outlier" or work.inp.state_event_ids is not None or is_create(ev):
             return await self.store.events(ids)
         both = self._read_ahead_store
+        if self._batch is not None:
+            # Read ahead for the whole batch: both answers are in memory, and tasks for
+            # them would cost more than the answers.
+            known, pending = await self._batch.events_and_redactions(ids, [work.event_id])
+            work.after_prevs = await self._batch.state_after(ev.prev_event_ids)
+            work.pending_redactions = pending
+            return known
         if both is not None:
             (known, pending), after = await asyncio.gather(
                 both.events_and_redactions(ids, [work.event_id]),

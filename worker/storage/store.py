@@ -654,6 +654,7 @@ class PostgresStore:
             if r is None:
                 raise InvariantViolation(f"room {w.room_id} could not be created")
             room = ev_sql.room_row(r)
+            self.check_room_row(room)
         before = _own(w.state_before) if w.state_before is not None else None
         current = _own(w.current_state) if w.current_state is not None else None
         handles = [h for h in (before, current) if h is not None]
@@ -756,6 +757,7 @@ class PostgresStore:
             if r is None:
                 raise InvariantViolation(f"room {room_id} could not be created")
             room = ev_sql.room_row(r)
+            self.check_room_row(room)
         types: set[str] = set()
         keys: set[str] = set()
         refs: set[str] = set()
@@ -895,6 +897,11 @@ class PostgresStore:
                 upserts, deletes, targets, [], [], [], "", None, None,
             )
         changes.clear()
+
+    def check_room_row(self, room: ev_sql.RoomRow) -> None:
+        """Called with the room row as a write transaction first reads it, under the room's
+        lock, before writing anything: a subclass may refuse the write by raising (a fence
+        against a stale view: `worker.bus.shards.ShardAwareStore`)."""
 
     async def _nids_txn(
         self, conn: asyncpg.Connection, types: set[str], keys: set[str], fx: _Effects
