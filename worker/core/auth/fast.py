@@ -70,6 +70,7 @@ class MembershipShortcut:
     __slots__ = (
         "_join_tables",
         "create_prev",
+        "first_joiner",
         "leave_allowed",
         "restricted",
         "room_id",
@@ -81,7 +82,11 @@ class MembershipShortcut:
         self.rules = rules
         # 5.3.1 (all versions): the creator's first join, right after the create event, is
         # judged differently; such joins (prev_events = [create]) go to the full rules.
+        # The creator is content.creator in v1-v10 (any JSON value), the sender from v11.
         self.create_prev = (create.event_id,)
+        self.first_joiner: object = (
+            create.sender if rules.implicit_room_creator else create.content.get("creator")
+        )
         # 2 (v12+): the room ID is the create event's ID with `!` for `$`. Events of another
         # room go to the full rules. None: the version has no such rule.
         self.room_id: str | None = None
@@ -143,8 +148,8 @@ class MembershipShortcut:
             return current in self.leave_allowed
         if membership != "join":
             return None
-        # 5.3.1: see __init__.
-        if event.prev_event_ids == self.create_prev:
+        # 5.3.1: see __init__ (nobody but the first joiner is let in by it).
+        if sender == self.first_joiner and event.prev_event_ids == self.create_prev:
             return None
         verdicts, default = self.join_table(join_rules)
         return verdicts.get(current, default)

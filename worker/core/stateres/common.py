@@ -537,9 +537,14 @@ class Mainline:
         ids = list(event_ids)
         evs = list(map(self._cache.get, ids))
         if not all(evs):
-            evs = [
-                ev if ev is not None else events.must(eid) for ev, eid in zip(evs, ids, strict=True)
-            ]
+            evs = [ev if ev else events.must(eid) for ev, eid in zip(evs, ids, strict=True)]
+        return self.order_events(ids, evs, cited)[0]  # type: ignore[arg-type]
+
+    def order_events(
+        self, ids: list[str], evs: list[Event], cited: set[str] | None = None
+    ) -> tuple[list[str], list[Event]]:
+        """`order` for events the caller has at hand (`evs[i]` is `ids[i]`); returns the
+        ordered IDs and events."""
         auths = list(map(_AUTH_IDS, evs))
         pls = self._power_levels_among(cited if cited is not None else set().union(*auths))
         neg_pos: list[float] | None = None
@@ -569,4 +574,4 @@ class Mainline:
         index = sorted(index, key=stamps.__getitem__)
         if neg_pos is not None:
             index.sort(key=neg_pos.__getitem__)
-        return list(map(ids.__getitem__, index))
+        return list(map(ids.__getitem__, index)), list(map(evs.__getitem__, index))

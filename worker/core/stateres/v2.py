@@ -23,6 +23,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from itertools import chain, compress
+from typing import cast
 
 from worker.core.auth import check_auth
 from worker.core.auth.fast import VIA, MembershipShortcut
@@ -75,43 +77,51 @@ def resolve_v2(
     # missing from some state set is conflicted.
     # `per_set` holds each state set's conflicted events: only those are needed to find the
     # auth difference below.
-    unconflicted, per_set = _split(state_sets)
+    unconflicted, ordered = _split_ordered(state_sets)
     # Nothing conflicted: U is the answer (also the case for a single state set).
-    if not per_set:
+    if not ordered:
         return unconflicted, ResolutionStats()
+    per_set = [set(x) for x in ordered]
 
-    conflicted_ids: set[str] = set().union(*per_set)
+    # The conflicted events, in the state sets' order: that order never reaches the result
+    # (everything below sorts by the spec's keys), but state sets usually list events
+    # roughly chronologically, and the mainline sort is fastest on nearly sorted input.
+    full_list = list(dict.fromkeys(chain.from_iterable(ordered)))
+    conflicted_ids = set(full_list)
     # Every value of a state map must be known: the caller vouched for these events. The
     # smallest unknown ID is reported, so the error does not depend on set order.
-    get = events.get
-    unknown = events.unknown_among(conflicted_ids)
-    if unknown:
-        raise UnknownEvent(min(unknown))
+    events.load(full_list)
+    cache = events.cache
+    found = list(map(cache.get, full_list))
+    if not all(found):
+        raise UnknownEvent(min(e for e, ev in zip(full_list, found, strict=True) if not ev))
+    full_evs = cast("list[Event]", found)
 
     # Definitions (v2+): the full conflicted set is the conflicted state set plus the auth
     # difference.
     chains_union, difference = _auth_difference(events, unconflicted, per_set)
-    full = conflicted_ids
     # Auth-chain events we could not look up cannot be checked or applied; they only
-    # matter through the events citing them, whose checks then fail or fall back. (The
-    # conflicted events are known, see above.)
-    extra = difference - conflicted_ids
-    if extra:
-        events.load(extra)
-        full = full | {eid for eid in extra if get(eid) is not None}
+    # matter through the events citing them, whose checks then fail or fall back.
+    added = difference - conflicted_ids
     # v12+ (MSC4297): ... plus the conflicted state subgraph (conflicted events and the
-    # known events citing them, so nothing to filter).
+    # known events citing them).
     if flags.conflicted_subgraph:
-        full = full | _conflicted_subgraph(events, conflicted_ids, chains_union)
-    cache = events.cache
+        added |= _conflicted_subgraph(events, conflicted_ids, chains_union) - conflicted_ids
+    full = conflicted_ids
+    if added:
+        events.load(added)
+        # Sorted only so that the lists below do not follow set order (they are sorted
+        # by the spec's keys later anyway).
+        more = [(eid, ev) for eid in sorted(added) if (ev := cache.get(eid)) is not None]
+        full_list += [eid for eid, _ in more]
+        full_evs += [ev for _, ev in more]
+        full = set(full_list)
 
     checked = 0
     # Step 1: power events of the full conflicted set and their auth ancestors within it,
     # in reverse topological power ordering.
     power: list[str] = []
-    for eid in full:
-        ev = cache[eid]
-        assert ev is not None
+    for eid, ev in zip(full_list, full_evs, strict=True):
         # Membership changes of one's own are never power events: tested first, as they
         # are nearly all the conflicted events of a big room.
         if (ev.state_key != ev.sender or ev.type != MEMBER) and is_power_event(ev):
@@ -133,17 +143,21 @@ def resolve_v2(
     checked += iterative_auth_checks(events, authz, power_order, state)
 
     # Step 3: everything else, in mainline order of the partially resolved power levels.
-    rest = [eid for eid in full if eid not in graph] if graph else list(full)
+    rest, rest_evs = full_list, full_evs
+    if graph:
+        keep = [eid not in graph for eid in full_list]
+        rest = list(compress(full_list, keep))
+        rest_evs = list(compress(full_evs, keep))
     mainline = Mainline(events, state.get(POWER_LEVELS))
 
     # The comparison of the "mainline ordering": greater mainline position first (an event
     # based on older power levels, or on none, comes earlier), then origin_server_ts, then
     # event ID. Power levels events are all power events, so none is left to sort here.
     # (What the events cite was mostly seen by the walks of the auth difference.)
-    rest = mainline.order(rest, events.cited_by(full))
+    rest, rest_evs = mainline.order_events(rest, rest_evs, events.cited_by(full))
 
     # Step 4: iterative auth checks over them, continuing from the partial state.
-    checked += iterative_auth_checks(events, authz, rest, state)
+    checked += iterative_auth_checks(events, authz, rest, state, rest_evs)
 
     # Step 5 (all versions): the unconflicted state map wins wherever it has an entry. In
     # v2.1 this is where U first enters the result.
@@ -165,36 +179,41 @@ def _split(
     hold thousands of entries, nearly all unconflicted), without the per-key value lists
     that resolution does not need.
     """
+    unconflicted, ordered = _split_ordered(state_sets)
+    return unconflicted, [set(x) for x in ordered]
+
+
+def _split_ordered(
+    state_sets: Sequence[Mapping[StateKey, str]],
+) -> tuple[dict[StateKey, str], list[list[str]]]:
+    """`_split`, with each state set's conflicted events listed in the set's own order."""
     if len(state_sets) != 2:
         unconflicted, conflicted = separate_v2(state_sets)
         if not conflicted:
             return unconflicted, []
         return unconflicted, [
-            {eid for key in conflicted if (eid := s.get(key)) is not None} for s in state_sets
+            [eid for key in conflicted if (eid := s.get(key)) is not None] for s in state_sets
         ]
     # The usual case, a two-way fork: compare the two maps directly.
     first, second = state_sets
     unconflicted = {}
-    mine: set[str] = set()
-    theirs: set[str] = set()
+    mine: list[str] = []
+    theirs: list[str] = []
     second_get = second.get
-    # Keys of `first` that `second` has with another event.
-    changed = 0
     for key, eid in first.items():
         other = second_get(key)
         if other == eid:
             unconflicted[key] = eid
         else:
             # A key missing from one set is conflicted too (spec v2 definitions).
-            mine.add(eid)
+            mine.append(eid)
             if other is not None:
-                theirs.add(other)
-                changed += 1
+                theirs.append(other)
     # Keys only `second` has: there are some unless every key of `second` was met above.
-    if len(unconflicted) + changed != len(second):
+    if len(unconflicted) + len(theirs) != len(second):
         for key, eid in second.items():
             if key not in first:
-                theirs.add(eid)
+                theirs.append(eid)
     if not mine and not theirs:
         return unconflicted, []
     return unconflicted, [mine, theirs]
@@ -302,7 +321,11 @@ def _power_graph(events: Events, power: list[str], full: set[str]) -> dict[str, 
 
 
 def iterative_auth_checks(
-    events: Events, authz: Authorizer, order: list[str], state: dict[StateKey, str]
+    events: Events,
+    authz: Authorizer,
+    order: list[str],
+    state: dict[StateKey, str],
+    order_events: Sequence[Event] | None = None,
 ) -> int:
     """Spec "Iterative auth checks": apply each event of `order` to `state` (in place) if the
     auth rules allow it against that state. Returns how many checks ran.
@@ -319,7 +342,6 @@ def iterative_auth_checks(
     full rules run. `tests/core/test_stateres_shortcut.py` checks that this loop gives the
     same states as the full rules alone.
     """
-    checked = 0
     rejected = events.rejected
     get = events.get
     must = events.must
@@ -366,7 +388,7 @@ def iterative_auth_checks(
         fast = shortcut.usable
         restricted, room_id = shortcut.restricted, shortcut.room_id
         create_prev, leave_allowed = shortcut.create_prev, shortcut.leave_allowed
-        join_table = shortcut.join_table
+        first_joiner, join_table = shortcut.first_joiner, shortcut.join_table
     # The full rules look up the power levels event for every membership event, so an
     # unknown one must fail the same way here, once (the shortcut never changes it).
     pl_unchecked = state.get(POWER_LEVELS)
@@ -374,14 +396,20 @@ def iterative_auth_checks(
     jr_id: str | None = None
     verdicts: Mapping[str | None, bool | None] = {}
     default: bool | None = None
-    for eid in order:
-        # The hot loop of a big resolution: dict reads instead of method calls where the
-        # event is known already (it always is, once the caller's checks have run).
-        ev = cache.get(eid)
-        if ev is None:
-            ev = must(eid)
+    if order_events is None:
+        # Every event must be known; `must` raises for the first one that is not.
+        found = list(map(cache.get, order))
+        if all(found):
+            order_events = cast("list[Event]", found)
+        else:
+            order_events = [ev if ev else must(eid) for eid, ev in zip(order, found, strict=True)]
+    # Counted as the events that are not state events, which are skipped.
+    checked = len(order)
+    for eid, ev in zip(order, order_events, strict=True):
+        # The hot loop of a big resolution: dict reads instead of method calls.
         state_key = ev.state_key
         if state_key is None:
+            checked -= 1
             continue
         if fast and state_key == ev.sender and ev.type == MEMBER and ev.rules is rules:
             # `MembershipShortcut.allows`, inline (see there for the rules cited): joins
@@ -390,7 +418,8 @@ def iterative_auth_checks(
             content = ev.content
             membership = content.get("membership")
             if membership == "join":
-                usable = ev.prev_event_ids != create_prev
+                # (5.3.1 matters only for the first joiner: nobody else is let in by it.)
+                usable = state_key != first_joiner or ev.prev_event_ids != create_prev
             else:
                 usable = membership == "leave"
             if (
@@ -437,7 +466,6 @@ def iterative_auth_checks(
                     except TypeError:
                         verdict = False
                 if verdict is not None:
-                    checked += 1
                     if verdict:
                         state[key] = eid
                     continue
@@ -469,7 +497,6 @@ def iterative_auth_checks(
                     akey = (aev.type, aev.state_key)
                     if akey not in auth_events:
                         auth_events[akey] = aev
-        checked += 1
         if check(ev, auth_events) is None:
             key = (ev.type, state_key)
             state[key] = eid
@@ -480,6 +507,6 @@ def iterative_auth_checks(
                     fast = shortcut.usable
                     restricted, room_id = shortcut.restricted, shortcut.room_id
                     create_prev, leave_allowed = shortcut.create_prev, shortcut.leave_allowed
-                    join_table = shortcut.join_table
+                    first_joiner, join_table = shortcut.first_joiner, shortcut.join_table
                 jr_id = None
     return checked
