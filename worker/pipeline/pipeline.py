@@ -18,13 +18,14 @@ from typing import Literal
 import msgspec
 import structlog
 
-from worker.core.events import Event
+from worker.core.events import Event, StateKey
 from worker.core.outcomes import Outcome, Rejection
 from worker.core.redaction import redact
 from worker.messages import HandleResult, InputRoomEvent, NewInviteEvent, RetireInviteEvent
 from worker.observability.metrics import DUPLICATES, STATE_RESETS, count_event, measure
 from worker.pipeline import redactions
 from worker.pipeline.authstep import (
+    auth_keys,
     check_current_state,
     check_own_auth_events,
     check_state_before,
@@ -173,6 +174,7 @@ class Pipeline:
         out: list[Work | Result | None] = []
         ids: list[str] = []
         targets: list[str] = []
+        keys: set[StateKey] = set()
         with measure("validate"):
             for inp in inputs:
                 work = await validate(self.store, room_id, inp)
@@ -181,8 +183,9 @@ class Pipeline:
                     ids.append(work.event_id)
                     ids.extend(dependency_ids(work))
                     targets.append(work.event_id)
+                    keys.update(auth_keys(work.event))
         with measure("dedupe"):
-            await self._batch.prefetch(ids, targets)
+            await self._batch.prefetch(ids, targets, sorted(keys))
         return out
 
     async def process(

@@ -185,9 +185,14 @@ class StoreBatch(ReadAheadStore, Protocol):
         """Writes this batch has committed so far (`flush`, `immediate`, `commit`)."""
         ...
 
-    async def prefetch(self, event_ids: Sequence[str], target_ids: Sequence[str]) -> None:
+    async def prefetch(
+        self,
+        event_ids: Sequence[str],
+        target_ids: Sequence[str],
+        keys: Sequence[StateKey] = (),
+    ) -> None:
         """Read ahead, in one round trip, the stored events and waiting redactions the
-        batch's events will ask for."""
+        batch's events will ask for, and prepare for looking up the state `keys`."""
         ...
 
     async def flush(self) -> None:

@@ -89,9 +89,17 @@ class StoreBatch:
         await self.flush()
         self._immediate = True
 
-    async def prefetch(self, event_ids: Sequence[str], target_ids: Sequence[str]) -> None:
+    async def prefetch(
+        self,
+        event_ids: Sequence[str],
+        target_ids: Sequence[str],
+        keys: Sequence[StateKey] = (),
+    ) -> None:
         """Read the stored events among `event_ids` and the redactions waiting for
-        `target_ids` in one round trip, for the events about to be handled."""
+        `target_ids` in one round trip, for the events about to be handled; and make sure
+        the state `keys` their auth checks read have NIDs (`PostgresStore.ensure_names`)."""
+        if keys:
+            await self.inner.ensure_names(keys)
         ids = sorted({i for i in event_ids if i not in self._seen and i not in self._events})
         targets = sorted({t for t in target_ids if t not in self._seen_redactions})
         if not ids and not targets:

@@ -898,6 +898,24 @@ class PostgresStore:
             )
         changes.clear()
 
+    async def ensure_names(self, keys: Iterable[StateKey]) -> None:
+        """Give every type and state key of `keys` a NID now, if it has none (one round
+        trip, none when all are cached). For the state keys a batch's auth checks will
+        look up: a key without a NID cannot be in any state, but only the database can say
+        a name has none, so looking up a newcomer's membership would cost a read per event;
+        a name created early is harmless (names are never removed, and most of these are
+        created by the batch's own writes anyway)."""
+        types = {k[0] for k in keys}
+        skeys = {k[1] for k in keys}
+        _, miss_t, miss_k = self.nids.known(types, skeys)
+        if not miss_t and not miss_k:
+            return
+        fresh = await self.txn(
+            "ensure_names",
+            lambda c: nid_sql.get_or_create_txn(c, self.nids, miss_t, miss_k),
+        )
+        self.nids.learn(fresh[1])
+
     def check_room_row(self, room: ev_sql.RoomRow) -> None:
         """Called with the room row as a write transaction first reads it, under the room's
         lock, before writing anything: a subclass may refuse the write by raising (a fence
