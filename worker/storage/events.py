@@ -48,6 +48,7 @@ _json_decoder = msgspec.json.Decoder(dict[str, Any])
 # array is read through an InitPlan, `(SELECT $1::text[])::text[]`, which no plan can see
 # into: custom and generic plans cost alike, and after five calls the generic one is kept.
 _IDS_1 = "(SELECT $1::text[])::text[]"
+_NIDS_1 = "(SELECT $1::bigint[])::bigint[]"
 _IDS_2 = "(SELECT $2::text[])::text[]"
 
 SELECT_ROOM = """
@@ -118,7 +119,8 @@ SELECT event_nid FROM ev
 # targets whose entry disappeared, a state reset, deleted; $8: every changed target, whose
 # older active invites are retired), the outbox rows in order, and the pairing of a
 # redaction event with its target. The room row is rewritten only when a value changes (a
-# write of membership changes alone, or an outlier, leaves it as it is).
+# write of membership changes alone, or an outlier, leaves it as it is). Arrays are read
+# through InitPlans (see "Generic plans" above).
 FINISH_EVENT = """
 WITH room AS (
     UPDATE rooms
@@ -133,24 +135,25 @@ WITH room AS (
 ), up AS (
     INSERT INTO memberships (room_nid, target_nid, membership, event_nid)
     SELECT $1, e.state_key_nid, coalesce(e.membership, 0), e.event_nid
-    FROM events e WHERE e.event_nid = ANY($6::bigint[])
+    FROM events e WHERE e.event_nid = ANY((SELECT $6::bigint[])::bigint[])
     ON CONFLICT (room_nid, target_nid) DO UPDATE
     SET membership = EXCLUDED.membership, event_nid = EXCLUDED.event_nid
 ), inv AS (
     INSERT INTO invites (invite_event_nid, room_nid, target_nid)
     SELECT e.event_nid, $1, e.state_key_nid
-    FROM events e WHERE e.event_nid = ANY($6::bigint[]) AND e.membership = 2
+    FROM events e WHERE e.event_nid = ANY((SELECT $6::bigint[])::bigint[]) AND e.membership = 2
     ON CONFLICT (invite_event_nid) DO NOTHING
 ), del AS (
-    DELETE FROM memberships WHERE room_nid = $1 AND target_nid = ANY($7::bigint[])
+    DELETE FROM memberships WHERE room_nid = $1 AND target_nid = ANY((SELECT $7::bigint[])::bigint[])
 ), ret AS (
     UPDATE invites SET retired = true
-    WHERE room_nid = $1 AND target_nid = ANY($8::bigint[]) AND NOT retired
-      AND NOT (invite_event_nid = ANY($6::bigint[]))
+    WHERE room_nid = $1 AND target_nid = ANY((SELECT $8::bigint[])::bigint[]) AND NOT retired
+      AND NOT (invite_event_nid = ANY((SELECT $6::bigint[])::bigint[]))
 ), ob AS (
     INSERT INTO outbox (output_id, room_id, output_type, payload)
     SELECT output_id, $12, output_type, payload
-    FROM unnest($9::text[], $10::text[], $11::bytea[]) WITH ORDINALITY
+    FROM unnest((SELECT $9::text[])::text[], (SELECT $10::text[])::text[],
+                (SELECT $11::bytea[])::bytea[]) WITH ORDINALITY
          AS u(output_id, output_type, payload, pos)
     ORDER BY pos
     ON CONFLICT (output_id) DO NOTHING
@@ -200,15 +203,15 @@ WHERE r.target_event_id = ANY({_IDS_2}) AND NOT r.applied AND {_REDACTION_ACCEPT
 SELECT_EVENTS_BY_NID = f"""
 SELECT e.event_nid, e.event_id, {_JSON_OF_E}, {_VERSION_OF_E}
 FROM events e
-WHERE e.event_nid = ANY($1::bigint[])
+WHERE e.event_nid = ANY({_NIDS_1})
 """
 
-SELECT_NIDS_BY_ID = "SELECT event_id, event_nid FROM events WHERE event_id = ANY($1::text[])"
-SELECT_IDS_BY_NID = "SELECT event_nid, event_id FROM events WHERE event_nid = ANY($1::bigint[])"
+SELECT_NIDS_BY_ID = f"SELECT event_id, event_nid FROM events WHERE event_id = ANY({_IDS_1})"
+SELECT_IDS_BY_NID = f"SELECT event_nid, event_id FROM events WHERE event_nid = ANY({_NIDS_1})"
 
 # Everything needed to name a state's entries, from the event NIDs alone: an entry's key is
 # its event's own (type, state key).
-SELECT_STATE_NAMES = """
+SELECT_STATE_NAMES = f"""
 SELECT e.event_nid, e.event_id,
        e.type_nid,
        (SELECT t.event_type FROM event_types t WHERE t.type_nid = e.type_nid) AS event_type,
@@ -216,32 +219,32 @@ SELECT e.event_nid, e.event_id,
        (SELECT k.state_key FROM state_keys k WHERE k.state_key_nid = e.state_key_nid)
            AS state_key
 FROM events e
-WHERE e.event_nid = ANY($1::bigint[])
+WHERE e.event_nid = ANY({_NIDS_1})
 """
 
 # The state keys of events given by ID (a federated join's state can be tens of thousands of
 # events: their JSON is not needed). Non-state events come back with a NULL state key.
-SELECT_STATE_KEYS_BY_ID = """
+SELECT_STATE_KEYS_BY_ID = f"""
 SELECT e.event_id,
        (SELECT t.event_type FROM event_types t WHERE t.type_nid = e.type_nid) AS event_type,
        CASE WHEN e.state_key_nid <> 0 THEN
            (SELECT k.state_key FROM state_keys k WHERE k.state_key_nid = e.state_key_nid)
        END AS state_key
 FROM events e
-WHERE e.event_id = ANY($1::text[])
+WHERE e.event_id = ANY({_IDS_1})
 """
 
 SELECT_PENDING_REDACTIONS = f"""
 SELECT r.target_event_id, r.redaction_event_id
 FROM redactions r
-WHERE r.target_event_id = ANY($1::text[]) AND NOT r.applied AND {_REDACTION_ACCEPTED}
+WHERE r.target_event_id = ANY({_IDS_1}) AND NOT r.applied AND {_REDACTION_ACCEPTED}
 ORDER BY r.target_event_id, r.redaction_event_id
 """
 
 SELECT_REDACTION_TARGETS = f"""
 SELECT e.event_nid, e.event_id, e.redacted_by, {_JSON_OF_E}, {_VERSION_OF_E}
 FROM events e
-WHERE e.event_id = ANY($1::text[])
+WHERE e.event_id = ANY({_IDS_1})
 FOR UPDATE OF e
 """
 

@@ -57,13 +57,13 @@ FIRST_DYNAMIC_NID = 65536
 GET_OR_CREATE = """
 WITH tin AS (
     SELECT u.name, t.type_nid AS nid
-    FROM (SELECT DISTINCT name FROM unnest($1::text[]) AS n(name)) u
+    FROM (SELECT DISTINCT name FROM unnest((SELECT $1::text[])::text[]) AS n(name)) u
     LEFT JOIN LATERAL (
         SELECT x.type_nid FROM event_types x WHERE x.event_type = u.name LIMIT 1
     ) t ON true
 ), kin AS (
     SELECT u.name, k.state_key_nid AS nid
-    FROM (SELECT DISTINCT name FROM unnest($2::text[]) AS n(name)) u
+    FROM (SELECT DISTINCT name FROM unnest((SELECT $2::text[])::text[]) AS n(name)) u
     LEFT JOIN LATERAL (
         SELECT x.state_key_nid FROM state_keys x WHERE x.state_key = u.name LIMIT 1
     ) k ON true
@@ -91,16 +91,18 @@ SELECT false, nid, name FROM kin WHERE nid IS NOT NULL
 
 SELECT_BY_NAME = """
 SELECT true AS is_type, type_nid AS nid, event_type AS name
-FROM event_types WHERE event_type = ANY($1::text[])
+FROM event_types WHERE event_type = ANY((SELECT $1::text[])::text[])
 UNION ALL
-SELECT false, state_key_nid, state_key FROM state_keys WHERE state_key = ANY($2::text[])
+SELECT false, state_key_nid, state_key
+FROM state_keys WHERE state_key = ANY((SELECT $2::text[])::text[])
 """
 
 SELECT_BY_NID = """
 SELECT true AS is_type, type_nid AS nid, event_type AS name
-FROM event_types WHERE type_nid = ANY($1::bigint[])
+FROM event_types WHERE type_nid = ANY((SELECT $1::bigint[])::bigint[])
 UNION ALL
-SELECT false, state_key_nid, state_key FROM state_keys WHERE state_key_nid = ANY($2::bigint[])
+SELECT false, state_key_nid, state_key
+FROM state_keys WHERE state_key_nid = ANY((SELECT $2::bigint[])::bigint[])
 """
 
 _CACHE_LIMIT = 1_000_000

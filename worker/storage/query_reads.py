@@ -48,13 +48,13 @@ FROM events e
 CROSS JOIN LATERAL (
     SELECT x.room_id, x.room_version FROM rooms x WHERE x.room_nid = e.room_nid LIMIT 1
 ) r
-WHERE e.event_id = ANY($1::text[])
+WHERE e.event_id = ANY((SELECT $1::text[])::text[])
 """
 
 # UNION (not UNION ALL) drops repeats, so the walk ends even on a cyclic (corrupt) chain.
 SELECT_AUTH_CHAIN = """
 WITH RECURSIVE chain(nid) AS (
-    SELECT unnest(auth_event_nids) FROM events WHERE event_id = ANY($1::text[])
+    SELECT unnest(auth_event_nids) FROM events WHERE event_id = ANY((SELECT $1::text[])::text[])
   UNION
     SELECT unnest(e.auth_event_nids)
     FROM chain c
@@ -69,10 +69,12 @@ CROSS JOIN LATERAL (SELECT x.event_id FROM events x WHERE x.event_nid = c.nid LI
 
 SELECT_BEFORE_SNAPSHOTS = """
 SELECT event_id, before_snapshot_nid FROM events
-WHERE event_id = ANY($1::text[]) AND before_snapshot_nid IS NOT NULL
+WHERE event_id = ANY((SELECT $1::text[])::text[]) AND before_snapshot_nid IS NOT NULL
 """
 
-SELECT_EVENT_IDS = "SELECT event_nid, event_id FROM events WHERE event_nid = ANY($1::bigint[])"
+SELECT_EVENT_IDS = """
+SELECT event_nid, event_id FROM events WHERE event_nid = ANY((SELECT $1::bigint[])::bigint[])
+"""
 
 # The server name of a user ID is everything after its first colon.
 SELECT_SERVER_JOINED = f"""

@@ -31,7 +31,7 @@ LOAD_CHAINS = """
 WITH RECURSIVE chain AS (
     SELECT s.snapshot_nid, s.parent_nid, s.rank, s.block_nids, s.delta
     FROM state_snapshots s
-    WHERE s.snapshot_nid = ANY($1::bigint[])
+    WHERE s.snapshot_nid = ANY((SELECT $1::bigint[])::bigint[])
   UNION
     SELECT s.snapshot_nid, s.parent_nid, s.rank, s.block_nids, s.delta
     FROM chain c
@@ -39,7 +39,7 @@ WITH RECURSIVE chain AS (
         SELECT p.snapshot_nid, p.parent_nid, p.rank, p.block_nids, p.delta
         FROM state_snapshots p WHERE p.snapshot_nid = c.parent_nid LIMIT 1
     ) s
-    WHERE NOT (s.snapshot_nid = ANY($2::bigint[]))
+    WHERE NOT (s.snapshot_nid = ANY((SELECT $2::bigint[])::bigint[]))
 )
 SELECT c.snapshot_nid, c.parent_nid, c.rank, c.delta AS data, 0::bigint AS pos,
        coalesce(cardinality(c.block_nids), 0) AS nblocks
