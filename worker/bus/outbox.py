@@ -2,8 +2,8 @@
 
 The pipeline writes one outbox row per output in the event's own transaction, then calls
 `flush(room_id)`; the relay publishes that room's unsent rows in outbox order to
-`<prefix>.output.<room token>` with `Nats-Msg-Id` = the row's stable output id, waits for each
-`PubAck`, and marks the rows sent. After a crash between commit and publish, `sweep()` (run at
+`<prefix>.output.<room token>` with `Nats-Msg-Id` = the row's stable output id, waits for
+JetStream's `PubAck`, and marks the rows sent. After a crash between commit and publish, `sweep()` (run at
 start and then periodically by `run()`) publishes whatever is still unsent, and updates the
 outbox gauges when given a `stats` callable (`PgOutboxStore.stats`). Publishing a row
 twice is harmless within the stream's duplicate window: JetStream drops the repeat.
@@ -63,6 +63,7 @@ BATCH_COMMIT_HEADER = "Nats-Batch-Commit"
 EXPECTED_STREAM_HEADER = "Nats-Expected-Stream"
 # JetStream error codes (nats-server errors.json) the relay acts on.
 _ATOMIC_DISABLED = 10174  # JSAtomicPublishDisabledErr: the stream lacks allow_atomic
+_BATCH_TOO_LARGE = 10199  # JSAtomicPublishTooLargeBatchErrF: beyond the server's max_batch_size
 _BATCH_DUPLICATE = 10201  # JSAtomicPublishContainsDuplicateMessageErr
 # After a stream said atomic publish is disabled, try batches again this much later (an
 # operator may update the stream meanwhile) instead of paying a failed batch every pass.
@@ -393,6 +394,9 @@ class NatsOutboxRelay:
             return "duplicate"
         if exc.err_code == _ATOMIC_DISABLED:
             self._atomic_off_until = asyncio.get_running_loop().time() + _ATOMIC_RETRY_AFTER
+        elif exc.err_code == _BATCH_TOO_LARGE:
+            # The server's limit was lowered below ours: halve until batches fit.
+            self._max_batch_messages = max(1, len(rows) // 2)
         _log.warning(
             "outbox_batch_refused",
             room_id=rows[0].room_id,
