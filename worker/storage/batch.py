@@ -48,6 +48,8 @@ class StoreBatch:
         self._events: dict[str, StoredEvent] = {}
         self._after: dict[str, PgState] = {}
         self._room: RoomInfo | None = None
+        # The store said the room does not exist (until a held create event makes it).
+        self._absent = False
         self._current: PgState | None = None
         self._extremities: list[str] | None = None
         # Read once for the whole batch: stored events by ID (None: not stored) and the
@@ -71,6 +73,7 @@ class StoreBatch:
         self._events.clear()
         self._after.clear()
         self._room = None
+        self._absent = False
         self._current = None
         self._extremities = None
         # A committed write may have changed what was read ahead (a redaction applied).
@@ -113,9 +116,16 @@ class StoreBatch:
     # --- reads -----------------------------------------------------------------------------
 
     async def room(self, room_id: str) -> RoomInfo | None:
-        if self._room is not None and room_id == self._room.room_id:
+        if room_id != self.room_id:
+            return await self.inner.room(room_id)
+        if self._room is not None:
             return self._room
-        return await self.inner.room(room_id)
+        if self._absent:
+            return None
+        room = await self.inner.room(room_id)
+        # A new room is read again by every step until its create event commits.
+        self._absent = room is None
+        return room
 
     async def events(self, event_ids: Sequence[str]) -> dict[str, StoredEvent]:
         found, _ = await self.events_and_redactions(event_ids, ())
@@ -178,13 +188,19 @@ class StoreBatch:
         return await self.inner.state_from_ids(room_id, event_ids)
 
     async def current_state(self, room_id: str) -> StateHandle | None:
-        if self._current is not None and room_id == self.room_id:
-            return self._current
+        if room_id == self.room_id:
+            if self._current is not None:
+                return self._current
+            if self._absent and self._room is None:
+                return None
         return await self.inner.current_state(room_id)
 
     async def extremities(self, room_id: str) -> list[str]:
-        if self._extremities is not None and room_id == self.room_id:
-            return list(self._extremities)
+        if room_id == self.room_id:
+            if self._extremities is not None:
+                return list(self._extremities)
+            if self._absent and self._room is None:
+                return []
         return await self.inner.extremities(room_id)
 
     async def lookup(self, state: StateHandle, keys: Sequence[StateKey]) -> dict[StateKey, Event]:
@@ -257,7 +273,7 @@ class StoreBatch:
             self._extremities = list(write.extremities)
         if write.current_state is not None:
             self._current = _own(write.current_state)
-        if self._room is None and await self.inner.room(self.room_id) is None:
+        if self._room is None and await self.room(self.room_id) is None:
             self._room = RoomInfo(self.room_id, write.room_version)
 
 

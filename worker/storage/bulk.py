@@ -14,11 +14,26 @@ from collections.abc import Sequence
 
 import asyncpg
 
+from worker.storage import events as ev_sql
+
 # NIDs for `n` events about to be inserted, in the order they will be used.
 RESERVE_EVENT_NIDS = """
 SELECT nextval(pg_get_serial_sequence('events', 'event_nid')) AS nid
 FROM generate_series(1, $1::int)
 """
+
+# UPSERT_ROOM and RESERVE_EVENT_NIDS in one round trip: the room row, plus `reserved`.
+_reserved_column = (
+    "ARRAY(SELECT nextval(pg_get_serial_sequence('events', 'event_nid'))"
+    " FROM generate_series(1, $3::int)) AS reserved"
+)
+_room_tail = "SELECT * FROM ins\nUNION ALL\nSELECT * FROM old\n"
+if not ev_sql.UPSERT_ROOM.endswith(_room_tail):
+    raise RuntimeError("UPSERT_ROOM changed shape: update UPSERT_ROOM_RESERVING")
+UPSERT_ROOM_RESERVING = (
+    ev_sql.UPSERT_ROOM.removesuffix(_room_tail)
+    + f"SELECT *, {_reserved_column} FROM ins\nUNION ALL\nSELECT *, {_reserved_column} FROM old\n"
+)
 
 # $1..$12: one array element per event; $13: the room; $14, $15: the prev references as
 # parallel arrays (prev event ID, the NID of the event naming it). auth_event_nids travel as

@@ -748,16 +748,20 @@ class PostgresStore:
         every row is inserted by one statement and the room's end state, memberships and
         outbox rows by one more. Stores exactly what `_persist_txn` per write would."""
         room_id = run[0].room_id
+        reserved: list[int] | None = None
         if fx.room is not None and fx.room.room_id == room_id:
             room = fx.room
         else:
             if _LOCK_AT_BEGIN.get() != room_lock_key(room_id):
                 await conn.execute("SELECT pg_advisory_xact_lock($1)", room_lock_key(room_id))
-            r = await conn.fetchrow(ev_sql.UPSERT_ROOM, room_id, run[0].room_version)
+            r = await conn.fetchrow(
+                bulk_sql.UPSERT_ROOM_RESERVING, room_id, run[0].room_version, len(run)
+            )
             if r is None:
                 raise InvariantViolation(f"room {room_id} could not be created")
             room = ev_sql.room_row(r)
             self.check_room_row(room)
+            reserved = sorted(r["reserved"])
         types: set[str] = set()
         keys: set[str] = set()
         refs: set[str] = set()
@@ -776,7 +780,8 @@ class PostgresStore:
             refs.update(e.auth_event_ids)
         nids = await self._nids_txn(conn, types, keys, fx)
         id_nids = fx.id_nids
-        reserved = await bulk_sql.reserve_event_nids(conn, len(run))
+        if reserved is None:
+            reserved = await bulk_sql.reserve_event_nids(conn, len(run))
         for w, nid in zip(run, reserved, strict=True):
             id_nids[w.event.event_id] = nid
         for eid in refs - id_nids.keys():
