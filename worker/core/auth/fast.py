@@ -28,6 +28,8 @@ from worker.core.versions import RoomRules
 Table = tuple[Mapping[str | None, bool | None], bool | None]
 
 VIA = "join_authorised_via_users_server"
+# Join rules tables kept per shortcut: a room has a handful of join rules events.
+_MAX_JOIN_TABLES = 16
 
 
 def _join_table(rules: RoomRules, join_rules: Event | None) -> Table:
@@ -107,15 +109,21 @@ class MembershipShortcut:
         self.leave_allowed = frozenset(
             ("invite", "join", "knock") if rules.knock else ("invite", "join")
         )
-        # join rules event ID -> its table (a room has few; None: no join rules event).
-        self._join_tables: dict[str | None, Table] = {}
+        # join rules event ID -> (that event, its table); None: no join rules event. The
+        # event is kept to check identity: a shortcut outlives one resolution (see
+        # `shortcut_for`), and v1-v2 event IDs are only what the sender claims.
+        self._join_tables: dict[str | None, tuple[Event | None, Table]] = {}
 
     def join_table(self, join_rules: Event | None) -> Table:
         """The self-join verdicts under `join_rules` (None: the room has none), memoised."""
         key = join_rules.event_id if join_rules is not None else None
-        table = self._join_tables.get(key)
-        if table is None:
-            table = self._join_tables[key] = _join_table(self.rules, join_rules)
+        got = self._join_tables.get(key)
+        if got is not None and got[0] is join_rules:
+            return got[1]
+        table = _join_table(self.rules, join_rules)
+        if len(self._join_tables) >= _MAX_JOIN_TABLES:
+            self._join_tables.clear()
+        self._join_tables[key] = (join_rules, table)
         return table
 
     def allows(
@@ -153,3 +161,22 @@ class MembershipShortcut:
             return None
         verdicts, default = self.join_table(join_rules)
         return verdicts.get(current, default)
+
+
+def shortcut_for(rules: RoomRules, create: Event) -> MembershipShortcut:
+    """The shortcut for one create event, shared by the resolutions of its room.
+
+    Building one costs more than a small resolution's checks. Events hash by identity, so
+    a create event read again from storage simply gets a new shortcut.
+    """
+    got = _SHORTCUTS.get(create)
+    if got is None or got.rules is not rules:
+        if len(_SHORTCUTS) >= _MAX_SHORTCUTS:
+            _SHORTCUTS.clear()
+        got = _SHORTCUTS[create] = MembershipShortcut(rules, create)
+    return got
+
+
+# A memo, not state: a shortcut is a function of (rules, create event).
+_SHORTCUTS: dict[Event, MembershipShortcut] = {}
+_MAX_SHORTCUTS = 256

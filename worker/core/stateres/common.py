@@ -201,6 +201,14 @@ class Events:
                 out.update(self.chain(r))
             return out
         start = roots if isinstance(roots, set) else set(roots)
+        if len(start) < _WIDE:
+            # A few roots: their references are collected one by one (and not kept).
+            first: set[str] = set()
+            for r in start:
+                ev = self.get(r)
+                if ev is not None:
+                    first.update(self.auth_refs(ev))
+            return self.walk(first)
         self.load(start)
         first = self.refs_of(start)
         self._walked.append((start, first))
@@ -220,21 +228,32 @@ class Events:
     def walk(self, frontier: set[str]) -> set[str]:
         """Every event reachable through auth references from `frontier`, itself included.
 
-        A breadth-first walk one generation at a time: each generation is a set, so the
-        per-edge work (deduplication, "seen already?") is set algebra in C and Python only
-        loops once per generation. A union of overlapping chains costs the size of the
-        union, not the sum of the chain sizes. Unknown events are included but end the
-        walk there: they cannot be resolved anyway, and their absence shows up as an auth
-        failure of the events that cite them.
+        Wide parts of the graph (thousands of members citing a few power levels events)
+        are walked one generation at a time: each generation is a set, so the per-edge
+        work ("seen already?") is set algebra in C and Python loops once per generation.
+        Narrow parts (a long chain of power levels events, a small room) would make that
+        one Python round per event anyway, so they are walked event by event. Unknown
+        events are included but end the walk there: they cannot be resolved anyway, and
+        their absence shows up as an auth failure of the events that cite them.
         """
         seen: set[str] = set()
-        while frontier:
+        while frontier and len(frontier) >= _WIDE:
             frontier = frontier - seen
-            if not frontier:
-                break
             seen |= frontier
             self.load(frontier)
             frontier = self.refs_of(frontier)
+        stack = list(frontier)
+        get = self.get
+        implied = self.rules.room_id_from_create_event
+        refs = self.auth_refs
+        while stack:
+            eid = stack.pop()
+            if eid in seen:
+                continue
+            seen.add(eid)
+            ev = get(eid)
+            if ev is not None:
+                stack.extend(refs(ev) if implied else ev.auth_event_ids)
         return seen
 
     def refs_of(self, event_ids: Iterable[str]) -> set[str]:
@@ -336,6 +355,10 @@ _TYPE = attrgetter("type")
 _ROOM_ID = attrgetter("room_id")
 _TS = attrgetter("origin_server_ts")
 _NEG_INF = float("-inf")
+# From how many events on a generation of an auth-graph walk is walked as a set (`walk`).
+_WIDE = 32
+# From how many events `Mainline.order_events` sorts by single keys, not the spec's tuple.
+_MANY_TO_SORT = 48
 # Marks a cache miss where None means "looked up, unknown".
 _UNSEEN: Any = object()
 _POWER_TYPES = frozenset({POWER_LEVELS[0], JOIN_RULES[0], CREATE[0]})
@@ -516,6 +539,29 @@ class Mainline:
             typed = [e for e, ev in zip(ids, found, strict=True) if ev and ev.type == _PL_TYPE]
         return {eid for eid in typed if self._cache[eid].state_key == ""}  # type: ignore[union-attr]
 
+    def _key(
+        self, eid: str, ev: Event, is_pl: dict[str, bool], pos_of: dict[str, float]
+    ) -> tuple[float, int, str]:
+        """The spec's sort key of one event; `is_pl` and `pos_of` are shared memos."""
+        # The first power levels event among the auth events, as `_pl_of` finds it.
+        pl: str | None = None
+        for aid in ev.auth_event_ids:
+            known = is_pl.get(aid)
+            if known is None:
+                aev = self._events.get(aid)
+                known = is_pl[aid] = (
+                    aev is not None and aev.state_key == "" and aev.type == _PL_TYPE
+                )
+            if known:
+                pl = aid
+                break
+        if pl is None:
+            return (_NEG_INF, ev.origin_server_ts, eid)
+        pos = pos_of.get(pl)
+        if pos is None:
+            pos = pos_of[pl] = self._position_from(pl)
+        return (-pos, ev.origin_server_ts, eid)
+
     def order(self, event_ids: Iterable[str], cited: set[str] | None = None) -> list[str]:
         """`event_ids` in the spec's "mainline ordering": greater mainline position first
         (an event based on older power levels, or on none, comes earlier), then smaller
@@ -545,6 +591,11 @@ class Mainline:
     ) -> tuple[list[str], list[Event]]:
         """`order` for events the caller has at hand (`evs[i]` is `ids[i]`); returns the
         ordered IDs and events."""
+        if len(ids) < _MANY_TO_SORT:
+            # A few events: the spec's key tuples are cheaper than the set-up below.
+            keys = list(map(self._key, ids, evs, repeat({}), repeat({})))
+            order = sorted(range(len(ids)), key=keys.__getitem__)
+            return list(map(ids.__getitem__, order)), list(map(evs.__getitem__, order))
         auths = list(map(_AUTH_IDS, evs))
         pls = self._power_levels_among(cited if cited is not None else set().union(*auths))
         neg_pos: list[float] | None = None

@@ -27,7 +27,7 @@ from itertools import chain, compress
 from typing import cast
 
 from worker.core.auth import check_auth
-from worker.core.auth.fast import VIA, MembershipShortcut
+from worker.core.auth.fast import VIA, shortcut_for
 from worker.core.events import Event, StateKey
 from worker.core.stateres.common import (
     CREATE,
@@ -60,6 +60,10 @@ class V2Flags:
     def for_algorithm(alg: StateResAlgorithm) -> V2Flags:
         on = alg is StateResAlgorithm.V2_1
         return V2Flags(conflicted_subgraph=on, start_from_empty_state=on)
+
+
+# From how many events the mainline ordering reuses what the auth-chain walks saw.
+_MANY = 64
 
 
 def resolve_v2(
@@ -154,7 +158,8 @@ def resolve_v2(
     # based on older power levels, or on none, comes earlier), then origin_server_ts, then
     # event ID. Power levels events are all power events, so none is left to sort here.
     # (What the events cite was mostly seen by the walks of the auth difference.)
-    rest, rest_evs = mainline.order_events(rest, rest_evs, events.cited_by(full))
+    cited = events.cited_by(full) if len(full) >= _MANY else None
+    rest, rest_evs = mainline.order_events(rest, rest_evs, cited)
 
     # Step 4: iterative auth checks over them, continuing from the partial state.
     checked += iterative_auth_checks(events, authz, rest, state, rest_evs)
@@ -382,7 +387,7 @@ def iterative_auth_checks(
     # The shortcut is exact only for the spec's rules, and needs the create event. Its
     # fields are copied into locals: the loop below reads them for thousands of events.
     spec_rules = check is check_auth
-    shortcut = MembershipShortcut(rules, create) if spec_rules and create else None
+    shortcut = shortcut_for(rules, create) if spec_rules and create else None
     fast = False
     if shortcut is not None:
         fast = shortcut.usable
@@ -503,7 +508,7 @@ def iterative_auth_checks(
             if key == CREATE:
                 create = ev
                 if spec_rules:
-                    shortcut = MembershipShortcut(rules, create)
+                    shortcut = shortcut_for(rules, create)
                     fast = shortcut.usable
                     restricted, room_id = shortcut.restricted, shortcut.room_id
                     create_prev, leave_allowed = shortcut.create_prev, shortcut.leave_allowed
