@@ -221,8 +221,7 @@ class Events:
         from its conflicted events, and later asks what they cite (mainline ordering).
         Events no walk started from are read here.
         """
-        roots: set[str] = set().union(*(r for r, _ in self._walked))
-        left = event_ids - roots
+        left = event_ids.difference(*(roots for roots, _ in self._walked))
         return set().union(*(c for _, c in self._walked), self.refs_of(left) if left else ())
 
     def walk(self, frontier: set[str]) -> set[str]:
@@ -241,7 +240,7 @@ class Events:
             frontier = frontier - seen
             seen |= frontier
             self.load(frontier)
-            frontier = self.refs_of(frontier)
+            frontier = self._refs_reusing_walks(frontier)
         stack = list(frontier)
         get = self.get
         implied = self.rules.room_id_from_create_event
@@ -255,6 +254,15 @@ class Events:
             if ev is not None:
                 stack.extend(refs(ev) if implied else ev.auth_event_ids)
         return seen
+
+    def _refs_reusing_walks(self, event_ids: set[str]) -> set[str]:
+        """`refs_of`, reusing what an earlier walk found its roots cite when `event_ids`
+        holds all those roots (a stale fork: the new events cite the old ones, which the
+        walk from the old side started from)."""
+        for roots, first in self._walked:
+            if len(roots) <= len(event_ids) and roots <= event_ids:
+                return first | self.refs_of(event_ids - roots)
+        return self.refs_of(event_ids)
 
     def refs_of(self, event_ids: Iterable[str]) -> set[str]:
         """The union of `auth_refs` over the known events of `event_ids` (loaded already)."""

@@ -86,12 +86,14 @@ def resolve_v2(
     if not ordered:
         return unconflicted, ResolutionStats()
     per_set = [set(x) for x in ordered]
+    conflicted_ids: set[str] = set().union(*per_set)
 
     # The conflicted events, in the state sets' order: that order never reaches the result
     # (everything below sorts by the spec's keys), but state sets usually list events
     # roughly chronologically, and the mainline sort is fastest on nearly sorted input.
-    full_list = list(dict.fromkeys(chain.from_iterable(ordered)))
-    conflicted_ids = set(full_list)
+    full_list = list(chain.from_iterable(ordered))
+    if len(full_list) != len(conflicted_ids):
+        full_list = list(dict.fromkeys(full_list))
     # Every value of a state map must be known: the caller vouched for these events. The
     # smallest unknown ID is reported, so the error does not depend on set order.
     events.load(full_list)
@@ -244,8 +246,7 @@ def _auth_difference(
     # Conflicted events join the full conflicted set anyway: whether they are also in the
     # auth difference changes nothing, so only the others need the walk from U (which
     # then is usually skipped, e.g. when a stale fork's old events are all it finds).
-    conflicted: set[str] = set().union(*per_set)
-    undecided = candidates - conflicted
+    undecided = candidates.difference(*per_set)
     if not undecided:
         return union, candidates
     reached = _reached(events, list(unconflicted.values()), inter, undecided)
