@@ -37,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
@@ -384,8 +385,8 @@ class NatsOutboxRelay:
             # it out (stored rows come back as duplicates).
             _log.warning("outbox_batch_bad_ack", room_id=rows[0].room_id, rows=last, ack=repr(ack))
             return "bad_ack"
-        for row in rows:
-            OUTPUTS_PUBLISHED.labels(row.output_type).inc()
+        for output_type, n in Counter(row.output_type for row in rows).items():
+            OUTPUTS_PUBLISHED.labels(output_type).inc(n)
         return None
 
     def _batch_refused(self, rows: Sequence[OutboxRow], exc: APIError) -> str:
