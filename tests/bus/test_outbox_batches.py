@@ -11,6 +11,8 @@ from typing import Any
 import nats
 import pytest
 from nats.aio.client import Client as NATS
+from nats.aio.client import ServerVersion
+from nats.js.api import PubAck
 from structlog.testing import capture_logs
 
 from tests.bus.test_outbox import MemoryOutbox, Row, read_outputs
@@ -226,3 +228,48 @@ async def test_ensure_streams_turns_atomic_publish_on_in_place(nc: NATS, prefix:
         assert set((await ensure_streams(js, subjects, StreamLimits(shards=1))).values()) == {
             "unchanged"
         }
+
+
+async def test_a_server_older_than_atomic_batches_gets_rows_one_by_one(
+    nc: NATS, streams: Subjects, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A 2.11 server would take the batch headers as plain headers and store each message.
+    monkeypatch.setattr(
+        NATS, "connected_server_version", property(lambda _: ServerVersion("2.11.9"))
+    )
+    store = MemoryOutbox()
+    for n in range(4):
+        store.add("!a:x", n)
+    with capture_logs() as logs:
+        await NatsOutboxRelay(nc, streams, store).flush("!a:x")
+    assert not [e for e in logs if e["event"].startswith("outbox_batch")]
+    published = await read_outputs(nc, streams)
+    assert ids(published) == [f"out-!a:x-{n}" for n in range(4)]
+    assert set(batches(published)) == {(None, None)}
+
+
+async def test_a_commit_answered_without_its_batch_stops_batches(
+    nc: NATS, streams: Subjects, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = MemoryOutbox()
+    for n in range(3):
+        store.add("!a:x", n)
+    relay = NatsOutboxRelay(nc, streams, store)
+    js = relay._js
+    publish = js.publish
+
+    async def forgetful(*args: Any, **kwargs: Any) -> PubAck:
+        # What a server that ignores the batch headers answers: a plain PubAck.
+        ack = await publish(*args, **kwargs)
+        return dataclasses.replace(ack, batch_id=None, batch_size=None)
+
+    monkeypatch.setattr(js, "publish", forgetful)
+    await relay.flush("!a:x")
+    for n in range(3, 6):
+        store.add("!a:x", n)
+    await relay.flush("!a:x")
+    published = await read_outputs(nc, streams)
+    # The first batch was stored (the serial retry found duplicates); then no more batches.
+    assert ids(published) == [f"out-!a:x-{n}" for n in range(6)]
+    assert [s for _, s in batches(published)] == ["1", "2", "3", None, None, None]
+    assert store.sent_ids() == {r.output_id for r in store.rows}

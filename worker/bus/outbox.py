@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -345,6 +346,8 @@ class NatsOutboxRelay:
     def _batching(self, n: int) -> bool:
         if n < 2 or asyncio.get_running_loop().time() < self._atomic_off_until:
             return False
+        if not self._server_batches():
+            return False
         # A small batch does not queue for a slot; a big one is worth the wait.
         return n >= _SMALL_BATCH or not self._batch_slots.locked()
 
@@ -382,12 +385,24 @@ class NatsOutboxRelay:
             return "nats"
         if ack.batch_id != batch_id or ack.batch_size != last:
             # Not the answer a committed batch gets: trust nothing, let the serial path sort
-            # it out (stored rows come back as duplicates).
+            # it out (stored rows come back as duplicates). No batch in the answer at all is a
+            # server that ignores the batch headers: no more batches from this relay.
             _log.warning("outbox_batch_bad_ack", room_id=rows[0].room_id, rows=last, ack=repr(ack))
+            if ack.batch_id is None:
+                self._atomic_off_until = math.inf
             return "bad_ack"
         for output_type, n in Counter(row.output_type for row in rows).items():
             OUTPUTS_PUBLISHED.labels(output_type).inc(n)
         return None
+
+    def _server_batches(self) -> bool:
+        """Whether the server we are connected to knows atomic batches (2.12+). An older one
+        would store every message of a batch on its own, as it arrives: not all-or-nothing."""
+        try:
+            version = self._nc.connected_server_version
+            return (version.major, version.minor) >= (2, 12)
+        except (ValueError, TypeError):
+            return False
 
     def _batch_refused(self, rows: Sequence[OutboxRow], exc: APIError) -> str:
         if exc.err_code == _BATCH_DUPLICATE:
