@@ -398,8 +398,8 @@ def iterative_auth_checks(
     # The full rules look up the power levels event for every membership event, so an
     # unknown one must fail the same way here, once (the shortcut never changes it).
     pl_unchecked = state.get(POWER_LEVELS)
-    # The join rules event last seen in the state, and its table.
-    jr_id: str | None = None
+    # Whether `verdicts` and `default` are the table of the state's join rules event.
+    jr_ready = False
     verdicts: Mapping[str | None, bool | None] = {}
     default: bool | None = None
     if order_events is None:
@@ -450,17 +450,18 @@ def iterative_auth_checks(
                     member = own_auth_event(ev, key)
                 current = member.content.get("membership") if member is not None else None
                 if membership == "join":
-                    # ... and for the join rules, likewise.
-                    sid = state.get(JOIN_RULES)
-                    if sid is None:
-                        verdicts, default = join_table(own_auth_event(ev, JOIN_RULES))
-                        jr_id = None
-                    elif sid != jr_id:
-                        jr_id = sid
-                        join_rules = cache.get(sid)
-                        if join_rules is None:
-                            join_rules = must(sid)
-                        verdicts, default = join_table(join_rules)
+                    # ... and for the join rules, likewise. The state's join rules change
+                    # only through the full path below, which then clears `jr_ready`.
+                    if not jr_ready:
+                        sid = state.get(JOIN_RULES)
+                        if sid is None:
+                            verdicts, default = join_table(own_auth_event(ev, JOIN_RULES))
+                        else:
+                            join_rules = cache.get(sid)
+                            if join_rules is None:
+                                join_rules = must(sid)
+                            verdicts, default = join_table(join_rules)
+                            jr_ready = True
                     try:
                         verdict = verdicts.get(current, default)
                     except TypeError:
@@ -506,6 +507,8 @@ def iterative_auth_checks(
         if check(ev, auth_events) is None:
             key = (ev.type, state_key)
             state[key] = eid
+            if key == JOIN_RULES:
+                jr_ready = False
             if key == CREATE:
                 create = ev
                 if spec_rules:
@@ -514,5 +517,5 @@ def iterative_auth_checks(
                     restricted, room_id = shortcut.restricted, shortcut.room_id
                     create_prev, leave_allowed = shortcut.create_prev, shortcut.leave_allowed
                     first_joiner, join_table = shortcut.first_joiner, shortcut.join_table
-                jr_id = None
+                jr_ready = False
     return checked
