@@ -39,17 +39,34 @@ _json_decoder = msgspec.json.Decoder(dict[str, Any])
 # hash join over a sequential scan of a table that later holds millions of rows. So every
 # lookup by key below is written so that the only plan is an index probe per key: scalar
 # subqueries and `LATERAL (... LIMIT 1)` lookups on primary and unique keys, which the planner
-# cannot turn into hash joins. tests/storage/test_plans.py checks the generic plans.
+# cannot turn into hash joins, driven by the keys themselves (`unnest(keys) CROSS JOIN
+# LATERAL`). Not `WHERE key = ANY($1)`: costed as ten probes against one scan of a table of
+# ten to twelve pages, the scan wins, and is kept while the table grows. Each probe is costed
+# on its own against a whole scan, which never wins on a never-analyzed table (PostgreSQL
+# assumes ten pages or more) nor on one of the size autovacuum first analyzes it at
+# (schemas/sql/0004). tests/storage/test_plans.py checks the generic plans at many sizes.
 #
-# Generic plans, kept. A generic plan costs a key array (`ANY($1)`) as ten keys; a custom plan
-# sees the real, usually smaller, array and so always looks cheaper, and PostgreSQL then plans
-# the statement afresh on every call (measured: 0.2 ms of planning per call of
-# SELECT_EVENTS_AND_PENDING_REDACTIONS, more than its execution). Where that happened the
-# array is read through an InitPlan, `(SELECT $1::text[])::text[]`, which no plan can see
+# Generic plans, kept. A generic plan costs a key array as a hundred keys (`unnest($1)`) or
+# ten (`ANY($1)`); a custom plan sees the real, usually smaller, array and so always looks
+# cheaper, and PostgreSQL then plans the statement afresh on every call (measured: 0.2 ms of
+# planning per call of SELECT_EVENTS_AND_PENDING_REDACTIONS, more than its execution). So the
+# arrays are read through an InitPlan, `(SELECT $1::text[])::text[]`, which no plan can see
 # into: custom and generic plans cost alike, and after five calls the generic one is kept.
-_IDS_1 = "(SELECT $1::text[])::text[]"
-_NIDS_1 = "(SELECT $1::bigint[])::bigint[]"
-_IDS_2 = "(SELECT $2::text[])::text[]"
+
+
+def array_param(n: int, sql_type: str) -> str:
+    """Parameter `n` (an array of `sql_type`), hidden from the planner (see above)."""
+    return f"(SELECT ${n}::{sql_type}[])::{sql_type}[]"
+
+
+def keys_param(n: int, sql_type: str) -> str:
+    """One row per element of array parameter `n`: `FROM {keys_param(..)} AS k(key)`."""
+    return f"unnest({array_param(n, sql_type)})"
+
+
+# The event with a given ID or NID, one probe per key `k.key` (use as `... e`).
+_EVENT_BY_ID = "LATERAL (SELECT * FROM events x WHERE x.event_id = k.key LIMIT 1)"
+_EVENT_BY_NID = "LATERAL (SELECT * FROM events x WHERE x.event_nid = k.key LIMIT 1)"
 
 SELECT_ROOM = """
 SELECT room_nid, room_id, room_version, current_snapshot_nid, extremities
@@ -79,14 +96,14 @@ SELECT * FROM old
 # statement's snapshot, taken before the insert). A re-input updates the decision but never
 # downgrades a stored event to an outlier, and never touches the JSON (which may have been
 # redacted since: redaction is permanent).
-UPSERT_EVENT = """
+UPSERT_EVENT = f"""
 WITH e AS (
     INSERT INTO events AS old (event_id, room_nid, type_nid, state_key_nid, depth, kind,
                                outcome, reason_code, reason, membership, auth_event_nids,
                                before_snapshot_nid)
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10,
-            (SELECT coalesce(array_agg(a.event_nid ORDER BY a.event_nid), '{}')
-             FROM events a WHERE a.event_id = ANY($11::text[])),
+            (SELECT coalesce(array_agg(DISTINCT a.event_nid ORDER BY a.event_nid), '{{}}')
+             FROM {keys_param(11, "text")} AS k(key) CROSS JOIN {_EVENT_BY_ID} a),
             $12)
     ON CONFLICT (event_id) DO UPDATE
     SET kind = EXCLUDED.kind, outcome = EXCLUDED.outcome, reason_code = EXCLUDED.reason_code,
@@ -103,7 +120,7 @@ WITH e AS (
     ON CONFLICT (event_nid) DO NOTHING
 ), p AS (
     INSERT INTO event_prevs (prev_event_id, event_nid)
-    SELECT unnest($14::text[]), event_nid FROM ev
+    SELECT unnest({array_param(14, "text")}), event_nid FROM ev
     ON CONFLICT DO NOTHING
 ), w AS (
     INSERT INTO write_log (room_nid, event_nid, worker, txn_started, written)
@@ -121,7 +138,7 @@ SELECT event_nid FROM ev
 # redaction event with its target. The room row is rewritten only when a value changes (a
 # write of membership changes alone, or an outlier, leaves it as it is). Arrays are read
 # through InitPlans (see "Generic plans" above).
-FINISH_EVENT = """
+FINISH_EVENT = f"""
 WITH room AS (
     UPDATE rooms
     SET current_snapshot_nid = CASE WHEN $2 THEN $3 ELSE current_snapshot_nid END,
@@ -135,25 +152,26 @@ WITH room AS (
 ), up AS (
     INSERT INTO memberships (room_nid, target_nid, membership, event_nid)
     SELECT $1, e.state_key_nid, coalesce(e.membership, 0), e.event_nid
-    FROM events e WHERE e.event_nid = ANY((SELECT $6::bigint[])::bigint[])
+    FROM {keys_param(6, "bigint")} AS k(key) CROSS JOIN {_EVENT_BY_NID} e
     ON CONFLICT (room_nid, target_nid) DO UPDATE
     SET membership = EXCLUDED.membership, event_nid = EXCLUDED.event_nid
 ), inv AS (
     INSERT INTO invites (invite_event_nid, room_nid, target_nid)
     SELECT e.event_nid, $1, e.state_key_nid
-    FROM events e WHERE e.event_nid = ANY((SELECT $6::bigint[])::bigint[]) AND e.membership = 2
+    FROM {keys_param(6, "bigint")} AS k(key) CROSS JOIN {_EVENT_BY_NID} e
+    WHERE e.membership = 2
     ON CONFLICT (invite_event_nid) DO NOTHING
 ), del AS (
-    DELETE FROM memberships WHERE room_nid = $1 AND target_nid = ANY((SELECT $7::bigint[])::bigint[])
+    DELETE FROM memberships WHERE room_nid = $1 AND target_nid = ANY({array_param(7, "bigint")})
 ), ret AS (
     UPDATE invites SET retired = true
-    WHERE room_nid = $1 AND target_nid = ANY((SELECT $8::bigint[])::bigint[]) AND NOT retired
-      AND NOT (invite_event_nid = ANY((SELECT $6::bigint[])::bigint[]))
+    WHERE room_nid = $1 AND target_nid = ANY({array_param(8, "bigint")}) AND NOT retired
+      AND NOT (invite_event_nid = ANY({array_param(6, "bigint")}))
 ), ob AS (
     INSERT INTO outbox (output_id, room_id, output_type, payload)
     SELECT output_id, $12, output_type, payload
-    FROM unnest((SELECT $9::text[])::text[], (SELECT $10::text[])::text[],
-                (SELECT $11::bytea[])::bytea[]) WITH ORDINALITY
+    FROM unnest({array_param(9, "text")}, {array_param(10, "text")}, {array_param(11, "bytea")})
+         WITH ORDINALITY
          AS u(output_id, output_type, payload, pos)
     ORDER BY pos
     ON CONFLICT (output_id) DO NOTHING
@@ -175,9 +193,15 @@ SELECT_EVENTS_BY_ID = f"""
 SELECT e.event_nid, e.event_id, e.kind, e.outcome, e.reason_code, e.reason,
        e.before_snapshot_nid, e.redacted_by, e.type_nid, e.state_key_nid,
        {_JSON_OF_E}, {_VERSION_OF_E}
-FROM events e
-WHERE e.event_id = ANY({_IDS_1})
+FROM {keys_param(1, "text")} AS k(key) CROSS JOIN {_EVENT_BY_ID} e
 """
+
+# The unapplied redactions of target `k.key` (OFFSET 0 keeps the subquery a per-key probe:
+# the planner may not merge it into a join).
+_PENDING_OF_KEY = """LATERAL (
+    SELECT x.target_event_id, x.redaction_event_id FROM redactions x
+    WHERE x.target_event_id = k.key AND NOT x.applied OFFSET 0
+)"""
 
 # Accepted redactions only: the redaction event's outcome, probed per pending row.
 _REDACTION_ACCEPTED = (
@@ -191,23 +215,25 @@ SELECT e.event_nid, e.event_id, e.kind, e.outcome, e.reason_code, e.reason,
        e.before_snapshot_nid, e.redacted_by, e.type_nid, e.state_key_nid,
        {_JSON_OF_E}, {_VERSION_OF_E},
        NULL::text AS redaction_event_id
-FROM events e
-WHERE e.event_id = ANY({_IDS_1})
+FROM {keys_param(1, "text")} AS k(key) CROSS JOIN {_EVENT_BY_ID} e
 UNION ALL
 SELECT NULL, r.target_event_id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
        r.redaction_event_id
-FROM redactions r
-WHERE r.target_event_id = ANY({_IDS_2}) AND NOT r.applied AND {_REDACTION_ACCEPTED}
+FROM {keys_param(2, "text")} AS k(key) CROSS JOIN {_PENDING_OF_KEY} r
+WHERE {_REDACTION_ACCEPTED}
 """
 
 SELECT_EVENTS_BY_NID = f"""
 SELECT e.event_nid, e.event_id, {_JSON_OF_E}, {_VERSION_OF_E}
-FROM events e
-WHERE e.event_nid = ANY({_NIDS_1})
+FROM {keys_param(1, "bigint")} AS k(key) CROSS JOIN {_EVENT_BY_NID} e
 """
 
-SELECT_NIDS_BY_ID = f"SELECT event_id, event_nid FROM events WHERE event_id = ANY({_IDS_1})"
-SELECT_IDS_BY_NID = f"SELECT event_nid, event_id FROM events WHERE event_nid = ANY({_NIDS_1})"
+SELECT_NIDS_BY_ID = f"""
+SELECT e.event_id, e.event_nid FROM {keys_param(1, "text")} AS k(key) CROSS JOIN {_EVENT_BY_ID} e
+"""
+SELECT_IDS_BY_NID = f"""
+SELECT e.event_nid, e.event_id FROM {keys_param(1, "bigint")} AS k(key) CROSS JOIN {_EVENT_BY_NID} e
+"""
 
 # Everything needed to name a state's entries, from the event NIDs alone: an entry's key is
 # its event's own (type, state key).
@@ -218,8 +244,7 @@ SELECT e.event_nid, e.event_id,
        e.state_key_nid,
        (SELECT k.state_key FROM state_keys k WHERE k.state_key_nid = e.state_key_nid)
            AS state_key
-FROM events e
-WHERE e.event_nid = ANY({_NIDS_1})
+FROM {keys_param(1, "bigint")} AS k(key) CROSS JOIN {_EVENT_BY_NID} e
 """
 
 # The state keys of events given by ID (a federated join's state can be tens of thousands of
@@ -230,22 +255,20 @@ SELECT e.event_id,
        CASE WHEN e.state_key_nid <> 0 THEN
            (SELECT k.state_key FROM state_keys k WHERE k.state_key_nid = e.state_key_nid)
        END AS state_key
-FROM events e
-WHERE e.event_id = ANY({_IDS_1})
+FROM {keys_param(1, "text")} AS k(key) CROSS JOIN {_EVENT_BY_ID} e
 """
 
 SELECT_PENDING_REDACTIONS = f"""
 SELECT r.target_event_id, r.redaction_event_id
-FROM redactions r
-WHERE r.target_event_id = ANY({_IDS_1}) AND NOT r.applied AND {_REDACTION_ACCEPTED}
+FROM {keys_param(1, "text")} AS k(key) CROSS JOIN {_PENDING_OF_KEY} r
+WHERE {_REDACTION_ACCEPTED}
 ORDER BY r.target_event_id, r.redaction_event_id
 """
 
 SELECT_REDACTION_TARGETS = f"""
 SELECT e.event_nid, e.event_id, e.redacted_by, {_JSON_OF_E}, {_VERSION_OF_E}
-FROM events e
-WHERE e.event_id = ANY({_IDS_1})
-FOR UPDATE OF e
+FROM {keys_param(1, "text")} AS k(key)
+CROSS JOIN LATERAL (SELECT * FROM events x WHERE x.event_id = k.key LIMIT 1 FOR UPDATE) e
 """
 
 APPLY_REDACTION = """

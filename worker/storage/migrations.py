@@ -15,6 +15,9 @@ Changelog (SCHEMA_VERSION = the highest file number):
     3  0003_lean_writes.sql less work per event: no foreign keys on the event tables, the
                           write log written by the event's own upsert (trigger and its room
                           index dropped), the outbox keyed by output_id (seq index dropped).
+    4  0004_autovacuum_thresholds.sql the big tables are first analyzed (and vacuumed) after
+                          10,000 changed rows, not 50: no plan is built on a tiny table's
+                          statistics and then kept while the table grows.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from typing import cast
 
 import asyncpg
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 SQL_DIR = Path(__file__).resolve().parents[2] / "schemas" / "sql"
 

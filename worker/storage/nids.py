@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 
 import asyncpg
 
+from worker.storage.events import keys_param
+
 # Preassigned in schemas/sql/0001_initial.sql; the reserved range ends at 65535.
 WELL_KNOWN_TYPES: Mapping[str, int] = {
     "m.room.create": 1,
@@ -89,20 +91,32 @@ UNION ALL
 SELECT false, nid, name FROM kin WHERE nid IS NOT NULL
 """
 
-SELECT_BY_NAME = """
-SELECT true AS is_type, type_nid AS nid, event_type AS name
-FROM event_types WHERE event_type = ANY((SELECT $1::text[])::text[])
+SELECT_BY_NAME = f"""
+SELECT true AS is_type, t.type_nid AS nid, t.event_type AS name
+FROM {keys_param(1, "text")} AS k(key)
+CROSS JOIN LATERAL (
+    SELECT x.type_nid, x.event_type FROM event_types x WHERE x.event_type = k.key LIMIT 1
+) t
 UNION ALL
-SELECT false, state_key_nid, state_key
-FROM state_keys WHERE state_key = ANY((SELECT $2::text[])::text[])
+SELECT false, s.state_key_nid, s.state_key
+FROM {keys_param(2, "text")} AS k(key)
+CROSS JOIN LATERAL (
+    SELECT x.state_key_nid, x.state_key FROM state_keys x WHERE x.state_key = k.key LIMIT 1
+) s
 """
 
-SELECT_BY_NID = """
-SELECT true AS is_type, type_nid AS nid, event_type AS name
-FROM event_types WHERE type_nid = ANY((SELECT $1::bigint[])::bigint[])
+SELECT_BY_NID = f"""
+SELECT true AS is_type, t.type_nid AS nid, t.event_type AS name
+FROM {keys_param(1, "bigint")} AS k(key)
+CROSS JOIN LATERAL (
+    SELECT x.type_nid, x.event_type FROM event_types x WHERE x.type_nid = k.key LIMIT 1
+) t
 UNION ALL
-SELECT false, state_key_nid, state_key
-FROM state_keys WHERE state_key_nid = ANY((SELECT $2::bigint[])::bigint[])
+SELECT false, s.state_key_nid, s.state_key
+FROM {keys_param(2, "bigint")} AS k(key)
+CROSS JOIN LATERAL (
+    SELECT x.state_key_nid, x.state_key FROM state_keys x WHERE x.state_key_nid = k.key LIMIT 1
+) s
 """
 
 _CACHE_LIMIT = 1_000_000

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from worker.pipeline.ports import OutputRecord
+from worker.storage.events import keys_param
 
 INSERT_OUTPUTS = """
 INSERT INTO outbox (output_id, room_id, output_type, payload)
@@ -37,10 +38,17 @@ FROM outbox WHERE sent_at IS NULL AND room_id = $2
 ORDER BY seq LIMIT $1
 """
 
-SELECT_UNSENT_ROOMS = """
-SELECT seq, output_id, room_id, output_type, payload
-FROM outbox WHERE sent_at IS NULL AND room_id = ANY($2::text[])
-ORDER BY seq LIMIT $1
+# Each room's first unsent rows (by outbox_unsent_idx, one probe per room), then the first
+# of those overall.
+SELECT_UNSENT_ROOMS = f"""
+SELECT o.seq, o.output_id, o.room_id, o.output_type, o.payload
+FROM (SELECT DISTINCT key FROM {keys_param(2, "text")} AS r(key)) AS k
+CROSS JOIN LATERAL (
+    SELECT x.seq, x.output_id, x.room_id, x.output_type, x.payload
+    FROM outbox x WHERE x.sent_at IS NULL AND x.room_id = k.key
+    ORDER BY x.seq LIMIT $1
+) o
+ORDER BY o.seq LIMIT $1
 """
 
 # Rows are found by their key, one probe per output ID. Written plainly (`output_id = ANY($1)
@@ -51,10 +59,10 @@ ORDER BY seq LIMIT $1
 # one row at once may both count it; the row is marked either way. The IDs are read through an
 # InitPlan so that the generic plan is kept, not re-planned per call (see "Generic plans" in
 # worker.storage.events).
-MARK_SENT = """
+MARK_SENT = f"""
 WITH unsent AS (
     SELECT o.output_id
-    FROM unnest((SELECT $1::text[])::text[]) AS u(id)
+    FROM {keys_param(1, "text")} AS u(id)
     CROSS JOIN LATERAL (
         SELECT x.output_id, x.sent_at FROM outbox x WHERE x.output_id = u.id LIMIT 1
     ) o

@@ -24,6 +24,7 @@ from worker.core.events import StateKey
 from worker.core.versions import RoomRules, rules_for
 from worker.pipeline.ports import StateHandle
 from worker.query.ports import WILDCARD, QueryEvent, StateFilter
+from worker.storage.events import keys_param
 from worker.storage.nids import NidCache, select_names, select_nids
 from worker.storage.snapshots import load_layers
 from worker.storage.store import PostgresStore
@@ -40,21 +41,24 @@ SELECT_ROOM_VERSION = "SELECT room_version FROM rooms WHERE room_id = $1"
 # Every lookup by key is an index probe per key (scalar subqueries, `LATERAL (... LIMIT 1)`):
 # never a join that a cached generic plan could freeze into a hash join over a whole table
 # (worker.storage.events, "Plan robustness"; tests/storage/test_plans.py).
-SELECT_EVENTS = """
+# The events with the IDs of parameter 1, one probe per ID.
+_EVENTS_BY_ID = f"""{keys_param(1, "text")} AS k(key)
+CROSS JOIN LATERAL (SELECT * FROM events x WHERE x.event_id = k.key LIMIT 1) e"""
+
+SELECT_EVENTS = f"""
 SELECT e.event_id, e.outcome, e.before_snapshot_nid IS NOT NULL AS has_state,
        e.redacted_by IS NOT NULL AS redacted, e.depth, e.membership, r.room_id,
        r.room_version, (SELECT j.json FROM event_json j WHERE j.event_nid = e.event_nid) AS json
-FROM events e
+FROM {_EVENTS_BY_ID}
 CROSS JOIN LATERAL (
     SELECT x.room_id, x.room_version FROM rooms x WHERE x.room_nid = e.room_nid LIMIT 1
 ) r
-WHERE e.event_id = ANY((SELECT $1::text[])::text[])
 """
 
 # UNION (not UNION ALL) drops repeats, so the walk ends even on a cyclic (corrupt) chain.
-SELECT_AUTH_CHAIN = """
+SELECT_AUTH_CHAIN = f"""
 WITH RECURSIVE chain(nid) AS (
-    SELECT unnest(auth_event_nids) FROM events WHERE event_id = ANY((SELECT $1::text[])::text[])
+    SELECT unnest(e.auth_event_nids) FROM {_EVENTS_BY_ID}
   UNION
     SELECT unnest(e.auth_event_nids)
     FROM chain c
@@ -67,13 +71,15 @@ FROM chain c
 CROSS JOIN LATERAL (SELECT x.event_id FROM events x WHERE x.event_nid = c.nid LIMIT 1) e
 """
 
-SELECT_BEFORE_SNAPSHOTS = """
-SELECT event_id, before_snapshot_nid FROM events
-WHERE event_id = ANY((SELECT $1::text[])::text[]) AND before_snapshot_nid IS NOT NULL
+SELECT_BEFORE_SNAPSHOTS = f"""
+SELECT e.event_id, e.before_snapshot_nid FROM {_EVENTS_BY_ID}
+WHERE e.before_snapshot_nid IS NOT NULL
 """
 
-SELECT_EVENT_IDS = """
-SELECT event_nid, event_id FROM events WHERE event_nid = ANY((SELECT $1::bigint[])::bigint[])
+SELECT_EVENT_IDS = f"""
+SELECT e.event_nid, e.event_id
+FROM {keys_param(1, "bigint")} AS k(key)
+CROSS JOIN LATERAL (SELECT * FROM events x WHERE x.event_nid = k.key LIMIT 1) e
 """
 
 # The server name of a user ID is everything after its first colon.

@@ -26,12 +26,16 @@ from worker.observability.metrics import (
     STATE_BLOCKS_REUSED,
     STATE_BLOCKS_WRITTEN,
 )
+from worker.storage.events import array_param, keys_param
 
-LOAD_CHAINS = """
+LOAD_CHAINS = f"""
 WITH RECURSIVE chain AS (
     SELECT s.snapshot_nid, s.parent_nid, s.rank, s.block_nids, s.delta
-    FROM state_snapshots s
-    WHERE s.snapshot_nid = ANY((SELECT $1::bigint[])::bigint[])
+    FROM {keys_param(1, "bigint")} AS k(key)
+    CROSS JOIN LATERAL (
+        SELECT p.snapshot_nid, p.parent_nid, p.rank, p.block_nids, p.delta
+        FROM state_snapshots p WHERE p.snapshot_nid = k.key LIMIT 1
+    ) s
   UNION
     SELECT s.snapshot_nid, s.parent_nid, s.rank, s.block_nids, s.delta
     FROM chain c
@@ -39,7 +43,7 @@ WITH RECURSIVE chain AS (
         SELECT p.snapshot_nid, p.parent_nid, p.rank, p.block_nids, p.delta
         FROM state_snapshots p WHERE p.snapshot_nid = c.parent_nid LIMIT 1
     ) s
-    WHERE NOT (s.snapshot_nid = ANY((SELECT $2::bigint[])::bigint[]))
+    WHERE NOT (s.snapshot_nid = ANY({array_param(2, "bigint")}))
 )
 SELECT c.snapshot_nid, c.parent_nid, c.rank, c.delta AS data, 0::bigint AS pos,
        coalesce(cardinality(c.block_nids), 0) AS nblocks
@@ -56,10 +60,10 @@ CROSS JOIN LATERAL (
 # Each hash is probed once: `input` carries the NID of an existing block, and only the
 # others reach the INSERT. The arrays are read through InitPlans so that the generic plan is
 # kept, not re-planned per call (see "Generic plans" in worker.storage.events).
-INSERT_BLOCKS = """
+INSERT_BLOCKS = f"""
 WITH input AS (
     SELECT u.hash, u.entries, u.pos, b.block_nid
-    FROM unnest((SELECT $2::bytea[])::bytea[], (SELECT $3::bytea[])::bytea[])
+    FROM unnest({array_param(2, "bytea")}, {array_param(3, "bytea")})
          WITH ORDINALITY AS u(hash, entries, pos)
     LEFT JOIN LATERAL (
         SELECT x.block_nid FROM state_blocks x WHERE x.hash = u.hash LIMIT 1
