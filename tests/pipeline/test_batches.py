@@ -291,3 +291,56 @@ async def test_a_failed_batch_stores_nothing(two_pools: list[asyncpg.Pool]) -> N
     results = await pipeline.handle_batch(b.room_id, group)
     assert [r.outcome for r in results] == [Outcome.ACCEPTED] * len(group)
     assert await store.extremities(b.room_id) == [msgs[-1]]
+
+
+async def test_a_batch_that_needs_gap_filling_writes_through(
+    two_pools: list[asyncpg.Pool], nats_url: str, prefix: str
+) -> None:
+    """An input of a batch with missing prev events: what the batch held is committed, the
+    gap filler (which reads the store itself) fetches and stores the gap, and the rest of
+    the batch is written through — the same outcome as one by one."""
+    import nats
+
+    from tests.federation.conftest import SETTINGS, FakeFederation
+    from tests.pipeline.conftest import started
+    from worker.federation.client import NatsFederationClient
+
+    b = started("10")
+    base = list(b.events)
+    before_gap = [b.message("alice", f"before {i}") for i in range(3)]
+    gap = [b.message("bob", f"missed {i}") for i in range(3)]
+    after = [b.message("alice", f"after {i}") for i in range(4)]
+    nc = await nats.connect(nats_url)
+    subject_prefix = f"{prefix}.federation.request"
+    fed = FakeFederation(nc, subject_prefix)
+    await fed.start()
+    fed.serve(b)
+    try:
+        runs = []
+        for pool in two_pools:
+            store = PostgresStore(pool)
+            client = NatsFederationClient(nc, subject_prefix, timeout=2.0, state_timeout=2.0)
+            pipeline = Pipeline(store, _NoRelay(), client, gap_settings=SETTINGS)
+            runs.append((store, pipeline))
+        # Both: the room's start one by one; then what the first run takes one by one, the
+        # second takes as one batch in which the gap shows up mid-way.
+        sent = [*before_gap, *after]
+        outcomes = []
+        for i, (store, pipeline) in enumerate(runs):
+            for eid in base:
+                await pipeline.handle_batch(b.room_id, [(_input(b, eid, "new", {}), 1, None)])
+            items = [(_input(b, eid, "new", {}), 1, None) for eid in sent]
+            if i == 0:
+                results = [(await pipeline.handle_batch(b.room_id, [item]))[0] for item in items]
+            else:
+                results = await pipeline.handle_batch(b.room_id, items)
+            outcomes.append([(r.event_id, r.outcome) for r in results])
+            stored = await store.events(gap)
+            assert {e: s.kind for e, s in stored.items()} == {e: "old" for e in gap}
+            assert await store.extremities(b.room_id) == [after[-1]]
+        assert outcomes[0] == outcomes[1]
+        assert all(o is Outcome.ACCEPTED for _, o in outcomes[1])
+        assert await _stored(two_pools[1]) == await _stored(two_pools[0])
+    finally:
+        await fed.stop()
+        await nc.close()

@@ -244,6 +244,9 @@ class StoreBatch:
         if self._immediate:
             await self.inner.persist(write)
             self.committed += 1
+            # What was read ahead may be stale now (this event, redactions it applied).
+            self._seen.clear()
+            self._seen_redactions.clear()
             return
         e = write.event
         eid = e.event_id
