@@ -16,7 +16,12 @@ from nats.js.api import PubAck
 from structlog.testing import capture_logs
 
 from tests.bus.test_outbox import MemoryOutbox, Row, read_outputs
-from worker.bus.outbox import BATCH_ID_HEADER, BATCH_SEQUENCE_HEADER, NatsOutboxRelay
+from worker.bus.outbox import (
+    BATCH_ID_HEADER,
+    BATCH_SEQUENCE_HEADER,
+    NatsOutboxRelay,
+    worth_batching,
+)
 from worker.bus.streams import StreamLimits, ensure_stream, ensure_streams, stream_configs
 from worker.bus.subjects import MSG_ID_HEADER, ROOM_ID_HEADER, Subjects
 from worker.errors import RetryableError
@@ -60,7 +65,7 @@ async def test_a_rooms_rows_arrive_in_order_as_one_batch(nc: NATS, streams: Subj
     for n in range(5):
         store.add("!a:x", n)
         store.add("!b:x", n)
-    relay = NatsOutboxRelay(nc, streams, store)
+    relay = NatsOutboxRelay(nc, streams, store, min_batch_rows=2)
     before = published_count()
     await relay.flush("!a:x")
     published = await read_outputs(nc, streams)
@@ -78,13 +83,13 @@ async def test_a_pass_beyond_the_batch_limits_goes_out_as_consecutive_batches(
     store = MemoryOutbox()
     for n in range(7):
         store.add("!a:x", n)
-    relay = NatsOutboxRelay(nc, streams, store, max_batch_messages=3)
+    relay = NatsOutboxRelay(nc, streams, store, max_batch_messages=3, min_batch_rows=2)
     await relay.flush("!a:x")
     # The payloads are alike, so a byte limit of two and a half of them cuts after two.
     size = len(store.rows[0].payload)
     for n in range(7, 12):
         store.add("!a:x", n)
-    relay = NatsOutboxRelay(nc, streams, store, max_batch_bytes=size * 5 // 2)
+    relay = NatsOutboxRelay(nc, streams, store, max_batch_bytes=size * 5 // 2, min_batch_rows=2)
     await relay.flush("!a:x")
 
     published = await read_outputs(nc, streams)
@@ -104,7 +109,7 @@ async def test_rows_stored_before_a_crash_are_not_stored_again_and_order_holds(
     store = MemoryOutbox()
     store.add("!a:x", 0)
     store.add("!a:x", 1)
-    relay = NatsOutboxRelay(nc, streams, store)
+    relay = NatsOutboxRelay(nc, streams, store, min_batch_rows=2)
     before = published_count()
     # Published as a batch, then the crash: the rows are never marked sent.
     store.fail_mark = True
@@ -116,7 +121,7 @@ async def test_rows_stored_before_a_crash_are_not_stored_again_and_order_holds(
     # The restarted relay's batch holds two stored ids: JetStream refuses it whole, the
     # relay goes one by one past them and batches the rest again.
     with capture_logs() as logs:
-        await NatsOutboxRelay(nc, streams, store).flush("!a:x")
+        await NatsOutboxRelay(nc, streams, store, min_batch_rows=2).flush("!a:x")
     assert [e["event"] for e in logs if e["event"].startswith("outbox_batch")] == [
         "outbox_batch_duplicate"
     ]
@@ -138,7 +143,7 @@ async def test_a_batch_the_stream_refuses_stores_nothing_of_it(nc: NATS, prefix:
             3, "!a:x", "out-!a:x-2", "purge_room", encode_output(PurgeRoom(room_id="!" * 8000))
         )
         store.rows[2] = big
-        relay = NatsOutboxRelay(nc, subjects, store)
+        relay = NatsOutboxRelay(nc, subjects, store, min_batch_rows=2)
         with pytest.raises(RetryableError) as info:
             await relay.flush("!a:x")
         assert info.value.code == "output_publish_failed"
@@ -168,7 +173,7 @@ async def test_nats_closing_mid_batch_stores_and_marks_nothing(
         await publish(*args, **kwargs)
 
     conn.publish = publish_then_close  # type: ignore[method-assign]
-    relay = NatsOutboxRelay(conn, streams, store)
+    relay = NatsOutboxRelay(conn, streams, store, min_batch_rows=2)
     try:
         with pytest.raises(RetryableError):
             await relay.flush("!a:x")
@@ -186,7 +191,7 @@ async def test_a_stream_without_atomic_publish_gets_the_rows_one_by_one(
         store = MemoryOutbox()
         for n in range(4):
             store.add("!a:x", n)
-        relay = NatsOutboxRelay(nc, subjects, store)
+        relay = NatsOutboxRelay(nc, subjects, store, min_batch_rows=2)
         with capture_logs() as logs:
             await relay.flush("!a:x")
             for n in range(4, 8):
@@ -209,7 +214,9 @@ async def test_many_rooms_with_few_batch_slots_keep_each_rooms_order(
     for n in range(10):
         for room in rooms:
             store.add(room, n)
-    relay = NatsOutboxRelay(nc, streams, store, max_batch_messages=4, batch_slots=2)
+    relay = NatsOutboxRelay(
+        nc, streams, store, max_batch_messages=4, batch_slots=2, min_batch_rows=2
+    )
     await relay.flush_rooms(rooms)
     published = await read_outputs(nc, streams)
     assert len(published) == 60
@@ -241,7 +248,7 @@ async def test_a_server_older_than_atomic_batches_gets_rows_one_by_one(
     for n in range(4):
         store.add("!a:x", n)
     with capture_logs() as logs:
-        await NatsOutboxRelay(nc, streams, store).flush("!a:x")
+        await NatsOutboxRelay(nc, streams, store, min_batch_rows=2).flush("!a:x")
     assert not [e for e in logs if e["event"].startswith("outbox_batch")]
     published = await read_outputs(nc, streams)
     assert ids(published) == [f"out-!a:x-{n}" for n in range(4)]
@@ -254,7 +261,7 @@ async def test_a_commit_answered_without_its_batch_stops_batches(
     store = MemoryOutbox()
     for n in range(3):
         store.add("!a:x", n)
-    relay = NatsOutboxRelay(nc, streams, store)
+    relay = NatsOutboxRelay(nc, streams, store, min_batch_rows=2)
     js = relay._js
     publish = js.publish
 
@@ -273,3 +280,28 @@ async def test_a_commit_answered_without_its_batch_stops_batches(
     assert ids(published) == [f"out-!a:x-{n}" for n in range(6)]
     assert [s for _, s in batches(published)] == ["1", "2", "3", None, None, None]
     assert store.sent_ids() == {r.output_id for r in store.rows}
+
+
+async def test_by_default_only_runs_worth_a_batch_are_batched(nc: NATS, streams: Subjects) -> None:
+    store = MemoryOutbox()
+    for n in range(3):
+        store.add("!a:x", n)
+    relay = NatsOutboxRelay(nc, streams, store)
+    # Nothing measured yet: three rows go one by one, ten as a batch.
+    await relay.flush("!a:x")
+    for n in range(3, 13):
+        store.add("!a:x", n)
+    await relay.flush("!a:x")
+    published = await read_outputs(nc, streams)
+    assert ids(published) == [f"out-!a:x-{n}" for n in range(13)]
+    assert [s for _, s in batches(published)] == [None] * 3 + [str(i) for i in range(1, 11)]
+
+
+def test_worth_batching_compares_a_batch_with_the_publishes_it_replaces() -> None:
+    assert not worth_batching(7, None, None)
+    assert worth_batching(8, None, 0.001)
+    # A batch costing 15 ms against 2 ms a publish: eight rows are worth it, seven are not.
+    assert worth_batching(8, 0.015, 0.002)
+    assert not worth_batching(7, 0.015, 0.002)
+    # Cheap batches (fast disk): two rows already are.
+    assert worth_batching(2, 0.0006, 0.0004)
