@@ -179,4 +179,4 @@ def shortcut_for(rules: RoomRules, create: Event) -> MembershipShortcut:
 
 # A memo, not state: a shortcut is a function of (rules, create event).
 _SHORTCUTS: dict[Event, MembershipShortcut] = {}
-_MAX_SHORTCUTS = 256
+_MAX_SHORTCUTS = 64

@@ -17,6 +17,19 @@ Where the work goes: splitting the state sets touches every key once (dict looku
 everything after that is proportional to the conflicted events, the auth difference and
 the auth-chain walks that find it. The unconflicted state is walked once, and that walk
 stops as soon as it reaches events that every state set's auth chain contains.
+
+In a big room nearly all of that is thousands of membership events, so the per-event
+costs are kept to a few dict and attribute reads (measured by `python -m bench stateres`:
+about 2 µs per conflicted event, all steps included):
+
+- the conflicted events are looked up once and travel as parallel (IDs, events) lists;
+- auth chains are walked a generation at a time with set algebra (`Events.walk`);
+- the mainline ordering sorts by one key at a time (`Mainline.order_events`);
+- the iterative auth checks decide self-joins and self-leaves through a table
+  (`worker.core.auth.fast`), running the full auth rules for everything else.
+
+Every shortcut gives the same answers as the plain algorithm: the tests in
+`tests/core/test_stateres_shortcut.py` and `test_stateres_wide.py` compare them.
 """
 
 from __future__ import annotations
