@@ -19,13 +19,13 @@ from worker.storage import events as ev_sql
 # NIDs for `n` events about to be inserted, in the order they will be used.
 RESERVE_EVENT_NIDS = """
 SELECT nextval(pg_get_serial_sequence('events', 'event_nid')) AS nid
-FROM generate_series(1, $1::int)
+FROM generate_series(1, (SELECT $1::int))
 """
 
 # UPSERT_ROOM and RESERVE_EVENT_NIDS in one round trip: the room row, plus `reserved`.
 _reserved_column = (
     "ARRAY(SELECT nextval(pg_get_serial_sequence('events', 'event_nid'))"
-    " FROM generate_series(1, $3::int)) AS reserved"
+    " FROM generate_series(1, (SELECT $3::int))) AS reserved"
 )
 _room_tail = "SELECT * FROM ins\nUNION ALL\nSELECT * FROM old\n"
 if not ev_sql.UPSERT_ROOM.endswith(_room_tail):
