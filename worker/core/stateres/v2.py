@@ -216,19 +216,22 @@ def _split_ordered(
         ]
     # The usual case, a two-way fork: compare the two maps directly.
     first, second = state_sets
-    unconflicted = {}
     mine: list[str] = []
     theirs: list[str] = []
+    conflicted_keys: list[StateKey] = []
     second_get = second.get
     for key, eid in first.items():
         other = second_get(key)
-        if other == eid:
-            unconflicted[key] = eid
-        else:
+        if other != eid:
             # A key missing from one set is conflicted too (spec v2 definitions).
+            conflicted_keys.append(key)
             mine.append(eid)
             if other is not None:
                 theirs.append(other)
+    # A copy (in C) less the conflicted keys: in a big room nearly every key is shared.
+    unconflicted = dict(first)
+    for key in conflicted_keys:
+        del unconflicted[key]
     # Keys only `second` has: there are some unless every key of `second` was met above.
     if len(unconflicted) + len(theirs) != len(second):
         for key, eid in second.items():
