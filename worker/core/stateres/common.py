@@ -101,6 +101,7 @@ class Events:
         "_chain_fn",
         "_chains",
         "_lookup",
+        "_primed",
         "_walked",
         "rejected",
         "rules",
@@ -124,6 +125,7 @@ class Events:
         self._chains: dict[str, AbstractSet[str]] = {}
         # (roots, what they cite) of every closure walked here, for `cited_by`.
         self._walked: list[tuple[set[str], set[str]]] = []
+        self._primed: list[tuple[set[str], list[Event]]] = []
 
     def get(self, event_id: str) -> Event | None:
         # A sentinel rather than try/except: every event misses once, and raising KeyError
@@ -207,10 +209,20 @@ class Events:
                 if ev is not None:
                     first.update(self.auth_refs(ev))
             return self.walk(first)
-        self.load(start)
-        first = self.refs_of(start)
+        primed = [evs for roots, evs in self._primed if roots is start]
+        if primed:
+            first = self.refs_of_events(primed[0])
+        else:
+            self.load(start)
+            first = self.refs_of(start)
         self._walked.append((start, first))
         return self.walk(first)
+
+    def prime(self, roots: set[str], events: list[Event]) -> None:
+        """Hand over the events of `roots` (every one known), for a later `closure(roots)`
+        of that very set: the caller looked them up already, and a big room's conflicted
+        events are scattered in memory, so each pass over them costs."""
+        self._primed.append((roots, events))
 
     def cited_by(self, event_ids: set[str]) -> set[str]:
         """A superset of the auth events that `event_ids` cite.
@@ -264,7 +276,10 @@ class Events:
 
     def refs_of(self, event_ids: Iterable[str]) -> set[str]:
         """The union of `auth_refs` over the known events of `event_ids` (loaded already)."""
-        known = list(filter(None, map(self._cache.get, event_ids)))
+        return self.refs_of_events(list(filter(None, map(self._cache.get, event_ids))))
+
+    def refs_of_events(self, known: list[Event]) -> set[str]:
+        """The union of `auth_refs` over `known`."""
         refs: set[str] = set().union(*map(_AUTH_IDS, known))
         # v12+: every event but the create event also cites its room's create event (see
         # `auth_refs`). Rooms are few, so the implied IDs are added once per room.
