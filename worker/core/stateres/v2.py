@@ -37,7 +37,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from itertools import chain, compress
-from typing import cast
+from typing import Any, cast
 
 from worker.core.auth import check_auth
 from worker.core.auth.fast import VIA, shortcut_for
@@ -77,6 +77,8 @@ class V2Flags:
 
 # From how many events the mainline ordering reuses what the auth-chain walks saw.
 _MANY = 64
+# Marks a missing entry where None is a value.
+_ABSENT: Any = object()
 
 
 def resolve_v2(
@@ -420,6 +422,10 @@ def iterative_auth_checks(
     # The full rules look up the power levels event for every membership event, so an
     # unknown one must fail the same way here, once (the shortcut never changes it).
     pl_unchecked = state.get(POWER_LEVELS)
+    # user -> the membership of their m.room.member event in `state` (as the rules read
+    # it), for the users met so far: their later events skip the lookups (a stale fork
+    # checks each user's old event, then their new one).
+    in_state: dict[str, Any] = {}
     # Whether `verdicts` and `default` are the table of the state's join rules event.
     jr_ready = False
     verdicts: Mapping[str | None, bool | None] = {}
@@ -466,19 +472,25 @@ def iterative_auth_checks(
                 # What `auth_events` below would hold for the sender's membership: the
                 # state's event, else the event's own (usually: it cites none).
                 key = (MEMBER, state_key)
-                sid = state.get(key)
-                if sid is not None:
-                    member = cache.get(sid)
-                    if member is None:
-                        member = must(sid)
-                elif not_member.issuperset(auth_refs(ev) if implied_create else ev.auth_event_ids):
-                    member = None
-                else:
-                    member = own_auth_event(ev, key)
-                try:
-                    current = member.content["membership"] if member is not None else None
-                except KeyError:
-                    current = None
+                current = in_state.get(state_key, _ABSENT)
+                if current is _ABSENT:
+                    sid = state.get(key)
+                    if sid is not None:
+                        member = cache.get(sid)
+                        if member is None:
+                            member = must(sid)
+                    elif not_member.issuperset(
+                        auth_refs(ev) if implied_create else ev.auth_event_ids
+                    ):
+                        member = None
+                    else:
+                        member = own_auth_event(ev, key)
+                    try:
+                        current = member.content["membership"] if member is not None else None
+                    except KeyError:
+                        current = None
+                    if sid is not None:
+                        in_state[state_key] = current
                 if membership == "join":
                     # ... and for the join rules, likewise. The state's join rules change
                     # only through the full path below, which then clears `jr_ready`.
@@ -505,6 +517,7 @@ def iterative_auth_checks(
                 if verdict is not None:
                     if verdict:
                         state[key] = eid
+                        in_state[state_key] = membership
                     continue
         auth_events: dict[StateKey, Event] = {}
         missing = False
@@ -537,6 +550,8 @@ def iterative_auth_checks(
         if check(ev, auth_events) is None:
             key = (ev.type, state_key)
             state[key] = eid
+            # (A membership changed by the full rules is read again when next needed.)
+            in_state.pop(state_key, None)
             if key == JOIN_RULES:
                 jr_ready = False
             if key == CREATE:
