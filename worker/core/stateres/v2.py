@@ -117,7 +117,7 @@ def resolve_v2(
     if not all(found):
         raise UnknownEvent(min(e for e, ev in zip(full_list, found, strict=True) if not ev))
     full_evs = cast("list[Event]", found)
-    if len(full_list) == sum(map(len, ordered)):
+    if len(full_list) >= _MANY and len(full_list) == sum(map(len, ordered)):
         # No event in two sets: `full_evs` is the sets' events one after the other.
         start = 0
         for roots, listed in zip(per_set, ordered, strict=True):
