@@ -582,16 +582,48 @@ class InputConsumer:
             for d in run:
                 await self._process(room_id, d)
             return
+        acked: list[tuple[_Delivery, settle.Fate]] = []
         for d, result in zip(run, results, strict=True):
             if not d.event_id:
                 d.event_id = result.event_id
             fate = settle.of_result(result)
             if fate.action is settle.AckAction.ACK and not fate.dead_letter:
-                task = asyncio.create_task(self._carry_out(d, fate), name="settle")
-                self._settling.add(task)
-                task.add_done_callback(self._settled)
+                acked.append((d, fate))
             else:
                 await self._carry_out(d, fate)
+        if acked:
+            task = asyncio.create_task(self._ack_all(acked), name="settle")
+            self._settling.add(task)
+            task.add_done_callback(self._settled)
+
+    async def _ack_all(self, acked: list[tuple[_Delivery, settle.Fate]]) -> None:
+        """Ack a batch's messages, then reply to each. A room's messages are all of one
+        shard, and JetStream applies one consumer's acks in the order they arrive: only the
+        last ack needs its confirmation (a round trip) for all of them to have landed
+        before any reply goes out, as with one `_carry_out` each."""
+        last = len(acked) - 1
+        for i, (d, _) in enumerate(acked):
+            if d.settled:
+                continue
+            try:
+                await (d.msg.ack_sync() if i == last else d.msg.ack())
+                count_settle("ack")
+            except (NatsError, JetStreamError) as exc:
+                # Redelivered then, and answered as a duplicate: harmless.
+                _log.warning("settle_failed", action="ack", error=repr(exc))
+            self._release(d)
+        for d, fate in acked:
+            if fate.reply is not None and d.reply_inbox:
+                await self._reply(d.reply_inbox, fate.reply)
+
+    def _release(self, d: _Delivery) -> None:
+        """Forget a settled message."""
+        d.settled = True
+        if d in self._held:
+            self._held.discard(d)
+            self._held_by_shard[d.shard] -= 1
+            # A fetch loop may be waiting for its shard's share to free up.
+            self._dispatcher.notify()
 
     def _settled(self, task: asyncio.Task[None]) -> None:
         self._settling.discard(task)
@@ -667,12 +699,7 @@ class InputConsumer:
         except (NatsError, JetStreamError) as exc:
             # The message will be redelivered; handling is idempotent, so that is harmless.
             _log.warning("settle_failed", action=fate.action.value, error=repr(exc))
-        d.settled = True
-        if d in self._held:
-            self._held.discard(d)
-            self._held_by_shard[d.shard] -= 1
-            # A fetch loop may be waiting for its shard's share to free up.
-            self._dispatcher.notify()
+        self._release(d)
         if fate.reply is not None and d.reply_inbox:
             await self._reply(d.reply_inbox, fate.reply)
 
