@@ -94,8 +94,8 @@ def resolve_v2(
     """
     # Definitions (v2+): the unconflicted state map U and the conflicted state set; a key
     # missing from some state set is conflicted.
-    # `per_set` holds each state set's conflicted events: only those are needed to find the
-    # auth difference below.
+    # `ordered` (lists) and `per_set` (sets) hold each state set's conflicted events: only
+    # those are needed to find the auth difference below.
     unconflicted, ordered = _split_ordered(state_sets)
     # Nothing conflicted: U is the answer (also the case for a single state set).
     if not ordered:
