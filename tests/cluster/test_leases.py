@@ -209,6 +209,28 @@ async def test_the_fence_uses_the_view_the_event_was_computed_from(database_dsn:
         await pool.close()
 
 
+async def test_a_soft_fail_decided_on_a_stale_view_is_fenced(database_dsn: str) -> None:
+    """Worker A's cached row predates bob's join, which worker B wrote. Bob's message (its
+    prev is the join) is soft-fail-checked by A against A's stale current state, where bob
+    is not in the room: that soft-fail must be refused, not stored, and the retry accepts."""
+    b, ids = _public_room("!softfence:test")
+    pool = await asyncpg.create_pool(database_dsn, min_size=1, max_size=4)
+    try:
+        await apply_migrations(pool)
+        sa, sb = ShardAwareStore(pool, shards=K), ShardAwareStore(pool, shards=K)
+        pa, pb = Pipeline(sa, _NoRelay()), Pipeline(sb, _NoRelay())
+        for eid in ids[:4]:
+            await pa.handle(b.room_id, _input(b, eid))
+        await pb.handle(b.room_id, _input(b, ids[4]))  # bob joins, written by B
+        with pytest.raises(StaleRoomView):
+            await pa.handle(b.room_id, _input(b, ids[5]))
+        assert await sb.events([ids[5]]) == {}
+        result = await pa.handle(b.room_id, _input(b, ids[5]))
+        assert result.outcome.value == "accepted"
+    finally:
+        await pool.close()
+
+
 async def test_shard_of_matches_the_streams_partitioning(nats_url: str, prefix: str) -> None:
     subjects = Subjects(prefix)
     nc = await nats.connect(nats_url)

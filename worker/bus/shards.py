@@ -24,6 +24,7 @@ from collections.abc import Sequence
 import asyncpg
 
 from worker.bus.subjects import room_token
+from worker.core.outcomes import Outcome
 from worker.errors import RetryableError
 from worker.pipeline.ports import EventWrite
 from worker.storage.errors import is_database_down
@@ -63,6 +64,16 @@ class StaleRoomView(RetryableError):
     code = "stale_room_view"
 
 
+def _reads_room_row(w: EventWrite) -> bool:
+    """Whether the write was computed from the room's row: new extremities or current
+    state, or a soft-fail (decided against the current state)."""
+    return (
+        w.extremities is not None
+        or w.current_state is not None
+        or w.outcome is Outcome.SOFT_FAILED
+    )
+
+
 class ShardAwareStore(PostgresStore):
     """`PostgresStore` whose event writes are fenced against a stale view of the room."""
 
@@ -88,9 +99,7 @@ class ShardAwareStore(PostgresStore):
         self._touched.add(room_id)
         # Only the first write that derives something from the room row is fenced: the ones
         # after it in the same transaction build on it, under the same lock.
-        first = next(
-            (w for w in writes if w.extremities is not None or w.current_state is not None), None
-        )
+        first = next((w for w in writes if _reads_room_row(w)), None)
         if first is None:
             # Outliers, old events and refusals do not derive anything from the room row.
             await super().persist_many(writes)

@@ -369,6 +369,10 @@ class Pipeline:
             return dataclasses.replace(
                 write, redactions=[(red.event_id, target.event_id) for red, target in waiting]
             )
+        if outcome is Outcome.SOFT_FAILED:
+            # Decided against the room's current state as read: a fenced store refuses the
+            # write if the room moved on since (another worker wrote it meanwhile).
+            return dataclasses.replace(write, extremities_seen=work.extremities)
         if outcome is not Outcome.ACCEPTED:
             return write
         pairs = await redactions.pair(self.store, work)

@@ -76,8 +76,9 @@ class EventWrite:
     extremities: Sequence[str] | None = None
     # New current state of the room; None leaves it unchanged.
     current_state: StateHandle | None = None
-    # The forward extremities that `extremities` and `current_state` were computed from: a
-    # fenced store (several workers) refuses the write when the room no longer has them.
+    # The forward extremities that `extremities` and `current_state` (or a soft-fail, which
+    # read the current state) were computed from: a fenced store (several workers) refuses
+    # the write when the room no longer has them.
     extremities_seen: Sequence[str] | None = None
     # (redaction event ID, target event ID) pairs to apply now: the target's stored JSON is
     # rewritten to its redacted form, permanently.

@@ -644,17 +644,7 @@ class PostgresStore:
 
     async def _persist_txn(self, conn: asyncpg.Connection, w: EventWrite, fx: _Effects) -> None:
         e = w.event
-        if fx.room is not None and fx.room.room_id == w.room_id:
-            # An earlier write of this transaction has the row as it is now.
-            room = fx.room
-        else:
-            if _LOCK_AT_BEGIN.get() != room_lock_key(w.room_id):
-                await conn.execute("SELECT pg_advisory_xact_lock($1)", room_lock_key(w.room_id))
-            r = await conn.fetchrow(ev_sql.UPSERT_ROOM, w.room_id, w.room_version)
-            if r is None:
-                raise InvariantViolation(f"room {w.room_id} could not be created")
-            room = ev_sql.room_row(r)
-            self.check_room_row(room)
+        room, _ = await self._room_txn(conn, w, fx, 0)
         before = _own(w.state_before) if w.state_before is not None else None
         current = _own(w.current_state) if w.current_state is not None else None
         handles = [h for h in (before, current) if h is not None]
@@ -679,28 +669,14 @@ class PostgresStore:
             ev_sql.UPSERT_EVENT,
             e.event_id,
             room.room_nid,
-            nids.types[e.type],
-            nids.keys[e.state_key] if e.state_key is not None else 0,
-            e.depth,
-            ev_sql.KIND_CODES[w.kind],
-            ev_sql.OUTCOME_CODES[w.outcome],
-            w.reason_code,
-            w.reason,
-            ev_sql.membership_code(e),
+            *_event_fields(w, nids),
             list(e.auth_event_ids),
             before_nid,
             w.event_json,
             list(e.prev_event_ids),
         )
         id_nids[e.event_id] = event_nid
-        if before_nid is not None and w.kind != "outlier":
-            # What `state_after` would read back: the upsert keeps this kind, outcome and
-            # snapshot for any write that is not an outlier's.
-            key = e.state_tuple
-            delta: dict[StateKey, str] = {}
-            if key is not None and w.outcome is Outcome.ACCEPTED:
-                delta[key] = e.event_id
-            fx.after[e.event_id] = PgState(e.room_id, before_nid, delta)
+        _remember_after(fx, w, before_nid)
         fx.stale_events.add(e.event_id)
 
         new_current = room.current_snapshot_nid
@@ -740,6 +716,28 @@ class PostgresStore:
         if w.redactions:
             await self._apply_redactions_txn(conn, w.redactions, fx)
 
+    async def _room_txn(
+        self, conn: asyncpg.Connection, w: EventWrite, fx: _Effects, reserve: int
+    ) -> tuple[ev_sql.RoomRow, list[int]]:
+        """The room row as this transaction sees it (made if missing, checked by
+        `check_room_row`), and `reserve` fresh event NIDs read with it; none when an
+        earlier write of the transaction already has the row."""
+        if fx.room is not None and fx.room.room_id == w.room_id:
+            return fx.room, []
+        if _LOCK_AT_BEGIN.get() != room_lock_key(w.room_id):
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", room_lock_key(w.room_id))
+        if reserve:
+            r = await conn.fetchrow(
+                bulk_sql.UPSERT_ROOM_RESERVING, w.room_id, w.room_version, reserve
+            )
+        else:
+            r = await conn.fetchrow(ev_sql.UPSERT_ROOM, w.room_id, w.room_version)
+        if r is None:
+            raise InvariantViolation(f"room {w.room_id} could not be created")
+        room = ev_sql.room_row(r)
+        self.check_room_row(room)
+        return room, sorted(r["reserved"]) if reserve else []
+
     async def _persist_bulk_txn(
         self, conn: asyncpg.Connection, run: Sequence[EventWrite], fx: _Effects
     ) -> None:
@@ -748,20 +746,7 @@ class PostgresStore:
         every row is inserted by one statement and the room's end state, memberships and
         outbox rows by one more. Stores exactly what `_persist_txn` per write would."""
         room_id = run[0].room_id
-        reserved: list[int] | None = None
-        if fx.room is not None and fx.room.room_id == room_id:
-            room = fx.room
-        else:
-            if _LOCK_AT_BEGIN.get() != room_lock_key(room_id):
-                await conn.execute("SELECT pg_advisory_xact_lock($1)", room_lock_key(room_id))
-            r = await conn.fetchrow(
-                bulk_sql.UPSERT_ROOM_RESERVING, room_id, run[0].room_version, len(run)
-            )
-            if r is None:
-                raise InvariantViolation(f"room {room_id} could not be created")
-            room = ev_sql.room_row(r)
-            self.check_room_row(room)
-            reserved = sorted(r["reserved"])
+        room, reserved = await self._room_txn(conn, run[0], fx, len(run))
         types: set[str] = set()
         keys: set[str] = set()
         refs: set[str] = set()
@@ -780,7 +765,7 @@ class PostgresStore:
             refs.update(e.auth_event_ids)
         nids = await self._nids_txn(conn, types, keys, fx)
         id_nids = fx.id_nids
-        if reserved is None:
+        if not reserved:
             reserved = await bulk_sql.reserve_event_nids(conn, len(run))
         for w, nid in zip(run, reserved, strict=True):
             id_nids[w.event.event_id] = nid
@@ -807,12 +792,7 @@ class PostgresStore:
                 before_nid = await self._store_state_txn(
                     conn, room.room_nid, before, nids, id_nids, fx
                 )
-                if w.kind != "outlier":
-                    key = e.state_tuple
-                    delta: dict[StateKey, str] = {}
-                    if key is not None and w.outcome is Outcome.ACCEPTED:
-                        delta[key] = e.event_id
-                    fx.after[e.event_id] = PgState(e.room_id, before_nid, delta)
+                _remember_after(fx, w, before_nid)
             fx.stale_events.add(e.event_id)
             if current is not None:
                 if before is not None and before_nid is not None:
@@ -830,14 +810,7 @@ class PostgresStore:
             row = (
                 nid,
                 e.event_id,
-                nids.types[e.type],
-                nids.keys[e.state_key] if e.state_key is not None else 0,
-                e.depth,
-                ev_sql.KIND_CODES[w.kind],
-                ev_sql.OUTCOME_CODES[w.outcome],
-                w.reason_code,
-                w.reason,
-                ev_sql.membership_code(e),
+                *_event_fields(w, nids),
                 bulk_sql.nid_array(auth),
                 before_nid,
                 w.event_json,
@@ -1069,6 +1042,34 @@ def _rebase(current: PgState, before: PgState, before_nid: int) -> PgState:
 
 
 _REBASE_CANDIDATES = 4
+
+
+def _event_fields(w: EventWrite, nids: nid_sql.Nids) -> tuple[object, ...]:
+    """An event row's columns from type_nid to membership, in table order."""
+    e = w.event
+    return (
+        nids.types[e.type],
+        nids.keys[e.state_key] if e.state_key is not None else 0,
+        e.depth,
+        ev_sql.KIND_CODES[w.kind],
+        ev_sql.OUTCOME_CODES[w.outcome],
+        w.reason_code,
+        w.reason,
+        ev_sql.membership_code(e),
+    )
+
+
+def _remember_after(fx: _Effects, w: EventWrite, before_nid: int | None) -> None:
+    """What `state_after` will read back for the event: the upsert keeps this kind,
+    outcome and snapshot for any write that is not an outlier's."""
+    if before_nid is None or w.kind == "outlier":
+        return
+    e = w.event
+    key = e.state_tuple
+    delta: dict[StateKey, str] = {}
+    if key is not None and w.outcome is Outcome.ACCEPTED:
+        delta[key] = e.event_id
+    fx.after[e.event_id] = PgState(e.room_id, before_nid, delta)
 
 
 class StaleWrite(RetryableError):
