@@ -148,8 +148,15 @@ def test_non_object_content_and_input_untouched() -> None:
     assert pdu == before
 
 
-def test_third_party_invite_without_signed_is_dropped() -> None:
-    content = {"membership": "invite", "third_party_invite": {"display_name": "x"}}
+def test_third_party_invite_without_signed_is_kept_empty() -> None:
+    # As Synapse prunes it (found by the differential test below): the object stays, emptied;
+    # the reference hash, hence the event ID, covers the redacted form.
+    for tpi in ({"display_name": "x"}, {}):
+        content = {"membership": "invite", "third_party_invite": tpi}
+        kept = _kept("11", "m.room.member", content)
+        assert kept == {"membership": "invite", "third_party_invite": {}}
+    # Not an object: nothing to keep.
+    content = {"membership": "invite", "third_party_invite": "x"}
     assert _kept("11", "m.room.member", content) == {"membership": "invite"}
 
 

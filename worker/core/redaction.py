@@ -124,11 +124,14 @@ def _redact_content(
             else ("membership",)
         )
         # Since v11 (MSC3821): the `signed` key *inside* `third_party_invite`, which the
-        # third-party invite auth rule verifies. Nothing else of `third_party_invite` survives.
+        # third-party invite auth rule verifies. Nothing else of `third_party_invite` survives,
+        # but the object itself does, emptied, when it has no `signed` (as Synapse and ruma
+        # read "allows the `signed` key of the `third_party_invite` key"): the redacted form
+        # is what reference hashes cover, so keeping it or not changes the event ID.
         if _since(rules, RedactionAlgorithm.V11):
             tpi = content.get("third_party_invite")
-            if isinstance(tpi, Mapping) and "signed" in tpi:
-                extra["third_party_invite"] = {"signed": tpi["signed"]}
+            if isinstance(tpi, Mapping):
+                extra["third_party_invite"] = {"signed": tpi["signed"]} if "signed" in tpi else {}
     elif event_type == "m.room.create":
         # v1-v10: `creator` only. Since v11 (MSC2176): the whole content, because
         # `room_version` and the v12 `additional_creators` are needed to read the room.
