@@ -19,10 +19,9 @@ import contextlib
 import hashlib
 import json
 import time
-import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from contextvars import ContextVar
+from contextvars import Context, ContextVar, copy_context
 from dataclasses import dataclass, field
 from typing import TypeVar, cast
 
@@ -51,14 +50,17 @@ from worker.storage import events as ev_sql
 from worker.storage import nids as nid_sql
 from worker.storage import snapshots as snap_sql
 from worker.storage.cache import Lru
+from worker.storage.coalesce import Coalescer
 from worker.storage.errors import is_database_down
 
 T = TypeVar("T")
 
 _RETRIES = 5
-# The room lock `txn` takes in the same round trip as BEGIN (set by `persist`), so that the
-# write itself need not take it again.
+# Set (in the context a room's writes run in) when its transaction took the room's lock in
+# the same round trip as BEGIN, so that the write itself need not take it again.
 _LOCK_AT_BEGIN: ContextVar[int | None] = ContextVar("lock_at_begin", default=None)
+# Rooms whose writes one group commit carries at most (bounds how long it holds their locks).
+_GROUP_ROOMS = 64
 _RECENT_MATERIALIZED = 8
 
 
@@ -105,6 +107,31 @@ class _Effects:
     redacted: set[str] = field(default_factory=set)
 
 
+@dataclass(frozen=True, slots=True, eq=False)
+class _Commit:
+    """One `persist_many` call waiting for a group commit."""
+
+    room_id: str
+    writes: Sequence[EventWrite]
+    context: Context
+
+
+# `events_and_redactions`: (event IDs, redaction target IDs) and its answer.
+_EventsRead = tuple[Sequence[str], Sequence[str]]
+_EventsAnswer = tuple[dict[str, StoredEvent], dict[str, list[str]]]
+
+
+def _group_of(
+    store: PostgresStore, commit: _Commit
+) -> Callable[[asyncpg.Connection], Awaitable[list[_Effects]]]:
+    return lambda conn: store._group_txn(conn, [commit])
+
+
+def _pool_max_size(pool: asyncpg.Pool) -> int:
+    get = getattr(pool, "get_max_size", None)
+    return int(get()) if callable(get) else 10
+
+
 class PostgresStore:
     """Implements `worker.pipeline.ports.RoomStore`."""
 
@@ -115,8 +142,21 @@ class PostgresStore:
         layer_cache_entries: int = 2_000_000,
         event_cache_size: int = 20_000,
         id_cache_size: int = 500_000,
+        concurrency: int | None = None,
     ) -> None:
+        """`concurrency`: how many group commits, and separately how many shared reads of
+        events, run at once (default: a third of the pool each, at least 2)."""
         self.pool = pool
+        if concurrency is None:
+            concurrency = max(2, _pool_max_size(pool) // 3)
+        # Concurrent writes of many rooms share transactions, and their first reads share
+        # queries (`worker.storage.coalesce`).
+        self._commits: Coalescer[_Commit, None] = Coalescer(
+            self._commit_group, concurrency=concurrency, max_batch=_GROUP_ROOMS
+        )
+        self._shared_reads: Coalescer[_EventsRead, _EventsAnswer] = Coalescer(
+            self._events_read_group, concurrency=concurrency, max_batch=64
+        )
         self.nids = nid_sql.NidCache()
         self._layers: Lru[int, sb.Layer] = Lru(
             layer_cache_entries, lambda layer: len(layer.entries) + 1
@@ -130,9 +170,6 @@ class PostgresStore:
         # event is written as the room's current state, then read back as the next event's
         # state before; this skips the second (deduplicated) insert.
         self._derived: Lru[tuple[int, frozenset[tuple[sb.NidKey, int]]], int] = Lru(4096)
-        self._room_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = (
-            weakref.WeakValueDictionary()
-        )
         self._recent: deque[tuple[PgState, dict[StateKey, str]]] = deque(
             maxlen=_RECENT_MATERIALIZED
         )
@@ -143,19 +180,25 @@ class PostgresStore:
 
     # --- transactions --------------------------------------------------------------------
 
-    async def txn(self, desc: str, fn: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
-        """Run `fn` in one transaction labelled `desc`; retry deadlocks and serialization
-        failures; report an unreachable database as retryable (STYLE R5, R8)."""
+    async def txn(
+        self,
+        desc: str,
+        fn: Callable[[asyncpg.Connection], Awaitable[T]],
+        *,
+        locks: Sequence[int] = (),
+    ) -> T:
+        """Run `fn` in one transaction labelled `desc`, holding the advisory `locks` from its
+        start; retry deadlocks and serialization failures; report an unreachable database as
+        retryable (STYLE R5, R8)."""
         for attempt in range(_RETRIES):
             start = time.perf_counter()
             try:
-                lock = _LOCK_AT_BEGIN.get()
                 async with self.pool.acquire() as c:
                     conn = cast(asyncpg.Connection, c)
-                    if lock is None:
+                    if not locks:
                         async with conn.transaction():
                             return await fn(conn)
-                    return await _locked_txn(conn, lock, fn)
+                    return await _locked_txn(conn, locks, fn)
             except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError):
                 DB_TRANSACTION_RETRIES.labels(desc).inc()
                 if attempt == _RETRIES - 1:
@@ -241,13 +284,18 @@ class PostgresStore:
     async def events_and_redactions(
         self, event_ids: Sequence[str], target_ids: Sequence[str]
     ) -> tuple[dict[str, StoredEvent], dict[str, list[str]]]:
-        """`events(event_ids)` and `pending_redactions(target_ids)` in one round trip."""
+        """`events(event_ids)` and `pending_redactions(target_ids)` in one round trip,
+        shared with the same reads of other rooms made meanwhile."""
+        return await self._shared_reads.submit((event_ids, target_ids))
 
-        async def go(conn: asyncpg.Connection) -> tuple[dict[str, StoredEvent], dict[str, list[str]]]:
+    async def _events_read_group(self, reads: list[_EventsRead]) -> list[_EventsAnswer]:
+        # One query for every read: the answer to each is its part of the whole.
+        all_ids = sorted({i for ids, _ in reads for i in ids})
+        all_targets = sorted({t for _, targets in reads for t in targets})
+
+        async def go(conn: asyncpg.Connection) -> list[_EventsAnswer]:
             rows = await conn.fetch(
-                ev_sql.SELECT_EVENTS_AND_PENDING_REDACTIONS,
-                sorted(set(event_ids)),
-                sorted(set(target_ids)),
+                ev_sql.SELECT_EVENTS_AND_PENDING_REDACTIONS, all_ids, all_targets
             )
             events: dict[str, StoredEvent] = {}
             pending: dict[str, list[str]] = {}
@@ -258,7 +306,15 @@ class PostgresStore:
                     events[r["event_id"]] = self._stored_row(r)
             for redactions in pending.values():
                 redactions.sort()
-            return events, pending
+            if len(reads) == 1:
+                return [(events, pending)]
+            return [
+                (
+                    {i: events[i] for i in ids if i in events},
+                    {t: list(pending[t]) for t in targets if t in pending},
+                )
+                for ids, targets in reads
+            ]
 
         return await self._read(go)
 
@@ -584,24 +640,61 @@ class PostgresStore:
     async def persist_many(self, writes: Sequence[EventWrite]) -> None:
         """Several writes of one room, in order, in one transaction (DESIGN §2 step 8: a
         transaction may carry several events; an event is never split across two). Each
-        write sees the ones before it, exactly as if they had been persisted one by one."""
+        write sees the ones before it, exactly as if they had been persisted one by one.
+
+        Writes of other rooms submitted meanwhile may share the transaction (group commit,
+        `_commit_group`); a room's own writes commit one call after another, in order."""
         if not writes:
             return
         room_id = writes[0].room_id
         if any(w.room_id != room_id for w in writes):
             raise InvariantViolation("persist_many: writes of several rooms in one call")
-        # In-process writes to one room take turns too, so the cache learns in commit order.
-        lock = self._room_locks.get(room_id)
-        if lock is None:
-            lock = self._room_locks[room_id] = asyncio.Lock()
-        desc = "persist_event" if len(writes) == 1 else "persist_events"
-        async with lock:
-            token = _LOCK_AT_BEGIN.set(room_lock_key(room_id))
+        # The writes run in the caller's context (a subclass's fence, the log's bindings),
+        # marked as holding the room's lock from BEGIN.
+        token = _LOCK_AT_BEGIN.set(room_lock_key(room_id))
+        try:
+            context = copy_context()
+        finally:
+            _LOCK_AT_BEGIN.reset(token)
+        await self._commits.submit(_Commit(room_id, writes, context), key=room_id)
+
+    async def _commit_group(self, commits: list[_Commit]) -> list[BaseException | None]:
+        """Commit the writes of several rooms in one transaction; if it fails, commit each
+        room's alone, so that one room's refusal (a fence, a conflict) is its own."""
+        if len(commits) > 1:
             try:
-                effects = await self.txn(desc, lambda c: self._persist_all_txn(c, writes))
-            finally:
-                _LOCK_AT_BEGIN.reset(token)
-            self._learn(effects)
+                effects = await self.txn(
+                    "persist_group",
+                    lambda c: self._group_txn(c, commits),
+                    locks=[room_lock_key(x.room_id) for x in commits],
+                )
+            except Exception:
+                pass
+            else:
+                for fx in effects:
+                    self._learn(fx)
+                return [None] * len(commits)
+        answers: list[BaseException | None] = []
+        for x in commits:
+            desc = "persist_event" if len(x.writes) == 1 else "persist_events"
+            try:
+                alone = await self.txn(desc, _group_of(self, x), locks=[room_lock_key(x.room_id)])
+            except Exception as e:
+                answers.append(e)
+            else:
+                self._learn(alone[0])
+                answers.append(None)
+        return answers
+
+    async def _group_txn(
+        self, conn: asyncpg.Connection, commits: Sequence[_Commit]
+    ) -> list[_Effects]:
+        # Each room's writes run as a task in their submitter's context (see `persist_many`),
+        # one after another on the transaction's connection.
+        return [
+            await asyncio.create_task(self._persist_all_txn(conn, x.writes), context=x.context)
+            for x in commits
+        ]
 
     async def _persist_all_txn(
         self, conn: asyncpg.Connection, writes: Sequence[EventWrite]
@@ -1010,11 +1103,13 @@ class PostgresStore:
 
 
 async def _locked_txn(
-    conn: asyncpg.Connection, lock: int, fn: Callable[[asyncpg.Connection], Awaitable[T]]
+    conn: asyncpg.Connection, locks: Sequence[int], fn: Callable[[asyncpg.Connection], Awaitable[T]]
 ) -> T:
-    """`fn` in a transaction begun together with the advisory lock `lock`: one round trip
-    for both (the simple query protocol takes several statements; `lock` is an int)."""
-    await conn.execute(f"BEGIN; SELECT pg_advisory_xact_lock({int(lock)})")
+    """`fn` in a transaction begun together with the advisory `locks`: one round trip for
+    all (the simple query protocol takes several statements; the keys are ints). Taken in
+    ascending order, as every transaction that takes several does, so two cannot deadlock."""
+    taken = "; ".join(f"SELECT pg_advisory_xact_lock({int(k)})" for k in sorted(set(locks)))
+    await conn.execute(f"BEGIN; {taken}")
     try:
         result = await fn(conn)
     except BaseException:
