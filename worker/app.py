@@ -23,7 +23,7 @@ import contextlib
 import dataclasses
 import signal
 import ssl
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -39,13 +39,13 @@ from nats.js.errors import NotFoundError
 from worker import __version__
 from worker.bus.consumer import ConsumerSettings, InputConsumer
 from worker.bus.leases import LeaseSettings, ShardLeases, new_worker_id
-from worker.bus.outbox import NatsOutboxRelay
+from worker.bus.outbox import NatsOutboxRelay, PgOutboxStore
 from worker.bus.shards import ShardAwareStore
 from worker.bus.streams import StreamLimits, ensure_streams
 from worker.bus.subjects import Subjects
 from worker.config import Settings, mask_url
 from worker.embedded import EmbeddedError, EmbeddedNats, EmbeddedPostgres
-from worker.errors import PermanentError, RetryableError
+from worker.errors import PermanentError
 from worker.federation import NatsFederationClient
 from worker.observability import metrics
 from worker.observability.http import HealthServer, ReadinessCheck
@@ -54,10 +54,7 @@ from worker.pipeline import Pipeline
 from worker.pipeline.gapfill import GapSettings
 from worker.query.service import QueryService, start_query_service
 from worker.storage import (
-    OutboxRow,
     apply_migrations,
-    fetch_unsent,
-    mark_sent,
     outbox_stats,
     prune_sent,
 )
@@ -459,7 +456,7 @@ class Worker:
         assert self.nc is not None and self.pool is not None
         shards = self.settings.bus.shards
         store = ShardAwareStore(self.pool, shards=shards)
-        self.relay = NatsOutboxRelay(self.nc, self.subjects, PoolOutbox(self.pool))
+        self.relay = NatsOutboxRelay(self.nc, self.subjects, PgOutboxStore(self.pool))
         self._background(self.relay.run(), "outbox-relay")
         self._background(self._housekeeping(), "housekeeping")
         self._cleanup.append(("outbox", self._stop_background))
@@ -693,38 +690,6 @@ def _close_result(task: asyncio.Task[Any]) -> None:
 _closing: set[asyncio.Future[Any]] = set()
 
 
-class PoolOutbox:
-    """The relay's outbox port (`worker.bus.outbox.OutboxStore`) over worker.storage.
-
-    The relay marks rows by sequence number, storage by output id; the ids of fetched rows
-    are remembered until they are marked.
-    """
-
-    def __init__(self, pool: asyncpg.Pool[asyncpg.Record]) -> None:
-        self._pool = pool
-        self._ids: dict[int, str] = {}
-
-    async def fetch_unsent(self, limit: int, room_id: str | None = None) -> list[OutboxRow]:
-        try:
-            rows = await fetch_unsent(self._pool, room_id=room_id, limit=limit)
-        except _DB_DOWN as exc:
-            raise RetryableError(f"outbox: {exc!r}", code="database_unavailable") from exc
-        self._ids.update((r.seq, r.output_id) for r in rows)
-        return rows
-
-    async def mark_sent(self, seqs: Sequence[int]) -> None:
-        ids = [self._ids.pop(seq) for seq in seqs if seq in self._ids]
-        try:
-            await mark_sent(self._pool, ids)
-        except _DB_DOWN as exc:
-            # Left unsent: published again later, and dropped as a duplicate by JetStream.
-            raise RetryableError(f"outbox: {exc!r}", code="database_unavailable") from exc
-
-
-# A database restart, as the relay sees it: retried (the relay loop survives it), not fatal.
-_DB_DOWN = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError)
-
-
 async def migrate(settings: Settings) -> int:
     """`python -m worker migrate`: apply pending migrations (embedded PostgreSQL if needed)."""
     worker = Worker(settings)
@@ -762,7 +727,6 @@ async def serve(settings: Settings) -> int:
 
 __all__ = [
     "EMBEDDED_DATABASE",
-    "PoolOutbox",
     "StartupError",
     "Worker",
     "connect_nats",

@@ -133,7 +133,7 @@ class RoomsOutboxStore(OutboxStore, Protocol):
 
 
 # What a database failure looks like from asyncpg: the connection or the server went away.
-_DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
+_DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,7 +152,7 @@ class PgOutboxStore:
         try:
             rows = await outbox_sql.fetch_unsent(self.db, room_id=room_id, limit=limit)
         except _DB_ERRORS as exc:
-            raise RetryableError(f"outbox read failed: {exc!r}", code="db_unavailable") from exc
+            raise RetryableError(f"outbox read failed: {exc!r}", code="database_unavailable") from exc
         self._ids.update((r.seq, r.output_id) for r in rows)
         return rows
 
@@ -160,7 +160,7 @@ class PgOutboxStore:
         try:
             rows = await outbox_sql.fetch_unsent_rooms(self.db, room_ids, limit=limit)
         except _DB_ERRORS as exc:
-            raise RetryableError(f"outbox read failed: {exc!r}", code="db_unavailable") from exc
+            raise RetryableError(f"outbox read failed: {exc!r}", code="database_unavailable") from exc
         self._ids.update((r.seq, r.output_id) for r in rows)
         return rows
 
@@ -169,14 +169,14 @@ class PgOutboxStore:
         try:
             await outbox_sql.mark_sent(self.db, ids)
         except _DB_ERRORS as exc:
-            raise RetryableError(f"outbox update failed: {exc!r}", code="db_unavailable") from exc
+            raise RetryableError(f"outbox update failed: {exc!r}", code="database_unavailable") from exc
 
     async def stats(self) -> tuple[int, float]:
         """(unsent rows, age of the oldest in seconds) for the outbox gauges."""
         try:
             return await outbox_sql.outbox_stats(self.db)
         except _DB_ERRORS as exc:
-            raise RetryableError(f"outbox stats failed: {exc!r}", code="db_unavailable") from exc
+            raise RetryableError(f"outbox stats failed: {exc!r}", code="database_unavailable") from exc
 
 
 class NatsOutboxRelay:
