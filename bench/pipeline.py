@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -140,6 +141,7 @@ async def _database(pg: EmbeddedPostgres) -> str:
 class WorkerProcess:
     def __init__(self, nats_url: str, dsn: str, prefix: str, data_dir: Path) -> None:
         self.port = _free_port()
+        self.log = data_dir / f"worker-{prefix}.log"
         env = {
             **os.environ,
             "NATS_URL": nats_url,
@@ -152,14 +154,24 @@ class WorkerProcess:
         }
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "worker", "run"], cwd=ROOT, env=env,
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            # Its log goes to a file: a pipe nobody reads would block the worker once full.
+            stdout=subprocess.DEVNULL, stderr=self.log.open("wb"),
         )
+        # BENCH_PROFILE names a py-spy output file: the worker is sampled while it runs.
+        profile = os.environ.get("BENCH_PROFILE")
+        self.profiler = None
+        if profile:
+            self.profiler = subprocess.Popen(
+                ["py-spy", "record", "-f", "raw", "-r", "250", "-o", profile,
+                 "--pid", str(self.proc.pid)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )
 
     async def ready(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                err = self.proc.stderr.read().decode() if self.proc.stderr else ""
+                err = self.log.read_text(errors="replace")
                 raise RuntimeError(f"worker exited early: {err[-2000:]}")
             try:
                 reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
@@ -187,6 +199,9 @@ class WorkerProcess:
         return out
 
     def stop(self) -> None:
+        if self.profiler is not None:
+            self.profiler.send_signal(signal.SIGINT)
+            self.profiler.wait(60)
         self.proc.terminate()
         try:
             self.proc.wait(30)
@@ -319,9 +334,13 @@ def _pct(values: list[float], q: float) -> float:
 
 
 async def _scenario(
-    name: str, nats_url: str, pg: EmbeddedPostgres, data: Path, messages: list[Message]
+    name: str, nats: EmbeddedNats, pg: EmbeddedPostgres, data: Path, messages: list[Message]
 ) -> None:
+    nats_url = nats.url
+    nats_pid = nats.process.pid if nats.process is not None else 0
+    nats_before = _cpu_seconds([nats_pid])
     raw = await baseline(nats_url, messages)
+    cpu_nats_raw = _cpu_seconds([nats_pid]) - nats_before
     prefix = f"bench{uuid.uuid4().hex[:6]}"
     dsn = await _database(pg)
     worker = WorkerProcess(nats_url, dsn, prefix, data)
@@ -329,7 +348,12 @@ async def _scenario(
         await worker.ready()
         backends = await _backends(pg, dsn)
         cpu_before = _cpu_seconds([worker.proc.pid]), _cpu_seconds(backends)
+        others_before = _cpu_seconds([nats_pid]), time.process_time()
+        wall_before = time.perf_counter()
         rate, lat = await through_worker(nats_url, Subjects(prefix), messages)
+        wall = time.perf_counter() - wall_before
+        cpu_nats = _cpu_seconds([nats_pid]) - others_before[0]
+        cpu_bench = time.process_time() - others_before[1]
         # Backends opened during the run started at zero.
         backends_after = await _backends(pg, dsn)
         cpu_worker = _cpu_seconds([worker.proc.pid]) - cpu_before[0]
@@ -337,6 +361,10 @@ async def _scenario(
         stages = await worker.stage_seconds()
     finally:
         worker.stop()
+    logged = worker.log.read_text(errors="replace").splitlines()
+    if logged:
+        print(f"   the worker logged {len(logged)} lines (level warning and up); the first: "
+              f"{logged[0][:400]}", flush=True)
     print(
         f"{name:<28} {len(messages):>7} events  baseline {raw:>8.0f}/s  worker {rate:>7.0f}/s"
         f"  ratio {rate / raw:>5.2f}  p50 {_pct(lat, 0.5) * 1000:>7.1f} ms"
@@ -349,7 +377,11 @@ async def _scenario(
     # CPU time is what a loaded machine distorts least: compare runs by it.
     print(
         f"{'':<28} CPU ms per event: worker {cpu_worker / len(messages) * 1000:.2f}, "
-        f"its PostgreSQL backends {cpu_pg / len(messages) * 1000:.2f}",
+        f"its PostgreSQL backends {cpu_pg / len(messages) * 1000:.2f}, "
+        f"NATS server {cpu_nats / len(messages) * 1000:.2f} "
+        f"(in the baseline {cpu_nats_raw / len(messages) * 1000:.2f}), "
+        f"this publisher and reader {cpu_bench / len(messages) * 1000:.2f}; cores busy "
+        f"{(cpu_worker + cpu_pg + cpu_nats + cpu_bench) / wall:.2f}",
         flush=True,
     )
 
@@ -392,10 +424,10 @@ async def main() -> None:
                 f"load average {load} on {os.cpu_count()} cores"
             )
             if "many" in SCENARIOS:
-                await _scenario("many rooms", nats_server.url, pg, data, many_rooms())
+                await _scenario("many rooms", nats_server, pg, data, many_rooms())
             if "linear" in SCENARIOS:
                 linear = _room("!lin:test", LINEAR)
-                await _scenario("one linear room", nats_server.url, pg, data, linear)
+                await _scenario("one linear room", nats_server, pg, data, linear)
             if "join" not in SCENARIOS:
                 return
             prefix = f"bench{uuid.uuid4().hex[:6]}"
