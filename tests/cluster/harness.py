@@ -378,12 +378,20 @@ async def read_stream(nc: NATS, stream: str, subject: str) -> list[Any]:
         config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL, inactive_threshold=60.0),
     )
     msgs: list[Any] = []
+    unavailable = 0
     try:
         while len(msgs) < total:
             try:
                 batch = await sub.fetch(min(1000, total - len(msgs)), timeout=5)
             except (TimeoutError, nats.errors.TimeoutError):
                 break
+            except nats.js.errors.ServiceUnavailableError:
+                # Right after a node restart the new consumer may have no leader yet.
+                unavailable += 1
+                if unavailable > 20:
+                    raise
+                await asyncio.sleep(0.5)
+                continue
             for m in batch:
                 msgs.append(m)
                 await m.ack()
