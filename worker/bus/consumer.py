@@ -65,6 +65,10 @@ if TYPE_CHECKING:
     from worker.config import Settings
 
 _log = get_logger(__name__)
+# How long an ack's confirmation may take. nats-py's default (1 s) is shorter than a
+# loaded worker's event loop can take to read the answer, and a confirmation given up on
+# is only a warning and a redelivery later; the ack has most likely landed.
+_ACK_CONFIRM_TIMEOUT = 5.0
 
 
 class InputHandler(Protocol):
@@ -606,7 +610,7 @@ class InputConsumer:
             if d.settled:
                 continue
             try:
-                await (d.msg.ack_sync() if i == last else d.msg.ack())
+                await (d.msg.ack_sync(_ACK_CONFIRM_TIMEOUT) if i == last else d.msg.ack())
                 count_settle("ack")
             except (NatsError, JetStreamError) as exc:
                 # Redelivered then, and answered as a duplicate: harmless.
@@ -688,7 +692,7 @@ class InputConsumer:
                 )
         try:
             if fate.action is settle.AckAction.ACK:
-                await msg.ack_sync()
+                await msg.ack_sync(_ACK_CONFIRM_TIMEOUT)
             elif fate.action is settle.AckAction.NAK:
                 # A delay of 0 would mean "use the consumer's back-off" to JetStream; a
                 # hand-back at shutdown should be redelivered at once.
