@@ -25,13 +25,15 @@ from __future__ import annotations
 import os
 import random
 from collections import Counter
-from collections.abc import Mapping
 
 import pytest
-from test_stateres_harness import Dag, ours_resolve, random_forked_dag, synapse_resolve
+from test_stateres_harness import (
+    ours_resolve,
+    random_forked_dag,
+    synapse_deviation_explains,
+    synapse_resolve,
+)
 
-from worker.core.events import StateKey
-from worker.core.stateres import v2 as ours_v2
 from worker.core.stateres.common import Events
 
 VERSIONS = ("1", "2", "6", "10", "11", "12")
@@ -40,26 +42,9 @@ DAGS = int(os.environ.get("ROOMSERVER_FUZZ_DAGS", "1200"))
 MAX_EXCUSED_SHARE = 0.03
 
 
-def _synapse_style_difference(
-    events: Events, unconflicted: Mapping[StateKey, str], per_set: list[set[str]]
-) -> tuple[set[str], set[str]]:
-    union, difference = _SPEC_DIFFERENCE(events, unconflicted, per_set)
-    return union, difference - set(unconflicted.values())
-
-
-_SPEC_DIFFERENCE = ours_v2._auth_difference
-
-
-def _deviation_explains(dag: Dag, theirs: dict[StateKey, str], monkeypatch: pytest.MonkeyPatch) -> bool:
-    with monkeypatch.context() as m:
-        m.setattr(ours_v2, "_auth_difference", _synapse_style_difference)
-        emulated, _ = ours_resolve(dag)
-    return emulated == theirs
-
-
 # `make fuzz` runs 100,000 DAGs: lift the suite's 300 s timeout in proportion.
 @pytest.mark.timeout(max(300, DAGS // 10))
-def test_differential_against_synapse(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_differential_against_synapse() -> None:
     counts: Counter[str] = Counter()
     failures: list[str] = []
     for i in range(DAGS):
@@ -75,7 +60,7 @@ def test_differential_against_synapse(monkeypatch: pytest.MonkeyPatch) -> None:
             continue
         if ours == theirs:
             counts["agree"] += 1
-        elif dag.rules.state_res.value != "v1" and _deviation_explains(dag, theirs, monkeypatch):
+        elif dag.rules.state_res.value != "v1" and synapse_deviation_explains(dag, theirs):
             counts["excused: auth chain of state events"] += 1
         else:
             keys = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))

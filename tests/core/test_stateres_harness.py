@@ -379,3 +379,26 @@ def ours_resolve(
         dag.ours.get,
         authorizer=SynapseAuthorizer(dag) if synapse_auth else None,
     )
+
+
+def synapse_deviation_explains(dag: Dag, theirs: Mapping[StateKey, str]) -> bool:
+    """Whether Synapse's documented deviation from the spec explains its answer `theirs`:
+    it counts a state set's own events into that set's auth chain, so unconflicted events
+    never enter its auth difference (see test_stateres_differential). True when our
+    algorithm, with exactly that deviation emulated, gives Synapse's answer."""
+    from worker.core.stateres import v2 as ours_v2
+
+    spec = ours_v2._auth_difference
+
+    def synapse_style(
+        events: Any, unconflicted: Mapping[StateKey, str], per_set: list[set[str]]
+    ) -> tuple[set[str], set[str]]:
+        union, difference = spec(events, unconflicted, per_set)
+        return union, difference - set(unconflicted.values())
+
+    ours_v2._auth_difference = synapse_style  # type: ignore[assignment]
+    try:
+        emulated, _ = ours_resolve(dag)
+    finally:
+        ours_v2._auth_difference = spec
+    return emulated == dict(theirs)
