@@ -39,6 +39,7 @@ from tests.fixtures.builder import RoomBuilder
 from tests.pipeline.conftest import Harness
 from worker.bus.leases import namespace
 from worker.bus.producer import publish_input
+from worker.bus.shards import fair_share
 from worker.bus.streams import StreamLimits, ensure_streams
 from worker.bus.subjects import MSG_ID_HEADER, ROOM_ID_HEADER, Subjects
 from worker.embedded import EmbeddedNats, free_port
@@ -225,6 +226,26 @@ async def shard_owners(admin_dsn: str, prefix: str) -> dict[int, int]:
     finally:
         await conn.close()
     return {int(r["shard"]): int(r["pid"]) for r in rows}
+
+
+async def wait_balanced(admin_dsn: str, prefix: str, shards: int, workers: int,
+                        timeout: float = 60.0) -> dict[int, int]:
+    """Until every shard has an owner and none of `workers` owns more than its fair share
+    (balancing moves one shard at a time); returns the owners."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        owners = await shard_owners(admin_dsn, prefix)
+        per_worker: dict[int, int] = defaultdict(int)
+        for pid in owners.values():
+            per_worker[pid] += 1
+        if sorted(owners) == list(range(shards)) and (
+            max(per_worker.values()) <= fair_share(shards, workers)
+        ):
+            return owners
+        if loop.time() > deadline:
+            raise TimeoutError(f"shards not balanced over {workers} workers: {owners}")
+        await asyncio.sleep(0.2)
 
 
 # --- the replay --------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from tests.cluster.harness import (
     publish_replay,
     shard_owners,
     verify,
+    wait_balanced,
     wait_done,
     wait_events,
     worker_env,
@@ -44,6 +45,9 @@ async def test_kill_a_worker_and_restart_a_nats_node(
         await provision(nc, subjects, SHARDS)
         for _ in range(3):
             await fleet.add()
+        # Spread first: otherwise the first worker may hold every shard long enough to
+        # write the whole replay alone, and the kill below would test nothing.
+        await wait_balanced(embedded_pg.dsn(), prefix, SHARDS, 3)
         publisher = asyncio.create_task(publish_replay(nc, subjects, replay))
         await wait_events(database_dsn, replay.events // 3, timeout=90)
         fleet.workers[0].kill()
