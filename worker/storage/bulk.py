@@ -35,7 +35,8 @@ UPSERT_ROOM_RESERVING = (
     + f"SELECT *, {_reserved_column} FROM ins\nUNION ALL\nSELECT *, {_reserved_column} FROM old\n"
 )
 
-# $1..$12: one array element per event; $13: the room; $14, $15: the prev references as
+# $1..$13: one array element per event (the room's NID is $13: one statement may carry
+# the events of several rooms, a group commit's); $14, $15: the prev references as
 # parallel arrays (prev event ID, the NID of the event naming it). auth_event_nids travel as
 # array literals ('{1,2}'): a SQL array of arrays must be rectangular.
 INSERT_EVENTS = """
@@ -43,19 +44,19 @@ WITH u AS (
     SELECT *
     FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[],
                 $6::smallint[], $7::smallint[], $8::text[], $9::text[], $10::smallint[],
-                $11::text[], $12::bigint[], $16::bytea[])
+                $11::text[], $12::bigint[], $13::bigint[], $16::bytea[])
          AS u(event_nid, event_id, type_nid, state_key_nid, depth, kind, outcome,
-              reason_code, reason, membership, auth, before, json)
+              reason_code, reason, membership, auth, before, room_nid, json)
 ), e AS (
     INSERT INTO events (event_nid, event_id, room_nid, type_nid, state_key_nid, depth, kind,
                         outcome, reason_code, reason, membership, auth_event_nids,
                         before_snapshot_nid)
     OVERRIDING SYSTEM VALUE
-    SELECT event_nid, event_id, $13, type_nid, state_key_nid, depth, kind, outcome,
+    SELECT event_nid, event_id, room_nid, type_nid, state_key_nid, depth, kind, outcome,
            reason_code, reason, membership, auth::bigint[], before
     FROM u
     ON CONFLICT (event_id) DO NOTHING
-    RETURNING event_nid
+    RETURNING event_nid, room_nid
 ), j AS (
     INSERT INTO event_json (event_nid, json)
     SELECT u.event_nid, u.json FROM u WHERE u.event_nid IN (SELECT event_nid FROM e)
@@ -66,10 +67,38 @@ WITH u AS (
     ON CONFLICT DO NOTHING
 ), w AS (
     INSERT INTO write_log (room_nid, event_nid, worker, txn_started, written)
-    SELECT $13, event_nid, current_setting('application_name'), now(), clock_timestamp()
+    SELECT room_nid, event_nid, current_setting('application_name'), now(), clock_timestamp()
     FROM e
 )
 SELECT count(*) FROM e
+"""
+
+# UPSERT_ROOM_RESERVING for several rooms in one round trip (a group commit): $1 room IDs,
+# $2 their versions, $3 how many event NIDs to reserve for each. Rooms nearly always exist:
+# each is probed by its key first, and only missing ones reach the INSERT.
+UPSERT_ROOMS_RESERVING = f"""
+WITH req AS (
+    SELECT * FROM unnest({ev_sql.array_param(1, "text")}, {ev_sql.array_param(2, "text")},
+                         {ev_sql.array_param(3, "int")}) AS r(room_id, room_version, reserve)
+), old AS (
+    SELECT x.room_nid, x.room_id, x.room_version, x.current_snapshot_nid, x.extremities
+    FROM req CROSS JOIN LATERAL (
+        SELECT * FROM rooms y WHERE y.room_id = req.room_id LIMIT 1
+    ) x
+), ins AS (
+    INSERT INTO rooms (room_id, room_version)
+    SELECT room_id, room_version FROM req
+    WHERE NOT EXISTS (SELECT 1 FROM old WHERE old.room_id = req.room_id)
+    ORDER BY room_id
+    ON CONFLICT (room_id) DO NOTHING
+    RETURNING room_nid, room_id, room_version, current_snapshot_nid, extremities
+), found AS (
+    SELECT * FROM ins UNION ALL SELECT * FROM old
+)
+SELECT found.*,
+       ARRAY(SELECT nextval(pg_get_serial_sequence('events', 'event_nid'))
+             FROM generate_series(1, req.reserve)) AS reserved
+FROM found JOIN req USING (room_id)
 """
 
 

@@ -19,7 +19,7 @@ import contextlib
 import hashlib
 import json
 import time
-from collections import deque
+from collections import ChainMap, deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from contextvars import Context, ContextVar, copy_context
 from dataclasses import dataclass, field
@@ -689,6 +689,8 @@ class PostgresStore:
     async def _group_txn(
         self, conn: asyncpg.Connection, commits: Sequence[_Commit]
     ) -> list[_Effects]:
+        if len(commits) > 1 and all(_groupable(x.writes) for x in commits):
+            return await self._group_bulk_txn(conn, commits)
         # Each room's writes run as a task in their submitter's context (see `persist_many`),
         # one after another on the transaction's connection.
         return [
@@ -838,38 +840,101 @@ class PostgresStore:
         NIDs are reserved, their snapshots planned (and new ones written) in order, then
         every row is inserted by one statement and the room's end state, memberships and
         outbox rows by one more. Stores exactly what `_persist_txn` per write would."""
-        room_id = run[0].room_id
         room, reserved = await self._room_txn(conn, run[0], fx, len(run))
+        types, keys, refs = _run_names(run)
+        nids = await self._nids_txn(conn, types, keys, fx)
+        if not reserved:
+            reserved = await bulk_sql.reserve_event_nids(conn, len(run))
+        id_nids = fx.id_nids
+        for w, nid in zip(run, reserved, strict=True):
+            id_nids[w.event.event_id] = nid
+        id_nids.update(await self._ref_nids(conn, refs - id_nids.keys()))
+        rows = _BulkRows()
+        await self._plan_run(conn, room, run, reserved, nids, id_nids, fx, rows)
+        await _write_rows(conn, rows)
+        for w in run:
+            fx.inserted[w.event.event_id] = w.event
+
+    async def _group_bulk_txn(
+        self, conn: asyncpg.Connection, commits: Sequence[_Commit]
+    ) -> list[_Effects]:
+        """`_persist_bulk_txn` for several rooms at once, each with one run of new events
+        (`_groupable`): the rooms' rows, names, references, events and end states each take
+        one round trip for all of them, not one per room. Snapshots are still written room
+        by room, where a run needs new ones."""
+        reserve = [len(x.writes) for x in commits]
+        found = {
+            r["room_id"]: r
+            for r in await conn.fetch(
+                bulk_sql.UPSERT_ROOMS_RESERVING,
+                [x.room_id for x in commits],
+                [x.writes[0].room_version for x in commits],
+                reserve,
+            )
+        }
+        effects = [_Effects() for _ in commits]
         types: set[str] = set()
         keys: set[str] = set()
         refs: set[str] = set()
-        for w in run:
-            e = w.event
-            types.add(e.type)
-            if e.state_key is not None:
-                keys.add(e.state_key)
-            for h in (w.state_before, w.current_state):
-                if h is not None:
-                    for (t, k), v in _own(h).delta.items():
-                        types.add(t)
-                        keys.add(k)
-                        if v:
-                            refs.add(v)
-            refs.update(e.auth_event_ids)
-        nids = await self._nids_txn(conn, types, keys, fx)
-        id_nids = fx.id_nids
-        if not reserved:
-            reserved = await bulk_sql.reserve_event_nids(conn, len(run))
-        for w, nid in zip(run, reserved, strict=True):
-            id_nids[w.event.event_id] = nid
-        for eid in refs - id_nids.keys():
+        rooms: list[tuple[ev_sql.RoomRow, list[int]]] = []
+        own: set[str] = set()
+        for x in commits:
+            r = found.get(x.room_id)
+            if r is None:
+                raise InvariantViolation(f"room {x.room_id} could not be created")
+            room = ev_sql.room_row(r)
+            # The fence of each room in its own writer's context (see `persist_many`).
+            x.context.run(self.check_room_row, room)
+            rooms.append((room, sorted(r["reserved"])))
+            t, k, refs_of = _run_names(x.writes)
+            types |= t
+            keys |= k
+            refs |= refs_of
+            own.update(w.event.event_id for w in x.writes)
+        # Names and references are shared: what one room's writes make or look up is
+        # learned once, with the first room's effects.
+        nids = await self._nids_txn(conn, types, keys, effects[0])
+        shared = effects[0].id_nids
+        shared.update(await self._ref_nids(conn, refs - own))
+        rows = _BulkRows()
+        for x, fx, (room, reserved) in zip(commits, effects, rooms, strict=True):
+            for w, nid in zip(x.writes, reserved, strict=True):
+                fx.id_nids[w.event.event_id] = nid
+            id_nids = fx.id_nids if fx is effects[0] else ChainMap(fx.id_nids, shared)
+            await self._plan_run(conn, room, x.writes, reserved, nids, id_nids, fx, rows)
+        await _write_rows(conn, rows)
+        for x, fx in zip(commits, effects, strict=True):
+            for w in x.writes:
+                fx.inserted[w.event.event_id] = w.event
+        return effects
+
+    async def _ref_nids(self, conn: asyncpg.Connection, refs: Iterable[str]) -> dict[str, int]:
+        """NIDs of stored events the writes refer to: from the cache, the rest in one read."""
+        out: dict[str, int] = {}
+        missing: list[str] = []
+        for eid in refs:
             known = self._id_nids.get(eid)
             if known is not None:
-                id_nids[eid] = known
-        id_nids.update(await ev_sql.event_nids(conn, refs - id_nids.keys()))
+                out[eid] = known
+            else:
+                missing.append(eid)
+        if missing:
+            out.update(await ev_sql.event_nids(conn, missing))
+        return out
 
-        cols: tuple[list[object], ...] = tuple([] for _ in range(13))
-        prevs: tuple[list[str], list[int]] = ([], [])
+    async def _plan_run(
+        self,
+        conn: asyncpg.Connection,
+        room: ev_sql.RoomRow,
+        run: Sequence[EventWrite],
+        reserved: Sequence[int],
+        nids: nid_sql.Nids,
+        id_nids: Mapping[str, int],
+        fx: _Effects,
+        rows: _BulkRows,
+    ) -> None:
+        """Store the snapshots a run needs, in order, and add its rows and its room's end
+        state to `rows`; `fx.room` becomes the room as the run leaves it."""
         current_nid = room.current_snapshot_nid
         current_changed = False
         extremities = room.extremities
@@ -900,74 +965,38 @@ class PostgresStore:
             notes.update(w.notes)
             outputs.extend(w.outputs)
             auth = sorted({id_nids[a] for a in e.auth_event_ids if a in id_nids})
-            row = (
-                nid,
-                e.event_id,
-                *_event_fields(w, nids),
-                bulk_sql.nid_array(auth),
-                before_nid,
-                w.event_json,
+            rows.add(
+                (
+                    nid,
+                    e.event_id,
+                    *_event_fields(w, nids),
+                    bulk_sql.nid_array(auth),
+                    before_nid,
+                    room.room_nid,
+                    w.event_json,
+                ),
+                e.prev_event_ids,
             )
-            for col, value in zip(cols, row, strict=True):
-                col.append(value)
-            for prev in dict.fromkeys(e.prev_event_ids):
-                prevs[0].append(prev)
-                prevs[1].append(nid)
-        inserted = await conn.fetchval(
-            bulk_sql.INSERT_EVENTS, *cols[:12], room.room_nid, *prevs, cols[12]
-        )
-        if inserted != len(run):
-            # Written meanwhile by someone else (a stale owner, despite the fence): let the
-            # one-by-one path, which upserts, decide.
-            raise StaleWrite(f"{len(run) - inserted} of {len(run)} events were already stored")
-        for w in run:
-            fx.inserted[w.event.event_id] = w.event
-        await self._finish_memberships_txn(conn, room.room_nid, changes)
-        await conn.execute(
-            ev_sql.FINISH_EVENT,
-            room.room_nid,
-            current_changed,
-            current_nid,
-            extremities if any(w.extremities is not None for w in run) else None,
-            _notes_json(notes),
-            *_merged_changes(changes),
-            [o.output_id for o in outputs],
-            [o.output_type for o in outputs],
-            [o.payload for o in outputs],
-            room_id,
-            None,
-            None,
+        _memberships_one_by_one(room.room_nid, changes, rows)
+        rows.finishes.append(
+            (
+                room.room_nid,
+                current_changed,
+                current_nid,
+                extremities if any(w.extremities is not None for w in run) else None,
+                _notes_json(notes),
+                *_merged_changes(changes),
+                [o.output_id for o in outputs],
+                [o.output_type for o in outputs],
+                [o.payload for o in outputs],
+                room.room_id,
+                None,
+                None,
+            )
         )
         fx.room = ev_sql.RoomRow(
             room.room_nid, room.room_id, room.version, current_nid, list(extremities)
         )
-
-    async def _finish_memberships_txn(
-        self,
-        conn: asyncpg.Connection,
-        room_nid: int,
-        changes: list[tuple[list[int], list[int], list[int]]],
-    ) -> None:
-        """Membership changes of a run that touch a target more than once: each write's own
-        changes, in order (only the last for a target would be right for `memberships`,
-        but invites retired in between must stay retired). Emptied from `changes`."""
-        seen: set[int] = set()
-        repeated = False
-        for _, _, targets in changes:
-            if seen.intersection(targets):
-                repeated = True
-                break
-            seen.update(targets)
-        if not repeated:
-            return
-        for upserts, deletes, targets in changes:
-            if not targets:
-                continue
-            await conn.execute(
-                ev_sql.FINISH_EVENT, room_nid, False, 0, None, "{}",
-                upserts, deletes, targets, [], [], [], "", None, None,
-            )
-        changes.clear()
 
     async def ensure_names(self, keys: Iterable[StateKey]) -> None:
         """Give every type and state key of `keys` a NID now, if it has none (one round
@@ -1119,6 +1148,88 @@ async def _locked_txn(
         raise
     await conn.execute("COMMIT")
     return result
+
+
+@dataclass
+class _BulkRows:
+    """What `_write_rows` writes: event rows (INSERT_EVENTS columns) and prev references of
+    one or more runs, then FINISH_EVENT's arguments, in order."""
+
+    cols: tuple[list[object], ...] = field(default_factory=lambda: tuple([] for _ in range(14)))
+    prevs: tuple[list[str], list[int]] = field(default_factory=lambda: ([], []))
+    finishes: list[tuple[object, ...]] = field(default_factory=list)
+
+    def add(self, row: tuple[object, ...], prev_ids: Iterable[str]) -> None:
+        for col, value in zip(self.cols, row, strict=True):
+            col.append(value)
+        nid = row[0]
+        for prev in dict.fromkeys(prev_ids):
+            self.prevs[0].append(prev)
+            self.prevs[1].append(cast(int, nid))
+
+
+async def _write_rows(conn: asyncpg.Connection, rows: _BulkRows) -> None:
+    """Insert the rows (one statement), then the rooms' end states (one round trip)."""
+    expected = len(rows.cols[0])
+    inserted = await conn.fetchval(bulk_sql.INSERT_EVENTS, *rows.cols[:13], *rows.prevs, rows.cols[13])
+    if inserted != expected:
+        # Written meanwhile by someone else (a stale owner, despite the fence): let the
+        # one-by-one path, which upserts, decide.
+        raise StaleWrite(f"{expected - inserted} of {expected} events were already stored")
+    if len(rows.finishes) == 1:
+        await conn.execute(ev_sql.FINISH_EVENT, *rows.finishes[0])
+    elif rows.finishes:
+        # One round trip: asyncpg sends every argument set before waiting for any answer.
+        await conn.executemany(ev_sql.FINISH_EVENT, rows.finishes)
+
+
+def _memberships_one_by_one(
+    room_nid: int, changes: list[tuple[list[int], list[int], list[int]]], rows: _BulkRows
+) -> None:
+    """Membership changes of a run that touch a target more than once: each write's own
+    changes, in order (only the last for a target would be right for `memberships`, but
+    invites retired in between must stay retired). Emptied from `changes`."""
+    seen: set[int] = set()
+    repeated = False
+    for _, _, targets in changes:
+        if seen.intersection(targets):
+            repeated = True
+            break
+        seen.update(targets)
+    if not repeated:
+        return
+    for upserts, deletes, targets in changes:
+        if targets:
+            rows.finishes.append(
+                (room_nid, False, 0, None, "{}", upserts, deletes, targets, [], [], [], "", None, None)
+            )
+    changes.clear()
+
+
+def _run_names(run: Sequence[EventWrite]) -> tuple[set[str], set[str], set[str]]:
+    """The types, state keys and referenced event IDs a run's rows and snapshots need."""
+    types: set[str] = set()
+    keys: set[str] = set()
+    refs: set[str] = set()
+    for w in run:
+        e = w.event
+        types.add(e.type)
+        if e.state_key is not None:
+            keys.add(e.state_key)
+        for h in (w.state_before, w.current_state):
+            if h is not None:
+                for (t, k), v in _own(h).delta.items():
+                    types.add(t)
+                    keys.add(k)
+                    if v:
+                        refs.add(v)
+        refs.update(e.auth_event_ids)
+    return types, keys, refs
+
+
+def _groupable(writes: Sequence[EventWrite]) -> bool:
+    """Whether a room's writes can join `_group_bulk_txn`: one run of new events."""
+    return len(_bulk_run(writes, 0, _Effects())) == len(writes)
 
 
 def _rebase(current: PgState, before: PgState, before_nid: int) -> PgState:
