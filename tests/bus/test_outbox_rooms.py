@@ -69,6 +69,31 @@ async def test_flush_rooms_publishes_each_room_in_order_and_marks_all(
         await pool.close()
 
 
+async def test_flush_rooms_reaches_a_room_whose_rows_all_come_after_a_full_pass(
+    nc: NATS, streams: Subjects, database_dsn: str
+) -> None:
+    """Room a's six rows come first by seq, room c's two after them: with four rows per
+    pass, the first pass holds none of c's, and c must still be flushed (not left for the
+    next sweep, seconds later)."""
+    pool = await asyncpg.create_pool(database_dsn, min_size=1, max_size=2)
+    assert pool is not None
+    try:
+        await apply_migrations(pool)
+        for room, n in (("!a:x", 6), ("!c:x", 2)):
+            async with pool.acquire() as conn, conn.transaction():
+                await insert_outputs_txn(conn, room, _records(room, n))  # type: ignore[arg-type]
+        store = PgOutboxStore(pool)
+        relay = NatsOutboxRelay(nc, streams, store, batch=4)
+        await relay.flush_rooms(["!a:x", "!c:x"])
+        assert await store.fetch_unsent(100) == []
+        published = await read_outputs(nc, streams)
+        assert [h[MSG_ID_HEADER] for _, h, _ in published if h[ROOM_ID_HEADER] == "!c:x"] == [
+            "!c:x-0", "!c:x-1",
+        ]
+    finally:
+        await pool.close()
+
+
 async def test_flush_rooms_without_a_many_room_store_flushes_each_room(
     nc: NATS, streams: Subjects
 ) -> None:

@@ -283,8 +283,8 @@ class NatsOutboxRelay:
             _raise_first(done)
             if len(rows) < self._batch:
                 return
-            # Only the rooms that had rows in this pass can have more.
-            rooms = sorted(by_room)
+            # A full pass: any of the rooms may have more, those without a row in this pass
+            # too (their rows come after the cut, by seq). Sent rows are not read again.
 
     async def _publish_room(self, room_id: str, rows: Sequence[OutboxRow], sent: list[int]) -> None:
         async with self._room_lock(room_id):
