@@ -184,6 +184,8 @@ class _Delivery:
     problem: tuple[str, str] | None = None
     received: float = field(default_factory=time.monotonic)
     settled: bool = False
+    # Counted against its shard's fetch window (see `_leave_window`).
+    windowed: bool = True
 
     async def touch(self) -> None:
         """Tell JetStream the message is still being worked on (the `in_progress` callable)."""
@@ -606,6 +608,8 @@ class InputConsumer:
         last ack needs its confirmation (a round trip) for all of them to have landed
         before any reply goes out, as with one `_carry_out` each."""
         last = len(acked) - 1
+        for d, _ in acked:
+            self._leave_window(d)
         for i, (d, _) in enumerate(acked):
             if d.settled:
                 continue
@@ -623,8 +627,17 @@ class InputConsumer:
     def _release(self, d: _Delivery) -> None:
         """Forget a settled message."""
         d.settled = True
-        if d in self._held:
-            self._held.discard(d)
+        self._leave_window(d)
+        self._held.discard(d)
+
+    def _leave_window(self, d: _Delivery) -> None:
+        """Stop counting a message against its shard's fetch window: once its outcome is
+        decided and its ack about to go, the shard may fetch the next one. The message is
+        still held (`_held`: a shard being stopped waits for it) until the ack is confirmed,
+        which under load takes far longer than sending it, and would otherwise stall the
+        fetching of every room of the shard meanwhile."""
+        if d.windowed:
+            d.windowed = False
             self._held_by_shard[d.shard] -= 1
             # A fetch loop may be waiting for its shard's share to free up.
             self._dispatcher.notify()
@@ -690,6 +703,7 @@ class InputConsumer:
                     action=settle.AckAction.NAK,
                     delay=self.settings.retry.delay(d.delivery),
                 )
+        self._leave_window(d)
         try:
             if fate.action is settle.AckAction.ACK:
                 await msg.ack_sync(_ACK_CONFIRM_TIMEOUT)
