@@ -268,7 +268,11 @@ class PostgresStore:
         return out
 
     def _stored_row(self, r: asyncpg.Record) -> StoredEvent:
-        event = ev_sql.decode_event(r["event_id"], r["json"], r["room_version"])
+        # An event's JSON changes only when it is redacted: unless the row says so, the
+        # cached event is what decoding the JSON would give (and costs no decoding).
+        event = self._events.get(r["event_id"]) if r["redacted_by"] is None else None
+        if event is None:
+            event = ev_sql.decode_event(r["event_id"], r["json"], r["room_version"])
         self._nid_ids.put(r["event_nid"], r["event_id"])
         self._id_nids.put(r["event_id"], r["event_nid"])
         return StoredEvent(
