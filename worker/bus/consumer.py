@@ -36,7 +36,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import Error as JetStreamError
 from nats.js.errors import NotFoundError
 
-from worker.bus import settle
+from worker.bus import pull, settle
 from worker.bus.deadletter import DeadLetterWriter
 from worker.bus.dispatch import RoomDispatcher
 from worker.bus.subjects import (
@@ -407,7 +407,7 @@ class InputConsumer:
                 self._reserved += want
                 self._reserved_by_shard[shard] += want
                 try:
-                    msgs = await sub.fetch(want, timeout=self.settings.fetch_timeout)
+                    msgs = await pull.fetch(sub, want, self.settings.fetch_timeout)
                 except TimeoutError:  # nats' own TimeoutError included
                     CONSUMER_PENDING.labels(str(shard)).set(0)
                     continue

@@ -1,0 +1,102 @@
+"""`worker.bus.pull.fetch` against a real JetStream pull consumer: same contract as nats-py's
+`fetch` (at least one message and at most `batch`, in stream order, or a timeout)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import uuid
+from collections.abc import AsyncIterator
+
+import nats.errors
+import pytest
+from nats.aio.client import Client as NATS
+from nats.js.api import AckPolicy, ConsumerConfig, StreamConfig
+from nats.js.client import JetStreamContext
+
+from worker.bus import pull
+
+
+@pytest.fixture
+async def stream(nc: NATS) -> AsyncIterator[tuple[str, str]]:
+    name = f"PULL_{uuid.uuid4().hex[:8].upper()}"
+    subject = f"pull.{name.lower()}"
+    js = nc.jetstream()
+    await js.add_stream(StreamConfig(name=name, subjects=[f"{subject}.>"]))
+    try:
+        yield name, subject
+    finally:
+        await js.delete_stream(name)
+
+
+async def _consumer(nc: NATS, stream: tuple[str, str]) -> JetStreamContext.PullSubscription:
+    name, subject = stream
+    return await nc.jetstream().pull_subscribe(
+        f"{subject}.>", durable="c", stream=name,
+        config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, max_ack_pending=10_000),
+    )
+
+
+async def _publish(nc: NATS, stream: tuple[str, str], numbers: range) -> None:
+    js = nc.jetstream()
+    for n in numbers:
+        await js.publish(f"{stream[1]}.r{n % 3}", str(n).encode(), stream=stream[0])
+
+
+def _numbers(msgs: list) -> list[int]:  # type: ignore[type-arg]
+    return [int(m.data) for m in msgs]
+
+
+async def test_a_fetch_returns_what_is_there_in_order_up_to_the_batch(
+    nc: NATS, stream: tuple[str, str]
+) -> None:
+    sub = await _consumer(nc, stream)
+    await _publish(nc, stream, range(10))
+    first = await pull.fetch(sub, 4, 2.0)
+    assert _numbers(first) == [0, 1, 2, 3]
+    rest: list[int] = []
+    while len(rest) < 6:
+        rest += _numbers(await pull.fetch(sub, 100, 2.0))
+    assert rest == [4, 5, 6, 7, 8, 9]
+    for m in first:
+        await m.ack()
+
+
+async def test_an_empty_consumer_times_out(nc: NATS, stream: tuple[str, str]) -> None:
+    sub = await _consumer(nc, stream)
+    with pytest.raises(nats.errors.TimeoutError):
+        await pull.fetch(sub, 10, 0.3)
+    # And the consumer still works afterwards.
+    await _publish(nc, stream, range(1))
+    assert _numbers(await pull.fetch(sub, 10, 2.0)) == [0]
+
+
+async def test_a_message_published_while_waiting_is_returned(
+    nc: NATS, stream: tuple[str, str]
+) -> None:
+    sub = await _consumer(nc, stream)
+    waiting = asyncio.create_task(pull.fetch(sub, 10, 5.0))
+    await asyncio.sleep(0.2)
+    assert not waiting.done()
+    await _publish(nc, stream, range(7, 8))
+    assert _numbers(await waiting) == [7]
+
+
+async def test_random_batches_see_every_message_once_in_order(
+    nc: NATS, stream: tuple[str, str]
+) -> None:
+    """Fetches of random sizes, some while publishing, some timing out on an empty
+    consumer: together they return the stream in order, each message once."""
+    sub = await _consumer(nc, stream)
+    rng = random.Random(7)
+    publisher = asyncio.create_task(_publish(nc, stream, range(300)))
+    got: list[int] = []
+    while len(got) < 300:
+        try:
+            got += _numbers(await pull.fetch(sub, rng.choice([1, 2, 5, 17, 64, 128]), 0.5))
+        except nats.errors.TimeoutError:
+            assert not publisher.done() or len(got) < 300
+    await publisher
+    assert got == list(range(300))
+    with pytest.raises(nats.errors.TimeoutError):
+        await pull.fetch(sub, 10, 0.3)
