@@ -216,18 +216,20 @@ class WorkerProcess:
 async def _publish(
     js: Any, subject_of: Any, messages: Sequence[Message], stream: str, sent: dict[str, float]
 ) -> None:
-    """Publish with up to PUBLISH_WINDOW acks outstanding; calls start in order, so each
-    room's messages reach the stream in order."""
+    """Publish with up to PUBLISH_WINDOW acks outstanding (a sliding window, as a producer
+    service would pipeline); calls start in order, so each room's messages reach the stream
+    in order."""
+    window = asyncio.Semaphore(PUBLISH_WINDOW)
     pending: list[asyncio.Future[Any]] = []
     for m in messages:
+        await window.acquire()
         headers = {"Room-ID": m.room_id, "Nats-Msg-Id": m.event_id}
         sent[m.event_id] = time.perf_counter()
-        pending.append(
-            asyncio.ensure_future(js.publish(subject_of(m), m.body, stream=stream, headers=headers))
+        future = asyncio.ensure_future(
+            js.publish(subject_of(m), m.body, stream=stream, headers=headers)
         )
-        if len(pending) >= PUBLISH_WINDOW:
-            await asyncio.gather(*pending)
-            pending.clear()
+        future.add_done_callback(lambda _: window.release())
+        pending.append(future)
     await asyncio.gather(*pending)
 
 
