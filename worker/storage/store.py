@@ -127,11 +127,6 @@ def _group_of(
     return lambda conn: store._group_txn(conn, [commit])
 
 
-def _pool_max_size(pool: asyncpg.Pool) -> int:
-    get = getattr(pool, "get_max_size", None)
-    return int(get()) if callable(get) else 10
-
-
 class PostgresStore:
     """Implements `worker.pipeline.ports.RoomStore`."""
 
@@ -148,7 +143,7 @@ class PostgresStore:
         events, run at once (default: a third of the pool each, at least 2)."""
         self.pool = pool
         if concurrency is None:
-            concurrency = max(2, _pool_max_size(pool) // 3)
+            concurrency = max(2, pool.get_max_size() // 3)
         # Concurrent writes of many rooms share transactions, and their first reads share
         # queries (`worker.storage.coalesce`).
         self._commits: Coalescer[_Commit, None] = Coalescer(
@@ -755,11 +750,7 @@ class PostgresStore:
         nids = await self._nids_txn(conn, types, keys, fx)
         ref_ids = {v for h in handles for v in h.delta.values() if v and v != e.event_id}
         id_nids = fx.id_nids
-        for eid in ref_ids - id_nids.keys():
-            known = self._id_nids.get(eid)
-            if known is not None:
-                id_nids[eid] = known
-        id_nids.update(await ev_sql.event_nids(conn, ref_ids - id_nids.keys()))
+        id_nids.update(await self._ref_nids(conn, ref_ids - id_nids.keys()))
 
         before_nid = None
         if before is not None:
