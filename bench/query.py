@@ -127,7 +127,7 @@ async def _run(tmp: Path) -> None:
     from worker.storage.store import PostgresStore
 
     pg = EmbeddedPostgres(tmp / "pg", fsync=False)
-    ns = EmbeddedNats(tmp / "nats", server_name="bench-query")
+    ns = EmbeddedNats(tmp / "nats", server_name="bench-query", sync_always=False)
     pg.start()
     ns.start()
     try:

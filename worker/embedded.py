@@ -205,6 +205,10 @@ class EmbeddedNats(_OwnedServer):
     # Set for cluster nodes: (cluster name, own cluster port, routes to the others).
     server_name: str = "roomserver-embedded"
     cluster: tuple[str, int, tuple[int, ...]] | None = None
+    # A single node syncs every JetStream write to disk before acknowledging it, so an
+    # acknowledged message survives even the machine going down. Off (nats-server's default
+    # periodic sync) is for throwaway servers only, like EmbeddedPostgres' `fsync`.
+    sync_always: bool = True
     # True when another live process owns the server and this one only uses it.
     attached: bool = False
 
@@ -231,7 +235,7 @@ class EmbeddedNats(_OwnedServer):
             f'pid_file: "{self.pid_file}"',
             "jetstream {",
             f'  store_dir: "{store}"',
-            "  sync_interval: always" if self.cluster is None else "",
+            "  sync_interval: always" if self.cluster is None and self.sync_always else "",
             "}",
         ]
         if self.cluster is not None:
