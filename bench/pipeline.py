@@ -13,7 +13,8 @@ Everything runs on the embedded NATS and PostgreSQL; the worker is the real proc
    whole state as `state_event_ids`; the time of the outliers and of the join alone.
 
 BENCH_SCENARIOS=many,linear,join picks the scenarios; BENCH_ROOMS, BENCH_PER_ROOM, BENCH_LINEAR
-and BENCH_BIG_ROOM size them.
+and BENCH_BIG_ROOM size them. BENCH_WORKERS=N runs N worker processes sharing the shards (as a
+deployment spreads rooms over several), with their CPU added up.
 
 Durability: the servers are throwaway, so neither syncs each write to disk (PostgreSQL runs
 with fsync off, nats-server with its default periodic sync), as a benchmark of the code and
@@ -64,6 +65,9 @@ PUBLISH_WINDOW = 512
 # Which scenarios to run (comma-separated), for measuring one path at a time.
 SCENARIOS = set(os.environ.get("BENCH_SCENARIOS", "many,linear,join").split(","))
 SYNC = os.environ.get("BENCH_SYNC", "") not in ("", "0")
+# Worker processes sharing the input shards (SHARDS of them), as a deployment runs several.
+WORKERS = int(os.environ.get("BENCH_WORKERS", "1"))
+SHARDS = 4
 
 
 @dataclass(frozen=True)
@@ -147,16 +151,18 @@ async def _database(pg: EmbeddedPostgres) -> str:
 
 
 class WorkerProcess:
-    def __init__(self, nats_url: str, dsn: str, prefix: str, data_dir: Path) -> None:
+    def __init__(
+        self, nats_url: str, dsn: str, prefix: str, data_dir: Path, index: int = 0
+    ) -> None:
         self.port = _free_port()
-        self.log = data_dir / f"worker-{prefix}.log"
+        self.log = data_dir / f"worker-{prefix}-{index}.log"
         env = {
             **os.environ,
             "NATS_URL": nats_url,
             "DATABASE_URL": dsn,
             "ROOMSERVER_PREFIX": prefix,
             "METRICS_ADDR": f"127.0.0.1:{self.port}",
-            "SHARDS": "4",
+            "SHARDS": str(SHARDS),
             "LOG_LEVEL": "warning",
             "DATA_DIR": str(data_dir),
         }
@@ -165,10 +171,10 @@ class WorkerProcess:
             # Its log goes to a file: a pipe nobody reads would block the worker once full.
             stdout=subprocess.DEVNULL, stderr=self.log.open("wb"),
         )
-        # BENCH_PROFILE names a py-spy output file: the worker is sampled while it runs.
+        # BENCH_PROFILE names a py-spy output file: the (first) worker is sampled while it runs.
         profile = os.environ.get("BENCH_PROFILE")
         self.profiler = None
-        if profile:
+        if profile and index == 0:
             self.profiler = subprocess.Popen(
                 ["py-spy", "record", "-f", "raw", "-r", "250", "-o", profile,
                  "--pid", str(self.proc.pid)],
@@ -193,18 +199,25 @@ class WorkerProcess:
             await asyncio.sleep(0.2)
         raise RuntimeError("worker did not become ready")
 
-    async def stage_seconds(self) -> dict[str, float]:
-        """Seconds spent per pipeline stage so far, from the worker's /metrics."""
+    async def _metrics(self, prefix: str) -> dict[str, float]:
+        """The worker's /metrics samples whose line starts with `prefix`, by line head."""
         reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
         writer.write(b"GET /metrics HTTP/1.0\r\n\r\n")
         body = (await reader.read()).decode()
         writer.close()
-        out: dict[str, float] = {}
-        for line in body.splitlines():
-            if line.startswith("roomserver_stage_duration_seconds_sum{"):
-                stage = line.split('stage="', 1)[1].split('"', 1)[0]
-                out[stage] = float(line.rsplit(" ", 1)[1])
-        return out
+        return {
+            line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+            for line in body.splitlines()
+            if line.startswith(prefix)
+        }
+
+    async def stage_seconds(self) -> dict[str, float]:
+        """Seconds spent per pipeline stage so far."""
+        samples = await self._metrics("roomserver_stage_duration_seconds_sum{")
+        return {head.split('stage="', 1)[1].split('"', 1)[0]: v for head, v in samples.items()}
+
+    async def shards_owned(self) -> int:
+        return int(sum((await self._metrics("roomserver_shards_owned ")).values()))
 
     def stop(self) -> None:
         if self.profiler is not None:
@@ -353,11 +366,14 @@ async def _scenario(
     cpu_nats_raw = _cpu_seconds([nats_pid]) - nats_before
     prefix = f"bench{uuid.uuid4().hex[:6]}"
     dsn = await _database(pg)
-    worker = WorkerProcess(nats_url, dsn, prefix, data)
+    workers = [WorkerProcess(nats_url, dsn, prefix, data, i) for i in range(WORKERS)]
     try:
-        await worker.ready()
+        for w in workers:
+            await w.ready()
+        await _balanced(workers)
+        pids = [w.proc.pid for w in workers]
         backends = await _backends(pg, dsn)
-        cpu_before = _cpu_seconds([worker.proc.pid]), _cpu_seconds(backends)
+        cpu_before = _cpu_seconds(pids), _cpu_seconds(backends)
         others_before = _cpu_seconds([nats_pid]), time.process_time()
         wall_before = time.perf_counter()
         rate, lat = await through_worker(nats_url, Subjects(prefix), messages)
@@ -366,17 +382,23 @@ async def _scenario(
         cpu_bench = time.process_time() - others_before[1]
         # Backends opened during the run started at zero.
         backends_after = await _backends(pg, dsn)
-        cpu_worker = _cpu_seconds([worker.proc.pid]) - cpu_before[0]
+        cpu_worker = _cpu_seconds(pids) - cpu_before[0]
         cpu_pg = _cpu_seconds(backends_after) - cpu_before[1]
-        stages = await worker.stage_seconds()
+        stages: dict[str, float] = {}
+        for w in workers:
+            for stage, seconds in (await w.stage_seconds()).items():
+                stages[stage] = stages.get(stage, 0.0) + seconds
     finally:
-        worker.stop()
-    logged = worker.log.read_text(errors="replace").splitlines()
-    if logged:
-        print(f"   the worker logged {len(logged)} lines (level warning and up); the first: "
-              f"{logged[0][:400]}", flush=True)
+        for w in workers:
+            w.stop()
+    for w in workers:
+        logged = w.log.read_text(errors="replace").splitlines()
+        if logged:
+            print(f"   a worker logged {len(logged)} lines (level warning and up); the first: "
+                  f"{logged[0][:400]}", flush=True)
     print(
         f"{name:<28} {len(messages):>7} events  baseline {raw:>8.0f}/s  worker {rate:>7.0f}/s"
+        f"{f' ({WORKERS} processes)' if WORKERS > 1 else ''}"
         f"  ratio {rate / raw:>5.2f}  p50 {_pct(lat, 0.5) * 1000:>7.1f} ms"
         f"  p99 {_pct(lat, 0.99) * 1000:>7.1f} ms",
         flush=True,
@@ -386,7 +408,7 @@ async def _scenario(
     print(f"{'':<28} ms per event by stage: {shown}", flush=True)
     # CPU time is what a loaded machine distorts least: compare runs by it.
     print(
-        f"{'':<28} CPU ms per event: worker {cpu_worker / len(messages) * 1000:.2f}, "
+        f"{'':<28} CPU ms per event: worker{'s' if WORKERS > 1 else ''} {cpu_worker / len(messages) * 1000:.2f}, "
         f"its PostgreSQL backends {cpu_pg / len(messages) * 1000:.2f}, "
         f"NATS server {cpu_nats / len(messages) * 1000:.2f} "
         f"(in the baseline {cpu_nats_raw / len(messages) * 1000:.2f}), "
@@ -394,6 +416,18 @@ async def _scenario(
         f"{(cpu_worker + cpu_pg + cpu_nats + cpu_bench) / wall:.2f}",
         flush=True,
     )
+
+
+async def _balanced(workers: Sequence[WorkerProcess], timeout: float = 60.0) -> None:
+    """Until the shards are spread evenly over the workers (leases move one at a time)."""
+    fair = -(-SHARDS // len(workers))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        owned = [await w.shards_owned() for w in workers]
+        if sum(owned) == SHARDS and max(owned) <= fair:
+            return
+        await asyncio.sleep(0.2)
+    raise RuntimeError(f"shards not spread over {len(workers)} workers in {timeout:.0f} s")
 
 
 async def _backends(pg: EmbeddedPostgres, dsn: str) -> list[int]:
