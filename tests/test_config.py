@@ -54,9 +54,11 @@ def test_environment_is_parsed_into_the_tree() -> None:
             "RETRY_BACKOFF": "0.5",
             "DRAIN_GRACE_SECONDS": "5",
             "FEDERATION_PREFIX": "fed.req",
+            "EVENT_LOOP": "AsyncIO",
             "UNRELATED": "ignored",
         }
     )
+    assert s.event_loop == "asyncio"
     assert s.nats.url == "nats://a:4222,nats://b:4222"
     assert s.database.url == "postgresql://rs@db/roomserver"
     assert Subjects(s.bus.prefix).input_stream == "RS_TEST_INPUT"

@@ -181,6 +181,7 @@ def test_embedded_run_is_ready_and_sigterm_leaves_nothing_behind(data_dir: Path)
     probe = _command("check-health", METRICS_ADDR=f"127.0.0.1:{run.http_port}")
     assert probe.returncode == 1 and "unreachable" in probe.stderr
     assert '"event":"worker_stopped"' in run.logs()
+    assert '"event_loop":"uvloop"' in run.logs()
     # The embedded data stays for the next start.
     assert (data_dir / "pg" / "data" / "PG_VERSION").exists()
     assert (data_dir / "nats" / "jetstream").is_dir()
@@ -214,9 +215,12 @@ def test_sigkill_then_restart_recovers_stale_servers(data_dir: Path) -> None:
 def test_external_servers_are_used_and_nothing_is_embedded(
     data_dir: Path, nats_url: str, database_dsn: str
 ) -> None:
-    run = Run(data_dir, {"NATS_URL": nats_url, "DATABASE_URL": database_dsn})
+    run = Run(
+        data_dir, {"NATS_URL": nats_url, "DATABASE_URL": database_dsn, "EVENT_LOOP": "asyncio"}
+    )
     run.wait_ready()
     assert run.stop() == 0, run.logs()
+    assert '"event_loop":"asyncio"' in run.logs()
     assert not (data_dir / "nats").exists()
     assert not (data_dir / "pg").exists()
 

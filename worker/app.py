@@ -712,7 +712,8 @@ async def serve(settings: Settings) -> int:
     worker.install_signal_handlers()
     metrics.BUILD_INFO.info({"version": __version__})
     log.info("worker_starting", version=__version__, prefix=settings.bus.prefix,
-             shards=settings.bus.shards)
+             shards=settings.bus.shards,
+             event_loop=type(asyncio.get_running_loop()).__module__.split(".")[0])
     try:
         started = await worker.start()
     except StartupError as exc:

@@ -24,6 +24,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import msgspec
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+EVENT_LOOPS = ("uvloop", "asyncio")
 MASK = "***"
 EXIT_CONFIG = 2
 
@@ -79,6 +80,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     bus: BusSettings = msgspec.field(default_factory=BusSettings)
     http: HttpSettings = msgspec.field(default_factory=HttpSettings)
     log_level: str = "info"
+    event_loop: str = "uvloop"
     data_dir: str = "./var"
     drain_grace_seconds: float = 30.0
     config_file: str | None = None
@@ -164,6 +166,13 @@ def _url(schemes: tuple[str, ...]) -> Callable[[str], str | None]:
         return raw
 
     return parse
+
+
+def _event_loop(raw: str) -> str:
+    value = raw.strip().lower()
+    if value not in EVENT_LOOPS:
+        raise _Invalid(f"must be one of {', '.join(EVENT_LOOPS)}, got {raw!r}")
+    return value
 
 
 def _level(raw: str) -> str:
@@ -254,6 +263,8 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("METRICS_ADDR", "http", "", _addr, "127.0.0.1:9464",
              "HOST:PORT of /metrics, /healthz and /readyz (port 0: any free port)."),
     Variable("LOG_LEVEL", "", "log_level", _level, "info", "debug, info, warning or error."),
+    Variable("EVENT_LOOP", "", "event_loop", _event_loop, "uvloop",
+             "uvloop, or asyncio for Python's own loop (slower; where uvloop is missing)."),
     Variable("DATA_DIR", "", "data_dir", _text, "./var",
              "Where the embedded servers keep their data."),
     Variable("DRAIN_GRACE_SECONDS", "", "drain_grace_seconds", _float_in(0.0, 3600.0), "30",

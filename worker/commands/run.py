@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+from collections.abc import Callable
 
 from worker.config import EXIT_CONFIG, load_or_report
 from worker.observability.logging import configure_logging
@@ -29,7 +30,20 @@ def run(args: argparse.Namespace) -> int:
     from worker.app import serve
 
     _tune_gc()
-    return asyncio.run(serve(settings))
+    with asyncio.Runner(loop_factory=event_loop_factory(settings.event_loop)) as runner:
+        return runner.run(serve(settings))
+
+
+def event_loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The loop factory for EVENT_LOOP: uvloop's when it is installed (it is a dependency
+    except on Windows), else None, Python's own."""
+    if name == "uvloop":
+        try:
+            import uvloop
+        except ImportError:
+            return None
+        return uvloop.new_event_loop
+    return None
 
 
 def _tune_gc() -> None:
