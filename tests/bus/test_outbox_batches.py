@@ -262,15 +262,15 @@ async def test_a_commit_answered_without_its_batch_stops_batches(
     for n in range(3):
         store.add("!a:x", n)
     relay = NatsOutboxRelay(nc, streams, store, min_batch_rows=2)
-    js = relay._js
-    publish = js.publish
+    requests = relay._requests
+    publish = requests.publish
 
     async def forgetful(*args: Any, **kwargs: Any) -> PubAck:
         # What a server that ignores the batch headers answers: a plain PubAck.
         ack = await publish(*args, **kwargs)
         return dataclasses.replace(ack, batch_id=None, batch_size=None)
 
-    monkeypatch.setattr(js, "publish", forgetful)
+    monkeypatch.setattr(requests, "publish", forgetful)
     await relay.flush("!a:x")
     for n in range(3, 6):
         store.add("!a:x", n)

@@ -39,6 +39,7 @@ from nats.js.errors import NotFoundError
 from worker.bus import pull, settle
 from worker.bus.deadletter import DeadLetterWriter
 from worker.bus.dispatch import RoomDispatcher
+from worker.bus.requests import Requester
 from worker.bus.subjects import (
     MSG_ID_HEADER,
     REPLY_INBOX_HEADER,
@@ -219,6 +220,7 @@ class InputConsumer:
     ) -> None:
         self._nc = nc
         self._js: JetStreamContext = nc.jetstream()
+        self._requests = Requester(nc)
         self._subjects = subjects
         self._handler = handler
         self.settings = settings or ConsumerSettings()
@@ -614,7 +616,7 @@ class InputConsumer:
             if d.settled:
                 continue
             try:
-                await (d.msg.ack_sync(_ACK_CONFIRM_TIMEOUT) if i == last else d.msg.ack())
+                await (self._ack_confirmed(d.msg) if i == last else d.msg.ack())
                 count_settle("ack")
             except (NatsError, JetStreamError) as exc:
                 # Redelivered then, and answered as a duplicate: harmless.
@@ -623,6 +625,12 @@ class InputConsumer:
         for d, fate in acked:
             if fate.reply is not None and d.reply_inbox:
                 await self._reply(d.reply_inbox, fate.reply)
+
+    async def _ack_confirmed(self, msg: Msg) -> None:
+        """Ack and wait for JetStream to confirm it (nats-py's `ack_sync`, by `Requester`)."""
+        if not msg.reply:
+            raise NatsError("the message has no reply subject to ack")
+        await self._requests.request(msg.reply, b"+ACK", timeout=_ACK_CONFIRM_TIMEOUT)
 
     def _release(self, d: _Delivery) -> None:
         """Forget a settled message."""
@@ -706,7 +714,7 @@ class InputConsumer:
         self._leave_window(d)
         try:
             if fate.action is settle.AckAction.ACK:
-                await msg.ack_sync(_ACK_CONFIRM_TIMEOUT)
+                await self._ack_confirmed(msg)
             elif fate.action is settle.AckAction.NAK:
                 # A delay of 0 would mean "use the consumer's back-off" to JetStream; a
                 # hand-back at shutdown should be redelivered at once.

@@ -58,6 +58,7 @@ from nats.errors import Error as NatsError
 from nats.js.errors import APIError
 from nats.js.errors import Error as JetStreamError
 
+from worker.bus.requests import Requester
 from worker.bus.subjects import MSG_ID_HEADER, OUTPUT_TYPE_HEADER, ROOM_ID_HEADER, Subjects
 from worker.errors import RetryableError
 from worker.observability.logging import get_logger
@@ -208,7 +209,7 @@ class NatsOutboxRelay:
         if min_batch_rows is not None and min_batch_rows < 2:
             raise ValueError("min_batch_rows must be >= 2 (or None)")
         self._nc = nc
-        self._js = nc.jetstream()
+        self._requests = Requester(nc)
         self._subjects = subjects
         self._store = store
         self._batch = batch
@@ -398,7 +399,7 @@ class NatsOutboxRelay:
                 headers[BATCH_ID_HEADER] = batch_id
                 headers[BATCH_SEQUENCE_HEADER] = str(last)
                 headers[BATCH_COMMIT_HEADER] = "1"
-                ack = await self._js.publish(
+                ack = await self._requests.publish(
                     subject,
                     rows[-1].payload,
                     timeout=self._publish_timeout,
@@ -463,7 +464,7 @@ class NatsOutboxRelay:
         loop = asyncio.get_running_loop()
         began = loop.time()
         try:
-            ack = await self._js.publish(
+            ack = await self._requests.publish(
                 self._subjects.output(row.room_id),
                 row.payload,
                 timeout=self._publish_timeout,
