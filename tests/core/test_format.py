@@ -485,3 +485,25 @@ def test_duplicate_keys_keep_the_last_value_like_synapse() -> None:
     assert isinstance(event, Event) and event.depth == 9
     synapse_event = make_event_from_dict(json.loads(raw), KNOWN_ROOM_VERSIONS["10"])
     assert synapse_event.event_id == event.event_id
+
+
+@given(
+    version=st.sampled_from(ALL_VERSIONS),
+    content=st.dictionaries(st.text(max_size=4), _INTERESTING, max_size=3),
+    as_bytes=st.booleans(),
+)
+def test_a_parsed_event_carries_its_canonical_json_for_storage(
+    version: str, content: dict[str, Any], as_bytes: bool
+) -> None:
+    from worker.pipeline.events import stored_json
+
+    pdu = valid(version, content=content)
+    data: Any = msgspec.json.encode(pdu) if as_bytes else pdu
+    event = parse_pdu(data, _rules(version))
+    if isinstance(event, Rejection):
+        return
+    assert event.canonical is not None
+    assert event.canonical == encode_canonical(event.pdu) == stored_json(event)
+    # An event built by hand (a redacted copy, say) has none, and is encoded when stored.
+    rebuilt = Event(event.pdu, event.event_id, event.rules)
+    assert rebuilt.canonical is None and stored_json(rebuilt) == event.canonical

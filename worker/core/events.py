@@ -34,6 +34,7 @@ class Event:
 
     __slots__ = (
         "auth_event_ids",
+        "canonical",
         "content",
         "depth",
         "event_id",
@@ -61,9 +62,13 @@ class Event:
     redacts: str | None
     rules: RoomRules
     pdu: Mapping[str, Any]
+    # The PDU as canonical JSON, when whoever built the event already had it (`parse_pdu`
+    # encodes it to check its size); storing the event then needs no second encoding.
+    canonical: bytes | None
 
     def __init__(self, pdu: Mapping[str, Any], event_id: str, rules: RoomRules) -> None:
         self.pdu = pdu
+        self.canonical = None
         self.event_id = event_id
         self.rules = rules
         room_id = pdu.get("room_id")

@@ -79,6 +79,12 @@ def validate_pdu(pdu: Mapping[str, Any], rules: RoomRules) -> Rejection | None:
     values, size, required fields and types, field lengths, identifier grammar, integer
     ranges, references.
     """
+    checked = _validate(pdu, rules)
+    return checked if isinstance(checked, Rejection) else None
+
+
+def _validate(pdu: Mapping[str, Any], rules: RoomRules) -> Rejection | bytes:
+    """`validate_pdu`, answering the PDU's canonical JSON when it is valid."""
     # A PDU is a JSON object; anything else is not an event at all.
     if not isinstance(pdu, Mapping):
         return _reject(Reason.NOT_OBJECT, "the PDU is not a JSON object", "pdu")
@@ -100,9 +106,10 @@ def validate_pdu(pdu: Mapping[str, Any], rules: RoomRules) -> Rejection | None:
     #    Encoding can still fail on a Mapping built in Python (lone surrogates): a value with
     #    no canonical form has no hash, so it cannot be an event.
     try:
-        size = len(encode_canonical(pdu))
+        canonical = encode_canonical(pdu)
     except (ValueError, TypeError) as exc:
         return _reject(Reason.BAD_JSON, f"the PDU has no canonical JSON form ({exc})", "pdu")
+    size = len(canonical)
     if size > MAX_PDU_BYTES:
         return _reject(
             Reason.TOO_LARGE,
@@ -115,7 +122,7 @@ def validate_pdu(pdu: Mapping[str, Any], rules: RoomRules) -> Rejection | None:
         problem = check(pdu, rules)
         if problem is not None:
             return problem
-    return None
+    return canonical
 
 
 def parse_pdu(
@@ -138,10 +145,12 @@ def parse_pdu(
         pdu = dict(data)
     else:
         pdu = data
-    problem = validate_pdu(pdu, rules)
-    if problem is not None:
-        return problem
-    return Event(pdu, event_id if event_id is not None else compute_event_id(pdu, rules), rules)
+    checked = _validate(pdu, rules)
+    if isinstance(checked, Rejection):
+        return checked
+    event = Event(pdu, event_id if event_id is not None else compute_event_id(pdu, rules), rules)
+    event.canonical = checked
+    return event
 
 
 def check_event_id(

@@ -12,7 +12,7 @@ _encoder = msgspec.json.Encoder()
 
 def stored_json(event: Event) -> bytes:
     """The PDU as stored: canonical JSON of the PDU as received (no ID added)."""
-    return encode_canonical(event.pdu)
+    return event.canonical if event.canonical is not None else encode_canonical(event.pdu)
 
 
 def event_raw(event: Event) -> msgspec.Raw:
