@@ -63,3 +63,47 @@ async def test_state_after_of_a_written_event_equals_the_stored_one(
     again = await store.state_after(ids)
     for eid in ids:
         assert await store.materialize(again[eid]) == await fresh.materialize(stored[eid])
+
+
+async def test_held_events_come_without_their_json_unless_redacted_meanwhile(
+    store: PostgresStore, monkeypatch: Any
+) -> None:
+    from worker.storage import events as ev_sql
+    from worker.storage import store as store_module
+
+    await _linear_room(store)
+    ids = ["$create", "$join_alice", "$pl", "$join_bob", "$msg"]
+    # Looking the state up makes `store` hold the state events (not the message).
+    state = (await store.state_after(["$msg"]))["$msg"]
+    await store.lookup(state, list(await store.materialize(state)))
+    decoded: list[str] = []
+    decode = ev_sql.decode_event
+
+    def counting(event_id: str, json: bytes, version: str) -> Any:
+        decoded.append(event_id)
+        return decode(event_id, json, version)
+
+    monkeypatch.setattr(store_module.ev_sql, "decode_event", counting)
+    held, _ = await store.events_and_redactions(ids, [])
+    assert decoded == ["$msg"]
+    decoded.clear()
+    fresh = PostgresStore(store.pool)  # holds nothing: every row brings its JSON
+    assert _view(held) == _view((await fresh.events_and_redactions(ids, []))[0])
+    assert sorted(decoded) == sorted(ids)
+
+    # Another worker redacts $join_bob, which `store` holds: its copy is stale, and the row
+    # says so.
+    before = (await fresh.state_after(["$msg"]))["$msg"]
+    red, raw = make_event(
+        ROOM, "$red", "m.room.redaction", prev=["$msg"], redacts="$join_bob",
+        content={"redacts": "$join_bob"},
+    )
+    await fresh.persist(
+        write(red, raw, before=before, current=before, extremities=["$red"],
+              redactions=(("$red", "$join_bob"),))
+    )
+    decoded.clear()
+    again, _ = await store.events_and_redactions(ids, [])
+    assert sorted(decoded) == ["$join_bob", "$msg"]  # the redacted JSON, not the held copy
+    assert again["$join_bob"].redacted
+    assert _view(again) == _view(await PostgresStore(store.pool).events(ids))

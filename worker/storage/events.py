@@ -184,10 +184,10 @@ SELECT 1
 """
 
 # The JSON and room version of an event by primary key (see "Plan robustness" above).
-_JSON_OF_E = "(SELECT j.json FROM event_json j WHERE j.event_nid = e.event_nid) AS json"
-_VERSION_OF_E = (
-    "(SELECT r.room_version FROM rooms r WHERE r.room_nid = e.room_nid) AS room_version"
-)
+_JSON_OF = "(SELECT j.json FROM event_json j WHERE j.event_nid = e.event_nid)"
+_VERSION_OF = "(SELECT r.room_version FROM rooms r WHERE r.room_nid = e.room_nid)"
+_JSON_OF_E = f"{_JSON_OF} AS json"
+_VERSION_OF_E = f"{_VERSION_OF} AS room_version"
 
 SELECT_EVENTS_BY_ID = f"""
 SELECT e.event_nid, e.event_id, e.kind, e.outcome, e.reason_code, e.reason,
@@ -210,12 +210,17 @@ _REDACTION_ACCEPTED = (
 
 # SELECT_EVENTS_BY_ID and SELECT_PENDING_REDACTIONS in one round trip: rows with a
 # redaction_event_id are (target, redaction) pairs, the others events.
+# `$3[i]` says the reader holds event `$1[i]` already: unless it was redacted since (the
+# only change stored JSON ever sees), its JSON and room version are not sent (NULL).
 SELECT_EVENTS_AND_PENDING_REDACTIONS = f"""
 SELECT e.event_nid, e.event_id, e.kind, e.outcome, e.reason_code, e.reason,
        e.before_snapshot_nid, e.redacted_by, e.type_nid, e.state_key_nid,
-       {_JSON_OF_E}, {_VERSION_OF_E},
+       CASE WHEN k.held AND e.redacted_by IS NULL THEN NULL ELSE {_JSON_OF} END AS json,
+       CASE WHEN k.held AND e.redacted_by IS NULL THEN NULL ELSE {_VERSION_OF} END
+           AS room_version,
        NULL::text AS redaction_event_id
-FROM {keys_param(1, "text")} AS k(key) CROSS JOIN {_EVENT_BY_ID} e
+FROM unnest({array_param(1, "text")}, {array_param(3, "bool")}) AS k(key, held)
+CROSS JOIN {_EVENT_BY_ID} e
 UNION ALL
 SELECT NULL, r.target_event_id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
        r.redaction_event_id

@@ -262,10 +262,17 @@ class PostgresStore:
             out[r["event_id"]] = (self._stored_row(r), r["before_snapshot_nid"])
         return out
 
-    def _stored_row(self, r: asyncpg.Record) -> StoredEvent:
+    def _stored_row(
+        self, r: asyncpg.Record, held: Mapping[str, Event] | None = None
+    ) -> StoredEvent:
         # An event's JSON changes only when it is redacted: unless the row says so, the
-        # cached event is what decoding the JSON would give (and costs no decoding).
-        event = self._events.get(r["event_id"]) if r["redacted_by"] is None else None
+        # cached event is what decoding the JSON would give (and costs no decoding). `held`:
+        # the events the read said it had, for which an unredacted row carries no JSON.
+        event = None
+        if r["redacted_by"] is None:
+            event = held.get(r["event_id"]) if held else None
+            if event is None:
+                event = self._events.get(r["event_id"])
         if event is None:
             event = ev_sql.decode_event(r["event_id"], r["json"], r["room_version"])
         self._nid_ids.put(r["event_nid"], r["event_id"])
@@ -291,10 +298,16 @@ class PostgresStore:
         # One query for every read: the answer to each is its part of the whole.
         all_ids = sorted({i for ids, _ in reads for i in ids})
         all_targets = sorted({t for _, targets in reads for t in targets})
+        # The events this process holds are not sent again (their JSON is most of a row);
+        # held here, so that the cache evicting one meanwhile does not matter.
+        held = {i: ev for i in all_ids if (ev := self._events.get(i)) is not None}
 
         async def go(conn: asyncpg.Connection) -> list[_EventsAnswer]:
             rows = await conn.fetch(
-                ev_sql.SELECT_EVENTS_AND_PENDING_REDACTIONS, all_ids, all_targets
+                ev_sql.SELECT_EVENTS_AND_PENDING_REDACTIONS,
+                all_ids,
+                all_targets,
+                [i in held for i in all_ids],
             )
             events: dict[str, StoredEvent] = {}
             pending: dict[str, list[str]] = {}
@@ -302,7 +315,7 @@ class PostgresStore:
                 if r["redaction_event_id"] is not None:
                     pending.setdefault(r["event_id"], []).append(r["redaction_event_id"])
                 else:
-                    events[r["event_id"]] = self._stored_row(r)
+                    events[r["event_id"]] = self._stored_row(r, held)
             for redactions in pending.values():
                 redactions.sort()
             if len(reads) == 1:
