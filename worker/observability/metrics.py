@@ -191,14 +191,25 @@ def measure(stage: Stage) -> AbstractContextManager[None]:
     return _Timer(child)
 
 
+# Labelled children of the per-event counters, looked up once per label set.
+_EVENT_CHILDREN: dict[tuple[str, str], Counter] = {}
+_SETTLE_CHILDREN: dict[str, Counter] = {}
+
+
 def count_event(kind: Kind, outcome: OutcomeLabel) -> None:
     """Count one finished input event."""
-    EVENTS_PROCESSED.labels(kind, outcome).inc()
+    child = _EVENT_CHILDREN.get((kind, outcome))
+    if child is None:
+        child = _EVENT_CHILDREN[kind, outcome] = EVENTS_PROCESSED.labels(kind, outcome)
+    child.inc()
 
 
 def count_settle(action: SettleAction) -> None:
     """Count one JetStream settlement of an input message."""
-    MESSAGES_SETTLED.labels(action).inc()
+    child = _SETTLE_CHILDREN.get(action)
+    if child is None:
+        child = _SETTLE_CHILDREN[action] = MESSAGES_SETTLED.labels(action)
+    child.inc()
 
 
 __all__ = [

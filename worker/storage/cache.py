@@ -16,11 +16,14 @@ V = TypeVar("V")
 
 
 class Lru(Generic[K, V]):
-    """Least-recently-used map bounded by the total weight of its values."""
+    """Least-recently-used map bounded by the total weight of its values (by default each
+    value weighs 1: the bound is on the number of entries)."""
 
-    def __init__(self, capacity: int, weight: Callable[[V], int] = lambda _: 1) -> None:
+    def __init__(self, capacity: int, weight: Callable[[V], int] | None = None) -> None:
         self._data: OrderedDict[K, V] = OrderedDict()
         self._capacity = capacity
+        # None: every value weighs 1, and `_total` is `len(_data)` (no call per entry; the
+        # event and ID caches take several puts per event).
         self._weight = weight
         self._total = 0
 
@@ -43,28 +46,47 @@ class Lru(Generic[K, V]):
         return len(self._data)
 
     def put(self, key: K, value: V) -> None:
-        old = self._data.pop(key, None)
+        data = self._data
+        weight = self._weight
+        if weight is None:
+            data[key] = value
+            data.move_to_end(key)
+            if len(data) > self._capacity and len(data) > 1:
+                data.popitem(last=False)
+            return
+        old = data.pop(key, None)
         if old is not None:
-            self._total -= self._weight(old)
-        self._data[key] = value
-        self._total += self._weight(value)
-        while self._total > self._capacity and len(self._data) > 1:
-            _, dropped = self._data.popitem(last=False)
-            self._total -= self._weight(dropped)
+            self._total -= weight(old)
+        data[key] = value
+        self._total += weight(value)
+        self._trim()
 
     def put_many(self, items: dict[K, V]) -> None:
         """`put` for many entries at once (a whole state's worth), trimming once."""
-        for k in items.keys() & self._data.keys():
-            self._total -= self._weight(self._data.pop(k))
-        self._data.update(items)
-        self._total += sum(map(self._weight, items.values()))
+        data = self._data
+        weight = self._weight
+        if weight is None:
+            for k in items.keys() & data.keys():
+                del data[k]
+            data.update(items)
+            while len(data) > self._capacity and len(data) > 1:
+                data.popitem(last=False)
+            return
+        for k in items.keys() & data.keys():
+            self._total -= weight(data.pop(k))
+        data.update(items)
+        self._total += sum(map(weight, items.values()))
+        self._trim()
+
+    def _trim(self) -> None:
+        assert self._weight is not None
         while self._total > self._capacity and len(self._data) > 1:
             _, dropped = self._data.popitem(last=False)
             self._total -= self._weight(dropped)
 
     def pop(self, key: K) -> None:
         old = self._data.pop(key, None)
-        if old is not None:
+        if old is not None and self._weight is not None:
             self._total -= self._weight(old)
 
     def clear(self) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import json
 import time
@@ -76,8 +77,10 @@ class PgState:
     delta: Mapping[StateKey, str] = field(default_factory=dict)
 
 
+@functools.lru_cache(maxsize=65536)
 def room_lock_key(room_id: str) -> int:
-    """The advisory lock key of a room: 64 bits of a hash of its ID."""
+    """The advisory lock key of a room: 64 bits of a hash of its ID (asked for several
+    times per write, hence remembered for the rooms in use)."""
     d = hashlib.blake2b(room_id.encode(), digest_size=8, person=b"rs-lock").digest()
     return int.from_bytes(d, "big", signed=True)
 
