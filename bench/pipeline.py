@@ -13,8 +13,9 @@ Everything runs on the embedded NATS and PostgreSQL; the worker is the real proc
    whole state as `state_event_ids`; the time of the outliers and of the join alone.
 
 BENCH_SCENARIOS=many,linear,join picks the scenarios; BENCH_ROOMS, BENCH_PER_ROOM, BENCH_LINEAR
-and BENCH_BIG_ROOM size them. BENCH_WORKERS=N runs N worker processes sharing the shards (as a
-deployment spreads rooms over several), with their CPU added up.
+and BENCH_BIG_ROOM size them. Many rooms run once per entry of BENCH_WORKERS (default "1,2"):
+that many worker processes share the shards, as a deployment spreads rooms over several (on 2
+cores one Python process keeps one core busy at most), with their CPU added up.
 
 Durability: the servers are throwaway, so neither syncs each write to disk (PostgreSQL runs
 with fsync off, nats-server with its default periodic sync), as a benchmark of the code and
@@ -65,8 +66,9 @@ PUBLISH_WINDOW = 512
 # Which scenarios to run (comma-separated), for measuring one path at a time.
 SCENARIOS = set(os.environ.get("BENCH_SCENARIOS", "many,linear,join").split(","))
 SYNC = os.environ.get("BENCH_SYNC", "") not in ("", "0")
-# Worker processes sharing the input shards (SHARDS of them), as a deployment runs several.
-WORKERS = int(os.environ.get("BENCH_WORKERS", "1"))
+# Worker processes sharing the input shards (SHARDS of them), as a deployment runs several:
+# the many-rooms scenario runs once per count.
+WORKER_COUNTS = [int(n) for n in os.environ.get("BENCH_WORKERS", "1,2").split(",")]
 SHARDS = 4
 
 
@@ -357,7 +359,12 @@ def _pct(values: list[float], q: float) -> float:
 
 
 async def _scenario(
-    name: str, nats: EmbeddedNats, pg: EmbeddedPostgres, data: Path, messages: list[Message]
+    name: str,
+    nats: EmbeddedNats,
+    pg: EmbeddedPostgres,
+    data: Path,
+    messages: list[Message],
+    processes: int = 1,
 ) -> None:
     nats_url = nats.url
     nats_pid = nats.process.pid if nats.process is not None else 0
@@ -366,7 +373,7 @@ async def _scenario(
     cpu_nats_raw = _cpu_seconds([nats_pid]) - nats_before
     prefix = f"bench{uuid.uuid4().hex[:6]}"
     dsn = await _database(pg)
-    workers = [WorkerProcess(nats_url, dsn, prefix, data, i) for i in range(WORKERS)]
+    workers = [WorkerProcess(nats_url, dsn, prefix, data, i) for i in range(processes)]
     try:
         for w in workers:
             await w.ready()
@@ -398,7 +405,7 @@ async def _scenario(
                   f"{logged[0][:400]}", flush=True)
     print(
         f"{name:<28} {len(messages):>7} events  baseline {raw:>8.0f}/s  worker {rate:>7.0f}/s"
-        f"{f' ({WORKERS} processes)' if WORKERS > 1 else ''}"
+        f"{f' ({processes} processes)' if processes > 1 else ''}"
         f"  ratio {rate / raw:>5.2f}  p50 {_pct(lat, 0.5) * 1000:>7.1f} ms"
         f"  p99 {_pct(lat, 0.99) * 1000:>7.1f} ms",
         flush=True,
@@ -408,7 +415,7 @@ async def _scenario(
     print(f"{'':<28} ms per event by stage: {shown}", flush=True)
     # CPU time is what a loaded machine distorts least: compare runs by it.
     print(
-        f"{'':<28} CPU ms per event: worker{'s' if WORKERS > 1 else ''} {cpu_worker / len(messages) * 1000:.2f}, "
+        f"{'':<28} CPU ms per event: worker{'s' if processes > 1 else ''} {cpu_worker / len(messages) * 1000:.2f}, "
         f"its PostgreSQL backends {cpu_pg / len(messages) * 1000:.2f}, "
         f"NATS server {cpu_nats / len(messages) * 1000:.2f} "
         f"(in the baseline {cpu_nats_raw / len(messages) * 1000:.2f}), "
@@ -469,7 +476,10 @@ async def main() -> None:
                 f"disk syncs {'on (BENCH_SYNC)' if SYNC else 'off'}"
             )
             if "many" in SCENARIOS:
-                await _scenario("many rooms", nats_server, pg, data, many_rooms())
+                messages = many_rooms()
+                for n in WORKER_COUNTS:
+                    name = "many rooms" if n == 1 else f"many rooms, {n} workers"
+                    await _scenario(name, nats_server, pg, data, messages, n)
             if "linear" in SCENARIOS:
                 linear = _room("!lin:test", LINEAR)
                 await _scenario("one linear room", nats_server, pg, data, linear)
