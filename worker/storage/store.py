@@ -24,7 +24,7 @@ from collections import ChainMap, deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from contextvars import Context, ContextVar, copy_context
 from dataclasses import dataclass, field
-from typing import TypeVar, cast
+from typing import Any, TypeVar, cast
 
 import asyncpg
 
@@ -35,6 +35,7 @@ from worker.core.outcomes import Outcome
 from worker.core.redaction import redact
 from worker.core.versions import rules_for
 from worker.errors import InvariantViolation, RetryableError
+from worker.observability.logging import get_logger
 from worker.observability.metrics import DB_TRANSACTION_DURATION, DB_TRANSACTION_RETRIES
 from worker.pipeline.ports import (
     BatchingStore,
@@ -55,6 +56,7 @@ from worker.storage.coalesce import Coalescer
 from worker.storage.errors import is_database_down
 
 T = TypeVar("T")
+_log = get_logger(__name__)
 
 _RETRIES = 5
 # Set (in the context a room's writes run in) when its transaction took the room's lock in
@@ -152,6 +154,8 @@ class PostgresStore:
         self._commits: Coalescer[_Commit, None] = Coalescer(
             self._commit_group, concurrency=concurrency, max_batch=_GROUP_ROOMS
         )
+        # Group transactions that failed and were redone room by room (`_commit_group`).
+        self.groups_split = 0
         self._shared_reads: Coalescer[_EventsRead, _EventsAnswer] = Coalescer(
             self._events_read_group, concurrency=concurrency, max_batch=64
         )
@@ -683,8 +687,11 @@ class PostgresStore:
                     lambda c: self._group_txn(c, commits),
                     locks=[room_lock_key(x.room_id) for x in commits],
                 )
-            except Exception:
-                pass
+            except Exception as e:
+                # Expected now and then (a fenced room); anything else is a bug that the
+                # room-by-room retry below would otherwise hide.
+                self.groups_split += 1
+                _log.info("group_commit_split", rooms=len(commits), error=repr(e))
             else:
                 for fx in effects:
                     self._learn(fx)
@@ -1189,9 +1196,39 @@ async def _write_rows(conn: asyncpg.Connection, rows: _BulkRows) -> None:
         raise StaleWrite(f"{expected - inserted} of {expected} events were already stored")
     if len(rows.finishes) == 1:
         await conn.execute(ev_sql.FINISH_EVENT, *rows.finishes[0])
+    elif len({f[0] for f in rows.finishes}) == len(rows.finishes):
+        # Several rooms, each finishing once: one statement for all of them.
+        await conn.execute(bulk_sql.FINISH_ROOMS, *_finish_rooms_args(rows.finishes))
     elif rows.finishes:
-        # One round trip: asyncpg sends every argument set before waiting for any answer.
+        # A room finishing more than once (`_memberships_one_by_one`): in order, one
+        # statement each, in one round trip (asyncpg sends every argument set at once).
         await conn.executemany(ev_sql.FINISH_EVENT, rows.finishes)
+
+
+def _finish_rooms_args(finishes: Sequence[tuple[Any, ...]]) -> tuple[list[Any], ...]:
+    """FINISH_ROOMS's arguments from FINISH_EVENT's, one tuple per room."""
+    args: tuple[list[Any], ...] = tuple([] for _ in range(14))
+    (room_nids, changed, current, extremities, notes, upserts, del_rooms, del_targets,
+     ret_rooms, ret_targets, out_ids, out_rooms, out_types, payloads) = args
+    for (room_nid, changes_current, current_nid, ext, note, up, gone, targets, ids, types,
+         bodies, room_id, red_event, _) in finishes:
+        if red_event is not None:
+            raise InvariantViolation("FINISH_ROOMS carries no redaction pairing")
+        room_nids.append(room_nid)
+        changed.append(changes_current)
+        current.append(current_nid)
+        extremities.append(None if ext is None else json.dumps(list(ext)))
+        notes.append(note)
+        upserts.extend(up)
+        del_rooms.extend([room_nid] * len(gone))
+        del_targets.extend(gone)
+        ret_rooms.extend([room_nid] * len(targets))
+        ret_targets.extend(targets)
+        out_ids.extend(ids)
+        out_rooms.extend([room_id] * len(ids))
+        out_types.extend(types)
+        payloads.extend(bodies)
+    return args
 
 
 def _memberships_one_by_one(
