@@ -17,7 +17,7 @@ from worker.pipeline import Pipeline
 from worker.pipeline.ports import FederationClient
 
 
-def builder(version: str = "10") -> RoomBuilder:
+def builder(version: str = "10", room_id: str | None = None) -> RoomBuilder:
     """A RoomBuilder whose events carry real content hashes and real event IDs (reference
     hashes from v3 on): without the content hash, two events differing only in content
     would share an ID, since the reference hash covers the redacted event."""
@@ -28,7 +28,7 @@ def builder(version: str = "10") -> RoomBuilder:
         pdu["hashes"] = {"sha256": unpadded_b64(content_hash(pdu))}
         return compute_event_id(pdu, rules)
 
-    return RoomBuilder(version, event_id_fn=event_id)
+    return RoomBuilder(version, room_id=room_id, event_id_fn=event_id)
 
 
 def started(version: str = "10") -> RoomBuilder:

@@ -45,6 +45,7 @@ from worker.pipeline.ports import (
     FederationClient,
     OutboxRelay,
     ReadAheadStore,
+    RoomInfo,
     RoomStore,
     StateHandle,
     StoreBatch,
@@ -138,8 +139,12 @@ class Pipeline:
         view.store = view._read_ahead_store = view._batch = batch
         results: list[Result] = []
         try:
-            validated = await view._validate_all(room_id, [inp for inp, _, _ in items])
-            for (inp, delivery, progress), work in zip(items, validated, strict=True):
+            validated, assumed = await view._validate_all(room_id, [inp for inp, _, _ in items])
+            for i, ((inp, delivery, progress), work) in enumerate(zip(items, validated, strict=True)):
+                if assumed and i > 0 and await batch.room(room_id) is None:
+                    # Validated as if the room's create event had been taken, and it was
+                    # not: validated again, now, against the room as it is.
+                    work = None
                 with measure("total"):
                     results.append(
                         await view.process(
@@ -163,21 +168,33 @@ class Pipeline:
 
     async def _validate_all(
         self, room_id: str, inputs: Sequence[InputRoomEvent]
-    ) -> list[Work | Result | None]:
+    ) -> tuple[list[Work | Result | None], bool]:
         """Validate a batch's inputs up front and read what they will ask for in one round
-        trip. Only for a room that exists: validation depends on the room only through its
-        version, which then cannot change; for a new room each input is validated in turn
-        (None), once the create event before it is held."""
+        trip. Validation depends on the room only through its version, which cannot change
+        once the room exists. For a new room, the batch must start with its create event,
+        and the inputs after it are validated as the room it makes (True: assumed; the
+        caller validates them again if the create event is not taken); otherwise each input
+        is validated in turn (None)."""
         assert self._batch is not None
-        if await self.store.room(room_id) is None:
-            return [None] * len(inputs)
+        room = await self.store.room(room_id)
+        first: Work | Result | None = None
+        if room is None:
+            with measure("validate"):
+                first = await validate(self.store, room_id, inputs[0])
+            if not (isinstance(first, Work) and is_create(first.event)):
+                return [None] * len(inputs), False
+            room = RoomInfo(room_id, first.rules.version)
+        assumed = first is not None
         out: list[Work | Result | None] = []
         ids: list[str] = []
         targets: list[str] = []
         keys: set[StateKey] = set()
         with measure("validate"):
-            for inp in inputs:
-                work = await validate(self.store, room_id, inp)
+            for i, inp in enumerate(inputs):
+                if i == 0 and first is not None:
+                    work = first
+                else:
+                    work = await validate(self.store, room_id, inp, room=room if assumed else None)
                 out.append(work)
                 if isinstance(work, Work):
                     ids.append(work.event_id)
@@ -186,7 +203,7 @@ class Pipeline:
                     keys.update(auth_keys(work.event))
         with measure("dedupe"):
             await self._batch.prefetch(ids, targets, sorted(keys))
-        return out
+        return out, assumed
 
     async def process(
         self,

@@ -79,8 +79,12 @@ _UNKNOWN_ROOM = Rejection(
 )
 
 
-async def validate(store: RoomStore, room_id: str, inp: InputRoomEvent) -> Work | Result:
-    """Decode and validate the PDU; a `Result` when the input is refused here."""
+async def validate(
+    store: RoomStore, room_id: str, inp: InputRoomEvent, *, room: RoomInfo | None = None
+) -> Work | Result:
+    """Decode and validate the PDU; a `Result` when the input is refused here. `room`: the
+    room as it will be when the input is handled, if the caller knows better than the store
+    (a batch validating ahead the events after a new room's create event)."""
     pdu = _decode(bytes(inp.event))
     claimed = _claimed_id(pdu)
     if isinstance(pdu, Rejection):
@@ -88,7 +92,8 @@ async def validate(store: RoomStore, room_id: str, inp: InputRoomEvent) -> Work 
     if inp.kind not in KINDS:
         bad_kind = Rejection("bad_kind", f"input kind {inp.kind!r} is not new, outlier or old")
         return refused(claimed, Outcome.INVALID, bad_kind)
-    room = await store.room(room_id)
+    if room is None:
+        room = await store.room(room_id)
     version = _version(room, pdu, inp)
     if isinstance(version, Rejection):
         outcome = Outcome.REJECTED if version is _UNKNOWN_ROOM else Outcome.INVALID
