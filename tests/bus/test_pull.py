@@ -52,13 +52,16 @@ async def test_a_fetch_returns_what_is_there_in_order_up_to_the_batch(
 ) -> None:
     sub = await _consumer(nc, stream)
     await _publish(nc, stream, range(10))
-    first = await pull.fetch(sub, 4, 2.0)
-    assert _numbers(first) == [0, 1, 2, 3]
+    # At most the batch, in order; fewer when the batch's messages reach the client in
+    # separate reads (the contract: whatever is there once the first one came).
+    taken = await pull.fetch(sub, 4, 2.0)
+    first = _numbers(taken)
+    assert 1 <= len(first) <= 4 and first == list(range(len(first)))
     rest: list[int] = []
-    while len(rest) < 6:
+    while len(first) + len(rest) < 10:
         rest += _numbers(await pull.fetch(sub, 100, 2.0))
-    assert rest == [4, 5, 6, 7, 8, 9]
-    for m in first:
+    assert first + rest == list(range(10))
+    for m in taken:
         await m.ack()
 
 

@@ -4,11 +4,12 @@ from memory for events the store just wrote."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
-from tests.storage.helpers import make_event, write
+from tests.storage.helpers import VERSION, make_event, write
 from tests.storage.test_store import ROOM, _linear_room
-from worker.pipeline.ports import ReadAheadStore, StoredEvent
+from worker.pipeline.ports import ReadAheadStore, RoomInfo, StoredEvent
 from worker.storage import PostgresStore
 
 
@@ -107,3 +108,20 @@ async def test_held_events_come_without_their_json_unless_redacted_meanwhile(
     assert sorted(decoded) == ["$join_bob", "$msg"]  # the redacted JSON, not the held copy
     assert again["$join_bob"].redacted
     assert _view(again) == _view(await PostgresStore(store.pool).events(ids))
+
+
+async def test_room_rows_asked_for_at_once_are_read_together(store: PostgresStore) -> None:
+    await _linear_room(store)
+    reader = PostgresStore(store.pool, concurrency=1)  # one read at a time
+    asked = [ROOM, "!missing:test", ROOM, "!other:test"]
+    rooms, states, extremities = await asyncio.gather(
+        asyncio.gather(*(reader.room(r) for r in asked)),
+        asyncio.gather(*(reader.current_state(r) for r in asked)),
+        asyncio.gather(*(reader.extremities(r) for r in asked)),
+    )
+    # The first ran alone; the eleven others waited for it and went in one read.
+    assert (reader._room_reads.calls, reader._room_reads.requests) == (2, 12)
+    known = RoomInfo(ROOM, VERSION)
+    assert rooms == [known, None, known, None]
+    assert [s is not None for s in states] == [True, False, True, False]
+    assert extremities == [["$msg"], [], ["$msg"], []]

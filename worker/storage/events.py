@@ -68,9 +68,12 @@ def keys_param(n: int, sql_type: str) -> str:
 _EVENT_BY_ID = "LATERAL (SELECT * FROM events x WHERE x.event_id = k.key LIMIT 1)"
 _EVENT_BY_NID = "LATERAL (SELECT * FROM events x WHERE x.event_nid = k.key LIMIT 1)"
 
-SELECT_ROOM = """
-SELECT room_nid, room_id, room_version, current_snapshot_nid, extremities
-FROM rooms WHERE room_id = $1
+# The rows of the rooms named in $1 (those that exist), one probe each.
+SELECT_ROOMS = f"""
+SELECT r.room_nid, r.room_id, r.room_version, r.current_snapshot_nid, r.extremities
+FROM {keys_param(1, "text")} AS k(key) CROSS JOIN LATERAL (
+    SELECT * FROM rooms y WHERE y.room_id = k.key LIMIT 1
+) r
 """
 
 # The room is nearly always there already: read it first, and only a missing room reaches

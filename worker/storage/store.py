@@ -154,6 +154,9 @@ class PostgresStore:
         self._commits: Coalescer[_Commit, None] = Coalescer(
             self._commit_group, concurrency=concurrency, max_batch=_GROUP_ROOMS
         )
+        self._room_reads: Coalescer[str, ev_sql.RoomRow | None] = Coalescer(
+            self._rooms_read_group, concurrency=concurrency, max_batch=256
+        )
         # Group transactions that failed and were redone room by room (`_commit_group`).
         self.groups_split = 0
         self._shared_reads: Coalescer[_EventsRead, _EventsAnswer] = Coalescer(
@@ -231,28 +234,36 @@ class PostgresStore:
 
     # --- rooms ---------------------------------------------------------------------------
 
-    async def _room(self, conn: asyncpg.Connection, room_id: str) -> ev_sql.RoomRow | None:
+    async def _room_row(self, room_id: str) -> ev_sql.RoomRow | None:
+        """The room's row: cached, else read together with the other rooms asked for
+        meanwhile (rooms being created are asked for by every step until they exist)."""
         row = self._rooms.get(room_id)
         if row is None:
-            r = await conn.fetchrow(ev_sql.SELECT_ROOM, room_id)
-            if r is None:
-                return None
-            row = ev_sql.room_row(r)
-            self._rooms[room_id] = row
+            row = await self._room_reads.submit(room_id)
         return row
 
+    async def _rooms_read_group(self, room_ids: list[str]) -> list[ev_sql.RoomRow | None]:
+        wanted = sorted(set(room_ids))
+        rows = await self._read(lambda c: c.fetch(ev_sql.SELECT_ROOMS, wanted))
+        for r in rows:
+            row = ev_sql.room_row(r)
+            # A room's reads and writes come from its one task in turn: nothing newer can
+            # have been cached meanwhile, but if it were, it would win.
+            self._rooms.setdefault(row.room_id, row)
+        return [self._rooms.get(room_id) for room_id in room_ids]
+
     async def room(self, room_id: str) -> RoomInfo | None:
-        row = self._rooms.get(room_id) or await self._read(lambda c: self._room(c, room_id))
+        row = await self._room_row(room_id)
         return RoomInfo(row.room_id, row.version) if row else None
 
     async def current_state(self, room_id: str) -> PgState | None:
-        row = self._rooms.get(room_id) or await self._read(lambda c: self._room(c, room_id))
+        row = await self._room_row(room_id)
         if row is None or row.current_snapshot_nid is None:
             return None
         return PgState(room_id, row.current_snapshot_nid)
 
     async def extremities(self, room_id: str) -> list[str]:
-        row = self._rooms.get(room_id) or await self._read(lambda c: self._room(c, room_id))
+        row = await self._room_row(room_id)
         return list(row.extremities) if row else []
 
     # --- events --------------------------------------------------------------------------
