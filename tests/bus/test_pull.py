@@ -5,28 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import random
-import uuid
-from collections.abc import AsyncIterator
 
 import nats.errors
 import pytest
 from nats.aio.client import Client as NATS
-from nats.js.api import AckPolicy, ConsumerConfig, StreamConfig
+from nats.js.api import AckPolicy, ConsumerConfig
 from nats.js.client import JetStreamContext
 
 from worker.bus import pull
-
-
-@pytest.fixture
-async def stream(nc: NATS) -> AsyncIterator[tuple[str, str]]:
-    name = f"PULL_{uuid.uuid4().hex[:8].upper()}"
-    subject = f"pull.{name.lower()}"
-    js = nc.jetstream()
-    await js.add_stream(StreamConfig(name=name, subjects=[f"{subject}.>"]))
-    try:
-        yield name, subject
-    finally:
-        await js.delete_stream(name)
 
 
 async def _consumer(nc: NATS, stream: tuple[str, str]) -> JetStreamContext.PullSubscription:

@@ -5,28 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 
 import nats.errors
 import pytest
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.js.api import AckPolicy, ConsumerConfig, StreamConfig
+from nats.js.api import AckPolicy, ConsumerConfig
 from nats.js.errors import APIError, NoStreamResponseError
 
 from worker.bus.requests import Requester
-
-
-@pytest.fixture
-async def stream(nc: NATS) -> AsyncIterator[tuple[str, str]]:
-    name = f"REQ_{uuid.uuid4().hex[:8].upper()}"
-    subject = f"req.{name.lower()}"
-    js = nc.jetstream()
-    await js.add_stream(StreamConfig(name=name, subjects=[f"{subject}.>"]))
-    try:
-        yield name, subject
-    finally:
-        await js.delete_stream(name)
 
 
 async def test_replies_reach_their_own_request_when_many_are_in_flight(nc: NATS) -> None:
