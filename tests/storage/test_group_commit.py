@@ -280,3 +280,50 @@ async def test_a_grouped_commit_stores_exactly_what_room_by_room_commits_store(
     want = await _fingerprint(pool, alone)
     for room in grouped_rooms:
         assert await _fingerprint(pool, room) == want
+
+
+async def test_a_group_whose_planned_layer_is_stored_already_is_redone_room_by_room(
+    pool: asyncpg.Pool,
+) -> None:
+    """A group writes its new state layers together at its end, under NIDs reserved up
+    front. A worker that forgot what it wrote (a restart) may plan a layer that is stored
+    already; then the group is redone room by room, where layers deduplicate, and every
+    stored reference names a stored snapshot."""
+    rooms = [f"!again{i}:test" for i in range(3)]
+    first = PostgresStore(pool)
+    for room in rooms:
+        writes, _ = _creation(first, room)
+        await first.persist_many(writes[:2])  # create, then join: a layer over the create's
+    restarted = PostgresStore(pool, concurrency=1)  # nothing cached
+
+    async def again(room: str) -> None:
+        # The state after the join as a restarted worker reads it back: the create's
+        # snapshot plus the join, exactly the layer stored for the join.
+        joined = (await restarted.state_after([f"$j{room}"]))[f"$j{room}"]
+        msg, raw = make_event(room, f"$late{room}", "m.room.message", prev=[f"$j{room}"],
+                              auth=[f"$c{room}"])
+        await restarted.persist_many(
+            [write(msg, raw, before=joined, current=joined, extremities=[msg.event_id])]
+        )
+
+    await asyncio.gather(*(again(r) for r in rooms))
+    # The first room went alone; the other two were a group, which split.
+    assert restarted.groups_split == 1
+    fresh = PostgresStore(pool)
+    for room in rooms:
+        joined = (await fresh.state_after([f"$j{room}"]))[f"$j{room}"]
+        late = (await fresh.state_after([f"$late{room}"]))[f"$late{room}"]
+        assert await fresh.materialize(late) == await fresh.materialize(joined)
+    async with pool.acquire() as c:
+        dangling = await c.fetchval(
+            "SELECT count(*) FROM events e WHERE coalesce(e.before_snapshot_nid, 0) <> 0"
+            " AND NOT EXISTS (SELECT 1 FROM state_snapshots s"
+            "                 WHERE s.snapshot_nid = e.before_snapshot_nid)"
+        )
+        assert dangling == 0
+        # The layer planned again is the stored one: each room has its two snapshots only.
+        counts = await c.fetch(
+            "SELECT count(*) AS n FROM state_snapshots s JOIN rooms r USING (room_nid)"
+            " WHERE r.room_id = ANY($1) GROUP BY r.room_id", rooms,
+        )
+        assert [r["n"] for r in counts] == [2, 2, 2]

@@ -237,7 +237,8 @@ async def test_marking_sent_probes_by_key(database_dsn: str) -> None:
 _GENERIC_MODULES = ("events", "snapshots", "nids", "outbox", "query_reads")
 _VALUES: dict[str, Any] = {
     "text[]": ["$e7"], "bigint[]": [7], "bytea[]": [b"\x07"], "text": "!r7:t", "bigint": 7,
-    "integer": 7, "smallint": 1, "boolean": True, "boolean[]": [True], "bytea": b"\x07",
+    "integer": 7, "smallint": 1, "smallint[]": [1], "boolean": True, "boolean[]": [True],
+    "bytea": b"\x07",
     "jsonb": "{}", "double precision": 7.0,
 }
 

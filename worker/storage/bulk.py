@@ -74,12 +74,14 @@ SELECT count(*) FROM e
 """
 
 # UPSERT_ROOM_RESERVING for several rooms in one round trip (a group commit): $1 room IDs,
-# $2 their versions, $3 how many event NIDs to reserve for each. Rooms nearly always exist:
+# $2 their versions, $3 how many event NIDs to reserve for each, $4 how many snapshot NIDs
+# (`layers`, for the state layers the group writes at its end). Rooms nearly always exist:
 # each is probed by its key first, and only missing ones reach the INSERT.
 UPSERT_ROOMS_RESERVING = f"""
 WITH req AS (
     SELECT * FROM unnest({ev_sql.array_param(1, "text")}, {ev_sql.array_param(2, "text")},
-                         {ev_sql.array_param(3, "int")}) AS r(room_id, room_version, reserve)
+                         {ev_sql.array_param(3, "int")}, {ev_sql.array_param(4, "int")})
+         AS r(room_id, room_version, reserve, layers)
 ), old AS (
     SELECT x.room_nid, x.room_id, x.room_version, x.current_snapshot_nid, x.extremities
     FROM req CROSS JOIN LATERAL (
@@ -97,7 +99,9 @@ WITH req AS (
 )
 SELECT found.*,
        ARRAY(SELECT nextval(pg_get_serial_sequence('events', 'event_nid'))
-             FROM generate_series(1, req.reserve)) AS reserved
+             FROM generate_series(1, req.reserve)) AS reserved,
+       ARRAY(SELECT nextval(pg_get_serial_sequence('state_snapshots', 'snapshot_nid'))
+             FROM generate_series(1, req.layers)) AS layers
 FROM found JOIN req USING (room_id)
 """
 

@@ -16,7 +16,7 @@ worker.storage.events, "Plan robustness"; tests/storage/test_plans.py).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 import asyncpg
 
@@ -95,6 +95,43 @@ SELECT snapshot_nid, true AS fresh FROM ins
 UNION ALL
 SELECT snapshot_nid, false FROM old
 """
+
+
+# Layers whose NIDs were reserved beforehand (`reserve_snapshot_nids`), written together at
+# the end of a group commit; answers the NIDs it inserted. A layer whose hash is stored
+# already is skipped (and missing from the answer): the caller must then redo the whole
+# transaction with layers written one at a time, which deduplicate (`INSERT_SNAPSHOT`).
+INSERT_LAYERS = f"""
+INSERT INTO state_snapshots (snapshot_nid, room_nid, hash, parent_nid, rank, delta)
+OVERRIDING SYSTEM VALUE
+SELECT * FROM unnest({array_param(1, "bigint")}, {array_param(2, "bigint")},
+                     {array_param(3, "bytea")}, {array_param(4, "bigint")},
+                     {array_param(5, "smallint")}, {array_param(6, "bytea")})
+ON CONFLICT DO NOTHING
+RETURNING snapshot_nid
+"""
+
+# A layer planned for a reserved NID: (NID, room NID, hash, parent, rank, packed delta).
+LayerRow = tuple[int, int, bytes, int, int, bytes]
+
+
+def layer_row(room_nid: int, plan: sb.NewLayer, nid: int) -> tuple[LayerRow, sb.Layer]:
+    """The row of `plan` stored as snapshot `nid`, and its layer (what `write_plan_txn`
+    would store and answer for it, but for the NID)."""
+    packed = sb.pack(plan.delta)
+    h = sb.snapshot_hash(room_nid, plan.parent, plan.rank, (), packed)
+    return (nid, room_nid, h, plan.parent, plan.rank, packed), sb.Layer(
+        nid, plan.parent, plan.rank, plan.delta, 1
+    )
+
+
+async def insert_layers_txn(conn: asyncpg.Connection, rows: Sequence[LayerRow]) -> bool:
+    """Write the reserved layers; False if any was stored already (nothing to rely on then:
+    the transaction must be redone without reserved layers)."""
+    columns = [list(c) for c in zip(*rows, strict=True)]
+    inserted = await conn.fetch(INSERT_LAYERS, *columns)
+    SNAPSHOTS_WRITTEN.inc(len(inserted))
+    return len(inserted) == len(rows)
 
 
 async def load_layers(

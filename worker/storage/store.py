@@ -110,6 +110,11 @@ class _Effects:
     inserted: dict[str, Event] = field(default_factory=dict)
     # Events whose stored JSON this transaction redacted.
     redacted: set[str] = field(default_factory=set)
+    # Group commits (`_group_bulk_txn`) write their new state layers together at the end,
+    # under snapshot NIDs reserved up front: the NIDs left, and the rows held. None: each
+    # snapshot is written when planned.
+    layer_nids: list[int] = field(default_factory=list)
+    held_layers: list[snap_sql.LayerRow] | None = None
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -899,15 +904,16 @@ class PostgresStore:
                 [x.room_id for x in commits],
                 [x.writes[0].room_version for x in commits],
                 reserve,
+                [_layers_wanted(x.writes) for x in commits],
             )
         }
-        effects = [_Effects() for _ in commits]
+        effects = [_Effects(held_layers=[]) for _ in commits]
         types: set[str] = set()
         keys: set[str] = set()
         refs: set[str] = set()
         rooms: list[tuple[ev_sql.RoomRow, list[int]]] = []
         own: set[str] = set()
-        for x in commits:
+        for x, fx in zip(commits, effects, strict=True):
             r = found.get(x.room_id)
             if r is None:
                 raise InvariantViolation(f"room {x.room_id} could not be created")
@@ -915,6 +921,7 @@ class PostgresStore:
             # The fence of each room in its own writer's context (see `persist_many`).
             x.context.run(self.check_room_row, room)
             rooms.append((room, sorted(r["reserved"])))
+            fx.layer_nids = sorted(r["layers"])
             t, k, refs_of = _run_names(x.writes)
             types |= t
             keys |= k
@@ -931,6 +938,11 @@ class PostgresStore:
                 fx.id_nids[w.event.event_id] = nid
             id_nids = fx.id_nids if fx is effects[0] else ChainMap(fx.id_nids, shared)
             await self._plan_run(conn, room, x.writes, reserved, nids, id_nids, fx, rows)
+        layers = [row for fx in effects for row in fx.held_layers or ()]
+        if layers and not await snap_sql.insert_layers_txn(conn, layers):
+            # A planned layer is stored already (the same state over the same parent, which
+            # only the database remembers): redone room by room, where layers deduplicate.
+            raise StaleWrite("a state layer of the group is stored already")
         await _write_rows(conn, rows)
         for x, fx in zip(commits, effects, strict=True):
             for w in x.writes:
@@ -1100,7 +1112,13 @@ class PostgresStore:
         if not delta:
             return h.snapshot_nid
         plan = sb.plan_snapshot(chain, delta)
-        nid, layer = await snap_sql.write_plan_txn(conn, room_nid, plan)
+        layer: sb.Layer | None
+        if fx.held_layers is not None and fx.layer_nids and isinstance(plan, sb.NewLayer):
+            row, layer = snap_sql.layer_row(room_nid, plan, fx.layer_nids.pop(0))
+            fx.held_layers.append(row)
+            nid = row[0]
+        else:
+            nid, layer = await snap_sql.write_plan_txn(conn, room_nid, plan)
         if layer is not None:
             fx.layers[nid] = layer
         fx.derived[dkey] = nid
@@ -1284,6 +1302,13 @@ def _run_names(run: Sequence[EventWrite]) -> tuple[set[str], set[str], set[str]]
                         refs.add(v)
         refs.update(e.auth_event_ids)
     return types, keys, refs
+
+
+def _layers_wanted(writes: Sequence[EventWrite]) -> int:
+    """Snapshot NIDs to reserve for a run's new layers: one per state handle it carries
+    with changes (an upper bound; when short, a layer is written at once instead)."""
+    handles = (h for w in writes for h in (w.state_before, w.current_state) if h is not None)
+    return sum(1 for h in handles if _own(h).delta)
 
 
 def _groupable(writes: Sequence[EventWrite]) -> bool:
