@@ -110,7 +110,6 @@ _ROOMS_ARRAYS = ", ".join(
     ev_sql.array_param(n, t)
     for n, t in ((1, "bigint"), (2, "boolean"), (3, "bigint"), (4, "jsonb"), (5, "jsonb"))
 )
-_EVENT_BY_NID = "LATERAL (SELECT * FROM events x WHERE x.event_nid = k.key LIMIT 1)"
 
 # FINISH_EVENT for the rooms of a group commit, each finishing once, in one statement: the
 # same writes as FINISH_EVENT room by room (without the redaction pairing, which the bulk
@@ -148,13 +147,13 @@ WITH f AS (
 ), up AS (
     INSERT INTO memberships (room_nid, target_nid, membership, event_nid)
     SELECT e.room_nid, e.state_key_nid, coalesce(e.membership, 0), e.event_nid
-    FROM {ev_sql.keys_param(6, "bigint")} AS k(key) CROSS JOIN {_EVENT_BY_NID} e
+    FROM {ev_sql.keys_param(6, "bigint")} AS k(key) CROSS JOIN {ev_sql.EVENT_BY_NID} e
     ON CONFLICT (room_nid, target_nid) DO UPDATE
     SET membership = EXCLUDED.membership, event_nid = EXCLUDED.event_nid
 ), inv AS (
     INSERT INTO invites (invite_event_nid, room_nid, target_nid)
     SELECT e.event_nid, e.room_nid, e.state_key_nid
-    FROM {ev_sql.keys_param(6, "bigint")} AS k(key) CROSS JOIN {_EVENT_BY_NID} e
+    FROM {ev_sql.keys_param(6, "bigint")} AS k(key) CROSS JOIN {ev_sql.EVENT_BY_NID} e
     WHERE e.membership = 2
     ON CONFLICT (invite_event_nid) DO NOTHING
 ), del AS (

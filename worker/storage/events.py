@@ -66,7 +66,7 @@ def keys_param(n: int, sql_type: str) -> str:
 
 # The event with a given ID or NID, one probe per key `k.key` (use as `... e`).
 _EVENT_BY_ID = "LATERAL (SELECT * FROM events x WHERE x.event_id = k.key LIMIT 1)"
-_EVENT_BY_NID = "LATERAL (SELECT * FROM events x WHERE x.event_nid = k.key LIMIT 1)"
+EVENT_BY_NID = "LATERAL (SELECT * FROM events x WHERE x.event_nid = k.key LIMIT 1)"
 
 # The rows of the rooms named in $1 (those that exist), one probe each.
 SELECT_ROOMS = f"""
@@ -155,13 +155,13 @@ WITH room AS (
 ), up AS (
     INSERT INTO memberships (room_nid, target_nid, membership, event_nid)
     SELECT $1, e.state_key_nid, coalesce(e.membership, 0), e.event_nid
-    FROM {keys_param(6, "bigint")} AS k(key) CROSS JOIN {_EVENT_BY_NID} e
+    FROM {keys_param(6, "bigint")} AS k(key) CROSS JOIN {EVENT_BY_NID} e
     ON CONFLICT (room_nid, target_nid) DO UPDATE
     SET membership = EXCLUDED.membership, event_nid = EXCLUDED.event_nid
 ), inv AS (
     INSERT INTO invites (invite_event_nid, room_nid, target_nid)
     SELECT e.event_nid, $1, e.state_key_nid
-    FROM {keys_param(6, "bigint")} AS k(key) CROSS JOIN {_EVENT_BY_NID} e
+    FROM {keys_param(6, "bigint")} AS k(key) CROSS JOIN {EVENT_BY_NID} e
     WHERE e.membership = 2
     ON CONFLICT (invite_event_nid) DO NOTHING
 ), del AS (
@@ -233,14 +233,14 @@ WHERE {_REDACTION_ACCEPTED}
 
 SELECT_EVENTS_BY_NID = f"""
 SELECT e.event_nid, e.event_id, {_JSON_OF_E}, {_VERSION_OF_E}
-FROM {keys_param(1, "bigint")} AS k(key) CROSS JOIN {_EVENT_BY_NID} e
+FROM {keys_param(1, "bigint")} AS k(key) CROSS JOIN {EVENT_BY_NID} e
 """
 
 SELECT_NIDS_BY_ID = f"""
 SELECT e.event_id, e.event_nid FROM {keys_param(1, "text")} AS k(key) CROSS JOIN {_EVENT_BY_ID} e
 """
 SELECT_IDS_BY_NID = f"""
-SELECT e.event_nid, e.event_id FROM {keys_param(1, "bigint")} AS k(key) CROSS JOIN {_EVENT_BY_NID} e
+SELECT e.event_nid, e.event_id FROM {keys_param(1, "bigint")} AS k(key) CROSS JOIN {EVENT_BY_NID} e
 """
 
 # Everything needed to name a state's entries, from the event NIDs alone: an entry's key is
@@ -252,7 +252,7 @@ SELECT e.event_nid, e.event_id,
        e.state_key_nid,
        (SELECT k.state_key FROM state_keys k WHERE k.state_key_nid = e.state_key_nid)
            AS state_key
-FROM {keys_param(1, "bigint")} AS k(key) CROSS JOIN {_EVENT_BY_NID} e
+FROM {keys_param(1, "bigint")} AS k(key) CROSS JOIN {EVENT_BY_NID} e
 """
 
 # The state keys of events given by ID (a federated join's state can be tens of thousands of

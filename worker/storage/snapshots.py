@@ -97,8 +97,8 @@ SELECT snapshot_nid, false FROM old
 """
 
 
-# Layers whose NIDs were reserved beforehand (`reserve_snapshot_nids`), written together at
-# the end of a group commit; answers the NIDs it inserted. A layer whose hash is stored
+# Layers whose NIDs were reserved beforehand (with the rooms' rows: bulk.UPSERT_ROOMS_RESERVING),
+# written together at the end of a group commit; answers the NIDs it inserted. A layer whose hash is stored
 # already is skipped (and missing from the answer): the caller must then redo the whole
 # transaction with layers written one at a time, which deduplicate (`INSERT_SNAPSHOT`).
 INSERT_LAYERS = f"""
