@@ -9,6 +9,8 @@ import logging
 
 import pytest
 import structlog
+from hypothesis import given
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Counter
 from structlog.testing import capture_logs
 
@@ -163,3 +165,38 @@ async def test_http_endpoints() -> None:
         assert (await _request(port, b"garbage\r\n\r\n"))[0] == 400
     finally:
         await server.stop()
+
+
+@given(
+    observations=st.lists(
+        st.tuples(
+            st.sampled_from(["validate", "persist", "total"]),
+            st.one_of(
+                st.floats(min_value=0, max_value=100, allow_nan=False),
+                st.sampled_from([0.0005, 0.001, 0.5, 30.0, 30.000001]),
+            ),
+        ),
+        max_size=40,
+    )
+)
+def test_stage_histogram_exposes_what_a_prometheus_histogram_would(
+    observations: list[tuple[str, float]],
+) -> None:
+    from prometheus_client import Histogram, generate_latest
+
+    registry = CollectorRegistry()
+    ours = metrics.StageHistogram("h", "h", metrics._LATENCY_BUCKETS, registry=registry)
+    reference_registry = CollectorRegistry()
+    reference = Histogram("h", "h", ["stage"], buckets=metrics._LATENCY_BUCKETS,
+                          registry=reference_registry)
+    for stage, value in observations:
+        ours.observe(stage, value)
+        reference.labels(stage).observe(value)
+
+    def samples(r: CollectorRegistry) -> list[str]:
+        return sorted(
+            line for line in generate_latest(r).decode().splitlines()
+            if not line.startswith("#") and "_created" not in line
+        )
+
+    assert samples(registry) == samples(reference_registry)

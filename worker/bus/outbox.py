@@ -62,7 +62,7 @@ from worker.bus.requests import Requester
 from worker.bus.subjects import MSG_ID_HEADER, OUTPUT_TYPE_HEADER, ROOM_ID_HEADER, Subjects
 from worker.errors import RetryableError
 from worker.observability.logging import get_logger
-from worker.observability.metrics import OUTBOX_LAG, OUTBOX_UNSENT, OUTPUTS_PUBLISHED
+from worker.observability.metrics import OUTBOX_LAG, OUTBOX_UNSENT, count_outputs
 from worker.storage import outbox as outbox_sql
 
 _log = get_logger(__name__)
@@ -421,7 +421,7 @@ class NatsOutboxRelay:
             return "bad_ack"
         self._batch_cost = _average(self._batch_cost, loop.time() - began)
         for output_type, n in Counter(row.output_type for row in rows).items():
-            OUTPUTS_PUBLISHED.labels(output_type).inc(n)
+            count_outputs(output_type, n)
         return None
 
     def _server_batches(self) -> bool:
@@ -479,7 +479,7 @@ class NatsOutboxRelay:
         self._publish_cost = _average(self._publish_cost, loop.time() - began)
         if ack.duplicate:
             return False
-        OUTPUTS_PUBLISHED.labels(row.output_type).inc()
+        count_outputs(row.output_type)
         return True
 
 
