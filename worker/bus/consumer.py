@@ -225,7 +225,13 @@ class InputConsumer:
         self._handler = handler
         self.settings = settings or ConsumerSettings()
         self._deadletters = DeadLetterWriter(self._js, subjects, max_payload=nc.max_payload)
-        batching = isinstance(handler, BatchInputHandler) and self.settings.room_batch > 1
+        # Checked once: an isinstance against a runtime Protocol is slow (it was per batch).
+        self._batch_handler: BatchInputHandler | None = (
+            handler
+            if isinstance(handler, BatchInputHandler) and self.settings.room_batch > 1
+            else None
+        )
+        batching = self._batch_handler is not None
         self._dispatcher: RoomDispatcher[_Delivery] = RoomDispatcher(
             self._process,
             self._process_batch if batching else None,
@@ -575,8 +581,8 @@ class InputConsumer:
             for d in run:
                 await self._process(room_id, d)
             return
-        handler = self._handler
-        assert isinstance(handler, BatchInputHandler)
+        handler = self._batch_handler
+        assert handler is not None
         items: list[QueuedInput] = []
         for d in run:
             assert d.input is not None

@@ -212,6 +212,9 @@ class NatsOutboxRelay:
         self._requests = Requester(nc)
         self._subjects = subjects
         self._store = store
+        # Checked once (an isinstance against a runtime Protocol is slow): a store that
+        # reads many rooms' rows at once.
+        self._rooms_store = store if isinstance(store, RoomsOutboxStore) else None
         self._batch = batch
         self._sweep_interval = sweep_interval
         self._publish_timeout = publish_timeout
@@ -264,8 +267,8 @@ class NatsOutboxRelay:
         marked sent, the rest stay for the next flush or sweep.
         """
         rooms = sorted(set(room_ids))
-        store = self._store
-        if len(rooms) == 1 or not isinstance(store, RoomsOutboxStore):
+        store = self._rooms_store
+        if len(rooms) == 1 or store is None:
             done = await asyncio.gather(*(self.flush(r) for r in rooms), return_exceptions=True)
             _raise_first(done)
             return
