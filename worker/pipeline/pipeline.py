@@ -272,10 +272,15 @@ class Pipeline:
             work.pending_redactions = pending
             return known
         if both is not None:
-            (known, pending), after = await asyncio.gather(
-                both.events_and_redactions(ids, [work.event_id]),
-                self.store.state_after(ev.prev_event_ids),
-            )
+            # The read runs as a task while the state after the prevs is looked up here:
+            # that is nearly always in memory, and a gather would cost a task for it too.
+            read = asyncio.ensure_future(both.events_and_redactions(ids, [work.event_id]))
+            try:
+                after = await self.store.state_after(ev.prev_event_ids)
+            except BaseException:
+                read.cancel()
+                raise
+            known, pending = await read
             work.after_prevs, work.pending_redactions = after, pending
             return known
         known, after, pending = await asyncio.gather(
