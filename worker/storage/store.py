@@ -359,10 +359,8 @@ class PostgresStore:
         return await self._read(go)
 
     async def events(self, event_ids: Sequence[str]) -> dict[str, StoredEvent]:
-        # Shared with the reads of other rooms made meanwhile (a burst of new rooms reads
-        # each create event's dependencies this way, one query for all of them).
-        found, _ = await self._shared_reads.submit((event_ids, ()))
-        return found
+        found = await self._read(lambda c: self._stored(c, event_ids))
+        return {k: v[0] for k, v in found.items()}
 
     async def state_after(self, event_ids: Sequence[str]) -> dict[str, StateHandle]:
         out: dict[str, StateHandle] = {}
