@@ -27,6 +27,8 @@ def _exported_names() -> set[str]:
         if isinstance(value, MetricWrapperBase):
             kind = value._type  # prometheus_client keeps the metric type here
             names.update(value._name + suffix for suffix in _SUFFIXES[kind])
+        elif isinstance(value, metrics.StageHistogram):
+            names.update(value.name + suffix for suffix in _SUFFIXES["histogram"])
     return names
 
 

@@ -296,17 +296,18 @@ async def test_a_group_whose_planned_layer_is_stored_already_is_redone_room_by_r
         await first.persist_many(writes[:2])  # create, then join: a layer over the create's
     restarted = PostgresStore(pool, concurrency=1)  # nothing cached
 
-    async def again(room: str) -> None:
+    async def again(room: str) -> list[EventWrite]:
         # The state after the join as a restarted worker reads it back: the create's
         # snapshot plus the join, exactly the layer stored for the join.
         joined = (await restarted.state_after([f"$j{room}"]))[f"$j{room}"]
         msg, raw = make_event(room, f"$late{room}", "m.room.message", prev=[f"$j{room}"],
                               auth=[f"$c{room}"])
-        await restarted.persist_many(
-            [write(msg, raw, before=joined, current=joined, extremities=[msg.event_id])]
-        )
+        return [write(msg, raw, before=joined, current=joined, extremities=[msg.event_id])]
 
-    await asyncio.gather(*(again(r) for r in rooms))
+    writes = [await again(r) for r in rooms]
+    # Submitted together: the first commit starts alone (one at a time), the two others
+    # wait for it and go as one group.
+    await asyncio.gather(*(restarted.persist_many(w) for w in writes))
     # The first room went alone; the other two were a group, which split.
     assert restarted.groups_split == 1
     fresh = PostgresStore(pool)
