@@ -30,11 +30,18 @@ from typing import Any
 import asyncpg
 import nats
 from nats.aio.client import Client as NatsClient
-from nats.errors import AuthorizationError, NoServersError
+from nats.errors import (
+    AuthorizationError,
+    ConnectionClosedError,
+    ConnectionReconnectingError,
+    NoRespondersError,
+    NoServersError,
+    StaleConnectionError,
+)
 from nats.errors import Error as NatsError
 from nats.js.client import JetStreamContext
 from nats.js.errors import Error as JetStreamError
-from nats.js.errors import NotFoundError
+from nats.js.errors import NoStreamResponseError, NotFoundError, ServiceUnavailableError
 
 from worker import __version__
 from worker.bus.consumer import ConsumerSettings, InputConsumer
@@ -249,6 +256,21 @@ async def create_pool(
 # --- the worker ----------------------------------------------------------------------------------
 
 
+
+# How long the start waits for JetStream to answer the streams' provisioning (a cluster
+# electing its meta leader after a node restart takes a few seconds).
+_PROVISION_PATIENCE = 30.0
+_PROVISION_FIRST_DELAY = 0.5
+
+
+def _transient_nats(exc: BaseException) -> bool:
+    """Whether a NATS failure may pass by itself: no answer (yet), or "unavailable"."""
+    return isinstance(
+        exc,
+        TimeoutError | NoRespondersError | ServiceUnavailableError | NoStreamResponseError
+        | ConnectionClosedError | ConnectionReconnectingError | StaleConnectionError,
+    )
+
 class Worker:
     """One worker process's parts and their lifecycle. Build, `start()`, then `stop()`."""
 
@@ -428,16 +450,27 @@ class Worker:
 
     async def _provision(self) -> None:
         assert self.nc is not None
-        try:
-            replicas = self.settings.bus.stream_replicas or await existing_replicas(
-                self.nc.jetstream(), self.subjects
-            )
-            limits = StreamLimits(shards=self.settings.bus.shards, replicas=replicas)
-            done = await ensure_streams(self.nc.jetstream(), self.subjects, limits)
-        except PermanentError as exc:
-            raise StartupError(str(exc)) from exc
-        except (NatsError, JetStreamError) as exc:
-            raise StartupError(f"cannot provision the streams: {exc!r}") from exc
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _PROVISION_PATIENCE
+        delay = _PROVISION_FIRST_DELAY
+        while True:
+            try:
+                replicas = self.settings.bus.stream_replicas or await existing_replicas(
+                    self.nc.jetstream(), self.subjects
+                )
+                limits = StreamLimits(shards=self.settings.bus.shards, replicas=replicas)
+                done = await ensure_streams(self.nc.jetstream(), self.subjects, limits)
+                break
+            except PermanentError as exc:
+                raise StartupError(str(exc)) from exc
+            except (NatsError, JetStreamError) as exc:
+                # A JetStream cluster electing its leader (a node restarting) answers nothing
+                # or "unavailable" for a few seconds: worth waiting for, up to a point.
+                if not _transient_nats(exc) or loop.time() + delay > deadline:
+                    raise StartupError(f"cannot provision the streams: {exc!r}") from exc
+                log.warning("provision_retry", error=repr(exc), retry_in=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 4.0)
         log.info("streams_provisioned", **done)
 
     async def _serve_http(self) -> None:
