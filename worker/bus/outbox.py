@@ -368,14 +368,18 @@ class NatsOutboxRelay:
         return rows[start:end]
 
     def _batching(self, n: int) -> bool:
-        if n < 2 or asyncio.get_running_loop().time() < self._atomic_off_until:
-            return False
-        if not self._server_batches():
+        # The cheap checks first: most runs are not worth a batch, and asking for the
+        # server's version parses it.
+        if n < 2:
             return False
         if self._min_batch_rows is not None:
             if n < self._min_batch_rows:
                 return False
         elif not worth_batching(n, self._batch_cost, self._publish_cost):
+            return False
+        if asyncio.get_running_loop().time() < self._atomic_off_until:
+            return False
+        if not self._server_batches():
             return False
         # A small batch does not queue for a slot; a big one is worth the wait.
         return n >= _SMALL_BATCH or not self._batch_slots.locked()
