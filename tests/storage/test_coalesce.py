@@ -35,6 +35,13 @@ class Recorder:
         return [ValueError(f"no {x}") if x in self.fail_on else 2 * x for x in requests]
 
 
+def _held(concurrency: int, max_batch: int = 8) -> tuple[Recorder, Coalescer[int, int]]:
+    """A recorder whose calls wait until `gate` is set, and a coalescer over it."""
+    r = Recorder()
+    r.gate.clear()
+    return r, Coalescer(r.run, concurrency=concurrency, max_batch=max_batch)
+
+
 async def test_a_request_alone_runs_at_once() -> None:
     r = Recorder()
     c: Coalescer[int, int] = Coalescer(r.run, concurrency=2, max_batch=8)
@@ -44,9 +51,7 @@ async def test_a_request_alone_runs_at_once() -> None:
 
 
 async def test_requests_arriving_while_the_slots_are_busy_share_the_next_call() -> None:
-    r = Recorder()
-    r.gate.clear()
-    c: Coalescer[int, int] = Coalescer(r.run, concurrency=1, max_batch=8)
+    r, c = _held(1)
     first = asyncio.create_task(c.submit(0))
     await asyncio.sleep(0.01)
     rest = [asyncio.create_task(c.submit(i)) for i in range(1, 6)]
@@ -60,9 +65,7 @@ async def test_requests_arriving_while_the_slots_are_busy_share_the_next_call() 
 
 
 async def test_a_call_takes_at_most_max_batch_requests() -> None:
-    r = Recorder()
-    r.gate.clear()
-    c: Coalescer[int, int] = Coalescer(r.run, concurrency=1, max_batch=2)
+    r, c = _held(1, max_batch=2)
     tasks = [asyncio.create_task(c.submit(i)) for i in range(5)]
     await asyncio.sleep(0.01)
     r.gate.set()
@@ -71,9 +74,7 @@ async def test_a_call_takes_at_most_max_batch_requests() -> None:
 
 
 async def test_requests_of_one_key_never_share_a_call_and_keep_their_order() -> None:
-    r = Recorder()
-    r.gate.clear()
-    c: Coalescer[int, int] = Coalescer(r.run, concurrency=3, max_batch=8)
+    r, c = _held(3)
     # 10 and 11 have key "a", 20 key "b": while "a" runs, 11 waits though a slot is free.
     tasks = [
         asyncio.create_task(c.submit(10, key="a")),
@@ -88,10 +89,8 @@ async def test_requests_of_one_key_never_share_a_call_and_keep_their_order() -> 
 
 
 async def test_an_answer_that_is_an_exception_is_raised_to_its_submitter_alone() -> None:
-    r = Recorder()
-    r.gate.clear()
+    r, c = _held(1)
     r.fail_on = {2}
-    c: Coalescer[int, int] = Coalescer(r.run, concurrency=1, max_batch=8)
     tasks = [asyncio.create_task(c.submit(i)) for i in range(4)]
     await asyncio.sleep(0.01)
     r.gate.set()
@@ -112,9 +111,7 @@ async def test_when_run_raises_every_request_of_the_call_gets_the_error() -> Non
 
 
 async def test_a_request_cancelled_before_it_was_taken_is_dropped() -> None:
-    r = Recorder()
-    r.gate.clear()
-    c: Coalescer[int, int] = Coalescer(r.run, concurrency=1, max_batch=8)
+    r, c = _held(1)
     first = asyncio.create_task(c.submit(0))
     await asyncio.sleep(0.01)
     doomed = asyncio.create_task(c.submit(1))

@@ -232,36 +232,32 @@ def measure(stage: Stage) -> AbstractContextManager[None]:
     return _Timer(stage)
 
 
-# Labelled children of the per-event counters, looked up once per label set.
-_EVENT_CHILDREN: dict[tuple[str, str], Counter] = {}
-_SETTLE_CHILDREN: dict[str, Counter] = {}
+# Labelled children of the per-event counters, looked up once per label set (`labels` is
+# not cheap), keyed by (counter, *labels).
+_CHILDREN: dict[tuple[object, ...], Counter] = {}
+
+
+def _child(counter: Counter, *labels: str) -> Counter:
+    key = (counter, *labels)
+    child = _CHILDREN.get(key)
+    if child is None:
+        child = _CHILDREN[key] = counter.labels(*labels)
+    return child
 
 
 def count_event(kind: Kind, outcome: OutcomeLabel) -> None:
     """Count one finished input event."""
-    child = _EVENT_CHILDREN.get((kind, outcome))
-    if child is None:
-        child = _EVENT_CHILDREN[kind, outcome] = EVENTS_PROCESSED.labels(kind, outcome)
-    child.inc()
-
-
-_OUTPUT_CHILDREN: dict[str, Counter] = {}
+    _child(EVENTS_PROCESSED, kind, outcome).inc()
 
 
 def count_outputs(output_type: str, n: int = 1) -> None:
     """Count outputs newly stored in the output stream."""
-    child = _OUTPUT_CHILDREN.get(output_type)
-    if child is None:
-        child = _OUTPUT_CHILDREN[output_type] = OUTPUTS_PUBLISHED.labels(output_type)
-    child.inc(n)
+    _child(OUTPUTS_PUBLISHED, output_type).inc(n)
 
 
 def count_settle(action: SettleAction) -> None:
     """Count one JetStream settlement of an input message."""
-    child = _SETTLE_CHILDREN.get(action)
-    if child is None:
-        child = _SETTLE_CHILDREN[action] = MESSAGES_SETTLED.labels(action)
-    child.inc()
+    _child(MESSAGES_SETTLED, action).inc()
 
 
 __all__ = [

@@ -118,11 +118,16 @@ LayerRow = tuple[int, int, bytes, int, int, bytes]
 def layer_row(room_nid: int, plan: sb.NewLayer, nid: int) -> tuple[LayerRow, sb.Layer]:
     """The row of `plan` stored as snapshot `nid`, and its layer (what `write_plan_txn`
     would store and answer for it, but for the NID)."""
-    packed = sb.pack(plan.delta)
-    h = sb.snapshot_hash(room_nid, plan.parent, plan.rank, (), packed)
+    h, packed = _layer_content(room_nid, plan)
     return (nid, room_nid, h, plan.parent, plan.rank, packed), sb.Layer(
         nid, plan.parent, plan.rank, plan.delta, 1
     )
+
+
+def _layer_content(room_nid: int, plan: sb.NewLayer) -> tuple[bytes, bytes]:
+    """A planned layer's (hash, packed delta): its row's dedup key and content."""
+    packed = sb.pack(plan.delta)
+    return sb.snapshot_hash(room_nid, plan.parent, plan.rank, (), packed), packed
 
 
 async def insert_layers_txn(conn: asyncpg.Connection, rows: Sequence[LayerRow]) -> bool:
@@ -173,8 +178,7 @@ async def write_plan_txn(
     """Store a planned snapshot; (its NID, its layer) — (0, None) for the empty state."""
     if isinstance(plan, sb.NewRoot):
         return await _write_root_txn(conn, room_nid, plan.state)
-    packed = sb.pack(plan.delta)
-    h = sb.snapshot_hash(room_nid, plan.parent, plan.rank, (), packed)
+    h, packed = _layer_content(room_nid, plan)
     nid = await _insert_snapshot_txn(conn, room_nid, h, plan.parent, plan.rank, None, packed)
     return nid, sb.Layer(nid, plan.parent, plan.rank, plan.delta, 1)
 

@@ -21,8 +21,8 @@ import hashlib
 import json
 import time
 from collections import ChainMap, deque
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from contextvars import Context, ContextVar, copy_context
+from collections.abc import Awaitable, Callable, Container, Iterable, Mapping, Sequence
+from contextvars import Context, copy_context
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 
@@ -59,9 +59,6 @@ T = TypeVar("T")
 _log = get_logger(__name__)
 
 _RETRIES = 5
-# Set (in the context a room's writes run in) when its transaction took the room's lock in
-# the same round trip as BEGIN, so that the write itself need not take it again.
-_LOCK_AT_BEGIN: ContextVar[int | None] = ContextVar("lock_at_begin", default=None)
 # Rooms whose writes one group commit carries at most (bounds how long it holds their locks).
 _GROUP_ROOMS = 64
 _RECENT_MATERIALIZED = 8
@@ -689,14 +686,8 @@ class PostgresStore:
         room_id = writes[0].room_id
         if any(w.room_id != room_id for w in writes):
             raise InvariantViolation("persist_many: writes of several rooms in one call")
-        # The writes run in the caller's context (a subclass's fence, the log's bindings),
-        # marked as holding the room's lock from BEGIN.
-        token = _LOCK_AT_BEGIN.set(room_lock_key(room_id))
-        try:
-            context = copy_context()
-        finally:
-            _LOCK_AT_BEGIN.reset(token)
-        await self._commits.submit(_Commit(room_id, writes, context), key=room_id)
+        # The writes run in the caller's context (a subclass's fence, the log's bindings).
+        await self._commits.submit(_Commit(room_id, writes, copy_context()), key=room_id)
 
     async def _commit_group(self, commits: list[_Commit]) -> list[BaseException | None]:
         """Commit the writes of several rooms in one transaction; if it fails, commit each
@@ -749,7 +740,7 @@ class PostgresStore:
         fx = _Effects()
         i = 0
         while i < len(writes):
-            run = _bulk_run(writes, i, fx)
+            run = _bulk_run(writes, i, fx.id_nids)
             if len(run) > 1:
                 await self._persist_bulk_txn(conn, run, fx)
                 i += len(run)
@@ -858,8 +849,8 @@ class PostgresStore:
         earlier write of the transaction already has the row."""
         if fx.room is not None and fx.room.room_id == w.room_id:
             return fx.room, []
-        if _LOCK_AT_BEGIN.get() != room_lock_key(w.room_id):
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", room_lock_key(w.room_id))
+        # The room's lock is held already: every write transaction takes the locks of its
+        # rooms with BEGIN (`_commit_group`).
         if reserve:
             r = await conn.fetchrow(
                 bulk_sql.UPSERT_ROOM_RESERVING, w.room_id, w.room_version, reserve
@@ -1318,7 +1309,7 @@ def _layers_wanted(writes: Sequence[EventWrite]) -> int:
 
 def _groupable(writes: Sequence[EventWrite]) -> bool:
     """Whether a room's writes can join `_group_bulk_txn`: one run of new events."""
-    return len(_bulk_run(writes, 0, _Effects())) == len(writes)
+    return len(_bulk_run(writes, 0, {})) == len(writes)
 
 
 def _rebase(current: PgState, before: PgState, before_nid: int) -> PgState:
@@ -1373,9 +1364,11 @@ class StaleWrite(RetryableError):
     code = "stale_write"
 
 
-def _bulk_run(writes: Sequence[EventWrite], start: int, fx: _Effects) -> Sequence[EventWrite]:
+def _bulk_run(
+    writes: Sequence[EventWrite], start: int, written: Container[str]
+) -> Sequence[EventWrite]:
     """The longest run of writes from `start` that `_persist_bulk_txn` can take: events
-    not stored yet (nor earlier in this transaction, nor twice in the run), with no
+    not stored yet (nor `written` earlier in this transaction, nor twice in the run), with no
     redactions to apply and not redactions themselves (those pair with their target)."""
     seen: set[str] = set()
     end = start
@@ -1383,7 +1376,7 @@ def _bulk_run(writes: Sequence[EventWrite], start: int, fx: _Effects) -> Sequenc
         w = writes[end]
         e = w.event
         eid = e.event_id
-        if w.redactions or e.type == "m.room.redaction" or eid in seen or eid in fx.id_nids:
+        if w.redactions or e.type == "m.room.redaction" or eid in seen or eid in written:
             break
         seen.add(eid)
         end += 1
