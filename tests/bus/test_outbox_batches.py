@@ -19,6 +19,7 @@ from tests.bus.test_outbox import MemoryOutbox, Row, read_outputs
 from worker.bus.outbox import (
     BATCH_ID_HEADER,
     BATCH_SEQUENCE_HEADER,
+    MIN_AUTO_BATCH,
     NatsOutboxRelay,
     worth_batching,
 )
@@ -284,24 +285,35 @@ async def test_a_commit_answered_without_its_batch_stops_batches(
 
 async def test_by_default_only_runs_worth_a_batch_are_batched(nc: NATS, streams: Subjects) -> None:
     store = MemoryOutbox()
-    for n in range(3):
+    short = MIN_AUTO_BATCH - 1
+    for n in range(short):
         store.add("!a:x", n)
     relay = NatsOutboxRelay(nc, streams, store)
-    # Nothing measured yet: three rows go one by one, ten as a batch.
+    # Nothing measured yet: a run one short of MIN_AUTO_BATCH goes one by one, a run of
+    # MIN_AUTO_BATCH as a batch.
     await relay.flush("!a:x")
-    for n in range(3, 13):
+    for n in range(short, short + MIN_AUTO_BATCH):
         store.add("!a:x", n)
     await relay.flush("!a:x")
     published = await read_outputs(nc, streams)
-    assert ids(published) == [f"out-!a:x-{n}" for n in range(13)]
-    assert [s for _, s in batches(published)] == [None] * 3 + [str(i) for i in range(1, 11)]
+    assert ids(published) == [f"out-!a:x-{n}" for n in range(short + MIN_AUTO_BATCH)]
+    assert [s for _, s in batches(published)] == [None] * short + [
+        str(i) for i in range(1, MIN_AUTO_BATCH + 1)
+    ]
 
 
 def test_worth_batching_compares_a_batch_with_the_publishes_it_replaces() -> None:
-    assert not worth_batching(7, None, None)
-    assert worth_batching(8, None, 0.001)
-    # A batch costing 15 ms against 2 ms a publish: eight rows are worth it, seven are not.
-    assert worth_batching(8, 0.015, 0.002)
-    assert not worth_batching(7, 0.015, 0.002)
-    # Cheap batches (fast disk): two rows already are.
-    assert worth_batching(2, 0.0006, 0.0004)
+    n = MIN_AUTO_BATCH
+    assert worth_batching(n, None, None)
+    assert worth_batching(n, None, 0.001)
+    # A batch costing 15 ms against 0.4 ms a publish: 38 rows are worth it, 37 are not.
+    assert worth_batching(38, 0.015, 0.0004)
+    assert not worth_batching(37, 0.015, 0.0004)
+
+
+def test_runs_too_short_to_save_the_servers_cpu_are_never_batched() -> None:
+    # However slow single publishes look (a busy loop makes each PubAck wait long), a run
+    # below MIN_AUTO_BATCH rows costs the server more as a batch than as single publishes.
+    assert not worth_batching(MIN_AUTO_BATCH - 1, None, None)
+    assert not worth_batching(MIN_AUTO_BATCH - 1, 0.0001, 0.05)
+    assert not worth_batching(2, 0.0006, 0.0004)
