@@ -5,8 +5,7 @@ its last ack per room batch: a request or more per event. nats-py's `request` dr
 bytes from the operating system (a system call) for every reply subject and waits through
 `asyncio.wait_for`; together ~4% of the worker's CPU under load. Here a reply subject is
 `<inbox>.<counter>` on one wildcard subscription made at the first request, and the wait is
-a timer on a plain future, and replies reach their waiters from nats-py's read loop itself
-(see `_Replies`). Same contract as nats-py's: the reply `Msg`,
+a timer on a plain future. Same contract as nats-py's: the reply `Msg`,
 `nats.errors.TimeoutError` when none comes in time, `NoRespondersError` when nobody listens
 (the server answers with status 503 for us, as it does for nats-py's own requests).
 """
@@ -15,8 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Callable
-from typing import Any, cast
+from typing import Any
 
 import msgspec
 from nats.aio.client import Client as NATS
@@ -95,13 +93,10 @@ class Requester:
             if self._sub is not None:
                 return
             prefix = self._nc.new_inbox() + "."
-            # Set before subscribing: a reply can only come once the subscription exists.
+            self._sub = await self._nc.subscribe(prefix + "*", cb=self._answer)
             self._prefix = prefix
-            # nats-py only calls `cancelled` and `set_result` on it (see `_Replies`).
-            replies = cast("asyncio.Future[Msg]", _Replies(self._answer))
-            self._sub = await self._nc.subscribe(prefix + "*", future=replies)
 
-    def _answer(self, msg: Msg) -> None:
+    async def _answer(self, msg: Msg) -> None:
         future = self._waiting.get(msg.subject[len(self._prefix):])
         if future is not None and not future.done():
             future.set_result(msg)
@@ -110,32 +105,6 @@ class Requester:
         if self._sub is not None:
             sub, self._sub = self._sub, None
             await sub.unsubscribe()
-
-
-class _Replies:
-    """Passed to nats-py as the `future` of the inbox subscription.
-
-    nats-py hands every message of a subscription made with `future=` to that future's
-    `set_result`, from its read loop (its one-reply request path); a subscription made with
-    `cb=` instead queues each message for a task of its own, which calls the callback a loop
-    turn later, and the waiter resumes a turn after that. Under load a turn of the worker's
-    loop takes 10-50 ms, and the relay waits for a `PubAck` per output: this saves a turn,
-    a queue hop and a coroutine per reply.
-    """
-
-    __slots__ = ("_deliver",)
-
-    def __init__(self, deliver: Callable[[Msg], None]) -> None:
-        self._deliver = deliver
-
-    def cancelled(self) -> bool:
-        return False
-
-    def done(self) -> bool:
-        return False
-
-    def set_result(self, msg: Msg) -> None:
-        self._deliver(msg)
 
 
 def _expire(future: asyncio.Future[Msg]) -> None:
