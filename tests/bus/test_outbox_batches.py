@@ -218,7 +218,9 @@ async def test_many_rooms_with_few_batch_slots_keep_each_rooms_order(
     relay = NatsOutboxRelay(
         nc, streams, store, max_batch_messages=4, batch_slots=2, min_batch_rows=2
     )
-    await relay.flush_rooms(rooms)
+    for room in rooms:
+        relay.kick(room)
+    await relay.settle()
     published = await read_outputs(nc, streams)
     assert len(published) == 60
     for room in rooms:

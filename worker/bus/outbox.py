@@ -66,7 +66,7 @@ from worker.bus.requests import Requester
 from worker.bus.subjects import MSG_ID_HEADER, OUTPUT_TYPE_HEADER, ROOM_ID_HEADER, Subjects
 from worker.errors import RetryableError
 from worker.observability.logging import get_logger
-from worker.observability.metrics import OUTBOX_LAG, OUTBOX_UNSENT, count_outputs
+from worker.observability.metrics import OUTBOX_LAG, OUTBOX_UNSENT, count_outputs, measure
 from worker.storage import outbox as outbox_sql
 
 _log = get_logger(__name__)
@@ -135,8 +135,11 @@ class OutboxStore(Protocol):
 class RoomsOutboxStore(OutboxStore, Protocol):
     """An `OutboxStore` that reads the unsent rows of several rooms in one go."""
 
-    async def fetch_unsent_rooms(self, room_ids: Sequence[str], limit: int) -> Sequence[OutboxRow]:
-        """Up to `limit` unsent rows of these rooms, ordered by `seq`."""
+    async def fetch_unsent_rooms(
+        self, room_ids: Sequence[str], limit: int, *, per_room: int | None = None
+    ) -> Sequence[OutboxRow]:
+        """Up to `limit` unsent rows of these rooms, at most `per_room` of each (default:
+        `limit`), ordered by `seq`."""
         ...
 
 
@@ -164,9 +167,13 @@ class PgOutboxStore:
         self._ids.update((r.seq, r.output_id) for r in rows)
         return rows
 
-    async def fetch_unsent_rooms(self, room_ids: Sequence[str], limit: int) -> Sequence[OutboxRow]:
+    async def fetch_unsent_rooms(
+        self, room_ids: Sequence[str], limit: int, *, per_room: int | None = None
+    ) -> Sequence[OutboxRow]:
         try:
-            rows = await outbox_sql.fetch_unsent_rooms(self.db, room_ids, limit=limit)
+            rows = await outbox_sql.fetch_unsent_rooms(
+                self.db, room_ids, limit=limit, per_room=per_room
+            )
         except _DB_ERRORS as exc:
             raise RetryableError(f"outbox read failed: {exc!r}", code="database_unavailable") from exc
         self._ids.update((r.seq, r.output_id) for r in rows)
@@ -204,15 +211,19 @@ class NatsOutboxRelay:
         max_batch_bytes: int = 8 * MiB,
         batch_slots: int = 16,
         min_batch_rows: int | None = None,
+        read_rows: int = 2048,
     ) -> None:
         """`max_batch_messages` must not exceed the server's `max_batch_size` (default 1,000);
         `max_batch_bytes` bounds the payloads of one batch (the server stages a batch whole
         before committing it); `batch_slots` bounds this relay's batches in flight (the server
         allows 50 per stream, shared by every worker; beyond that it refuses new batches);
         `min_batch_rows` fixes the smallest run of rows sent as a batch (None: decided by the
-        measured costs, see the module docstring)."""
-        if max_batch_messages < 1 or max_batch_bytes < 1 or batch_slots < 1:
-            raise ValueError("max_batch_messages, max_batch_bytes and batch_slots must be >= 1")
+        measured costs, see the module docstring); `batch` bounds the rows of one room read
+        at a time and `read_rows` those of one read of kicked rooms."""
+        if min(max_batch_messages, max_batch_bytes, batch_slots, batch, read_rows) < 1:
+            raise ValueError(
+                "batch, read_rows, max_batch_messages, max_batch_bytes and batch_slots must be >= 1"
+            )
         if min_batch_rows is not None and min_batch_rows < 2:
             raise ValueError("min_batch_rows must be >= 2 (or None)")
         self._nc = nc
@@ -236,6 +247,17 @@ class NatsOutboxRelay:
         self._publish_cost: float | None = None
         # Loop time before which batches are not tried (set when the stream refused them).
         self._atomic_off_until = 0.0
+        # The background pump (`kick`): rooms to read, rooms held (read, and not yet marked),
+        # held rooms kicked again, published rows waiting for the update (room, seqs, whether
+        # to read the room again), and the pump's tasks.
+        self._read_rows = read_rows
+        self._ready: set[str] = set()
+        self._held: set[str] = set()
+        self._again: set[str] = set()
+        self._published: list[tuple[str, list[int], bool]] = []
+        self._reading = False
+        self._marking = False
+        self._pump_tasks: set[asyncio.Task[None]] = set()
 
     @contextlib.asynccontextmanager
     async def _room_lock(self, room_id: str) -> AsyncIterator[None]:
@@ -265,54 +287,131 @@ class NatsOutboxRelay:
                 if len(rows) < self._batch:
                     return
 
-    async def flush_rooms(self, room_ids: Sequence[str]) -> None:
-        """`flush` of several rooms: one read and one update for all of them, and the rooms
-        published side by side (each room's rows still in order), so that
-        under load of many rooms the outbox costs two statements per pass, not per room.
+    def kick(self, room_id: str) -> None:
+        """Publish the room's rows committed so far, soon, in the background."""
+        if room_id in self._held:
+            self._again.add(room_id)
+        else:
+            self._ready.add(room_id)
+        self._pump()
 
-        Raises the first failure once every room had its try; rows published before it are
-        marked sent, the rest stay for the next flush or sweep.
-        """
-        rooms = sorted(set(room_ids))
-        store = self._rooms_store
-        if len(rooms) == 1 or store is None:
-            done = await asyncio.gather(*(self.flush(r) for r in rooms), return_exceptions=True)
-            _raise_first(done)
-            return
-        while rooms:
-            rows = await store.fetch_unsent_rooms(rooms, self._batch)
-            by_room: dict[str, list[OutboxRow]] = {}
-            for row in rows:
-                by_room.setdefault(row.room_id, []).append(row)
-            sent: list[int] = []
-            done = await asyncio.gather(
-                *(self._publish_room(r, room_rows, sent) for r, room_rows in by_room.items()),
-                return_exceptions=True,
-            )
-            if sent:
-                await store.mark_sent(sent)
-            _raise_first(done)
-            if len(rows) < self._batch:
-                return
-            # A full pass: any of the rooms may have more, those without a row in this pass
-            # too (their rows come after the cut, by seq). Sent rows are not read again.
+    @property
+    def pending(self) -> int:
+        """Rooms kicked and not yet published."""
+        return len(self._ready) + len(self._held)
 
-    async def _publish_room(self, room_id: str, rows: Sequence[OutboxRow], sent: list[int]) -> None:
-        async with self._room_lock(room_id):
-            await self._publish_rows(rows, sent)
+    async def settle(self) -> None:
+        """Until every room kicked so far is published, or failed (logged; its rows are left
+        to the next kick or the sweep)."""
+        while self._pump_tasks:
+            await asyncio.gather(*self._pump_tasks, return_exceptions=True)
+
+    def _pump(self) -> None:
+        # A finishing step starts the next from its `finally`, so while there is work a
+        # task is running, which is what `settle` waits on.
+        if self._ready and not self._reading:
+            self._reading = True
+            self._spawn(self._read_ready())
+        if self._published and not self._marking:
+            self._marking = True
+            self._spawn(self._mark_published())
+
+    def _spawn(self, step: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(step)
+        self._pump_tasks.add(task)
+        task.add_done_callback(self._pump_tasks.discard)
+
+    async def _read_ready(self) -> None:
+        rooms, self._ready = sorted(self._ready), set()
+        self._held.update(rooms)
+        by_room: dict[str, list[OutboxRow]] = {}
+        full = False
+        try:
+            by_room, full = await self._read_rooms(rooms)
+        except Exception as exc:  # RetryableError, or a bug: either way the rooms go free
+            _log.warning("outbox_flush_failed", rooms=len(rooms), error=repr(exc))
+        finally:
+            self._reading = False
+            for room in rooms:
+                rows = by_room.get(room)
+                if rows:
+                    # Rooms of a full read, and rooms with a full share, may have more.
+                    self._spawn(self._publish_held(room, rows, full or len(rows) >= self._batch))
+                else:
+                    # Without a row in a full read, its rows come after the cut.
+                    self._release(room, again=full)
+            self._pump()
+
+    async def _read_rooms(self, rooms: Sequence[str]) -> tuple[dict[str, list[OutboxRow]], bool]:
+        """The rooms' first unsent rows (at most `batch` each), and whether the read was cut
+        short by `read_rows`."""
+        by_room: dict[str, list[OutboxRow]] = {}
+        if self._rooms_store is None:
+            for room, rows in zip(
+                rooms,
+                await asyncio.gather(*(self._store.fetch_unsent(self._batch, room) for room in rooms)),
+                strict=True,
+            ):
+                by_room[room] = list(rows)
+            return by_room, False
+        found = await self._rooms_store.fetch_unsent_rooms(
+            rooms, self._read_rows, per_room=self._batch
+        )
+        for row in found:
+            by_room.setdefault(row.room_id, []).append(row)
+        return by_room, len(found) >= self._read_rows
+
+    async def _publish_held(self, room_id: str, rows: Sequence[OutboxRow], again: bool) -> None:
+        sent: list[int] = []
+        try:
+            with measure("publish"):
+                async with self._room_lock(room_id):
+                    await self._publish_rows(rows, sent)
+        except Exception as exc:  # RetryableError, or a bug: the rest stays unsent
+            _log.warning("outbox_flush_failed", room_id=room_id, error=repr(exc))
+            again = False
+        finally:
+            self._published.append((room_id, sent, again))
+            self._pump()
+
+    async def _mark_published(self) -> None:
+        done, self._published = self._published, []
+        try:
+            seqs = [seq for _, sent, _ in done for seq in sent]
+            if seqs:
+                await self._store.mark_sent(seqs)
+        except Exception as exc:  # published, not marked: republished later, and dropped
+            _log.warning("outbox_mark_failed", rooms=len(done), error=repr(exc))
+        finally:
+            self._marking = False
+            for room_id, _, again in done:
+                self._release(room_id, again)
+            self._pump()
+
+    def _release(self, room_id: str, again: bool) -> None:
+        self._held.discard(room_id)
+        if room_id in self._again:
+            self._again.discard(room_id)
+            again = True
+        if again:
+            self._ready.add(room_id)
 
     async def sweep(self) -> int:
-        """Publish every unsent row of every room; returns how many rows were handled."""
+        """Publish every unsent row of every room the pump is not about to publish; returns
+        how many rows were handled."""
         total = 0
         while True:
             rows = await self._store.fetch_unsent(self._batch)
             by_room: dict[str, list[OutboxRow]] = {}
             for row in rows:
-                by_room.setdefault(row.room_id, []).append(row)
+                if row.room_id not in self._held and row.room_id not in self._ready:
+                    by_room.setdefault(row.room_id, []).append(row)
+            if not by_room:
+                return total
             for room_id, room_rows in by_room.items():
                 async with self._room_lock(room_id):
                     await self._publish_in_order(room_rows)
-            total += len(rows)
+                total += len(room_rows)
             if len(rows) < self._batch:
                 return total
 
@@ -511,12 +610,6 @@ def worth_batching(rows: int, batch_cost: float | None, publish_cost: float | No
 
 def _average(average: float | None, sample: float) -> float:
     return sample if average is None else average + _COST_WEIGHT * (sample - average)
-
-
-def _raise_first(results: Sequence[object]) -> None:
-    for r in results:
-        if isinstance(r, BaseException):
-            raise r
 
 
 __all__ = [

@@ -225,11 +225,21 @@ class OutboxRelay(Protocol):
 
 
 @runtime_checkable
-class BatchOutboxRelay(OutboxRelay, Protocol):
-    """A relay that can flush several rooms at once (one read and one update for all)."""
+class BackgroundOutboxRelay(OutboxRelay, Protocol):
+    """A relay that publishes rooms' rows in the background, many rooms at once."""
 
-    async def flush_rooms(self, room_ids: Sequence[str]) -> None:
-        """`flush` of each room, with each room's rows still published in order."""
+    def kick(self, room_id: str) -> None:
+        """Publish the room's rows committed so far, soon, in order."""
+        ...
+
+    @property
+    def pending(self) -> int:
+        """Rooms kicked and not yet published."""
+        ...
+
+    async def settle(self) -> None:
+        """Until every room kicked so far is published, or failed (then its rows are left
+        for a later kick or the relay's sweep)."""
         ...
 
 

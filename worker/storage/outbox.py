@@ -38,15 +38,15 @@ FROM outbox WHERE sent_at IS NULL AND room_id = $2
 ORDER BY seq LIMIT $1
 """
 
-# Each room's first unsent rows (by outbox_unsent_idx, one probe per room), then the first
-# of those overall.
+# Each room's first unsent rows, at most $3 (by outbox_unsent_idx, one probe per room), then
+# the first $1 of those overall.
 SELECT_UNSENT_ROOMS = f"""
 SELECT o.seq, o.output_id, o.room_id, o.output_type, o.payload
 FROM (SELECT DISTINCT key FROM {keys_param(2, "text")} AS r(key)) AS k
 CROSS JOIN LATERAL (
     SELECT x.seq, x.output_id, x.room_id, x.output_type, x.payload
     FROM outbox x WHERE x.sent_at IS NULL AND x.room_id = k.key
-    ORDER BY x.seq LIMIT $1
+    ORDER BY x.seq LIMIT $3
 ) o
 ORDER BY o.seq LIMIT $1
 """
@@ -124,12 +124,15 @@ async def fetch_unsent(
 
 
 async def fetch_unsent_rooms(
-    db: Executor, room_ids: Sequence[str], *, limit: int = 256
+    db: Executor, room_ids: Sequence[str], *, limit: int = 256, per_room: int | None = None
 ) -> list[OutboxRow]:
-    """Unsent rows of several rooms in commit order, in one round trip."""
+    """Unsent rows of several rooms in commit order, in one round trip: the first `limit`,
+    of at most `per_room` (default `limit`) of each room."""
     if not room_ids:
         return []
-    rows = await db.fetch(SELECT_UNSENT_ROOMS, limit, list(room_ids))
+    rows = await db.fetch(
+        SELECT_UNSENT_ROOMS, limit, list(room_ids), limit if per_room is None else per_room
+    )
     return [
         OutboxRow(r["seq"], r["output_id"], r["room_id"], r["output_type"], bytes(r["payload"]))
         for r in rows
