@@ -507,3 +507,25 @@ def test_a_parsed_event_carries_its_canonical_json_for_storage(
     # An event built by hand (a redacted copy, say) has none, and is encoded when stored.
     rebuilt = Event(event.pdu, event.event_id, event.rules)
     assert rebuilt.canonical is None and stored_json(rebuilt) == event.canonical
+
+
+@given(
+    version=st.sampled_from(ALL_VERSIONS),
+    content=st.dictionaries(st.text(max_size=4), _INTERESTING, max_size=3),
+    stray_id=st.booleans(),
+)
+def test_outputs_carry_the_pdu_with_its_event_id(
+    version: str, content: dict[str, Any], stray_id: bool
+) -> None:
+    from worker.pipeline.events import event_raw
+
+    pdu = valid(version, content=content)
+    if stray_id and "event_id" not in pdu:
+        pdu["event_id"] = "$stray"
+    event = parse_pdu(msgspec.json.encode(pdu), _rules(version))
+    if isinstance(event, Rejection):
+        return
+    wanted = {**event.pdu, "event_id": event.event_id}
+    # From the canonical JSON validation kept, and from an event built by hand without it.
+    for built in (event, Event(event.pdu, event.event_id, event.rules)):
+        assert msgspec.json.decode(event_raw(built)) == wanted
