@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -34,8 +35,11 @@ class MemoryOutbox:
     rows: list[Row] = field(default_factory=list)
     sent: set[int] = field(default_factory=set)
     fail_mark: bool = False
+    # When each row was committed, by seq (time.monotonic()).
+    created: dict[int, float] = field(default_factory=dict)
 
-    def add(self, room_id: str, n: int) -> Row:
+    def add(self, room_id: str, n: int, *, age: float = 0.0) -> Row:
+        self.created[len(self.rows) + 1] = time.monotonic() - age
         row = Row(
             seq=len(self.rows) + 1,
             room_id=room_id,
@@ -46,10 +50,16 @@ class MemoryOutbox:
         self.rows.append(row)
         return row
 
-    async def fetch_unsent(self, limit: int, room_id: str | None = None) -> list[Row]:
+    async def fetch_unsent(
+        self, limit: int, room_id: str | None = None, *, min_age: float = 0.0
+    ) -> list[Row]:
         rows = [r for r in self.rows if r.seq not in self.sent]
         if room_id is not None:
             rows = [r for r in rows if r.room_id == room_id]
+        else:
+            now = time.monotonic()
+            stale = {r.room_id for r in rows if now - self.created[r.seq] >= min_age}
+            rows = [r for r in rows if r.room_id in stale]
         return rows[:limit]
 
     async def mark_sent(self, seqs: Sequence[int]) -> None:
@@ -124,6 +134,23 @@ async def test_sweep_publishes_every_room_and_races_with_flush_safely(
     assert await relay.sweep() == 0
 
 
+async def test_a_later_sweep_takes_only_rooms_with_an_old_row(
+    nc: NATS, streams: Subjects
+) -> None:
+    """Young rows are being published by whoever committed them; a room with an old row is
+    stuck, and all of its rows go, in order (not only the old ones)."""
+    store = MemoryOutbox()
+    store.add("!a:x", 0, age=60)
+    store.add("!b:x", 0)
+    store.add("!a:x", 1)
+    relay = NatsOutboxRelay(nc, streams, store)
+    assert await relay.sweep(min_age=5) == 2
+    published = await read_outputs(nc, streams)
+    assert [h[MSG_ID_HEADER] for _, h, _ in published] == ["out-!a:x-0", "out-!a:x-1"]
+    assert await relay.sweep() == 1
+    assert store.sent_ids() == {r.output_id for r in store.rows}
+
+
 async def test_publish_failure_is_retryable_and_keeps_rows(nc: NATS, streams: Subjects) -> None:
     store = MemoryOutbox()
     store.add("!a:x", 0)
@@ -159,5 +186,33 @@ async def test_pg_outbox_store_round_trip(
         assert (await store.stats())[0] == 0
         published = await read_outputs(nc, streams)
         assert [h[MSG_ID_HEADER] for _, h, _ in published] == ["o0", "o1", "o2"]
+    finally:
+        await pool.close()
+
+
+async def test_pg_fetch_unsent_by_age_takes_whole_rooms(database_dsn: str) -> None:
+    pool = await asyncpg.create_pool(database_dsn, min_size=1, max_size=2)
+    assert pool is not None
+    try:
+        await apply_migrations(pool)
+        for room, n in (("!old:x", 0), ("!young:x", 0), ("!old:x", 1)):
+            async with pool.acquire() as conn, conn.transaction():
+                await insert_outputs_txn(
+                    conn,  # type: ignore[arg-type]
+                    room,
+                    [OutputRecord(output_id=f"{room}{n}", output_type="purge_room",
+                                  payload=b"{}")],
+                )
+        await pool.execute(
+            "UPDATE outbox SET created_at = now() - interval '1 minute' WHERE output_id = '!old:x0'"
+        )
+        store = PgOutboxStore(pool)
+        assert [r.output_id for r in await store.fetch_unsent(10, min_age=30)] == [
+            "!old:x0", "!old:x1",
+        ]
+        assert [r.output_id for r in await store.fetch_unsent(10)] == [
+            "!old:x0", "!young:x0", "!old:x1",
+        ]
+        assert await store.fetch_unsent(10, min_age=120) == []
     finally:
         await pool.close()

@@ -148,8 +148,10 @@ class GatedOutbox(MemoryOutbox):
         self.marking = asyncio.Event()
         self.reads: list[list[str]] = []
 
-    async def fetch_unsent(self, limit: int, room_id: str | None = None) -> list[Row]:
-        rows = await super().fetch_unsent(limit, room_id)
+    async def fetch_unsent(
+        self, limit: int, room_id: str | None = None, *, min_age: float = 0.0
+    ) -> list[Row]:
+        rows = await super().fetch_unsent(limit, room_id, min_age=min_age)
         if room_id is not None:
             self.reads.append([r.output_id for r in rows])
         return rows

@@ -122,8 +122,11 @@ class OutboxRow(Protocol):
 class OutboxStore(Protocol):
     """What the relay needs from storage (`PgOutboxStore` over `worker.storage.outbox`)."""
 
-    async def fetch_unsent(self, limit: int, room_id: str | None = None) -> Sequence[OutboxRow]:
-        """Up to `limit` unsent rows, ordered by `seq`; of one room, or of all rooms."""
+    async def fetch_unsent(
+        self, limit: int, room_id: str | None = None, *, min_age: float = 0.0
+    ) -> Sequence[OutboxRow]:
+        """Up to `limit` unsent rows, ordered by `seq`: of one room, or of every room with
+        an unsent row committed at least `min_age` seconds ago."""
         ...
 
     async def mark_sent(self, seqs: Sequence[int]) -> None:
@@ -159,9 +162,13 @@ class PgOutboxStore:
     # Storage marks rows by output id: the ids of fetched rows, by seq, until marked.
     _ids: dict[int, str] = field(default_factory=dict, init=False, repr=False)
 
-    async def fetch_unsent(self, limit: int, room_id: str | None = None) -> Sequence[OutboxRow]:
+    async def fetch_unsent(
+        self, limit: int, room_id: str | None = None, *, min_age: float = 0.0
+    ) -> Sequence[OutboxRow]:
         try:
-            rows = await outbox_sql.fetch_unsent(self.db, room_id=room_id, limit=limit)
+            rows = await outbox_sql.fetch_unsent(
+                self.db, room_id=room_id, limit=limit, min_age=min_age
+            )
         except _DB_ERRORS as exc:
             raise RetryableError(f"outbox read failed: {exc!r}", code="database_unavailable") from exc
         self._ids.update((r.seq, r.output_id) for r in rows)
@@ -396,12 +403,13 @@ class NatsOutboxRelay:
         if again:
             self._ready.add(room_id)
 
-    async def sweep(self) -> int:
-        """Publish every unsent row of every room the pump is not about to publish; returns
-        how many rows were handled."""
+    async def sweep(self, min_age: float = 0.0) -> int:
+        """Publish the unsent rows of every room with one committed at least `min_age`
+        seconds ago and not about to be published by the pump; returns how many rows were
+        handled."""
         total = 0
         while True:
-            rows = await self._store.fetch_unsent(self._batch)
+            rows = await self._store.fetch_unsent(self._batch, min_age=min_age)
             by_room: dict[str, list[OutboxRow]] = {}
             for row in rows:
                 if row.room_id not in self._held and row.room_id not in self._ready:
@@ -416,10 +424,17 @@ class NatsOutboxRelay:
                 return total
 
     async def run(self) -> None:
-        """Sweep now and then every `sweep_interval` until cancelled; failures are logged."""
+        """Sweep now and then every `sweep_interval` until cancelled; failures are logged.
+
+        Later sweeps take only rooms with a row at least `sweep_interval` old: younger rows
+        are being published by whichever process committed them (this one's pump, or
+        another worker's), and a sweep that took them too published them a second time.
+        """
+        min_age = 0.0
         while True:
             try:
-                swept = await self.sweep()
+                swept = await self.sweep(min_age)
+                min_age = self._sweep_interval
                 if swept:
                     _log.info("outbox_swept", rows=swept)
                 if self._stats is not None:

@@ -26,9 +26,15 @@ ORDER BY pos
 ON CONFLICT (output_id) DO NOTHING
 """
 
+# Rows of the rooms with an unsent row at least $2 seconds old, all of each such room's
+# unsent rows: a room's rows in seq order are its commit order, created_at (its transaction's
+# start) need not be, so filtering rows by age could skip a row and take a later one.
 SELECT_UNSENT = """
 SELECT seq, output_id, room_id, output_type, payload
-FROM outbox WHERE sent_at IS NULL
+FROM outbox WHERE sent_at IS NULL AND room_id IN (
+    SELECT room_id FROM outbox
+    WHERE sent_at IS NULL AND created_at <= now() - make_interval(secs => $2)
+)
 ORDER BY seq LIMIT $1
 """
 
@@ -110,11 +116,12 @@ async def insert_outputs_txn(
 
 
 async def fetch_unsent(
-    db: Executor, *, room_id: str | None = None, limit: int = 256
+    db: Executor, *, room_id: str | None = None, limit: int = 256, min_age: float = 0.0
 ) -> list[OutboxRow]:
-    """Unsent rows in commit order (of one room, or of all rooms)."""
+    """Unsent rows in commit order: of one room, or of every room with an unsent row
+    committed at least `min_age` seconds ago."""
     if room_id is None:
-        rows = await db.fetch(SELECT_UNSENT, limit)
+        rows = await db.fetch(SELECT_UNSENT, limit, float(min_age))
     else:
         rows = await db.fetch(SELECT_UNSENT_ROOM, limit, room_id)
     return [
