@@ -609,6 +609,9 @@ class Worker:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
+        if self.relay is not None:
+            # Drained, the pump is idle; cut short, its rows are the sweep's or the next start's.
+            await self.relay.stop()
         if self.relay is not None and not self._hurry.is_set():
             # Publish what the drained rooms committed last (DESIGN §6: flush the outbox).
             try:

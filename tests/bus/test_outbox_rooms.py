@@ -186,6 +186,30 @@ async def test_a_room_kicked_while_held_is_read_again_once_marked(
     assert store.sent_ids() == {r.output_id for r in store.rows}
 
 
+async def test_stop_cancels_the_pump_and_leaves_its_rooms_to_the_sweep(
+    nc: NATS, streams: Subjects
+) -> None:
+    store = GatedOutbox()
+    for n in range(3):
+        store.add("!a:x", n)
+    relay = NatsOutboxRelay(nc, streams, store)
+    relay.kick("!a:x")
+    await store.marking.wait()
+    await relay.stop()
+    assert relay.pending == 0
+    relay.kick("!a:x")
+    assert relay.pending == 0
+    await relay.settle()
+    assert store.sent == set()
+    # The rows the pump published and never marked: the sweep publishes them again (JetStream
+    # drops the repeats) and marks them.
+    store.gate.set()
+    assert await relay.sweep() == 3
+    assert store.sent_ids() == {r.output_id for r in store.rows}
+    published = await read_outputs(nc, streams)
+    assert [h[MSG_ID_HEADER] for _, h, _ in published] == [f"out-!a:x-{n}" for n in range(3)]
+
+
 async def test_failures_are_logged_and_leave_the_rows_for_later(
     nc: NATS, streams: Subjects
 ) -> None:

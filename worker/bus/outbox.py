@@ -52,7 +52,7 @@ import contextlib
 import math
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -265,6 +265,7 @@ class NatsOutboxRelay:
         self._reading = False
         self._marking = False
         self._pump_tasks: set[asyncio.Task[None]] = set()
+        self._stopped = False
 
     @contextlib.asynccontextmanager
     async def _room_lock(self, room_id: str) -> AsyncIterator[None]:
@@ -296,6 +297,8 @@ class NatsOutboxRelay:
 
     def kick(self, room_id: str) -> None:
         """Publish the room's rows committed so far, soon, in the background."""
+        if self._stopped:
+            return
         if room_id in self._held:
             self._again.add(room_id)
         else:
@@ -323,7 +326,23 @@ class NatsOutboxRelay:
             self._marking = True
             self._spawn(self._mark_published())
 
-    def _spawn(self, step: Awaitable[None]) -> None:
+    async def stop(self) -> None:
+        """Stop the pump: its work in flight is cancelled and its rooms forgotten, so that
+        a last `sweep` takes them (or the next start's). Kicks are ignored from now on."""
+        self._stopped = True
+        tasks = list(self._pump_tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._ready.clear()
+        self._held.clear()
+        self._again.clear()
+        self._published.clear()
+
+    def _spawn(self, step: Coroutine[None, None, None]) -> None:
+        if self._stopped:
+            step.close()
+            return
         task = asyncio.ensure_future(step)
         self._pump_tasks.add(task)
         task.add_done_callback(self._pump_tasks.discard)
