@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from nats.aio.client import Client as NATS
+from prometheus_client import REGISTRY
 
 from tests.bus.test_consumer import GUARD, FakeHandler, event, event_id_of, running
 from worker.bus.consumer import QueuedInput
@@ -48,6 +49,7 @@ async def test_a_rooms_backlog_is_handled_in_batches_in_order(
 ) -> None:
     room = "!backlog:example.org"
     sent = await _publish_room(nc, streams, room, 40)
+    acks_before = _acks()
     handler = BatchHandler()
     async with running(nc, streams, handler) as consumer:
         async with asyncio.timeout(GUARD):
@@ -62,6 +64,12 @@ async def test_a_rooms_backlog_is_handled_in_batches_in_order(
     assert any(len(b) > 1 for b in handler.batches)
     left = (await nc.jetstream().stream_info(streams.input_stream)).state.messages
     assert left == 0  # every message acked
+    assert _acks() - acks_before == len(sent)  # and counted, a batch at a time
+
+
+def _acks() -> float:
+    value = REGISTRY.get_sample_value("roomserver_messages_settled_total", {"action": "ack"})
+    return value or 0.0
 
 
 async def test_a_failed_batch_is_handled_again_one_by_one(nc: NATS, streams: Subjects) -> None:

@@ -255,9 +255,9 @@ def count_outputs(output_type: str, n: int = 1) -> None:
     _child(OUTPUTS_PUBLISHED, output_type).inc(n)
 
 
-def count_settle(action: SettleAction) -> None:
-    """Count one JetStream settlement of an input message."""
-    _child(MESSAGES_SETTLED, action).inc()
+def count_settle(action: SettleAction, n: int = 1) -> None:
+    """Count JetStream settlements of input messages."""
+    _child(MESSAGES_SETTLED, action).inc(n)
 
 
 __all__ = [
