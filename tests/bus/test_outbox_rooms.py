@@ -162,15 +162,23 @@ class GatedOutbox(MemoryOutbox):
         await super().mark_sent(seqs)
 
 
-async def test_a_room_kicked_while_held_is_read_again_once_marked(
+async def _marking_three_rows(
     nc: NATS, streams: Subjects
-) -> None:
+) -> tuple[GatedOutbox, NatsOutboxRelay]:
+    """A relay whose pump published room a's three rows and waits for their mark."""
     store = GatedOutbox()
     for n in range(3):
         store.add("!a:x", n)
     relay = NatsOutboxRelay(nc, streams, store)
     relay.kick("!a:x")
     await store.marking.wait()
+    return store, relay
+
+
+async def test_a_room_kicked_while_held_is_read_again_once_marked(
+    nc: NATS, streams: Subjects
+) -> None:
+    store, relay = await _marking_three_rows(nc, streams)
     # Published, not yet marked: a read now would take the same rows again.
     for n in range(3, 5):
         store.add("!a:x", n)
@@ -189,12 +197,7 @@ async def test_a_room_kicked_while_held_is_read_again_once_marked(
 async def test_stop_cancels_the_pump_and_leaves_its_rooms_to_the_sweep(
     nc: NATS, streams: Subjects
 ) -> None:
-    store = GatedOutbox()
-    for n in range(3):
-        store.add("!a:x", n)
-    relay = NatsOutboxRelay(nc, streams, store)
-    relay.kick("!a:x")
-    await store.marking.wait()
+    store, relay = await _marking_three_rows(nc, streams)
     await relay.stop()
     assert relay.pending == 0
     relay.kick("!a:x")
