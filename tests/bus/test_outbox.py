@@ -37,6 +37,7 @@ class MemoryOutbox:
     fail_mark: bool = False
     # When each row was committed, by seq (time.monotonic()).
     created: dict[int, float] = field(default_factory=dict)
+    marks: list[list[int]] = field(default_factory=list)
 
     def add(self, room_id: str, n: int, *, age: float = 0.0) -> Row:
         self.created[len(self.rows) + 1] = time.monotonic() - age
@@ -65,6 +66,7 @@ class MemoryOutbox:
     async def mark_sent(self, seqs: Sequence[int]) -> None:
         if self.fail_mark:
             raise RetryableError("db down")
+        self.marks.append(list(seqs))
         self.sent.update(seqs)
 
     def sent_ids(self) -> set[str]:
@@ -132,6 +134,22 @@ async def test_sweep_publishes_every_room_and_races_with_flush_safely(
         ids = [h[MSG_ID_HEADER] for _, h, _ in published if h[ROOM_ID_HEADER] == room]
         assert ids == [f"out-{room}-{n}" for n in range(5)]
     assert await relay.sweep() == 0
+
+
+async def test_a_sweep_publishes_its_rooms_side_by_side_and_marks_them_together(
+    nc: NATS, streams: Subjects
+) -> None:
+    store = MemoryOutbox()
+    for n in range(3):
+        for room in ("!a:x", "!b:x", "!c:x"):
+            store.add(room, n)
+    relay = NatsOutboxRelay(nc, streams, store)
+    assert await relay.sweep() == 9
+    assert len(store.marks) == 1 and sorted(store.marks[0]) == [r.seq for r in store.rows]
+    published = await read_outputs(nc, streams)
+    for room in ("!a:x", "!b:x", "!c:x"):
+        ids = [h[MSG_ID_HEADER] for _, h, _ in published if h[ROOM_ID_HEADER] == room]
+        assert ids == [f"out-{room}-{n}" for n in range(3)]
 
 
 async def test_a_later_sweep_takes_only_rooms_with_an_old_row(

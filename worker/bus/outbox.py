@@ -435,12 +435,25 @@ class NatsOutboxRelay:
                     by_room.setdefault(row.room_id, []).append(row)
             if not by_room:
                 return total
-            for room_id, room_rows in by_room.items():
-                async with self._room_lock(room_id):
-                    await self._publish_in_order(room_rows)
-                total += len(room_rows)
+            # The rooms side by side (each in order), one update for all: after a crash the
+            # start's sweep may find many rooms, each a PubAck round trip a row.
+            sent: list[int] = []
+            done = await asyncio.gather(
+                *(self._sweep_room(r, room_rows, sent) for r, room_rows in by_room.items()),
+                return_exceptions=True,
+            )
+            if sent:
+                await self._store.mark_sent(sent)
+            total += len(sent)
+            for failure in done:
+                if isinstance(failure, BaseException):
+                    raise failure
             if len(rows) < self._batch:
                 return total
+
+    async def _sweep_room(self, room_id: str, rows: Sequence[OutboxRow], sent: list[int]) -> None:
+        async with self._room_lock(room_id):
+            await self._publish_rows(rows, sent)
 
     async def run(self) -> None:
         """Sweep now and then every `sweep_interval` until cancelled; failures are logged.
