@@ -39,6 +39,15 @@ class MemoryOutbox:
     created: dict[int, float] = field(default_factory=dict)
     marks: list[list[int]] = field(default_factory=list)
 
+    @classmethod
+    def interleaved(cls, n: int, rooms: Sequence[str] = ("!a:x", "!b:x", "!c:x")) -> MemoryOutbox:
+        """`n` rows of each room, committed in turns."""
+        store = cls()
+        for i in range(n):
+            for room in rooms:
+                store.add(room, i)
+        return store
+
     def add(self, room_id: str, n: int, *, age: float = 0.0) -> Row:
         self.created[len(self.rows) + 1] = time.monotonic() - age
         row = Row(
@@ -121,10 +130,7 @@ async def test_republish_is_dropped_as_duplicate(nc: NATS, streams: Subjects) ->
 async def test_sweep_publishes_every_room_and_races_with_flush_safely(
     nc: NATS, streams: Subjects
 ) -> None:
-    store = MemoryOutbox()
-    for n in range(5):
-        for room in ("!a:x", "!b:x", "!c:x"):
-            store.add(room, n)
+    store = MemoryOutbox.interleaved(5)
     relay = NatsOutboxRelay(nc, streams, store, batch=4)
     await asyncio.gather(relay.sweep(), relay.flush("!b:x"), relay.flush("!c:x"))
     assert store.sent_ids() == {r.output_id for r in store.rows}
@@ -139,10 +145,7 @@ async def test_sweep_publishes_every_room_and_races_with_flush_safely(
 async def test_a_sweep_publishes_its_rooms_side_by_side_and_marks_them_together(
     nc: NATS, streams: Subjects
 ) -> None:
-    store = MemoryOutbox()
-    for n in range(3):
-        for room in ("!a:x", "!b:x", "!c:x"):
-            store.add(room, n)
+    store = MemoryOutbox.interleaved(3)
     relay = NatsOutboxRelay(nc, streams, store)
     assert await relay.sweep() == 9
     assert len(store.marks) == 1 and sorted(store.marks[0]) == [r.seq for r in store.rows]

@@ -127,10 +127,7 @@ async def test_a_room_whose_rows_all_come_after_a_cut_read_is_still_published(
 async def test_without_a_many_room_store_each_room_is_read_on_its_own(
     nc: NATS, streams: Subjects
 ) -> None:
-    store = MemoryOutbox()
-    for n in range(3):
-        for room in ("!a:x", "!b:x", "!c:x"):
-            store.add(room, n)
+    store = MemoryOutbox.interleaved(3)
     assert not isinstance(store, RoomsOutboxStore)
     relay = NatsOutboxRelay(nc, streams, store, batch=2)
     relay.kick("!b:x")
