@@ -450,6 +450,39 @@ async def test_in_flight_is_bounded(nc: NATS, streams: Subjects) -> None:
     assert await input_left(nc, streams) == 0
 
 
+async def test_in_flight_bytes_are_bounded(nc: NATS, streams: Subjects) -> None:
+    """A shard whose share of the bytes is full fetches no more, whatever the count allows:
+    with a byte a shard and one message a fetch, each shard holds one message at a time."""
+    from worker.bus.shards import shard_of
+
+    gate = asyncio.Event()
+    entered: list[str] = []
+
+    async def blocked(room_id: str, message: InputRoomEvent, delivery: int) -> HandleResult:
+        entered.append(room_id)
+        await gate.wait()
+        return HandleResult(event_id=event_id_of(message), outcome=Outcome.ACCEPTED)
+
+    rooms = [f"!room{n}:x" for n in range(10)]
+    assert {shard_of(r, SHARDS) for r in rooms} == set(range(SHARDS))
+    for n, room in enumerate(rooms):
+        await publish_input(nc, streams, event(room, n))
+    handler = FakeHandler(blocked)
+    settings = dataclasses.replace(FAST, batch=1, max_in_flight_bytes=SHARDS)
+    async with running(nc, streams, handler, settings) as consumer:
+        async with asyncio.timeout(GUARD):
+            while len(entered) < SHARDS:
+                await asyncio.sleep(0.01)
+        await asyncio.sleep(4 * FAST.fetch_timeout)
+        assert consumer.in_flight == SHARDS and len(entered) == SHARDS
+        gate.set()
+        async with asyncio.timeout(GUARD):
+            while len(handler.calls) < 10 or consumer.in_flight:
+                await asyncio.sleep(0.01)
+    assert sorted(r for r, _, _ in handler.calls) == sorted(rooms)
+    assert await input_left(nc, streams) == 0
+
+
 async def test_a_rooms_backlog_in_one_shard_does_not_starve_another_shard(
     nc: NATS, streams: Subjects
 ) -> None:
