@@ -422,7 +422,8 @@ async def test_held_messages_are_kept_alive_past_the_ack_wait(nc: NATS, streams:
     assert await input_left(nc, streams) == 0
 
 
-async def test_in_flight_is_bounded(nc: NATS, streams: Subjects) -> None:
+def _gated() -> tuple[asyncio.Event, list[str], FakeHandler]:
+    """A handler that records each room it enters and holds it there until the gate opens."""
     gate = asyncio.Event()
     entered: list[str] = []
 
@@ -431,9 +432,13 @@ async def test_in_flight_is_bounded(nc: NATS, streams: Subjects) -> None:
         await gate.wait()
         return HandleResult(event_id=event_id_of(message), outcome=Outcome.ACCEPTED)
 
+    return gate, entered, FakeHandler(blocked)
+
+
+async def test_in_flight_is_bounded(nc: NATS, streams: Subjects) -> None:
+    gate, entered, handler = _gated()
     for n in range(10):
         await publish_input(nc, streams, event(f"!room{n}:x", n))
-    handler = FakeHandler(blocked)
     settings = dataclasses.replace(FAST, max_in_flight=4)
     async with running(nc, streams, handler, settings) as consumer:
         async with asyncio.timeout(GUARD):
@@ -455,19 +460,11 @@ async def test_in_flight_bytes_are_bounded(nc: NATS, streams: Subjects) -> None:
     with a byte a shard and one message a fetch, each shard holds one message at a time."""
     from worker.bus.shards import shard_of
 
-    gate = asyncio.Event()
-    entered: list[str] = []
-
-    async def blocked(room_id: str, message: InputRoomEvent, delivery: int) -> HandleResult:
-        entered.append(room_id)
-        await gate.wait()
-        return HandleResult(event_id=event_id_of(message), outcome=Outcome.ACCEPTED)
-
+    gate, entered, handler = _gated()
     rooms = [f"!room{n}:x" for n in range(10)]
     assert {shard_of(r, SHARDS) for r in rooms} == set(range(SHARDS))
     for n, room in enumerate(rooms):
         await publish_input(nc, streams, event(room, n))
-    handler = FakeHandler(blocked)
     settings = dataclasses.replace(FAST, batch=1, max_in_flight_bytes=SHARDS)
     async with running(nc, streams, handler, settings) as consumer:
         async with asyncio.timeout(GUARD):
