@@ -609,17 +609,18 @@ class Worker:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
-        if self.relay is not None:
-            # Drained, the pump is idle; cut short, its rows are the sweep's or the next start's.
-            await self.relay.stop()
-        if self.relay is not None and not self._hurry.is_set():
+        relay, self.relay = self.relay, None
+        if relay is None:
+            return
+        # Drained, the pump is idle; cut short, its rows are the sweep's or the next start's.
+        await relay.stop()
+        if not self._hurry.is_set():
             # Publish what the drained rooms committed last (DESIGN §6: flush the outbox).
             try:
-                swept = await asyncio.wait_for(self.relay.sweep(), FINAL_SWEEP_TIMEOUT)
+                swept = await asyncio.wait_for(relay.sweep(), FINAL_SWEEP_TIMEOUT)
                 log.info("outbox_flushed", rows=swept)
             except Exception as exc:  # whatever is left is published by the next start
                 log.warning("outbox_flush_failed", error=repr(exc))
-        self.relay = None
 
     # -- readiness --
 

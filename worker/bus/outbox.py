@@ -391,8 +391,7 @@ class NatsOutboxRelay:
         sent: list[int] = []
         try:
             with measure("publish"):
-                async with self._room_lock(room_id):
-                    await self._publish_rows(rows, sent)
+                await self._publish_room(room_id, rows, sent)
         except Exception as exc:  # RetryableError, or a bug: the rest stays unsent
             _log.warning("outbox_flush_failed", room_id=room_id, error=repr(exc))
             again = False
@@ -439,7 +438,7 @@ class NatsOutboxRelay:
             # start's sweep may find many rooms, each a PubAck round trip a row.
             sent: list[int] = []
             done = await asyncio.gather(
-                *(self._sweep_room(r, room_rows, sent) for r, room_rows in by_room.items()),
+                *(self._publish_room(r, room_rows, sent) for r, room_rows in by_room.items()),
                 return_exceptions=True,
             )
             if sent:
@@ -451,7 +450,8 @@ class NatsOutboxRelay:
             if len(rows) < self._batch:
                 return total
 
-    async def _sweep_room(self, room_id: str, rows: Sequence[OutboxRow], sent: list[int]) -> None:
+    async def _publish_room(self, room_id: str, rows: Sequence[OutboxRow], sent: list[int]) -> None:
+        """`_publish_rows` under the room's lock (one publisher per room in this process)."""
         async with self._room_lock(room_id):
             await self._publish_rows(rows, sent)
 
