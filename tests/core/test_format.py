@@ -487,6 +487,9 @@ def test_duplicate_keys_keep_the_last_value_like_synapse() -> None:
     assert synapse_event.event_id == event.event_id
 
 
+# No deadline: the first example imports the pipeline package, which takes long on a busy
+# machine.
+@settings(deadline=None)
 @given(
     version=st.sampled_from(ALL_VERSIONS),
     content=st.dictionaries(st.text(max_size=4), _INTERESTING, max_size=3),

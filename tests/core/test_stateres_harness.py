@@ -86,6 +86,8 @@ class Dag:
     # The states along the linear shared history, oldest first: each extends the ones
     # before it with events that passed the auth rules.
     linear_states: list[dict[StateKey, str]] = field(default_factory=list)
+    # Events rejected here (Synapse's `rejected_reason` is set on theirs).
+    rejected: set[str] = field(default_factory=set)
 
 
 def _auth_keys(
@@ -130,8 +132,16 @@ class DagBuilder:
         prev: list[str],
         ts: int,
         check: bool = True,
+        rejected: bool = False,
+        keep_failed: bool = False,
     ) -> str | None:
-        """Create an event on top of `state` (updated in place if it is accepted)."""
+        """Create an event on top of `state` (updated in place if it is accepted).
+
+        `rejected`: the event passes the auth rules against `state` (the fork's server
+        accepted it) but was rejected here; so is any event citing a rejected one.
+        `keep_failed`: an event failing the auth rules is kept as a rejected event (which
+        later events may use as a prev event) instead of being dropped; `state` stays.
+        """
         dag = self.dag
         rules = self.rules
         self.n += 1
@@ -166,6 +176,7 @@ class DagBuilder:
             pdu["prev_events"] = prev
         syn = make_event_from_dict(pdu, self.rv)
         eid = syn.event_id
+        passed = True
         if check and etype != "m.room.create":
             auth = [dag.syn[a] for a in auth_ids]
             if rules.room_id_from_create_event:
@@ -173,13 +184,18 @@ class DagBuilder:
             try:
                 event_auth.check_state_dependent_auth_rules(syn, auth)
             except AuthError:
-                return None
+                if not keep_failed:
+                    return None
+                passed = False
+        if rejected or not passed or any(a in dag.rejected for a in auth_ids):
+            syn = make_event_from_dict(pdu, self.rv, rejected_reason="auth_error")
+            dag.rejected.add(eid)
         if rules.room_id_from_create_event and etype == "m.room.create":
             dag.room_id = "!" + eid[1:]
         dag.syn[eid] = syn
         dag.ours[eid] = Event(pdu, eid, rules)
         dag.pdus.append(pdu)
-        if skey is not None:
+        if skey is not None and passed:
             state[(etype, skey)] = eid
         return eid
 
@@ -224,9 +240,18 @@ def random_forked_dag(rng: random.Random, version: str, readable_ids: bool = Tru
     assert last is not None
     history: list[tuple[dict[StateKey, str], str]] = []
 
-    def step(st: dict[StateKey, str], prev: str, op_weights: bool = True) -> str:
+    def step(st: dict[StateKey, str], prev: str, rejecting: bool = False) -> str:
+        """One random event on top of `st`; `rejecting`: it may be rejected here (see
+        `DagBuilder.add`), or kept as a rejected prev event when it fails the rules."""
         nonlocal ts
         ts += rng.randint(0, 3)
+        flags: dict[str, bool] = {}
+        if rejecting:
+            flags = {"rejected": rng.random() < 0.2, "keep_failed": rng.random() < 0.5}
+
+        def add(*args: Any) -> str | None:
+            return b.add(*args, **flags)
+
         sender = rng.choice(USERS)
         kind = rng.choices(
             ["topic", "join", "leave", "kick", "ban", "invite", "pl", "jr", "name", "knock", "via"],
@@ -234,20 +259,20 @@ def random_forked_dag(rng: random.Random, version: str, readable_ids: bool = Tru
         )[0]
         target = rng.choice(USERS)
         if kind == "topic":
-            got = b.add("m.room.topic", sender, "", {"topic": f"t{b.n}"}, st, [prev], ts)
+            got = add("m.room.topic", sender, "", {"topic": f"t{b.n}"}, st, [prev], ts)
         elif kind == "name":
-            got = b.add("m.room.name", sender, "", {"name": f"n{b.n}"}, st, [prev], ts)
+            got = add("m.room.name", sender, "", {"name": f"n{b.n}"}, st, [prev], ts)
         elif kind in ("join", "leave") or (kind == "knock" and rules.knock):
-            got = b.add("m.room.member", sender, sender, {"membership": kind}, st, [prev], ts)
+            got = add("m.room.member", sender, sender, {"membership": kind}, st, [prev], ts)
         elif kind == "via" and rules.restricted_join_rule:
             content = {"membership": "join", "join_authorised_via_users_server": target}
-            got = b.add("m.room.member", sender, sender, content, st, [prev], ts)
+            got = add("m.room.member", sender, sender, content, st, [prev], ts)
         elif kind in ("kick", "ban", "invite"):
             m = {"kick": "leave", "ban": "ban", "invite": "invite"}[kind]
-            got = b.add("m.room.member", sender, target, {"membership": m}, st, [prev], ts)
+            got = add("m.room.member", sender, target, {"membership": m}, st, [prev], ts)
         elif kind == "pl":
             content = _pl_content(rules, rng, creators)
-            got = b.add("m.room.power_levels", sender, "", content, st, [prev], ts)
+            got = add("m.room.power_levels", sender, "", content, st, [prev], ts)
         elif kind == "jr":
             rules_ok = ["public", "invite"]
             rules_ok += ["knock"] if rules.knock else []
@@ -256,7 +281,7 @@ def random_forked_dag(rng: random.Random, version: str, readable_ids: bool = Tru
             jr_content: dict[str, Any] = {"join_rule": rng.choice(rules_ok)}
             if jr_content["join_rule"].endswith("restricted"):
                 jr_content["allow"] = [{"type": "m.room_membership", "room_id": "!other:a"}]
-            got = b.add("m.room.join_rules", sender, "", jr_content, st, [prev], ts)
+            got = add("m.room.join_rules", sender, "", jr_content, st, [prev], ts)
         else:
             got = None
         return got if got is not None else prev
@@ -289,8 +314,9 @@ def random_forked_dag(rng: random.Random, version: str, readable_ids: bool = Tru
     for _ in range(forks):
         base, prev = rng.choice(history[len(history) // 2 :]) if rng.random() < 0.5 else history[-1]
         st = dict(base)
+        rejecting = rng.random() < 0.4
         for _ in range(rng.randint(1, 10)):
-            prev = step(st, prev)
+            prev = step(st, prev, rejecting)
             history.append((dict(st), prev))
         if rng.random() < 0.3:
             _mix_in_older(rng, st, history)
@@ -377,28 +403,6 @@ def ours_resolve(
         dag.rules,
         dag.state_sets,
         dag.ours.get,
+        rejected=frozenset(dag.rejected),
         authorizer=SynapseAuthorizer(dag) if synapse_auth else None,
     )
-
-
-def synapse_deviation_explains(dag: Dag, theirs: Mapping[StateKey, str]) -> bool:
-    """Whether Synapse's documented deviation from the spec explains its answer `theirs`:
-    it counts a state set's own events into that set's auth chain, so unconflicted events
-    never enter its auth difference (see test_stateres_differential). True when our
-    algorithm, with exactly that deviation emulated, gives Synapse's answer."""
-    from worker.core.stateres import v2 as ours_v2
-
-    spec = ours_v2._auth_difference
-
-    def synapse_style(
-        events: Any, unconflicted: Mapping[StateKey, str], per_set: list[set[str]]
-    ) -> tuple[set[str], set[str]]:
-        union, difference = spec(events, unconflicted, per_set)
-        return union, difference - set(unconflicted.values())
-
-    ours_v2._auth_difference = synapse_style  # type: ignore[assignment]
-    try:
-        emulated, _ = ours_resolve(dag)
-    finally:
-        ours_v2._auth_difference = spec
-    return emulated == dict(theirs)

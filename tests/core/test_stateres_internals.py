@@ -7,8 +7,9 @@ from hypothesis import strategies as st
 
 from tests.fixtures.builder import RoomBuilder
 from worker.core.events import Event, StateKey
-from worker.core.stateres.common import Events, Mainline, separate_v2
-from worker.core.stateres.v2 import _split
+from worker.core.stateres.events import Events
+from worker.core.stateres.ordering import Mainline
+from worker.core.stateres.v2 import _split, separate_v2
 from worker.core.versions import V10
 
 KEYS = [("m.room.member", f"@u{i}:test") for i in range(6)] + [("m.room.topic", "")]

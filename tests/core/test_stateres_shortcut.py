@@ -1,6 +1,6 @@
-"""The iterative auth checks give the same states with and without the membership shortcut.
+"""The iterative auth checks give the same states with and without the self-membership table.
 
-`iterative_auth_checks` takes `MembershipShortcut` inline only when the authorizer's check is
+`iterative_auth_checks` decides by `SelfMembershipTable` only when the authorizer's check is
 `check_auth` itself; an authorizer that wraps the very same rule functions turns it off. Both
 run over random rooms of every version (the differential harness's DAGs), random orders of
 their state events, random starting states with keys missing (so that the fallback to an
@@ -20,8 +20,8 @@ from worker.core.auth import auth_types_for_event, check_auth
 from worker.core.events import Event, StateKey
 from worker.core.outcomes import Rejection
 from worker.core.stateres import SpecAuthorizer
-from worker.core.stateres.common import Events
-from worker.core.stateres.v2 import iterative_auth_checks
+from worker.core.stateres.events import Events
+from worker.core.stateres.iterative import iterative_auth_checks
 
 
 class FullRules:

@@ -20,6 +20,7 @@ from worker.core.auth.power_levels import PowerLevels
 from worker.core.auth.third_party import check_third_party_invite
 from worker.core.events import Event
 from worker.core.outcomes import Rejection
+from worker.core.versions import RoomRules
 
 # Rule names are "m.room.member/<membership>/<step>", steps numbered as in the v12 text
 # (5.3.x is "join/x"). In v8-v11 the whole rule is number 4, in v1-v7 number 5; inside it,
@@ -31,17 +32,60 @@ _R = "m.room.member"
 _ADMITTED = ("invite", "join")
 
 
-def _join_rule(auth_events: AuthEvents) -> str:
-    """The room's join rule. With no m.room.join_rules event the room is invite-only.
+def join_rule_of(join_rules: Event | None) -> str:
+    """The room's join rule, given its m.room.join_rules event (None: the room has none).
 
-    The spec does not name a default; `invite` is what Synapse and ruma use, and what
-    `createRoom` would produce, and it only ever lets in users who hold an invite.
+    With no join rules event the room is invite-only: the spec does not name a default;
+    `invite` is what Synapse and ruma use, and what `createRoom` would produce, and it only
+    ever lets in users who hold an invite. A non-string rule is no rule at all ("").
     """
-    event = auth_events.get(JOIN_RULES_KEY)
-    if event is None:
+    if join_rules is None:
         return "invite"
-    rule = event.content.get("join_rule")
+    rule = join_rules.content.get("join_rule")
     return rule if isinstance(rule, str) else ""
+
+
+def self_join_step(rules: RoomRules, join_rule: str, current: str | None) -> str | None:
+    """5.3.3-5.3.7 for a join by its own target: what the join rule and the sender's current
+    membership decide, without the event itself.
+
+    None: allowed. Otherwise the rule step that decides: "join/5.2" means the join needs an
+    authorising user (5.3.5.2, which reads the event and the authoriser's membership and
+    power); every other step refuses. `SelfMembershipTable` is this function tabulated.
+    """
+    # 5.3.3 (all versions): banned users stay out, whatever the join rule.
+    if current == "ban":
+        return "join/3"
+    # 5.3.4 (all versions; `knock` from v7): invite-only rooms, and knock rooms (where a
+    # knock is answered with an invite), admit the invited and the already joined. In v1-v6
+    # `knock` is no join rule at all and falls through to 5.3.7.
+    if join_rule == "invite" or (rules.knock and join_rule == "knock"):
+        return None if current in _ADMITTED else "join/4"
+    # 5.3.5 (v8+ `restricted`, v10+ `knock_restricted`): membership of another room, which
+    # only the authorising server can see, admits the user. In older versions these names
+    # are unknown join rules and fall through to 5.3.7.
+    if (rules.restricted_join_rule and join_rule == "restricted") or (
+        rules.knock_restricted_join_rule and join_rule == "knock_restricted"
+    ):
+        # 5.3.5.1: the invited and the already joined need no authorisation.
+        return None if current in _ADMITTED else "join/5.2"
+    # 5.3.6 (all versions): public rooms admit anyone not banned (5.3.3 ran already).
+    if join_rule == "public":
+        return None
+    # 5.3.7 (all versions): any other join rule: `private` (reserved, never implemented),
+    # unknown values, and the ones this version does not know yet.
+    return "join/7"
+
+
+def self_leave_from(rules: RoomRules) -> frozenset[str]:
+    """5.5.1: the memberships one may leave oneself ("allow if and only if"): an invite
+    (rejecting it), a join, and from v7 a knock (withdrawing it). A banned user cannot lift
+    their own ban by leaving, and someone with no membership has nothing to leave."""
+    return _LEAVE_FROM_V7 if rules.knock else _LEAVE_FROM
+
+
+_LEAVE_FROM = frozenset(("invite", "join"))
+_LEAVE_FROM_V7 = frozenset(("invite", "join", "knock"))
 
 
 def check_member(event: Event, auth_events: AuthEvents) -> Rejection | None:
@@ -114,63 +158,51 @@ def _join(event: Event, target: str, auth_events: AuthEvents) -> Rejection | Non
         return reject("sender_mismatch", f"{_R}/join/2", "Cannot make another user join.")
     # From here on sender = target, so "membership state" is the sender's own.
     current = membership_of(auth_events, event.sender)
-    # 5.3.3 (all versions): banned users stay out, whatever the join rule.
-    if current == "ban":
+    join_rule = join_rule_of(auth_events.get(JOIN_RULES_KEY))
+    step = self_join_step(rules, join_rule, current)
+    if step is None:
+        return None
+    if step == "join/3":
         return reject("banned", f"{_R}/join/3", f"{target} is banned from the room.")
-    join_rule = _join_rule(auth_events)
-    # 5.3.4 (all versions; `knock` from v7): invite-only rooms, and knock rooms (where a
-    # knock is answered with an invite), admit the invited and the already joined. In v1-v6
-    # `knock` is no join rule at all and falls through to 5.3.7.
-    if join_rule == "invite" or (rules.knock and join_rule == "knock"):
-        if current in _ADMITTED:
-            return None
+    if step == "join/4":
         return reject(
             "join_rule_forbids",
             f"{_R}/join/4",
             f"The room is {join_rule}-only; {target} is not invited.",
         )
-    # 5.3.5 (v8+ `restricted`, v10+ `knock_restricted`): membership of another room, which
-    # only the authorising server can see, admits the user. In older versions these names
-    # are unknown join rules and fall through to 5.3.7.
-    if (rules.restricted_join_rule and join_rule == "restricted") or (
-        rules.knock_restricted_join_rule and join_rule == "knock_restricted"
-    ):
-        # 5.3.5.1: the invited and the already joined need no authorisation.
-        if current in _ADMITTED:
-            return None
-        # 5.3.5.2: otherwise a joined member able to invite vouches for the join: the spec
-        # says the key "is not a user with sufficient permission to invite other users or is
-        # not a joined member", so a missing (or non-string) key fails too.
-        authoriser = event.content.get("join_authorised_via_users_server")
-        if not isinstance(authoriser, str):
-            return reject(
-                "bad_authoriser",
-                f"{_R}/join/5.2",
-                "A restricted join needs content.join_authorised_via_users_server.",
-            )
-        if membership_of(auth_events, authoriser) != "join":
-            return reject(
-                "bad_authoriser",
-                f"{_R}/join/5.2",
-                f"The authorising user {authoriser} is not joined.",
-            )
-        power = PowerLevels.from_auth_events(rules, auth_events)
-        if power.user_level(authoriser) < power.named("invite"):
-            return reject(
-                "bad_authoriser",
-                f"{_R}/join/5.2",
-                f"The authorising user {authoriser} may not invite users.",
-            )
-        # 5.3.5.3: otherwise, allow.
-        return None
-    # 5.3.6 (all versions): public rooms admit anyone not banned (5.3.3 ran already).
-    if join_rule == "public":
-        return None
-    # 5.3.7 (all versions): any other join rule: `private` (reserved, never implemented),
-    # unknown values, and the ones this version does not know yet.
-    return reject(
-        "join_rule_forbids", f"{_R}/join/7", f"The join rule {join_rule!r} forbids joining."
-    )
+    if step == "join/7":
+        return reject(
+            "join_rule_forbids", f"{_R}/join/7", f"The join rule {join_rule!r} forbids joining."
+        )
+    return _authorised_join(event, auth_events)
+
+
+def _authorised_join(event: Event, auth_events: AuthEvents) -> Rejection | None:
+    """5.3.5.2 (v8+): a joined member able to invite vouches for a restricted join. The spec
+    says the key "is not a user with sufficient permission to invite other users or is not a
+    joined member", so a missing (or non-string) key fails too."""
+    authoriser = event.content.get("join_authorised_via_users_server")
+    if not isinstance(authoriser, str):
+        return reject(
+            "bad_authoriser",
+            f"{_R}/join/5.2",
+            "A restricted join needs content.join_authorised_via_users_server.",
+        )
+    if membership_of(auth_events, authoriser) != "join":
+        return reject(
+            "bad_authoriser",
+            f"{_R}/join/5.2",
+            f"The authorising user {authoriser} is not joined.",
+        )
+    power = PowerLevels.from_auth_events(event.rules, auth_events)
+    if power.user_level(authoriser) < power.named("invite"):
+        return reject(
+            "bad_authoriser",
+            f"{_R}/join/5.2",
+            f"The authorising user {authoriser} may not invite users.",
+        )
+    # 5.3.5.3: otherwise, allow.
+    return None
 
 
 def _invite(
@@ -212,8 +244,7 @@ def _leave(
     # and only if": a banned user cannot lift their own ban by leaving, and someone with no
     # membership has nothing to leave.
     if event.sender == target:
-        allowed = ("invite", "join", "knock") if rules.knock else ("invite", "join")
-        if sender_membership in allowed:
+        if sender_membership in self_leave_from(rules):
             return None
         return reject("not_in_room", f"{_R}/leave/1", f"{target} has nothing to leave.")
     # 5.5.2: kicking and unbanning (a leave for someone else) are for members.
@@ -249,7 +280,7 @@ def _ban(
 def _knock(event: Event, target: str, auth_events: AuthEvents) -> Rejection | None:
     """5.7 (v7+; `knock_restricted` rooms from v10). A knock asks the members for an invite."""
     rules = event.rules
-    join_rule = _join_rule(auth_events)
+    join_rule = join_rule_of(auth_events.get(JOIN_RULES_KEY))
     # 5.7.1 (v7+): only knock rooms, and (v10+) knock_restricted rooms, take knocks.
     if not (
         join_rule == "knock"

@@ -11,17 +11,13 @@ https://spec.matrix.org/latest/rooms/v12/#state-resolution.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Container, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 
 from worker.core.auth import auth_types_for_event, check_auth
 from worker.core.events import Event, StateKey
-from worker.core.stateres.common import (
-    Authorizer,
-    Events,
-    ResolutionStats,
-    UnknownEvent,
-)
+from worker.core.stateres.events import Events, UnknownEvent
+from worker.core.stateres.model import Authorizer, ResolutionStats
 from worker.core.stateres.v1 import resolve_v1
 from worker.core.stateres.v2 import V2Flags, resolve_v2
 from worker.core.versions import RoomRules, StateResAlgorithm
@@ -54,7 +50,7 @@ def resolve(
     state_sets: Sequence[Mapping[StateKey, str]],
     event: Callable[[str], Event | None],
     auth_chain: Callable[[str], AbstractSet[str]] | None = None,
-    rejected: Container[str] = frozenset(),
+    rejected: Collection[str] = frozenset(),
     *,
     authorizer: Authorizer | None = None,
 ) -> tuple[dict[StateKey, str], ResolutionStats]:
@@ -64,8 +60,9 @@ def resolve(
     should their auth chains (an unknown auth-chain event only ends a walk). `auth_chain`,
     when given, returns an event's full auth chain (excluding the event), e.g. from a
     store's index; otherwise chains are walked through `event` and memoised for this call.
-    `rejected` holds IDs of events that were rejected: they are never used as fallback auth
-    events (spec "Iterative auth checks"). `authorizer` replaces the auth rules, for tests.
+    `rejected` holds IDs of events that were rejected (for any reason): v2 and v2.1 never
+    apply them nor read them as auth events, as Synapse does (docs/interop.md); v1 ignores
+    it, as Synapse's v1 does. `authorizer` replaces the auth rules, for tests.
 
     Raises `UnknownEvent` when a needed event cannot be looked up.
     """

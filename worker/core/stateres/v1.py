@@ -27,13 +27,8 @@ import hashlib
 from collections.abc import Mapping, Sequence
 
 from worker.core.events import Event, StateKey
-from worker.core.stateres.common import (
-    CREATE,
-    POWER_LEVELS,
-    Authorizer,
-    Events,
-    ResolutionStats,
-)
+from worker.core.stateres.events import CREATE, POWER_LEVELS, Events
+from worker.core.stateres.model import Authorizer, ResolutionStats
 
 
 def separate_v1(
@@ -84,9 +79,7 @@ class _Checker:
         return self.authz.check(event, auth) is None
 
 
-def _resolve_auth_list(
-    checker: _Checker, evs: list[Event], r: Mapping[StateKey, Event]
-) -> Event:
+def _resolve_auth_list(checker: _Checker, evs: list[Event], r: Mapping[StateKey, Event]) -> Event:
     """Steps 2-4 for one key: ascending depth, descending sha1; keep replacing while allowed."""
     # a./b. Assemble the events and sort them by ascending depth, then descending sha1.
     order = list(reversed(_newest_first(evs)))
@@ -138,9 +131,7 @@ def resolve_v1(
 
     # Step 2: conflicting m.room.power_levels events; the winner joins R before step 3.
     if POWER_LEVELS in conflicted_events:
-        resolved[POWER_LEVELS] = _resolve_auth_list(
-            checker, conflicted_events[POWER_LEVELS], r
-        )
+        resolved[POWER_LEVELS] = _resolve_auth_list(checker, conflicted_events[POWER_LEVELS], r)
     r.update(resolved)
 
     # Steps 3 and 4: m.room.join_rules, then m.room.member, "the above process" per key,

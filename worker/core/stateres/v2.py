@@ -25,8 +25,9 @@ about 2 µs per conflicted event, all steps included):
 - the conflicted events are looked up once and travel as parallel (IDs, events) lists;
 - auth chains are walked a generation at a time with set algebra (`Events.walk`);
 - the mainline ordering sorts by one key at a time (`Mainline.order_events`);
-- the iterative auth checks decide self-joins and self-leaves through a table
-  (`worker.core.auth.fast`), running the full auth rules for everything else.
+- the iterative auth checks decide self-joins and self-leaves through a table derived from
+  the membership rule (`worker.core.auth.self_membership`), running the full auth rules for
+  everything else (`iterative.py`).
 
 Every shortcut gives the same answers as the plain algorithm: the tests in
 `tests/core/test_stateres_shortcut.py` and `test_stateres_wide.py` compare them.
@@ -37,25 +38,17 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from itertools import chain, compress
-from typing import Any, cast
+from typing import cast
 
-from worker.core.auth import check_auth
-from worker.core.auth.fast import VIA, shortcut_for
 from worker.core.events import Event, StateKey
-from worker.core.stateres.common import (
-    CREATE,
-    JOIN_RULES,
-    MEMBER,
-    POWER_LEVELS,
-    Authorizer,
-    Events,
+from worker.core.stateres.events import MEMBER, POWER_LEVELS, Events, UnknownEvent
+from worker.core.stateres.iterative import iterative_auth_checks
+from worker.core.stateres.model import Authorizer, ResolutionStats
+from worker.core.stateres.ordering import (
     Mainline,
-    ResolutionStats,
-    UnknownEvent,
     is_power_event,
     lexicographic_topo_sort,
     sender_power,
-    separate_v2,
 )
 from worker.core.versions import StateResAlgorithm
 
@@ -77,8 +70,6 @@ class V2Flags:
 
 # From how many events the mainline ordering reuses what the auth-chain walks saw.
 _MANY = 64
-# Marks a missing entry where None is a value.
-_ABSENT: Any = object()
 
 
 def resolve_v2(
@@ -198,6 +189,46 @@ def resolve_v2(
     return state, stats
 
 
+def separate_v2(
+    state_sets: Sequence[Mapping[StateKey, str]],
+) -> tuple[dict[StateKey, str], dict[StateKey, list[str]]]:
+    """Split state sets into the unconflicted state map and the conflicted state set (v2+).
+
+    A key absent from some set is conflicted (spec, v2 "Unconflicted state map"). Conflicted
+    values come back as sorted lists of distinct event IDs.
+    """
+    if not state_sets:
+        return {}, {}
+    first = state_sets[0]
+    rest = state_sets[1:]
+    unconflicted: dict[StateKey, str] = {}
+    conflicted: dict[StateKey, list[str]] = {}
+    for key, eid in first.items():
+        for s in rest:
+            if s.get(key) != eid:
+                conflicted[key] = _values(state_sets, key)
+                break
+        else:
+            unconflicted[key] = eid
+    for s in rest:
+        for key in s:
+            if key not in first and key not in conflicted:
+                conflicted[key] = _values(state_sets, key)
+    return unconflicted, conflicted
+
+
+def _values(state_sets: Sequence[Mapping[StateKey, str]], key: StateKey) -> list[str]:
+    if len(state_sets) == 2:
+        # The usual two-way fork: at most two values, ordered without building a set.
+        a = state_sets[0].get(key)
+        b = state_sets[1].get(key)
+        if a is None or b is None or a == b:
+            got = a if a is not None else b
+            return [got] if got is not None else []
+        return [a, b] if a < b else [b, a]
+    return sorted({v for s in state_sets if (v := s.get(key)) is not None})
+
+
 def _split(
     state_sets: Sequence[Mapping[StateKey, str]],
 ) -> tuple[dict[StateKey, str], list[set[str]]]:
@@ -253,28 +284,48 @@ def _split_ordered(
 def _auth_difference(
     events: Events, unconflicted: Mapping[StateKey, str], per_set: list[set[str]]
 ) -> tuple[set[str], set[str]]:
-    """The spec's auth difference ∪Cᵢ − ∩Cᵢ, and the union of the conflicted events' chains.
+    """The union of the conflicted events' chains, and the auth difference ∪Cᵢ − ∩Cᵢ less
+    the conflicted events (which join the full conflicted set anyway).
 
-    Cᵢ, the full auth chain of Sᵢ, is C(U) ∪ C(Xᵢ) where U is the unconflicted state and
-    Xᵢ the conflicted events of Sᵢ. Whatever is in C(U) is in every Cᵢ, so the difference is
-    (∪C(Xᵢ) − ∩C(Xᵢ)) − C(U). C(U) is never built: a walk from U only has to find which of
-    those candidates it reaches, and it may stop at any event in ∩C(Xᵢ), because everything
+    Cᵢ, the auth chain of state set Sᵢ, counts Sᵢ's own events in, as Synapse computes it
+    (the spec's text, read literally, leaves them out, and the two readings split rooms;
+    docs/interop.md). So Cᵢ = U ∪ C(U) ∪ Xᵢ ∪ C(Xᵢ), where U is the unconflicted state, Xᵢ
+    the conflicted events of Sᵢ and C(·) the chains of the events (excluding themselves).
+    Whatever is in U or C(U) is in every Cᵢ, so the difference is
+    (∪C(Xᵢ) − ∩C(Xᵢ)) − U − C(U), up to conflicted events. C(U) is never built: a walk from U only has to find which of those
+    candidates it reaches, and it may stop at any event in ∩C(Xᵢ), because everything
     behind such an event is in ∩C(Xᵢ) as well (chains are closed under "auth event of").
-    An event's auth chain excludes the event itself (spec "Auth chain").
     """
     # Each closure is a set, whatever order its walk takes.
     chains = [events.closure(x) for x in per_set]
     union: set[str] = set().union(*chains)
     inter: set[str] = chains[0].intersection(*chains[1:]) if chains else set()
     candidates = union - inter
-    # Conflicted events join the full conflicted set anyway: whether they are also in the
-    # auth difference changes nothing, so only the others need the walk from U (which
-    # then is usually skipped, e.g. when a stale fork's old events are all it finds).
+    # Only the events that are not conflicted need deciding (and the walk from U is
+    # usually skipped, e.g. when a stale fork's old events are all it finds).
     undecided = candidates.difference(*per_set)
+    if undecided:
+        undecided -= _unconflicted_among(events, unconflicted, undecided)
     if not undecided:
-        return union, candidates
-    reached = _reached(events, list(unconflicted.values()), inter, undecided)
-    return union, candidates - reached
+        return union, undecided
+    return union, undecided - _reached(events, list(unconflicted.values()), inter, undecided)
+
+
+def _unconflicted_among(
+    events: Events, unconflicted: Mapping[StateKey, str], event_ids: set[str]
+) -> set[str]:
+    """Which of `event_ids` are values of the unconflicted state map (looked up by key:
+    `event_ids` is a handful, the map may hold a room's whole state)."""
+    found: set[str] = set()
+    for eid in event_ids:
+        ev = events.get(eid)
+        if (
+            ev is not None
+            and ev.state_key is not None
+            and unconflicted.get((ev.type, ev.state_key)) == eid
+        ):
+            found.add(eid)
+    return found
 
 
 def _reached(events: Events, roots: list[str], stop: set[str], wanted: set[str]) -> set[str]:
@@ -348,219 +399,3 @@ def _power_graph(events: Events, power: list[str], full: set[str]) -> dict[str, 
         graph[eid] = edges
         stack.extend(a for a in edges if a not in graph)
     return graph
-
-
-def iterative_auth_checks(
-    events: Events,
-    authz: Authorizer,
-    order: list[str],
-    state: dict[StateKey, str],
-    order_events: Sequence[Event] | None = None,
-) -> int:
-    """Spec "Iterative auth checks": apply each event of `order` to `state` (in place) if the
-    auth rules allow it against that state. Returns how many checks ran.
-
-    Auth events come from `state` for every key the rules need; a key missing there falls
-    back to the event's own auth event, unless that auth event was rejected. Events that
-    were previously rejected for failing auth against the state before them are checked
-    like any other (spec "Rejected events"); the caller never passes events rejected
-    against their own auth chain, as those cannot be in any state set or auth chain.
-
-    With the spec's own rules, self-joins and self-leaves (most of what a big room's
-    resolution checks) take the `MembershipShortcut` inline: the sender's membership and
-    the join rules decide, through a table. Wherever the shortcut does not answer, the
-    full rules run. `tests/core/test_stateres_shortcut.py` checks that this loop gives the
-    same states as the full rules alone.
-    """
-    rejected = events.rejected
-    get = events.get
-    must = events.must
-    cache = events.cache
-    auth_types = authz.auth_types
-    check = authz.check
-    rules = events.rules
-    # Only v12 events cite their create event implicitly (see `Events.auth_refs`).
-    implied_create = rules.room_id_from_create_event
-    auth_refs = events.auth_refs
-    # Auth event IDs known not to be anybody's usable membership event: events of other
-    # types, unknown events, rejected events. Most events cite only such events besides
-    # their sender's membership, so the fallback below is usually one subset test.
-    not_member: set[str] = set()
-
-    def own_auth_event(ev: Event, key: StateKey) -> Event | None:
-        """The event's own auth event for `key`, unless rejected: the fallback below."""
-        refs = auth_refs(ev) if implied_create else ev.auth_event_ids
-        etype, skey = key
-        if etype == MEMBER and not_member.issuperset(refs):
-            return None
-        for aid in refs:
-            if aid in rejected:
-                not_member.add(aid)
-                continue
-            aev = cache.get(aid)
-            if aev is None:
-                aev = get(aid)
-            if aev is None or aev.type != MEMBER:
-                not_member.add(aid)
-            if aev is not None and aev.state_key == skey and aev.type == etype:
-                return aev
-        return None
-
-    # The create event in force, looked up once: only applying a create event changes it.
-    create_id = state.get(CREATE)
-    create = must(create_id) if create_id is not None else None
-    # The shortcut is exact only for the spec's rules, and needs the create event. Its
-    # fields are copied into locals: the loop below reads them for thousands of events.
-    spec_rules = check is check_auth
-    shortcut = shortcut_for(rules, create) if spec_rules and create else None
-    fast = False
-    if shortcut is not None:
-        fast = shortcut.usable
-        restricted, room_id = shortcut.restricted, shortcut.room_id
-        create_prev, leave_allowed = shortcut.create_prev, shortcut.leave_allowed
-        first_joiner, join_table = shortcut.first_joiner, shortcut.join_table
-    # The full rules look up the power levels event for every membership event, so an
-    # unknown one must fail the same way here, once (the shortcut never changes it).
-    pl_unchecked = state.get(POWER_LEVELS)
-    # user -> the membership of their m.room.member event in `state` (as the rules read
-    # it), for the users met so far: their later events skip the lookups (a stale fork
-    # checks each user's old event, then their new one).
-    in_state: dict[str, Any] = {}
-    # Whether `verdicts` and `default` are the table of the state's join rules event.
-    jr_ready = False
-    verdicts: Mapping[str | None, bool | None] = {}
-    default: bool | None = None
-    if order_events is None:
-        # Every event must be known; `must` raises for the first one that is not.
-        found = list(map(cache.get, order))
-        if all(found):
-            order_events = cast("list[Event]", found)
-        else:
-            order_events = [ev if ev else must(eid) for eid, ev in zip(order, found, strict=True)]
-    # Counted as the events that are not state events, which are skipped.
-    checked = len(order)
-    for eid, ev in zip(order, order_events, strict=True):
-        # The hot loop of a big resolution: dict reads instead of method calls.
-        state_key = ev.state_key
-        if state_key is None:
-            checked -= 1
-            continue
-        if fast and state_key == ev.sender and ev.type == MEMBER and ev.rules is rules:
-            # `MembershipShortcut.allows`, inline (see there for the rules cited): joins
-            # and leaves, not naming an authorising server (v8+), in this room (v12+);
-            # joins other than right after the create event.
-            content = ev.content
-            # (Subscripts rather than `.get`: a few tens of ns per event, and the key is
-            # present in every membership event that passed format validation.)
-            try:
-                membership = content["membership"]
-            except KeyError:
-                membership = None
-            if membership == "join":
-                # (5.3.1 matters only for the first joiner: nobody else is let in by it.)
-                usable = state_key != first_joiner or ev.prev_event_ids != create_prev
-            else:
-                usable = membership == "leave"
-            if (
-                usable
-                and not (restricted and VIA in content)
-                and (room_id is None or ev.room_id == room_id)
-            ):
-                if pl_unchecked is not None:
-                    must(pl_unchecked)
-                    pl_unchecked = None
-                # What `auth_events` below would hold for the sender's membership: the
-                # state's event, else the event's own (usually: it cites none).
-                key = (MEMBER, state_key)
-                current = in_state.get(state_key, _ABSENT)
-                if current is _ABSENT:
-                    sid = state.get(key)
-                    if sid is not None:
-                        member = cache.get(sid)
-                        if member is None:
-                            member = must(sid)
-                    elif not_member.issuperset(
-                        auth_refs(ev) if implied_create else ev.auth_event_ids
-                    ):
-                        member = None
-                    else:
-                        member = own_auth_event(ev, key)
-                    try:
-                        current = member.content["membership"] if member is not None else None
-                    except KeyError:
-                        current = None
-                    if sid is not None:
-                        in_state[state_key] = current
-                if membership == "join":
-                    # ... and for the join rules, likewise. The state's join rules change
-                    # only through the full path below, which then clears `jr_ready`.
-                    if not jr_ready:
-                        sid = state.get(JOIN_RULES)
-                        if sid is None:
-                            verdicts, default = join_table(own_auth_event(ev, JOIN_RULES))
-                        else:
-                            join_rules = cache.get(sid)
-                            if join_rules is None:
-                                join_rules = must(sid)
-                            verdicts, default = join_table(join_rules)
-                            jr_ready = True
-                    try:
-                        verdict = verdicts.get(current, default)
-                    except TypeError:
-                        # An unhashable membership is no membership (`membership_of`).
-                        verdict = default
-                else:
-                    try:
-                        verdict = current in leave_allowed
-                    except TypeError:
-                        verdict = False
-                if verdict is not None:
-                    if verdict:
-                        state[key] = eid
-                        in_state[state_key] = membership
-                    continue
-        auth_events: dict[StateKey, Event] = {}
-        missing = False
-        for k in auth_types(ev):
-            sid = state.get(k)
-            if sid is not None:
-                aev = cache.get(sid)
-                auth_events[k] = aev if aev is not None else must(sid)
-            else:
-                missing = True
-        # The auth rules read the create event in every version, including v12 where it
-        # is no longer among the selected auth types.
-        if create is not None:
-            auth_events[CREATE] = create
-        else:
-            missing = True
-        if missing:
-            # Keys the state lacks fall back to the event's own auth events, unless those
-            # were rejected. (The rules only read the keys of the auth types and create.)
-            for aid in auth_refs(ev) if implied_create else ev.auth_event_ids:
-                if aid in rejected:
-                    continue
-                aev = cache.get(aid)
-                if aev is None:
-                    aev = get(aid)
-                if aev is not None and aev.state_key is not None:
-                    akey = (aev.type, aev.state_key)
-                    if akey not in auth_events:
-                        auth_events[akey] = aev
-        if check(ev, auth_events) is None:
-            key = (ev.type, state_key)
-            state[key] = eid
-            # (A membership changed by the full rules is read again when next needed.)
-            in_state.pop(state_key, None)
-            if key == JOIN_RULES:
-                jr_ready = False
-            if key == CREATE:
-                create = ev
-                if spec_rules:
-                    shortcut = shortcut_for(rules, create)
-                    fast = shortcut.usable
-                    restricted, room_id = shortcut.restricted, shortcut.room_id
-                    create_prev, leave_allowed = shortcut.create_prev, shortcut.leave_allowed
-                    first_joiner, join_table = shortcut.first_joiner, shortcut.join_table
-                jr_ready = False
-    return checked

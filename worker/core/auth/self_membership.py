@@ -1,15 +1,17 @@
-"""A table-driven shortcut through rule 5 for the commonest membership events.
+"""Self-joins and self-leaves decided by table: rule 5 of `member.py`, tabulated.
 
 State resolution in a big room checks thousands of membership events, and nearly all of
 them are someone joining (or re-joining to change a display name) or leaving. For those the
 whole of `check_auth` comes down to two facts: the sender's current membership and the
-room's join rule. `MembershipShortcut` works out, once per create event, everything that
-does not depend on the event, and turns each join rule event into a table "current
-membership -> verdict"; a check is then a few attribute reads and dict lookups.
+room's join rule. `SelfMembershipTable` works out, once per create event, everything that
+does not depend on the event, and turns each join rules event into a table "current
+membership -> verdict" by asking `member.self_join_step` for every membership; leaving is
+`member.self_leave_from`. The rule itself lives only in `member.py`.
 
-The shortcut answers only when it is sure to agree with `check_auth`; for anything unusual
-it answers None and the caller runs the full rules. Agreement is a tested property
-(`tests/core/test_auth_fast.py` compares both on random events and auth states).
+The table answers only when it is sure to agree with `check_auth` (rules 1-4 cannot refuse
+the event, and 5.3.1 and 5.3.5.2 are not involved); otherwise it answers None and the caller
+runs the full rules. Agreement is a tested property (`tests/core/test_auth_self_membership.py`
+compares both on random events and auth states).
 
 Spec: https://spec.matrix.org/latest/rooms/v12/#authorisation-rules (rules 2-5; 5.3 joins,
 5.5.1 leaving), with the same version scopes as `check_auth` (see `member.py`).
@@ -20,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from worker.core.auth.common import MEMBER
+from worker.core.auth.member import join_rule_of, self_join_step, self_leave_from
 from worker.core.events import Event
 from worker.core.versions import RoomRules
 
@@ -28,45 +31,33 @@ from worker.core.versions import RoomRules
 Table = tuple[Mapping[str | None, bool | None], bool | None]
 
 VIA = "join_authorised_via_users_server"
-# Join rules tables kept per shortcut: a room has a handful of join rules events.
+# Join rules tables kept per table object: a room has a handful of join rules events.
 _MAX_JOIN_TABLES = 16
+# Every membership a rule step names; any other string behaves like `_OTHER` (the default).
+_MEMBERSHIPS: tuple[str | None, ...] = (None, "invite", "join", "leave", "ban", "knock")
+_OTHER = "\x00another membership"
 
 
 def _join_table(rules: RoomRules, join_rules: Event | None) -> Table:
-    """5.3.3-5.3.7 for a self-join, as a table over the sender's current membership."""
-    # As `member._join_rule`: no m.room.join_rules event means invite-only; a non-string
-    # rule is no rule at all (it then falls to 5.3.7 below).
-    if join_rules is None:
-        rule = "invite"
-    else:
-        got = join_rules.content.get("join_rule")
-        rule = got if isinstance(got, str) else ""
-    # 5.3.3 (all versions) comes first in every row: a banned sender is refused.
-    # 5.3.4 (all versions; `knock` v7+): invite-only and knock rooms admit the invited and
-    # the joined only.
-    if rule == "invite" or (rules.knock and rule == "knock"):
-        return {"invite": True, "join": True}, False
-    # 5.3.5 (v8+ `restricted`, v10+ `knock_restricted`): 5.3.5.1 admits the invited and the
-    # joined; everyone else needs an authorising user (5.3.5.2), which the shortcut leaves
-    # to the full rules.
-    if (rules.restricted_join_rule and rule == "restricted") or (
-        rules.knock_restricted_join_rule and rule == "knock_restricted"
-    ):
-        return {"invite": True, "join": True, "ban": False}, None
-    # 5.3.6 (all versions): public rooms admit anyone who is not banned.
-    if rule == "public":
-        return {"ban": False}, True
-    # 5.3.7 (all versions): any other join rule refuses.
-    return {}, False
+    """`self_join_step` for every current membership under one join rules event."""
+    rule = join_rule_of(join_rules)
+
+    def verdict(current: str | None) -> bool | None:
+        step = self_join_step(rules, rule, current)
+        # 5.3.5.2 reads the event and the authoriser: the full rules decide.
+        return None if step == "join/5.2" else step is None
+
+    default = verdict(_OTHER)
+    return {m: v for m in _MEMBERSHIPS if (v := verdict(m)) != default}, default
 
 
-class MembershipShortcut:
+class SelfMembershipTable:
     """Rule 2-5 verdicts for self-joins and self-leaves, given one create event.
 
-    Built once per resolution (per create event in force). `allows` is the shortcut as a
+    Built once per resolution (per create event in force). `allows` is the table as a
     function of what `auth_events` would hold under (m.room.member, sender) and
     (m.room.join_rules, ""). State resolution's hot loop reads the same fields inline
-    (`stateres.v2.iterative_auth_checks`); both are tested against `check_auth`.
+    (`stateres.iterative`); both are tested against `check_auth`.
     """
 
     __slots__ = (
@@ -95,7 +86,7 @@ class MembershipShortcut:
         if rules.room_id_from_create_event:
             self.room_id = "!" + create.event_id[1:]
         # 3 (v1-v11) / 4 (v12): only a create event that sets `m.federate` can refuse
-        # anyone, on the sender's server; then the shortcut is not used at all. Nor is it
+        # anyone, on the sender's server; then the table is not used at all. Nor is it
         # for a v12 create event whose ID does not start with `$` (rule 2 refuses all).
         self.usable = "m.federate" not in create.content and (
             self.room_id is None or create.event_id.startswith("$")
@@ -104,14 +95,11 @@ class MembershipShortcut:
         # that server's signature, whatever the membership; such events go to the full
         # rules. Earlier versions ignore the key.
         self.restricted = rules.restricted_join_rule
-        # 5.5.1 (all versions; withdrawing a knock v7+): leaving oneself is allowed if and
-        # only if one is invited or joined (or has knocked).
-        self.leave_allowed = frozenset(
-            ("invite", "join", "knock") if rules.knock else ("invite", "join")
-        )
+        # 5.5.1 (all versions; withdrawing a knock v7+).
+        self.leave_allowed = self_leave_from(rules)
         # join rules event ID -> (that event, its table); None: no join rules event. The
-        # event is kept to check identity: a shortcut outlives one resolution (see
-        # `shortcut_for`), and v1-v2 event IDs are only what the sender claims.
+        # event is kept to check identity: a table outlives one resolution (see
+        # `table_for`), and v1-v2 event IDs are only what the sender claims.
         self._join_tables: dict[str | None, tuple[Event | None, Table]] = {}
 
     def join_table(self, join_rules: Event | None) -> Table:
@@ -129,7 +117,7 @@ class MembershipShortcut:
     def allows(
         self, event: Event, sender_member: Event | None, join_rules: Event | None
     ) -> bool | None:
-        """Whether `check_auth` allows `event`; None when the shortcut does not apply."""
+        """Whether `check_auth` allows `event`; None when the table does not apply."""
         # Only self-joins and self-leaves of this room version, without the fields that
         # bring in other rules: 4 (v1-v5 aliases) and 6-10 concern other event types.
         sender = event.sender
@@ -163,20 +151,20 @@ class MembershipShortcut:
         return verdicts.get(current, default)
 
 
-def shortcut_for(rules: RoomRules, create: Event) -> MembershipShortcut:
-    """The shortcut for one create event, shared by the resolutions of its room.
+def table_for(rules: RoomRules, create: Event) -> SelfMembershipTable:
+    """The table for one create event, shared by the resolutions of its room.
 
     Building one costs more than a small resolution's checks. Events hash by identity, so
-    a create event read again from storage simply gets a new shortcut.
+    a create event read again from storage simply gets a new table.
     """
     got = _SHORTCUTS.get(create)
     if got is None or got.rules is not rules:
         if len(_SHORTCUTS) >= _MAX_SHORTCUTS:
             _SHORTCUTS.clear()
-        got = _SHORTCUTS[create] = MembershipShortcut(rules, create)
+        got = _SHORTCUTS[create] = SelfMembershipTable(rules, create)
     return got
 
 
-# A memo, not state: a shortcut is a function of (rules, create event).
-_SHORTCUTS: dict[Event, MembershipShortcut] = {}
+# A memo, not state: a table is a function of (rules, create event).
+_SHORTCUTS: dict[Event, SelfMembershipTable] = {}
 _MAX_SHORTCUTS = 64

@@ -1,4 +1,4 @@
-"""`MembershipShortcut` agrees with `check_auth` wherever it answers.
+"""`SelfMembershipTable` agrees with `check_auth` wherever it answers.
 
 Random membership (and other) events are judged against random auth states, built from the
 handful of facts the shortcut reads (create event, sender's membership, join rules) plus the
@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from worker.core.auth import check_auth
-from worker.core.auth.fast import MembershipShortcut
+from worker.core.auth.self_membership import SelfMembershipTable
 from worker.core.events import Event, StateKey
 from worker.core.versions import rules_for
 
@@ -109,7 +109,7 @@ def cases(draw: st.DrawFn) -> tuple[Event, dict[StateKey, Event], Event]:
 @given(cases())
 def test_shortcut_agrees_with_check_auth(case: tuple[Event, dict[StateKey, Event], Event]) -> None:
     ev, auth, create = case
-    shortcut = MembershipShortcut(ev.rules, create)
+    shortcut = SelfMembershipTable(ev.rules, create)
     verdict = shortcut.allows(
         ev, auth.get(("m.room.member", ev.sender)), auth.get(("m.room.join_rules", ""))
     )
@@ -137,7 +137,7 @@ def test_shortcut_answers_the_common_cases() -> None:
                "room_id": "!r:x", "content": {"join_rule": rule}}  # fmt: skip
         return Event(pdu, "$jr-" + rule, rules)
 
-    s = MembershipShortcut(rules, create)
+    s = SelfMembershipTable(rules, create)
     joined, banned = member("$j", "@u:x", "join"), member("$b", "@u:x", "ban")
     assert s.allows(member("$1", "@u:x", "join"), None, join_rules("public")) is True
     assert s.allows(member("$2", "@u:x", "join"), banned, join_rules("public")) is False

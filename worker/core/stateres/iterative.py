@@ -1,0 +1,292 @@
+"""The iterative auth checks of state resolution v2 and v2.1.
+
+Spec: https://spec.matrix.org/latest/rooms/v2/#iterative-auth-checks. Each event, in the
+order given, is applied to a state map if the auth rules allow it against that state; the
+auth events come from the state for every key the rules need, and fall back to the event's
+own auth events where the state has none.
+
+Rejected events (`Events.rejected`) take no part, as in Synapse: a previously rejected event
+is never applied, and never read as an auth event, neither from the state (a state set can
+hold an event rejected here, e.g. one another server accepted) nor from the event's own
+auth events; where the state's event is rejected, the event's own auth event stands in.
+The spec's text would check a previously rejected event again; docs/interop.md says why we
+do not.
+
+Self-joins and self-leaves, nearly all of what a big room's resolution checks, are decided
+by `SelfMembershipTable` (rule 5 of `worker.core.auth.member`, tabulated) when the spec's
+rules are in use; everything else, and whatever the table does not answer, runs the full
+rules. `tests/core/test_stateres_shortcut.py` checks that both give the same states.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, cast
+
+from worker.core.auth import check_auth
+from worker.core.auth.self_membership import VIA, SelfMembershipTable, Table, table_for
+from worker.core.events import Event, StateKey
+from worker.core.stateres.events import CREATE, JOIN_RULES, MEMBER, POWER_LEVELS, Events
+from worker.core.stateres.model import Authorizer
+
+# Marks a missing entry where None is a value.
+_ABSENT: Any = object()
+
+
+def iterative_auth_checks(
+    events: Events,
+    authz: Authorizer,
+    order: list[str],
+    state: dict[StateKey, str],
+    order_events: Sequence[Event] | None = None,
+) -> int:
+    """Apply each event of `order` to `state` (in place) if the auth rules allow it against
+    that state. `order_events[i]`, when given, is the event of `order[i]`. Returns how many
+    checks ran (state events that were not rejected before)."""
+    if order_events is None:
+        cache = events.cache
+        found = list(map(cache.get, order))
+        if all(found):
+            order_events = cast("list[Event]", found)
+        else:
+            # Every event must be known; `must` raises for the first one that is not.
+            order_events = [
+                ev if ev else events.must(e) for e, ev in zip(order, found, strict=True)
+            ]
+    return _Checks(events, authz, state).run(order, order_events)
+
+
+class _Checks:
+    """One run of the iterative auth checks over one state map.
+
+    `auth_state` is the state as the auth rules read it: `state` itself, or, when `state`
+    holds rejected events, a copy without them (rejected events are never applied, so only
+    the starting state can hold them).
+    """
+
+    __slots__ = (
+        "auth_state",
+        "authz",
+        "create",
+        "events",
+        "in_state",
+        "join_verdicts",
+        "not_member",
+        "pl_unchecked",
+        "rejected",
+        "spec_rules",
+        "state",
+        "table",
+    )
+
+    def __init__(self, events: Events, authz: Authorizer, state: dict[StateKey, str]) -> None:
+        self.events = events
+        self.authz = authz
+        self.state = state
+        self.rejected = events.rejected
+        self.auth_state = _without_rejected(events, state)
+        # Auth event IDs known not to be anybody's usable membership event: events of other
+        # types, unknown events, rejected events. Most events cite only such events besides
+        # their sender's membership, so the fallback is usually one subset test.
+        self.not_member: set[str] = set()
+        # user -> the membership of their m.room.member event in `auth_state` (as the rules
+        # read it), for the users met so far: their later events skip the lookups (a stale
+        # fork checks each user's old event, then their new one).
+        self.in_state: dict[str, Any] = {}
+        # The full rules look up the power levels event for every membership event, so an
+        # unknown one must fail the same way when the table decides, once.
+        self.pl_unchecked = self.auth_state.get(POWER_LEVELS)
+        # The table is exact only for the spec's rules.
+        self.spec_rules = authz.check is check_auth
+        create_id = self.auth_state.get(CREATE)
+        self._use_create(events.must(create_id) if create_id is not None else None)
+
+    def _use_create(self, create: Event | None) -> None:
+        """The create event in force (only applying a create event changes it)."""
+        self.create = create
+        self.table: SelfMembershipTable | None = None
+        if self.spec_rules and create is not None:
+            table = table_for(self.events.rules, create)
+            self.table = table if table.usable else None
+        # The join verdicts of the state's join rules event (None: to be built).
+        self.join_verdicts: Table | None = None
+
+    def run(self, order: list[str], order_events: Sequence[Event]) -> int:
+        rejected = self.rejected
+        checked = 0
+        table = self.table
+        for eid, ev in zip(order, order_events, strict=True):
+            state_key = ev.state_key
+            # Only state events change the state; rejected events never do.
+            if state_key is None or eid in rejected:
+                continue
+            checked += 1
+            if (
+                table is not None
+                and state_key == ev.sender
+                and ev.type == MEMBER
+                and self._by_table(table, eid, ev, state_key)
+            ):
+                continue
+            self._by_rules(eid, ev, state_key)
+            # (Applying a create event changes the table.)
+            table = self.table
+        return checked
+
+    def _by_table(self, table: SelfMembershipTable, eid: str, ev: Event, user: str) -> bool:
+        """Decide a self-membership event by the table; False when the table cannot."""
+        content = ev.content
+        membership = content.get("membership")
+        if membership == "join":
+            # 5.3.1: the creator's first join is left to the full rules.
+            if user == table.first_joiner and ev.prev_event_ids == table.create_prev:
+                return False
+        elif membership != "leave":
+            return False
+        if (
+            ev.rules is not table.rules
+            or (table.restricted and VIA in content)
+            or (table.room_id is not None and ev.room_id != table.room_id)
+        ):
+            return False
+        if self.pl_unchecked is not None:
+            self.events.must(self.pl_unchecked)
+            self.pl_unchecked = None
+        current = self.in_state.get(user, _ABSENT)
+        if current is _ABSENT:
+            current = self._membership(ev, user)
+        verdict: bool | None
+        if membership == "join":
+            verdicts, default = self.join_verdicts or self._join_verdicts(table, ev)
+            try:
+                verdict = verdicts.get(current, default)
+            except TypeError:
+                # An unhashable membership is no membership (`membership_of`).
+                verdict = default
+            if verdict is None:
+                return False
+        else:
+            try:
+                verdict = current in table.leave_allowed
+            except TypeError:
+                verdict = False
+        if verdict:
+            # `_apply`, inline: this is most of what a big room's resolution applies.
+            key = (MEMBER, user)
+            self.state[key] = eid
+            if self.auth_state is not self.state:
+                self.auth_state[key] = eid
+            self.in_state[user] = membership
+        return True
+
+    def _membership(self, ev: Event, user: str) -> Any:
+        """The sender's membership as the auth events would hold it: the state's event,
+        else the event's own (usually: it cites none)."""
+        sid = self.auth_state.get((MEMBER, user))
+        member: Event | None
+        if sid is not None:
+            member = self.events.must(sid)
+        else:
+            member = self._own_auth_event(ev, (MEMBER, user))
+        current = member.content.get("membership") if member is not None else None
+        if sid is not None:
+            self.in_state[user] = current
+        return current
+
+    def _join_verdicts(self, table: SelfMembershipTable, ev: Event) -> Table:
+        """The self-join table under the state's join rules (else the event's own)."""
+        sid = self.auth_state.get(JOIN_RULES)
+        if sid is None:
+            return table.join_table(self._own_auth_event(ev, JOIN_RULES))
+        self.join_verdicts = table.join_table(self.events.must(sid))
+        return self.join_verdicts
+
+    def _by_rules(self, eid: str, ev: Event, state_key: str) -> None:
+        """Decide an event by the full auth rules."""
+        if self.authz.check(ev, self._auth_events(ev)) is not None:
+            return
+        key = (ev.type, state_key)
+        self._apply(key, eid)
+        # (A membership changed by the full rules is read again when next needed.)
+        self.in_state.pop(state_key, None)
+        if key == JOIN_RULES:
+            self.join_verdicts = None
+        elif key == CREATE:
+            self._use_create(ev)
+
+    def _auth_events(self, ev: Event) -> dict[StateKey, Event]:
+        """The auth events of `ev`: the state's for every key the rules need, the event's own
+        (not rejected) where the state has none."""
+        auth_state = self.auth_state
+        must = self.events.must
+        auth_events: dict[StateKey, Event] = {}
+        missing = False
+        for k in self.authz.auth_types(ev):
+            sid = auth_state.get(k)
+            if sid is not None:
+                auth_events[k] = must(sid)
+            else:
+                missing = True
+        # The auth rules read the create event in every version, including v12 where it
+        # is no longer among the selected auth types.
+        if self.create is not None:
+            auth_events[CREATE] = self.create
+        else:
+            missing = True
+        if missing:
+            # (The rules only read the keys of the auth types and create.)
+            get = self.events.get
+            rejected = self.rejected
+            for aid in self.events.auth_refs(ev):
+                if aid in rejected:
+                    continue
+                aev = get(aid)
+                if aev is not None and aev.state_key is not None:
+                    auth_events.setdefault((aev.type, aev.state_key), aev)
+        return auth_events
+
+    def _own_auth_event(self, ev: Event, key: StateKey) -> Event | None:
+        """The event's own auth event for `key`, unless rejected."""
+        events = self.events
+        # (Only v12 events cite their create event implicitly, see `Events.auth_refs`.)
+        refs = events.auth_refs(ev) if events.rules.room_id_from_create_event else ev.auth_event_ids
+        not_member = self.not_member
+        etype, skey = key
+        if etype == MEMBER and not_member.issuperset(refs):
+            return None
+        rejected = self.rejected
+        for aid in refs:
+            if aid in rejected:
+                not_member.add(aid)
+                continue
+            aev = events.get(aid)
+            if aev is None or aev.type != MEMBER:
+                not_member.add(aid)
+            if aev is not None and aev.state_key == skey and aev.type == etype:
+                return aev
+        return None
+
+    def _apply(self, key: StateKey, eid: str) -> None:
+        self.state[key] = eid
+        if self.auth_state is not self.state:
+            self.auth_state[key] = eid
+
+
+def _without_rejected(events: Events, state: dict[StateKey, str]) -> dict[StateKey, str]:
+    """`state`, or a copy without its rejected events when it holds any."""
+    rejected = events.rejected
+    if not rejected:
+        return state
+    shadowed = [
+        k
+        for r in rejected
+        if (ev := events.get(r)) is not None
+        and (k := ev.state_tuple) is not None
+        and state.get(k) == r
+    ]
+    if not shadowed:
+        return state
+    kept = dict(state)
+    for k in shadowed:
+        del kept[k]
+    return kept
