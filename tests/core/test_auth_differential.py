@@ -8,28 +8,30 @@ event is judged by `check_auth` (and `check_auth_event_list`) and by Synapse's
 must agree. Accepted state events join the room state, so later events meet realistic state.
 The auth event selections are compared too.
 
-Places where Synapse deviates from the spec; we follow the spec, and these cases are not
-generated or not compared (each is marked `DEVIATION` below):
+Where Synapse reads the spec differently, we read it as Synapse does, because two servers
+that disagree on an event split the room (docs/interop.md has the table); those cases are
+generated and compared like any other:
 
-1. `m.federate`: Synapse also rejects membership events whose *target* is on another server
-   than the creator's, and treats any non-`true` value as false; the spec (rule 3/4) only
-   looks at the sender's server and at the literal `false`.
-2. Power levels events with a non-empty state key: Synapse compares them with the power levels
-   event of the same state key (never present), so it skips rule 10.5+; the spec compares every
-   `m.room.power_levels` event with the room's power levels. Not generated.
-3. Third-party invite signatures: after the first failing signature for a public key Synapse
-   moves to the next key, so a good signature listed after a bad one can be missed; the spec
-   says "any signature ... any public key". Only one signature per `signed` is generated.
-4. v1-v9 power level values that are not integers, integer strings or (v1-v5) floats: Synapse
-   raises ValueError while comparing; we reject the event (rules 10.1-10.3). Not generated.
-   Likewise JSON booleans as levels in v1-v9 (Synapse: `int(True) == 1`; a boolean is not an
-   integer). Not generated.
-5. Rule 5.2 (v8+, the authorising server's signature on a restricted join) is outside
-   `check_state_dependent_auth_rules`; the builder signs for the authorising server.
+1. `m.federate`: any value but `true` keeps other servers out, and a membership event whose
+   target is on another server than the creator's is refused too (`federate_values`).
+2. Power levels events with a state key other than "" are compared with the previous event
+   of that state key, which is never among the auth events (`step`, roll 0.60-0.64).
+3. Third-party invite signatures: only the first ed25519 signature listed counts
+   (`third_party_content` lists one, two or three, good and bad in random order).
+4. v1-v9 power levels that are JSON booleans are 1 and 0 (`level`).
 
-6. Synapse's state-independent checks index `signed["token"]` of a third-party invite without
-   a guard (KeyError), and raise RuntimeError (not AuthError) for a v12 event that lists the
-   create event; the first has no verdict to compare, the second counts as a rejection.
+Left out, because Synapse gives no verdict to compare (it raises where we reject; see
+docs/interop.md):
+
+5. v1-v9 power levels that are neither integers, integer strings, booleans nor (v1-v5)
+   floats: Synapse raises TypeError/ValueError while comparing. Not generated.
+6. Synapse's state-independent checks index `signed["token"]` of a third-party invite
+   without a guard (KeyError), and raise RuntimeError (not AuthError) for a v12 event that
+   lists the create event; the first has no verdict to compare, the second counts as a
+   rejection.
+
+Rule 5.2 (v8+, the authorising server's signature on a restricted join) is outside
+`check_state_dependent_auth_rules`; the builder signs for the authorising server.
 
 `ROOMSERVER_FUZZ_DAGS` (see `make fuzz`) scales the number of rooms per version.
 """
@@ -162,6 +164,8 @@ class Room:
             return n + 0.75
         if self.rules.integer_power_levels and rng.random() < 0.08:
             return rng.choice([f"{n}", True])  # not an integer in v10+: both reject
+        if not self.rules.integer_power_levels and rng.random() < 0.05:
+            return rng.choice([True, False])  # 1 and 0 in v1-v9, as Synapse reads them
         return n
 
     def creators(self) -> set[str]:
@@ -227,10 +231,13 @@ class Room:
             "mxid": target if rng.random() < 0.9 else rng.choice(USERS),
             "token": token,
         }
-        key = GOOD_KEY if rng.random() < 0.75 else BAD_KEY
-        sig = key.sign(encode_canonical(signed)).signature
-        # DEVIATION 3: one signature only.
-        signed["signatures"] = {"id.example": {"ed25519:0": _b64(sig)}}
+        message = encode_canonical(signed)
+        # One to three signatures, good and bad in random order: only the first counts.
+        signatures: dict[str, Any] = {}
+        for server in rng.sample(["id.example", "aaa.example", "zzz.example"], rng.randint(1, 3)):
+            key = GOOD_KEY if rng.random() < 0.6 else BAD_KEY
+            signatures[server] = {"ed25519:0": _b64(key.sign(message).signature)}
+        signed["signatures"] = signatures
         if rng.random() < 0.05:
             del signed["token"]
             return {"display_name": "x", "signed": signed}
@@ -274,18 +281,12 @@ class Room:
                 )
                 if tpi is not None and rng.random() < 0.8:
                     sender = b.events[tpi]["sender"]
-            create = b.event(b.state[("m.room.create", "")])
-            sender_domain = sender.split(":", 1)[1]
-            creator_domain = create.sender.split(":", 1)[1]
-            if (
-                create.content.get("m.federate", True) is False
-                and sender_domain == creator_domain
-                and target.split(":", 1)[1] != creator_domain
-            ):
-                compare = False  # DEVIATION 1: Synapse also checks the target's server.
             eid = b.member(sender, target, membership, apply=False, **content)
-        elif roll < 0.64:
+        elif roll < 0.60:
             eid = b.power_levels(sender, apply=False, **self.pl_content())
+        elif roll < 0.64:
+            key = rng.choice(["x", sender])
+            eid = b.state_event("m.room.power_levels", key, self.pl_content(), sender, apply=False)
         elif roll < 0.72:
             rule = rng.choice(JOIN_RULES)
             eid = b.join_rules(sender, rule, apply=False)
@@ -318,7 +319,7 @@ class Room:
         rng, b = self.rng, self.b
         content: dict[str, Any] = {}
         if rng.random() < 0.1:
-            content["m.federate"] = False
+            content["m.federate"] = rng.choice([False, False, "no", 0, None])
         if self.rules.privileged_creators and rng.random() < 0.4:
             content["additional_creators"] = ["@bob:test"]
         creator = self.creator

@@ -341,13 +341,20 @@ def test_third_party_invite_key_from_public_keys(version: str) -> None:
     assert code(b, eid) is None
 
 
-def test_third_party_invite_any_signature_counts() -> None:
+def test_third_party_invite_only_the_first_signature_counts() -> None:
+    """As Synapse checks it (docs/interop.md): the first ed25519 signature by server name
+    decides; one that comes later is never tried."""
     b = _tpi_room("10")
-    signed = _signed("@bob:test")
     bad = OTHER_KEY.sign(encode_canonical({"mxid": "@bob:test", "token": "tok"})).signature
-    signed["signatures"]["aaa.example"] = {"ed25519:0": base64.b64encode(bad).decode()}
+    bad_sig = {"ed25519:0": base64.b64encode(bad).decode()}
+    signed = _signed("@bob:test")
+    signed["signatures"]["zzz.example"] = bad_sig
     eid = b.invite("alice", "bob", third_party_invite={"signed": signed})
     assert code(b, eid) is None
+    hidden = _signed("@bob:test")
+    hidden["signatures"]["aaa.example"] = bad_sig
+    eid = b.invite("alice", "bob", third_party_invite={"signed": hidden})
+    assert code(b, eid) == "bad_third_party_invite"
 
 
 @pytest.mark.parametrize("junk", ["AAAA", "", "not base64!", 7, None, "A" * 200, {"x": 1}])
@@ -359,7 +366,7 @@ def test_third_party_invite_malformed_signatures_do_not_match(junk: Any) -> None
         "bad_third_party_invite"
     )
     good = _signed("@bob:test")
-    good["signatures"]["aaa.example"] = {"ed25519:0": junk}
+    good["signatures"]["zzz.example"] = {"ed25519:0": junk}
     assert code(b, b.invite("alice", "bob", third_party_invite={"signed": good})) is None
 
 

@@ -25,8 +25,11 @@ V3_PLUS = [str(v) for v in range(3, 13)]
 # -- rule 3 / 4: m.federate -------------------------------------------------------------------
 
 
+# Any value but `true` keeps other servers out, as in Synapse (docs/interop.md).
 @pytest.mark.parametrize("version", ALL)
-@pytest.mark.parametrize(("federate", "remote_ok"), [(False, False), (True, True), ("no", True)])
+@pytest.mark.parametrize(
+    ("federate", "remote_ok"), [(False, False), (True, True), ("no", False), (1, False)]
+)
 def test_federate(version: str, federate: Any, remote_ok: bool) -> None:
     b = RoomBuilder(version)
     b.create("alice", **{"m.federate": federate})
@@ -37,6 +40,22 @@ def test_federate(version: str, federate: Any, remote_ok: bool) -> None:
         remote_ok
     )
     assert code(b, b.message("alice")) is None
+
+
+@pytest.mark.parametrize("version", ALL)
+def test_unfederated_room_refuses_remote_membership_targets(version: str) -> None:
+    """As Synapse does (docs/interop.md): in a room that does not federate, a local member
+    cannot invite, kick or ban a user of another server either."""
+    b = RoomBuilder(version)
+    b.create("alice", **{"m.federate": False})
+    b.join("alice")
+    b.power_levels("alice", users={"alice": 100})
+    for membership in ("invite", "ban"):
+        eid = b.member("alice", "@dave:other.example", membership, apply=False)
+        failure = b.check(eid)
+        assert failure is not None and failure.code == "room_not_federated"
+        assert failure.rule == "m.room.member/federate"
+    assert code(b, b.member("alice", "bob", "invite", apply=False)) is None
 
 
 # -- rule 4 (v1-v5): m.room.aliases -----------------------------------------------------------

@@ -16,6 +16,7 @@ from worker.core.auth.common import (
     membership_of,
     reject,
 )
+from worker.core.auth.other import federates
 from worker.core.auth.power_levels import PowerLevels
 from worker.core.auth.third_party import check_third_party_invite
 from worker.core.events import Event
@@ -121,6 +122,22 @@ def check_member(event: Event, auth_events: AuthEvents) -> Rejection | None:
                 f"{_R}/2",
                 "The join is not signed by the server of join_authorised_via_users_server.",
             )
+    # A room that does not federate keeps other servers' users from being the target of
+    # any membership change but the creator's first join. The spec has no such rule;
+    # Synapse applies it (before rule 5's own steps), so we do too (docs/interop.md).
+    create = auth_events.get(CREATE_KEY)
+    if (
+        create is not None
+        and "m.federate" in create.content
+        and not federates(create)
+        and domain_of(target) != domain_of(create.sender)
+        and not (membership == "join" and _is_first_join(event, target, create))
+    ):
+        return reject(
+            "room_not_federated",
+            f"{_R}/federate",
+            f"The room does not federate and {target} is on another server.",
+        )
     # Joins read power levels only in restricted rooms (5.3.5.2), so the view is built there:
     # joins are most of what state resolution checks in big rooms.
     if membership == "join":
@@ -147,12 +164,8 @@ def _join(event: Event, target: str, auth_events: AuthEvents) -> Rejection | Non
     # content.creator in v1-v10 and the create event's sender from v11 (in v12 the
     # `additional_creators` are not "the sender of the m.room.create", so not them).
     create = auth_events.get(CREATE_KEY)
-    if create is not None and event.prev_event_ids == (create.event_id,):
-        first_joiner = (
-            create.sender if rules.implicit_room_creator else create.content.get("creator")
-        )
-        if target == first_joiner:
-            return None
+    if create is not None and _is_first_join(event, target, create):
+        return None
     # 5.3.2 (all versions): nobody joins on someone else's behalf.
     if event.sender != target:
         return reject("sender_mismatch", f"{_R}/join/2", "Cannot make another user join.")
@@ -175,6 +188,14 @@ def _join(event: Event, target: str, auth_events: AuthEvents) -> Rejection | Non
             "join_rule_forbids", f"{_R}/join/7", f"The join rule {join_rule!r} forbids joining."
         )
     return _authorised_join(event, auth_events)
+
+
+def _is_first_join(event: Event, target: str, create: Event) -> bool:
+    """5.3.1: a join of the creator right after the create event (its only prev event)."""
+    if event.prev_event_ids != (create.event_id,):
+        return False
+    creator = create.sender if event.rules.implicit_room_creator else create.content.get("creator")
+    return target == creator
 
 
 def _authorised_join(event: Event, auth_events: AuthEvents) -> Rejection | None:

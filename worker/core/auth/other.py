@@ -15,17 +15,20 @@ from worker.core.outcomes import Rejection
 from worker.core.versions import EventIdFormat
 
 
-def check_federate(event: Event, create: Event) -> Rejection | None:
-    """Rule 3 (v1-v11) / 4 (v12): `m.federate: false` keeps other servers' senders out.
+def federates(create: Event) -> bool:
+    """Whether the room lets other servers in: only a create event without `m.federate`, or
+    with the literal `true`, does. The spec says "set to false"; Synapse refuses every value
+    other than `true`, and where two servers disagree on an event the room splits, so we
+    read it as Synapse does (docs/interop.md)."""
+    return create.content.get("m.federate", True) is True
 
-    Only the literal `false` counts: the spec says "set to false". (Synapse also treats any
-    non-`true` value as false and also applies it to membership targets; the spec does not.)
-    """
+
+def check_federate(event: Event, create: Event) -> Rejection | None:
+    """Rule 3 (v1-v11) / 4 (v12): a room that does not federate keeps other servers' senders
+    out. (Membership targets are checked by rule 5, see `member.check_member`.)"""
     # Same-server senders are unaffected: `m.federate` keeps the room on its creating server,
-    # it does not restrict local users. Also applies to membership events (rule 5 comes later).
-    if create.content.get("m.federate", True) is False and domain_of(event.sender) != domain_of(
-        create.sender
-    ):
+    # it does not restrict local users.
+    if not federates(create) and domain_of(event.sender) != domain_of(create.sender):
         return reject(
             "room_not_federated",
             "room/4",

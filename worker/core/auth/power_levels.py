@@ -51,10 +51,11 @@ def parse_level(value: Any, rules: RoomRules) -> int | None:
 
     v10+: only JSON integers. v1-v9: also strings holding an integer. v1-v5 (no strict
     canonical JSON): also finite floats, truncated toward zero ("v1-floaty-power-levels").
-    JSON booleans are never levels, although Python counts them as ints.
+    JSON booleans: never levels in v10+; in v1-v9 `true` is 1 and `false` 0, as Synapse
+    reads them (Python's `int`), since reading them otherwise splits rooms (docs/interop.md).
     """
     if isinstance(value, bool):
-        return None
+        return None if rules.integer_power_levels else int(value)
     if isinstance(value, int):
         return value
     if rules.integer_power_levels:
@@ -228,7 +229,11 @@ def check_power_levels(event: Event, auth_events: AuthEvents) -> Rejection | Non
     # 10.5 (all versions; 10.2 in v1-v9): the first power levels event of a room is not
     # compared with anything: it may give anyone any level (createRoom sends it right after
     # the creator joins, and only the creator can send it: rule 8, state_default 50 < 100).
-    current = auth_events.get(POWER_LEVELS_KEY)
+    # "Previous" is read as Synapse reads it, the event of the same state key: one with a
+    # state key other than "" has none among its auth events, so it is never compared.
+    # The spec compares it with the room's power levels; the two readings split rooms
+    # (docs/interop.md).
+    current = auth_events.get((POWER_LEVELS_KEY[0], event.state_key or ""))
     if current is None:
         return None
     # The sender's level comes from the current power levels, never from the new event:

@@ -87,9 +87,8 @@ def check_auth(event: Event, auth_events: AuthEvents) -> Rejection | None:
     bad = check_user_state_key(event)
     if bad is not None:
         return bad
-    # 10: "if type is m.room.power_levels", whatever the state key: the spec compares any such
-    # event with the room's power levels (Synapse compares with the same state key, so it lets
-    # through e.g. a state_key "x" event that raises levels; we follow the spec).
+    # 10: "if type is m.room.power_levels", whatever the state key (see `check_power_levels`
+    # for which previous event one with a state key other than "" is compared with).
     if event.type == POWER_LEVELS:
         return check_power_levels(event, auth_events)
     # 11 (v1-v2): redactions; a no-op from v3 (see `check_redaction`).

@@ -59,32 +59,40 @@ def _public_keys(invite: Event) -> Iterator[bytes]:
                     yield key
 
 
-def _signatures(signed: Mapping[str, Any]) -> Iterator[bytes]:
-    """Every ed25519 signature in `signed.signatures`, whatever server or key ID it is under."""
-    # `signatures` is {server: {key_id: signature}}; which server or key ID the identity
-    # server used does not matter, only whether the bytes verify under a key the room trusts.
+def _first_signature(signed: Mapping[str, Any]) -> bytes | None:
+    """The first ed25519 signature in `signed.signatures`, by server name, then key ID.
+
+    Synapse tries only this one: it walks the signatures (its events hold JSON objects with
+    sorted keys) once per public key and moves to the next key as soon as a signature fails,
+    so a good signature after another ed25519 one never counts. The spec says "any
+    signature"; the two readings split rooms, so we read it as Synapse does
+    (docs/interop.md). A server entry that is not an object ends the walk: Synapse raises
+    there, and we match nothing.
+    """
     by_server = signed.get("signatures")
     if not isinstance(by_server, dict):
-        return
+        return None
     for server in sorted(k for k in by_server if isinstance(k, str)):
         by_key = by_server[server]
         if not isinstance(by_key, dict):
-            continue
+            return None
         for key_id in sorted(k for k in by_key if isinstance(k, str)):
-            # Only ed25519 is defined for Matrix signing keys; other algorithms cannot match.
+            # Only ed25519 is defined for Matrix signing keys; other algorithms are skipped.
             if key_id.startswith("ed25519:"):
                 sig = _unbase64(by_key[key_id])
-                if sig is not None and len(sig) == 64:
-                    yield sig
+                return sig if sig is not None and len(sig) == 64 else None
+    return None
 
 
 def signature_matches(signed: Mapping[str, Any], invite: Event) -> bool:
-    """5.4.1.7: any signature in `signed` verifies under any public key of the invite event.
+    """5.4.1.7: the first ed25519 signature in `signed` verifies under a public key of the
+    invite event (see `_first_signature` for why only the first).
 
     The signed bytes are the canonical JSON of `signed` without `signatures` and `unsigned`.
-    Every (signature, key) pair is tried: the spec says "any", so one bad signature does not
-    hide a good one.
     """
+    sig = _first_signature(signed)
+    if sig is None:
+        return False
     try:
         message = encode_canonical(
             {k: v for k, v in signed.items() if k not in ("signatures", "unsigned")}
@@ -92,14 +100,14 @@ def signature_matches(signed: Mapping[str, Any], invite: Event) -> bool:
     except (TypeError, ValueError):
         # No canonical form (NaN, lone surrogates): nothing can have been signed.
         return False
-    keys = [VerifyKey(k) for k in _public_keys(invite) if len(k) == 32]
-    for sig in _signatures(signed):
-        for key in keys:
-            try:
-                key.verify(message, sig)
-            except BadSignatureError:
-                continue
-            return True
+    for raw in _public_keys(invite):
+        if len(raw) != 32:
+            continue
+        try:
+            VerifyKey(raw).verify(message, sig)
+        except BadSignatureError:
+            continue
+        return True
     return False
 
 

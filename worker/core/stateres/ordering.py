@@ -11,6 +11,7 @@ https://spec.matrix.org/latest/rooms/v12/ (creators' power, MSC4289).
 from __future__ import annotations
 
 import heapq
+import math
 from collections.abc import Callable, Iterable, Mapping
 from collections.abc import Set as AbstractSet
 from itertools import compress, repeat
@@ -56,16 +57,17 @@ def is_power_event(event: Event) -> bool:
 
 
 def _as_int(value: Any) -> int | None:
-    """A power level as the v1-v9 rules read it: ints, or strings of base-10 digits."""
-    if isinstance(value, bool):
-        return None
+    """A power level as Synapse's resolution reads it (Python's `int`): ints, booleans
+    (`true` is 1), strings of base-10 digits, finite floats truncated; else None."""
     if isinstance(value, int):
-        return value
+        return int(value)
     if isinstance(value, str):
         try:
             return int(value.strip())
         except ValueError:
             return None
+    if isinstance(value, float) and math.isfinite(value):
+        return math.trunc(value)
     return None
 
 
