@@ -309,15 +309,21 @@ class Pipeline:
             return refused(work.event_id, Outcome.REJECTED, exists)
         with measure("auth_own"):
             problem = check_own_auth_events(work)
-        if problem is not None:
-            return await self._finish(work, Outcome.REJECTED, problem)
         if work.kind == "outlier":
-            return await self._finish(work, Outcome.OUTLIER, None)
+            outcome = Outcome.OUTLIER if problem is None else Outcome.REJECTED
+            return await self._finish(work, outcome, problem)
         with measure("state_before"):
             if fetched_state is not None:
                 before: StateHandle | Rejection | None = fetched_state
             else:
                 before = await state_before(self.store, work)
+        if problem is not None:
+            # Rejected on its own auth events, it still keeps the state before it when that
+            # can be known (as Synapse does): an event built on it is then processed like
+            # any other, instead of finding its prev without a state (a gap).
+            if not isinstance(before, Rejection):
+                work.state_before = before
+            return await self._finish(work, Outcome.REJECTED, problem)
         if isinstance(before, Rejection):
             if before.code in _NOT_STORED:
                 return refused(work.event_id, Outcome.REJECTED, before)
