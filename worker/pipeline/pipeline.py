@@ -374,9 +374,13 @@ class Pipeline:
         if problem is not None:
             log.info("event_refused", outcome=outcome.value, code=problem.code, reason=problem.reason)
             return refused(work.event_id, outcome, problem)
+        if work.note is not None:
+            return refused(work.event_id, outcome, work.note)
         return Result(work.event_id, outcome)
 
     async def _write(self, work: Work, outcome: Outcome, problem: Rejection | None) -> EventWrite:
+        # Stored with the event, so that a duplicate's reply repeats it.
+        problem = problem if problem is not None else work.note
         # One EventWrite built from the fields each outcome needs (`dataclasses.replace` of
         # a base one cost a field walk per event).
         def write(**extra: Any) -> EventWrite:
