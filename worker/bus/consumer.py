@@ -48,7 +48,7 @@ from worker.bus.subjects import (
     Subjects,
     room_id_from_token,
 )
-from worker.errors import RetryableError
+from worker.errors import InvariantViolation, RetryableError
 from worker.messages.input import INPUT_DECODER, InputRoomEvent
 from worker.messages.reply import HandleResult, InputReply, encode_reply
 from worker.observability.logging import bind_event, get_logger
@@ -548,12 +548,9 @@ class InputConsumer:
                 await self._carry_out(d, settle.of_shutdown())
                 return
             fate = await self._decide(room_id, d)
-            # A transient failure is retried here, in place, rather than by a nak: a nak'd
-            # message comes back after the room's later messages, which would then be handled
-            # before an event they may depend on. Holding the room keeps its order; other
-            # rooms go on, and the heartbeat keeps this message alive meanwhile. Each attempt
-            # counts as a delivery, so the retry limit and the dead letter still apply.
-            while fate.situation is settle.Situation.RETRY:
+            # Retried here, with the room held (see `worker.bus.settle`); the heartbeat keeps
+            # the message alive meanwhile.
+            while fate.action is settle.AckAction.RETRY_HERE:
                 await asyncio.sleep(fate.delay)
                 if d.shard in self._abandoned:
                     fate = settle.of_shutdown()
@@ -699,7 +696,7 @@ class InputConsumer:
             )
         except Exception as exc:
             fate = settle.of_error(exc, event_id=d.event_id, delivery=d.delivery, policy=policy)
-            log = _log.warning if fate.action is settle.AckAction.NAK else _log.error
+            log = _log.warning if fate.action is settle.AckAction.RETRY_HERE else _log.error
             log(
                 "handler_failed",
                 reason_code=fate.reason_code,
@@ -731,12 +728,9 @@ class InputConsumer:
                     stream_sequence=d.stream_sequence,
                 )
             except RetryableError as exc:
-                # Not stored anywhere yet: keep the original and try again later.
                 _log.error("deadletter_failed", error=str(exc))
-                fate = settle.Fate(
-                    situation=settle.Situation.RETRY,
-                    action=settle.AckAction.NAK,
-                    delay=self.settings.retry.delay(d.delivery),
+                fate = settle.of_deadletter_failure(
+                    delivery=d.delivery, policy=self.settings.retry
                 )
         self._leave_window(d)
         try:
@@ -746,8 +740,10 @@ class InputConsumer:
                 # A delay of 0 would mean "use the consumer's back-off" to JetStream; a
                 # hand-back at shutdown should be redelivered at once.
                 await msg.nak(delay=max(fate.delay, 0.001))
-            else:
+            elif fate.action is settle.AckAction.TERM:
                 await msg.term()
+            else:
+                raise InvariantViolation(f"{fate.action} is not a way to settle a message")
             count_settle(_ACTION_LABEL[fate.action])
         except (NatsError, JetStreamError) as exc:
             # The message will be redelivered; handling is idempotent, so that is harmless.
