@@ -322,8 +322,8 @@ async def test_the_dead_letter_failure_row_is_a_nak(nc: NATS, streams: Subjects)
     handler = FakeHandler(broken)
     fast_retry = dataclasses.replace(FAST, retry=RetryPolicy(max_deliveries=3, base_delay=0.01))
     consumer = InputConsumer(nc, streams, handler, fast_retry)
-    writer = _FailingOnce(consumer._deadletters)
-    consumer._deadletters = writer  # type: ignore[assignment]
+    writer = _FailingOnce(consumer._settler.deadletters)
+    consumer._settler.deadletters = writer  # type: ignore[assignment]
     await consumer.start()
     try:
         reply = await send_input(nc, streams, event("!r:x", 1), timeout=GUARD)
@@ -613,11 +613,8 @@ async def test_shard_consumers_are_updated_in_place(nc: NATS, streams: Subjects)
 
 
 def test_settings_from_the_worker_configuration() -> None:
-    from worker.config import BusSettings, Settings
-
-    cfg = ConsumerSettings.from_settings(
-        Settings(bus=BusSettings(shards=8, max_retries=2, retry_backoff=0.5),
-                 drain_grace_seconds=7.0)
+    cfg = ConsumerSettings.configured(
+        shards=8, max_retries=2, retry_backoff=0.5, drain_grace=7.0
     )
     assert cfg.shards == 8 and cfg.drain_grace == 7.0
     assert cfg.retry.max_deliveries == 3 and cfg.retry.base_delay == 0.5

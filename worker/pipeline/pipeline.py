@@ -30,10 +30,15 @@ from worker.pipeline.authstep import (
     check_state_before,
     is_create,
 )
+from worker.pipeline.dependencies import (
+    dependency_ids,
+    duplicate_of,
+    find_missing,
+    load_dependencies,
+)
 from worker.pipeline.events import stored_json
+from worker.pipeline.fetch_missing import Attempt, GapFiller, GapSettings, soft_fail_after_fetch
 from worker.pipeline.flusher import BackgroundFlusher
-from worker.pipeline.gapfill import Attempt, GapFiller, GapSettings, soft_fail_after_fetch
-from worker.pipeline.gaps import dependency_ids, duplicate_of, find_missing, load_dependencies
 from worker.pipeline.latest import Advance, advance
 from worker.pipeline.memberships import detect_resets, invite_outputs
 from worker.pipeline.model import Result, Work, refused
@@ -88,7 +93,7 @@ class Pipeline:
         self.store = store
         self.relay = relay
         self.federation = federation
-        # Gap filling (issue 9) runs only with a federation client; without one, inputs with
+        # Missing events are fetched only with a federation client; without one, inputs with
         # missing prev or auth events are refused.
         self.gaps = GapFiller(store, federation, gap_settings) if federation is not None else None
         self.await_outputs = await_outputs
@@ -250,7 +255,7 @@ class Pipeline:
                 filled = await load_dependencies(self.store, work, prefetched=known)
         if isinstance(filled, HandleResult):
             return filled
-        # A state the gap filler fetched is the state before the event (issue 9).
+        # A state fetched for the event is the state before it.
         return await self._decide(work, fetched_state=filled)
 
     async def _read_ahead(self, work: Work) -> dict[str, StoredEvent]:
@@ -382,7 +387,7 @@ class Pipeline:
         # Stored with the event, so that a duplicate's reply repeats it.
         problem = problem if problem is not None else work.note
         # One EventWrite built from the fields each outcome needs (`dataclasses.replace` of
-        # a base one cost a field walk per event).
+        # a base one would walk every field per event).
         def write(**extra: Any) -> EventWrite:
             return EventWrite(
                 room_id=work.room_id,
