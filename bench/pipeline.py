@@ -11,9 +11,15 @@ Everything runs on the embedded NATS and PostgreSQL; the worker is the real proc
 3. One linear room of LINEAR events: the per-room serial path.
 4. A big-room join: BIG_ROOM state events published as outliers, then a join carrying the
    whole state as `state_event_ids`; the time of the outliers and of the join alone.
+5. Rejected events built upon: one room of REJECTED_ROOM events in which every
+   REJECTED_EVERY-th event is rejected (a stranger's message) and the next one names it as
+   its only prev event (then a merge of that branch with the room's other extremity, as the
+   next local event would be), against a room of as many events with none rejected; both
+   rates and their ratio. Events built on a rejected one are processed like any other, so
+   the ratio should stay near 1.
 
-BENCH_SCENARIOS=many,linear,join picks the scenarios; BENCH_ROOMS, BENCH_PER_ROOM, BENCH_LINEAR
-and BENCH_BIG_ROOM size them. Many rooms run once per entry of BENCH_WORKERS (default "1,2"):
+BENCH_SCENARIOS=many,linear,join,rejected picks the scenarios; BENCH_ROOMS, BENCH_PER_ROOM,
+BENCH_LINEAR, BENCH_BIG_ROOM, BENCH_REJECTED_ROOM and BENCH_REJECTED_EVERY size them. Many rooms run once per entry of BENCH_WORKERS (default "1,2"):
 that many worker processes share the shards, as a deployment spreads rooms over several (on 2
 cores one Python process keeps one core busy at most), with their CPU added up.
 
@@ -62,9 +68,11 @@ ROOMS = int(os.environ.get("BENCH_ROOMS", "200"))
 PER_ROOM = int(os.environ.get("BENCH_PER_ROOM", "25"))
 LINEAR = int(os.environ.get("BENCH_LINEAR", "3000"))
 BIG_ROOM = int(os.environ.get("BENCH_BIG_ROOM", "30000"))
+REJECTED_ROOM = int(os.environ.get("BENCH_REJECTED_ROOM", "20000"))
+REJECTED_EVERY = int(os.environ.get("BENCH_REJECTED_EVERY", "50"))
 PUBLISH_WINDOW = 512
 # Which scenarios to run (comma-separated), for measuring one path at a time.
-SCENARIOS = set(os.environ.get("BENCH_SCENARIOS", "many,linear,join").split(","))
+SCENARIOS = set(os.environ.get("BENCH_SCENARIOS", "many,linear,join,rejected").split(","))
 SYNC = os.environ.get("BENCH_SYNC", "") not in ("", "0")
 # Worker processes sharing the input shards (SHARDS of them), as a deployment runs several:
 # the many-rooms scenario runs once per count.
@@ -77,6 +85,8 @@ class Message:
     room_id: str
     event_id: str
     body: bytes  # an encoded InputRoomEvent
+    # Whether the event is expected to produce a `new_room_event` (a rejected one does not).
+    output: bool = True
 
 
 def _builder(version: str, room_id: str) -> RoomBuilder:
@@ -90,27 +100,40 @@ def _builder(version: str, room_id: str) -> RoomBuilder:
     return RoomBuilder(version, room_id=room_id, event_id_fn=event_id)
 
 
-def _message(b: RoomBuilder, eid: str, kind: str = "new", **kw: Any) -> Message:
+def _message(
+    b: RoomBuilder, eid: str, kind: str = "new", *, output: bool = True, **kw: Any
+) -> Message:
     raw = msgspec.Raw(msgspec.json.encode(b.events[eid]))
     inp = InputRoomEvent(kind=kind, event=raw, **kw)  # type: ignore[arg-type]
-    return Message(b.room_id, eid, encode_input(inp))
+    return Message(b.room_id, eid, encode_input(inp), output)
 
 
-def _room(room_id: str, events: int) -> list[Message]:
+def _room(room_id: str, events: int, rejected_every: int = 0) -> list[Message]:
+    """A linear room of `events` events (joins, then messages). With `rejected_every`, every
+    that many events a stranger's message (rejected: not in the room) is followed by a
+    member's message whose only prev it is, then by a message merging that branch with the
+    last accepted event (which the rejected one left a forward extremity)."""
     b = _builder("10", room_id)
     b.create("alice")
     b.join("alice")
     b.power_levels("alice", users={"alice": 100})
     b.join_rules("alice", "public")
     users = [f"u{i}" for i in range(max(1, events // 10))]
+    rejected: set[str] = set()
     while len(b.events) < events:
         n = len(b.events)
         user = users[n % len(users)]
         if ("m.room.member", f"@{user}:test") not in b.state:
             b.join(user)
+        elif rejected_every and n % rejected_every == 0 and events - n >= 3:
+            accepted = b.latest[-1]
+            bad = b.message("@stranger:elsewhere.test", f"message {n}")
+            rejected.add(bad)
+            child = b.message(user, f"message {n + 1}", prev=[bad])
+            b.message("alice", f"message {n + 2}", prev=[child, accepted])
         else:
             b.message(user, f"message {n}")
-    return [_message(b, eid) for eid in b.events]
+    return [_message(b, eid, output=eid not in rejected) for eid in b.events]
 
 
 def many_rooms() -> list[Message]:
@@ -300,7 +323,7 @@ async def through_worker(
     publisher = asyncio.create_task(
         _publish(js, lambda m: subjects.input(m.room_id), messages, subjects.input_stream, sent)
     )
-    wanted = {m.event_id for m in messages}
+    wanted = {m.event_id for m in messages if m.output}
     while wanted:
         try:
             batch = await sub.fetch(256, timeout=5.0)
@@ -365,7 +388,8 @@ async def _scenario(
     data: Path,
     messages: list[Message],
     processes: int = 1,
-) -> None:
+) -> float:
+    """Run one scenario and print its figures; returns the worker's events/s."""
     nats_url = nats.url
     nats_pid = nats.process.pid if nats.process is not None else 0
     nats_before = _cpu_seconds([nats_pid])
@@ -423,6 +447,7 @@ async def _scenario(
         f"{(cpu_worker + cpu_pg + cpu_nats + cpu_bench) / wall:.2f}",
         flush=True,
     )
+    return rate
 
 
 async def _balanced(workers: Sequence[WorkerProcess], timeout: float = 60.0) -> None:
@@ -483,6 +508,19 @@ async def main() -> None:
             if "linear" in SCENARIOS:
                 linear = _room("!lin:test", LINEAR)
                 await _scenario("one linear room", nats_server, pg, data, linear)
+            if "rejected" in SCENARIOS:
+                plain = _room("!plain:test", REJECTED_ROOM)
+                built_on = _room("!rejected:test", REJECTED_ROOM, REJECTED_EVERY)
+                refused = sum(1 for m in built_on if not m.output)
+                without = await _scenario("no rejected events", nats_server, pg, data, plain)
+                with_ = await _scenario(
+                    f"{refused} rejected, built upon", nats_server, pg, data, built_on
+                )
+                print(
+                    f"rejected events built upon: {with_:.0f}/s against {without:.0f}/s "
+                    f"without, ratio {with_ / without:.3f}",
+                    flush=True,
+                )
             if "join" not in SCENARIOS:
                 return
             prefix = f"bench{uuid.uuid4().hex[:6]}"

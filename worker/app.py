@@ -57,8 +57,7 @@ from worker.federation import NatsFederationClient
 from worker.observability import metrics
 from worker.observability.http import HealthServer, ReadinessCheck
 from worker.observability.logging import get_logger
-from worker.pipeline import Pipeline
-from worker.pipeline.gapfill import GapSettings
+from worker.pipeline import GapSettings, Pipeline
 from worker.query.service import QueryService, start_query_service
 from worker.storage import (
     apply_migrations,
@@ -500,7 +499,12 @@ class Worker:
         federation = NatsFederationClient(self.nc, self.settings.bus.federation_prefix)
         gap_settings = GapSettings(max_attempts=self.settings.bus.max_retries + 1)
         pipeline = Pipeline(store, self.relay, federation, gap_settings=gap_settings)
-        consumer_settings = ConsumerSettings.from_settings(self.settings)
+        consumer_settings = ConsumerSettings.configured(
+            shards=self.settings.bus.shards,
+            max_retries=self.settings.bus.max_retries,
+            retry_backoff=self.settings.bus.retry_backoff,
+            drain_grace=self.settings.drain_grace_seconds,
+        )
         # One fetcher per shard (the leases), so a delivery gap can safely reset the shard.
         consumer_settings = dataclasses.replace(consumer_settings, reset_on_gap=True)
         consumer = self.consumer = InputConsumer(

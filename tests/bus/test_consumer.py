@@ -14,11 +14,14 @@ from dataclasses import dataclass, field
 import msgspec
 import pytest
 from nats.aio.client import Client as NATS
+from prometheus_client import REGISTRY
 
 from tests.bus.conftest import SHARDS
+from worker.bus import settle
 from worker.bus.consumer import ConsumerSettings, InputConsumer
 from worker.bus.producer import publish_input, send_input
 from worker.bus.settle import RetryPolicy
+from worker.bus.shards import shard_of
 from worker.bus.subjects import REPLY_INBOX_HEADER, ROOM_ID_HEADER, Subjects
 from worker.core.outcomes import Outcome
 from worker.errors import PermanentError, RetryableError
@@ -254,6 +257,84 @@ async def test_a_retry_keeps_the_rooms_order(nc: NATS, streams: Subjects) -> Non
     ]
     order = [e for _, e, _ in handler.calls]
     assert order.index("$e4") < order.index("$e2")
+    assert await input_left(nc, streams) == 0
+
+
+def _settled(action: str) -> float:
+    value = REGISTRY.get_sample_value("roomserver_messages_settled_total", {"action": action})
+    return value or 0.0
+
+
+async def test_the_retry_row_is_a_retry_in_place_not_a_nak(nc: NATS, streams: Subjects) -> None:
+    """What `FATE_TABLE` says of a retryable failure is what the consumer does: no message
+    action (no nak, JetStream never redelivers), the same message handled again as its
+    next delivery, then settled once by the outcome of that attempt."""
+    assert settle.FATE_TABLE[settle.Situation.RETRY][0] is settle.AckAction.RETRY_HERE
+
+    async def twice(room_id: str, message: InputRoomEvent, delivery: int) -> HandleResult:
+        if delivery < 3:
+            raise RetryableError("blip", delay=0.01)
+        return HandleResult(event_id=event_id_of(message), outcome=Outcome.ACCEPTED)
+
+    naks, acks = _settled("nak"), _settled("ack")
+    handler = FakeHandler(twice)
+    async with running(nc, streams, handler) as consumer:
+        reply = await send_input(nc, streams, event("!r:x", 1), timeout=GUARD)
+        info = await nc.jetstream().consumer_info(
+            streams.input_stream, streams.input_consumer(_shard_of(consumer, streams))
+        )
+    assert reply.outcome == "accepted"
+    assert [d for _, _, d in handler.calls] == [1, 2, 3]
+    assert (_settled("nak") - naks, _settled("ack") - acks) == (0, 1)
+    assert info.num_redelivered == 0 and info.delivered.consumer_seq == 1
+
+
+def _shard_of(consumer: InputConsumer, streams: Subjects) -> int:
+    """The shard of the one room these tests use ("!r:x")."""
+    return shard_of("!r:x", consumer.settings.shards)
+
+
+class _FailingOnce:
+    """A dead-letter writer whose first write fails as an unreachable stream would."""
+
+    def __init__(self, real: object) -> None:
+        self.real = real
+        self.failed = 0
+
+    async def write(self, **kw: object) -> object:
+        if not self.failed:
+            self.failed += 1
+            raise RetryableError("dead-letter stream unavailable")
+        return await self.real.write(**kw)  # type: ignore[attr-defined]
+
+
+async def test_the_dead_letter_failure_row_is_a_nak(nc: NATS, streams: Subjects) -> None:
+    """A message whose dead letter could not be written is nakked, as the table says:
+    JetStream delivers it again (delivery 2 comes from JetStream), and then it is
+    dead-lettered and terminated."""
+    action, dead_letter, _ = settle.FATE_TABLE[settle.Situation.DEADLETTER_FAILED]
+    assert action is settle.AckAction.NAK and not dead_letter
+
+    async def broken(room_id: str, message: InputRoomEvent, delivery: int) -> HandleResult:
+        raise PermanentError("cannot ever work")
+
+    naks, terms = _settled("nak"), _settled("term")
+    handler = FakeHandler(broken)
+    fast_retry = dataclasses.replace(FAST, retry=RetryPolicy(max_deliveries=3, base_delay=0.01))
+    consumer = InputConsumer(nc, streams, handler, fast_retry)
+    writer = _FailingOnce(consumer._settler.deadletters)
+    consumer._settler.deadletters = writer  # type: ignore[assignment]
+    await consumer.start()
+    try:
+        reply = await send_input(nc, streams, event("!r:x", 1), timeout=GUARD)
+    finally:
+        await consumer.drain(grace=GUARD)
+    assert reply.outcome == "failed" and reply.reason_code == "permanent_failure"
+    assert writer.failed == 1
+    assert [d for _, _, d in handler.calls] == [1, 2]
+    assert (_settled("nak") - naks, _settled("term") - terms) == (1, 1)
+    [letter] = await dead_letters(nc, streams, 1)
+    assert letter.reason_code == "permanent_failure" and letter.delivery_count == 2
     assert await input_left(nc, streams) == 0
 
 
@@ -532,11 +613,8 @@ async def test_shard_consumers_are_updated_in_place(nc: NATS, streams: Subjects)
 
 
 def test_settings_from_the_worker_configuration() -> None:
-    from worker.config import BusSettings, Settings
-
-    cfg = ConsumerSettings.from_settings(
-        Settings(bus=BusSettings(shards=8, max_retries=2, retry_backoff=0.5),
-                 drain_grace_seconds=7.0)
+    cfg = ConsumerSettings.configured(
+        shards=8, max_retries=2, retry_backoff=0.5, drain_grace=7.0
     )
     assert cfg.shards == 8 and cfg.drain_grace == 7.0
     assert cfg.retry.max_deliveries == 3 and cfg.retry.base_delay == 0.5

@@ -71,17 +71,17 @@ def test_invalid_is_acked_and_copied_to_dead_letters() -> None:
     assert fate.reason_code == "bad_hash"
 
 
-def test_retryable_errors_nak_with_back_off_until_the_limit() -> None:
+def test_retryable_errors_retry_here_with_back_off_until_the_limit() -> None:
     err = RetryableError("db down")
     delays = [settle.of_error(err, event_id="$e", delivery=n, policy=POLICY) for n in (1, 2)]
-    assert [f.action for f in delays] == [settle.AckAction.NAK] * 2
+    assert [f.action for f in delays] == [settle.AckAction.RETRY_HERE] * 2
     assert [f.delay for f in delays] == [1.0, 2.0]
     assert all(f.reply is None and not f.dead_letter for f in delays)
     assert settle.of_error(
         RetryableError("x", delay=9.0), event_id="$e", delivery=1, policy=POLICY
     ).delay == 3.0  # capped
     missing = settle.of_error(MissingEventsError("gap", ["$p"], delay=0.5), event_id="$e", delivery=1, policy=POLICY)
-    assert missing.action is settle.AckAction.NAK and missing.delay == 0.5
+    assert missing.action is settle.AckAction.RETRY_HERE and missing.delay == 0.5
     last = settle.of_error(err, event_id="$e", delivery=3, policy=POLICY)
     assert last.situation is settle.Situation.RETRIES_EXHAUSTED
     assert last.action is settle.AckAction.TERM and last.dead_letter
@@ -113,5 +113,31 @@ def test_undecodable_delivery_limit_and_shutdown() -> None:
     assert stop.action is settle.AckAction.NAK and stop.reply is None and not stop.dead_letter
 
 
+def test_a_dead_letter_that_could_not_be_written_is_nakked_with_back_off() -> None:
+    fate = settle.of_deadletter_failure(delivery=2, policy=POLICY)
+    assert fate.action is settle.AckAction.NAK and fate.delay == 2.0
+    assert fate.reply is None and not fate.dead_letter
+
+
 def test_every_situation_has_a_row() -> None:
     assert set(settle.FATE_TABLE) == set(settle.Situation)
+
+
+def test_the_docstring_table_is_the_fate_table() -> None:
+    """The table a reader sees is the one the code uses: one docstring row per situation,
+    with its action, dead letter and reply columns as `FATE_TABLE` says."""
+    doc = settle.__doc__ or ""
+    rows = [
+        [c.strip() for c in line.strip().strip("|").split("|")]
+        for line in doc.splitlines()
+        if line.startswith("|") and "---" not in line and "Situation" not in line
+    ]
+    rows = [r for r in rows if len(r) == 4]
+    assert len(rows) == len(settle.FATE_TABLE)
+    words = {settle.AckAction.RETRY_HERE: "retry here"}
+    for (action, dead_letter, replies), row in zip(
+        settle.FATE_TABLE.values(), rows, strict=True
+    ):
+        assert row[1].startswith(words.get(action, action.value)), row
+        assert (row[2] != "no") == dead_letter, row
+        assert (not row[3].startswith("none")) == replies, row

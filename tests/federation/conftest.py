@@ -25,7 +25,7 @@ from tests.pipeline.conftest import Harness
 from worker.federation import NatsFederationClient
 from worker.messages import HandleResult, InputRoomEvent
 from worker.pipeline import Pipeline
-from worker.pipeline.gapfill import GapSettings
+from worker.pipeline.fetch_missing import GapSettings
 
 VERBS = ("get_missing_events", "state_ids", "state", "event", "event_auth")
 Answer = Callable[[dict[str, Any]], Awaitable[bytes]]

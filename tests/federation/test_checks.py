@@ -11,7 +11,7 @@ from tests.pipeline.conftest import started
 from worker.core.events import Event
 from worker.core.outcomes import Rejection
 from worker.core.versions import rules_for
-from worker.pipeline.gapfill import check_answer, check_fetched, oldest_first
+from worker.pipeline.fetch_missing import check_answer, check_fetched, oldest_first
 
 V10 = rules_for("10")
 assert V10 is not None

@@ -20,7 +20,7 @@ from tests.pipeline.conftest import started
 from worker.bus.subjects import Subjects
 from worker.federation import NatsFederationClient
 from worker.pipeline import Pipeline
-from worker.pipeline.gapfill import GapSettings
+from worker.pipeline.fetch_missing import GapSettings
 
 
 @pytest.fixture

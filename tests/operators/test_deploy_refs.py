@@ -176,7 +176,12 @@ def test_nats_definitions_are_what_the_worker_configures() -> None:
     for path in sorted((DEPLOY / "nats").glob("*.json")):
         config = StreamConfig.from_response(json.loads(path.read_text()))
         assert config.name == path.stem
-    consumers = ConsumerSettings.from_settings(settings)
+    consumers = ConsumerSettings.configured(
+        shards=settings.bus.shards,
+        max_retries=settings.bus.max_retries,
+        retry_backoff=settings.bus.retry_backoff,
+        drain_grace=settings.drain_grace_seconds,
+    )
     files = sorted((DEPLOY / "nats" / "consumers").glob("*.json"))
     assert [p.stem for p in files] == [subjects.input_consumer(n) for n in range(consumers.shards)]
     input_stream = json.loads((DEPLOY / "nats" / f"{subjects.input_stream}.json").read_text())

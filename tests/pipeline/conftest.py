@@ -10,25 +10,15 @@ import pytest
 
 from tests.fixtures.builder import RoomBuilder
 from tests.pipeline.fakes import FakeRelay, FakeStore
-from worker.core.hashes import compute_event_id, content_hash, unpadded_b64
-from worker.core.versions import rules_for
 from worker.messages import HandleResult, InputRoomEvent, OutputEvent
 from worker.pipeline import Pipeline
 from worker.pipeline.ports import FederationClient
 
 
 def builder(version: str = "10", room_id: str | None = None) -> RoomBuilder:
-    """A RoomBuilder whose events carry real content hashes and real event IDs (reference
-    hashes from v3 on): without the content hash, two events differing only in content
-    would share an ID, since the reference hash covers the redacted event."""
-    rules = rules_for(version)
-    assert rules is not None
-
-    def event_id(pdu: dict[str, Any]) -> str:
-        pdu["hashes"] = {"sha256": unpadded_b64(content_hash(pdu))}
-        return compute_event_id(pdu, rules)
-
-    return RoomBuilder(version, room_id=room_id, event_id_fn=event_id)
+    """A RoomBuilder whose events carry real content hashes (the pipeline redacts an event
+    whose hash does not match) and real event IDs (reference hashes from v3 on)."""
+    return RoomBuilder(version, room_id=room_id, real_ids=True)
 
 
 def started(version: str = "10") -> RoomBuilder:

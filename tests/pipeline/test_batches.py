@@ -228,7 +228,7 @@ async def test_batches_decide_and_store_what_one_by_one_does(
     assert many == one
     doomed = [(outcome, code) for _, outcome, code, _ in one[-3:]]
     assert [code for _, code in doomed] == [
-        "bad_create", "missing_prev_events", "missing_auth_events"
+        "bad_create", "auth_event_rejected", "auth_event_rejected"
     ], doomed
     # One by one, each write is its own transaction; batched, many share one.
     assert max(one_store.commits) == 1  # type: ignore[attr-defined]

@@ -1,6 +1,16 @@
-"""The JetStream side of the worker (DESIGN §4-§6): streams, the input consumer with its
-per-room dispatch and the one table of message fates, dead letters, the outbox relay, and a
-producer helper.
+"""The JetStream side of the worker (DESIGN §4-§6). Imported by `worker.app` (which wires
+it) and by the commands; it imports the core, the messages and, for its PostgreSQL parts
+(`outbox_store`, `leases`, the room fence in `shards`), storage.
+
+- `streams`, `subjects`: the three streams, their subjects and room tokens.
+- `consumer`: the input consumer (shards → per-room queues → the handler → settlement), with
+  `consumer_settings` (its tuning), `handler` (the port the pipeline implements), `delivery`
+  (a held message and its ack subject), `pull` (one-await fetches), `dispatch` (per-room
+  queues), `settle` (the one table of message fates) and `settling` (carrying a fate out).
+- `deadletter`: the dead-letter stream's writer.
+- `outbox`: the relay publishing committed outputs; `outbox_store`: the rows it reads.
+- `leases`, `shards`: which worker consumes which shard, and the room fence.
+- `producer`, `requests`: publishing inputs, and request/reply for the hot paths.
 """
 
 from worker.bus.consumer import ConsumerSettings, InputConsumer, InputHandler

@@ -24,22 +24,22 @@ import asyncio
 import contextlib
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, NamedTuple, Protocol, runtime_checkable
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import msgspec
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import Error as JetStreamError
 from nats.js.errors import NotFoundError
 
 from worker.bus import pull, settle
-from worker.bus.deadletter import DeadLetterWriter
+from worker.bus.consumer_settings import ConsumerSettings
+from worker.bus.delivery import AckInfo, Delivery, ack_info
 from worker.bus.dispatch import RoomDispatcher
-from worker.bus.requests import Requester
+from worker.bus.handler import BatchInputHandler, InputHandler, QueuedInput
+from worker.bus.settling import Settler
 from worker.bus.subjects import (
     MSG_ID_HEADER,
     REPLY_INBOX_HEADER,
@@ -49,171 +49,14 @@ from worker.bus.subjects import (
     room_id_from_token,
 )
 from worker.errors import RetryableError
-from worker.messages.input import INPUT_DECODER, InputRoomEvent
-from worker.messages.reply import HandleResult, InputReply, encode_reply
+from worker.messages.input import INPUT_DECODER
 from worker.observability.logging import bind_event, get_logger
-from worker.observability.metrics import (
-    CONSUMER_PENDING,
-    REDELIVERIES,
-    SHARDS_OWNED,
-    SettleAction,
-    count_settle,
-)
+from worker.observability.metrics import CONSUMER_PENDING, REDELIVERIES, SHARDS_OWNED
 
 if TYPE_CHECKING:
     from nats.js.client import JetStreamContext
 
-    from worker.config import Settings
-
 _log = get_logger(__name__)
-# How long an ack's confirmation may take. nats-py's default (1 s) is shorter than a
-# loaded worker's event loop can take to read the answer, and a confirmation given up on
-# is only a warning and a redelivery later; the ack has most likely landed.
-_ACK_CONFIRM_TIMEOUT = 5.0
-
-
-class InputHandler(Protocol):
-    """The pipeline, as the consumer calls it (implemented in `worker.pipeline`).
-
-    Returns the outcome for every event it could judge (rejections are values). Raises
-    `worker.errors.RetryableError` for transient infrastructure failures (the input is retried
-    with back-off) and `PermanentError` when retrying cannot help (dead-lettered). `delivery`
-    is JetStream's delivery count (1 on first delivery); `in_progress` tells JetStream the
-    message is still being worked on (the consumer also does so periodically on its own).
-    """
-
-    async def handle(
-        self,
-        room_id: str,
-        input: InputRoomEvent,
-        *,
-        delivery: int,
-        in_progress: Callable[[], Awaitable[None]],
-    ) -> HandleResult: ...
-
-
-# One queued input handed to `BatchInputHandler.handle_batch`: (input, delivery count,
-# `in_progress` callable).
-QueuedInput = tuple[InputRoomEvent, int, Callable[[], Awaitable[None]] | None]
-
-
-@runtime_checkable
-class BatchInputHandler(InputHandler, Protocol):
-    """A handler that can take a room's queued inputs together (one transaction for all).
-
-    Returns one result per input, in order, once all are committed. If it raises, none of
-    them is settled: the consumer hands them to `handle` one by one (which retries,
-    dead-letters and answers each on its own), so a batch never changes an outcome.
-    """
-
-    async def handle_batch(
-        self, room_id: str, items: Sequence[QueuedInput]
-    ) -> list[HandleResult]: ...
-
-
-@dataclass(frozen=True, slots=True)
-class ConsumerSettings:
-    """Tuning of the input consumer; `from_settings` reads the worker's configuration."""
-
-    shards: int = 4
-    # Messages fetched per pull request, and held (queued + handled) per worker at most.
-    batch: int = 128
-    # Each shard may hold a K-th of this; a room's backlog needs a few batches' worth
-    # (room_batch) queued behind the one being handled, or it stalls on every fetch. With
-    # many busy rooms, what a room has queued when its turn comes is its next batch, and
-    # per-batch costs (a task, a group-commit slot, the room's finish, an outbox read) are
-    # most of an event's cost in such rooms: 1,024 gave batches of 2-3 events across 200
-    # rooms; from 2,048 to 8,192 the many-rooms bench went ~3,250 -> ~3,650 events/s at
-    # 400 rooms (worker CPU per event 0.26 -> 0.23 ms). Memory is bounded by
-    # `max_in_flight_bytes`, not by this count (8,192 PDUs of 64 KiB would be 512 MiB).
-    max_in_flight: int = 8192
-    # Bytes of message bodies held, in all (each shard a K-th, like the count): a shard
-    # stops fetching while its share is full, so it may go one fetch (`batch` messages)
-    # beyond.
-    max_in_flight_bytes: int = 64 * 1024 * 1024
-    # At most this many queued inputs of one room are handled together (with a handler
-    # that can: `BatchInputHandler`); 1 handles each on its own.
-    room_batch: int = 64
-    # JetStream redelivers a message not settled nor touched for this long.
-    ack_wait: float = 60.0
-    # How long one pull request waits for messages; bounds how fast a shard stops.
-    fetch_timeout: float = 1.0
-    retry: settle.RetryPolicy = field(default_factory=settle.RetryPolicy)
-    drain_grace: float = 30.0
-    # Reset a shard's consumer when its deliveries skip a sequence number. Only sound when
-    # one worker alone fetches each shard (the lease manager guarantees it), so off by default.
-    reset_on_gap: bool = False
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> ConsumerSettings:
-        bus = settings.bus
-        return cls(
-            shards=bus.shards,
-            retry=settle.RetryPolicy(
-                max_deliveries=bus.max_retries + 1, base_delay=bus.retry_backoff
-            ),
-            drain_grace=settings.drain_grace_seconds,
-        )
-
-    @property
-    def heartbeat_interval(self) -> float:
-        return self.ack_wait / 3
-
-    def consumer_config(self, subjects: Subjects, shard: int) -> ConsumerConfig:
-        # JetStream's own limit is one above ours: the extra delivery is where a message that
-        # never got settled (the worker crashed on it) is dead-lettered instead of stranded.
-        max_deliver = self.retry.max_deliveries + 1
-        # No JetStream `backoff`: with one set, nats-server (2.15) replaced the delay of a
-        # repeated nak by the back-off step (a 10 ms nak waited ack_wait), and our retry
-        # delays are chosen per error (`RetryableError.delay`, `RetryPolicy`). Redelivery
-        # after an ack timeout (a dead worker) simply waits `ack_wait`.
-        return ConsumerConfig(
-            durable_name=subjects.input_consumer(shard),
-            description=f"roomserver input shard {shard}",
-            filter_subject=subjects.input_shard_filter(shard),
-            deliver_policy=DeliverPolicy.ALL,
-            ack_policy=AckPolicy.EXPLICIT,
-            ack_wait=self.ack_wait,
-            max_deliver=max_deliver,
-            max_ack_pending=self.max_in_flight,
-            max_waiting=8,
-        )
-
-
-@dataclass(slots=True, eq=False)
-class _Delivery:
-    """One fetched message held by this worker until it is settled."""
-
-    msg: Msg
-    shard: int
-    delivery: int
-    stream_sequence: int
-    event_id: str
-    reply_inbox: str | None
-    # Exactly one of these is set by intake: the decoded input, or why it could not be.
-    input: InputRoomEvent | None = None
-    problem: tuple[str, str] | None = None
-    received: float = field(default_factory=time.monotonic)
-    settled: bool = False
-    # Counted against its shard's fetch window (see `_leave_window`).
-    windowed: bool = True
-
-    async def touch(self) -> None:
-        """Tell JetStream the message is still being worked on (the `in_progress` callable)."""
-        if self.settled:
-            return
-        try:
-            await self.msg.in_progress()
-            count_settle("in_progress")
-        except (NatsError, JetStreamError) as exc:
-            _log.warning("in_progress_failed", error=repr(exc), event_id=self.event_id)
-
-
-_ACTION_LABEL: dict[settle.AckAction, SettleAction] = {
-    settle.AckAction.ACK: "ack",
-    settle.AckAction.NAK: "nak",
-    settle.AckAction.TERM: "term",
-}
 # The pseudo-room of messages whose room cannot be known: no real room token is empty.
 _UNROUTABLE = ""
 
@@ -230,24 +73,29 @@ class InputConsumer:
     ) -> None:
         self._nc = nc
         self._js: JetStreamContext = nc.jetstream()
-        self._requests = Requester(nc)
         self._subjects = subjects
         self._handler = handler
         self.settings = settings or ConsumerSettings()
-        self._deadletters = DeadLetterWriter(self._js, subjects, max_payload=nc.max_payload)
-        # Checked once: an isinstance against a runtime Protocol is slow (it was per batch).
+        self._settler = Settler(
+            nc,
+            subjects,
+            self.settings.retry,
+            leave_window=self._leave_window,
+            release=self._release,
+        )
+        # Checked once: an isinstance against a runtime Protocol is slow.
         self._batch_handler: BatchInputHandler | None = (
             handler
             if isinstance(handler, BatchInputHandler) and self.settings.room_batch > 1
             else None
         )
         batching = self._batch_handler is not None
-        self._dispatcher: RoomDispatcher[_Delivery] = RoomDispatcher(
+        self._dispatcher: RoomDispatcher[Delivery] = RoomDispatcher(
             self._process,
             self._process_batch if batching else None,
             max_batch=self.settings.room_batch,
         )
-        self._held: set[_Delivery] = set()
+        self._held: set[Delivery] = set()
         # Acks of finished messages still waiting for JetStream's confirmation.
         self._settling: set[asyncio.Task[None]] = set()
         self._fetchers: dict[int, asyncio.Task[None]] = {}
@@ -370,7 +218,7 @@ class InputConsumer:
             left = await self._dispatcher.cancel()
             _log.warning("drain_grace_exceeded", unfinished=len(left), grace=grace)
             for d in left:
-                await self._carry_out(d, settle.of_shutdown())
+                await self._settler.carry_out(d, settle.of_shutdown())
         await asyncio.gather(*list(self._settling), return_exceptions=True)
         if self._heartbeat is not None:
             self._heartbeat.cancel()
@@ -504,7 +352,7 @@ class InputConsumer:
     def _intake(self, shard: int, msg: Msg, info: AckInfo | None) -> None:
         """Decode once, work out the room, and queue the message on it."""
         headers = msg.headers or {}
-        d = _Delivery(
+        d = Delivery(
             msg=msg,
             shard=shard,
             delivery=info.delivered if info is not None else 1,
@@ -542,18 +390,15 @@ class InputConsumer:
 
     # --- handling ----------------------------------------------------------------------
 
-    async def _process(self, room_id: str, d: _Delivery) -> None:
+    async def _process(self, room_id: str, d: Delivery) -> None:
         with bind_event(room_id, d.event_id):
             if d.shard in self._abandoned:
-                await self._carry_out(d, settle.of_shutdown())
+                await self._settler.carry_out(d, settle.of_shutdown())
                 return
             fate = await self._decide(room_id, d)
-            # A transient failure is retried here, in place, rather than by a nak: a nak'd
-            # message comes back after the room's later messages, which would then be handled
-            # before an event they may depend on. Holding the room keeps its order; other
-            # rooms go on, and the heartbeat keeps this message alive meanwhile. Each attempt
-            # counts as a delivery, so the retry limit and the dead letter still apply.
-            while fate.situation is settle.Situation.RETRY:
+            # Retried here, with the room held (see `worker.bus.settle`); the heartbeat keeps
+            # the message alive meanwhile.
+            while fate.action is settle.AckAction.RETRY_HERE:
                 await asyncio.sleep(fate.delay)
                 if d.shard in self._abandoned:
                     fate = settle.of_shutdown()
@@ -564,17 +409,17 @@ class InputConsumer:
                 # The outcome is committed: the room's next message need not wait for
                 # JetStream to confirm this ack (a round trip). The ack, then the reply, then
                 # forgetting the message (`_held`) follow in the background, in that order.
-                task = asyncio.create_task(self._carry_out(d, fate), name="settle")
+                task = asyncio.create_task(self._settler.carry_out(d, fate), name="settle")
                 self._settling.add(task)
                 task.add_done_callback(self._settled)
                 return
-            await self._carry_out(d, fate)
+            await self._settler.carry_out(d, fate)
 
-    async def _process_batch(self, room_id: str, ds: list[_Delivery]) -> None:
+    async def _process_batch(self, room_id: str, ds: list[Delivery]) -> None:
         """Several queued messages of a room: runs of plain inputs go to `handle_batch`
         together; anything else (undecodable, over its delivery limit, of an abandoned
         shard) is processed on its own, in its place."""
-        run: list[_Delivery] = []
+        run: list[Delivery] = []
         limit = self.settings.retry.max_deliveries
         for d in ds:
             plain = (
@@ -591,7 +436,7 @@ class InputConsumer:
             await self._process(room_id, d)
         await self._process_run(room_id, run)
 
-    async def _process_run(self, room_id: str, run: list[_Delivery]) -> None:
+    async def _process_run(self, room_id: str, run: list[Delivery]) -> None:
         if len(run) < 2:
             for d in run:
                 await self._process(room_id, d)
@@ -611,7 +456,7 @@ class InputConsumer:
             for d in run:
                 await self._process(room_id, d)
             return
-        acked: list[tuple[_Delivery, settle.Fate]] = []
+        acked: list[tuple[Delivery, settle.Fate]] = []
         for d, result in zip(run, results, strict=True):
             if not d.event_id:
                 d.event_id = result.event_id
@@ -619,52 +464,19 @@ class InputConsumer:
             if fate.action is settle.AckAction.ACK and not fate.dead_letter:
                 acked.append((d, fate))
             else:
-                await self._carry_out(d, fate)
+                await self._settler.carry_out(d, fate)
         if acked:
-            task = asyncio.create_task(self._ack_all(acked), name="settle")
+            task = asyncio.create_task(self._settler.ack_all(acked), name="settle")
             self._settling.add(task)
             task.add_done_callback(self._settled)
 
-    async def _ack_all(self, acked: list[tuple[_Delivery, settle.Fate]]) -> None:
-        """Ack a batch's messages, then reply to each. A room's messages are all of one
-        shard, and JetStream applies one consumer's acks in the order they arrive: only the
-        last ack needs its confirmation (a round trip) for all of them to have landed
-        before any reply goes out, as with one `_carry_out` each."""
-        last = len(acked) - 1
-        for d, _ in acked:
-            self._leave_window(d)
-        sent = 0
-        try:
-            for i, (d, _) in enumerate(acked):
-                if d.settled:
-                    continue
-                try:
-                    await (self._ack_confirmed(d.msg) if i == last else d.msg.ack())
-                    sent += 1
-                except (NatsError, JetStreamError) as exc:
-                    # Redelivered then, and answered as a duplicate: harmless.
-                    _log.warning("settle_failed", action="ack", error=repr(exc))
-                self._release(d)
-        finally:
-            # Counted once for the batch (a labelled inc takes a lock).
-            count_settle("ack", sent)
-        for d, fate in acked:
-            if fate.reply is not None and d.reply_inbox:
-                await self._reply(d.reply_inbox, fate.reply)
-
-    async def _ack_confirmed(self, msg: Msg) -> None:
-        """Ack and wait for JetStream to confirm it (nats-py's `ack_sync`, by `Requester`)."""
-        if not msg.reply:
-            raise NatsError("the message has no reply subject to ack")
-        await self._requests.request(msg.reply, b"+ACK", timeout=_ACK_CONFIRM_TIMEOUT)
-
-    def _release(self, d: _Delivery) -> None:
+    def _release(self, d: Delivery) -> None:
         """Forget a settled message."""
         d.settled = True
         self._leave_window(d)
         self._held.discard(d)
 
-    def _leave_window(self, d: _Delivery) -> None:
+    def _leave_window(self, d: Delivery) -> None:
         """Stop counting a message against its shard's fetch window: once its outcome is
         decided and its ack about to go, the shard may fetch the next one. The message is
         still held (`_held`: a shard being stopped waits for it) until the ack is confirmed,
@@ -683,7 +495,7 @@ class InputConsumer:
             _log.error("settle_crashed", error=repr(task.exception()))
         self._dispatcher.notify()
 
-    async def _decide(self, room_id: str, d: _Delivery) -> settle.Fate:
+    async def _decide(self, room_id: str, d: Delivery) -> settle.Fate:
         policy = self.settings.retry
         if d.problem is not None:
             code, reason = d.problem
@@ -699,7 +511,7 @@ class InputConsumer:
             )
         except Exception as exc:
             fate = settle.of_error(exc, event_id=d.event_id, delivery=d.delivery, policy=policy)
-            log = _log.warning if fate.action is settle.AckAction.NAK else _log.error
+            log = _log.warning if fate.action is settle.AckAction.RETRY_HERE else _log.error
             log(
                 "handler_failed",
                 reason_code=fate.reason_code,
@@ -713,63 +525,6 @@ class InputConsumer:
             d.event_id = result.event_id
         return settle.of_result(result)
 
-    async def _carry_out(self, d: _Delivery, fate: settle.Fate) -> None:
-        """Dead letter, then the ack action, then the reply (see `worker.bus.settle`)."""
-        if d.settled:
-            return
-        msg = d.msg
-        if fate.dead_letter:
-            try:
-                await self._deadletters.write(
-                    subject=self._published_subject(msg.subject),
-                    headers=msg.headers,
-                    body=msg.data,
-                    reason_code=fate.reason_code,
-                    reason=fate.reason,
-                    delivery_count=d.delivery,
-                    stream=self._subjects.input_stream,
-                    stream_sequence=d.stream_sequence,
-                )
-            except RetryableError as exc:
-                # Not stored anywhere yet: keep the original and try again later.
-                _log.error("deadletter_failed", error=str(exc))
-                fate = settle.Fate(
-                    situation=settle.Situation.RETRY,
-                    action=settle.AckAction.NAK,
-                    delay=self.settings.retry.delay(d.delivery),
-                )
-        self._leave_window(d)
-        try:
-            if fate.action is settle.AckAction.ACK:
-                await self._ack_confirmed(msg)
-            elif fate.action is settle.AckAction.NAK:
-                # A delay of 0 would mean "use the consumer's back-off" to JetStream; a
-                # hand-back at shutdown should be redelivered at once.
-                await msg.nak(delay=max(fate.delay, 0.001))
-            else:
-                await msg.term()
-            count_settle(_ACTION_LABEL[fate.action])
-        except (NatsError, JetStreamError) as exc:
-            # The message will be redelivered; handling is idempotent, so that is harmless.
-            _log.warning("settle_failed", action=fate.action.value, error=repr(exc))
-        self._release(d)
-        if fate.reply is not None and d.reply_inbox:
-            await self._reply(d.reply_inbox, fate.reply)
-
-    async def _reply(self, inbox: str, reply: InputReply) -> None:
-        try:
-            await self._nc.publish(inbox, encode_reply(reply))
-        except (NatsError, JetStreamError) as exc:
-            _log.warning("reply_failed", inbox=inbox, error=repr(exc))
-
-    def _published_subject(self, stored: str) -> str:
-        """The subject the producer used (before the stream's shard transform)."""
-        try:
-            _, token = self._subjects.parse_stored_input(stored)
-        except SubjectError:
-            return stored
-        return f"{self._subjects.prefix}.input.{token}"
-
     async def _heartbeat_loop(self) -> None:
         interval = self.settings.heartbeat_interval
         while True:
@@ -781,45 +536,12 @@ class InputConsumer:
                     await d.touch()
 
 
-class AckInfo(NamedTuple):
-    """What the ack subject of a JetStream delivery says about it."""
-
-    delivered: int
-    stream_sequence: int
-    consumer_sequence: int
-    pending: int
-
-
-def ack_info(reply: str | None) -> AckInfo | None:
-    """Read a delivery's ack subject (ADR-15): `$JS.ACK.<stream>.<consumer>.<delivered>.
-    <stream seq>.<consumer seq>.<timestamp>.<pending>`, or, from nats-server 2.9, with
-    `<domain>.<account hash>.` after `$JS.ACK.` and possibly tokens more at the end. None
-    for anything else. nats-py's `Msg.metadata` reads the same, into three dataclasses and a
-    datetime per message (~3% of the worker's CPU under load)."""
-    if not reply:
-        return None
-    tokens = reply.split(".")
-    n = len(tokens)
-    if n == 9:
-        at = 4
-    elif n >= 11:
-        at = 6
-    else:
-        return None
-    if tokens[0] != "$JS" or tokens[1] != "ACK":
-        return None
-    try:
-        return AckInfo(
-            int(tokens[at]), int(tokens[at + 1]), int(tokens[at + 2]), int(tokens[at + 4])
-        )
-    except ValueError:
-        return None
-
-
 __all__ = [
+    "AckInfo",
     "BatchInputHandler",
     "ConsumerSettings",
     "InputConsumer",
     "InputHandler",
     "QueuedInput",
+    "ack_info",
 ]

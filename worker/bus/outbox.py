@@ -21,16 +21,15 @@ rejection only until the first row that JetStream stores afresh, then batches re
 
 A batch is not free: for a file-backed stream the server stages it in a store of its own
 (directories, files and syncs), which on a disk with slow syncs costs as much as a dozen or
-more single publishes (measured on the project's VM: ~10-20 ms a batch against ~0.5-2.5 ms a
-publish; on tmpfs ~1 ms against ~0.2 ms). So unless `min_batch_rows` fixes the threshold, the
+more single publishes. So unless `min_batch_rows` fixes the threshold, the
 relay keeps moving averages of what a batch and a single publish cost and batches only runs of
 rows that the serial path would take longer to publish (`worth_batching`). Under load, rows
 pile up between passes until batching pays; when the relay keeps up, each output goes out as
 soon as it is committed, in one publish. Time is not the whole price: the server's CPU for a
-batch is a fixed ~1.5 ms plus ~20 us a row, against ~70 us a row published alone (nats-server
-2.15, no disk syncs), so a run shorter than `MIN_AUTO_BATCH` rows goes out serially whatever
-the clock says. Under load the loop is busy, single publishes look slow, and short batches
-looked worth it by time alone: with many busy rooms they doubled the server's CPU per output.
+batch is a fixed cost plus a little per row, far more than a short run published row by row
+costs it, so a run shorter than `MIN_AUTO_BATCH` rows goes out serially whatever the clock
+says. Under load the loop is busy and single publishes look slow, so short batches would
+look worth it by time alone while costing the server more CPU per output.
 
 Order: a row, alone or as part of a batch, is only attempted once every earlier row of its
 room was stored by JetStream (by this relay or, as a duplicate, by another), and a batch is
@@ -53,21 +52,18 @@ import math
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
-from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
 
-import asyncpg
 from nats.aio.client import Client as NATS
 from nats.errors import Error as NatsError
 from nats.js.errors import APIError
 from nats.js.errors import Error as JetStreamError
 
+from worker.bus.outbox_store import OutboxRow, OutboxStore, PgOutboxStore, RoomsOutboxStore
 from worker.bus.requests import Requester
 from worker.bus.subjects import MSG_ID_HEADER, OUTPUT_TYPE_HEADER, ROOM_ID_HEADER, Subjects
 from worker.errors import RetryableError
 from worker.observability.logging import get_logger
 from worker.observability.metrics import OUTBOX_LAG, OUTBOX_UNSENT, count_outputs, measure
-from worker.storage import outbox as outbox_sql
 
 _log = get_logger(__name__)
 
@@ -92,113 +88,6 @@ MIN_AUTO_BATCH = 32
 # Weight of the newest sample in the cost averages.
 _COST_WEIGHT = 0.2
 MiB = 1024 * 1024
-
-
-class OutboxRow(Protocol):
-    """One committed output (storage returns its own frozen record with these attributes)."""
-
-    @property
-    def seq(self) -> int:
-        """Position in the outbox; increasing in commit order within a room."""
-        ...
-
-    @property
-    def room_id(self) -> str: ...
-
-    @property
-    def output_id(self) -> str:
-        """Stable id of the output, used as `Nats-Msg-Id`."""
-        ...
-
-    @property
-    def output_type(self) -> str: ...
-
-    @property
-    def payload(self) -> bytes:
-        """The encoded output envelope (`worker.messages.output`)."""
-        ...
-
-
-class OutboxStore(Protocol):
-    """What the relay needs from storage (`PgOutboxStore` over `worker.storage.outbox`)."""
-
-    async def fetch_unsent(
-        self, limit: int, room_id: str | None = None, *, min_age: float = 0.0
-    ) -> Sequence[OutboxRow]:
-        """Up to `limit` unsent rows, ordered by `seq`: of one room, or of every room with
-        an unsent row committed at least `min_age` seconds ago."""
-        ...
-
-    async def mark_sent(self, seqs: Sequence[int]) -> None:
-        """Mark the rows with these `seq`s published (idempotent)."""
-        ...
-
-
-@runtime_checkable
-class RoomsOutboxStore(OutboxStore, Protocol):
-    """An `OutboxStore` that reads the unsent rows of several rooms in one go."""
-
-    async def fetch_unsent_rooms(
-        self, room_ids: Sequence[str], limit: int, *, per_room: int | None = None
-    ) -> Sequence[OutboxRow]:
-        """Up to `limit` unsent rows of these rooms, at most `per_room` of each (default:
-        `limit`), ordered by `seq`."""
-        ...
-
-
-# What a database failure looks like from asyncpg: the connection or the server went away.
-_DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError)
-
-
-@dataclass(frozen=True, slots=True)
-class PgOutboxStore:
-    """`OutboxStore` over the storage module's outbox functions and a connection pool.
-
-    Database failures become `RetryableError`, so a flush that cannot reach PostgreSQL
-    naks the input instead of failing it.
-    """
-
-    db: asyncpg.Pool
-    # Storage marks rows by output id: the ids of fetched rows, by seq, until marked.
-    _ids: dict[int, str] = field(default_factory=dict, init=False, repr=False)
-
-    async def fetch_unsent(
-        self, limit: int, room_id: str | None = None, *, min_age: float = 0.0
-    ) -> Sequence[OutboxRow]:
-        try:
-            rows = await outbox_sql.fetch_unsent(
-                self.db, room_id=room_id, limit=limit, min_age=min_age
-            )
-        except _DB_ERRORS as exc:
-            raise RetryableError(f"outbox read failed: {exc!r}", code="database_unavailable") from exc
-        self._ids.update((r.seq, r.output_id) for r in rows)
-        return rows
-
-    async def fetch_unsent_rooms(
-        self, room_ids: Sequence[str], limit: int, *, per_room: int | None = None
-    ) -> Sequence[OutboxRow]:
-        try:
-            rows = await outbox_sql.fetch_unsent_rooms(
-                self.db, room_ids, limit=limit, per_room=per_room
-            )
-        except _DB_ERRORS as exc:
-            raise RetryableError(f"outbox read failed: {exc!r}", code="database_unavailable") from exc
-        self._ids.update((r.seq, r.output_id) for r in rows)
-        return rows
-
-    async def mark_sent(self, seqs: Sequence[int]) -> None:
-        ids = [self._ids.pop(seq) for seq in seqs if seq in self._ids]
-        try:
-            await outbox_sql.mark_sent(self.db, ids)
-        except _DB_ERRORS as exc:
-            raise RetryableError(f"outbox update failed: {exc!r}", code="database_unavailable") from exc
-
-    async def stats(self) -> tuple[int, float]:
-        """(unsent rows, age of the oldest in seconds) for the outbox gauges."""
-        try:
-            return await outbox_sql.outbox_stats(self.db)
-        except _DB_ERRORS as exc:
-            raise RetryableError(f"outbox stats failed: {exc!r}", code="database_unavailable") from exc
 
 
 class NatsOutboxRelay:

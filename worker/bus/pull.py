@@ -2,9 +2,8 @@
 
 nats-py's `PullSubscription.fetch` takes each message of a batch with `next_msg`, which starts
 two tasks per message (and draws a uuid4); on a busy event loop every one of them waits for
-a full turn of the loop, so under load a fetch of 128 messages took a quarter of a second
-while the shard's rooms sat idle (bench: every fetch 0.22-0.37 s, the worker's main limit
-across many rooms). The messages of a batch arrive together and the client's reader puts
+a full turn of the loop, so under load a fetch of a batch waits many turns while the shard's
+rooms sit idle. The messages of a batch arrive together and the client's reader puts
 them all in the subscription's queue: `fetch` here waits for the first one only and takes
 the rest that are already there.
 

@@ -1,21 +1,28 @@
 """The one place that decides an input message's fate (STYLE R6, DESIGN §6).
 
-| Situation                                   | Ack action | Dead letter | Reply            |
-|---------------------------------------------|------------|-------------|------------------|
-| accepted / rejected / soft_failed / outlier | ack        | no          | the result       |
-| invalid (the event breaks the format rules) | ack        | a copy      | the result       |
-| retryable error, retries left               | nak(delay) | no          | none (not final) |
-| retryable error, retry limit reached        | term       | yes         | failed           |
-| delivered more often than the limit         | term       | yes         | failed           |
-| permanent error / invariant violation       | term       | yes         | failed           |
-| undecodable (body, headers or subject)      | term       | yes         | invalid          |
-| worker shutting down, work not finished     | nak(0)     | no          | none             |
-| long work, while queued or handled          | in_progress, periodically                 |
+| Situation                                   | Action            | Dead letter | Reply            |
+|---------------------------------------------|-------------------|-------------|------------------|
+| accepted / rejected / soft_failed / outlier | ack               | no          | the result       |
+| invalid (the event breaks the format rules) | ack               | a copy      | the result       |
+| retryable error, retries left               | retry here(delay) | no          | none (not final) |
+| retryable error, retry limit reached        | term              | yes         | failed           |
+| delivered more often than the limit         | term              | yes         | failed           |
+| permanent error / invariant violation       | term              | yes         | failed           |
+| undecodable (body, headers or subject)      | term              | yes         | invalid          |
+| the dead letter could not be written        | nak(delay)        | no          | none             |
+| worker shutting down, work not finished     | nak(0)            | no          | none             |
+| long work, while queued or handled          | in_progress, periodically                          |
 
 Names follow FastStream's `AckPolicy` vocabulary: ack, nak, term (reject), in_progress.
+"Retry here" is no message action at all: the consumer keeps the message (its heartbeat
+sends `in_progress`), waits `delay` with the room held and handles the message again as its
+next delivery. A nak would let JetStream redeliver it after the room's later messages, which
+would then be handled before an event they may depend on; other rooms go on meanwhile. Each
+attempt counts as a delivery, so the retry limit and the dead letter still apply.
+
 Nothing here does I/O: the consumer asks for a `Fate` and carries it out, in the order
-dead letter → ack action → reply, so a reply always describes a settled message, and a
-message is dead-lettered before it can disappear.
+dead letter → action → reply, so a reply always describes a settled message, and a message
+is dead-lettered before it can disappear.
 """
 
 from __future__ import annotations
@@ -32,6 +39,8 @@ class AckAction(enum.Enum):
     ACK = "ack"
     NAK = "nak"
     TERM = "term"
+    # Not settled yet: handled again in place after `Fate.delay` (see the module docstring).
+    RETRY_HERE = "retry_here"
 
 
 class Situation(enum.Enum):
@@ -42,18 +51,20 @@ class Situation(enum.Enum):
     DELIVERY_LIMIT = "delivery_limit"
     PERMANENT_ERROR = "permanent_error"
     UNDECODABLE = "undecodable"
+    DEADLETTER_FAILED = "deadletter_failed"
     SHUTDOWN = "shutdown"
 
 
-# Situation -> (ack action, dead-letter it?, reply now?)
+# Situation -> (action, dead-letter it?, reply now?)
 FATE_TABLE: dict[Situation, tuple[AckAction, bool, bool]] = {
     Situation.HANDLED: (AckAction.ACK, False, True),
     Situation.HANDLED_INVALID: (AckAction.ACK, True, True),
-    Situation.RETRY: (AckAction.NAK, False, False),
+    Situation.RETRY: (AckAction.RETRY_HERE, False, False),
     Situation.RETRIES_EXHAUSTED: (AckAction.TERM, True, True),
     Situation.DELIVERY_LIMIT: (AckAction.TERM, True, True),
     Situation.PERMANENT_ERROR: (AckAction.TERM, True, True),
     Situation.UNDECODABLE: (AckAction.TERM, True, True),
+    Situation.DEADLETTER_FAILED: (AckAction.NAK, False, False),
     Situation.SHUTDOWN: (AckAction.NAK, False, False),
 }
 
@@ -89,7 +100,7 @@ class Fate:
 
     situation: Situation
     action: AckAction
-    # Seconds before redelivery, for NAK.
+    # Seconds before the next delivery, for NAK and RETRY_HERE.
     delay: float = 0.0
     dead_letter: bool = False
     reason_code: str = ""
@@ -184,6 +195,19 @@ def of_undecodable(*, event_id: str, reason_code: str, reason: str) -> Fate:
     return _fate(Situation.UNDECODABLE, reason_code=reason_code, reason=reason, reply=reply)
 
 
+def of_deadletter_failure(*, delivery: int, policy: RetryPolicy) -> Fate:
+    """The message was to be dead-lettered and the dead-letter stream did not take it: it is
+    stored nowhere else yet, so JetStream keeps it and delivers it again after a back-off
+    (where the same decision is made again). A nak rather than a retry here: the room's
+    order no longer matters for a message that will not be handled."""
+    return _fate(
+        Situation.DEADLETTER_FAILED,
+        delay=policy.delay(delivery),
+        reason_code="deadletter_failed",
+        reason="the dead-letter stream did not take the message",
+    )
+
+
 def of_shutdown() -> Fate:
     """Work not finished when the grace period ran out: hand it back at once, unacked."""
     return _fate(Situation.SHUTDOWN, reason_code="shutdown", reason="worker shutting down")
@@ -195,6 +219,7 @@ __all__ = [
     "Fate",
     "RetryPolicy",
     "Situation",
+    "of_deadletter_failure",
     "of_delivery_limit",
     "of_error",
     "of_result",

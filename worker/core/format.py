@@ -12,9 +12,10 @@ is not stored as part of the room. Every problem is a `Rejection` with a stable 
 `worker.core.reasons` and a sentence naming the field; nothing here raises on bad input.
 
 What we deliberately do *not* check, and why:
-* `hashes` and `signatures` are checked upstream by the federation service (DESIGN §1); they
+* `signatures` are checked upstream by the federation service (DESIGN §1). They and `hashes`
   are optional here (type-checked when present) so that locally built and fixture events need
-  not carry them.
+  not carry them; the pipeline holds every input to its content hash
+  (`hashes.check_content_hash`).
 * Rules that need other events (auth events, the create event, the room's state) are the
   auth rules' business (`worker.core.auth`).
 * `origin` is deprecated since v3 and optional everywhere; a string when present.
@@ -260,6 +261,13 @@ def _check_fields(pdu: Mapping[str, Any], rules: RoomRules) -> Rejection | None:
     # an event whose hashes or signatures hold anything but strings there.
     for algorithm, digest in pdu.get("hashes", {}).items():
         if not isinstance(digest, str):
+            if algorithm == "sha256":
+                return _reject(
+                    Reason.MALFORMED_CONTENT_HASH,
+                    f"the content hash 'hashes.sha256' is {_json_type(digest)}, it must be a "
+                    "string of unpadded base64",
+                    "pdu.hashes.sha256",
+                )
             return _wrong_type(f"hashes.{algorithm}", digest, "a string")
     for server, by_key in pdu.get("signatures", {}).items():
         if not isinstance(by_key, dict):

@@ -14,11 +14,14 @@ handed something it would have refused.
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 from collections.abc import Mapping
 from typing import Any
 
 from worker.core.canonical import encode_canonical
+from worker.core.outcomes import Rejection
+from worker.core.reasons import Reason
 from worker.core.redaction import redact
 from worker.core.versions import EventIdFormat, RoomRules
 
@@ -44,13 +47,51 @@ def unpadded_urlsafe_b64(data: bytes) -> str:
 def content_hash(pdu: Mapping[str, Any]) -> bytes:
     """sha256 of the canonical JSON of the PDU without `unsigned`, `signatures`, `hashes`.
 
-    This is the value the `hashes.sha256` field carries (base64). The roomserver does not
-    check it (the federation service does, DESIGN §1); it is here for building events.
-    Synapse also drops `age_ts`, `outlier` and `destinations`, keys that never appear in a
+    This is the value the `hashes.sha256` field carries (base64); `check_content_hash` holds
+    a PDU to it. Synapse also drops `age_ts`, `outlier` and `destinations`, keys that never appear in a
     PDU sent over federation; we follow the spec's list.
     """
     stripped = {k: v for k, v in pdu.items() if k not in _NOT_IN_CONTENT_HASH}
     return hashlib.sha256(encode_canonical(stripped)).digest()
+
+
+def check_content_hash(pdu: Mapping[str, Any]) -> bool | Rejection:
+    """Whether `hashes.sha256` is the PDU's content hash; a `Rejection` when it cannot be
+    one (absent, not a string, not base64).
+
+    Spec, "Checks performed on receipt of a PDU", step 3: an event whose hash does not match
+    is redacted before it is processed further; that is the caller's to do with a False.
+    What counts as base64 is what Synapse decodes (`check_event_content_hash`): standard or
+    URL-safe, unpadded, with characters outside the alphabet skipped; it refuses an event
+    whose hash is absent or does not decode, and so do we, so that no event is stored here
+    that Synapse refuses outright.
+    """
+    hashes = pdu.get("hashes")
+    claimed = hashes.get("sha256") if isinstance(hashes, Mapping) else None
+    if claimed is None:
+        return Rejection(
+            Reason.MISSING_CONTENT_HASH.value,
+            "the event has no content hash (hashes.sha256)",
+            "pdu.hashes.sha256",
+        )
+    digest = _decode_base64(claimed) if isinstance(claimed, str) else None
+    if digest is None:
+        return Rejection(
+            Reason.MALFORMED_CONTENT_HASH.value,
+            "the content hash (hashes.sha256) is not a string of unpadded base64",
+            "pdu.hashes.sha256",
+        )
+    return digest == content_hash(pdu)
+
+
+def _decode_base64(text: str) -> bytes | None:
+    """Unpadded standard or URL-safe base64 as Synapse reads it; None if it does not decode."""
+    try:
+        raw = text.encode("ascii")
+        padding = b"=" * (3 - ((len(raw) + 3) % 4))
+        return base64.b64decode(raw + padding, altchars=b"-_")
+    except (UnicodeEncodeError, binascii.Error, ValueError):
+        return None
 
 
 def reference_hash(pdu: Mapping[str, Any], rules: RoomRules) -> bytes:

@@ -36,6 +36,8 @@ class Reason(enum.StrEnum):
     TOO_MANY_PREV_EVENTS = "too_many_prev_events"
     TOO_MANY_AUTH_EVENTS = "too_many_auth_events"
     EVENT_ID_MISMATCH = "event_id_mismatch"
+    MISSING_CONTENT_HASH = "missing_content_hash"
+    MALFORMED_CONTENT_HASH = "malformed_content_hash"
 
 
 MEANINGS: dict[Reason, str] = {
@@ -62,4 +64,6 @@ MEANINGS: dict[Reason, str] = {
     Reason.TOO_MANY_AUTH_EVENTS: "`auth_events` lists more than 10 events",
     Reason.EVENT_ID_MISMATCH: "the event ID claimed for the event is not the one its room "
     "version derives",
+    Reason.MISSING_CONTENT_HASH: "the event has no `hashes.sha256` (its content hash)",
+    Reason.MALFORMED_CONTENT_HASH: "`hashes.sha256` is not a string of unpadded base64",
 }

@@ -27,7 +27,8 @@ class InputReply(msgspec.Struct, frozen=True, kw_only=True):
     # Empty when the message could not be decoded far enough to know the event.
     event_id: str
     outcome: ReplyOutcome
-    # Stable and machine-readable (snake_case); empty for `accepted`.
+    # Stable and machine-readable (snake_case). Empty for `accepted` and `outlier`, except
+    # `content_hash_mismatch`: the event was processed in its redacted form.
     reason_code: str = ""
     reason: str = ""
     # True when the event had already been processed: the outcome is the original one.

@@ -311,7 +311,7 @@ SHARD_TAKEOVER_SECONDS = Histogram(
 )
 __all__ += ["LEASE_CHANGES", "SHARD_TAKEOVER_SECONDS", "LeaseEvent"]
 
-# --- gap filling (worker.pipeline.gapfill, worker.federation) -----------------------------------
+# --- gap filling (worker.pipeline.fetch_missing, worker.federation) -----------------------------------
 
 # closed: get_missing_events closed the gap; state_ids / state: the state before the event was
 # fetched (by IDs, or in full); auth: only missing auth events were fetched; failed: refused.

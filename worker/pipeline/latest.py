@@ -47,7 +47,7 @@ def _new_extremities(work: Work, old: list[str]) -> list[str]:
 
 
 # How far back a gap's `old` events are followed: gaps closed by /get_missing_events hold at
-# most 20 events (worker.pipeline.gapfill), so 25 levels cover them with room to spare.
+# most 20 events (worker.pipeline.fetch_missing), so 25 levels cover them with room to spare.
 _OLD_CHAIN_LEVELS = 25
 
 

@@ -52,6 +52,9 @@ class Work:
     # the state after each prev event, and the stored redactions waiting for this event.
     after_prevs: dict[str, StateHandle] | None = None
     pending_redactions: dict[str, list[str]] | None = None
+    # Said in the reply (and stored) when nothing refuses the event: how it was processed
+    # differently from what was sent (in its redacted form, for a content hash mismatch).
+    note: Rejection | None = None
 
     @property
     def kind(self) -> str:

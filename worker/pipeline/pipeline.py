@@ -30,10 +30,15 @@ from worker.pipeline.authstep import (
     check_state_before,
     is_create,
 )
+from worker.pipeline.dependencies import (
+    dependency_ids,
+    duplicate_of,
+    find_missing,
+    load_dependencies,
+)
 from worker.pipeline.events import stored_json
+from worker.pipeline.fetch_missing import Attempt, GapFiller, GapSettings, soft_fail_after_fetch
 from worker.pipeline.flusher import BackgroundFlusher
-from worker.pipeline.gapfill import Attempt, GapFiller, GapSettings, soft_fail_after_fetch
-from worker.pipeline.gaps import dependency_ids, duplicate_of, find_missing, load_dependencies
 from worker.pipeline.latest import Advance, advance
 from worker.pipeline.memberships import detect_resets, invite_outputs
 from worker.pipeline.model import Result, Work, refused
@@ -88,7 +93,7 @@ class Pipeline:
         self.store = store
         self.relay = relay
         self.federation = federation
-        # Gap filling (issue 9) runs only with a federation client; without one, inputs with
+        # Missing events are fetched only with a federation client; without one, inputs with
         # missing prev or auth events are refused.
         self.gaps = GapFiller(store, federation, gap_settings) if federation is not None else None
         self.await_outputs = await_outputs
@@ -250,7 +255,7 @@ class Pipeline:
                 filled = await load_dependencies(self.store, work, prefetched=known)
         if isinstance(filled, HandleResult):
             return filled
-        # A state the gap filler fetched is the state before the event (issue 9).
+        # A state fetched for the event is the state before it.
         return await self._decide(work, fetched_state=filled)
 
     async def _read_ahead(self, work: Work) -> dict[str, StoredEvent]:
@@ -309,15 +314,21 @@ class Pipeline:
             return refused(work.event_id, Outcome.REJECTED, exists)
         with measure("auth_own"):
             problem = check_own_auth_events(work)
-        if problem is not None:
-            return await self._finish(work, Outcome.REJECTED, problem)
         if work.kind == "outlier":
-            return await self._finish(work, Outcome.OUTLIER, None)
+            outcome = Outcome.OUTLIER if problem is None else Outcome.REJECTED
+            return await self._finish(work, outcome, problem)
         with measure("state_before"):
             if fetched_state is not None:
                 before: StateHandle | Rejection | None = fetched_state
             else:
                 before = await state_before(self.store, work)
+        if problem is not None:
+            # Rejected on its own auth events, it still keeps the state before it when that
+            # can be known (as Synapse does): an event built on it is then processed like
+            # any other, instead of finding its prev without a state (a gap).
+            if not isinstance(before, Rejection):
+                work.state_before = before
+            return await self._finish(work, Outcome.REJECTED, problem)
         if isinstance(before, Rejection):
             if before.code in _NOT_STORED:
                 return refused(work.event_id, Outcome.REJECTED, before)
@@ -368,11 +379,15 @@ class Pipeline:
         if problem is not None:
             log.info("event_refused", outcome=outcome.value, code=problem.code, reason=problem.reason)
             return refused(work.event_id, outcome, problem)
+        if work.note is not None:
+            return refused(work.event_id, outcome, work.note)
         return Result(work.event_id, outcome)
 
     async def _write(self, work: Work, outcome: Outcome, problem: Rejection | None) -> EventWrite:
+        # Stored with the event, so that a duplicate's reply repeats it.
+        problem = problem if problem is not None else work.note
         # One EventWrite built from the fields each outcome needs (`dataclasses.replace` of
-        # a base one cost a field walk per event).
+        # a base one would walk every field per event).
         def write(**extra: Any) -> EventWrite:
             return EventWrite(
                 room_id=work.room_id,

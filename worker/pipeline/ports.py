@@ -97,9 +97,9 @@ class RoomStore(Protocol):
     `extremities`, `pending_redactions([event])` and `persist`. The prev event is nearly
     always the event persisted just before in the same room, and the auth events are the
     room's hot state; a store that keeps recently persisted/read `StoredEvent`s (and their
-    before-snapshot) in memory answers all but `persist` without a round trip. Measured on
-    the bench (`bench/pipeline.py` prints ms per stage), these reads are most of an event's
-    time besides `persist`.
+    before-snapshot) in memory answers all but `persist` without a round trip; these reads
+    are most of an event's time besides `persist` (`bench/pipeline.py` prints the time per
+    stage).
     """
 
     async def room(self, room_id: str) -> RoomInfo | None: ...
@@ -246,7 +246,7 @@ class BackgroundOutboxRelay(OutboxRelay, Protocol):
 class FederationClient(Protocol):
     """Gap filling (DESIGN §2 step 4): asks the federation service for events we lack.
 
-    Implemented over NATS request/reply by a later issue (9); the pipeline calls it only when
+    Implemented over NATS request/reply (`worker.federation`); the pipeline calls it only when
     one is configured, and otherwise refuses inputs with missing prev or auth events. Each
     method returns PDUs as JSON objects (as received, not yet checked); an empty list means
     "could not be had". Transient trouble is raised as `worker.errors.RetryableError`.
@@ -262,7 +262,7 @@ class FederationClient(Protocol):
         """Events between `earliest` and `latest` (federation `/get_missing_events`)."""
         ...
 
-    # Added for issue 9 (the full gap filler, `worker.pipeline.gapfill`).
+    # The state before an event, and single events (`worker.pipeline.fetch_missing`).
 
     async def state_ids(self, room_id: str, event_id: str) -> tuple[list[str], list[str]]:
         """(state event IDs, auth chain IDs) before `event_id` (federation `/state_ids`);

@@ -88,6 +88,10 @@ async def resolve_handles(
     """One state from several: resolution, unless they are all the same state."""
     if len(handles) == 1:
         return handles[0], None
+    if len(handles) == 2 and await store.diff(handles[0], handles[1]) == ([], []):
+        # Two handles of one state (a branch through a rejected event, whose state after it
+        # is the state before it): the store compares them without materialising either.
+        return handles[0], None
     maps = [await store.materialize(h) for h in handles]
     if all(m == maps[0] for m in maps[1:]):
         return handles[0], None

@@ -1,7 +1,11 @@
 """Step 2 of DESIGN §2: the room version, the PDU's format and its event ID.
 
 A PDU that fails here is `invalid`: it is never stored, the producer is told why, and the bus
-copies the message to the dead-letter stream. An event for a room we do not know (and that
+copies the message to the dead-letter stream. That includes a PDU without a content hash
+(`hashes.sha256`) or with one that is not base64. A PDU whose content hash does not match its
+content goes on in its redacted form (spec, "Checks performed on receipt of a PDU", step 3,
+as Synapse does): it is processed, stored and published redacted, and its reply says so
+with `content_hash_mismatch` when nothing else refused it. An event for a room we do not know (and that
 is not the room's create event) is `rejected` with `room_unknown` and not stored, so that a
 later delivery, once the room exists, can still succeed.
 """
@@ -14,9 +18,10 @@ import msgspec
 
 from worker.core.events import Event
 from worker.core.format import MAX_RAW_BYTES, check_event_id, parse_pdu
-from worker.core.hashes import room_id_for_create
+from worker.core.hashes import check_content_hash, room_id_for_create
 from worker.core.outcomes import Outcome, Rejection
 from worker.core.reasons import Reason
+from worker.core.redaction import redact
 from worker.core.versions import V1, EventIdFormat, RoomRules, rules_for
 from worker.messages import InputRoomEvent
 from worker.pipeline.authstep import is_create
@@ -24,6 +29,14 @@ from worker.pipeline.model import KINDS, Result, Work, refused
 from worker.pipeline.ports import RoomInfo, RoomStore
 
 CREATE = "m.room.create"
+
+# Why an input otherwise accepted (or an outlier) was processed in its redacted form.
+CONTENT_HASH_MISMATCH = Rejection(
+    "content_hash_mismatch",
+    "the content hash (hashes.sha256) does not match the event's content: the event was "
+    "processed and stored in its redacted form",
+    "pdu.hashes.sha256",
+)
 
 
 def _claimed_id(pdu: Any) -> str:
@@ -110,7 +123,15 @@ async def validate(
         return refused(event.event_id, Outcome.INVALID, wrong)
     if room is None and not is_create(event):
         return refused(event.event_id, Outcome.REJECTED, _UNKNOWN_ROOM)
-    return Work(room_id, inp, event, event.pdu, rules, room_known=room is not None)
+    hashed = check_content_hash(event.pdu)
+    if isinstance(hashed, Rejection):
+        return refused(event.event_id, Outcome.INVALID, hashed)
+    if not hashed:
+        event = Event(redact(event.pdu, rules), event.event_id, rules)
+    work = Work(room_id, inp, event, event.pdu, rules, room_known=room is not None)
+    if not hashed:
+        work.note = CONTENT_HASH_MISMATCH
+    return work
 
 
 def _room_of(event: Event) -> str:

@@ -1,7 +1,7 @@
 """Step 4 of DESIGN §2 in full: missing prev and auth events through the federation port.
 
-The algorithm (issue 9; Synapse's `_process_pulled_event`/`_get_missing_events_for_pdu` and
-Dendrite's `missingStateReq` do the same in outline):
+The algorithm (Synapse's `_process_pulled_event`/`_get_missing_events_for_pdu` and Dendrite's
+`missingStateReq` do the same in outline):
 
 1. Missing **auth events**: `event_auth` of the input event (and `event` for any it left
    out), checked, input as outliers in auth order.
@@ -50,7 +50,7 @@ from worker.core.versions import EventIdFormat, RoomRules
 from worker.errors import RetryableError
 from worker.observability.metrics import GAPS, GapPath
 from worker.pipeline.authstep import auth_keys, is_create
-from worker.pipeline.gaps import Reinput, dependency_ids, find_missing
+from worker.pipeline.dependencies import Reinput, dependency_ids, find_missing
 from worker.pipeline.model import Result, Work, refused
 from worker.pipeline.ports import FederationClient, RoomStore, StateHandle, StoredEvent
 from worker.pipeline.state import resolve_handles

@@ -1,25 +1,24 @@
-"""Steps 3 and 4 of DESIGN §2: duplicates, and prev/auth events we do not have.
+"""Steps 3 and 4 of DESIGN §2 as far as the store answers them: is the input a duplicate,
+which prev and auth events does it need, and which of them are missing.
 
-An input whose prev or auth events are missing, and that the federation service cannot
-complete, is refused with `missing_prev_events` / `missing_auth_events` and is *not* stored:
-a later delivery, once the gap can be filled, must still succeed, and nothing else in the
-room changes.
+Missing ones are fetched through the federation port by `worker.pipeline.fetch_missing`;
+without a federation client, `load_dependencies` refuses the input with
+`missing_prev_events` / `missing_auth_events`. A refused input is *not* stored: a later
+delivery, once the gap can be filled, must still succeed, and nothing else in the room
+changes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping
 
 from worker.core.outcomes import Outcome, Rejection
 from worker.pipeline.authstep import create_event_id, is_create
 from worker.pipeline.model import Result, Work, refused
-from worker.pipeline.ports import FederationClient, RoomStore, StoredEvent
+from worker.pipeline.ports import RoomStore, StoredEvent
 
-# Inputs a gap filler feeds back into the pipeline: (kind, PDU) -> result.
+# Inputs the fetcher of missing events feeds back into the pipeline: (kind, PDU) -> result.
 Reinput = Callable[[str, Mapping[str, object]], Awaitable[Result]]
-
-# How many events one /get_missing_events may bring (Dendrite and Synapse ask for 20).
-MISSING_EVENTS_LIMIT = 20
 
 
 def duplicate_of(work: Work, stored: StoredEvent | None) -> Result | None:
@@ -56,38 +55,6 @@ def find_missing(work: Work, known: Mapping[str, StoredEvent]) -> tuple[list[str
     return missing_auth, missing_prev
 
 
-async def _fill(
-    fed: FederationClient,
-    store: RoomStore,
-    work: Work,
-    missing_auth: Sequence[str],
-    missing_prev: Sequence[str],
-    reinput: Reinput,
-) -> None:
-    """Ask the federation service for what is missing and feed it back in.
-
-    Auth chains come in as outliers, oldest first (by depth, then ID, so an event's auth
-    events precede it); missing prev events as `old` events, oldest first.
-    """
-    if missing_auth:
-        chain = await fed.event_auth(work.room_id, work.event_id)
-        for pdu in sorted(chain, key=_age_key):
-            await reinput("outlier", pdu)
-    if missing_prev:
-        earliest = await store.extremities(work.room_id)
-        found = await fed.missing_events(
-            work.room_id, earliest, [work.event_id], MISSING_EVENTS_LIMIT
-        )
-        for pdu in sorted(found, key=_age_key):
-            await reinput("old", pdu)
-
-
-def _age_key(pdu: Mapping[str, object]) -> tuple[int, str]:
-    depth = pdu.get("depth")
-    eid = pdu.get("event_id")
-    return (depth if isinstance(depth, int) else 0, eid if isinstance(eid, str) else "")
-
-
 def dependency_ids(work: Work) -> list[str]:
     """The events the steps need to find stored: prev and auth events (and the create
     event in v12+, where it is not listed but the auth rules read it)."""
@@ -99,11 +66,7 @@ def dependency_ids(work: Work) -> list[str]:
 
 
 async def load_dependencies(
-    store: RoomStore,
-    work: Work,
-    fed: FederationClient | None = None,
-    reinput: Reinput | None = None,
-    prefetched: Mapping[str, StoredEvent] | None = None,
+    store: RoomStore, work: Work, prefetched: Mapping[str, StoredEvent] | None = None
 ) -> Result | None:
     """Load the prev and auth events into `work.known`; a refusal when some are missing.
 
@@ -115,10 +78,6 @@ async def load_dependencies(
     else:
         work.known = await store.events(wanted) if wanted else {}
     missing_auth, missing_prev = find_missing(work, work.known)
-    if (missing_auth or missing_prev) and fed is not None and reinput is not None:
-        await _fill(fed, store, work, missing_auth, missing_prev, reinput)
-        work.known = await store.events(wanted)
-        missing_auth, missing_prev = find_missing(work, work.known)
     if missing_auth:
         why = Rejection(
             "missing_auth_events",
