@@ -10,7 +10,7 @@ runs over memory, a store's cache or test fixtures.
 - `events.py`: event lookups and auth-chain walks, memoised per resolution;
 - `model.py`: the `Authorizer` port and `ResolutionStats`.
 
-Only `worker.core` modules and the shell's state step and queries import this package.
+The shell calls `resolve` from the pipeline's state step, the queries and the `resolve` command.
 
 Spec: https://spec.matrix.org/latest/rooms/v1/#state-resolution,
 https://spec.matrix.org/latest/rooms/v2/#state-resolution,
