@@ -1,9 +1,9 @@
 """`SelfMembershipTable` agrees with `check_auth` wherever it answers.
 
 Random membership (and other) events are judged against random auth states, built from the
-handful of facts the shortcut reads (create event, sender's membership, join rules) plus the
+handful of facts the table reads (create event, sender's membership, join rules) plus the
 ones it must ignore or defer on (power levels, `m.federate`, restricted joins, the creator's
-first join, v12 room IDs). Each example builds a fresh shortcut, as state resolution does per
+first join, v12 room IDs). Each example builds a fresh table, as state resolution does per
 create event.
 """
 

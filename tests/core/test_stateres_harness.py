@@ -187,7 +187,14 @@ class DagBuilder:
                 if not keep_failed:
                     return None
                 passed = False
-        if rejected or not passed or any(a in dag.rejected for a in auth_ids):
+        # An event built again (the same ID on another fork) stays rejected: a server never
+        # changes its verdict on an event.
+        if (
+            rejected
+            or not passed
+            or eid in dag.rejected
+            or any(a in dag.rejected for a in auth_ids)
+        ):
             syn = make_event_from_dict(pdu, self.rv, rejected_reason="auth_error")
             dag.rejected.add(eid)
         if rules.room_id_from_create_event and etype == "m.room.create":

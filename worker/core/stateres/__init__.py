@@ -4,6 +4,14 @@ When a room's DAG forks, this decides which state holds where the forks meet. `r
 the algorithm from the room's rule flags; lookups are passed in (STYLE R1) so the same code
 runs over memory, a store's cache or test fixtures.
 
+- `v1.py`, `v2.py` (v2 and v2.1): the algorithms, from splitting the state sets on;
+- `iterative.py`: the iterative auth checks of v2 and v2.1;
+- `ordering.py`: reverse topological power ordering and mainline ordering;
+- `events.py`: event lookups and auth-chain walks, memoised per resolution;
+- `model.py`: the `Authorizer` port and `ResolutionStats`.
+
+The shell calls `resolve` from the pipeline's state step, the queries and the `resolve` command.
+
 Spec: https://spec.matrix.org/latest/rooms/v1/#state-resolution,
 https://spec.matrix.org/latest/rooms/v2/#state-resolution,
 https://spec.matrix.org/latest/rooms/v12/#state-resolution.

@@ -19,8 +19,7 @@ the auth-chain walks that find it. The unconflicted state is walked once, and th
 stops as soon as it reaches events that every state set's auth chain contains.
 
 In a big room nearly all of that is thousands of membership events, so the per-event
-costs are kept to a few dict and attribute reads (measured by `python -m bench stateres`:
-about 2 µs per conflicted event, all steps included):
+costs are kept to a few dict and attribute reads (`python -m bench stateres` measures them):
 
 - the conflicted events are looked up once and travel as parallel (IDs, events) lists;
 - auth chains are walked a generation at a time with set algebra (`Events.walk`);
