@@ -14,6 +14,8 @@ from typing import Any
 
 import msgspec
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from synapse.api.errors import SynapseError
 from synapse.api.room_versions import KNOWN_ROOM_VERSIONS
 from synapse.crypto.event_signing import check_event_content_hash
@@ -23,7 +25,7 @@ from tests.e2e.conftest import Client, WorkerRun, client, event_id_of, worker
 from tests.fixtures.builder import RoomBuilder
 from tests.pipeline.conftest import Harness, started
 from worker.core.hashes import check_content_hash, compute_event_id
-from worker.core.outcomes import Outcome
+from worker.core.outcomes import Outcome, Rejection
 from worker.core.redaction import redact
 
 __all__ = ["client", "worker"]  # the end-to-end fixtures, used by the last test
@@ -157,6 +159,28 @@ async def test_hash_cases_agree_with_synapse(
     original.pop("event_id")
     assert check_content_hash(original) is True
     assert _synapse(original, "10") == "ok"
+
+
+_BUILT = started("10")
+_PDU = {k: v for k, v in _BUILT.events[_BUILT.message("bob", "x")].items() if k != "event_id"}
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.one_of(
+        st.text(max_size=60),
+        st.text(alphabet="ABCDEFGHabcdefgh0123456789+/-_=", max_size=60),
+        st.sampled_from([_PDU["hashes"]["sha256"], _PDU["hashes"]["sha256"] + "="]),
+    )
+)
+def test_what_counts_as_a_content_hash_is_what_synapse_decodes(digest: str) -> None:
+    pdu = {**_PDU, "hashes": {"sha256": digest}}
+    ours = check_content_hash(pdu)
+    theirs = _synapse(pdu, "10")
+    if isinstance(ours, Rejection):
+        assert theirs == "refuse", (digest, ours)
+    else:
+        assert theirs == ("ok" if ours else "redact"), (digest, ours)
 
 
 async def test_end_to_end_the_output_carries_the_redacted_event(

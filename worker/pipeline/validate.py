@@ -1,13 +1,15 @@
-"""Step 2 of DESIGN §2: the room version, the PDU's format and its event ID.
+"""Step 2 of DESIGN §2: the room version, the PDU's format, its event ID and its content hash.
 
 A PDU that fails here is `invalid`: it is never stored, the producer is told why, and the bus
 copies the message to the dead-letter stream. That includes a PDU without a content hash
 (`hashes.sha256`) or with one that is not base64. A PDU whose content hash does not match its
 content goes on in its redacted form (spec, "Checks performed on receipt of a PDU", step 3,
 as Synapse does): it is processed, stored and published redacted, and its reply says so
-with `content_hash_mismatch` when nothing else refused it. An event for a room we do not know (and that
-is not the room's create event) is `rejected` with `room_unknown` and not stored, so that a
-later delivery, once the room exists, can still succeed.
+with `content_hash_mismatch` when nothing else refused it.
+
+An event for a room we do not know (and that is not the room's create event) is `rejected`
+with `room_unknown` and not stored, so that a later delivery, once the room exists, can
+still succeed.
 """
 
 from __future__ import annotations

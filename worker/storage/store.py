@@ -636,6 +636,9 @@ class PostgresStore:
     async def diff(self, old: StateHandle | None, new: StateHandle) -> tuple[list[str], list[str]]:
         n = _own(new)
         o = _own(old) if old is not None else None
+        if o is not None and o.snapshot_nid == n.snapshot_nid and o.delta == n.delta:
+            # One state in two handles (a branch through a rejected event): nothing to read.
+            return [], []
 
         async def go(conn: asyncpg.Connection) -> tuple[list[str], list[str]]:
             if o is None:
