@@ -499,7 +499,10 @@ class Worker:
         # attempts count the bus's deliveries, so the refusal comes before the dead letter.
         federation = NatsFederationClient(self.nc, self.settings.bus.federation_prefix)
         gap_settings = GapSettings(max_attempts=self.settings.bus.max_retries + 1)
-        pipeline = Pipeline(store, self.relay, federation, gap_settings=gap_settings)
+        pipeline = Pipeline(
+            store, self.relay, federation, gap_settings=gap_settings,
+            server_name=self.settings.server_name,
+        )
         consumer_settings = ConsumerSettings.from_settings(self.settings)
         # One fetcher per shard (the leases), so a delivery gap can safely reset the shard.
         consumer_settings = dataclasses.replace(consumer_settings, reset_on_gap=True)
@@ -542,7 +545,8 @@ class Worker:
         assert self.nc is not None and self.pool is not None
         try:
             self.queries = await start_query_service(
-                self.nc, self.pool, prefix=self.settings.bus.prefix
+                self.nc, self.pool, prefix=self.settings.bus.prefix,
+                server_name=self.settings.server_name,
             )
         except (NatsError, JetStreamError) as exc:
             raise StartupError(f"cannot start the query service: {exc!r}") from exc

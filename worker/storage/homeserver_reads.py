@@ -1,0 +1,352 @@
+"""The reads of the homeserver queries (`worker.query.homeserver_ports.HomeserverStore`).
+
+Two sources, both kept by the pipeline in each event's own transaction:
+
+- `memberships`: each user's membership in each room per the current state. Indexed by
+  (user, membership) and by (room, membership) (schemas/sql/0006): the rooms of a user, the
+  joined members of a room and their count are each one index range, whatever the size.
+- the current state snapshot of each room (`rooms.current_snapshot_nid`): only the entries
+  asked for are read, from the snapshot's layers (immutable once written, so cached here by
+  NID), then their JSON in one query.
+
+Reads take no locks and run on their own pool connections: MVCC gives each statement a
+consistent view, so they never wait for, nor hold up, a room's writer (DESIGN §5). Lookups by
+key follow worker.storage.events "Plan robustness": one probe per key, driven by the keys.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, cast
+
+import asyncpg
+
+from worker.core import stateblocks as sb
+from worker.core.events import StateKey
+from worker.query.homeserver_ports import WILDCARD, RoomState, StateEntry
+from worker.storage.cache import Lru
+from worker.storage.events import MEMBERSHIP_CODES, MEMBERSHIP_NAMES, SELECT_ROOMS, keys_param
+from worker.storage.nids import NidCache, select_names, select_nids
+from worker.storage.snapshots import load_layers
+
+_JOIN = MEMBERSHIP_CODES["join"]
+# Snapshot layers cached, by total entries (a 30,000-member root is 30,000).
+_LAYER_CACHE_ENTRIES = 2_000_000
+# Root NIDs sent to the layer load as "stop here": bounded, it is a query parameter.
+_KNOWN_ROOTS = 4_096
+
+SELECT_USER_NID = "SELECT s.state_key_nid FROM state_keys s WHERE s.state_key = $1"
+
+SELECT_ROOM_IDS = f"""
+SELECT r.room_nid, r.room_id
+FROM {keys_param(1, "bigint")} AS k(key)
+CROSS JOIN LATERAL (SELECT x.room_nid, x.room_id FROM rooms x WHERE x.room_nid = k.key LIMIT 1) r
+"""
+
+# The rooms of a user with one membership: one range of memberships_user_idx.
+SELECT_ROOMS_OF_USER = """
+SELECT m.room_nid FROM memberships m WHERE m.target_nid = $1 AND m.membership = $2
+"""
+
+# Users joined to rooms the user is joined to, with how many: the user's rooms by one range,
+# each room's joined members by one range of memberships_room_idx.
+SELECT_SHARED_ALL = f"""
+SELECT o.target_nid, count(*) AS n
+FROM memberships u
+CROSS JOIN LATERAL (
+    SELECT x.target_nid FROM memberships x WHERE x.room_nid = u.room_nid AND x.membership = {_JOIN}
+) o
+WHERE u.target_nid = $1 AND u.membership = {_JOIN}
+GROUP BY o.target_nid
+"""
+
+# The same for given users: each one's joined rooms (one range each), kept where the user is
+# joined too (one primary key probe each).
+SELECT_SHARED_WITH = f"""
+SELECT k.key AS target_nid, (
+    SELECT count(*) FROM memberships o
+    WHERE o.target_nid = k.key AND o.membership = {_JOIN}
+      AND EXISTS (SELECT 1 FROM memberships u
+                  WHERE u.room_nid = o.room_nid AND u.target_nid = $1 AND u.membership = {_JOIN})
+) AS n
+FROM {keys_param(2, "bigint")} AS k(key)
+"""
+
+SELECT_KNOWN_USERS = f"""
+SELECT s.state_key
+FROM (
+    SELECT DISTINCT o.target_nid
+    FROM memberships u
+    CROSS JOIN LATERAL (
+        SELECT x.target_nid FROM memberships x
+        WHERE x.room_nid = u.room_nid AND x.membership = {_JOIN}
+    ) o
+    WHERE u.target_nid = $1 AND u.membership = {_JOIN} AND o.target_nid <> $1
+) t
+CROSS JOIN LATERAL (
+    SELECT x.state_key FROM state_keys x WHERE x.state_key_nid = t.target_nid LIMIT 1
+) s
+WHERE strpos(lower(s.state_key), lower($2)) > 0
+ORDER BY s.state_key
+LIMIT $3
+"""
+
+SELECT_JOINED_COUNTS = f"""
+SELECT r.room_id, (
+    SELECT count(*) FROM memberships m WHERE m.room_nid = r.room_nid AND m.membership = {_JOIN}
+) AS n
+FROM {keys_param(1, "text")} AS k(key)
+CROSS JOIN LATERAL (SELECT x.room_nid, x.room_id FROM rooms x WHERE x.room_id = k.key LIMIT 1) r
+"""
+
+# The server name of a user ID is everything after its first colon.
+SELECT_JOINED_OF_SERVER = f"""
+SELECT s.state_key
+FROM memberships m
+CROSS JOIN LATERAL (
+    SELECT x.state_key FROM state_keys x WHERE x.state_key_nid = m.target_nid LIMIT 1
+) s
+WHERE m.room_nid = (SELECT r.room_nid FROM rooms r WHERE r.room_id = $1)
+  AND m.membership = {_JOIN}
+  AND substr(s.state_key, strpos(s.state_key, ':') + 1) = $2
+ORDER BY s.state_key
+"""
+
+SELECT_MEMBERSHIPS_IN = f"""
+SELECT s.state_key, m.membership
+FROM {keys_param(2, "text")} AS k(key)
+CROSS JOIN LATERAL (
+    SELECT x.state_key_nid, x.state_key FROM state_keys x WHERE x.state_key = k.key LIMIT 1
+) s
+CROSS JOIN LATERAL (
+    SELECT y.membership FROM memberships y
+    WHERE y.room_nid = (SELECT r.room_nid FROM rooms r WHERE r.room_id = $1)
+      AND y.target_nid = s.state_key_nid
+    LIMIT 1
+) m
+"""
+
+SELECT_MEMBERSHIPS_OF = f"""
+SELECT r.room_id, m.membership
+FROM {keys_param(2, "text")} AS k(key)
+CROSS JOIN LATERAL (SELECT x.room_nid, x.room_id FROM rooms x WHERE x.room_id = k.key LIMIT 1) r
+CROSS JOIN LATERAL (
+    SELECT y.membership FROM memberships y
+    WHERE y.room_nid = r.room_nid
+      AND y.target_nid = (SELECT s.state_key_nid FROM state_keys s WHERE s.state_key = $1)
+    LIMIT 1
+) m
+"""
+
+# Event IDs and stored JSON by NID, one probe each.
+SELECT_JSON_BY_NID = f"""
+SELECT e.event_nid, e.event_id,
+       (SELECT j.json FROM event_json j WHERE j.event_nid = e.event_nid) AS json
+FROM {keys_param(1, "bigint")} AS k(key)
+CROSS JOIN LATERAL (
+    SELECT x.event_nid, x.event_id FROM events x WHERE x.event_nid = k.key LIMIT 1
+) e
+"""
+
+
+def _layer_weight(layer: sb.Layer) -> int:
+    return max(1, len(layer.entries))
+
+
+class PostgresHomeserverReads:
+    """`HomeserverStore` over PostgreSQL; caches only what never changes once committed
+    (NIDs and their names, room NID -> room ID, snapshot layers)."""
+
+    def __init__(self, pool: asyncpg.Pool[Any]) -> None:
+        self._pool = pool
+        self._nids = NidCache()
+        self._room_ids: dict[int, str] = {}
+        self._layers: Lru[int, sb.Layer] = Lru(_LAYER_CACHE_ENTRIES, _layer_weight)
+        self._roots: Lru[int, bool] = Lru(_KNOWN_ROOTS)
+
+    # --- names ---------------------------------------------------------------------------
+
+    async def _user_nid(self, conn: asyncpg.Connection, user_id: str) -> int | None:
+        nid = self._nids.keys.get(user_id)
+        if nid is None:
+            nid = await conn.fetchval(SELECT_USER_NID, user_id)
+        return nid
+
+    async def _room_names(self, conn: asyncpg.Connection, nids: Iterable[int]) -> list[str]:
+        """Room IDs of room NIDs (a NID names one room for good: it is never reused)."""
+        wanted = list(nids)
+        missing = [n for n in wanted if n not in self._room_ids]
+        if missing:
+            if len(self._room_ids) > 1_000_000:
+                self._room_ids.clear()
+            for r in await conn.fetch(SELECT_ROOM_IDS, missing):
+                self._room_ids[r["room_nid"]] = r["room_id"]
+        return [self._room_ids[n] for n in wanted if n in self._room_ids]
+
+    async def _user_names(self, conn: asyncpg.Connection, nids: Iterable[int]) -> dict[int, str]:
+        _, keys = await select_names(conn, self._nids, (), nids)
+        return {n: keys[n] for n in nids if n in keys}
+
+    # --- memberships ---------------------------------------------------------------------
+
+    async def rooms_of_user(self, user_id: str, membership: str) -> list[str]:
+        code = MEMBERSHIP_CODES.get(membership)
+        if code is None:
+            return []
+        async with self._pool.acquire() as proxy:
+            conn = cast("asyncpg.Connection[asyncpg.Record]", proxy)
+            user = await self._user_nid(conn, user_id)
+            if user is None:
+                return []
+            rows = await conn.fetch(SELECT_ROOMS_OF_USER, user, code)
+            return sorted(await self._room_names(conn, (r[0] for r in rows)))
+
+    async def shared_users(self, user_id: str, others: Sequence[str]) -> dict[str, int]:
+        async with self._pool.acquire() as proxy:
+            conn = cast("asyncpg.Connection[asyncpg.Record]", proxy)
+            user = await self._user_nid(conn, user_id)
+            if user is None:
+                return {}
+            if others:
+                nids = (await select_nids(conn, self._nids, (), others)).keys
+                rows = await conn.fetch(SELECT_SHARED_WITH, user, sorted(set(nids.values())))
+            else:
+                rows = await conn.fetch(SELECT_SHARED_ALL, user)
+            counts = {r["target_nid"]: r["n"] for r in rows if r["n"]}
+            names = await self._user_names(conn, list(counts))
+            return {names[n]: c for n, c in counts.items() if n in names}
+
+    async def known_users(self, user_id: str, search: str, limit: int) -> list[str]:
+        async with self._pool.acquire() as proxy:
+            conn = cast("asyncpg.Connection[asyncpg.Record]", proxy)
+            user = await self._user_nid(conn, user_id)
+            if user is None or limit <= 0:
+                return []
+            return [r[0] for r in await conn.fetch(SELECT_KNOWN_USERS, user, search, limit)]
+
+    async def joined_counts(self, room_ids: Sequence[str]) -> dict[str, int]:
+        if not room_ids:
+            return {}
+        rows = await self._pool.fetch(SELECT_JOINED_COUNTS, list(room_ids))
+        return {r["room_id"]: r["n"] for r in rows}
+
+    async def joined_users_of_server(self, room_id: str, server_name: str) -> list[str]:
+        rows = await self._pool.fetch(SELECT_JOINED_OF_SERVER, room_id, server_name)
+        return [r[0] for r in rows]
+
+    async def memberships_in(self, room_id: str, user_ids: Sequence[str]) -> dict[str, str]:
+        if not user_ids:
+            return {}
+        rows = await self._pool.fetch(SELECT_MEMBERSHIPS_IN, room_id, list(user_ids))
+        return {r[0]: MEMBERSHIP_NAMES.get(r[1], "") for r in rows}
+
+    async def memberships_of(self, user_id: str, room_ids: Sequence[str]) -> dict[str, str]:
+        if not room_ids:
+            return {}
+        rows = await self._pool.fetch(SELECT_MEMBERSHIPS_OF, user_id, list(room_ids))
+        return {r[0]: MEMBERSHIP_NAMES.get(r[1], "") for r in rows}
+
+    # --- current state -------------------------------------------------------------------
+
+    async def current_state(
+        self, room_ids: Sequence[str], keys: Sequence[StateKey]
+    ) -> dict[str, RoomState]:
+        """Rooms' rows in one query, their snapshots' layers in at most one more (cached),
+        the wanted entries picked in memory, then every picked event's JSON in one query."""
+        if not room_ids:
+            return {}
+        async with self._pool.acquire() as proxy:
+            conn = cast("asyncpg.Connection[asyncpg.Record]", proxy)
+            rows = await conn.fetch(SELECT_ROOMS, sorted(set(room_ids)))
+            tops = {r["room_id"]: r["current_snapshot_nid"] or 0 for r in rows}
+            versions = {r["room_id"]: r["room_version"] for r in rows}
+            picked = await self._pick(conn, tops, keys)
+            event_nids = sorted({e for entries in picked.values() for e in entries.values()})
+            found: dict[int, StateEntry] = {}
+            if event_nids:
+                for r in await conn.fetch(SELECT_JSON_BY_NID, event_nids):
+                    if r["json"] is not None:
+                        found[r["event_nid"]] = StateEntry(r["event_id"], bytes(r["json"]))
+        return {
+            room: RoomState(
+                versions[room],
+                {k: found[e] for k, e in picked.get(room, {}).items() if e in found},
+            )
+            for room in tops
+        }
+
+    async def _pick(
+        self, conn: asyncpg.Connection, tops: Mapping[str, int], keys: Sequence[StateKey]
+    ) -> dict[str, dict[StateKey, int]]:
+        """Room -> (type, state_key) -> event NID of the wanted entries of each snapshot."""
+        exact = [k for k in keys if k[1] != WILDCARD]
+        nids = await select_nids(
+            conn, self._nids, {t for t, _ in keys}, {s for _, s in exact}
+        )
+        exact_nids = {
+            (nids.types[t], nids.keys[s]): (t, s)
+            for t, s in exact
+            if t in nids.types and s in nids.keys
+        }
+        wild_types = {nids.types[t] for t, s in keys if s == WILDCARD and t in nids.types}
+        if not exact_nids and not wild_types:
+            return {}
+        chains = await self._chains(conn, [t for t in tops.values() if t])
+        out: dict[str, dict[StateKey, int]] = {}
+        wild: dict[str, sb.NidState] = {}
+        for room, top in tops.items():
+            chain = chains.get(top, ())
+            got: dict[StateKey, int] = {}
+            for nkey, key in exact_nids.items():
+                ev = sb.value_at(chain, nkey)
+                if ev:
+                    got[key] = ev
+            if wild_types:
+                wild[room] = _of_types(chain, wild_types)
+            out[room] = got
+        if wild:
+            key_nids = {s for st in wild.values() for _, s in st}
+            types, skeys = await select_names(conn, self._nids, wild_types, key_nids)
+            for room, st in wild.items():
+                for (t, s), ev in st.items():
+                    if t in types and s in skeys:
+                        out[room][(types[t], skeys[s])] = ev
+        return out
+
+    async def _chains(self, conn: asyncpg.Connection, tops: Iterable[int]) -> dict[int, sb.Chain]:
+        out: dict[int, sb.Chain] = {}
+        missing: list[int] = []
+        for top in set(tops):
+            try:
+                out[top] = sb.chain_via(top, self._layers.get)
+            except KeyError:
+                missing.append(top)
+        if missing:
+            known = self._roots.key_list()
+            held = {n: layer for n in known if (layer := self._layers.peek(n)) is not None}
+            loaded = await load_layers(conn, missing, held)
+            for nid, layer in loaded.items():
+                self._layers.put(nid, layer)
+                if layer.is_root:
+                    self._roots.put(nid, True)
+
+            def get(nid: int) -> sb.Layer | None:
+                return loaded.get(nid) or held.get(nid) or self._layers.peek(nid)
+
+            for top in missing:
+                out[top] = sb.chain_via(top, get)
+        return out
+
+
+def _of_types(chain: sb.Chain, types: set[int]) -> sb.NidState:
+    """The entries of a snapshot whose type is one of `types`, without materialising the
+    rest (a big room's member entries are most of its state)."""
+    state: sb.NidState = {}
+    for layer in chain:
+        for k, v in layer.entries.items():
+            if k[0] in types:
+                if v:
+                    state[k] = v
+                else:
+                    state.pop(k, None)
+    return state
