@@ -264,6 +264,21 @@ async def room_hierarchy(hs: Homeserver, req: m.RoomHierarchyRequest) -> m.RoomH
             out.append(room.summary())
         if req.max_depth is None or depth < req.max_depth:
             stack.extend((child, depth + 1) for child, _ in reversed(room.children))
-    while stack and stack[-1][0] in done:
+    more = await _any_listable(walk, stack, done)
+    return m.RoomHierarchyResponse(rooms=out, next_batch=str(listed) if more else "")
+
+
+async def _any_listable(walk: _Walk, stack: list[tuple[str, int]], done: set[str]) -> bool:
+    """Is a room left to list? (Then the page has a `next_batch`: never one that leads to an
+    empty page.) Rooms that would be left out are dropped from the top of the stack."""
+    while stack:
+        room_id = stack[-1][0]
+        if room_id not in done:
+            if room_id not in walk.rooms:
+                await walk.load([r for r, _ in stack[-_BATCH:]])
+            room = walk.rooms[room_id]
+            if room is not None and await walk.visible(room):
+                return True
+        done.add(room_id)
         stack.pop()
-    return m.RoomHierarchyResponse(rooms=out, next_batch=str(listed) if stack else "")
+    return False
