@@ -87,7 +87,7 @@ def memberships(b: RoomBuilder) -> dict[str, str]:
 
 
 async def test_membership_queries_match_the_builders_state(
-    client: Client, asker: Asker  # noqa: F811
+    worker: WorkerRun, client: Client, asker: Asker  # noqa: F811
 ) -> None:
     a = room("a")
     a.join(BOB)
@@ -165,6 +165,16 @@ async def test_membership_queries_match_the_builders_state(
         ]
         want_bulk[rid] = entries
     assert got["rooms"] == want_bulk
+
+    # The per-room counts the triggers keep agree with the membership rows.
+    assert worker.pool is not None
+    assert await worker.pool.fetch(
+        """
+        SELECT r.room_id FROM rooms r
+        WHERE coalesce((SELECT c.joined FROM room_joined_counts c WHERE c.room_nid = r.room_nid), 0)
+              <> (SELECT count(*) FROM memberships m WHERE m.room_nid = r.room_nid AND m.membership = 3)
+        """
+    ) == []
 
     # Errors.
     assert await asker.error("joined_user_count", {"room_id": "!x:test"}) == ("404", "unknown_room")

@@ -25,7 +25,7 @@ from worker.core import stateblocks as sb
 from worker.core.events import StateKey
 from worker.query.homeserver_ports import WILDCARD, RoomState, StateEntry
 from worker.storage.cache import Lru
-from worker.storage.events import MEMBERSHIP_CODES, MEMBERSHIP_NAMES, SELECT_ROOMS, keys_param
+from worker.storage.events import MEMBERSHIP_CODES, MEMBERSHIP_NAMES, keys_param
 from worker.storage.nids import NidCache, select_names, select_nids
 from worker.storage.snapshots import load_layers
 
@@ -34,8 +34,8 @@ _JOIN = MEMBERSHIP_CODES["join"]
 _LAYER_CACHE_ENTRIES = 2_000_000
 # Root NIDs sent to the layer load as "stop here": bounded, it is a query parameter.
 _KNOWN_ROOTS = 4_096
-
-SELECT_USER_NID = "SELECT s.state_key_nid FROM state_keys s WHERE s.state_key = $1"
+# (room, keys asked) -> the entries picked from the room's snapshot the last time.
+_PICKED_ENTRIES = 100_000
 
 SELECT_ROOM_IDS = f"""
 SELECT r.room_nid, r.room_id
@@ -43,9 +43,11 @@ FROM {keys_param(1, "bigint")} AS k(key)
 CROSS JOIN LATERAL (SELECT x.room_nid, x.room_id FROM rooms x WHERE x.room_nid = k.key LIMIT 1) r
 """
 
-# The rooms of a user with one membership: one range of memberships_user_idx.
+# The rooms of a user with one membership: one range of memberships_user_idx, as one array.
 SELECT_ROOMS_OF_USER = """
-SELECT m.room_nid FROM memberships m WHERE m.target_nid = $1 AND m.membership = $2
+SELECT array_agg(m.room_nid) FROM memberships m
+WHERE m.target_nid = (SELECT s.state_key_nid FROM state_keys s WHERE s.state_key = $1)
+  AND m.membership = $2
 """
 
 # Users joined to rooms the user is joined to, with how many: the user's rooms by one range,
@@ -91,10 +93,10 @@ ORDER BY s.state_key
 LIMIT $3
 """
 
+# The counts kept by the triggers of schemas/sql/0006 (no row: nobody ever joined).
 SELECT_JOINED_COUNTS = f"""
-SELECT r.room_id, (
-    SELECT count(*) FROM memberships m WHERE m.room_nid = r.room_nid AND m.membership = {_JOIN}
-) AS n
+SELECT r.room_id,
+       coalesce((SELECT c.joined FROM room_joined_counts c WHERE c.room_nid = r.room_nid), 0) AS n
 FROM {keys_param(1, "text")} AS k(key)
 CROSS JOIN LATERAL (SELECT x.room_nid, x.room_id FROM rooms x WHERE x.room_id = k.key LIMIT 1) r
 """
@@ -138,6 +140,25 @@ CROSS JOIN LATERAL (
 ) m
 """
 
+# The rows of the rooms of $1 (version not null), then the events of $2 with their stored JSON
+# (version null): one statement, so the JSON is read in the same snapshot as the rooms' rows.
+SELECT_ROOMS_AND_JSON = f"""
+SELECT r.room_id AS id, r.room_version AS version, r.current_snapshot_nid AS nid,
+       NULL::bytea AS json
+FROM {keys_param(1, "text")} AS k(key)
+CROSS JOIN LATERAL (
+    SELECT x.room_id, x.room_version, x.current_snapshot_nid FROM rooms x
+    WHERE x.room_id = k.key LIMIT 1
+) r
+UNION ALL
+SELECT e.event_id, NULL, e.event_nid,
+       (SELECT j.json FROM event_json j WHERE j.event_nid = e.event_nid)
+FROM {keys_param(2, "bigint")} AS k(key)
+CROSS JOIN LATERAL (
+    SELECT x.event_nid, x.event_id FROM events x WHERE x.event_nid = k.key LIMIT 1
+) e
+"""
+
 # Event IDs and stored JSON by NID, one probe each.
 SELECT_JSON_BY_NID = f"""
 SELECT e.event_nid, e.event_id,
@@ -163,14 +184,14 @@ class PostgresHomeserverReads:
         self._room_ids: dict[int, str] = {}
         self._layers: Lru[int, sb.Layer] = Lru(_LAYER_CACHE_ENTRIES, _layer_weight)
         self._roots: Lru[int, bool] = Lru(_KNOWN_ROOTS)
+        self._picked: Lru[tuple[str, tuple[StateKey, ...]], tuple[int, dict[StateKey, int]]] = (
+            Lru(_PICKED_ENTRIES)
+        )
 
     # --- names ---------------------------------------------------------------------------
 
     async def _user_nid(self, conn: asyncpg.Connection, user_id: str) -> int | None:
-        nid = self._nids.keys.get(user_id)
-        if nid is None:
-            nid = await conn.fetchval(SELECT_USER_NID, user_id)
-        return nid
+        return (await select_nids(conn, self._nids, (), [user_id])).keys.get(user_id)
 
     async def _room_names(self, conn: asyncpg.Connection, nids: Iterable[int]) -> list[str]:
         """Room IDs of room NIDs (a NID names one room for good: it is never reused)."""
@@ -195,11 +216,8 @@ class PostgresHomeserverReads:
             return []
         async with self._pool.acquire() as proxy:
             conn = cast("asyncpg.Connection[asyncpg.Record]", proxy)
-            user = await self._user_nid(conn, user_id)
-            if user is None:
-                return []
-            rows = await conn.fetch(SELECT_ROOMS_OF_USER, user, code)
-            return sorted(await self._room_names(conn, (r[0] for r in rows)))
+            nids = await conn.fetchval(SELECT_ROOMS_OF_USER, user_id, code)
+            return sorted(await self._room_names(conn, nids or ()))
 
     async def shared_users(self, user_id: str, others: Sequence[str]) -> dict[str, int]:
         async with self._pool.acquire() as proxy:
@@ -251,22 +269,48 @@ class PostgresHomeserverReads:
     async def current_state(
         self, room_ids: Sequence[str], keys: Sequence[StateKey]
     ) -> dict[str, RoomState]:
-        """Rooms' rows in one query, their snapshots' layers in at most one more (cached),
-        the wanted entries picked in memory, then every picked event's JSON in one query."""
+        """One round trip when nothing changed since the last time these keys were asked:
+        the rooms' rows come with the JSON of the entries picked then, and for each room
+        whose current snapshot is still the one they were picked from (snapshots are
+        immutable), they are the answer. Other rooms are picked again from their snapshots'
+        layers (cached), and the JSON of their new entries read in a second round trip."""
         if not room_ids:
             return {}
+        asked = tuple(keys)
+        wanted = sorted(set(room_ids))
+        guesses = {room: self._picked.peek((room, asked)) for room in wanted}
+        guessed = sorted({e for g in guesses.values() if g is not None for e in g[1].values()})
         async with self._pool.acquire() as proxy:
             conn = cast("asyncpg.Connection[asyncpg.Record]", proxy)
-            rows = await conn.fetch(SELECT_ROOMS, sorted(set(room_ids)))
-            tops = {r["room_id"]: r["current_snapshot_nid"] or 0 for r in rows}
-            versions = {r["room_id"]: r["room_version"] for r in rows}
-            picked = await self._pick(conn, tops, keys)
-            event_nids = sorted({e for entries in picked.values() for e in entries.values()})
+            tops: dict[str, int] = {}
+            versions: dict[str, str] = {}
             found: dict[int, StateEntry] = {}
-            if event_nids:
-                for r in await conn.fetch(SELECT_JSON_BY_NID, event_nids):
-                    if r["json"] is not None:
-                        found[r["event_nid"]] = StateEntry(r["event_id"], bytes(r["json"]))
+            for r in await conn.fetch(SELECT_ROOMS_AND_JSON, wanted, guessed):
+                if r["version"] is not None:
+                    tops[r["id"]] = r["nid"] or 0
+                    versions[r["id"]] = r["version"]
+                elif r["json"] is not None:
+                    found[r["nid"]] = StateEntry(r["id"], bytes(r["json"]))
+            picked: dict[str, dict[StateKey, int]] = {}
+            stale: dict[str, int] = {}
+            for room, top in tops.items():
+                guess = guesses.get(room)
+                if guess is not None and guess[0] == top:
+                    picked[room] = guess[1]
+                else:
+                    stale[room] = top
+            if stale:
+                fresh = await self._pick(conn, stale, keys)
+                for room, top in stale.items():
+                    picked[room] = fresh.get(room, {})
+                    self._picked.put((room, asked), (top, picked[room]))
+                missing = sorted(
+                    {e for room in stale for e in picked[room].values() if e not in found}
+                )
+                if missing:
+                    for r in await conn.fetch(SELECT_JSON_BY_NID, missing):
+                        if r["json"] is not None:
+                            found[r["event_nid"]] = StateEntry(r["event_id"], bytes(r["json"]))
         return {
             room: RoomState(
                 versions[room],
