@@ -203,6 +203,14 @@ async def test_answers_follow_the_room(client: Client, asker: Asker) -> None:  #
         })
         assert got["rooms"][a.room_id] == [["m.room.topic", "", {"topic": f"topic {n}"}]]
         assert a.room_id in (await asker.ok("rooms_for_user", {"user_id": user}))["room_ids"]
+    # A redaction rewrites the stored JSON of an event still in the current state: the next
+    # answer has the redacted content, though the room's state did not change.
+    a.redact("alice", a.state[("m.room.topic", "")])
+    await send_all(client, a, start=len(a.events) - 1)
+    got = await asker.ok("bulk_state_content", {
+        "room_ids": [a.room_id], "state_tuples": [["m.room.topic", ""]],
+    })
+    assert got["rooms"][a.room_id] == [["m.room.topic", "", {}]]
 
 
 async def test_restricted_join_allowed(client: Client, asker: Asker) -> None:  # noqa: F811

@@ -33,24 +33,30 @@ _STRIPPED = msgspec.json.Decoder(_Stripped)
 _CONTENT = msgspec.json.Decoder(dict[str, Any])
 
 
-@dataclass(frozen=True, slots=True)
 class StateEntry:
     """One entry of a room's current state: the event's ID and its stored (maybe redacted)
-    PDU JSON; the few fields the queries read are decoded on demand."""
+    PDU JSON; the few fields the queries read are decoded once, on first use (a store may
+    hand out the same entry to many answers)."""
 
-    event_id: str
-    json: bytes
+    __slots__ = ("_stripped", "event_id", "json")
 
-    def _stripped(self) -> _Stripped:
-        try:
-            return _STRIPPED.decode(self.json)
-        except msgspec.DecodeError:
-            return _Stripped()
+    def __init__(self, event_id: str, json: bytes) -> None:
+        self.event_id = event_id
+        self.json = json
+        self._stripped: _Stripped | None = None
+
+    def _fields(self) -> _Stripped:
+        if self._stripped is None:
+            try:
+                self._stripped = _STRIPPED.decode(self.json)
+            except msgspec.DecodeError:
+                self._stripped = _Stripped()
+        return self._stripped
 
     @property
     def raw_content(self) -> msgspec.Raw:
         """The `content` as the stored JSON has it, never re-encoded."""
-        return self._stripped().content
+        return self._fields().content
 
     @property
     def content(self) -> dict[str, Any]:
@@ -61,12 +67,12 @@ class StateEntry:
 
     @property
     def sender(self) -> str:
-        sender = self._stripped().sender
+        sender = self._fields().sender
         return sender if isinstance(sender, str) else ""
 
     @property
     def origin_server_ts(self) -> int:
-        ts = self._stripped().origin_server_ts
+        ts = self._fields().origin_server_ts
         return ts if isinstance(ts, int) and not isinstance(ts, bool) else 0
 
 

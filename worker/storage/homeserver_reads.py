@@ -36,6 +36,8 @@ _LAYER_CACHE_ENTRIES = 2_000_000
 _KNOWN_ROOTS = 4_096
 # (room, keys asked) -> the entries picked from the room's snapshot the last time.
 _PICKED_ENTRIES = 100_000
+# Event NID -> its entry (ID and stored JSON), and whether that JSON is already redacted.
+_ENTRIES = 200_000
 
 SELECT_ROOM_IDS = f"""
 SELECT r.room_nid, r.room_id
@@ -140,11 +142,12 @@ CROSS JOIN LATERAL (
 ) m
 """
 
-# The rows of the rooms of $1 (version not null), then the events of $2 with their stored JSON
-# (version null): one statement, so the JSON is read in the same snapshot as the rooms' rows.
+# One statement, so that everything is read in one snapshot: the rows of the rooms of $1
+# (`version` not null), then (`version` null) the events of $2 with their stored JSON, and
+# those of $3 only if they were redacted (their JSON rewritten) since they were cached.
 SELECT_ROOMS_AND_JSON = f"""
 SELECT r.room_id AS id, r.room_version AS version, r.current_snapshot_nid AS nid,
-       NULL::bytea AS json
+       NULL::bytea AS json, false AS redacted
 FROM {keys_param(1, "text")} AS k(key)
 CROSS JOIN LATERAL (
     SELECT x.room_id, x.room_version, x.current_snapshot_nid FROM rooms x
@@ -152,20 +155,30 @@ CROSS JOIN LATERAL (
 ) r
 UNION ALL
 SELECT e.event_id, NULL, e.event_nid,
-       (SELECT j.json FROM event_json j WHERE j.event_nid = e.event_nid)
+       (SELECT j.json FROM event_json j WHERE j.event_nid = e.event_nid),
+       e.redacted_by IS NOT NULL
 FROM {keys_param(2, "bigint")} AS k(key)
 CROSS JOIN LATERAL (
-    SELECT x.event_nid, x.event_id FROM events x WHERE x.event_nid = k.key LIMIT 1
+    SELECT x.event_nid, x.event_id, x.redacted_by FROM events x WHERE x.event_nid = k.key LIMIT 1
+) e
+UNION ALL
+SELECT e.event_id, NULL, e.event_nid,
+       (SELECT j.json FROM event_json j WHERE j.event_nid = e.event_nid), true
+FROM {keys_param(3, "bigint")} AS k(key)
+CROSS JOIN LATERAL (
+    SELECT x.event_nid, x.event_id FROM events x
+    WHERE x.event_nid = k.key AND x.redacted_by IS NOT NULL LIMIT 1
 ) e
 """
 
 # Event IDs and stored JSON by NID, one probe each.
 SELECT_JSON_BY_NID = f"""
 SELECT e.event_nid, e.event_id,
-       (SELECT j.json FROM event_json j WHERE j.event_nid = e.event_nid) AS json
+       (SELECT j.json FROM event_json j WHERE j.event_nid = e.event_nid) AS json,
+       e.redacted_by IS NOT NULL AS redacted
 FROM {keys_param(1, "bigint")} AS k(key)
 CROSS JOIN LATERAL (
-    SELECT x.event_nid, x.event_id FROM events x WHERE x.event_nid = k.key LIMIT 1
+    SELECT x.event_nid, x.event_id, x.redacted_by FROM events x WHERE x.event_nid = k.key LIMIT 1
 ) e
 """
 
@@ -187,22 +200,27 @@ class PostgresHomeserverReads:
         self._picked: Lru[tuple[str, tuple[StateKey, ...]], tuple[int, dict[StateKey, int]]] = (
             Lru(_PICKED_ENTRIES)
         )
+        self._entries: Lru[int, tuple[StateEntry, bool]] = Lru(_ENTRIES)
 
     # --- names ---------------------------------------------------------------------------
 
     async def _user_nid(self, conn: asyncpg.Connection, user_id: str) -> int | None:
         return (await select_nids(conn, self._nids, (), [user_id])).keys.get(user_id)
 
-    async def _room_names(self, conn: asyncpg.Connection, nids: Iterable[int]) -> list[str]:
+    async def _room_names(self, conn: asyncpg.Connection, nids: Sequence[int]) -> list[str]:
         """Room IDs of room NIDs (a NID names one room for good: it is never reused)."""
-        wanted = list(nids)
-        missing = [n for n in wanted if n not in self._room_ids]
-        if missing:
-            if len(self._room_ids) > 1_000_000:
-                self._room_ids.clear()
-            for r in await conn.fetch(SELECT_ROOM_IDS, missing):
-                self._room_ids[r["room_nid"]] = r["room_id"]
-        return [self._room_ids[n] for n in wanted if n in self._room_ids]
+        names = self._room_ids
+        try:
+            # One pass when every room is known, as it nearly always is.
+            return [names[n] for n in nids]
+        except KeyError:
+            pass
+        if len(names) > 1_000_000:
+            names.clear()
+        missing = [n for n in nids if n not in names]
+        for r in await conn.fetch(SELECT_ROOM_IDS, missing):
+            names[r["room_nid"]] = r["room_id"]
+        return [names[n] for n in nids if n in names]
 
     async def _user_names(self, conn: asyncpg.Connection, nids: Iterable[int]) -> dict[int, str]:
         _, keys = await select_names(conn, self._nids, (), nids)
@@ -217,7 +235,7 @@ class PostgresHomeserverReads:
         async with self._pool.acquire() as proxy:
             conn = cast("asyncpg.Connection[asyncpg.Record]", proxy)
             nids = await conn.fetchval(SELECT_ROOMS_OF_USER, user_id, code)
-            return sorted(await self._room_names(conn, nids or ()))
+            return sorted(await self._room_names(conn, nids or []))
 
     async def shared_users(self, user_id: str, others: Sequence[str]) -> dict[str, int]:
         async with self._pool.acquire() as proxy:
@@ -270,27 +288,41 @@ class PostgresHomeserverReads:
         self, room_ids: Sequence[str], keys: Sequence[StateKey]
     ) -> dict[str, RoomState]:
         """One round trip when nothing changed since the last time these keys were asked:
-        the rooms' rows come with the JSON of the entries picked then, and for each room
-        whose current snapshot is still the one they were picked from (snapshots are
-        immutable), they are the answer. Other rooms are picked again from their snapshots'
-        layers (cached), and the JSON of their new entries read in a second round trip."""
+        the rooms' rows come with what the entries picked then need, and for each room whose
+        current snapshot is still the one they were picked from (snapshots are immutable),
+        they are the answer. Other rooms are picked again from their snapshots' layers
+        (cached), and the JSON of new entries read in a second round trip.
+
+        An event's stored JSON changes once at most, when a redaction applies to it (and
+        `redacted_by` is set in the same transaction), so entries are cached by event NID
+        and only checked for that: the JSON itself crosses the wire once."""
         if not room_ids:
             return {}
         asked = tuple(keys)
         wanted = sorted(set(room_ids))
         guesses = {room: self._picked.peek((room, asked)) for room in wanted}
-        guessed = sorted({e for g in guesses.values() if g is not None for e in g[1].values()})
+        guessed = {e for g in guesses.values() if g is not None for e in g[1].values()}
+        found: dict[int, StateEntry] = {}
+        unknown: list[int] = []
+        check: list[int] = []
+        for e in sorted(guessed):
+            cached = self._entries.get(e)
+            if cached is None:
+                unknown.append(e)
+            else:
+                found[e] = cached[0]
+                if not cached[1]:
+                    check.append(e)
         async with self._pool.acquire() as proxy:
             conn = cast("asyncpg.Connection[asyncpg.Record]", proxy)
             tops: dict[str, int] = {}
             versions: dict[str, str] = {}
-            found: dict[int, StateEntry] = {}
-            for r in await conn.fetch(SELECT_ROOMS_AND_JSON, wanted, guessed):
+            for r in await conn.fetch(SELECT_ROOMS_AND_JSON, wanted, unknown, check):
                 if r["version"] is not None:
                     tops[r["id"]] = r["nid"] or 0
                     versions[r["id"]] = r["version"]
                 elif r["json"] is not None:
-                    found[r["nid"]] = StateEntry(r["id"], bytes(r["json"]))
+                    found[r["nid"]] = self._learn(r["nid"], r["id"], r["json"], r["redacted"])
             picked: dict[str, dict[StateKey, int]] = {}
             stale: dict[str, int] = {}
             for room, top in tops.items():
@@ -310,7 +342,9 @@ class PostgresHomeserverReads:
                 if missing:
                     for r in await conn.fetch(SELECT_JSON_BY_NID, missing):
                         if r["json"] is not None:
-                            found[r["event_nid"]] = StateEntry(r["event_id"], bytes(r["json"]))
+                            found[r["event_nid"]] = self._learn(
+                                r["event_nid"], r["event_id"], r["json"], r["redacted"]
+                            )
         return {
             room: RoomState(
                 versions[room],
@@ -318,6 +352,11 @@ class PostgresHomeserverReads:
             )
             for room in tops
         }
+
+    def _learn(self, nid: int, event_id: str, json: bytes, redacted: bool) -> StateEntry:
+        entry = StateEntry(event_id, bytes(json))
+        self._entries.put(nid, (entry, redacted))
+        return entry
 
     async def _pick(
         self, conn: asyncpg.Connection, tops: Mapping[str, int], keys: Sequence[StateKey]
