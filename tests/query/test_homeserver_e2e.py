@@ -239,6 +239,13 @@ async def test_restricted_join_allowed(client: Client, asker: Asker) -> None:  #
         "allowed": True, "authorising_user_id": "", "reason": "invited", "via_room_id": "",
     }
     assert (await ask(r.room_id, GINA))["reason"] == "already_joined"
+    r.ban("alice", EVE)
+    await send_all(client, r, start=len(r.events) - 1)
+    space.join(EVE)
+    await send_all(client, space, start=len(space.events) - 1)
+    assert await ask(r.room_id, EVE) == {
+        "allowed": False, "authorising_user_id": "", "reason": "banned", "via_room_id": "",
+    }
     assert (await ask(space.room_id, BOB))["reason"] == "not_restricted"
     # Alice leaves: gina (50) can still invite.
     r.leave("alice")

@@ -1,5 +1,4 @@
-"""Stable reason codes for events whose *format* is wrong, and for inputs refused before any
-check (`SERVER_ACL_DENIED`: the room's server ACL denies the server that gave us the event).
+"""Stable reason codes for events whose *format* is wrong.
 
 A format problem makes an event `invalid` (DESIGN §1, §2 step 2): it never reaches the auth
 rules. Each code is a stable, machine-readable snake_case string that crosses the wire in the
@@ -37,7 +36,6 @@ class Reason(enum.StrEnum):
     TOO_MANY_PREV_EVENTS = "too_many_prev_events"
     TOO_MANY_AUTH_EVENTS = "too_many_auth_events"
     EVENT_ID_MISMATCH = "event_id_mismatch"
-    SERVER_ACL_DENIED = "server_acl_denied"
 
 
 MEANINGS: dict[Reason, str] = {
@@ -64,6 +62,11 @@ MEANINGS: dict[Reason, str] = {
     Reason.TOO_MANY_AUTH_EVENTS: "`auth_events` lists more than 10 events",
     Reason.EVENT_ID_MISMATCH: "the event ID claimed for the event is not the one its room "
     "version derives",
-    Reason.SERVER_ACL_DENIED: "the input's origin server is denied by the room's current "
-    "m.room.server_acl (outcome `rejected`; the event is not stored)",
 }
+
+
+# Not a format problem, so not in `Reason` (whose codes all make an event `invalid`): an input
+# refused before any check because the room's current m.room.server_acl denies the server
+# that gave it to us (its `origin`). Outcome `rejected`; the event is not stored, so the same
+# event relayed by an allowed server is still taken (worker.pipeline.aclstep).
+SERVER_ACL_DENIED = "server_acl_denied"

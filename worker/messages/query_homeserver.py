@@ -133,7 +133,7 @@ class RestrictedJoinAllowedResponse(msgspec.Struct, frozen=True, kw_only=True):
     # authorisation is needed (the user is already joined or invited).
     authorising_user_id: str = ""
     # A stable code: `allowed` (via `via_room_id`), `already_joined`, `invited`,
-    # `not_restricted` (the join rule is another), `unsupported_room_version`,
+    # `not_restricted` (the join rule is another), `unsupported_room_version`, `banned`,
     # `not_in_allowed_room`, `no_authorising_user`.
     reason: str
     # The allowed room whose membership grants the join.

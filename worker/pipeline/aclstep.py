@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from worker.core.acl import ACL_KEY, ServerAcl, denial_reason, host_of
 from worker.core.outcomes import Rejection
-from worker.core.reasons import Reason
+from worker.core.reasons import SERVER_ACL_DENIED
 from worker.pipeline.model import Work
 from worker.pipeline.ports import RoomStore
 
@@ -43,4 +43,4 @@ async def check_origin_acl(store: RoomStore, work: Work, server_name: str) -> Re
     acl = (await store.lookup(current, [ACL_KEY])).get(ACL_KEY)
     if acl is None or ServerAcl.from_content(acl.content).allows(origin):
         return None
-    return Rejection(Reason.SERVER_ACL_DENIED, denial_reason(origin), "server_acl")
+    return Rejection(SERVER_ACL_DENIED, denial_reason(origin), "server_acl")

@@ -164,6 +164,9 @@ async def restricted_join_allowed(
     if mine in ("join", "invite"):
         reason = "already_joined" if mine == "join" else "invited"
         return m.RestrictedJoinAllowedResponse(allowed=True, reason=reason)
+    if mine == "ban":
+        # Auth rules, join: a banned user may not join, whatever the join rule.
+        return _no("banned")
     allowed_rooms = allowed_room_ids(content)
     memberships = await hs.store.memberships_of(req.user_id, allowed_rooms)
     via = next((r for r in allowed_rooms if memberships.get(r) == "join"), "")
