@@ -76,23 +76,17 @@ SELECT k.key AS target_nid, (
 FROM {keys_param(2, "bigint")} AS k(key)
 """
 
-SELECT_KNOWN_USERS = f"""
-SELECT s.state_key
-FROM (
-    SELECT DISTINCT o.target_nid
-    FROM memberships u
-    CROSS JOIN LATERAL (
-        SELECT x.target_nid FROM memberships x
-        WHERE x.room_nid = u.room_nid AND x.membership = {_JOIN}
-    ) o
-    WHERE u.target_nid = $1 AND u.membership = {_JOIN} AND o.target_nid <> $1
-) t
+# Users joined to rooms the user is joined to, as one array of NIDs; their names come from
+# the NID cache (names never change), so a room of thousands reads no name twice.
+SELECT_CO_MEMBERS = f"""
+SELECT array_agg(DISTINCT o.target_nid)
+FROM memberships u
 CROSS JOIN LATERAL (
-    SELECT x.state_key FROM state_keys x WHERE x.state_key_nid = t.target_nid LIMIT 1
-) s
-WHERE strpos(lower(s.state_key), lower($2)) > 0
-ORDER BY s.state_key
-LIMIT $3
+    SELECT x.target_nid FROM memberships x
+    WHERE x.room_nid = u.room_nid AND x.membership = {_JOIN}
+) o
+WHERE u.target_nid = (SELECT s.state_key_nid FROM state_keys s WHERE s.state_key = $1)
+  AND u.membership = {_JOIN}
 """
 
 # The counts kept by the triggers of schemas/sql/0006 (no row: nobody ever joined).
@@ -103,17 +97,11 @@ FROM {keys_param(1, "text")} AS k(key)
 CROSS JOIN LATERAL (SELECT x.room_nid, x.room_id FROM rooms x WHERE x.room_id = k.key LIMIT 1) r
 """
 
-# The server name of a user ID is everything after its first colon.
-SELECT_JOINED_OF_SERVER = f"""
-SELECT s.state_key
-FROM memberships m
-CROSS JOIN LATERAL (
-    SELECT x.state_key FROM state_keys x WHERE x.state_key_nid = m.target_nid LIMIT 1
-) s
+# The joined members of a room as one array of NIDs (one range of memberships_room_idx).
+SELECT_JOINED_NIDS = f"""
+SELECT array_agg(m.target_nid) FROM memberships m
 WHERE m.room_nid = (SELECT r.room_nid FROM rooms r WHERE r.room_id = $1)
   AND m.membership = {_JOIN}
-  AND substr(s.state_key, strpos(s.state_key, ':') + 1) = $2
-ORDER BY s.state_key
 """
 
 SELECT_MEMBERSHIPS_IN = f"""
@@ -222,7 +210,8 @@ class PostgresHomeserverReads:
             names[r["room_nid"]] = r["room_id"]
         return [names[n] for n in nids if n in names]
 
-    async def _user_names(self, conn: asyncpg.Connection, nids: Iterable[int]) -> dict[int, str]:
+    async def _user_names(self, conn: asyncpg.Connection, nids: Sequence[int]) -> dict[int, str]:
+        """Names of state key NIDs: from the cache, the others in one query."""
         _, keys = await select_names(conn, self._nids, (), nids)
         return {n: keys[n] for n in nids if n in keys}
 
@@ -253,12 +242,15 @@ class PostgresHomeserverReads:
             return {names[n]: c for n, c in counts.items() if n in names}
 
     async def known_users(self, user_id: str, search: str, limit: int) -> list[str]:
+        if limit <= 0:
+            return []
         async with self._pool.acquire() as proxy:
             conn = cast("asyncpg.Connection[asyncpg.Record]", proxy)
-            user = await self._user_nid(conn, user_id)
-            if user is None or limit <= 0:
-                return []
-            return [r[0] for r in await conn.fetch(SELECT_KNOWN_USERS, user, search, limit)]
+            nids = await conn.fetchval(SELECT_CO_MEMBERS, user_id)
+            names = await self._user_names(conn, nids or [])
+        needle = search.lower()
+        found = sorted(n for n in names.values() if n != user_id and needle in n.lower())
+        return found[:limit]
 
     async def joined_counts(self, room_ids: Sequence[str]) -> dict[str, int]:
         if not room_ids:
@@ -267,8 +259,12 @@ class PostgresHomeserverReads:
         return {r["room_id"]: r["n"] for r in rows}
 
     async def joined_users_of_server(self, room_id: str, server_name: str) -> list[str]:
-        rows = await self._pool.fetch(SELECT_JOINED_OF_SERVER, room_id, server_name)
-        return [r[0] for r in rows]
+        async with self._pool.acquire() as proxy:
+            conn = cast("asyncpg.Connection[asyncpg.Record]", proxy)
+            nids = await conn.fetchval(SELECT_JOINED_NIDS, room_id)
+            names = await self._user_names(conn, nids or [])
+        # The server name of a user ID is everything after its first colon.
+        return sorted(n for n in names.values() if n.partition(":")[2] == server_name)
 
     async def memberships_in(self, room_id: str, user_ids: Sequence[str]) -> dict[str, str]:
         if not user_ids:
