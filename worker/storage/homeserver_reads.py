@@ -7,7 +7,8 @@ Two sources, both kept by the pipeline in each event's own transaction:
   joined members of a room and their count are each one index range, whatever the size.
 - the current state snapshot of each room (`rooms.current_snapshot_nid`): only the entries
   asked for are read, from the snapshot's layers (immutable once written, so cached here by
-  NID), then their JSON in one query.
+  NID), then their JSON; when the room's snapshot has not changed since the same entries
+  were last asked for, the rooms' rows and the JSON come in one statement.
 
 Reads take no locks and run on their own pool connections: MVCC gives each statement a
 consistent view, so they never wait for, nor hold up, a room's writer (DESIGN §5). Lookups by
@@ -176,8 +177,13 @@ def _layer_weight(layer: sb.Layer) -> int:
 
 
 class PostgresHomeserverReads:
-    """`HomeserverStore` over PostgreSQL; caches only what never changes once committed
-    (NIDs and their names, room NID -> room ID, snapshot layers)."""
+    """`HomeserverStore` over PostgreSQL.
+
+    Its caches hold what never changes once committed (NIDs and their names, room NID ->
+    room ID, snapshot layers), or what is checked against the database on every use: the
+    entries picked from a room's snapshot (used only while the room's current snapshot is
+    still that one) and events' JSON (used only while the event has not been redacted).
+    NIDs are never reused, so a purged room or event cannot be mistaken for a new one."""
 
     def __init__(self, pool: asyncpg.Pool[Any]) -> None:
         self._pool = pool
