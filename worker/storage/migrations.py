@@ -20,8 +20,9 @@ Changelog (SCHEMA_VERSION = the highest file number):
                           statistics and then kept while the table grows.
     5  0005_reserved.sql  a placeholder keeping the numbers gap-free until the migration
                           that owns number 5 is merged (it replaces this file and line).
-    6  0006_query_indexes.sql memberships by (user, membership) and by (room, membership),
-                          for the homeserver queries (rooms of a user, joined counts).
+    6  0006_query_indexes.sql memberships by (user, membership) and by (room, membership)
+                          (the first replaces memberships_target_idx), and room_joined_counts
+                          kept by row triggers on memberships: the homeserver queries.
 """
 
 from __future__ import annotations
