@@ -498,7 +498,10 @@ class Worker:
         # attempts count the bus's deliveries, so the refusal comes before the dead letter.
         federation = NatsFederationClient(self.nc, self.settings.bus.federation_prefix)
         gap_settings = GapSettings(max_attempts=self.settings.bus.max_retries + 1)
-        pipeline = Pipeline(store, self.relay, federation, gap_settings=gap_settings)
+        pipeline = Pipeline(
+            store, self.relay, federation, gap_settings=gap_settings,
+            server_name=self.settings.server_name,
+        )
         consumer_settings = ConsumerSettings.configured(
             shards=self.settings.bus.shards,
             max_retries=self.settings.bus.max_retries,
@@ -546,7 +549,8 @@ class Worker:
         assert self.nc is not None and self.pool is not None
         try:
             self.queries = await start_query_service(
-                self.nc, self.pool, prefix=self.settings.bus.prefix
+                self.nc, self.pool, prefix=self.settings.bus.prefix,
+                server_name=self.settings.server_name,
             )
         except (NatsError, JetStreamError) as exc:
             raise StartupError(f"cannot start the query service: {exc!r}") from exc

@@ -84,6 +84,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     data_dir: str = "./var"
     drain_grace_seconds: float = 30.0
     config_file: str | None = None
+    server_name: str = "localhost"
 
 
 class ConfigProblem(msgspec.Struct, frozen=True):
@@ -271,6 +272,9 @@ VARIABLES: tuple[Variable, ...] = (
              "On SIGTERM, how long in-flight rooms may take to finish."),
     Variable("CONFIG_FILE", "", "config_file", _optional, "",
              "Optional TOML file with the same keys; the environment overrides it."),
+    Variable("SERVER_NAME", "", "server_name", _text, "localhost",
+             "This homeserver's name: whose users are local, which server the events it "
+             "builds are from."),
 )
 _BY_NAME = {v.name: v for v in VARIABLES}
 

@@ -67,3 +67,10 @@ MEANINGS: dict[Reason, str] = {
     Reason.MISSING_CONTENT_HASH: "the event has no `hashes.sha256` (its content hash)",
     Reason.MALFORMED_CONTENT_HASH: "`hashes.sha256` is not a string of unpadded base64",
 }
+
+
+# Not a format problem, so not in `Reason` (whose codes all make an event `invalid`): an input
+# refused before any check because the room's current m.room.server_acl denies the server
+# that gave it to us (its `origin`). Outcome `rejected`; the event is not stored, so the same
+# event relayed by an allowed server is still taken (worker.pipeline.aclstep).
+SERVER_ACL_DENIED = "server_acl_denied"

@@ -27,6 +27,8 @@ from typing import Literal
 
 import msgspec
 
+from worker.messages.query_homeserver import HOMESERVER_QUERIES
+
 # (event type, state key), as a JSON array of two strings.
 StateTuple = tuple[str, str]
 
@@ -290,4 +292,6 @@ QUERIES: dict[str, tuple[type[msgspec.Struct], type[msgspec.Struct]]] = {
         ServerAllowedToSeeEventResponse,
     ),
     "server_joined_to_room": (ServerJoinedToRoomRequest, ServerJoinedToRoomResponse),
+    # What the rest of a homeserver asks (worker.messages.query_homeserver).
+    **HOMESERVER_QUERIES,
 }

@@ -23,6 +23,7 @@ from worker.core.redaction import redact
 from worker.messages import HandleResult, InputRoomEvent, NewInviteEvent, RetireInviteEvent
 from worker.observability.metrics import DUPLICATES, STATE_RESETS, count_event, measure
 from worker.pipeline import redactions
+from worker.pipeline.aclstep import check_origin_acl
 from worker.pipeline.authstep import (
     auth_keys,
     check_current_state,
@@ -86,6 +87,7 @@ class Pipeline:
         *,
         await_outputs: bool = False,
         gap_settings: GapSettings | None = None,
+        server_name: str = "",
     ) -> None:
         """`await_outputs=True` publishes each event's outputs before answering (one event
         at a time per room, slower); by default they are published in the background
@@ -97,6 +99,8 @@ class Pipeline:
         # missing prev or auth events are refused.
         self.gaps = GapFiller(store, federation, gap_settings) if federation is not None else None
         self.await_outputs = await_outputs
+        # This server's name: its own inputs are never checked against a server ACL.
+        self.server_name = server_name
         self.flusher = BackgroundFlusher(relay)
         # A store that reads events and waiting redactions in one round trip (checked once:
         # a Protocol isinstance check is not free).
@@ -241,6 +245,9 @@ class Pipeline:
             # outputs are out before the producer hears "done" again.
             await self.relay.flush(room_id)
             return duplicate
+        denied = await check_origin_acl(self.store, work, self.server_name)
+        if denied is not None:
+            return refused(work.event_id, Outcome.REJECTED, denied)
         with measure("fill_gaps"):
             if self._batch is not None and fill and self.gaps is not None and any(
                 find_missing(work, known)

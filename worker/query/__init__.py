@@ -4,9 +4,13 @@
     ports.py       `QueryStore` (what the handlers read) and `QueryEvent`
     visibility.py  history visibility for remote servers (pure)
     service.py     the NATS micro service `roomserver`, `<prefix>.query.<name>` per endpoint
+    homeserver.py  the queries the rest of a homeserver asks (sync, client API, federation,
+                   user directory), over the `HomeserverStore` port of homeserver_ports.py
+    hierarchy.py   `room_hierarchy`: the rooms of a space, walked as Synapse walks them
 
-The wire types are in `worker.messages.query`; the PostgreSQL implementation of the port is
-`worker.storage.query_reads.PostgresQueryReads`.
+The wire types are in `worker.messages.query` and `worker.messages.query_homeserver`; the
+PostgreSQL implementations of the ports are `worker.storage.query_reads.PostgresQueryReads`
+and `worker.storage.homeserver_reads.PostgresHomeserverReads`.
 """
 
 from worker.query.handlers import HANDLERS, QueryFailed, answer

@@ -27,6 +27,8 @@ from worker.messages import query as m
 from worker.observability.metrics import QUERIES, QUERY_DURATION
 from worker.query import handlers as h
 from worker.query.handlers import HANDLERS, answer
+from worker.query.homeserver import HOMESERVER_HANDLERS, answer_homeserver
+from worker.query.homeserver_ports import Homeserver, HomeserverStore
 from worker.query.ports import QueryStore
 
 log = structlog.get_logger(__name__)
@@ -56,8 +58,11 @@ def error_reply(code: m.QueryErrorCode, message: str) -> tuple[bytes, dict[str, 
 class QueryService:
     """A running query service; `stop()` unsubscribes and waits for queries in flight."""
 
-    def __init__(self, store: QueryStore, *, max_in_flight: int) -> None:
+    def __init__(
+        self, store: QueryStore, *, max_in_flight: int, homeserver: Homeserver | None = None
+    ) -> None:
         self._store = store
+        self._homeserver = homeserver
         self.max_in_flight = max_in_flight
         self._slots = asyncio.Semaphore(max_in_flight)
         self._tasks: set[asyncio.Task[None]] = set()
@@ -78,7 +83,10 @@ class QueryService:
             start = time.perf_counter()
             result = "ok"
             try:
-                response = await answer(self._store, name, request.data)
+                if self._homeserver is not None and name in HOMESERVER_HANDLERS:
+                    response = await answer_homeserver(self._homeserver, name, request.data)
+                else:
+                    response = await answer(self._store, name, request.data)
             except h.QueryFailed as exc:
                 result = exc.code
                 body, headers = error_reply(exc.code, exc.message)
@@ -113,6 +121,8 @@ async def start_query_service(
     prefix: str = "roomserver",
     max_in_flight: int = 16,
     queue_group: str = "q",
+    server_name: str = "localhost",
+    homeserver: HomeserverStore | None = None,
 ) -> QueryService:
     """Start the `roomserver` micro service with every query endpoint; `stop()` to end it.
 
@@ -122,9 +132,16 @@ async def start_query_service(
     a time), so a burst of queries can never starve event processing (DESIGN §5). Their state
     resolutions run in the loop's default executor, where the pipeline resolves big forks too:
     they are also held below its thread count, so the pipeline always finds a thread free.
+
+    The homeserver queries (worker.query.homeserver) are served too when there is a
+    `homeserver` store: over a pool, `worker.storage.homeserver_reads` builds one. Their
+    "local" users are those of `server_name` (`SERVER_NAME`).
     """
     if isinstance(store, asyncpg.Pool):
+        from worker.storage.homeserver_reads import PostgresHomeserverReads
         from worker.storage.query_reads import PostgresQueryReads
+
+        homeserver = PostgresHomeserverReads(store)
 
         max_in_flight = min(
             max_in_flight,
@@ -132,7 +149,8 @@ async def start_query_service(
             max(1, default_executor_threads() - 1),
         )
         store = PostgresQueryReads.from_pool(store)
-    svc = QueryService(store, max_in_flight=max_in_flight)
+    hs = Homeserver(homeserver, server_name) if homeserver is not None else None
+    svc = QueryService(store, max_in_flight=max_in_flight, homeserver=hs)
     service = await add_service(
         nc,
         ServiceConfig(
@@ -144,7 +162,7 @@ async def start_query_service(
         ),
     )
     svc.service = service
-    for name in HANDLERS:
+    for name in [*HANDLERS, *(HOMESERVER_HANDLERS if hs is not None else ())]:
         await service.add_endpoint(
             EndpointConfig(
                 name=name,
