@@ -47,7 +47,7 @@ from worker import __version__
 from worker.bus.consumer import ConsumerSettings, InputConsumer
 from worker.bus.leases import LeaseSettings, ShardLeases, new_worker_id
 from worker.bus.outbox import NatsOutboxRelay, PgOutboxStore
-from worker.bus.shards import ShardAwareStore
+from worker.bus.shards import shard_of
 from worker.bus.streams import StreamLimits, ensure_streams
 from worker.bus.subjects import Subjects
 from worker.config import Settings, mask_url
@@ -61,6 +61,7 @@ from worker.pipeline import Pipeline
 from worker.pipeline.gapfill import GapSettings
 from worker.query.service import QueryService, start_query_service
 from worker.storage import (
+    PostgresStore,
     apply_migrations,
     outbox_stats,
     prune_sent,
@@ -488,7 +489,7 @@ class Worker:
     async def _start_consumer(self) -> None:
         assert self.nc is not None and self.pool is not None
         shards = self.settings.bus.shards
-        store = ShardAwareStore(self.pool, shards=shards)
+        store = PostgresStore(self.pool, fence_writes=True)
         self.relay = NatsOutboxRelay(self.nc, self.subjects, PgOutboxStore(self.pool))
         self._background(self.relay.run(), "outbox-relay")
         self._background(self._housekeeping(), "housekeeping")
@@ -509,7 +510,7 @@ class Worker:
 
         # Shards are consumed while this worker holds their lease (worker.bus.leases).
         async def gain(shard: int) -> None:
-            store.forget_shard(shard)
+            store.forget_rooms(lambda room_id: shard_of(room_id, shards) == shard)
             await consumer.start_shard(shard, fresh=True)
 
         async def release(shard: int) -> None:
