@@ -69,8 +69,8 @@ async def test_state_after_of_a_written_event_equals_the_stored_one(
 async def test_held_events_come_without_their_json_unless_redacted_meanwhile(
     store: PostgresStore, monkeypatch: Any
 ) -> None:
-    from worker.storage import events as ev_sql
     from worker.storage import event_rows as store_module
+    from worker.storage import events as ev_sql
 
     await _linear_room(store)
     ids = ["$create", "$join_alice", "$pl", "$join_bob", "$msg"]

@@ -5,7 +5,7 @@ The pipeline writes one outbox row per output in the event's own transaction, th
 `<prefix>.output.<room token>` with `Nats-Msg-Id` = the row's stable output id, waits for
 JetStream's `PubAck`, and marks the rows sent. After a crash between commit and publish, `sweep()` (run at
 start and then periodically by `run()`) publishes whatever is still unsent, and updates the
-outbox gauges when given a `stats` callable (`PgOutboxStore.stats`). Publishing a row
+outbox gauges when given a `stats` callable (the store's `stats`). Publishing a row
 twice is harmless within the stream's duplicate window: JetStream drops the repeat.
 
 Batches: a room's rows of one pass go out as JetStream *atomic batches* (ADR-50, nats-server
@@ -53,10 +53,8 @@ import math
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
-from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
-import asyncpg
 from nats.aio.client import Client as NATS
 from nats.errors import Error as NatsError
 from nats.js.errors import APIError
@@ -67,7 +65,6 @@ from worker.bus.subjects import MSG_ID_HEADER, OUTPUT_TYPE_HEADER, ROOM_ID_HEADE
 from worker.errors import RetryableError
 from worker.observability.logging import get_logger
 from worker.observability.metrics import OUTBOX_LAG, OUTBOX_UNSENT, count_outputs, measure
-from worker.storage import outbox as outbox_sql
 
 _log = get_logger(__name__)
 
@@ -120,7 +117,7 @@ class OutboxRow(Protocol):
 
 
 class OutboxStore(Protocol):
-    """What the relay needs from storage (`PgOutboxStore` over `worker.storage.outbox`)."""
+    """What the relay needs from storage (`worker.storage.outbox.PgOutboxStore`)."""
 
     async def fetch_unsent(
         self, limit: int, room_id: str | None = None, *, min_age: float = 0.0
@@ -144,61 +141,6 @@ class RoomsOutboxStore(OutboxStore, Protocol):
         """Up to `limit` unsent rows of these rooms, at most `per_room` of each (default:
         `limit`), ordered by `seq`."""
         ...
-
-
-# What a database failure looks like from asyncpg: the connection or the server went away.
-_DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError)
-
-
-@dataclass(frozen=True, slots=True)
-class PgOutboxStore:
-    """`OutboxStore` over the storage module's outbox functions and a connection pool.
-
-    Database failures become `RetryableError`, so a flush that cannot reach PostgreSQL
-    naks the input instead of failing it.
-    """
-
-    db: asyncpg.Pool
-    # Storage marks rows by output id: the ids of fetched rows, by seq, until marked.
-    _ids: dict[int, str] = field(default_factory=dict, init=False, repr=False)
-
-    async def fetch_unsent(
-        self, limit: int, room_id: str | None = None, *, min_age: float = 0.0
-    ) -> Sequence[OutboxRow]:
-        try:
-            rows = await outbox_sql.fetch_unsent(
-                self.db, room_id=room_id, limit=limit, min_age=min_age
-            )
-        except _DB_ERRORS as exc:
-            raise RetryableError(f"outbox read failed: {exc!r}", code="database_unavailable") from exc
-        self._ids.update((r.seq, r.output_id) for r in rows)
-        return rows
-
-    async def fetch_unsent_rooms(
-        self, room_ids: Sequence[str], limit: int, *, per_room: int | None = None
-    ) -> Sequence[OutboxRow]:
-        try:
-            rows = await outbox_sql.fetch_unsent_rooms(
-                self.db, room_ids, limit=limit, per_room=per_room
-            )
-        except _DB_ERRORS as exc:
-            raise RetryableError(f"outbox read failed: {exc!r}", code="database_unavailable") from exc
-        self._ids.update((r.seq, r.output_id) for r in rows)
-        return rows
-
-    async def mark_sent(self, seqs: Sequence[int]) -> None:
-        ids = [self._ids.pop(seq) for seq in seqs if seq in self._ids]
-        try:
-            await outbox_sql.mark_sent(self.db, ids)
-        except _DB_ERRORS as exc:
-            raise RetryableError(f"outbox update failed: {exc!r}", code="database_unavailable") from exc
-
-    async def stats(self) -> tuple[int, float]:
-        """(unsent rows, age of the oldest in seconds) for the outbox gauges."""
-        try:
-            return await outbox_sql.outbox_stats(self.db)
-        except _DB_ERRORS as exc:
-            raise RetryableError(f"outbox stats failed: {exc!r}", code="database_unavailable") from exc
 
 
 class NatsOutboxRelay:
@@ -664,7 +606,6 @@ __all__ = [
     "NatsOutboxRelay",
     "OutboxRow",
     "OutboxStore",
-    "PgOutboxStore",
     "RoomsOutboxStore",
     "worth_batching",
 ]

@@ -3,7 +3,7 @@
 The relay waits for a `PubAck` per published output and the consumer for the confirmation of
 its last ack per room batch: a request or more per event. nats-py's `request` draws random
 bytes from the operating system (a system call) for every reply subject and waits through
-`asyncio.wait_for`; together ~4% of the worker's CPU under load. Here a reply subject is
+`asyncio.wait_for`; together a visible part of the worker's CPU under load. Here a reply subject is
 `<inbox>.<counter>` on one wildcard subscription made at the first request, and the wait is
 a timer on a plain future. Same contract as nats-py's: the reply `Msg`,
 `nats.errors.TimeoutError` when none comes in time, `NoRespondersError` when nobody listens
@@ -54,7 +54,7 @@ class Requester:
         future: asyncio.Future[Msg] = loop.create_future()
         self._waiting[token] = future
         # A bare timer, not `asyncio.timeout` (a context manager, a task lookup and a
-        # cancellation per call, ~3% of the worker's CPU by itself).
+        # cancellation per call, which shows in the worker's CPU by itself).
         timer = loop.call_later(timeout, _expire, future)
         try:
             await self._nc.publish(subject, payload, reply=self._prefix + token, headers=headers)

@@ -6,7 +6,10 @@
     service.py     the NATS micro service `roomserver`, `<prefix>.query.<name>` per endpoint
 
 The wire types are in `worker.messages.query`; the PostgreSQL implementation of the port is
-`worker.storage.query_reads.PostgresQueryReads`.
+`worker.storage.query_reads.PostgresQueryReads`, built by `worker.app` and handed to the
+service. Who may import it: the adapters that implement its ports (`worker.storage`), the app
+and tests. It imports only `worker.messages`, the core and observability: never storage, the
+bus or the app (an import-linter contract).
 """
 
 from worker.query.handlers import HANDLERS, QueryFailed, answer

@@ -13,9 +13,7 @@ import asyncio
 import os
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
 
-import asyncpg
 import msgspec
 import structlog
 from nats.aio.client import Client
@@ -108,7 +106,7 @@ class QueryService:
 
 async def start_query_service(
     nc: Client,
-    store: QueryStore | asyncpg.Pool[Any],
+    store: QueryStore,
     *,
     prefix: str = "roomserver",
     max_in_flight: int = 16,
@@ -116,22 +114,9 @@ async def start_query_service(
 ) -> QueryService:
     """Start the `roomserver` micro service with every query endpoint; `stop()` to end it.
 
-    `store` is a `QueryStore`, or an asyncpg pool: then the PostgreSQL adapter of
-    worker.storage.query_reads is built over it, and since that pool is shared with the input
-    pipeline, queries are held to a quarter of its connections (each query uses at most one at
-    a time), so a burst of queries can never starve event processing (DESIGN §5). Their state
-    resolutions run in the loop's default executor, where the pipeline resolves big forks too:
-    they are also held below its thread count, so the pipeline always finds a thread free.
+    At most `max_in_flight` queries run at once (`worker.app.start_queries` bounds it by the
+    connections and threads the queries share with the input pipeline).
     """
-    if isinstance(store, asyncpg.Pool):
-        from worker.storage.query_reads import PostgresQueryReads
-
-        max_in_flight = min(
-            max_in_flight,
-            max(1, store.get_max_size() // 4),
-            max(1, default_executor_threads() - 1),
-        )
-        store = PostgresQueryReads.from_pool(store)
     svc = QueryService(store, max_in_flight=max_in_flight)
     service = await add_service(
         nc,

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 
 from worker.core import stateblocks as sb
 from worker.core.events import Event, StateKey
-from worker.storage import events as ev_sql
 from worker.storage import nids as nid_sql
+from worker.storage import rooms as room_sql
 from worker.storage import snapshots as snap_sql
 from worker.storage.handles import PgState
 from worker.storage.lru import Lru
@@ -36,7 +36,7 @@ class WriteEffects:
     nids: nid_sql.Nids = field(default_factory=nid_sql.Nids)
     layers: dict[int, sb.Layer] = field(default_factory=dict)
     id_nids: dict[str, int] = field(default_factory=dict)
-    room: ev_sql.RoomRow | None = None
+    room: room_sql.RoomRow | None = None
     stale_events: set[str] = field(default_factory=set)
     derived: dict[DerivedKey, int] = field(default_factory=dict)
     after: dict[str, PgState] = field(default_factory=dict)
@@ -65,7 +65,7 @@ class StoreCaches:
         )
         # Root layers cached: a chain walk may stop at any of them.
         self.roots: Lru[int, bool] = Lru(1024)
-        self.rooms: dict[str, ev_sql.RoomRow] = {}
+        self.rooms: dict[str, room_sql.RoomRow] = {}
         self.events: Lru[str, Event] = Lru(event_cache_size)
         self.nid_ids: Lru[int, str] = Lru(id_cache_size)
         self.id_nids: Lru[str, int] = Lru(id_cache_size)

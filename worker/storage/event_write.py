@@ -23,9 +23,10 @@ from worker.core.redaction import redact
 from worker.core.versions import rules_for
 from worker.errors import InvariantViolation
 from worker.pipeline.ports import EventWrite
-from worker.storage import bulk as bulk_sql
 from worker.storage import events as ev_sql
+from worker.storage import finish as finish_sql
 from worker.storage import nids as nid_sql
+from worker.storage import rooms as room_sql
 from worker.storage import snapshots as snap_sql
 from worker.storage.caches import StoreCaches, WriteEffects
 from worker.storage.fence import RoomView, check_view
@@ -93,7 +94,7 @@ class EventWriter:
             )
         pairing = e.type == "m.room.redaction" and e.redacts and e.state_key is None
         await conn.execute(
-            ev_sql.FINISH_EVENT,
+            finish_sql.FINISH_EVENT,
             room.room_nid,
             current is not None,
             new_current,
@@ -107,7 +108,7 @@ class EventWriter:
             e.event_id if pairing else None,
             e.redacts if pairing else None,
         )
-        fx.room = ev_sql.RoomRow(
+        fx.room = room_sql.RoomRow(
             room.room_nid,
             room.room_id,
             room.version,
@@ -124,7 +125,7 @@ class EventWriter:
         fx: WriteEffects,
         reserve: int,
         fence: RoomView | None,
-    ) -> tuple[ev_sql.RoomRow, list[int]]:
+    ) -> tuple[room_sql.RoomRow, list[int]]:
         """The room row as this transaction sees it (made if missing, checked against the
         write's `fence`), and `reserve` fresh event NIDs read with it; none when an
         earlier write of the transaction already has the row."""
@@ -134,13 +135,13 @@ class EventWriter:
         # rooms with BEGIN (`worker.storage.group_commit`).
         if reserve:
             r = await conn.fetchrow(
-                bulk_sql.UPSERT_ROOM_RESERVING, w.room_id, w.room_version, reserve
+                room_sql.UPSERT_ROOM_RESERVING, w.room_id, w.room_version, reserve
             )
         else:
-            r = await conn.fetchrow(ev_sql.UPSERT_ROOM, w.room_id, w.room_version)
+            r = await conn.fetchrow(room_sql.UPSERT_ROOM, w.room_id, w.room_version)
         if r is None:
             raise InvariantViolation(f"room {w.room_id} could not be created")
-        room = ev_sql.room_row(r)
+        room = room_sql.room_row(r)
         check_view(room, fence)
         return room, sorted(r["reserved"]) if reserve else []
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from worker.core.outcomes import Outcome
 from worker.errors import RetryableError
 from worker.pipeline.ports import EventWrite
-from worker.storage.events import RoomRow
+from worker.storage.rooms import RoomRow
 
 
 @dataclass(frozen=True, slots=True)

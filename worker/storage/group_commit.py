@@ -21,8 +21,7 @@ import asyncpg
 from worker.errors import InvariantViolation
 from worker.observability.logging import get_logger
 from worker.pipeline.ports import EventWrite
-from worker.storage import bulk as bulk_sql
-from worker.storage import events as ev_sql
+from worker.storage import rooms as room_sql
 from worker.storage import snapshots as snap_sql
 from worker.storage.caches import StoreCaches, WriteEffects
 from worker.storage.coalesce import Coalescer
@@ -155,7 +154,7 @@ class GroupCommit:
         found = {
             r["room_id"]: r
             for r in await conn.fetch(
-                bulk_sql.UPSERT_ROOMS_RESERVING,
+                room_sql.UPSERT_ROOMS_RESERVING,
                 [x.room_id for x in commits],
                 [x.writes[0].room_version for x in commits],
                 reserve,
@@ -166,13 +165,13 @@ class GroupCommit:
         types: set[str] = set()
         keys: set[str] = set()
         refs: set[str] = set()
-        rooms: list[tuple[ev_sql.RoomRow, list[int]]] = []
+        rooms: list[tuple[room_sql.RoomRow, list[int]]] = []
         own: set[str] = set()
         for x, fx in zip(commits, effects, strict=True):
             r = found.get(x.room_id)
             if r is None:
                 raise InvariantViolation(f"room {x.room_id} could not be created")
-            room = ev_sql.room_row(r)
+            room = room_sql.room_row(r)
             check_view(room, x.fence)
             rooms.append((room, sorted(r["reserved"])))
             fx.layer_nids = sorted(r["layers"])

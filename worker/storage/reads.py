@@ -15,6 +15,7 @@ import asyncpg
 from worker.core.outcomes import Outcome
 from worker.pipeline.ports import RoomInfo, StateHandle, StoredEvent
 from worker.storage import events as ev_sql
+from worker.storage import rooms as room_sql
 from worker.storage.caches import StoreCaches
 from worker.storage.coalesce import Coalescer
 from worker.storage.event_rows import stored_events, stored_row
@@ -32,14 +33,14 @@ class CoalescedReads:
     def __init__(self, db: Database, caches: StoreCaches, *, concurrency: int) -> None:
         self.db = db
         self.caches = caches
-        self.room_reads: Coalescer[str, ev_sql.RoomRow | None] = Coalescer(
+        self.room_reads: Coalescer[str, room_sql.RoomRow | None] = Coalescer(
             self._rooms_read_group, concurrency=concurrency, max_batch=256
         )
         self.shared_reads: Coalescer[_EventsRead, _EventsAnswer] = Coalescer(
             self._events_read_group, concurrency=concurrency, max_batch=64
         )
 
-    async def room_row(self, room_id: str) -> ev_sql.RoomRow | None:
+    async def room_row(self, room_id: str) -> room_sql.RoomRow | None:
         """The room's row: cached, else read together with the other rooms asked for
         meanwhile (rooms being created are asked for by every step until they exist)."""
         row = self.caches.rooms.get(room_id)
@@ -47,11 +48,11 @@ class CoalescedReads:
             row = await self.room_reads.submit(room_id)
         return row
 
-    async def _rooms_read_group(self, room_ids: list[str]) -> list[ev_sql.RoomRow | None]:
+    async def _rooms_read_group(self, room_ids: list[str]) -> list[room_sql.RoomRow | None]:
         wanted = sorted(set(room_ids))
-        rows = await self.db.read(lambda c: c.fetch(ev_sql.SELECT_ROOMS, wanted))
+        rows = await self.db.read(lambda c: c.fetch(room_sql.SELECT_ROOMS, wanted))
         for r in rows:
-            row = ev_sql.room_row(r)
+            row = room_sql.room_row(r)
             # A room's reads and writes come from its one task in turn: nothing newer can
             # have been cached meanwhile, but if it were, it would win.
             self.caches.rooms.setdefault(row.room_id, row)

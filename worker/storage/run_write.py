@@ -19,9 +19,10 @@ import asyncpg
 
 from worker.errors import InvariantViolation, RetryableError
 from worker.pipeline.ports import EventWrite, OutputRecord
-from worker.storage import bulk as bulk_sql
 from worker.storage import events as ev_sql
+from worker.storage import finish as finish_sql
 from worker.storage import nids as nid_sql
+from worker.storage import rooms as room_sql
 from worker.storage.caches import WriteEffects
 from worker.storage.event_write import (
     EventWriter,
@@ -32,6 +33,7 @@ from worker.storage.event_write import (
 )
 from worker.storage.fence import RoomView
 from worker.storage.handles import own, rebase
+from worker.storage.params import nid_array
 
 
 class StaleWrite(RetryableError):
@@ -58,7 +60,7 @@ class RunWriter:
         types, keys, refs = run_names(run)
         nids = await self.writer.nids_txn(conn, types, keys, fx)
         if not reserved:
-            reserved = await bulk_sql.reserve_event_nids(conn, len(run))
+            reserved = await ev_sql.reserve_event_nids(conn, len(run))
         id_nids = fx.id_nids
         for w, nid in zip(run, reserved, strict=True):
             id_nids[w.event.event_id] = nid
@@ -72,7 +74,7 @@ class RunWriter:
     async def plan_run(
         self,
         conn: asyncpg.Connection,
-        room: ev_sql.RoomRow,
+        room: room_sql.RoomRow,
         run: Sequence[EventWrite],
         reserved: Sequence[int],
         nids: nid_sql.Nids,
@@ -117,7 +119,7 @@ class RunWriter:
                     nid,
                     e.event_id,
                     *event_fields(w, nids),
-                    bulk_sql.nid_array(auth),
+                    nid_array(auth),
                     before_nid,
                     room.room_nid,
                     w.event_json,
@@ -141,7 +143,7 @@ class RunWriter:
                 None,
             )
         )
-        fx.room = ev_sql.RoomRow(
+        fx.room = room_sql.RoomRow(
             room.room_nid, room.room_id, room.version, current_nid, list(extremities)
         )
 
@@ -168,20 +170,20 @@ class RunRows:
 async def write_rows(conn: asyncpg.Connection, rows: RunRows) -> None:
     """Insert the rows (one statement), then the rooms' end states (one round trip)."""
     expected = len(rows.cols[0])
-    inserted = await conn.fetchval(bulk_sql.INSERT_EVENTS, *rows.cols[:13], *rows.prevs, rows.cols[13])
+    inserted = await conn.fetchval(ev_sql.INSERT_EVENTS, *rows.cols[:13], *rows.prevs, rows.cols[13])
     if inserted != expected:
         # Written meanwhile by someone else (a stale owner, despite the fence): let the
         # one-by-one path, which upserts, decide.
         raise StaleWrite(f"{expected - inserted} of {expected} events were already stored")
     if len(rows.finishes) == 1:
-        await conn.execute(ev_sql.FINISH_EVENT, *rows.finishes[0])
+        await conn.execute(finish_sql.FINISH_EVENT, *rows.finishes[0])
     elif len({f[0] for f in rows.finishes}) == len(rows.finishes):
         # Several rooms, each finishing once: one statement for all of them.
-        await conn.execute(bulk_sql.FINISH_ROOMS, *finish_rooms_args(rows.finishes))
+        await conn.execute(finish_sql.FINISH_ROOMS, *finish_rooms_args(rows.finishes))
     elif rows.finishes:
         # A room finishing more than once (`memberships_one_by_one`): in order, one
         # statement each, in one round trip (asyncpg sends every argument set at once).
-        await conn.executemany(ev_sql.FINISH_EVENT, rows.finishes)
+        await conn.executemany(finish_sql.FINISH_EVENT, rows.finishes)
 
 
 def finish_rooms_args(finishes: Sequence[tuple[Any, ...]]) -> tuple[list[Any], ...]:
