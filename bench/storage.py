@@ -345,7 +345,7 @@ async def _load_times(pool: asyncpg.Pool) -> tuple[float, float, float, int]:
         cur = await cold.current_state(ROOM)
         assert cur is not None
         async with pool.acquire() as conn:
-            state = sb.materialize(await cold._chain(conn, cur.snapshot_nid))
+            state = sb.materialize(await cold.states.chain(conn, cur.snapshot_nid))
         nid_ms.append((time.perf_counter() - t0) * 1000)
         n = len(state)
         cold = PostgresStore(pool)
@@ -375,7 +375,7 @@ async def _blocks_per_snapshot(pool: asyncpg.Pool) -> tuple[float, int, int]:
     counts = []
     async with pool.acquire() as conn:
         for nid in sample:
-            counts.append(sb.chain_blocks(await store._chain(conn, nid)))
+            counts.append(sb.chain_blocks(await store.states.chain(conn, nid)))
     return statistics.mean(counts), max(counts), len(nids)
 
 

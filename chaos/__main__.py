@@ -42,8 +42,8 @@ from tests.cluster.harness import (
     wait_done,
     worker_env,
 )
-from worker.app import ensure_database
 from worker.bus.subjects import Subjects
+from worker.connections import ensure_database
 from worker.embedded import EmbeddedPostgres
 
 

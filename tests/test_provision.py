@@ -11,7 +11,7 @@ import nats.errors
 import pytest
 from nats.js.errors import APIError, ServiceUnavailableError
 
-from worker import app
+from worker import app, connections
 from worker.config import load_settings
 
 
@@ -24,8 +24,8 @@ def _worker(monkeypatch: pytest.MonkeyPatch, failures: list[Exception]) -> tuple
             raise failures.pop(0)
         return {"created": ["INPUT", "OUTPUT", "DEADLETTER"]}
 
-    monkeypatch.setattr(app, "ensure_streams", ensure_streams)
-    monkeypatch.setattr(app, "_PROVISION_FIRST_DELAY", 0.01)
+    monkeypatch.setattr(connections, "ensure_streams", ensure_streams)
+    monkeypatch.setattr(connections, "_PROVISION_FIRST_DELAY", 0.01)
     worker = app.Worker(load_settings({
         "NATS_URL": "nats://127.0.0.1:4222",
         "DATABASE_URL": "postgresql://rs@127.0.0.1/rs",
@@ -55,7 +55,7 @@ async def test_a_refusal_fails_the_start_at_once(monkeypatch: pytest.MonkeyPatch
 
 async def test_waiting_ends_after_its_patience(monkeypatch: pytest.MonkeyPatch) -> None:
     worker, calls = _worker(monkeypatch, [nats.errors.TimeoutError() for _ in range(1000)])
-    monkeypatch.setattr(app, "_PROVISION_PATIENCE", 0.2)
+    monkeypatch.setattr(connections, "_PROVISION_PATIENCE", 0.2)
     with pytest.raises(app.StartupError, match="TimeoutError"):
         await worker._provision()
     assert 2 <= len(calls) < 10

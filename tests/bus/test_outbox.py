@@ -12,13 +12,14 @@ import msgspec
 import pytest
 from nats.aio.client import Client as NATS
 
-from worker.bus.outbox import NatsOutboxRelay, PgOutboxStore
+from tests.bus.outbox_rows import insert_outputs
+from worker.bus.outbox import NatsOutboxRelay
 from worker.bus.subjects import MSG_ID_HEADER, OUTPUT_TYPE_HEADER, ROOM_ID_HEADER, Subjects
 from worker.errors import RetryableError
 from worker.messages import PurgeRoom, decode_output, encode_output
 from worker.pipeline.ports import OutboxRelay, OutputRecord
 from worker.storage.migrations import apply_migrations
-from worker.storage.outbox import insert_outputs_txn
+from worker.storage.outbox import PgOutboxStore
 
 
 @dataclass(frozen=True)
@@ -190,7 +191,7 @@ async def test_pg_outbox_store_round_trip(
     try:
         await apply_migrations(pool)
         async with pool.acquire() as conn, conn.transaction():
-            await insert_outputs_txn(
+            await insert_outputs(
                 conn,  # type: ignore[arg-type]
                 "!a:x",
                 [
@@ -218,7 +219,7 @@ async def test_pg_fetch_unsent_by_age_takes_whole_rooms(database_dsn: str) -> No
         await apply_migrations(pool)
         for room, n in (("!old:x", 0), ("!young:x", 0), ("!old:x", 1)):
             async with pool.acquire() as conn, conn.transaction():
-                await insert_outputs_txn(
+                await insert_outputs(
                     conn,  # type: ignore[arg-type]
                     room,
                     [OutputRecord(output_id=f"{room}{n}", output_type="purge_room",

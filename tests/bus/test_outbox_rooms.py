@@ -10,13 +10,14 @@ import msgspec
 from nats.aio.client import Client as NATS
 from structlog.testing import capture_logs
 
+from tests.bus.outbox_rows import insert_outputs
 from tests.bus.test_outbox import MemoryOutbox, Row, read_outputs
-from worker.bus.outbox import NatsOutboxRelay, OutboxRow, PgOutboxStore, RoomsOutboxStore
+from worker.bus.outbox import NatsOutboxRelay, OutboxRow, RoomsOutboxStore
 from worker.bus.subjects import MSG_ID_HEADER, ROOM_ID_HEADER, Subjects
 from worker.pipeline.flusher import BackgroundFlusher
 from worker.pipeline.ports import BackgroundOutboxRelay, OutputRecord
 from worker.storage.migrations import apply_migrations
-from worker.storage.outbox import insert_outputs_txn
+from worker.storage.outbox import PgOutboxStore
 
 
 def _records(room: str, n: int) -> list[OutputRecord]:
@@ -32,7 +33,7 @@ def _records(room: str, n: int) -> list[OutputRecord]:
 
 async def _insert(pool: asyncpg.Pool, room: str, records: list[OutputRecord]) -> None:
     async with pool.acquire() as conn, conn.transaction():
-        await insert_outputs_txn(conn, room, records)  # type: ignore[arg-type]
+        await insert_outputs(conn, room, records)  # type: ignore[arg-type]
 
 
 def _ids_by_room(published: list[tuple[str, dict[str, str], bytes]]) -> dict[str, list[str]]:

@@ -89,3 +89,26 @@ async def test_random_batches_see_every_message_once_in_order(
     assert got == list(range(300))
     with pytest.raises(nats.errors.TimeoutError):
         await pull.fetch(sub, 10, 0.3)
+
+
+async def test_the_nats_py_private_attributes_read_are_there(
+    nc: NATS, stream: tuple[str, str]
+) -> None:
+    """Fails when a nats-py release changes what `fetch` reads: then pyproject's pin is to
+    be moved only with `worker.bus.pull` updated to match."""
+    sub = await _consumer(nc, stream)
+    inner, queue = pull.private_parts(sub)
+    assert isinstance(queue, asyncio.Queue) and isinstance(inner._pending_size, int)
+    assert sub._sub is inner
+
+
+async def test_a_client_without_them_fails_loudly(nc: NATS, stream: tuple[str, str]) -> None:
+    sub = await _consumer(nc, stream)
+    inner = sub._sub
+    saved = inner._pending_queue
+    del inner._pending_queue
+    try:
+        with pytest.raises(pull.UnsupportedClient, match=r"Subscription\._pending_queue"):
+            await pull.fetch(sub, 1, 0.1)
+    finally:
+        inner._pending_queue = saved

@@ -1,4 +1,4 @@
-"""Shard leases against the real PostgreSQL, the write fence of `ShardAwareStore`, and
+"""Shard leases against the real PostgreSQL, the write fence of `PostgresStore`, and
 `shard_of` against NATS's own subject partitioning."""
 
 from __future__ import annotations
@@ -13,19 +13,15 @@ import pytest
 
 from tests.fixtures.builder import RoomBuilder
 from worker.bus.leases import LeaseSettings, ShardLeases
-from worker.bus.shards import (
-    ShardAwareStore,
-    StaleRoomView,
-    fair_share,
-    is_database_down,
-    shard_of,
-)
+from worker.bus.shards import fair_share, shard_of
 from worker.bus.streams import StreamLimits, ensure_streams
 from worker.bus.subjects import Subjects
 from worker.messages import InputRoomEvent
 from worker.pipeline import Pipeline
 from worker.pipeline.ports import EventWrite
-from worker.storage import apply_migrations
+from worker.storage import PostgresStore, apply_migrations
+from worker.storage.errors import is_database_down
+from worker.storage.fence import StaleRoomView
 
 K = 5
 
@@ -143,12 +139,12 @@ def _public_room(room_id: str) -> tuple[RoomBuilder, list[str]]:
 
 
 async def _a_writes_after_b(
-    pool: asyncpg.Pool, sa: ShardAwareStore, b: RoomBuilder, ids: list[str]
-) -> tuple[Pipeline, ShardAwareStore]:
+    pool: asyncpg.Pool, sa: PostgresStore, b: RoomBuilder, ids: list[str]
+) -> tuple[Pipeline, PostgresStore]:
     """Worker A (store `sa`) writes ids[:5], worker B ids[5:8]; A's write of ids[8], computed
     from its now stale row, is refused. Returns A's pipeline and B's store."""
     await apply_migrations(pool)
-    sb = ShardAwareStore(pool, shards=K)
+    sb = PostgresStore(pool, fence_writes=True)
     pa, pb = Pipeline(sa, _NoRelay()), Pipeline(sb, _NoRelay())
     for eid in ids[:5]:
         await pa.handle(b.room_id, _input(b, eid))
@@ -165,7 +161,7 @@ async def test_a_stale_view_of_the_room_is_fenced(database_dsn: str) -> None:
     b, ids = _public_room("!fence:test")
     pool = await asyncpg.create_pool(database_dsn, min_size=1, max_size=4)
     try:
-        sa = ShardAwareStore(pool, shards=K)
+        sa = PostgresStore(pool, fence_writes=True)
         pa, _ = await _a_writes_after_b(pool, sa, b, ids)
         assert sa.stale_views == 1
         result = await pa.handle(b.room_id, _input(b, ids[8]))
@@ -175,15 +171,15 @@ async def test_a_stale_view_of_the_room_is_fenced(database_dsn: str) -> None:
         assert current is not None
         assert await sa.materialize(current) == b.state
         # Forgetting a shard drops exactly the cached rows of its rooms.
-        assert sa.forget_shard((shard_of(b.room_id, K) + 1) % K) == 0
-        assert sa.forget_shard(shard_of(b.room_id, K)) == 1
+        assert sa.forget_rooms(lambda r: shard_of(r, K) == (shard_of(b.room_id, K) + 1) % K) == 0
+        assert sa.forget_rooms(lambda r: shard_of(r, K) == shard_of(b.room_id, K)) == 1
     finally:
         await pool.close()
 
 
-class _ForgetsBeforeWriting(ShardAwareStore):
+class _ForgetsBeforeWriting(PostgresStore):
     """Forgets the room's cached row right before each write, as gaining a shard mid-event
-    does (`forget_shard`)."""
+    does (`forget_rooms`)."""
 
     async def persist(self, write: EventWrite) -> None:
         self.forget_room(write.room_id)
@@ -198,7 +194,7 @@ async def test_the_fence_uses_the_view_the_event_was_computed_from(database_dsn:
     try:
         # A computes ids[8] from its stale row; the row is refreshed from the database just
         # before the write (_ForgetsBeforeWriting), and the write must still be refused.
-        pa, sb = await _a_writes_after_b(pool, _ForgetsBeforeWriting(pool, shards=K), b, ids)
+        pa, sb = await _a_writes_after_b(pool, _ForgetsBeforeWriting(pool, fence_writes=True), b, ids)
         assert await sb.extremities(b.room_id) == [ids[7]]
         # Retried (as the bus does), it is computed from the fresh row and written right.
         result = await pa.handle(b.room_id, _input(b, ids[8]))
@@ -217,7 +213,7 @@ async def test_a_soft_fail_decided_on_a_stale_view_is_fenced(database_dsn: str) 
     pool = await asyncpg.create_pool(database_dsn, min_size=1, max_size=4)
     try:
         await apply_migrations(pool)
-        sa, sb = ShardAwareStore(pool, shards=K), ShardAwareStore(pool, shards=K)
+        sa, sb = PostgresStore(pool, fence_writes=True), PostgresStore(pool, fence_writes=True)
         pa, pb = Pipeline(sa, _NoRelay()), Pipeline(sb, _NoRelay())
         for eid in ids[:4]:
             await pa.handle(b.room_id, _input(b, eid))

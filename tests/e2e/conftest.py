@@ -23,13 +23,14 @@ from nats.aio.client import Client as NATS
 from tests.fixtures.builder import RoomBuilder
 from worker.bus import settle
 from worker.bus.consumer import ConsumerSettings, InputConsumer
-from worker.bus.outbox import NatsOutboxRelay, PgOutboxStore
+from worker.bus.outbox import NatsOutboxRelay
 from worker.bus.producer import publish_input, send_input
 from worker.bus.streams import StreamLimits, ensure_streams
 from worker.bus.subjects import Subjects
 from worker.messages import InputReply, InputRoomEvent, OutputEvent, decode_output
 from worker.pipeline import Pipeline
 from worker.storage import PostgresStore, apply_migrations
+from worker.storage.outbox import PgOutboxStore
 
 SHARDS = 2
 

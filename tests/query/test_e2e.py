@@ -17,7 +17,8 @@ import pytest
 from tests.e2e.conftest import Client, WorkerRun, client, worker  # noqa: F401
 from tests.fixtures.builder import RoomBuilder
 from tests.pipeline.conftest import builder
-from worker.query.service import QueryService, start_query_service
+from worker.app import start_queries
+from worker.query.service import QueryService
 
 BOB = "@bob:b.test"
 CAROL = "@carol:c.test"
@@ -50,7 +51,7 @@ async def asker(
 ) -> AsyncIterator[Asker]:
     assert worker.pool is not None
     # As worker.app starts it: over the worker's pool, with a store view of its own.
-    svc: QueryService = await start_query_service(client.nc, worker.pool, prefix=prefix)
+    svc: QueryService = await start_queries(client.nc, worker.pool, prefix=prefix)
     try:
         yield Asker(client, prefix)
     finally:

@@ -27,10 +27,11 @@ import pytest
 from tests.e2e.conftest import Client, WorkerRun, client, event_id_of  # noqa: F401
 from tests.fixtures.builder import RoomBuilder
 from tests.pipeline.conftest import builder
+from worker.app import start_queries
 from worker.bus.subjects import Subjects
 from worker.pipeline import state as pipeline_state
 from worker.query.ports import QueryEvent
-from worker.query.service import QueryService, start_query_service
+from worker.query.service import QueryService
 from worker.storage import query_reads
 from worker.storage.query_reads import PostgresQueryReads
 
@@ -229,7 +230,7 @@ async def held(
     tracker = Tracker()
     monkeypatch.setattr(query_reads, "PostgresQueryReads", held_reads(tracker))
     # As worker.app starts it: the worker's own NATS connection and pool.
-    svc = await start_query_service(worker.nc, worker.pool, prefix=prefix)
+    svc = await start_queries(worker.nc, worker.pool, prefix=prefix)
     try:
         yield svc, tracker
     finally:

@@ -12,6 +12,7 @@ import pytest
 from nats.aio.client import Client
 from prometheus_client import REGISTRY
 
+from worker.app import start_queries
 from worker.query.ports import QueryEvent
 from worker.query.service import ERROR_REASON_HEADER, HANDLERS, start_query_service
 
@@ -132,7 +133,7 @@ async def test_over_a_shared_pool_queries_take_a_quarter_of_it(
 
     pool = await asyncpg.create_pool(database_dsn, min_size=1, max_size=8)
     try:
-        svc = await start_query_service(nc, pool, prefix=prefix)
+        svc = await start_queries(nc, pool, prefix=prefix)
         try:
             # Each query holds at most one connection at a time: 2 of 8 stay with queries,
             # the rest with the input pipeline.

@@ -4,18 +4,17 @@ exactly what one transaction per room would, and one room's failure stays its ow
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import dataclasses
 
 import asyncpg
 import pytest
 
 from tests.storage.helpers import make_event, member, write
-from worker.errors import RetryableError
 from worker.pipeline.ports import EventWrite, OutputRecord
 from worker.storage import PostgresStore
-from worker.storage.events import RoomRow
-from worker.storage.store import PgState, StaleWrite
+from worker.storage.fence import RoomView, StaleRoomView
+from worker.storage.handles import PgState
+from worker.storage.run_write import StaleWrite
 
 ROOMS = 12
 
@@ -56,20 +55,20 @@ async def test_rooms_written_at_once_share_transactions_and_store_the_same(
 ) -> None:
     store = PostgresStore(pool, concurrency=1)
     grouped: list[int] = []
-    real = store._group_bulk_txn
+    real = store.group_commit.group_run_txn
 
     async def spy(conn: asyncpg.Connection, commits: list) -> list:  # type: ignore[type-arg]
         grouped.append(len(commits))
         return await real(conn, commits)
 
-    store._group_bulk_txn = spy  # type: ignore[method-assign]
+    store.group_commit.group_run_txn = spy  # type: ignore[method-assign]
     rooms = [f"!g{i}:test" for i in range(ROOMS)]
     plans = {room: _creation(store, room) for room in rooms}
     await asyncio.gather(*(_write_one_by_one(store, plans[r][0]) for r in rooms))
     # One slot: while one transaction ran, the other rooms' writes queued and went together,
     # through the multi-room statements.
-    assert store._commits.requests == ROOMS * 4
-    assert store._commits.calls < ROOMS * 4
+    assert store.group_commit.commits.requests == ROOMS * 4
+    assert store.group_commit.commits.calls < ROOMS * 4
     assert grouped and max(grouped) > 1
     for room in rooms:
         extremities, state = await _stored(pool, room)
@@ -94,13 +93,13 @@ async def test_one_rooms_failure_does_not_fail_the_others_of_its_group(
     rerun = [again, write(late, raw, before=state, current=state, extremities=["$late"])]
 
     blocker = asyncio.Event()
-    real_txn = store._group_txn
+    real_txn = store.group_commit.group_txn
 
     async def slow_first(conn: asyncpg.Connection, commits: list) -> list:  # type: ignore[type-arg]
         await blocker.wait()
         return await real_txn(conn, commits)
 
-    store._group_txn = slow_first  # type: ignore[method-assign]
+    store.group_commit.group_txn = slow_first  # type: ignore[method-assign]
     # The first write holds the only slot; everything else queues behind it as one group.
     first = asyncio.create_task(store.persist(plans[good[0]][0][0]))
     await asyncio.sleep(0.05)
@@ -119,34 +118,30 @@ async def test_one_rooms_failure_does_not_fail_the_others_of_its_group(
     assert (await _stored(pool, bad))[0] == [f"$m1{bad}"]
 
 
-_REFUSE: contextvars.ContextVar[bool] = contextvars.ContextVar("refuse", default=False)
-
-
 class _Refusing(PostgresStore):
-    """Refuses a write when its caller's context says so: the check runs in the group
-    commit's task, so this only works if each room's writes run in their caller's context."""
+    """Fences every write; the rooms in `refuse` with a view no room has."""
 
-    def check_room_row(self, room: RoomRow) -> None:
-        if _REFUSE.get():
-            raise RetryableError(f"refused {room.room_id}", code="test_refusal")
+    refuse: frozenset[str] = frozenset()
+
+    async def _view_of(self, room_id: str, first: EventWrite) -> RoomView:
+        if room_id in self.refuse:
+            return RoomView(-1, ())
+        return await super()._view_of(room_id, first)
 
 
-async def test_each_rooms_writes_run_in_their_callers_context(pool: asyncpg.Pool) -> None:
-    store = _Refusing(pool, concurrency=1)
+async def test_each_rooms_writes_are_checked_against_their_own_fence(pool: asyncpg.Pool) -> None:
+    store = _Refusing(pool, concurrency=1, fence_writes=True)
     rooms = [f"!ctx{i}:test" for i in range(5)]
+    store.refuse = frozenset({rooms[2]})
     plans = {room: _creation(store, room) for room in rooms}
-
-    async def create(room: str, refuse: bool) -> None:
-        _REFUSE.set(refuse)
-        await store.persist_many(plans[room][0][:1])
-
     results = await asyncio.gather(
-        *(create(r, i == 2) for i, r in enumerate(rooms)), return_exceptions=True
+        *(store.persist_many(plans[r][0][:1]) for r in rooms), return_exceptions=True
     )
-    assert [isinstance(r, RetryableError) for r in results] == [False, False, True, False, False]
+    assert [isinstance(r, StaleRoomView) for r in results] == [False, False, True, False, False]
     assert sorted(await store.events([f"$c{r}" for r in rooms])) == sorted(
         f"$c{r}" for i, r in enumerate(rooms) if i != 2
     )
+    assert store.stale_views == 1
 
 
 def _busy_room(store: PostgresStore, room: str) -> list[list[EventWrite]]:
@@ -267,14 +262,14 @@ async def test_a_grouped_commit_stores_exactly_what_room_by_room_commits_store(
         await store.persist_many(commit)
     grouped_rooms = [f"!grp{i}:test" for i in range(6)]
     plans = {room: _busy_room(store, room) for room in grouped_rooms}
-    calls = store._commits.calls
+    calls = store.group_commit.commits.calls
 
     async def room_commits(room: str) -> None:
         for commit in plans[room]:
             await store.persist_many(commit)
 
     await asyncio.gather(*(room_commits(r) for r in grouped_rooms))
-    assert store._commits.calls - calls < sum(len(p) for p in plans.values())
+    assert store.group_commit.commits.calls - calls < sum(len(p) for p in plans.values())
     # Shared for real: no group failed over to room-by-room commits (which store the same).
     assert store.groups_split == 0
     want = await _fingerprint(pool, alone)

@@ -8,6 +8,8 @@ import asyncpg
 
 from worker.storage import apply_migrations
 from worker.storage import events as ev_sql
+from worker.storage import finish as finish_sql
+from worker.storage import rooms as room_sql
 
 
 async def _upsert(conn: asyncpg.Connection, event_id: str, outcome: int) -> int:
@@ -22,7 +24,7 @@ async def test_write_log_has_one_row_per_event_first_written(database_dsn: str) 
     conn = await asyncpg.connect(database_dsn, server_settings={"application_name": "w-7"})
     try:
         await apply_migrations(conn)
-        await conn.fetchrow(ev_sql.UPSERT_ROOM, "!a:t", "10")
+        await conn.fetchrow(room_sql.UPSERT_ROOM, "!a:t", "10")
         async with conn.transaction():
             first = await _upsert(conn, "$a", 1)
             started = await conn.fetchval("SELECT now()")
@@ -47,11 +49,11 @@ async def test_finish_event_rewrites_the_room_row_only_when_it_changes(
     conn = await asyncpg.connect(database_dsn)
     try:
         await apply_migrations(conn)
-        await conn.fetchrow(ev_sql.UPSERT_ROOM, "!a:t", "10")
+        await conn.fetchrow(room_sql.UPSERT_ROOM, "!a:t", "10")
 
         async def finish(changed: bool, snapshot: int, extremities: list[str] | None) -> str:
             await conn.execute(
-                ev_sql.FINISH_EVENT, 1, changed, snapshot, extremities, "{}",
+                finish_sql.FINISH_EVENT, 1, changed, snapshot, extremities, "{}",
                 [], [], [], [], [], [], "!a:t", None, None,
             )
             version: str = await conn.fetchval("SELECT xmin::text FROM rooms WHERE room_nid = 1")

@@ -201,7 +201,7 @@ class StoreModel(RuleBasedStateMachine):
 
     async def _chain(self, store: PostgresStore, h: PgState) -> sb.Chain:
         async with self.pool.acquire() as conn:
-            return await store._chain(conn, h.snapshot_nid)
+            return await store.states.chain(conn, h.snapshot_nid)
 
 
 def test_store_matches_model(database_dsn: str, small_thresholds: None) -> None:

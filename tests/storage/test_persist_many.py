@@ -7,7 +7,8 @@ import pytest
 
 from tests.storage.helpers import make_event, member, write
 from worker.storage import PostgresStore
-from worker.storage.store import PgState, StaleWrite
+from worker.storage.handles import PgState
+from worker.storage.run_write import StaleWrite
 
 ROOM = "!many:test"
 

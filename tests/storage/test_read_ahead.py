@@ -69,8 +69,8 @@ async def test_state_after_of_a_written_event_equals_the_stored_one(
 async def test_held_events_come_without_their_json_unless_redacted_meanwhile(
     store: PostgresStore, monkeypatch: Any
 ) -> None:
+    from worker.storage import event_rows as store_module
     from worker.storage import events as ev_sql
-    from worker.storage import store as store_module
 
     await _linear_room(store)
     ids = ["$create", "$join_alice", "$pl", "$join_bob", "$msg"]
@@ -120,7 +120,7 @@ async def test_room_rows_asked_for_at_once_are_read_together(store: PostgresStor
         asyncio.gather(*(reader.extremities(r) for r in asked)),
     )
     # The first ran alone; the eleven others waited for it and went in one read.
-    assert (reader._room_reads.calls, reader._room_reads.requests) == (2, 12)
+    assert (reader.reads.room_reads.calls, reader.reads.room_reads.requests) == (2, 12)
     known = RoomInfo(ROOM, VERSION)
     assert rooms == [known, None, known, None]
     assert [s is not None for s in states] == [True, False, True, False]

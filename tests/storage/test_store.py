@@ -223,7 +223,7 @@ async def test_compaction_through_postgres(
         for eid, h in handles.items():
             assert await cold.materialize(h) == want[eid]
             assert isinstance(h, PgState)
-            assert sb.chain_blocks(await cold._chain(conn, h.snapshot_nid)) <= sb.MAX_BLOCKS
+            assert sb.chain_blocks(await cold.states.chain(conn, h.snapshot_nid)) <= sb.MAX_BLOCKS
     row = await pool.fetchrow(
         """SELECT count(*) FILTER (WHERE rank = -1) AS roots,
                   count(*) FILTER (WHERE rank > 0) AS merged,

@@ -16,7 +16,7 @@ it) and by the commands; it imports the core, the messages and, for its PostgreS
 from worker.bus.consumer import ConsumerSettings, InputConsumer, InputHandler
 from worker.bus.deadletter import DeadLetterWriter
 from worker.bus.dispatch import RoomDispatcher
-from worker.bus.outbox import NatsOutboxRelay, OutboxRow, OutboxStore, PgOutboxStore
+from worker.bus.outbox import NatsOutboxRelay, OutboxRow, OutboxStore
 from worker.bus.producer import input_headers, publish_input, send_input
 from worker.bus.settle import AckAction, Fate, RetryPolicy, Situation
 from worker.bus.streams import StreamLimits, ensure_stream, ensure_streams, stream_configs
@@ -32,7 +32,6 @@ __all__ = [
     "NatsOutboxRelay",
     "OutboxRow",
     "OutboxStore",
-    "PgOutboxStore",
     "RetryPolicy",
     "RoomDispatcher",
     "Situation",

@@ -5,7 +5,7 @@ The pipeline writes one outbox row per output in the event's own transaction, th
 `<prefix>.output.<room token>` with `Nats-Msg-Id` = the row's stable output id, waits for
 JetStream's `PubAck`, and marks the rows sent. After a crash between commit and publish, `sweep()` (run at
 start and then periodically by `run()`) publishes whatever is still unsent, and updates the
-outbox gauges when given a `stats` callable (`PgOutboxStore.stats`). Publishing a row
+outbox gauges when given a `stats` callable (the store's `stats`). Publishing a row
 twice is harmless within the stream's duplicate window: JetStream drops the repeat.
 
 Batches: a room's rows of one pass go out as JetStream *atomic batches* (ADR-50, nats-server
@@ -58,7 +58,7 @@ from nats.errors import Error as NatsError
 from nats.js.errors import APIError
 from nats.js.errors import Error as JetStreamError
 
-from worker.bus.outbox_store import OutboxRow, OutboxStore, PgOutboxStore, RoomsOutboxStore
+from worker.bus.outbox_store import OutboxRow, OutboxStore, RoomsOutboxStore
 from worker.bus.requests import Requester
 from worker.bus.subjects import MSG_ID_HEADER, OUTPUT_TYPE_HEADER, ROOM_ID_HEADER, Subjects
 from worker.errors import RetryableError
@@ -553,7 +553,6 @@ __all__ = [
     "NatsOutboxRelay",
     "OutboxRow",
     "OutboxStore",
-    "PgOutboxStore",
     "RoomsOutboxStore",
     "worth_batching",
 ]

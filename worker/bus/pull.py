@@ -2,23 +2,28 @@
 
 nats-py's `PullSubscription.fetch` takes each message of a batch with `next_msg`, which starts
 two tasks per message (and draws a uuid4); on a busy event loop every one of them waits for
-a full turn of the loop, so under load a fetch of a batch waits many turns while the shard's
-rooms sit idle. The messages of a batch arrive together and the client's reader puts
-them all in the subscription's queue: `fetch` here waits for the first one only and takes
-the rest that are already there.
+a full turn of the loop, so under load a fetch of a whole batch keeps the shard's rooms idle
+for many turns. The messages of a batch arrive together and the client's reader puts them
+all in the subscription's queue: `fetch` here waits for the first one only and takes the
+rest that are already there.
 
 Same contract as nats-py's: at least one message, at most `batch`, in stream order, or
 `nats.errors.TimeoutError` when none came within `timeout`; a status other than "no
 messages", "request timeout", "conflict" or a heartbeat raises `APIError`. Messages of an
 earlier request that arrive late (the client gave up on it first) are taken by the next
-call, as nats-py does. It reads nats-py's subscription queue, a private attribute: where
-that is missing (another nats-py), it falls back to nats-py's own `fetch`.
+call, as nats-py does.
+
+It reads private attributes of nats-py's subscription (`PRIVATE_ATTRIBUTES`): pyproject.toml
+pins nats-py to the minor series they were checked against, and `private_parts` raises
+`UnsupportedClient` when one is missing, so a nats-py that changed them fails loudly (its
+test, and the consumer's first fetch) instead of quietly taking a slower path.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+from importlib.metadata import version
 from typing import Any
 
 import nats.errors
@@ -31,11 +36,38 @@ _NOTHING = frozenset({"404", "408", "409"})
 _HEARTBEAT = "100"
 
 
-async def fetch(sub: JetStreamContext.PullSubscription, batch: int, timeout: float) -> list[Msg]:
+# What this module reads of nats-py: the pull subscription's connection, its request subject
+# and inbox, and its inner subscription's message queue and pending-bytes count.
+PRIVATE_ATTRIBUTES = {
+    "PullSubscription": ("_nc", "_nms", "_deliver", "_sub"),
+    "Subscription": ("_pending_queue", "_pending_size"),
+}
+
+
+class UnsupportedClient(RuntimeError):
+    """The installed nats-py lacks an attribute this module reads."""
+
+
+def private_parts(sub: JetStreamContext.PullSubscription) -> tuple[Any, asyncio.Queue[Msg]]:
+    """The inner subscription and its message queue; `UnsupportedClient` if nats-py's
+    private attributes are not what this module reads."""
+    missing = [f"PullSubscription.{a}" for a in PRIVATE_ATTRIBUTES["PullSubscription"]
+               if not hasattr(sub, a)]
     inner: Any = getattr(sub, "_sub", None)
-    queue: asyncio.Queue[Msg] | None = getattr(inner, "_pending_queue", None)
-    if queue is None or not all(hasattr(sub, a) for a in ("_nc", "_nms", "_deliver")):
-        return await sub.fetch(batch, timeout=timeout)
+    missing += [f"Subscription.{a}" for a in PRIVATE_ATTRIBUTES["Subscription"]
+                if not hasattr(inner, a)]
+    queue = getattr(inner, "_pending_queue", None)
+    if missing or not isinstance(queue, asyncio.Queue):
+        if not missing:
+            missing.append("Subscription._pending_queue as an asyncio.Queue")
+        raise UnsupportedClient(
+            f"nats-py {version('nats-py')} lacks {', '.join(missing)}: worker.bus.pull reads them"
+        )
+    return inner, queue
+
+
+async def fetch(sub: JetStreamContext.PullSubscription, batch: int, timeout: float) -> list[Msg]:
+    inner, queue = private_parts(sub)
     msgs = _take(inner, queue, batch)
     if msgs:
         return msgs
@@ -109,4 +141,4 @@ def _status(msg: Msg) -> str | None:
     return str(status) if status is not None else None
 
 
-__all__ = ["fetch"]
+__all__ = ["PRIVATE_ATTRIBUTES", "UnsupportedClient", "fetch", "private_parts"]

@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     settings = load_or_report()
     if settings is None:
         return EXIT_CONFIG
-    from worker.app import nats_options
+    from worker.connections import nats_options
 
     url = args.url or settings.nats.url or f"nats://127.0.0.1:{settings.nats.embedded_port}"
     prefix = args.prefix or settings.bus.prefix

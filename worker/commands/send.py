@@ -230,7 +230,7 @@ async def connect_once(url: str, settings: Settings) -> Any:
     otherwise retry its initial connect 60 times, two seconds apart, logging each one)."""
     import nats
 
-    from worker.app import nats_options
+    from worker.connections import nats_options
 
     async def quiet(exc: Exception) -> None:
         del exc  # the caller reports the final failure

@@ -1,4 +1,4 @@
-"""The NATS adapter of the pipeline's `FederationClient` port (DESIGN §2 step 4, issue 9).
+"""The NATS adapter of the pipeline's `FederationClient` port (DESIGN §2 step 4).
 
 Each method is one request/reply on `<prefix>.<verb>` with a timeout. What comes back is
 handed to the gap filler unchecked (it checks every PDU before use), but the envelope is held

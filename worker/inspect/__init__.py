@@ -2,6 +2,7 @@
 
 `reads.load_room` reads one room from PostgreSQL into a `RoomDump`; `model` analyses it
 (summary, forks, conflicts at merges, layout) without I/O; `svg.render` draws the DAG.
+An operator tool: only `worker.commands` and tests import it; it reads through storage.
 """
 
 from worker.inspect.model import Conflict, EventInfo, Merge, RoomDump, Summary, summarize

@@ -18,13 +18,10 @@ from worker.config import Settings
 from worker.core.events import Event, StateKey
 from worker.core.versions import rules_for
 from worker.inspect.model import EventInfo, RoomDump
+from worker.storage import rooms as room_sql
 from worker.storage.events import KIND_NAMES, OUTCOME_NAMES
 from worker.storage.query_reads import PostgresQueryReads
 from worker.storage.store import PostgresStore
-
-SELECT_ROOM = """
-SELECT room_id, room_version, extremities, notes FROM rooms WHERE room_id = $1
-"""
 
 SELECT_ROOM_EVENTS = """
 SELECT * FROM (
@@ -38,8 +35,6 @@ SELECT * FROM (
     LIMIT $2
 ) recent ORDER BY event_nid
 """
-
-SELECT_ROOM_IDS = "SELECT room_id FROM rooms ORDER BY room_nid"
 
 # Merges whose conflicts are worked out (the most recent ones).
 MAX_MERGES = 200
@@ -56,12 +51,12 @@ class InspectError(Exception):
 
 
 async def room_ids(pool: asyncpg.Pool[Any]) -> list[str]:
-    return [r["room_id"] for r in await pool.fetch(SELECT_ROOM_IDS)]
+    return [r["room_id"] for r in await pool.fetch(room_sql.SELECT_ROOM_IDS)]
 
 
 async def load_room(pool: asyncpg.Pool[Any], room_id: str, limit: int = 5000) -> RoomDump:
     """The room as stored; raises `InspectError("unknown_room")` if it is not known."""
-    room = await pool.fetchrow(SELECT_ROOM, room_id)
+    room = await pool.fetchrow(room_sql.SELECT_ROOM_SUMMARY, room_id)
     if room is None:
         raise InspectError("unknown_room", f"the roomserver does not know {room_id}")
     rules = rules_for(room["room_version"])

@@ -1,6 +1,8 @@
 """Wire types of the roomserver's NATS contract (DESIGN §4): the source of `schemas/messages/`.
 
 Every Struct is frozen and keyword-only; changes are additive (new fields get defaults).
+Any layer above the core may import it (pipeline, query, the adapters, the app); it imports
+only the pure core (an import-linter contract).
 """
 
 from worker.messages.deadletter import (

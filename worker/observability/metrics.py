@@ -63,9 +63,9 @@ DUPLICATES = Counter(
 class StageHistogram(Collector):
     """A histogram labelled by stage, for `measure`: the pipeline observes a dozen stages
     per event, and prometheus_client's `Histogram.observe` takes a lock twice and walks the
-    buckets in Python each time (~4% of the worker's CPU). Here an observation is a bisect
-    and two additions on plain lists. Everything runs on the one event loop, `/metrics`
-    included (`worker.observability.http`), so nothing needs a lock. Exposed exactly as a
+    buckets in Python each time, a cost that shows in the worker's CPU. Here an observation
+    is a bisect and two additions on plain lists. Everything runs on the one event loop,
+    `/metrics` included (`worker.observability.http`), so nothing needs a lock. Exposed exactly as a
     `Histogram` of the same name and buckets (`_bucket`, `_count`, `_sum`).
     """
 

@@ -10,7 +10,10 @@
 
 The wire types are in `worker.messages.query` and `worker.messages.query_homeserver`; the
 PostgreSQL implementations of the ports are `worker.storage.query_reads.PostgresQueryReads`
-and `worker.storage.homeserver_reads.PostgresHomeserverReads`.
+and `worker.storage.homeserver_reads.PostgresHomeserverReads`, built by `worker.app` and
+handed to the service. Who may import it: the adapters that implement its ports
+(`worker.storage`), the app and tests. It imports only `worker.messages`, the core and
+observability: never storage, the bus or the app (an import-linter contract).
 """
 
 from worker.query.handlers import HANDLERS, QueryFailed, answer

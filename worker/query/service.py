@@ -13,9 +13,7 @@ import asyncio
 import os
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
 
-import asyncpg
 import msgspec
 import structlog
 from nats.aio.client import Client
@@ -116,7 +114,7 @@ class QueryService:
 
 async def start_query_service(
     nc: Client,
-    store: QueryStore | asyncpg.Pool[Any],
+    store: QueryStore,
     *,
     prefix: str = "roomserver",
     max_in_flight: int = 16,
@@ -126,29 +124,11 @@ async def start_query_service(
 ) -> QueryService:
     """Start the `roomserver` micro service with every query endpoint; `stop()` to end it.
 
-    `store` is a `QueryStore`, or an asyncpg pool: then the PostgreSQL adapter of
-    worker.storage.query_reads is built over it, and since that pool is shared with the input
-    pipeline, queries are held to a quarter of its connections (each query uses at most one at
-    a time), so a burst of queries can never starve event processing (DESIGN §5). Their state
-    resolutions run in the loop's default executor, where the pipeline resolves big forks too:
-    they are also held below its thread count, so the pipeline always finds a thread free.
-
-    The homeserver queries (worker.query.homeserver) are served too when there is a
-    `homeserver` store: over a pool, `worker.storage.homeserver_reads` builds one. Their
+    At most `max_in_flight` queries run at once (`worker.app.start_queries` bounds it by the
+    connections and threads the queries share with the input pipeline). The homeserver
+    queries (worker.query.homeserver) are served too when there is a `homeserver` store; their
     "local" users are those of `server_name` (`SERVER_NAME`).
     """
-    if isinstance(store, asyncpg.Pool):
-        from worker.storage.homeserver_reads import PostgresHomeserverReads
-        from worker.storage.query_reads import PostgresQueryReads
-
-        homeserver = PostgresHomeserverReads(store)
-
-        max_in_flight = min(
-            max_in_flight,
-            max(1, store.get_max_size() // 4),
-            max(1, default_executor_threads() - 1),
-        )
-        store = PostgresQueryReads.from_pool(store)
     hs = Homeserver(homeserver, server_name) if homeserver is not None else None
     svc = QueryService(store, max_in_flight=max_in_flight, homeserver=hs)
     service = await add_service(

@@ -19,28 +19,39 @@ batch is dropped whole and the caller handles the events again one by one.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Protocol
 
 from worker.core.events import Event, StateKey
 from worker.core.outcomes import Outcome
 from worker.errors import InvariantViolation
-from worker.pipeline.ports import EventWrite, RoomInfo, StateHandle, StoredEvent
+from worker.pipeline.ports import (
+    EventWrite,
+    ReadAheadStore,
+    RoomInfo,
+    StateHandle,
+    StoredEvent,
+)
 from worker.pipeline.ports import StoreBatch as Batch
-from worker.storage.store import PgState, PostgresStore
+from worker.storage.handles import PgState
+from worker.storage.handles import apply as _apply
+from worker.storage.handles import own as _own
 
 _REDACTION = "m.room.redaction"
 
 
-def _own(state: StateHandle) -> PgState:
-    if not isinstance(state, PgState):
-        raise InvariantViolation(f"state handle {state!r} was not made by PostgresStore")
-    return state
+class BatchedStore(ReadAheadStore, Protocol):
+    """What a batch needs of the store it commits to (`PostgresStore`)."""
+
+    async def persist_many(self, writes: Sequence[EventWrite]) -> None: ...
+
+    async def ensure_names(self, keys: Iterable[StateKey]) -> None: ...
 
 
 class StoreBatch:
     """A `RoomStore` (and `ReadAheadStore`) over `inner`, for the events of one room."""
 
-    def __init__(self, inner: PostgresStore, room_id: str) -> None:
+    def __init__(self, inner: BatchedStore, room_id: str) -> None:
         self.inner = inner
         self.room_id = room_id
         self._writes: list[EventWrite] = []
@@ -185,7 +196,7 @@ class StoreBatch:
     async def state_from_ids(self, room_id: str, event_ids: Sequence[str]) -> PgState:
         # The store reads the events' keys itself: the events must be committed.
         await self.flush()
-        return await self.inner.state_from_ids(room_id, event_ids)
+        return _own(await self.inner.state_from_ids(room_id, event_ids))
 
     async def current_state(self, room_id: str) -> StateHandle | None:
         if room_id == self.room_id:
@@ -226,10 +237,10 @@ class StoreBatch:
         return await self.inner.materialize(state)
 
     def apply(self, state: StateHandle, entries: Mapping[StateKey, str]) -> PgState:
-        return self.inner.apply(state, entries)
+        return _apply(state, entries)
 
     async def handle_from_map(self, room_id: str, state: Mapping[StateKey, str]) -> PgState:
-        return await self.inner.handle_from_map(room_id, state)
+        return _own(await self.inner.handle_from_map(room_id, state))
 
     async def diff(
         self, old: StateHandle | None, new: StateHandle
@@ -271,7 +282,7 @@ class StoreBatch:
         if write.state_before is not None and write.kind != "outlier":
             key = e.state_tuple
             entries = {key: eid} if key is not None and write.outcome is Outcome.ACCEPTED else {}
-            self._after[eid] = self.inner.apply(write.state_before, entries)
+            self._after[eid] = _apply(write.state_before, entries)
         if write.extremities is not None:
             self._extremities = list(write.extremities)
         if write.current_state is not None:

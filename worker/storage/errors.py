@@ -1,10 +1,23 @@
-"""How the store tells a passing database outage from a real error."""
+"""The database errors the storage adapters retry, in one place.
+
+`DATABASE_ERRORS`: what asyncpg raises when a statement did not complete, for any reason the
+database or the driver gives. `is_database_down`: the subset that means the database is away
+for a moment (a restart, a lost connection), which every write path reports as retryable;
+any other error of a write is a bug that must surface.
+"""
 
 from __future__ import annotations
 
 import asyncpg
 
 from worker.errors import RetryableError
+
+DATABASE_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+    OSError,
+)
 
 
 def is_database_down(exc: BaseException) -> bool:
@@ -24,4 +37,4 @@ def is_database_down(exc: BaseException) -> bool:
     return False
 
 
-__all__ = ["is_database_down"]
+__all__ = ["DATABASE_ERRORS", "is_database_down"]

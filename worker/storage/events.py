@@ -1,13 +1,19 @@
-"""Rooms, events, event JSON, prev references, memberships, invites and redactions (STYLE R8).
+"""Events, their JSON, prev references, write log and redactions (STYLE R8).
 
 Statement constants and batch-first functions; functions that must run inside the caller's
-transaction take the connection first and end in `_txn`.
+transaction take the connection first and end in `_txn`. Every statement's parameters follow
+`worker.storage.params` (index probes per key, plans kept).
+
+A run of new events is inserted by one statement (`INSERT_EVENTS`) under NIDs reserved
+first (`RESERVE_EVENT_NIDS`, or with the room's row: `worker.storage.rooms`), so that the
+snapshots naming them can be planned before the rows exist; an event found stored after all
+(`ON CONFLICT DO NOTHING` skipped it) makes the caller abort, and the upsert of one event at
+a time (`UPSERT_EVENT`) decides.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -16,6 +22,7 @@ import msgspec
 from worker.core.events import Event
 from worker.core.outcomes import Outcome
 from worker.core.versions import rules_for
+from worker.storage.params import array_param, keys_param
 
 KIND_CODES = {"new": 1, "outlier": 2, "old": 3}
 KIND_NAMES = {v: k for k, v in KIND_CODES.items()}
@@ -33,66 +40,9 @@ MEMBERSHIP_INVITE = 2
 
 _json_decoder = msgspec.json.Decoder(dict[str, Any])
 
-# Plan robustness. asyncpg prepares each statement once per connection, and after five
-# executions PostgreSQL may switch to a generic plan costed while the tables were tiny (or
-# never analyzed) and keep it for the life of the connection. A join may then be frozen as a
-# hash join over a sequential scan of a table that later holds millions of rows. So every
-# lookup by key below is written so that the only plan is an index probe per key: scalar
-# subqueries and `LATERAL (... LIMIT 1)` lookups on primary and unique keys, which the planner
-# cannot turn into hash joins, driven by the keys themselves (`unnest(keys) CROSS JOIN
-# LATERAL`). Not `WHERE key = ANY($1)`: costed as ten probes against one scan of a table of
-# ten to twelve pages, the scan wins, and is kept while the table grows. Each probe is costed
-# on its own against a whole scan, which never wins on a never-analyzed table (PostgreSQL
-# assumes ten pages or more) nor on one of the size autovacuum first analyzes it at
-# (schemas/sql/0004). tests/storage/test_plans.py checks the generic plans at many sizes.
-#
-# Generic plans, kept. A generic plan costs a key array as a hundred keys (`unnest($1)`) or
-# ten (`ANY($1)`); a custom plan sees the real, usually smaller, array and so always looks
-# cheaper, and PostgreSQL then plans the statement afresh on every call (measured: 0.2 ms of
-# planning per call of SELECT_EVENTS_AND_PENDING_REDACTIONS, more than its execution). So the
-# arrays are read through an InitPlan, `(SELECT $1::text[])::text[]`, which no plan can see
-# into: custom and generic plans cost alike, and after five calls the generic one is kept.
-
-
-def array_param(n: int, sql_type: str) -> str:
-    """Parameter `n` (an array of `sql_type`), hidden from the planner (see above)."""
-    return f"(SELECT ${n}::{sql_type}[])::{sql_type}[]"
-
-
-def keys_param(n: int, sql_type: str) -> str:
-    """One row per element of array parameter `n`: `FROM {keys_param(..)} AS k(key)`."""
-    return f"unnest({array_param(n, sql_type)})"
-
-
 # The event with a given ID or NID, one probe per key `k.key` (use as `... e`).
 _EVENT_BY_ID = "LATERAL (SELECT * FROM events x WHERE x.event_id = k.key LIMIT 1)"
 EVENT_BY_NID = "LATERAL (SELECT * FROM events x WHERE x.event_nid = k.key LIMIT 1)"
-
-# The rows of the rooms named in $1 (those that exist), one probe each.
-SELECT_ROOMS = f"""
-SELECT r.room_nid, r.room_id, r.room_version, r.current_snapshot_nid, r.extremities
-FROM {keys_param(1, "text")} AS k(key) CROSS JOIN LATERAL (
-    SELECT * FROM rooms y WHERE y.room_id = k.key LIMIT 1
-) r
-"""
-
-# The room is nearly always there already: read it first, and only a missing room reaches
-# the INSERT (which would otherwise draw a room NID from the sequence and probe the unique
-# index again, only to conflict).
-UPSERT_ROOM = """
-WITH old AS (
-    SELECT room_nid, room_id, room_version, current_snapshot_nid, extremities
-    FROM rooms WHERE room_id = $1
-), ins AS (
-    INSERT INTO rooms (room_id, room_version)
-    SELECT $1, $2 WHERE NOT EXISTS (SELECT 1 FROM old)
-    ON CONFLICT (room_id) DO NOTHING
-    RETURNING room_nid, room_id, room_version, current_snapshot_nid, extremities
-)
-SELECT * FROM ins
-UNION ALL
-SELECT * FROM old
-"""
 
 # One statement stores the event row, its JSON and its prev references, and, for an event
 # it inserts (not one it updates), its write-log row (schemas/sql/0002, 0003: `pre` reads the
@@ -133,60 +83,51 @@ WITH e AS (
 SELECT event_nid FROM ev
 """
 
-# The end of an event's write, in one round trip: the room row (current snapshot,
-# extremities, notes), the membership changes of a new current state ($6: the new member
-# events of changed targets, upserted, and recorded as invites when they are invites; $7:
-# targets whose entry disappeared, a state reset, deleted; $8: every changed target, whose
-# older active invites are retired), the outbox rows in order, and the pairing of a
-# redaction event with its target. The room row is rewritten only when a value changes (a
-# write of membership changes alone, or an outlier, leaves it as it is). Arrays are read
-# through InitPlans (see "Generic plans" above).
-FINISH_EVENT = f"""
-WITH room AS (
-    UPDATE rooms
-    SET current_snapshot_nid = CASE WHEN $2 THEN $3 ELSE current_snapshot_nid END,
-        extremities = coalesce($4, extremities),
-        notes = notes || $5::jsonb
-    WHERE room_nid = $1
-      AND (CASE WHEN $2 THEN $3 ELSE current_snapshot_nid END
-               IS DISTINCT FROM current_snapshot_nid
-           OR coalesce($4, extremities) IS DISTINCT FROM extremities
-           OR notes || $5::jsonb IS DISTINCT FROM notes)
-), up AS (
-    INSERT INTO memberships (room_nid, target_nid, membership, event_nid)
-    SELECT $1, e.state_key_nid, coalesce(e.membership, 0), e.event_nid
-    FROM {keys_param(6, "bigint")} AS k(key) CROSS JOIN {EVENT_BY_NID} e
-    ON CONFLICT (room_nid, target_nid) DO UPDATE
-    SET membership = EXCLUDED.membership, event_nid = EXCLUDED.event_nid
-), inv AS (
-    INSERT INTO invites (invite_event_nid, room_nid, target_nid)
-    SELECT e.event_nid, $1, e.state_key_nid
-    FROM {keys_param(6, "bigint")} AS k(key) CROSS JOIN {EVENT_BY_NID} e
-    WHERE e.membership = 2
-    ON CONFLICT (invite_event_nid) DO NOTHING
-), del AS (
-    DELETE FROM memberships WHERE room_nid = $1 AND target_nid = ANY({array_param(7, "bigint")})
-), ret AS (
-    UPDATE invites SET retired = true
-    WHERE room_nid = $1 AND target_nid = ANY({array_param(8, "bigint")}) AND NOT retired
-      AND NOT (invite_event_nid = ANY({array_param(6, "bigint")}))
-), ob AS (
-    INSERT INTO outbox (output_id, room_id, output_type, payload)
-    SELECT output_id, $12, output_type, payload
-    FROM unnest({array_param(9, "text")}, {array_param(10, "text")}, {array_param(11, "bytea")})
-         WITH ORDINALITY
-         AS u(output_id, output_type, payload, pos)
-    ORDER BY pos
-    ON CONFLICT (output_id) DO NOTHING
-), red AS (
-    INSERT INTO redactions (redaction_event_id, target_event_id)
-    SELECT $13::text, $14::text WHERE $13::text IS NOT NULL
-    ON CONFLICT (redaction_event_id) DO NOTHING
-)
-SELECT 1
+# NIDs for `n` events about to be inserted, in the order they will be used.
+RESERVE_EVENT_NIDS = """
+SELECT nextval(pg_get_serial_sequence('events', 'event_nid')) AS nid
+FROM generate_series(1, (SELECT $1::int))
 """
 
-# The JSON and room version of an event by primary key (see "Plan robustness" above).
+# $1..$13: one array element per event (the room's NID is $13: one statement may carry
+# the events of several rooms, a group commit's); $14, $15: the prev references as
+# parallel arrays (prev event ID, the NID of the event naming it). auth_event_nids travel as
+# array literals ('{1,2}'): a SQL array of arrays must be rectangular.
+INSERT_EVENTS = """
+WITH u AS (
+    SELECT *
+    FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[],
+                $6::smallint[], $7::smallint[], $8::text[], $9::text[], $10::smallint[],
+                $11::text[], $12::bigint[], $13::bigint[], $16::bytea[])
+         AS u(event_nid, event_id, type_nid, state_key_nid, depth, kind, outcome,
+              reason_code, reason, membership, auth, before, room_nid, json)
+), e AS (
+    INSERT INTO events (event_nid, event_id, room_nid, type_nid, state_key_nid, depth, kind,
+                        outcome, reason_code, reason, membership, auth_event_nids,
+                        before_snapshot_nid)
+    OVERRIDING SYSTEM VALUE
+    SELECT event_nid, event_id, room_nid, type_nid, state_key_nid, depth, kind, outcome,
+           reason_code, reason, membership, auth::bigint[], before
+    FROM u
+    ON CONFLICT (event_id) DO NOTHING
+    RETURNING event_nid, room_nid
+), j AS (
+    INSERT INTO event_json (event_nid, json)
+    SELECT u.event_nid, u.json FROM u WHERE u.event_nid IN (SELECT event_nid FROM e)
+), p AS (
+    INSERT INTO event_prevs (prev_event_id, event_nid)
+    SELECT prev, nid FROM unnest($14::text[], $15::bigint[]) AS r(prev, nid)
+    WHERE nid IN (SELECT event_nid FROM e)
+    ON CONFLICT DO NOTHING
+), w AS (
+    INSERT INTO write_log (room_nid, event_nid, worker, txn_started, written)
+    SELECT room_nid, event_nid, current_setting('application_name'), now(), clock_timestamp()
+    FROM e
+)
+SELECT count(*) FROM e
+"""
+
+# The JSON and room version of an event by primary key (`worker.storage.params`).
 _JSON_OF = "(SELECT j.json FROM event_json j WHERE j.event_nid = e.event_nid)"
 _VERSION_OF = "(SELECT r.room_version FROM rooms r WHERE r.room_nid = e.room_nid)"
 _JSON_OF_E = f"{_JSON_OF} AS json"
@@ -291,25 +232,6 @@ ON CONFLICT (redaction_event_id) DO UPDATE SET applied = true
 """
 
 
-@dataclass(frozen=True, slots=True)
-class RoomRow:
-    room_nid: int
-    room_id: str
-    version: str
-    current_snapshot_nid: int | None
-    extremities: list[str]
-
-
-def room_row(r: asyncpg.Record) -> RoomRow:
-    return RoomRow(
-        r["room_nid"],
-        r["room_id"],
-        r["room_version"],
-        r["current_snapshot_nid"],
-        list(r["extremities"]),
-    )
-
-
 def decode_event(event_id: str, json: bytes, version: str) -> Event:
     """An `Event` view of stored JSON (the room version was checked when the room was made)."""
     rules = rules_for(version)
@@ -344,3 +266,8 @@ async def events_by_nid(conn: asyncpg.Connection, nids: Sequence[int]) -> dict[i
         return {}
     rows = await conn.fetch(SELECT_EVENTS_BY_NID, sorted(set(nids)))
     return {r["event_nid"]: decode_event(r["event_id"], r["json"], r["room_version"]) for r in rows}
+
+
+async def reserve_event_nids(conn: asyncpg.Connection, n: int) -> list[int]:
+    rows = await conn.fetch(RESERVE_EVENT_NIDS, n)
+    return sorted(int(r["nid"]) for r in rows)

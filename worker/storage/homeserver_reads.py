@@ -25,9 +25,10 @@ import asyncpg
 from worker.core import stateblocks as sb
 from worker.core.events import StateKey
 from worker.query.homeserver_ports import WILDCARD, RoomState, StateEntry
-from worker.storage.cache import Lru
-from worker.storage.events import MEMBERSHIP_CODES, MEMBERSHIP_NAMES, keys_param
+from worker.storage.events import MEMBERSHIP_CODES, MEMBERSHIP_NAMES
+from worker.storage.lru import Lru
 from worker.storage.nids import NidCache, select_names, select_nids
+from worker.storage.params import keys_param
 from worker.storage.snapshots import load_layers
 
 _JOIN = MEMBERSHIP_CODES["join"]

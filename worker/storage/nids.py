@@ -14,7 +14,7 @@ transaction helper retries the ones that still happen.
 Existing names are found by one unique-index probe per name (scalar subqueries and `LATERAL`
 lookups), never by a join that a cached generic plan could freeze into a hash join over the
 whole dictionary: `state_keys` holds every user ID the server has seen
-(worker.storage.events, "Plan robustness").
+(worker.storage.params, "Plan robustness").
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import asyncpg
 
-from worker.storage.events import keys_param
+from worker.storage.params import keys_param
 
 # Preassigned in schemas/sql/0001_initial.sql; the reserved range ends at 65535.
 WELL_KNOWN_TYPES: Mapping[str, int] = {

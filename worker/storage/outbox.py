@@ -1,30 +1,26 @@
 """The transactional outbox (DESIGN §2 steps 8-9).
 
-Rows are inserted in the event's own transaction (`insert_outputs_txn`), so an output exists
-exactly when its event's effects are committed. The relay (`worker.bus.outbox`) reads
+Rows are inserted in the event's own transaction, by the end of its write
+(`worker.storage.finish`), so an output exists exactly when its event's effects are
+committed. The relay (`worker.bus.outbox`) reads
 `fetch_unsent` in commit order, publishes each with `Nats-Msg-Id = output_id`, then calls
 `mark_sent`. A crash between publish and mark only causes a republish, which JetStream's
 duplicate window drops. Re-running an input inserts nothing: `output_id` is unique.
+
+`PgOutboxStore` is the relay's `OutboxStore` port (declared in `worker.bus.outbox`) over
+these functions and a pool.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import asyncpg
 
-from worker.pipeline.ports import OutputRecord
-from worker.storage.events import keys_param
-
-INSERT_OUTPUTS = """
-INSERT INTO outbox (output_id, room_id, output_type, payload)
-SELECT output_id, $1, output_type, payload
-FROM unnest($2::text[], $3::text[], $4::bytea[]) WITH ORDINALITY
-     AS u(output_id, output_type, payload, pos)
-ORDER BY pos
-ON CONFLICT (output_id) DO NOTHING
-"""
+from worker.errors import RetryableError
+from worker.storage.errors import DATABASE_ERRORS
+from worker.storage.params import keys_param
 
 # Rows of the rooms with an unsent row at least $2 seconds old, all of each such room's
 # unsent rows: a room's rows in seq order are its commit order, created_at (its transaction's
@@ -64,7 +60,7 @@ ORDER BY o.seq LIMIT $1
 # out of the UPDATE's own WHERE leaves the primary key as its only index. Two relays marking
 # one row at once may both count it; the row is marked either way. The IDs are read through an
 # InitPlan so that the generic plan is kept, not re-planned per call (see "Generic plans" in
-# worker.storage.events).
+# worker.storage.params).
 MARK_SENT = f"""
 WITH unsent AS (
     SELECT o.output_id
@@ -98,21 +94,6 @@ class OutboxRow:
     room_id: str
     output_type: str
     payload: bytes
-
-
-async def insert_outputs_txn(
-    conn: asyncpg.Connection, room_id: str, outputs: Sequence[OutputRecord]
-) -> None:
-    """Insert the outputs of one event, in order, inside the caller's transaction."""
-    if not outputs:
-        return
-    await conn.execute(
-        INSERT_OUTPUTS,
-        room_id,
-        [o.output_id for o in outputs],
-        [o.output_type for o in outputs],
-        [o.payload for o in outputs],
-    )
 
 
 async def fetch_unsent(
@@ -166,3 +147,51 @@ async def prune_sent(db: Executor, older_than_seconds: float) -> int:
     """Delete rows published more than `older_than_seconds` ago; returns how many."""
     status = await db.execute(DELETE_SENT, float(older_than_seconds))
     return int(status.split()[-1])
+
+
+@dataclass(frozen=True, slots=True)
+class PgOutboxStore:
+    """The relay's `OutboxStore` over this module's functions and a connection pool.
+
+    Every database error becomes `RetryableError` (the statements are idempotent reads and
+    marks: the relay tries again on its next pass), so a flush that cannot reach PostgreSQL
+    naks the input instead of failing it.
+    """
+
+    db: asyncpg.Pool
+    # Rows are marked by output id: the ids of fetched rows, by seq, until marked.
+    _ids: dict[int, str] = field(default_factory=dict, init=False, repr=False)
+
+    async def fetch_unsent(
+        self, limit: int, room_id: str | None = None, *, min_age: float = 0.0
+    ) -> Sequence[OutboxRow]:
+        try:
+            rows = await fetch_unsent(self.db, room_id=room_id, limit=limit, min_age=min_age)
+        except DATABASE_ERRORS as exc:
+            raise RetryableError(f"outbox read failed: {exc!r}", code="database_unavailable") from exc
+        self._ids.update((r.seq, r.output_id) for r in rows)
+        return rows
+
+    async def fetch_unsent_rooms(
+        self, room_ids: Sequence[str], limit: int, *, per_room: int | None = None
+    ) -> Sequence[OutboxRow]:
+        try:
+            rows = await fetch_unsent_rooms(self.db, room_ids, limit=limit, per_room=per_room)
+        except DATABASE_ERRORS as exc:
+            raise RetryableError(f"outbox read failed: {exc!r}", code="database_unavailable") from exc
+        self._ids.update((r.seq, r.output_id) for r in rows)
+        return rows
+
+    async def mark_sent(self, seqs: Sequence[int]) -> None:
+        ids = [self._ids.pop(seq) for seq in seqs if seq in self._ids]
+        try:
+            await mark_sent(self.db, ids)
+        except DATABASE_ERRORS as exc:
+            raise RetryableError(f"outbox update failed: {exc!r}", code="database_unavailable") from exc
+
+    async def stats(self) -> tuple[int, float]:
+        """(unsent rows, age of the oldest in seconds) for the outbox gauges."""
+        try:
+            return await outbox_stats(self.db)
+        except DATABASE_ERRORS as exc:
+            raise RetryableError(f"outbox stats failed: {exc!r}", code="database_unavailable") from exc

@@ -24,8 +24,9 @@ from worker.core.events import StateKey
 from worker.core.versions import RoomRules, rules_for
 from worker.pipeline.ports import StateHandle
 from worker.query.ports import WILDCARD, QueryEvent, StateFilter
-from worker.storage.events import keys_param
+from worker.storage import rooms as room_sql
 from worker.storage.nids import NidCache, select_names, select_nids
+from worker.storage.params import keys_param
 from worker.storage.snapshots import load_layers
 from worker.storage.store import PostgresStore
 
@@ -36,11 +37,10 @@ _MEMBERSHIPS = {0: "", 1: "leave", 2: "invite", 3: "join", 4: "knock", 5: "ban"}
 _MEMBER_TYPE_NID = 5
 _JOIN = 3
 
-SELECT_ROOM_VERSION = "SELECT room_version FROM rooms WHERE room_id = $1"
 
 # Every lookup by key is an index probe per key (scalar subqueries, `LATERAL (... LIMIT 1)`):
 # never a join that a cached generic plan could freeze into a hash join over a whole table
-# (worker.storage.events, "Plan robustness"; tests/storage/test_plans.py).
+# (worker.storage.params, "Plan robustness"; tests/storage/test_plans.py).
 # The events with the IDs of parameter 1, one probe per ID.
 _EVENTS_BY_ID = f"""{keys_param(1, "text")} AS k(key)
 CROSS JOIN LATERAL (SELECT * FROM events x WHERE x.event_id = k.key LIMIT 1) e"""
@@ -117,7 +117,7 @@ class PostgresQueryReads:
         return cls(pool, PostgresStore(pool, layer_cache_entries=500_000, event_cache_size=5_000))
 
     async def room_version(self, room_id: str) -> str | None:
-        version: str | None = await self._pool.fetchval(SELECT_ROOM_VERSION, room_id)
+        version: str | None = await self._pool.fetchval(room_sql.SELECT_ROOM_VERSION, room_id)
         return version
 
     async def events(self, event_ids: Sequence[str]) -> dict[str, QueryEvent]:

@@ -11,7 +11,7 @@ means two writers never race on the same room's hashes.
 
 Every lookup by key is a `LATERAL (... LIMIT 1)` probe or a scalar subquery, never a join the
 planner could freeze into a hash join over a whole table in a cached generic plan (see
-worker.storage.events, "Plan robustness"; tests/storage/test_plans.py).
+worker.storage.params, "Plan robustness"; tests/storage/test_plans.py).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from worker.observability.metrics import (
     STATE_BLOCKS_REUSED,
     STATE_BLOCKS_WRITTEN,
 )
-from worker.storage.events import array_param, keys_param
+from worker.storage.params import array_param, keys_param
 
 LOAD_CHAINS = f"""
 WITH RECURSIVE chain AS (
@@ -59,7 +59,7 @@ CROSS JOIN LATERAL (
 
 # Each hash is probed once: `input` carries the NID of an existing block, and only the
 # others reach the INSERT. The arrays are read through InitPlans so that the generic plan is
-# kept, not re-planned per call (see "Generic plans" in worker.storage.events).
+# kept, not re-planned per call (see "Generic plans" in worker.storage.params).
 INSERT_BLOCKS = f"""
 WITH input AS (
     SELECT u.hash, u.entries, u.pos, b.block_nid
@@ -97,10 +97,11 @@ SELECT snapshot_nid, false FROM old
 """
 
 
-# Layers whose NIDs were reserved beforehand (with the rooms' rows: bulk.UPSERT_ROOMS_RESERVING),
-# written together at the end of a group commit; answers the NIDs it inserted. A layer whose hash is stored
-# already is skipped (and missing from the answer): the caller must then redo the whole
-# transaction with layers written one at a time, which deduplicate (`INSERT_SNAPSHOT`).
+# Layers whose NIDs were reserved beforehand (with the rooms' rows:
+# rooms.UPSERT_ROOMS_RESERVING), written together at the end of a group commit; answers the
+# NIDs it inserted. A layer whose hash is stored already is skipped (and missing from the
+# answer): the caller must then redo the whole transaction with layers written one at a time,
+# which deduplicate (`INSERT_SNAPSHOT`).
 INSERT_LAYERS = f"""
 INSERT INTO state_snapshots (snapshot_nid, room_nid, hash, parent_nid, rank, delta)
 OVERRIDING SYSTEM VALUE

@@ -1,4 +1,4 @@
-"""`worker.storage.cache.Lru`: a model-based property test (no database)."""
+"""`worker.storage.lru.Lru`: a model-based property test (no database)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections import OrderedDict
 from hypothesis import given
 from hypothesis import strategies as st
 
-from worker.storage.cache import Lru
+from worker.storage.lru import Lru
 
 _OPS = st.lists(
     st.tuples(
