@@ -15,7 +15,8 @@ import pytest
 from tests.e2e.conftest import Client, WorkerRun, client, worker  # noqa: F401
 from tests.fixtures.builder import RoomBuilder
 from tests.pipeline.conftest import builder
-from worker.query.service import QueryService, start_query_service
+from worker.app import start_queries
+from worker.query.service import QueryService
 
 LOCAL = "test"  # the builders' server: "alice" is @alice:test
 ALICE = "@alice:test"
@@ -52,7 +53,7 @@ async def asker(
     worker: WorkerRun, client: Client, prefix: str  # noqa: F811
 ) -> AsyncIterator[Asker]:
     assert worker.pool is not None
-    svc: QueryService = await start_query_service(
+    svc: QueryService = await start_queries(
         client.nc, worker.pool, prefix=prefix, server_name=LOCAL
     )
     try:
