@@ -239,6 +239,15 @@ class PostgresStore:
         # lease change), so forgetting every room's entries keeps it simple.
         self._after.clear()
 
+    def forget_purged(self, room_id: str) -> None:
+        """Forget what a purge of the room (or of its history) deleted: its row, and every
+        cached mapping that can name a deleted event NID or snapshot. Purges are rare, so the
+        mappings are cleared whole rather than tracked per room."""
+        self.forget_room(room_id)
+        self._id_nids.clear()
+        self._derived.clear()
+        self._recent.clear()
+
     # --- rooms ---------------------------------------------------------------------------
 
     async def _room_row(self, room_id: str) -> ev_sql.RoomRow | None:
