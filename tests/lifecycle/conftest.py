@@ -31,14 +31,17 @@ async def store(pool: asyncpg.Pool) -> PostgresStore:
 @pytest.fixture
 async def other_pool(
     embedded_pg: EmbeddedPostgres,
-) -> AsyncIterator[Callable[[], Awaitable[asyncpg.Pool]]]:
+) -> AsyncIterator[Callable[..., Awaitable[asyncpg.Pool]]]:
     """Makes more migrated databases (dropped at the end)."""
     admin = await asyncpg.connect(embedded_pg.dsn())
     made: list[tuple[str, asyncpg.Pool]] = []
 
-    async def make() -> asyncpg.Pool:
+    async def make(template: str | None = None) -> asyncpg.Pool:
+        """A new database: migrated and empty, or a copy of database `template` (which
+        nobody may be connected to meanwhile)."""
         name = f"t_{uuid.uuid4().hex[:16]}"
-        await admin.execute(f'CREATE DATABASE "{name}"')
+        copy = f' TEMPLATE "{template}"' if template else ""
+        await admin.execute(f'CREATE DATABASE "{name}"{copy}')
         p = await asyncpg.create_pool(embedded_pg.dsn(name), min_size=1, max_size=4)
         assert p is not None
         await apply_migrations(p)

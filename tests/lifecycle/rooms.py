@@ -128,3 +128,45 @@ async def dump(pool: asyncpg.Pool) -> dict[str, list[tuple[Any, ...]]]:
     for table, sql in DUMPS.items():
         out[table] = sorted((tuple(r) for r in await pool.fetch(sql)), key=repr)
     return out
+
+
+def long_room(room_id: str, events: int) -> RoomBuilder:
+    """About `events` events: users joining and leaving over time, the topic and name
+    changing, power levels raised now and then, messages in between."""
+    b = _started(room_id)
+    n = 0
+    joined: list[str] = []
+    while len(b.events) < events:
+        n += 1
+        user = f"u{n % 97}"
+        if n % 7 == 0 and user not in joined:
+            b.join(user)
+            joined.append(user)
+        elif n % 23 == 0 and joined:
+            b.leave(joined.pop(0))
+        elif n % 31 == 0:
+            b.topic("alice", f"topic {n}")
+        elif n % 101 == 0:
+            b.state_event("m.room.name", "", {"name": f"name {n}"}, "alice")
+        elif n % 211 == 0:
+            b.power_levels("alice", users={"alice": 100, "bob": 50 + n % 40})
+        else:
+            b.message("bob", f"message {n}")
+    return b
+
+
+def continuation(b: RoomBuilder) -> list[str]:
+    """New events on top of `b`: accepted, rejected (no power, not joined) and a fork merged."""
+    out = [b.join("late"), b.message("late", "hi"), b.topic("alice", "after the purge")]
+    latest = list(b.latest)
+    out.append(b.ban("late", "bob", apply=False))  # late (0) may not ban: rejected
+    b.latest = latest
+    latest = list(b.latest)
+    out.append(b.message("stranger", "let me in", apply=False))  # not joined: rejected
+    b.latest = latest
+    fork = b.fork()
+    out.append(b.topic("alice", "main"))
+    out.append(fork.message("bob", "side"))
+    out.append(b.message("alice", "merged", prev=[out[-2], out[-1]]))
+    out.append(b.leave("late"))
+    return out
