@@ -47,6 +47,7 @@ from worker import __version__
 from worker.bus.consumer import ConsumerSettings, InputConsumer
 from worker.bus.leases import LeaseSettings, ShardLeases, new_worker_id
 from worker.bus.outbox import NatsOutboxRelay, PgOutboxStore
+from worker.bus.purges import serve_purges
 from worker.bus.shards import ShardAwareStore
 from worker.bus.streams import StreamLimits, ensure_streams
 from worker.bus.subjects import Subjects
@@ -57,6 +58,8 @@ from worker.federation import NatsFederationClient
 from worker.observability import metrics
 from worker.observability.http import HealthServer, ReadinessCheck
 from worker.observability.logging import get_logger
+from worker.perform.admin import AdminPerforms
+from worker.perform.retention import RetentionSettings, run_retention
 from worker.pipeline import Pipeline
 from worker.pipeline.gapfill import GapSettings
 from worker.query.service import QueryService, start_query_service
@@ -65,6 +68,7 @@ from worker.storage import (
     outbox_stats,
     prune_sent,
 )
+from worker.storage.purge import PostgresPurger
 
 EMBEDDED_DATABASE = "roomserver"
 EXIT_OK = 0
@@ -288,6 +292,7 @@ class Worker:
         self.relay: NatsOutboxRelay | None = None
         self.consumer: InputConsumer | None = None
         self.queries: QueryService | None = None
+        self.admin: AdminPerforms | None = None
         self.worker_id = new_worker_id()
         self.leases: ShardLeases | None = None
         self._lease_task: asyncio.Task[None] | None = None
@@ -506,6 +511,12 @@ class Worker:
         consumer = self.consumer = InputConsumer(
             self.nc, self.subjects, pipeline, consumer_settings
         )
+        self.admin, unsubscribe = await serve_purges(self.nc, self.settings.bus.prefix, store,
+                                                     self.relay)
+        self._cleanup.append(("purges", unsubscribe))
+        if self.settings.history_retention_days:
+            self._background(run_retention(PostgresPurger(store), RetentionSettings.of(
+                self.settings)), "retention")
 
         # Shards are consumed while this worker holds their lease (worker.bus.leases).
         async def gain(shard: int) -> None:
@@ -542,7 +553,7 @@ class Worker:
         assert self.nc is not None and self.pool is not None
         try:
             self.queries = await start_query_service(
-                self.nc, self.pool, prefix=self.settings.bus.prefix
+                self.nc, self.pool, prefix=self.settings.bus.prefix, admin=self.admin
             )
         except (NatsError, JetStreamError) as exc:
             raise StartupError(f"cannot start the query service: {exc!r}") from exc

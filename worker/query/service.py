@@ -13,7 +13,7 @@ import asyncio
 import os
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 import asyncpg
 import msgspec
@@ -25,6 +25,7 @@ from nats.micro.service import EndpointConfig, Service, ServiceConfig
 
 from worker.messages import query as m
 from worker.observability.metrics import QUERIES, QUERY_DURATION
+from worker.perform.admin import AdminFailed, AdminPerforms
 from worker.query import handlers as h
 from worker.query.handlers import HANDLERS, answer
 from worker.query.ports import QueryStore
@@ -33,6 +34,8 @@ log = structlog.get_logger(__name__)
 
 SERVICE_NAME = "roomserver"
 SERVICE_VERSION = "0.1.0"
+# Endpoint names of performs (their metric label too): `perform_<name>`.
+PERFORM_PREFIX = "perform_"
 # The header with our stable error code (the micro headers carry the numeric one).
 ERROR_REASON_HEADER = "Roomserver-Error"
 
@@ -56,8 +59,11 @@ def error_reply(code: m.QueryErrorCode, message: str) -> tuple[bytes, dict[str, 
 class QueryService:
     """A running query service; `stop()` unsubscribes and waits for queries in flight."""
 
-    def __init__(self, store: QueryStore, *, max_in_flight: int) -> None:
+    def __init__(
+        self, store: QueryStore, *, max_in_flight: int, admin: AdminPerforms | None = None
+    ) -> None:
         self._store = store
+        self._admin = admin
         self.max_in_flight = max_in_flight
         self._slots = asyncio.Semaphore(max_in_flight)
         self._tasks: set[asyncio.Task[None]] = set()
@@ -78,11 +84,15 @@ class QueryService:
             start = time.perf_counter()
             result = "ok"
             try:
-                response = await answer(self._store, name, request.data)
-            except h.QueryFailed as exc:
+                if name.startswith(PERFORM_PREFIX) and self._admin is not None:
+                    response = await self._admin.answer(name[len(PERFORM_PREFIX):], request.data)
+                else:
+                    response = await answer(self._store, name, request.data)
+            except (h.QueryFailed, AdminFailed) as exc:
                 result = exc.code
-                body, headers = error_reply(exc.code, exc.message)
-                await request.respond_error(m.ERROR_CODES[exc.code], exc.message, body, headers)
+                code = cast(m.QueryErrorCode, exc.code)
+                body, headers = error_reply(code, exc.message)
+                await request.respond_error(m.ERROR_CODES[code], exc.message, body, headers)
                 return
             except Exception as exc:
                 result = "internal_error"
@@ -113,6 +123,7 @@ async def start_query_service(
     prefix: str = "roomserver",
     max_in_flight: int = 16,
     queue_group: str = "q",
+    admin: AdminPerforms | None = None,
 ) -> QueryService:
     """Start the `roomserver` micro service with every query endpoint; `stop()` to end it.
 
@@ -132,7 +143,7 @@ async def start_query_service(
             max(1, default_executor_threads() - 1),
         )
         store = PostgresQueryReads.from_pool(store)
-    svc = QueryService(store, max_in_flight=max_in_flight)
+    svc = QueryService(store, max_in_flight=max_in_flight, admin=admin)
     service = await add_service(
         nc,
         ServiceConfig(
@@ -152,4 +163,10 @@ async def start_query_service(
                 subject=query_subject(prefix, name),
             )
         )
+    # The admin performs (`worker.perform.admin`) on `<prefix>.perform.<name>`.
+    for name in admin.names if admin is not None else ():
+        await service.add_endpoint(EndpointConfig(
+            name=PERFORM_PREFIX + name, handler=svc.endpoint(PERFORM_PREFIX + name),
+            subject=f"{prefix}.perform.{name}",
+        ))
     return svc

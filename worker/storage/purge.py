@@ -25,7 +25,8 @@ then the state no longer referenced, by mark and sweep within the room:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import contextlib
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,20 +36,14 @@ from worker.core import stateblocks as sb
 from worker.messages.output import PurgeRoom, encode_output
 from worker.observability.logging import get_logger
 from worker.observability.metrics import PURGED_BYTES, PURGED_ROWS
+from worker.perform.admin import PurgeRefused
 from worker.storage import purge_sql as q
 from worker.storage.outbox import INSERT_OUTPUTS
 from worker.storage.store import PostgresStore, room_lock_key
 
 _log = get_logger(__name__)
-
-
-class PurgeRefused(Exception):
-    """The purge cannot be done as asked: `code` is `unknown_room` or `unknown_event`."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
+# Any constant apart from the room lock keys (hashes: a clash only makes a run wait a turn).
+_RETENTION_KEY = 0x726574656E74696F  # "retentio"
 
 
 @dataclass
@@ -92,7 +87,8 @@ def purge_output_id(room_id: str, room_nid: int) -> str:
 
 
 class PostgresPurger:
-    """Purges over the store's pool, forgetting in the store's caches what they deleted."""
+    """Purges over the store's pool, forgetting in the store's caches what they deleted
+    (implements `worker.perform.admin.Purger`)."""
 
     def __init__(self, store: PostgresStore) -> None:
         self._store = store
@@ -118,6 +114,23 @@ class PostgresPurger:
         _log.info("room_purged", room_id=room_id, rows=removed.total_rows,
                   bytes=removed.total_bytes)
         return removed
+
+    async def rooms_after(self, after: str, limit: int) -> list[str]:
+        """Up to `limit` room IDs after `after`, in order (to visit every room by pages)."""
+        rows = await self._store.pool.fetch(q.SELECT_ROOMS_PAGE, after, limit)
+        return [r["room_id"] for r in rows]
+
+    @contextlib.asynccontextmanager
+    async def retention_turn(self) -> AsyncIterator[bool]:
+        """Whether this process may run the retention job now: one worker at a time, by a
+        session advisory lock held on a connection of its own for the run."""
+        async with self._store.pool.acquire() as conn:
+            mine = bool(await conn.fetchval("SELECT pg_try_advisory_lock($1)", _RETENTION_KEY))
+            try:
+                yield mine
+            finally:
+                if mine:
+                    await conn.execute("SELECT pg_advisory_unlock($1)", _RETENTION_KEY)
 
     async def purge_history(
         self,
@@ -260,3 +273,6 @@ def _auth_closure(start: set[int], events: Mapping[int, _Ev]) -> set[int]:
                 keep.add(a)
                 todo.append(a)
     return keep
+
+
+__all__ = ["HistoryPurged", "PostgresPurger", "PurgeRefused", "Removed", "purge_output_id"]
