@@ -17,9 +17,12 @@ from tests.lifecycle.rooms import (
     pipeline_over,
     tables,
 )
+from worker.bus.outbox import PgOutboxStore
 from worker.messages import decode_output
+from worker.pipeline.ports import OutputRecord
 from worker.storage import PostgresStore, fetch_unsent
 from worker.storage import purge_sql as q
+from worker.storage.outbox import insert_outputs_txn
 from worker.storage.purge import PostgresPurger, PurgeRefused, purge_output_id
 
 GLOBAL = q.GLOBAL_TABLES
@@ -131,3 +134,19 @@ async def test_an_aborted_purge_changes_nothing(store: PostgresStore, pool: asyn
     await pool.execute("DROP TRIGGER refuse ON outbox")
     assert await dump(pool) == before
     assert await store.room(b.room_id) is not None
+
+
+async def test_marking_an_old_lifes_output_leaves_the_new_one_unsent(pool: asyncpg.Pool) -> None:
+    """The relay publishes a row, the room is purged and its event received again (same
+    output id, new row) before the relay marks the first: the new row stays unsent."""
+    relay_store = PgOutboxStore(pool)
+    out = OutputRecord(output_id="$e:new_room_event", output_type="new_room_event", payload=b"{}")
+    async with pool.acquire() as conn:
+        await insert_outputs_txn(conn, "!r:test", [out])
+    (old,) = await relay_store.fetch_unsent(10)
+    await pool.execute("DELETE FROM outbox WHERE room_id = '!r:test'")
+    async with pool.acquire() as conn:
+        await insert_outputs_txn(conn, "!r:test", [out])
+    await relay_store.mark_sent([old.seq])
+    (new,) = await fetch_unsent(pool, room_id="!r:test")
+    assert new.output_id == old.output_id and new.seq != old.seq

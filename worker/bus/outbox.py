@@ -159,7 +159,7 @@ class PgOutboxStore:
     """
 
     db: asyncpg.Pool
-    # Storage marks rows by output id: the ids of fetched rows, by seq, until marked.
+    # Storage marks rows by output id and seq: the ids of fetched rows, by seq, until marked.
     _ids: dict[int, str] = field(default_factory=dict, init=False, repr=False)
 
     async def fetch_unsent(
@@ -187,9 +187,10 @@ class PgOutboxStore:
         return rows
 
     async def mark_sent(self, seqs: Sequence[int]) -> None:
-        ids = [self._ids.pop(seq) for seq in seqs if seq in self._ids]
+        held = [seq for seq in seqs if seq in self._ids]
+        ids = [self._ids.pop(seq) for seq in held]
         try:
-            await outbox_sql.mark_sent(self.db, ids)
+            await outbox_sql.mark_sent(self.db, ids, held)
         except _DB_ERRORS as exc:
             raise RetryableError(f"outbox update failed: {exc!r}", code="database_unavailable") from exc
 
