@@ -1,10 +1,12 @@
 """Purge bench: `purge_room` of a 100,000-event room, and `purge_history` of its oldest 90%.
 
-The room is the storage bench's (`bench.storage`: ~30% state events, joins outpacing leaves to
-~10,000 members, a fork merged every 300 events), written through `PostgresStore`'s own write
-path (`state_after` -> `apply` -> `persist`, event by event) into an embedded PostgreSQL
+The room is the storage bench's events (`bench.storage`: ~30% state events, joins outpacing
+leaves to ~10,000 members), linear, written through the store's bulk write path
+(`PostgresStore.persist_many`, 500 events a transaction, each with its state before and
+after as handles chained in memory, as the pipeline's batches do) into an embedded PostgreSQL
 without fsync; then copied (`CREATE DATABASE ... TEMPLATE`) so each purge starts from the same
-database.
+database. `BENCH_PURGE_FILL=events` writes it with the storage bench's own writer instead
+(event by event, with its forks; several times slower).
 
 Reported: the time of `purge_room` (goal <= 10 s on 2 cores) and the rows it removed; for
 `purge_history` before the time of the event at 90%, its time, the events it kept for state,
@@ -20,18 +22,25 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import asyncpg
+import msgspec
 
-from bench.storage import ROOM, _write_room
+from bench.storage import ROOM, RULES, VERSION, _Gen, _write_room
+from worker.core.events import Event
+from worker.core.outcomes import Outcome
+from worker.pipeline.ports import EventWrite
 from worker.storage import PostgresStore, apply_migrations
 from worker.storage.purge import PostgresPurger
 
 STATE_TABLES = ("state_snapshots", "state_blocks")
 _BASE_TS = 1_700_000_000_000  # bench.storage stamps the n-th event _BASE_TS + n
+_BATCH = 500
 
 
 async def _state_size(pool: asyncpg.Pool) -> tuple[int, int]:
@@ -42,13 +51,48 @@ async def _state_size(pool: asyncpg.Pool) -> tuple[int, int]:
     return rows, sizes
 
 
-async def _fill(dsn: str, total: int) -> float:
+async def _write_fast(store: PostgresStore, total: int, seed: int) -> None:
+    """The storage bench's events, linear (no forks), through `persist_many` in batches of
+    `_BATCH`: the store's bulk write path, as the pipeline's batches use it."""
+    assert RULES is not None
+    gen = _Gen(random.Random(seed), total)
+    cur = await store.handle_from_map(ROOM, {})
+    tip: list[str] = []
+    batch: list[EventWrite] = []
+    for depth in range(1, total + 1):
+        eid, pdu = gen.pdu(tip, depth)
+        if depth == 1:
+            pdu.update(type="m.room.create", state_key="", content={"room_version": VERSION})
+        event = Event(pdu, eid, RULES)
+        after = cur
+        if event.state_tuple is not None:
+            after = store.apply(cur, {event.state_tuple: eid})
+        batch.append(EventWrite(
+            room_id=ROOM, room_version=VERSION, event=event, event_json=msgspec.json.encode(pdu),
+            kind="new", outcome=Outcome.ACCEPTED, state_before=cur, extremities=[eid],
+            current_state=after,
+        ))
+        cur, tip = after, [eid]
+        if len(batch) == _BATCH or depth == total:
+            await store.persist_many(batch)
+            batch = []
+            handle = await store.current_state(ROOM)
+            assert handle is not None
+            cur = handle
+            if depth % 20_000 == 0:
+                print(f"  ... {depth} events written", file=sys.stderr)
+
+
+async def _fill(dsn: str, total: int, fast: bool) -> float:
     pool = await asyncpg.create_pool(dsn, min_size=2, max_size=4)
     assert pool is not None
     try:
         await apply_migrations(pool)
         start = time.perf_counter()
-        await _write_room(PostgresStore(pool), total, seed=5)
+        if fast:
+            await _write_fast(PostgresStore(pool), total, seed=5)
+        else:
+            await _write_room(PostgresStore(pool), total, seed=5)
         took = time.perf_counter() - start
         await pool.execute("VACUUM ANALYZE")
         return took
@@ -110,6 +154,9 @@ async def _purge_history(dsn: str, total: int) -> None:
 
 async def main() -> None:
     total = int(os.environ.get("BENCH_PURGE_EVENTS", "100000"))
+    # BENCH_PURGE_FILL=events: the storage bench's own writer, event by event, with its forks
+    # (slower: ~200 events/s on 2 shared cores).
+    fast = os.environ.get("BENCH_PURGE_FILL", "batches") != "events"
     from worker.embedded import EmbeddedPostgres
 
     with tempfile.TemporaryDirectory(prefix="bench-purge-") as d:
@@ -119,8 +166,9 @@ async def main() -> None:
             admin = await asyncpg.connect(pg.dsn())
             try:
                 await admin.execute('CREATE DATABASE "bench_purge"')
-                took = await _fill(pg.dsn("bench_purge"), total)
-                print(f"filled: {total} events through PostgresStore.persist in {took:.0f} s")
+                took = await _fill(pg.dsn("bench_purge"), total, fast)
+                how = "persist_many, batches of 500" if fast else "persist, event by event"
+                print(f"filled: {total} events through PostgresStore.{how} in {took:.0f} s")
                 for copy in ("bench_purge_room", "bench_purge_history"):
                     await admin.execute(f'CREATE DATABASE "{copy}" TEMPLATE "bench_purge"')
             finally:

@@ -200,7 +200,7 @@ async def _purge_history_txn(
     snapshots = {r["snapshot_nid"]: r for r in await conn.fetch(q.SELECT_SNAPSHOTS, room_nid)}
     current = room["current_snapshot_nid"] or 0
     live = _reach([current, *(events[n].before or 0 for n in anchors)], snapshots)
-    named = await _named_events(conn, room_nid, live, snapshots)
+    named = await _named_events_txn(conn, room_nid, live, snapshots)
     keep = _auth_closure(anchors | (named & events.keys()), events)
     doomed = sorted((n for n in old if n not in keep), key=lambda n: (events[n].depth, n))
     remaining = 0
@@ -240,7 +240,7 @@ def _reach(tops: Iterable[int], snapshots: Mapping[int, Any]) -> set[int]:
     return seen
 
 
-async def _named_events(
+async def _named_events_txn(
     conn: asyncpg.Connection, room_nid: int, live: set[int], snapshots: Mapping[int, Any]
 ) -> set[int]:
     """Event NIDs the live snapshots name: the layers' deltas and the roots' blocks."""
