@@ -50,6 +50,17 @@ _SCANS = {
     # Periodic (the relay's prune timer), not per event; an index on sent_at would cost an
     # index insert on every mark_sent to save one scan per prune interval.
     "outbox.DELETE_SENT",
+    # Purges (worker.storage.purge): an admin's request or the retention job, never per
+    # event. They find a room's rows by a room or event column that no index serves, on
+    # purpose: an index per table would cost an entry on every event written to save a scan
+    # per purge (FORGET_STATE_BEFORE goes by primary key, but its generic plan on a
+    # never-analyzed table scans). The retention job pays these scans once per room it visits.
+    "purge_sql.PURGE_ROOM",
+    "purge_sql.PURGE_EVENTS",
+    "purge_sql.SELECT_ROOM_EVENTS",
+    "purge_sql.SELECT_SNAPSHOTS",
+    "purge_sql.SELECT_BLOCK_NIDS",
+    "purge_sql.FORGET_STATE_BEFORE",
 }
 
 _SQL_START = re.compile(r"^\s*(SELECT|WITH|INSERT|UPDATE|DELETE)\b", re.IGNORECASE)
