@@ -10,7 +10,7 @@ import asyncpg
 import msgspec
 
 from tests.fixtures.builder import RoomBuilder
-from tests.pipeline.conftest import builder, started
+from tests.pipeline.conftest import builder
 from worker.messages import HandleResult, InputRoomEvent
 from worker.pipeline import Pipeline
 from worker.storage import PostgresStore
@@ -26,7 +26,7 @@ class NoRelay:
 def busy_room(room_id: str, messages: int = 5) -> RoomBuilder:
     """A room with some of everything: topic changes, an invite accepted, a kick, a ban, a
     redaction, a rejected event and messages."""
-    b = started("10") if room_id == "" else _started(room_id)
+    b = _started(room_id)
     b.topic("alice", "first")
     b.invite("alice", "carol")
     b.join("carol")

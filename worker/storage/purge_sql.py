@@ -5,7 +5,7 @@
 row to the room, directly (its NID or ID) or through one of the room's events (an event NID or
 ID). `purge_room` deletes every row it names; `HISTORY_ROWS` (the tables tied through an event)
 is what `purge_history` deletes with an event. A table added to the schema with a room or
-event column and not listed here fails `tests/storage/test_purge_tables.py`; listing it is one
+event column and not listed here fails `tests/lifecycle/test_purge_room.py`; listing it is one
 line. `GLOBAL_TABLES` hold rows shared by every room (string dictionaries, bookkeeping).
 
 Each delete returns `pg_column_size` of the rows it removed, so the caller can report the
