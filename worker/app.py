@@ -50,8 +50,16 @@ from worker.federation import NatsFederationClient
 from worker.observability import metrics
 from worker.observability.http import HealthServer, ReadinessCheck
 from worker.observability.logging import get_logger
+from worker.perform.admin import AdminPerforms
+from worker.perform.retention import RetentionSettings, run_retention
 from worker.pipeline import GapSettings, Pipeline
-from worker.query.service import QueryService, default_executor_threads, start_query_service
+from worker.purges import serve_purges
+from worker.query.service import (
+    Performs,
+    QueryService,
+    default_executor_threads,
+    start_query_service,
+)
 from worker.storage import (
     PgOutboxStore,
     PostgresStore,
@@ -61,6 +69,7 @@ from worker.storage import (
     query_reads,
 )
 from worker.storage.homeserver_reads import PostgresHomeserverReads
+from worker.storage.purge import PostgresPurger
 
 EMBEDDED_DATABASE = "roomserver"
 EXIT_OK = 0
@@ -82,6 +91,7 @@ async def start_queries(
     prefix: str,
     server_name: str = "localhost",
     max_in_flight: int = 16,
+    performs: Performs | None = None,
 ) -> QueryService:
     """The query service over the PostgreSQL reads of `pool`. The pool is shared with the
     input pipeline, so queries are held to a quarter of its connections (each query uses at
@@ -97,7 +107,7 @@ async def start_queries(
     reads = query_reads.PostgresQueryReads.from_pool(pool)
     return await start_query_service(
         nc, reads, prefix=prefix, max_in_flight=max_in_flight, server_name=server_name,
-        homeserver=PostgresHomeserverReads(pool),
+        homeserver=PostgresHomeserverReads(pool), performs=performs,
     )
 
 
@@ -118,6 +128,7 @@ class Worker:
         self.relay: NatsOutboxRelay | None = None
         self.consumer: InputConsumer | None = None
         self.queries: QueryService | None = None
+        self.admin: AdminPerforms | None = None
         self.worker_id = new_worker_id()
         self.leases: ShardLeases | None = None
         self._lease_task: asyncio.Task[None] | None = None
@@ -323,6 +334,12 @@ class Worker:
         consumer = self.consumer = InputConsumer(
             self.nc, self.subjects, pipeline, consumer_settings
         )
+        self.admin, unsubscribe = await serve_purges(self.nc, self.settings.bus.prefix, store,
+                                                     self.relay)
+        self._cleanup.append(("purges", unsubscribe))
+        if self.settings.history_retention_days:
+            self._background(run_retention(PostgresPurger(store), RetentionSettings.of(
+                self.settings)), "retention")
 
         # Shards are consumed while this worker holds their lease (worker.bus.leases).
         async def gain(shard: int) -> None:
@@ -360,7 +377,7 @@ class Worker:
         try:
             self.queries = await start_queries(
                 self.nc, self.pool, prefix=self.settings.bus.prefix,
-                server_name=self.settings.server_name,
+                server_name=self.settings.server_name, performs=self.admin,
             )
         except (NatsError, JetStreamError) as exc:
             raise StartupError(f"cannot start the query service: {exc!r}") from exc

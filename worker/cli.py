@@ -21,6 +21,7 @@ COMMANDS: dict[str, str] = {
     "tail": "tail",
     "inspect": "inspect",
     "graph": "graph",
+    "admin": "admin",
 }
 
 

@@ -83,6 +83,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     event_loop: str = "uvloop"
     data_dir: str = "./var"
     drain_grace_seconds: float = 30.0
+    # History retention (worker.perform.retention): 0 days keeps all history.
+    history_retention_days: int = 0
+    retention_events_per_run: int = 10_000
+    retention_interval_seconds: float = 3600.0
     config_file: str | None = None
     server_name: str = "localhost"
 
@@ -270,6 +274,14 @@ VARIABLES: tuple[Variable, ...] = (
              "Where the embedded servers keep their data."),
     Variable("DRAIN_GRACE_SECONDS", "", "drain_grace_seconds", _float_in(0.0, 3600.0), "30",
              "On SIGTERM, how long in-flight rooms may take to finish."),
+    Variable("HISTORY_RETENTION_DAYS", "", "history_retention_days", _int_in(0, 36500), "0",
+             "Purge events older than this many days from every room, on a schedule "
+             "(0: keep all history)."),
+    Variable("RETENTION_EVENTS_PER_RUN", "", "retention_events_per_run",
+             _int_in(1, 10_000_000), "10000",
+             "Most events one retention run deletes; the next run goes on from there."),
+    Variable("RETENTION_INTERVAL_SECONDS", "", "retention_interval_seconds",
+             _float_in(1.0, 604800.0), "3600", "Seconds between retention runs."),
     Variable("CONFIG_FILE", "", "config_file", _optional, "",
              "Optional TOML file with the same keys; the environment overrides it."),
     Variable("SERVER_NAME", "", "server_name", _text, "localhost",

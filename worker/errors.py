@@ -8,6 +8,9 @@ Rejections of events are not here: they are values (`worker.core.outcomes.Reject
     │   └── MissingEventsError   prev/auth events could not be had yet
     └── PermanentError        retrying cannot help: term / dead-letter at once
         └── InvariantViolation   a bug or corrupt data; loud, never acked as done
+
+    RequestRefused            a query or perform answered with an error code of the wire
+                              contract (`bad_request`, `not_found`, ...); never retried
 """
 
 from __future__ import annotations
@@ -52,3 +55,13 @@ class InvariantViolation(PermanentError):
     """Something that must never happen did: a bug or corrupt stored data."""
 
     code = "invariant_violation"
+
+
+class RequestRefused(Exception):
+    """A request on the micro service that is answered with an error: `code` is one of
+    `worker.messages.query.ERROR_CODES`, `message` says why for the asker."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message

@@ -83,6 +83,11 @@ class MemoryOutbox:
         return {r.output_id for r in self.rows if r.seq in self.sent}
 
 
+def output_id(headers: dict[str, str]) -> str:
+    """The output id in a `Nats-Msg-Id` (`worker.bus.outbox.msg_id`: id, then `#seq`)."""
+    return headers[MSG_ID_HEADER].rpartition("#")[0]
+
+
 async def read_outputs(nc: NATS, subjects: Subjects) -> list[tuple[str, dict[str, str], bytes]]:
     js = nc.jetstream()
     info = await js.stream_info(subjects.output_stream)
@@ -103,7 +108,11 @@ async def test_flush_publishes_a_rooms_rows_in_order_with_headers(
     relay: OutboxRelay = NatsOutboxRelay(nc, streams, store, batch=2)
     await relay.flush("!a:x")
     published = await read_outputs(nc, streams)
-    assert [h[MSG_ID_HEADER] for _, h, _ in published] == [f"out-!a:x-{n}" for n in range(3)]
+    assert [output_id(h) for _, h, _ in published] == [f"out-!a:x-{n}" for n in range(3)]
+    seqs = {r.output_id: r.seq for r in store.rows}
+    assert [h[MSG_ID_HEADER] for _, h, _ in published] == [
+        f"out-!a:x-{n}#{seqs[f'out-!a:x-{n}']}" for n in range(3)
+    ]
     for subject, headers, data in published:
         assert subject == streams.output("!a:x")
         assert headers[ROOM_ID_HEADER] == "!a:x"
@@ -125,7 +134,7 @@ async def test_republish_is_dropped_as_duplicate(nc: NATS, streams: Subjects) ->
     await relay.flush("!a:x")
     assert store.sent_ids() == {"out-!a:x-0", "out-!a:x-1"}
     published = await read_outputs(nc, streams)
-    assert [h[MSG_ID_HEADER] for _, h, _ in published] == ["out-!a:x-0", "out-!a:x-1"]
+    assert [output_id(h) for _, h, _ in published] == ["out-!a:x-0", "out-!a:x-1"]
 
 
 async def test_sweep_publishes_every_room_and_races_with_flush_safely(
@@ -138,7 +147,7 @@ async def test_sweep_publishes_every_room_and_races_with_flush_safely(
     published = await read_outputs(nc, streams)
     assert len(published) == 15  # no duplicates stored
     for room in ("!a:x", "!b:x", "!c:x"):
-        ids = [h[MSG_ID_HEADER] for _, h, _ in published if h[ROOM_ID_HEADER] == room]
+        ids = [output_id(h) for _, h, _ in published if h[ROOM_ID_HEADER] == room]
         assert ids == [f"out-{room}-{n}" for n in range(5)]
     assert await relay.sweep() == 0
 
@@ -152,7 +161,7 @@ async def test_a_sweep_publishes_its_rooms_side_by_side_and_marks_them_together(
     assert len(store.marks) == 1 and sorted(store.marks[0]) == [r.seq for r in store.rows]
     published = await read_outputs(nc, streams)
     for room in ("!a:x", "!b:x", "!c:x"):
-        ids = [h[MSG_ID_HEADER] for _, h, _ in published if h[ROOM_ID_HEADER] == room]
+        ids = [output_id(h) for _, h, _ in published if h[ROOM_ID_HEADER] == room]
         assert ids == [f"out-{room}-{n}" for n in range(3)]
 
 
@@ -168,7 +177,7 @@ async def test_a_later_sweep_takes_only_rooms_with_an_old_row(
     relay = NatsOutboxRelay(nc, streams, store)
     assert await relay.sweep(min_age=5) == 2
     published = await read_outputs(nc, streams)
-    assert [h[MSG_ID_HEADER] for _, h, _ in published] == ["out-!a:x-0", "out-!a:x-1"]
+    assert [output_id(h) for _, h, _ in published] == ["out-!a:x-0", "out-!a:x-1"]
     assert await relay.sweep() == 1
     assert store.sent_ids() == {r.output_id for r in store.rows}
 
@@ -207,7 +216,7 @@ async def test_pg_outbox_store_round_trip(
         assert await store.fetch_unsent(10, room_id="!a:x") == []
         assert (await store.stats())[0] == 0
         published = await read_outputs(nc, streams)
-        assert [h[MSG_ID_HEADER] for _, h, _ in published] == ["o0", "o1", "o2"]
+        assert [output_id(h) for _, h, _ in published] == ["o0", "o1", "o2"]
     finally:
         await pool.close()
 

@@ -15,7 +15,7 @@ from nats.aio.client import ServerVersion
 from nats.js.api import PubAck
 from structlog.testing import capture_logs
 
-from tests.bus.test_outbox import MemoryOutbox, Row, read_outputs
+from tests.bus.test_outbox import MemoryOutbox, Row, output_id, read_outputs
 from worker.bus.outbox import (
     BATCH_ID_HEADER,
     BATCH_SEQUENCE_HEADER,
@@ -24,7 +24,7 @@ from worker.bus.outbox import (
     worth_batching,
 )
 from worker.bus.streams import StreamLimits, ensure_stream, ensure_streams, stream_configs
-from worker.bus.subjects import MSG_ID_HEADER, ROOM_ID_HEADER, Subjects
+from worker.bus.subjects import ROOM_ID_HEADER, Subjects
 from worker.errors import RetryableError
 from worker.messages import PurgeRoom, encode_output
 from worker.observability.metrics import OUTPUTS_PUBLISHED
@@ -37,7 +37,7 @@ def published_count() -> float:
 
 
 def ids(published: Published, room: str | None = None) -> list[str]:
-    return [h[MSG_ID_HEADER] for _, h, _ in published if room is None or h[ROOM_ID_HEADER] == room]
+    return [output_id(h) for _, h, _ in published if room is None or h[ROOM_ID_HEADER] == room]
 
 
 def batches(published: Published) -> list[tuple[str | None, str | None]]:

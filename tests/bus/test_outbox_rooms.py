@@ -11,9 +11,9 @@ from nats.aio.client import Client as NATS
 from structlog.testing import capture_logs
 
 from tests.bus.outbox_rows import insert_outputs
-from tests.bus.test_outbox import MemoryOutbox, Row, read_outputs
+from tests.bus.test_outbox import MemoryOutbox, Row, output_id, read_outputs
 from worker.bus.outbox import NatsOutboxRelay, OutboxRow, RoomsOutboxStore
-from worker.bus.subjects import MSG_ID_HEADER, ROOM_ID_HEADER, Subjects
+from worker.bus.subjects import ROOM_ID_HEADER, Subjects
 from worker.pipeline.flusher import BackgroundFlusher
 from worker.pipeline.ports import BackgroundOutboxRelay, OutputRecord
 from worker.storage.migrations import apply_migrations
@@ -39,7 +39,7 @@ async def _insert(pool: asyncpg.Pool, room: str, records: list[OutputRecord]) ->
 def _ids_by_room(published: list[tuple[str, dict[str, str], bytes]]) -> dict[str, list[str]]:
     by_room: dict[str, list[str]] = {}
     for _, headers, _ in published:
-        by_room.setdefault(headers[ROOM_ID_HEADER], []).append(headers[MSG_ID_HEADER])
+        by_room.setdefault(headers[ROOM_ID_HEADER], []).append(output_id(headers))
     return by_room
 
 
@@ -188,7 +188,7 @@ async def test_a_room_kicked_while_held_is_read_again_once_marked(
     await relay.settle()
     assert store.reads[1:] == [["out-!a:x-3", "out-!a:x-4"]]
     published = await read_outputs(nc, streams)
-    assert [h[MSG_ID_HEADER] for _, h, _ in published] == [f"out-!a:x-{n}" for n in range(5)]
+    assert [output_id(h) for _, h, _ in published] == [f"out-!a:x-{n}" for n in range(5)]
     assert store.sent_ids() == {r.output_id for r in store.rows}
 
 
@@ -208,7 +208,7 @@ async def test_stop_cancels_the_pump_and_leaves_its_rooms_to_the_sweep(
     assert await relay.sweep() == 3
     assert store.sent_ids() == {r.output_id for r in store.rows}
     published = await read_outputs(nc, streams)
-    assert [h[MSG_ID_HEADER] for _, h, _ in published] == [f"out-!a:x-{n}" for n in range(3)]
+    assert [output_id(h) for _, h, _ in published] == [f"out-!a:x-{n}" for n in range(3)]
 
 
 async def test_failures_are_logged_and_leave_the_rows_for_later(
@@ -237,7 +237,7 @@ async def test_failures_are_logged_and_leave_the_rows_for_later(
     await relay.settle()
     assert store.sent_ids() == {"out-!a:x-0", "out-!b:x-0"}
     published = await read_outputs(nc, streams)
-    assert [h[MSG_ID_HEADER] for _, h, _ in published] == ["out-!a:x-0", "out-!b:x-0"]
+    assert [output_id(h) for _, h, _ in published] == ["out-!a:x-0", "out-!b:x-0"]
 
 
 class RecordingRelay:

@@ -50,6 +50,17 @@ _SCANS = {
     "outbox.DELETE_SENT",
     # The inspector's list of every room (an operator's command, not the worker's).
     "rooms.SELECT_ROOM_IDS",
+    # Purges (worker.storage.purge): an admin's request or the retention job, never per
+    # event. They find a room's rows by a room or event column that no index serves, on
+    # purpose: an index per table would cost an entry on every event written to save a scan
+    # per purge (FORGET_STATE_BEFORE goes by primary key, but its generic plan on a
+    # never-analyzed table scans). The retention job pays these scans once per room it visits.
+    "purge_sql.PURGE_ROOM",
+    "purge_sql.PURGE_EVENTS",
+    "purge_sql.SELECT_ROOM_EVENTS",
+    "purge_sql.SELECT_SNAPSHOTS",
+    "purge_sql.SELECT_BLOCK_NIDS",
+    "purge_sql.FORGET_STATE_BEFORE",
 }
 
 _SQL_START = re.compile(r"^\s*(SELECT|WITH|INSERT|UPDATE|DELETE)\b", re.IGNORECASE)

@@ -2,7 +2,7 @@
 
 The pipeline writes one outbox row per output in the event's own transaction, then calls
 `flush(room_id)`; the relay publishes that room's unsent rows in outbox order to
-`<prefix>.output.<room token>` with `Nats-Msg-Id` = the row's stable output id, waits for
+`<prefix>.output.<room token>` with `Nats-Msg-Id` = `msg_id(row)`, waits for
 JetStream's `PubAck`, and marks the rows sent. After a crash between commit and publish, `sweep()` (run at
 start and then periodically by `run()`) publishes whatever is still unsent, and updates the
 outbox gauges when given a `stats` callable (the store's `stats`). Publishing a row
@@ -505,7 +505,7 @@ class NatsOutboxRelay:
         return {
             ROOM_ID_HEADER: row.room_id,
             OUTPUT_TYPE_HEADER: row.output_type,
-            MSG_ID_HEADER: row.output_id,
+            MSG_ID_HEADER: msg_id(row),
         }
 
     async def _publish(self, row: OutboxRow) -> bool:
@@ -532,6 +532,14 @@ class NatsOutboxRelay:
         return True
 
 
+def msg_id(row: OutboxRow) -> str:
+    """The `Nats-Msg-Id` of a row: its output id and its outbox sequence number. A republish
+    of the row carries the same one, so JetStream drops it; a purged room's events received
+    again make the same output ids in new rows, whose new numbers keep them from being
+    dropped as repeats of the old room's outputs still in the duplicate window."""
+    return f"{row.output_id}#{row.seq}"
+
+
 def worth_batching(rows: int, batch_cost: float | None, publish_cost: float | None) -> bool:
     """Whether `rows` rows go out sooner as one batch than one by one, by the measured average
     costs (seconds) of a committed batch and of one acknowledged publish, and are at least
@@ -554,5 +562,6 @@ __all__ = [
     "OutboxRow",
     "OutboxStore",
     "RoomsOutboxStore",
+    "msg_id",
     "worth_batching",
 ]

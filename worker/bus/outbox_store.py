@@ -22,7 +22,7 @@ class OutboxRow(Protocol):
 
     @property
     def output_id(self) -> str:
-        """Stable id of the output, used as `Nats-Msg-Id`."""
+        """Stable id of the output (with `seq`, its `Nats-Msg-Id`: see `outbox.msg_id`)."""
         ...
 
     @property

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import msgspec
 
+from worker.messages.admin import ADMIN_PERFORMS
 from worker.messages.deadletter import DeadLetter
 from worker.messages.federation import FEDERATION_VERBS
 from worker.messages.input import InputRoomEvent
@@ -35,6 +36,10 @@ SCHEMAS: dict[str, type[msgspec.Struct]] = {
 for _name, (_request, _response) in QUERIES.items():
     SCHEMAS[f"query_{_name}_request"] = _request
     SCHEMAS[f"query_{_name}_response"] = _response
+# The admin performs: perform_<name>_request.json, perform_<name>_response.json.
+for _name, (_request, _response) in ADMIN_PERFORMS.items():
+    SCHEMAS[f"perform_{_name}_request"] = _request
+    SCHEMAS[f"perform_{_name}_response"] = _response
 # Gap-filling requests to the federation service and its answers (issue 9):
 # federation_<verb>_request.json, federation_<verb>_response.json.
 for _verb, (_request, _response) in FEDERATION_VERBS.items():

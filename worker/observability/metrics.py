@@ -328,3 +328,27 @@ FEDERATION_FETCH_SECONDS = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
 )
 __all__ += ["FEDERATION_FETCH_SECONDS", "GAPS", "GapPath"]
+
+# --- purges (worker.storage.purge, worker.perform.admin) ----------------------------------------
+
+# What asked for a purge: an admin's purge_room, an admin's purge_history, or the retention job.
+PurgeOp = Literal["room", "history", "retention"]
+# The label `table` comes from worker.storage.purge_sql.ROOM_ROWS: the schema's tables.
+PURGED_ROWS = Counter(
+    "roomserver_purged_rows_total",
+    "Rows deleted by purges, by what asked (op) and table.",
+    ["op", "table"],
+)
+PURGED_BYTES = Counter(
+    "roomserver_purged_bytes_total",
+    "Bytes of the rows deleted by purges (pg_column_size), by op and table: space VACUUM can reuse.",
+    ["op", "table"],
+)
+RETENTION_RUNS = Counter(
+    "roomserver_retention_runs_total",
+    "Runs of the history retention job, by result (done: every room visited; partial: stopped "
+    "at its per-run bound; failed).",
+    ["result"],
+)
+
+__all__ += ["PURGED_BYTES", "PURGED_ROWS", "RETENTION_RUNS", "PurgeOp"]

@@ -13,6 +13,7 @@ import asyncio
 import os
 import time
 from collections.abc import Awaitable, Callable
+from typing import Protocol, cast
 
 import msgspec
 import structlog
@@ -21,6 +22,7 @@ from nats.micro import add_service
 from nats.micro.request import Request
 from nats.micro.service import EndpointConfig, Service, ServiceConfig
 
+from worker.errors import RequestRefused
 from worker.messages import query as m
 from worker.observability.metrics import QUERIES, QUERY_DURATION
 from worker.query import handlers as h
@@ -33,6 +35,18 @@ log = structlog.get_logger(__name__)
 
 SERVICE_NAME = "roomserver"
 SERVICE_VERSION = "0.1.0"
+# Endpoint names of performs (their metric label too): `perform_<name>`.
+PERFORM_PREFIX = "perform_"
+
+
+class Performs(Protocol):
+    """Performs answered on this micro service as `<prefix>.perform.<name>` (the admin
+    performs of `worker.perform.admin`); a refusal raises `RequestRefused`."""
+
+    @property
+    def names(self) -> list[str]: ...
+
+    async def answer(self, name: str, data: bytes) -> msgspec.Struct: ...
 # The header with our stable error code (the micro headers carry the numeric one).
 ERROR_REASON_HEADER = "Roomserver-Error"
 
@@ -57,10 +71,16 @@ class QueryService:
     """A running query service; `stop()` unsubscribes and waits for queries in flight."""
 
     def __init__(
-        self, store: QueryStore, *, max_in_flight: int, homeserver: Homeserver | None = None
+        self,
+        store: QueryStore,
+        *,
+        max_in_flight: int,
+        homeserver: Homeserver | None = None,
+        performs: Performs | None = None,
     ) -> None:
         self._store = store
         self._homeserver = homeserver
+        self._performs = performs
         self.max_in_flight = max_in_flight
         self._slots = asyncio.Semaphore(max_in_flight)
         self._tasks: set[asyncio.Task[None]] = set()
@@ -81,14 +101,19 @@ class QueryService:
             start = time.perf_counter()
             result = "ok"
             try:
-                if self._homeserver is not None and name in HOMESERVER_HANDLERS:
+                if name.startswith(PERFORM_PREFIX) and self._performs is not None:
+                    response = await self._performs.answer(
+                        name[len(PERFORM_PREFIX):], request.data
+                    )
+                elif self._homeserver is not None and name in HOMESERVER_HANDLERS:
                     response = await answer_homeserver(self._homeserver, name, request.data)
                 else:
                     response = await answer(self._store, name, request.data)
-            except h.QueryFailed as exc:
+            except (h.QueryFailed, RequestRefused) as exc:
                 result = exc.code
-                body, headers = error_reply(exc.code, exc.message)
-                await request.respond_error(m.ERROR_CODES[exc.code], exc.message, body, headers)
+                code = cast(m.QueryErrorCode, exc.code)
+                body, headers = error_reply(code, exc.message)
+                await request.respond_error(m.ERROR_CODES[code], exc.message, body, headers)
                 return
             except Exception as exc:
                 result = "internal_error"
@@ -121,6 +146,7 @@ async def start_query_service(
     queue_group: str = "q",
     server_name: str = "localhost",
     homeserver: HomeserverStore | None = None,
+    performs: Performs | None = None,
 ) -> QueryService:
     """Start the `roomserver` micro service with every query endpoint; `stop()` to end it.
 
@@ -130,7 +156,7 @@ async def start_query_service(
     "local" users are those of `server_name` (`SERVER_NAME`).
     """
     hs = Homeserver(homeserver, server_name) if homeserver is not None else None
-    svc = QueryService(store, max_in_flight=max_in_flight, homeserver=hs)
+    svc = QueryService(store, max_in_flight=max_in_flight, homeserver=hs, performs=performs)
     service = await add_service(
         nc,
         ServiceConfig(
@@ -150,4 +176,10 @@ async def start_query_service(
                 subject=query_subject(prefix, name),
             )
         )
+    # The performs handed in (the admin performs) on `<prefix>.perform.<name>`.
+    for name in performs.names if performs is not None else ():
+        await service.add_endpoint(EndpointConfig(
+            name=PERFORM_PREFIX + name, handler=svc.endpoint(PERFORM_PREFIX + name),
+            subject=f"{prefix}.perform.{name}",
+        ))
     return svc

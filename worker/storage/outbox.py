@@ -20,7 +20,18 @@ import asyncpg
 
 from worker.errors import RetryableError
 from worker.storage.errors import DATABASE_ERRORS
-from worker.storage.params import keys_param
+from worker.storage.params import array_param, keys_param
+
+# Outputs written outside an event's own write (a purge's `purge_room` output), in the order
+# given; the write paths of events put their outbox rows in with FINISH_EVENT / FINISH_ROOMS.
+INSERT_OUTPUTS = """
+INSERT INTO outbox (output_id, room_id, output_type, payload)
+SELECT output_id, $1, output_type, payload
+FROM unnest($2::text[], $3::text[], $4::bytea[]) WITH ORDINALITY
+     AS u(output_id, output_type, payload, pos)
+ORDER BY pos
+ON CONFLICT (output_id) DO NOTHING
+"""
 
 # Rows of the rooms with an unsent row at least $2 seconds old, all of each such room's
 # unsent rows: a room's rows in seq order are its commit order, created_at (its transaction's
@@ -61,14 +72,18 @@ ORDER BY o.seq LIMIT $1
 # one row at once may both count it; the row is marked either way. The IDs are read through an
 # InitPlan so that the generic plan is kept, not re-planned per call (see "Generic plans" in
 # worker.storage.params).
+#
+# With $2 (the rows' seqs, in the order of $1), a row is marked only if it is the one that was
+# read: once a purged room's events are received again, a new row can carry the output id of
+# one read (and published) before the purge.
 MARK_SENT = f"""
 WITH unsent AS (
     SELECT o.output_id
-    FROM {keys_param(1, "text")} AS u(id)
+    FROM unnest({array_param(1, "text")}, {array_param(2, "bigint")}) AS u(id, seq)
     CROSS JOIN LATERAL (
-        SELECT x.output_id, x.sent_at FROM outbox x WHERE x.output_id = u.id LIMIT 1
+        SELECT x.output_id, x.sent_at, x.seq FROM outbox x WHERE x.output_id = u.id LIMIT 1
     ) o
-    WHERE o.sent_at IS NULL
+    WHERE o.sent_at IS NULL AND (u.seq IS NULL OR o.seq = u.seq)
 )
 UPDATE outbox SET sent_at = now()
 WHERE output_id = ANY (ARRAY(SELECT output_id FROM unsent))
@@ -127,11 +142,15 @@ async def fetch_unsent_rooms(
     ]
 
 
-async def mark_sent(db: Executor, output_ids: Sequence[str]) -> int:
-    """Mark published rows; returns how many were newly marked."""
+async def mark_sent(
+    db: Executor, output_ids: Sequence[str], seqs: Sequence[int] | None = None
+) -> int:
+    """Mark published rows (those with these seqs too, when given); returns how many were
+    newly marked."""
     if not output_ids:
         return 0
-    status = await db.execute(MARK_SENT, list(output_ids))
+    status = await db.execute(MARK_SENT, list(output_ids),
+                              list(seqs) if seqs is not None else [None] * len(output_ids))
     return int(status.split()[-1])
 
 
@@ -183,9 +202,10 @@ class PgOutboxStore:
         return rows
 
     async def mark_sent(self, seqs: Sequence[int]) -> None:
-        ids = [self._ids.pop(seq) for seq in seqs if seq in self._ids]
+        held = [seq for seq in seqs if seq in self._ids]
+        ids = [self._ids.pop(seq) for seq in held]
         try:
-            await mark_sent(self.db, ids)
+            await mark_sent(self.db, ids, held)
         except DATABASE_ERRORS as exc:
             raise RetryableError(f"outbox update failed: {exc!r}", code="database_unavailable") from exc
 

@@ -122,6 +122,15 @@ class PostgresStore:
             self._touched.discard(room_id)
         return len(moved)
 
+    def forget_purged(self, room_id: str) -> None:
+        """Forget what a purge of the room (or of its history) deleted: its row, and every
+        cached mapping that can name a deleted event NID or snapshot. Purges are rare, so the
+        mappings are cleared whole rather than tracked per room."""
+        self.forget_room(room_id)
+        self.caches.id_nids.clear()
+        self.caches.derived.clear()
+        self.caches.recent.clear()
+
     # --- reads -----------------------------------------------------------------------------
 
     async def room(self, room_id: str) -> RoomInfo | None:
