@@ -23,6 +23,9 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import msgspec
 
+from worker.core.ids import is_valid_server_name
+from worker.core.versions import ROOM_VERSIONS
+
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 EVENT_LOOPS = ("uvloop", "asyncio")
 MASK = "***"
@@ -84,6 +87,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     data_dir: str = "./var"
     drain_grace_seconds: float = 30.0
     config_file: str | None = None
+    # The identity of the events this server builds (the Perform API, DESIGN §4).
+    server_name: str = "localhost"
+    # None: `<data_dir>/signing.key`, generated on first start.
+    signing_key_file: str | None = None
+    default_room_version: str = "12"
 
 
 class ConfigProblem(msgspec.Struct, frozen=True):
@@ -199,6 +207,18 @@ def _subject(raw: str) -> str:
     return raw
 
 
+def _server_name(raw: str) -> str:
+    if not is_valid_server_name(raw):
+        raise _Invalid(f"must be a Matrix server name (host[:port]), got {raw!r}")
+    return raw
+
+
+def _room_version(raw: str) -> str:
+    if raw not in ROOM_VERSIONS:
+        raise _Invalid(f"must be a known room version (1 to 12), got {raw!r}")
+    return raw
+
+
 def _addr(raw: str) -> tuple[str, int]:
     host, sep, port_text = raw.strip().rpartition(":")
     if not sep or not host:
@@ -271,6 +291,13 @@ VARIABLES: tuple[Variable, ...] = (
              "On SIGTERM, how long in-flight rooms may take to finish."),
     Variable("CONFIG_FILE", "", "config_file", _optional, "",
              "Optional TOML file with the same keys; the environment overrides it."),
+    Variable("SERVER_NAME", "", "server_name", _server_name, "localhost",
+             "The Matrix server name of the events this roomserver builds and signs."),
+    Variable("SIGNING_KEY_FILE", "", "signing_key_file", _optional, "",
+             "ed25519 key file (Synapse's format); unset: DATA_DIR/signing.key, made on "
+             "first start."),
+    Variable("DEFAULT_ROOM_VERSION", "", "default_room_version", _room_version, "12",
+             "Room version of rooms created without one."),
 )
 _BY_NAME = {v.name: v for v in VARIABLES}
 
@@ -428,6 +455,13 @@ def masked(settings: Settings) -> dict[str, Any]:
     return data
 
 
+def signing_key_path(settings: Settings) -> Path:
+    """The key file the worker signs with: SIGNING_KEY_FILE, else DATA_DIR/signing.key."""
+    if settings.signing_key_file:
+        return Path(settings.signing_key_file)
+    return Path(settings.data_dir) / "signing.key"
+
+
 __all__ = [
     "EXIT_CONFIG",
     "VARIABLES",
@@ -444,4 +478,5 @@ __all__ = [
     "load_settings",
     "mask_url",
     "masked",
+    "signing_key_path",
 ]
