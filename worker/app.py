@@ -57,6 +57,8 @@ from worker.federation import NatsFederationClient
 from worker.observability import metrics
 from worker.observability.http import HealthServer, ReadinessCheck
 from worker.observability.logging import get_logger
+from worker.perform.keys import SigningKeyError
+from worker.perform.service import start_perform_service
 from worker.pipeline import Pipeline
 from worker.pipeline.gapfill import GapSettings
 from worker.query.service import QueryService, start_query_service
@@ -547,6 +549,14 @@ class Worker:
         except (NatsError, JetStreamError) as exc:
             raise StartupError(f"cannot start the query service: {exc!r}") from exc
         self._cleanup.append(("queries", self._stop_queries))
+        assert self.queries.service is not None
+        try:  # the Perform API, on the same micro service (DESIGN §4)
+            performs = await start_perform_service(
+                self.nc, self.pool, self.queries.service, self.settings
+            )
+        except SigningKeyError as exc:
+            raise StartupError(str(exc)) from exc
+        self._cleanup.append(("performs", performs.stop))
 
     async def _stop_queries(self) -> None:
         if self.queries is not None:

@@ -20,6 +20,7 @@ from worker.messages.deadletter import DeadLetter
 from worker.messages.federation import FEDERATION_VERBS
 from worker.messages.input import InputRoomEvent
 from worker.messages.output import OutputEvent
+from worker.messages.perform import PERFORM_QUERIES, PERFORMS, PerformError
 from worker.messages.query import QUERIES, QueryError
 from worker.messages.reply import InputReply
 
@@ -30,9 +31,18 @@ SCHEMAS: dict[str, type[msgspec.Struct]] = {
     "output_event": OutputEvent,
     "dead_letter": DeadLetter,
     "query_error": QueryError,
+    "perform_error": PerformError,
 }
 # Every query's request and response: query_<name>_request.json, query_<name>_response.json.
 for _name, (_request, _response) in QUERIES.items():
+    SCHEMAS[f"query_{_name}_request"] = _request
+    SCHEMAS[f"query_{_name}_response"] = _response
+# Every perform's request and response: perform_<name>_request.json, ..._response.json; the
+# queries answered beside them are query_<name>_*.json like the others.
+for _name, (_request, _response) in PERFORMS.items():
+    SCHEMAS[f"perform_{_name}_request"] = _request
+    SCHEMAS[f"perform_{_name}_response"] = _response
+for _name, (_request, _response) in PERFORM_QUERIES.items():
     SCHEMAS[f"query_{_name}_request"] = _request
     SCHEMAS[f"query_{_name}_response"] = _response
 # Gap-filling requests to the federation service and its answers (issue 9):

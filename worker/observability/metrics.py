@@ -328,3 +328,18 @@ FEDERATION_FETCH_SECONDS = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
 )
 __all__ += ["FEDERATION_FETCH_SECONDS", "GAPS", "GapPath"]
+
+# --- the Perform API (worker.perform.service) ---------------------------------------------------
+
+PERFORMS = Counter(
+    "roomserver_performs_total",
+    "Performs answered, by perform name and outcome (ok or an error code).",
+    ["perform", "outcome"],
+)
+PERFORM_DURATION = Histogram(
+    "roomserver_perform_duration_seconds",
+    "Time to answer one perform, request to reply (the built events stored), by perform name.",
+    ["perform"],
+    buckets=_LATENCY_BUCKETS,
+)
+__all__ += ["PERFORMS", "PERFORM_DURATION"]

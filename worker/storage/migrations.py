@@ -18,6 +18,8 @@ Changelog (SCHEMA_VERSION = the highest file number):
     4  0004_autovacuum_thresholds.sql the big tables are first analyzed (and vacuumed) after
                           10,000 changed rows, not 50: no plan is built on a tiny table's
                           statistics and then kept while the table grows.
+    5  0005_perform.sql   the Perform API's tables: room aliases, the room directory,
+                          send_event transaction IDs (with the signed event), forgotten rooms.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from typing import cast
 
 import asyncpg
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 SQL_DIR = Path(__file__).resolve().parents[2] / "schemas" / "sql"
 
