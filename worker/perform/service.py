@@ -21,11 +21,12 @@ import structlog
 from nats.aio.client import Client
 from nats.micro.request import Request
 from nats.micro.service import EndpointConfig, Service
+from prometheus_client import Counter, Histogram
 
 from worker.bus.subjects import Subjects
 from worker.config import Settings, signing_key_path
 from worker.messages import perform as m
-from worker.observability.metrics import PERFORM_DURATION, PERFORMS
+from worker.observability.metrics import PERFORM_DURATION, PERFORMS, QUERIES, QUERY_DURATION
 from worker.perform import create, directory, members, upgrade
 from worker.perform.keys import load_signing_key
 from worker.perform.submit import StreamSubmitter
@@ -86,16 +87,23 @@ class PerformService:
 
     def endpoint(self, name: str, handler: Handler) -> Callable[[Request], Awaitable[None]]:
         decoder = self._decoders[name]
+        # Queries count with the query API's metrics, performs with their own.
+        counted = (PERFORMS, PERFORM_DURATION) if name in m.PERFORMS else (QUERIES, QUERY_DURATION)
 
         async def on_request(request: Request) -> None:
-            task = asyncio.create_task(self._run(name, handler, decoder, request))
+            task = asyncio.create_task(self._run(name, handler, decoder, request, counted))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
         return on_request
 
     async def _run(
-        self, name: str, handler: Handler, decoder: msgspec.json.Decoder[Any], request: Request
+        self,
+        name: str,
+        handler: Handler,
+        decoder: msgspec.json.Decoder[Any],
+        request: Request,
+        counted: tuple[Counter, Histogram],
     ) -> None:
         async with self._slots:
             start = time.perf_counter()
@@ -124,8 +132,8 @@ class PerformService:
                 return
             finally:
                 # Labels from fixed sets: the endpoint names and the error codes.
-                PERFORMS.labels(name, outcome).inc()
-                PERFORM_DURATION.labels(name).observe(time.perf_counter() - start)
+                counted[0].labels(name, outcome).inc()
+                counted[1].labels(name).observe(time.perf_counter() - start)
             await request.respond(_encoder.encode(response))
 
     async def add_to(self, service: Service, prefix: str) -> None:
