@@ -32,6 +32,7 @@ from worker.perform.ports import PerformStore, RoomReads, Submitter, TxnRecord
 
 _OPAQUE = string.ascii_letters
 MAX_CACHED_VERSIONS = 100_000
+MAX_CACHED_HEADS = 10_000
 
 
 class _Pending:
@@ -124,6 +125,9 @@ class RoomWriter:
         self._versions: dict[str, str] = {}
         # Rooms with events submitted and no verdict yet: the head after the last of them.
         self._pending: dict[str, _Pending] = {}
+        # The head after this writer's last accepted event of a room: reused while the
+        # room's extremities are still exactly its latest events (nothing else happened).
+        self._known: dict[str, RoomHead] = {}
 
     @property
     def server_name(self) -> str:
@@ -221,9 +225,14 @@ class RoomWriter:
         """The head to build `draft` on: after the room's events in flight, if any (with the
         state keys they do not cover read from current state), else the stored head."""
         pending = self._pending.get(room_id)
-        if pending is None:
-            return await self.head(room_id, [draft])
-        head = pending.head
+        if pending is not None:
+            head = pending.head
+        else:
+            known = self._known.get(room_id)
+            latest = await self.reads.extremities(room_id) if known is not None else None
+            if known is None or set(latest or ()) != {e.event_id for e in known.latest}:
+                return await self.head(room_id, [draft])
+            head = known
         missing = [k for k in needed_state(draft, head.rules) if k not in head.state]
         if not missing:
             return head
@@ -259,9 +268,15 @@ class RoomWriter:
         finally:
             pending.in_flight -= 1
             # Done, or an event was refused (the head in memory went where the room did not):
-            # the next perform reads the stored head again.
+            # the next perform reads the stored head again, or checks the one it knows.
             if (pending.in_flight == 0 or not ok) and self._pending.get(room_id) is pending:
                 del self._pending[room_id]
+                if ok:
+                    if len(self._known) >= MAX_CACHED_HEADS:
+                        self._known.clear()
+                    self._known[room_id] = pending.head
+                else:
+                    self._known.pop(room_id, None)
 
     async def _settle(self, room_id: str, reply: Awaitable[InputReply]) -> None:
         try:
