@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import msgspec
 import pytest
 
@@ -248,3 +250,17 @@ async def test_upgrade_v10_to_v12_carries_members_aliases_and_state(
     assert silenced.code == "forbidden"
     await api.send(new, BOB, "after the upgrade")
     assert await check_built_events(api, reader) > 20
+
+
+async def test_concurrent_sends_to_one_room_make_a_chain_not_forks(
+    api: Api, reader: Client
+) -> None:
+    room_id = await _public_room(api)
+    ids = await asyncio.gather(*(api.send(room_id, ALICE, f"c{i}") for i in range(30)))
+    assert len(set(ids)) == 30
+    latest = await api.query("latest_events_and_state", room_id=room_id, state_tuples=[])
+    assert len(latest["latest_event_ids"]) == 1
+    events = (await api.query("events_by_id", event_ids=ids))["events"]
+    # Each message has one prev event: performs of a room are serialised on its head.
+    assert all(len(e["prev_events"]) == 1 for e in events)
+    await check_built_events(api, reader)

@@ -101,6 +101,13 @@ def verdict(reply: InputReply) -> None:
     raise PerformFailed("unavailable", f"the roomserver could not store the event: {reply.reason}")
 
 
+def _observed(task: asyncio.Future[InputReply]) -> None:
+    """Mark a verdict's failure as seen: whoever waits for it gets it; if nobody does, the
+    perform that published it has already failed for another reason."""
+    if not task.cancelled():
+        task.exception()
+
+
 class RoomWriter:
     """Builds, signs and submits events as this server."""
 
@@ -255,7 +262,11 @@ class RoomWriter:
             pending = self._pending[room_id] = _Pending(head)
         pending.head = head.advance(built)
         pending.in_flight += 1
-        return self._track(room_id, pending, reply)
+        # A task, not a bare coroutine: the bookkeeping runs even if the caller never waits
+        # for this verdict (a chain whose later event could not be published).
+        task = asyncio.ensure_future(self._track(room_id, pending, reply))
+        task.add_done_callback(_observed)
+        return task
 
     async def _track(
         self, room_id: str, pending: _Pending, reply: Awaitable[InputReply]
