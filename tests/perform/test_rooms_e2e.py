@@ -264,3 +264,14 @@ async def test_concurrent_sends_to_one_room_make_a_chain_not_forks(
     # Each message has one prev event: performs of a room are serialised on its head.
     assert all(len(e["prev_events"]) == 1 for e in events)
     await check_built_events(api, reader)
+
+
+@pytest.mark.parametrize("version", ["10", "11"])
+async def test_a_redaction_through_send_event(api: Api, reader: Client, version: str) -> None:
+    room_id = await _public_room(api, version)
+    target = await api.send(room_id, ALICE, "oops")
+    await api.perform("send_event", room_id=room_id, sender=ALICE, type="m.room.redaction",
+                      content={}, redacts=target)
+    (event,) = (await api.query("events_by_id", event_ids=[target]))["events"]
+    assert event["content"] == {}
+    await check_built_events(api, reader)
