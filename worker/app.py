@@ -36,7 +36,8 @@ from worker.bus.leases import LeaseSettings, ShardLeases, new_worker_id
 from worker.bus.outbox import NatsOutboxRelay
 from worker.bus.shards import shard_of
 from worker.bus.subjects import Subjects
-from worker.config import Settings, mask_url
+from worker.bus.submit import StreamSubmitter
+from worker.config import Settings, mask_url, signing_key_path
 from worker.connections import (
     StartupError,
     abandon,
@@ -51,7 +52,10 @@ from worker.observability import metrics
 from worker.observability.http import HealthServer, ReadinessCheck
 from worker.observability.logging import get_logger
 from worker.perform.admin import AdminPerforms
+from worker.perform.keys import SigningKeyError, load_signing_key
 from worker.perform.retention import RetentionSettings, run_retention
+from worker.perform.service import start_perform_service
+from worker.perform.writer import RoomWriter
 from worker.pipeline import GapSettings, Pipeline
 from worker.purges import serve_purges
 from worker.query.service import (
@@ -69,6 +73,7 @@ from worker.storage import (
     query_reads,
 )
 from worker.storage.homeserver_reads import PostgresHomeserverReads
+from worker.storage.perform import PgPerformStore
 from worker.storage.purge import PostgresPurger
 
 EMBEDDED_DATABASE = "roomserver"
@@ -108,6 +113,18 @@ async def start_queries(
     return await start_query_service(
         nc, reads, prefix=prefix, max_in_flight=max_in_flight, server_name=server_name,
         homeserver=PostgresHomeserverReads(pool), performs=performs,
+    )
+
+
+def build_writer(nc: NatsClient, pool: asyncpg.Pool, settings: Settings) -> RoomWriter:
+    """The Perform API's writer over PostgreSQL and the input stream, signing with the
+    configured key. Raises `SigningKeyError` when the key file is unusable, naming it and why."""
+    path = signing_key_path(settings)
+    key = load_signing_key(path, settings.server_name, create=settings.signing_key_file is None)
+    submitter = StreamSubmitter(nc, Subjects(settings.bus.prefix), settings.server_name)
+    return RoomWriter(
+        query_reads.PostgresQueryReads.from_pool(pool), PgPerformStore(pool), submitter, key,
+        default_room_version=settings.default_room_version,
     )
 
 
@@ -382,6 +399,15 @@ class Worker:
         except (NatsError, JetStreamError) as exc:
             raise StartupError(f"cannot start the query service: {exc!r}") from exc
         self._cleanup.append(("queries", self._stop_queries))
+        assert self.queries.service is not None
+        try:  # the Perform API, on the same micro service (DESIGN §4)
+            performs = await start_perform_service(
+                build_writer(self.nc, self.pool, self.settings), self.queries.service,
+                self.settings.bus.prefix,
+            )
+        except SigningKeyError as exc:
+            raise StartupError(str(exc)) from exc
+        self._cleanup.append(("performs", performs.stop))
 
     async def _stop_queries(self) -> None:
         if self.queries is not None:

@@ -22,6 +22,11 @@ COMMANDS: dict[str, str] = {
     "inspect": "inspect",
     "graph": "graph",
     "admin": "admin",
+    "create-room": "create_room",
+    "say": "say",
+    "join": "join",
+    "invite": "invite",
+    "upgrade": "upgrade",
 }
 
 

@@ -23,6 +23,9 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import msgspec
 
+from worker.core.ids import is_valid_server_name
+from worker.core.versions import ROOM_VERSIONS
+
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 EVENT_LOOPS = ("uvloop", "asyncio")
 MASK = "***"
@@ -88,7 +91,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     retention_events_per_run: int = 10_000
     retention_interval_seconds: float = 3600.0
     config_file: str | None = None
+    # The identity of the events this server builds (the Perform API, DESIGN §4).
     server_name: str = "localhost"
+    # None: `<data_dir>/signing.key`, generated on first start.
+    signing_key_file: str | None = None
+    default_room_version: str = "12"
 
 
 class ConfigProblem(msgspec.Struct, frozen=True):
@@ -204,6 +211,18 @@ def _subject(raw: str) -> str:
     return raw
 
 
+def _server_name(raw: str) -> str:
+    if not is_valid_server_name(raw):
+        raise _Invalid(f"must be a Matrix server name (host[:port]), got {raw!r}")
+    return raw
+
+
+def _room_version(raw: str) -> str:
+    if raw not in ROOM_VERSIONS:
+        raise _Invalid(f"must be a known room version (1 to 12), got {raw!r}")
+    return raw
+
+
 def _addr(raw: str) -> tuple[str, int]:
     host, sep, port_text = raw.strip().rpartition(":")
     if not sep or not host:
@@ -284,9 +303,14 @@ VARIABLES: tuple[Variable, ...] = (
              _float_in(1.0, 604800.0), "3600", "Seconds between retention runs."),
     Variable("CONFIG_FILE", "", "config_file", _optional, "",
              "Optional TOML file with the same keys; the environment overrides it."),
-    Variable("SERVER_NAME", "", "server_name", _text, "localhost",
-             "This homeserver's name: whose users are local, which server the events it "
-             "builds are from."),
+    Variable("SERVER_NAME", "", "server_name", _server_name, "localhost",
+             "This homeserver's name: whose users are local, and the server of the events "
+             "this roomserver builds and signs."),
+    Variable("SIGNING_KEY_FILE", "", "signing_key_file", _optional, "",
+             "ed25519 key file (Synapse's format); unset: DATA_DIR/signing.key, made on "
+             "first start."),
+    Variable("DEFAULT_ROOM_VERSION", "", "default_room_version", _room_version, "12",
+             "Room version of rooms created without one."),
 )
 _BY_NAME = {v.name: v for v in VARIABLES}
 
@@ -444,6 +468,13 @@ def masked(settings: Settings) -> dict[str, Any]:
     return data
 
 
+def signing_key_path(settings: Settings) -> Path:
+    """The key file the worker signs with: SIGNING_KEY_FILE, else DATA_DIR/signing.key."""
+    if settings.signing_key_file:
+        return Path(settings.signing_key_file)
+    return Path(settings.data_dir) / "signing.key"
+
+
 __all__ = [
     "EXIT_CONFIG",
     "VARIABLES",
@@ -460,4 +491,5 @@ __all__ = [
     "load_settings",
     "mask_url",
     "masked",
+    "signing_key_path",
 ]

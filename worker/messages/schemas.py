@@ -21,6 +21,7 @@ from worker.messages.deadletter import DeadLetter
 from worker.messages.federation import FEDERATION_VERBS
 from worker.messages.input import InputRoomEvent
 from worker.messages.output import OutputEvent
+from worker.messages.perform import PERFORM_QUERIES, PERFORMS, PerformError
 from worker.messages.query import QUERIES, QueryError
 from worker.messages.reply import InputReply
 
@@ -31,6 +32,7 @@ SCHEMAS: dict[str, type[msgspec.Struct]] = {
     "output_event": OutputEvent,
     "dead_letter": DeadLetter,
     "query_error": QueryError,
+    "perform_error": PerformError,
 }
 # Every query's request and response: query_<name>_request.json, query_<name>_response.json.
 for _name, (_request, _response) in QUERIES.items():
@@ -40,6 +42,14 @@ for _name, (_request, _response) in QUERIES.items():
 for _name, (_request, _response) in ADMIN_PERFORMS.items():
     SCHEMAS[f"perform_{_name}_request"] = _request
     SCHEMAS[f"perform_{_name}_response"] = _response
+# Every perform's request and response: perform_<name>_request.json, ..._response.json; the
+# queries answered beside them are query_<name>_*.json like the others.
+for _name, (_request, _response) in PERFORMS.items():
+    SCHEMAS[f"perform_{_name}_request"] = _request
+    SCHEMAS[f"perform_{_name}_response"] = _response
+for _name, (_request, _response) in PERFORM_QUERIES.items():
+    SCHEMAS[f"query_{_name}_request"] = _request
+    SCHEMAS[f"query_{_name}_response"] = _response
 # Gap-filling requests to the federation service and its answers (issue 9):
 # federation_<verb>_request.json, federation_<verb>_response.json.
 for _verb, (_request, _response) in FEDERATION_VERBS.items():

@@ -352,3 +352,17 @@ RETENTION_RUNS = Counter(
 )
 
 __all__ += ["PURGED_BYTES", "PURGED_ROWS", "RETENTION_RUNS", "PurgeOp"]
+# --- the Perform API (worker.perform.service) ---------------------------------------------------
+
+PERFORMS = Counter(
+    "roomserver_performs_total",
+    "Performs answered, by perform name and outcome (ok or an error code).",
+    ["perform", "outcome"],
+)
+PERFORM_DURATION = Histogram(
+    "roomserver_perform_duration_seconds",
+    "Time to answer one perform, request to reply (the built events stored), by perform name.",
+    ["perform"],
+    buckets=_LATENCY_BUCKETS,
+)
+__all__ += ["PERFORMS", "PERFORM_DURATION"]

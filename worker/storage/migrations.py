@@ -18,8 +18,8 @@ Changelog (SCHEMA_VERSION = the highest file number):
     4  0004_autovacuum_thresholds.sql the big tables are first analyzed (and vacuumed) after
                           10,000 changed rows, not 50: no plan is built on a tiny table's
                           statistics and then kept while the table grows.
-    5  0005_reserved.sql  a placeholder keeping the numbers gap-free until the migration
-                          that owns number 5 is merged (it replaces this file and line).
+    5  0005_perform.sql   the Perform API's tables: room aliases, the room directory,
+                          send_event transaction IDs (with the signed event), forgotten rooms.
     6  0006_query_indexes.sql memberships by (user, membership) and by (room, membership)
                           (the first replaces memberships_target_idx), and room_joined_counts
                           kept by row triggers on memberships: the homeserver queries.
