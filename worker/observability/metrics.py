@@ -38,7 +38,7 @@ Stage = Literal[
     "queue_wait",
     "total",
 ]
-Kind = Literal["new", "outlier", "old"]
+Kind = Literal["new", "outlier", "old", "invite"]
 OutcomeLabel = Literal["accepted", "soft_failed", "rejected", "outlier", "invalid"]
 StateResAlgorithm = Literal["v1", "v2", "v2.1"]
 SettleAction = Literal["ack", "nak", "term", "in_progress"]

@@ -28,6 +28,7 @@ from worker.messages import perform as m
 from worker.observability.metrics import PERFORM_DURATION, PERFORMS
 from worker.perform import create, directory, members, upgrade
 from worker.perform.keys import load_signing_key
+from worker.perform.remote_wiring import build_remote, close_remote
 from worker.perform.submit import StreamSubmitter
 from worker.perform.writer import PerformFailed, RoomWriter
 
@@ -149,6 +150,8 @@ class PerformService:
         submitter = self.writer.submitter
         if isinstance(submitter, StreamSubmitter):
             await submitter.close()
+        if self.writer.remote is not None:
+            await close_remote(self.writer.remote)
 
 
 def build_writer(nc: Client, pool: asyncpg.Pool[Any], settings: Settings) -> RoomWriter:
@@ -162,10 +165,12 @@ def build_writer(nc: Client, pool: asyncpg.Pool[Any], settings: Settings) -> Roo
     path = signing_key_path(settings)
     key = load_signing_key(path, settings.server_name, create=settings.signing_key_file is None)
     submitter = StreamSubmitter(nc, Subjects(settings.bus.prefix), settings.server_name)
-    return RoomWriter(
+    writer = RoomWriter(
         PostgresQueryReads.from_pool(pool), PgPerformStore(pool), submitter, key,
         default_room_version=settings.default_room_version,
     )
+    writer.remote = build_remote(nc, pool, settings, key)
+    return writer
 
 
 async def start_perform_service(
