@@ -286,3 +286,44 @@ async def test_invite_without_countersignature_is_refused(
     assert failed.code == "unavailable" and "no signature of theirs" in failed.body["message"]
     state = await api.state(room["room_id"])
     assert ("m.room.member", "@zed:elsewhere.test") not in state
+
+
+async def test_backfill_100_events_in_pages_of_20(
+    api: Api, remote: FakeRemote, reader: Client
+) -> None:
+    b = remote_room(5)
+    history = [b.message("alice", f"old message {i}") for i in range(100)]
+    remote.host(b)
+    await api.perform("join", user_id=BOB, room_id_or_alias=b.room_id, server_names=["test"])
+    start = [history[-1]]
+    got: list[str] = []
+    for _ in range(5):
+        page = await api.perform("backfill", room_id=b.room_id, event_ids=start, limit=20)
+        events = page["events"]
+        assert len(events) == 20
+        depths = [e["depth"] for e in events]
+        assert depths == sorted(depths, reverse=True)
+        got += [e["event_id"] for e in events]
+        start = [p for p in events[-1]["prev_events"]]
+    assert got == list(reversed(history))
+    assert len(remote.received["backfill"]) == 5
+    # Now held here: the first page again comes from the store, nobody is asked.
+    again = await api.perform("backfill", room_id=b.room_id, event_ids=[history[-1]], limit=20)
+    assert [e["event_id"] for e in again["events"]] == got[:20]
+    assert len(remote.received["backfill"]) == 5
+    outputs = await reader.outputs(at_least=101)
+    assert len(payloads(outputs, "old_room_event")) == 100
+
+
+async def test_backfill_refuses_a_garbage_answer(api: Api, remote: FakeRemote) -> None:
+    b = remote_room(5)
+    history = [b.message("alice", f"old message {i}") for i in range(5)]
+    remote.host(b)
+    await api.perform("join", user_id=BOB, room_id_or_alias=b.room_id, server_names=["test"])
+    remote.garbage = {"test": "undecodable"}
+    page = await api.perform("backfill", room_id=b.room_id, event_ids=[history[-1]], limit=5)
+    assert page["events"] == []
+    remote.garbage = {}
+    remote.signed[history[-1]]["content"] = {"body": "forged"}
+    page = await api.perform("backfill", room_id=b.room_id, event_ids=[history[-1]], limit=5)
+    assert page["events"] == []

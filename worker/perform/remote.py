@@ -22,7 +22,7 @@ import string
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 import structlog
@@ -54,6 +54,9 @@ from worker.messages.federation_perform import (
 from worker.messages.input import InputRoomEvent
 from worker.messages.reply import InputReply
 from worker.perform.writer import PerformFailed
+
+if TYPE_CHECKING:
+    from worker.perform.backfill import Backfiller
 
 log = structlog.get_logger(__name__)
 
@@ -160,6 +163,8 @@ class RemotePerformer:
         max_state_events: int = DEFAULT_MAX_STATE_EVENTS,
     ) -> None:
         self.invites = invites
+        # The backfill perform (`worker.perform.backfill`), wired beside the remote paths.
+        self.backfiller: Backfiller | None = None
         self.federation = federation
         self.inputs = inputs
         self.key = key

@@ -12,6 +12,7 @@ from worker.core.format import parse_pdu
 from worker.core.ids import domain_of
 from worker.core.versions import rules_for
 from worker.messages.perform import InviteRequest, JoinRequest, LeaveRequest
+from worker.messages.perform_backfill import BackfillRequest, BackfillResponse
 from worker.perform.remote import INVITE_STATE_KEYS, RemotePerformer
 from worker.perform.writer import PerformFailed, RoomWriter, verdict
 
@@ -83,4 +84,12 @@ def _servers_of(pending: Any) -> list[str]:
     return [s for s in servers if s]
 
 
-__all__ = ["invite", "join", "reject_invite"]
+async def backfill(writer: RoomWriter, req: BackfillRequest) -> BackfillResponse:
+    """The `backfill` perform (`worker.perform.backfill`)."""
+    remote = _remote(writer, "backfill")
+    if remote.backfiller is None:
+        raise PerformFailed("unavailable", "backfill is not configured")
+    return await remote.backfiller.backfill(req)
+
+
+__all__ = ["backfill", "invite", "join", "reject_invite"]

@@ -11,9 +11,11 @@ from worker.bus.subjects import Subjects
 from worker.config import Settings
 from worker.core.signing import ServerKey
 from worker.federation.perform_client import NatsFederationPerformClient
+from worker.perform.backfill import Backfiller
 from worker.perform.inputs import InputBatchSubmitter
 from worker.perform.remote import RemotePerformer
 from worker.storage.invites import PgInviteReads
+from worker.storage.query_reads import PostgresQueryReads
 
 
 def build_remote(
@@ -21,7 +23,10 @@ def build_remote(
 ) -> RemotePerformer:
     federation = NatsFederationPerformClient(nc, settings.bus.federation_prefix)
     inputs = InputBatchSubmitter(nc, Subjects(settings.bus.prefix))
-    return RemotePerformer(federation, inputs, key, invites=PgInviteReads(pool))
+    remote = RemotePerformer(federation, inputs, key, invites=PgInviteReads(pool))
+    reads = PostgresQueryReads.from_pool(pool)
+    remote.backfiller = Backfiller(reads, federation, inputs, settings.server_name)
+    return remote
 
 
 async def close_remote(remote: RemotePerformer) -> None:

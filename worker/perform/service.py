@@ -26,7 +26,7 @@ from worker.bus.subjects import Subjects
 from worker.config import Settings, signing_key_path
 from worker.messages import perform as m
 from worker.observability.metrics import PERFORM_DURATION, PERFORMS
-from worker.perform import create, directory, members, upgrade
+from worker.perform import create, directory, members, remote_members, upgrade
 from worker.perform.keys import load_signing_key
 from worker.perform.remote_wiring import build_remote, close_remote
 from worker.perform.submit import StreamSubmitter
@@ -50,6 +50,7 @@ PERFORM_HANDLERS: dict[str, Handler] = {
     "set_alias": directory.set_alias,
     "remove_alias": directory.remove_alias,
     "publish": directory.publish,
+    "backfill": remote_members.backfill,
 }
 QUERY_HANDLERS: dict[str, Handler] = {
     "room_for_alias": directory.room_for_alias,
