@@ -200,12 +200,20 @@ class RemotePerformer:
         for server in _distinct(servers):
             if server == self.server_name:
                 continue
+            start = time.perf_counter()
             joined = await self._join_via(server, room_id, user_id, content)
             if isinstance(joined, str):
                 log.info("remote_join_server_failed", server=server, reason=joined)
                 reasons.append(f"{server}: {joined}")
                 continue
-            return await self._store_join(room_id, joined)
+            checked = time.perf_counter()
+            event_id = await self._store_join(room_id, joined)
+            log.info(
+                "remote_join_done", server=server, state=len(joined.snapshot.state_ids),
+                events=len(joined.snapshot.events), asked_and_checked_s=checked - start,
+                stored_s=time.perf_counter() - checked,
+            )
+            return event_id
         if not reasons:
             reasons.append("no server to join through was given")
         raise _unavailable(f"could not join {room_id}", reasons)
@@ -238,9 +246,10 @@ class RemotePerformer:
         )
         if isinstance(snapshot, Rejection):
             return f"{snapshot.code}: {snapshot.reason}"
-        if sent.event is not None:
+        returned = _decode(sent.event)
+        if returned is not None:
             # The resident may add its signature (restricted joins); it must stay our event.
-            theirs = check_event(_decode(sent.event), rules, room_id)
+            theirs = check_event(returned, rules, room_id)
             if isinstance(theirs, Rejection) or theirs.event_id != join.event_id:
                 return "send_join answered with another event than our join"
             join = theirs
@@ -288,7 +297,6 @@ class RemotePerformer:
                 "forbidden", f"the join was not accepted: {verdict.reason}",
                 reason_code=verdict.reason_code, reason=verdict.reason,
             )
-        log.info("remote_join_done", server=joined.server, state=len(joined.snapshot.state_ids))
         return joined.join.event_id
 
     # -- leave (rejecting an invite) -------------------------------------------------------
