@@ -21,6 +21,11 @@ COMMANDS: dict[str, str] = {
     "tail": "tail",
     "inspect": "inspect",
     "graph": "graph",
+    "create-room": "create_room",
+    "say": "say",
+    "join": "join",
+    "invite": "invite",
+    "upgrade": "upgrade",
 }
 
 

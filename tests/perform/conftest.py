@@ -55,10 +55,10 @@ class Api:
         return data
 
     async def perform(self, perform: str, /, **body: Any) -> dict[str, Any]:
-        return await self._ask(f"{self.prefix}.perform.{perform}", body, 30.0)
+        return await self._ask(f"{self.prefix}.perform.{perform}", body, 120.0)
 
     async def query(self, query: str, /, **body: Any) -> dict[str, Any]:
-        return await self._ask(f"{self.prefix}.query.{query}", body, 30.0)
+        return await self._ask(f"{self.prefix}.query.{query}", body, 120.0)
 
     async def refused(self, perform: str, /, **body: Any) -> Failed:
         try:

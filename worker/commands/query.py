@@ -14,9 +14,13 @@ import sys
 import msgspec
 
 from worker.config import EXIT_CONFIG, load_or_report
-from worker.messages.query import QUERIES
+from worker.messages.perform import PERFORM_QUERIES
+from worker.messages.query import QUERIES as _QUERIES
 
 HELP = "ask the running roomserver a query over NATS, e.g. query room_version '{\"room_id\": \"!r:hs\"}'"
+
+# The query API's and those answered beside the performs (aliases, directory, server keys).
+QUERIES = {**_QUERIES, **PERFORM_QUERIES}
 
 EXIT_ERROR_REPLY = 1
 EXIT_UNREACHABLE = 3

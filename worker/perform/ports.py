@@ -10,7 +10,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -91,4 +91,11 @@ class Submitter(Protocol):
         Raises `TimeoutError` when no reply comes in time (the input may still be processed:
         it is in the stream).
         """
+        ...
+
+    async def publish(
+        self, room_id: str, room_version: str, pdu: dict[str, Any] | bytes, event_id: str
+    ) -> Awaitable[InputReply]:
+        """Publish the input; returns, once the stream holds it, an awaitable of the reply
+        (raising `TimeoutError` like `submit`)."""
         ...

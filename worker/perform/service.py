@@ -19,13 +19,15 @@ import asyncpg
 import msgspec
 import structlog
 from nats.aio.client import Client
+from nats.errors import Error as NatsError
 from nats.micro.request import Request
 from nats.micro.service import EndpointConfig, Service
+from prometheus_client import Counter, Histogram
 
 from worker.bus.subjects import Subjects
 from worker.config import Settings, signing_key_path
 from worker.messages import perform as m
-from worker.observability.metrics import PERFORM_DURATION, PERFORMS
+from worker.observability.metrics import PERFORM_DURATION, PERFORMS, QUERIES, QUERY_DURATION
 from worker.perform import create, directory, members, remote_members, upgrade
 from worker.perform.keys import load_signing_key
 from worker.perform.remote_wiring import build_remote, close_remote
@@ -88,47 +90,70 @@ class PerformService:
 
     def endpoint(self, name: str, handler: Handler) -> Callable[[Request], Awaitable[None]]:
         decoder = self._decoders[name]
+        # Queries count with the query API's metrics, performs with their own.
+        counted = (PERFORMS, PERFORM_DURATION) if name in m.PERFORMS else (QUERIES, QUERY_DURATION)
 
         async def on_request(request: Request) -> None:
-            task = asyncio.create_task(self._run(name, handler, decoder, request))
+            task = asyncio.create_task(self._run(name, handler, decoder, request, counted))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
         return on_request
 
     async def _run(
-        self, name: str, handler: Handler, decoder: msgspec.json.Decoder[Any], request: Request
+        self,
+        name: str,
+        handler: Handler,
+        decoder: msgspec.json.Decoder[Any],
+        request: Request,
+        counted: tuple[Counter, Histogram],
     ) -> None:
         async with self._slots:
             start = time.perf_counter()
             outcome = "ok"
             try:
-                if self._stopping:
-                    raise PerformFailed("unavailable", "the roomserver is stopping")
-                try:
-                    body = decoder.decode(request.data)
-                except msgspec.DecodeError as exc:
-                    raise PerformFailed("bad_request", f"{name}: {exc}") from None
-                response = await handler(self.writer, body)
+                response = await self._answer(name, handler, decoder, request.data)
+                await request.respond(_encoder.encode(response))
             except PerformFailed as exc:
                 outcome = exc.code
                 data, headers = error_reply(exc)
-                await request.respond_error(
-                    m.PERFORM_ERROR_CODES[exc.code], exc.message, data, headers
-                )
-                return
-            except Exception as exc:
-                outcome = "internal"
-                log.exception("perform_failed", perform=name)
-                failure = PerformFailed("internal", f"{type(exc).__name__}: {exc}")
-                data, headers = error_reply(failure)
-                await request.respond_error("500", failure.message, data, headers)
-                return
+                await self._respond_error(request, exc, data, headers)
+            except NatsError as failed:
+                log.warning("perform_reply_failed", code="ok", error=repr(failed))
             finally:
                 # Labels from fixed sets: the endpoint names and the error codes.
-                PERFORMS.labels(name, outcome).inc()
-                PERFORM_DURATION.labels(name).observe(time.perf_counter() - start)
-            await request.respond(_encoder.encode(response))
+                counted[0].labels(name, outcome).inc()
+                counted[1].labels(name).observe(time.perf_counter() - start)
+
+    async def _answer(
+        self, name: str, handler: Handler, decoder: msgspec.json.Decoder[Any], data: bytes
+    ) -> msgspec.Struct:
+        """The handler's response; every failure as `PerformFailed`."""
+        if self._stopping:
+            raise PerformFailed("unavailable", "the roomserver is stopping")
+        try:
+            body = decoder.decode(data)
+        except msgspec.DecodeError as exc:
+            raise PerformFailed("bad_request", f"{name}: {exc}") from None
+        try:
+            return await handler(self.writer, body)
+        except PerformFailed:
+            raise
+        except Exception as exc:
+            log.exception("perform_failed", perform=name)
+            raise PerformFailed("internal", f"{type(exc).__name__}: {exc}") from exc
+
+    @staticmethod
+    async def _respond_error(
+        request: Request, exc: PerformFailed, data: bytes, headers: dict[str, str]
+    ) -> None:
+        try:
+            await request.respond_error(
+                m.PERFORM_ERROR_CODES[exc.code], exc.message, data, headers
+            )
+        except NatsError as failed:
+            # The requester's connection (or ours) is gone; it will ask again.
+            log.warning("perform_reply_failed", code=exc.code, error=repr(failed))
 
     async def add_to(self, service: Service, prefix: str) -> None:
         """Add every endpoint to the running micro service."""

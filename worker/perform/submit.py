@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+from collections.abc import Awaitable
 from typing import Any
 
 import msgspec
@@ -53,6 +54,13 @@ class StreamSubmitter:
     async def submit(
         self, room_id: str, room_version: str, pdu: dict[str, Any] | bytes, event_id: str
     ) -> InputReply:
+        return await (await self.publish(room_id, room_version, pdu, event_id))
+
+    async def publish(
+        self, room_id: str, room_version: str, pdu: dict[str, Any] | bytes, event_id: str
+    ) -> Awaitable[InputReply]:
+        """Publish the input (returns once JetStream stored it) and answer an awaitable of
+        its reply: a caller can let the next event of the room go before the verdict."""
         if self._sub is None:
             await self._subscribe()
         body = pdu if isinstance(pdu, bytes) else msgspec.json.encode(pdu)
@@ -79,6 +87,13 @@ class StreamSubmitter:
                 stream=self._subjects.input_stream,
                 headers=headers,
             )
+        except BaseException:
+            self._waiting.pop(token, None)
+            raise
+        return self._reply(token, future)
+
+    async def _reply(self, token: str, future: asyncio.Future[InputReply]) -> InputReply:
+        try:
             async with asyncio.timeout(self._timeout):
                 return await future
         finally:

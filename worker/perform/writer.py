@@ -17,7 +17,7 @@ import contextlib
 import secrets
 import string
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -35,6 +35,18 @@ if TYPE_CHECKING:
     from worker.perform.remote import RemotePerformer
 
 _OPAQUE = string.ascii_letters
+MAX_CACHED_VERSIONS = 100_000
+MAX_CACHED_HEADS = 10_000
+
+
+class _Pending:
+    """Events of one room submitted without a verdict yet, and the head after the last."""
+
+    __slots__ = ("head", "in_flight")
+
+    def __init__(self, head: RoomHead) -> None:
+        self.head = head
+        self.in_flight = 0
 
 
 class PerformFailed(Exception):
@@ -93,6 +105,13 @@ def verdict(reply: InputReply) -> None:
     raise PerformFailed("unavailable", f"the roomserver could not store the event: {reply.reason}")
 
 
+def _observed(task: asyncio.Future[InputReply]) -> None:
+    """Mark a verdict's failure as seen: whoever waits for it gets it; if nobody does, the
+    perform that published it has already failed for another reason."""
+    if not task.cancelled():
+        task.exception()
+
+
 class RoomWriter:
     """Builds, signs and submits events as this server."""
 
@@ -115,6 +134,13 @@ class RoomWriter:
         self.locks = RoomLocks()
         # The remote paths of join, leave and invite (`worker.perform.remote`); None: local only.
         self.remote: RemotePerformer | None = None
+        # A room's version never changes: asked once per room (bounded, cleared when full).
+        self._versions: dict[str, str] = {}
+        # Rooms with events submitted and no verdict yet: the head after the last of them.
+        self._pending: dict[str, _Pending] = {}
+        # The head after this writer's last accepted event of a room: reused while the
+        # room's extremities are still exactly its latest events (nothing else happened).
+        self._known: dict[str, RoomHead] = {}
 
     @property
     def server_name(self) -> str:
@@ -143,9 +169,14 @@ class RoomWriter:
     async def rules_of(self, room_id: str) -> tuple[str, RoomRules]:
         if not room_id:
             raise PerformFailed("bad_request", "room_id is required")
-        version = await self.reads.room_version(room_id)
+        version = self._versions.get(room_id)
         if version is None:
-            raise PerformFailed("not_found", f"unknown room {room_id!r}")
+            version = await self.reads.room_version(room_id)
+            if version is None:
+                raise PerformFailed("not_found", f"unknown room {room_id!r}")
+            if len(self._versions) >= MAX_CACHED_VERSIONS:
+                self._versions.clear()
+            self._versions[room_id] = version
         rules = rules_for(version)
         if rules is None:
             raise PerformFailed("internal", f"room {room_id!r} has unknown version {version!r}")
@@ -188,37 +219,112 @@ class RoomWriter:
             raise _refused(r.code, r.reason)
         return built
 
-    async def submit(self, built: Built, version: str, *, msg_id: str = "") -> None:
+    async def write(self, room_id: str, draft: Draft) -> Built:
+        """Build `draft` on the room's head, submit it, and answer once it is accepted.
+
+        The room's lock is held only until the input stream holds the event: the next perform
+        of the room builds on it straight away (its head is kept in memory until the verdicts
+        are in), so a busy room's performs are pipelined instead of waiting a round trip
+        through the pipeline each.
+        """
+        async with self.locks.hold(room_id):
+            head = await self.pending_head(room_id, draft)
+            built = self.build(draft, head)
+            reply = await self._publish(room_id, head, built, built.event_id)
+        await self._settle(room_id, reply)
+        return built
+
+    async def pending_head(self, room_id: str, draft: Draft) -> RoomHead:
+        """The head to build `draft` on: after the room's events in flight, if any (with the
+        state keys they do not cover read from current state), else the stored head."""
+        pending = self._pending.get(room_id)
+        if pending is not None:
+            head = pending.head
+        else:
+            known = self._known.get(room_id)
+            latest = await self.reads.extremities(room_id) if known is not None else None
+            if known is None or set(latest or ()) != {e.event_id for e in known.latest}:
+                return await self.head(room_id, [draft])
+            head = known
+        missing = [k for k in needed_state(draft, head.rules) if k not in head.state]
+        if not missing:
+            return head
+        read = await self.state_events(room_id, missing)
+        # What the events in flight set wins over the (older) stored current state.
+        return RoomHead(head.rules, room_id, head.latest, {**read, **head.state})
+
+    async def _publish(
+        self, room_id: str, head: RoomHead, built: Built, msg_id: str
+    ) -> Awaitable[InputReply]:
+        """Publish under the room's lock and record the event as in flight."""
         try:
-            reply = await self.submitter.submit(
-                built.room_id, version, built.pdu, msg_id or built.event_id
+            reply = await self.submitter.publish(
+                built.room_id, head.rules.version, built.pdu, msg_id
             )
         except TimeoutError:
-            raise PerformFailed(
-                "unavailable",
-                f"no verdict on {built.event_id} in time; it may still be stored",
-            ) from None
-        verdict(reply)
+            raise PerformFailed("unavailable", "the input stream did not take the event") from None
+        pending = self._pending.get(room_id)
+        if pending is None:
+            pending = self._pending[room_id] = _Pending(head)
+        pending.head = head.advance(built)
+        pending.in_flight += 1
+        # A task, not a bare coroutine: the bookkeeping runs even if the caller never waits
+        # for this verdict (a chain whose later event could not be published).
+        task = asyncio.ensure_future(self._track(room_id, pending, reply))
+        task.add_done_callback(_observed)
+        return task
 
-    async def write(self, room_id: str, draft: Draft) -> Built:
-        """Build `draft` on the room's head and submit it; hold the room's lock."""
-        async with self.locks.hold(room_id):
-            head = await self.head(room_id, [draft])
-            built = self.build(draft, head)
-            await self.submit(built, head.rules.version)
-            return built
+    async def _track(
+        self, room_id: str, pending: _Pending, reply: Awaitable[InputReply]
+    ) -> InputReply:
+        ok = False
+        try:
+            answer = await reply
+            ok = answer.outcome == "accepted"
+            return answer
+        finally:
+            pending.in_flight -= 1
+            # Done, or an event was refused (the head in memory went where the room did not):
+            # the next perform reads the stored head again, or checks the one it knows.
+            if (pending.in_flight == 0 or not ok) and self._pending.get(room_id) is pending:
+                del self._pending[room_id]
+                if ok:
+                    if len(self._known) >= MAX_CACHED_HEADS:
+                        self._known.clear()
+                    self._known[room_id] = pending.head
+                else:
+                    self._known.pop(room_id, None)
+
+    async def _settle(self, room_id: str, reply: Awaitable[InputReply]) -> None:
+        try:
+            answer = await reply
+        except TimeoutError:
+            raise PerformFailed(
+                "unavailable", f"no verdict in time on an event of {room_id}; it may still be "
+                "stored",
+            ) from None
+        verdict(answer)
 
     async def write_chain(self, head: RoomHead, drafts: Sequence[Draft]) -> list[Built]:
-        """Build every draft on the one before (all checked before any is submitted), then
-        submit them in order. The caller holds the room's lock, if the room exists yet."""
-        chain: list[Built] = []
+        """Build every draft on the one before (all checked before any is submitted), submit
+        them in order, then wait for every verdict. The caller holds the room's lock, if the
+        room exists yet."""
+        chain: list[tuple[RoomHead, Built]] = []
         for draft in drafts:
             built = self.build(draft, head)
-            chain.append(built)
+            chain.append((head, built))
             head = head.advance(built)
-        for built in chain:
-            await self.submit(built, head.rules.version)
-        return chain
+        replies = []
+        for before, built in chain:
+            replies.append(await self._publish(built.room_id, before, built, built.event_id))
+        outcomes = await asyncio.gather(
+            *(self._settle(b.room_id, r) for (_, b), r in zip(chain, replies, strict=True)),
+            return_exceptions=True,
+        )
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+        return [built for _, built in chain]
 
     # -- send_event with a transaction ID --
 
@@ -232,7 +338,7 @@ class RoomWriter:
         async with self.locks.hold(room_id):
             record = await self.store.txn(draft.sender, txn_id)
             if record is None:
-                head = await self.head(room_id, [draft])
+                head = await self.pending_head(room_id, draft)
                 built = self.build(draft, head)
                 record = TxnRecord(
                     room_id=room_id,
@@ -241,32 +347,30 @@ class RoomWriter:
                     pdu=msgspec.json.encode(built.pdu),
                 )
                 if await self.store.add_txn(draft.sender, txn_id, record):
-                    await self._submit_recorded(draft.sender, txn_id, record, retry=False)
-                    return record.event_id
-                record = await self.store.txn(draft.sender, txn_id)
-                if record is None:
-                    raise PerformFailed("conflict", f"transaction {txn_id!r} changed under us")
-            if (await self.reads.events([record.event_id])).get(record.event_id) is None:
-                await self._submit_recorded(draft.sender, txn_id, record, retry=True)
-            return record.event_id
+                    reply = await self._publish(room_id, head, built, built.event_id)
+                else:
+                    reply = None
+                    record = await self.store.txn(draft.sender, txn_id)
+                    if record is None:
+                        raise PerformFailed("conflict", f"transaction {txn_id!r} changed under us")
+            else:
+                reply = None
+        if reply is not None:
+            await self._settle_recorded(draft.sender, txn_id, record, reply)
+        elif (await self.reads.events([record.event_id])).get(record.event_id) is None:
+            # A retry must not reuse the event ID as Nats-Msg-Id: if the first submission is
+            # still in the stream, JetStream would drop this one as a duplicate and its reply
+            # would never come. The pipeline recognises the event and answers `duplicate`.
+            msg_id = f"{record.event_id}~{secrets.token_hex(4)}"
+            retry = self.submitter.submit(record.room_id, record.room_version, record.pdu, msg_id)
+            await self._settle_recorded(draft.sender, txn_id, record, retry)
+        return record.event_id
 
-    async def _submit_recorded(
-        self, sender: str, txn_id: str, record: TxnRecord, *, retry: bool
+    async def _settle_recorded(
+        self, sender: str, txn_id: str, record: TxnRecord, reply: Awaitable[InputReply]
     ) -> None:
-        # A retry must not reuse the event ID as Nats-Msg-Id: if the first submission is
-        # still in the stream, JetStream would drop this one as a duplicate and its reply
-        # would never come. The pipeline recognises the event and answers `duplicate`.
-        msg_id = f"{record.event_id}~{secrets.token_hex(4)}" if retry else record.event_id
         try:
-            reply = await self.submitter.submit(
-                record.room_id, record.room_version, record.pdu, msg_id
-            )
-        except TimeoutError:
-            raise PerformFailed(
-                "unavailable", f"no verdict on {record.event_id} in time; it may still be stored"
-            ) from None
-        try:
-            verdict(reply)
+            await self._settle(record.room_id, reply)
         except PerformFailed as exc:
             if exc.code in ("forbidden", "bad_request"):
                 # Refused for good: the transaction may build a new event next time.
