@@ -46,7 +46,7 @@ for _name, (_request, _response) in PERFORMS.items():
 for _name, (_request, _response) in PERFORM_QUERIES.items():
     SCHEMAS[f"query_{_name}_request"] = _request
     SCHEMAS[f"query_{_name}_response"] = _response
-# Gap-filling requests to the federation service and its answers (issue 9):
+# Requests to the federation service and its answers (gap filling and performs):
 # federation_<verb>_request.json, federation_<verb>_response.json.
 for _verb, (_request, _response) in (FEDERATION_VERBS | FEDERATION_PERFORM_VERBS).items():
     SCHEMAS[f"federation_{_verb}_request"] = _request
