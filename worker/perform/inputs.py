@@ -51,9 +51,16 @@ class InputBatchSubmitter:
         self._tokens = itertools.count(1)
 
     async def submit_inputs(
-        self, room_id: str, inputs: Sequence[tuple[InputRoomEvent, str]]
+        self,
+        room_id: str,
+        inputs: Sequence[tuple[InputRoomEvent, str]],
+        *,
+        every_reply: bool = True,
     ) -> list[InputReply]:
         """Publish (input, Nats-Msg-Id) pairs in order; the pipeline's replies, in order.
+        `every_reply=False`: only the last input asks for a reply (the pipeline handles a
+        room's inputs in order, so it comes after all the others are done), and only it is
+        returned; a reply per input costs the worker as much as a small input.
 
         Raises `TimeoutError` when some reply does not come within the reply timeout.
         """
@@ -65,15 +72,14 @@ class InputBatchSubmitter:
         tokens: list[str] = []
         published: list[asyncio.Future[Any]] = []
         try:
-            for message, msg_id in inputs:
-                token = str(next(self._tokens))
-                tokens.append(token)
-                self._waiting[token] = loop.create_future()
-                headers = {
-                    ROOM_ID_HEADER: room_id,
-                    MSG_ID_HEADER: msg_id,
-                    REPLY_INBOX_HEADER: self._prefix + token,
-                }
+            last = len(inputs) - 1
+            for n, (message, msg_id) in enumerate(inputs):
+                headers = {ROOM_ID_HEADER: room_id, MSG_ID_HEADER: msg_id}
+                if every_reply or n == last:
+                    token = str(next(self._tokens))
+                    tokens.append(token)
+                    self._waiting[token] = loop.create_future()
+                    headers[REPLY_INBOX_HEADER] = self._prefix + token
                 await window.acquire()
                 future: asyncio.Future[Any] = asyncio.ensure_future(js.publish(
                     self._subjects.input(room_id), encode_input(message),

@@ -131,8 +131,14 @@ class InputPort(Protocol):
     """Puts inputs of one room on the input stream in order and returns the replies."""
 
     async def submit_inputs(
-        self, room_id: str, inputs: Sequence[tuple[InputRoomEvent, str]]
-    ) -> list[InputReply]: ...
+        self,
+        room_id: str,
+        inputs: Sequence[tuple[InputRoomEvent, str]],
+        *,
+        every_reply: bool = True,
+    ) -> list[InputReply]:
+        """The replies in order; `every_reply=False`: only the last input's."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,21 +283,16 @@ class RemotePerformer:
             room_version=version, origin=joined.server,
             state_event_ids=joined.snapshot.state_ids,
         ), joined.join.event_id + attempt))
+        # Every event was checked as the pipeline checks outliers, so only the join's verdict
+        # is awaited: it comes after the rest (one room's inputs are handled in order), and
+        # a state event that was not stored refuses it (`missing_state_events`).
         try:
-            replies = await self.inputs.submit_inputs(room_id, inputs)
+            (verdict,) = await self.inputs.submit_inputs(room_id, inputs, every_reply=False)
         except TimeoutError:
             raise PerformFailed(
                 "unavailable", f"no verdict on the join {joined.join.event_id} in time; "
                 "it may still be stored",
             ) from None
-        refused = [r for r in replies[:-1] if r.outcome not in ("outlier", "accepted")]
-        if refused:
-            first = refused[0]
-            raise PerformFailed(
-                "unavailable", f"{len(refused)} events of the room's state were refused, "
-                f"e.g. {first.event_id}: {first.reason_code}: {first.reason}",
-            )
-        verdict = replies[-1]
         if verdict.outcome != "accepted":
             raise PerformFailed(
                 "forbidden", f"the join was not accepted: {verdict.reason}",
