@@ -32,6 +32,7 @@ from nats.js.errors import Error as JetStreamError
 
 from worker import __version__
 from worker.bus.consumer import ConsumerSettings, InputConsumer
+from worker.bus.inputs import InputBatchSubmitter
 from worker.bus.leases import LeaseSettings, ShardLeases, new_worker_id
 from worker.bus.outbox import NatsOutboxRelay
 from worker.bus.shards import shard_of
@@ -48,11 +49,14 @@ from worker.connections import (
 )
 from worker.embedded import EmbeddedError, EmbeddedNats, EmbeddedPostgres
 from worker.federation import NatsFederationClient
+from worker.federation.perform_client import NatsFederationPerformClient
 from worker.observability import metrics
 from worker.observability.http import HealthServer, ReadinessCheck
 from worker.observability.logging import get_logger
 from worker.perform.admin import AdminPerforms
+from worker.perform.backfill import Backfiller
 from worker.perform.keys import SigningKeyError, load_signing_key
+from worker.perform.remote import RemotePerformer
 from worker.perform.retention import RetentionSettings, run_retention
 from worker.perform.service import start_perform_service
 from worker.perform.writer import RoomWriter
@@ -73,6 +77,7 @@ from worker.storage import (
     query_reads,
 )
 from worker.storage.homeserver_reads import PostgresHomeserverReads
+from worker.storage.invites import PgInviteReads
 from worker.storage.perform import PgPerformStore
 from worker.storage.purge import PostgresPurger
 
@@ -122,10 +127,18 @@ def build_writer(nc: NatsClient, pool: asyncpg.Pool, settings: Settings) -> Room
     path = signing_key_path(settings)
     key = load_signing_key(path, settings.server_name, create=settings.signing_key_file is None)
     submitter = StreamSubmitter(nc, Subjects(settings.bus.prefix), settings.server_name)
-    return RoomWriter(
-        query_reads.PostgresQueryReads.from_pool(pool), PgPerformStore(pool), submitter, key,
+    reads = query_reads.PostgresQueryReads.from_pool(pool)
+    writer = RoomWriter(
+        reads, PgPerformStore(pool), submitter, key,
         default_room_version=settings.default_room_version,
     )
+    # The remote paths: other servers through the federation service, the state they send
+    # put on the input stream.
+    federation = NatsFederationPerformClient(nc, settings.bus.federation_prefix)
+    inputs = InputBatchSubmitter(nc, Subjects(settings.bus.prefix))
+    writer.remote = RemotePerformer(federation, inputs, key, invites=PgInviteReads(pool))
+    writer.remote.backfiller = Backfiller(reads, federation, inputs, settings.server_name)
+    return writer
 
 
 class Worker:

@@ -13,7 +13,11 @@ from typing import Literal
 import msgspec
 
 # `new` extends the DAG forwards, `outlier` is auth material only, `old` fills history.
-InputKind = Literal["new", "outlier", "old"]
+# `invite`: a membership event of one of our users in a room this server is not in (an
+# invite from another server, or the leave that rejected one): stored as an outlier without
+# the room's auth events, which we do not have, and announced as `new_invite_event` /
+# `retire_invite_event`.
+InputKind = Literal["new", "outlier", "old", "invite"]
 
 
 class TransactionId(msgspec.Struct, frozen=True, kw_only=True):

@@ -17,6 +17,8 @@ from typing import Any, Literal
 
 import msgspec
 
+from worker.messages.perform_backfill import BackfillRequest, BackfillResponse
+
 PerformErrorCode = Literal[
     "bad_request", "not_found", "forbidden", "conflict", "unavailable", "internal"
 ]
@@ -236,6 +238,7 @@ PERFORMS: dict[str, tuple[type[msgspec.Struct], type[msgspec.Struct]]] = {
     "set_alias": (SetAliasRequest, Empty),
     "remove_alias": (RemoveAliasRequest, Empty),
     "publish": (PublishRequest, Empty),
+    "backfill": (BackfillRequest, BackfillResponse),
 }
 
 # The queries the perform side answers: name -> (request Struct, response Struct).

@@ -19,6 +19,7 @@ import msgspec
 from worker.messages.admin import ADMIN_PERFORMS
 from worker.messages.deadletter import DeadLetter
 from worker.messages.federation import FEDERATION_VERBS
+from worker.messages.federation_perform import FEDERATION_PERFORM_VERBS
 from worker.messages.input import InputRoomEvent
 from worker.messages.output import OutputEvent
 from worker.messages.perform import PERFORM_QUERIES, PERFORMS, PerformError
@@ -50,9 +51,9 @@ for _name, (_request, _response) in PERFORMS.items():
 for _name, (_request, _response) in PERFORM_QUERIES.items():
     SCHEMAS[f"query_{_name}_request"] = _request
     SCHEMAS[f"query_{_name}_response"] = _response
-# Gap-filling requests to the federation service and its answers (issue 9):
+# Requests to the federation service and its answers (gap filling and performs):
 # federation_<verb>_request.json, federation_<verb>_response.json.
-for _verb, (_request, _response) in FEDERATION_VERBS.items():
+for _verb, (_request, _response) in (FEDERATION_VERBS | FEDERATION_PERFORM_VERBS).items():
     SCHEMAS[f"federation_{_verb}_request"] = _request
     SCHEMAS[f"federation_{_verb}_response"] = _response
 

@@ -38,7 +38,7 @@ Stage = Literal[
     "queue_wait",
     "total",
 ]
-Kind = Literal["new", "outlier", "old"]
+Kind = Literal["new", "outlier", "old", "invite"]
 OutcomeLabel = Literal["accepted", "soft_failed", "rejected", "outlier", "invalid"]
 StateResAlgorithm = Literal["v1", "v2", "v2.1"]
 SettleAction = Literal["ack", "nak", "term", "in_progress"]
@@ -179,7 +179,7 @@ ROOMS_IN_FLIGHT = Gauge(
 )
 FEDERATION_REQUESTS = Counter(
     "roomserver_federation_requests_total",
-    "Gap-filling requests to the federation service, by verb and result.",
+    "Requests to the federation service (gap filling and performs), by verb and result.",
     ["verb", "result"],
 )
 QUERIES = Counter(
@@ -323,7 +323,7 @@ GAPS = Counter(
 )
 FEDERATION_FETCH_SECONDS = Histogram(
     "roomserver_federation_fetch_seconds",
-    "Latency of one gap-filling request to the federation service, answered or not.",
+    "Latency of one request to the federation service, answered or not.",
     ["verb"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
 )

@@ -28,6 +28,7 @@ from worker.messages.perform import (
     SendEventRequest,
     SendEventResponse,
 )
+from worker.perform import remote_members
 from worker.perform.writer import PerformFailed, RoomWriter
 
 MEMBER = "m.room.member"
@@ -53,17 +54,13 @@ async def invite(writer: RoomWriter, req: InviteRequest) -> InviteResponse:
     writer.local_user(req.sender, "sender")
     if not is_valid_user_id(req.user_id):
         raise PerformFailed("bad_request", f"user_id {req.user_id!r} is not a user ID")
-    if domain_of(req.user_id) != writer.server_name:
-        raise PerformFailed(
-            "unavailable",
-            f"inviting {req.user_id} needs their server's countersignature over federation, "
-            "which this roomserver does not do yet",
-        )
     content: dict[str, Any] = {"membership": "invite"}
     if req.reason:
         content["reason"] = req.reason
     if req.is_direct:
         content["is_direct"] = True
+    if domain_of(req.user_id) != writer.server_name:
+        return InviteResponse(event_id=await remote_members.invite(writer, req, content))
     built = await writer.write(req.room_id, Draft(MEMBER, req.sender, content, req.user_id))
     return InviteResponse(event_id=built.event_id)
 
@@ -131,11 +128,9 @@ async def join(writer: RoomWriter, req: JoinRequest) -> JoinResponse:
     if await writer.reads.room_version(room_id) is None or not await _server_in_room(
         writer, room_id
     ):
-        raise PerformFailed(
-            "unavailable",
-            f"no user of {writer.server_name} is in {room_id}: joining it needs make_join / "
-            "send_join over federation, which this roomserver does not do yet",
-        )
+        event_id = await remote_members.join(writer, room_id, req)
+        await writer.store.set_forgotten(req.user_id, room_id, False)
+        return JoinResponse(room_id=room_id, event_id=event_id)
     content: dict[str, Any] = {**req.content, "membership": "join"}
     current = await writer.state_events(room_id, [(MEMBER, req.user_id), (JOIN_RULES, "")])
     membership = current.get((MEMBER, req.user_id))
@@ -162,6 +157,9 @@ async def _server_in_room(writer: RoomWriter, room_id: str) -> bool:
 
 async def leave(writer: RoomWriter, req: LeaveRequest) -> LeaveResponse:
     writer.local_user(req.user_id, "user_id")
+    rejected = await remote_members.reject_invite(writer, req)
+    if rejected is not None:
+        return LeaveResponse(event_id=rejected)
     if await writer.reads.room_version(req.room_id) is None:
         raise PerformFailed(
             "unavailable",

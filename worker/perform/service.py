@@ -24,7 +24,7 @@ from prometheus_client import Counter, Histogram
 
 from worker.messages import perform as m
 from worker.observability.metrics import PERFORM_DURATION, PERFORMS, QUERIES, QUERY_DURATION
-from worker.perform import create, directory, members, upgrade
+from worker.perform import create, directory, members, remote_members, upgrade
 from worker.perform.writer import PerformFailed, RoomWriter
 
 log = structlog.get_logger(__name__)
@@ -45,6 +45,7 @@ PERFORM_HANDLERS: dict[str, Handler] = {
     "set_alias": directory.set_alias,
     "remove_alias": directory.remove_alias,
     "publish": directory.publish,
+    "backfill": remote_members.backfill,
 }
 QUERY_HANDLERS: dict[str, Handler] = {
     "room_for_alias": directory.room_for_alias,
@@ -166,6 +167,8 @@ class PerformService:
         if self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
         await self.writer.submitter.close()
+        if self.writer.remote is not None:
+            await self.writer.remote.inputs.close()
 
 
 async def start_perform_service(writer: RoomWriter, service: Service, prefix: str) -> PerformService:

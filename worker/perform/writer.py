@@ -18,6 +18,7 @@ import secrets
 import string
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING
 
 import msgspec
 
@@ -29,6 +30,9 @@ from worker.core.versions import RoomRules, rules_for
 from worker.messages.perform import PerformErrorCode
 from worker.messages.reply import InputReply
 from worker.perform.ports import PerformStore, RoomReads, Submitter, TxnRecord
+
+if TYPE_CHECKING:
+    from worker.perform.remote import RemotePerformer
 
 _OPAQUE = string.ascii_letters
 MAX_CACHED_VERSIONS = 100_000
@@ -128,6 +132,8 @@ class RoomWriter:
         self.default_room_version = default_room_version
         self._clock = clock
         self.locks = RoomLocks()
+        # The remote paths of join, leave and invite (`worker.perform.remote`); None: local only.
+        self.remote: RemotePerformer | None = None
         # A room's version never changes: asked once per room (bounded, cleared when full).
         self._versions: dict[str, str] = {}
         # Rooms with events submitted and no verdict yet: the head after the last of them.

@@ -16,7 +16,7 @@ from worker.core.versions import RoomRules
 from worker.messages import HandleResult, InputRoomEvent
 from worker.pipeline.ports import StateHandle, StoredEvent
 
-KINDS = ("new", "outlier", "old")
+KINDS = ("new", "outlier", "old", "invite")
 
 
 # The pipeline answers with the bus's own result type: it carries exactly the reply's fields.

@@ -40,6 +40,7 @@ from worker.pipeline.dependencies import (
 from worker.pipeline.events import stored_json
 from worker.pipeline.fetch_missing import Attempt, GapFiller, GapSettings, soft_fail_after_fetch
 from worker.pipeline.flusher import BackgroundFlusher
+from worker.pipeline.invites import invite_write, retired_by_rewrite
 from worker.pipeline.latest import Advance, advance
 from worker.pipeline.memberships import detect_resets, invite_outputs
 from worker.pipeline.model import Result, Work, refused
@@ -240,6 +241,8 @@ class Pipeline:
             # every output too (the stored JSON already is, for good).
             work.event = Event(redact(work.event.pdu, work.rules), work.event_id, work.rules)
             work.pdu = work.event.pdu
+        if work.kind == "invite":
+            return await self._invite(work, itself)
         if duplicate is not None:
             # The original may have crashed between commit and publish: make sure its
             # outputs are out before the producer hears "done" again.
@@ -273,7 +276,7 @@ class Pipeline:
         Unused when the event turns out to be a duplicate."""
         ids = [work.event_id, *dependency_ids(work)]
         ev = work.event
-        if work.kind == "outlier" or work.inp.state_event_ids is not None or is_create(ev):
+        if work.kind in ("outlier", "invite") or work.inp.state_event_ids is not None or is_create(ev):
             return await self.store.events(ids)
         both = self._read_ahead_store
         if self._batch is not None:
@@ -314,7 +317,7 @@ class Pipeline:
 
     async def _decide(self, work: Work, fetched_state: StateHandle | None = None) -> Result:
         """Steps 5 to 7: auth, state before, auth against it, soft-fail."""
-        if work.room_known and is_create(work.event):
+        if work.room_known and is_create(work.event) and not await self._invite_only(work):
             # Another create event for an existing room (v1-v11, where the room ID does not
             # derive from it) would start a second DAG: refused, and not stored.
             exists = Rejection("room_exists", "the room already has its m.room.create event")
@@ -352,6 +355,29 @@ class Pipeline:
             if problem is not None:
                 return await self._finish(work, Outcome.SOFT_FAILED, problem)
         return await self._finish(work, Outcome.ACCEPTED, None)
+
+    async def _invite_only(self, work: Work) -> bool:
+        """True when all the room has is an invite (input kind `invite`): its create event
+        arrives with the room's state, when the invitee joins."""
+        return not await self.store.extremities(work.room_id) and (
+            await self.store.current_state(work.room_id) is None
+        )
+
+    async def _invite(self, work: Work, itself: StoredEvent | None) -> Result:
+        """Input kind `invite` (`worker.pipeline.invites`): stored as an outlier, announced."""
+        if itself is not None:
+            return Result(work.event_id, itself.outcome, duplicate=True)
+        write = await invite_write(self.store, work)
+        if isinstance(write, HandleResult):
+            return write
+        with measure("persist"):
+            await self.store.persist(write)
+        if write.outputs and self._batch is None:
+            if self.await_outputs:
+                await self.relay.flush(work.room_id)
+            else:
+                self.flusher.kick(work.room_id)
+        return Result(work.event_id, Outcome.OUTLIER)
 
     async def _soft_fail(
         self, work: Work, fetched_state: StateHandle | None = None
@@ -465,7 +491,8 @@ class Pipeline:
             have = await self._events(work, [*adv.adds, *adv.removes], merged)
             added = [have[i] for i in adv.adds if i in have]
             removed = [have[i] for i in adv.removes if i in have]
-        return invite_outputs(work.room_id, work.rules.version, added, removed, work.event_id)
+        out = invite_outputs(work.room_id, work.rules.version, added, removed, work.event_id)
+        return [*out, *retired_by_rewrite(work, out)]
 
     async def _check_reset(self, work: Work, adv: Advance) -> dict[str, str]:
         """The state-reset detector, on merges only (a linear step cannot reset state)."""

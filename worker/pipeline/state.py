@@ -123,7 +123,7 @@ async def state_before(store: RoomStore, work: Work) -> StateHandle | Rejection 
     prevs = work.event.prev_event_ids
     if not prevs:
         return Rejection("no_prev_events", "only the create event may have no prev events")
-    if any(not work.known[p].has_state for p in prevs):
+    if any(p not in work.known or not work.known[p].has_state for p in prevs):
         return None
     after = work.after_prevs
     if after is None or any(p not in after for p in prevs):

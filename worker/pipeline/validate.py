@@ -105,7 +105,7 @@ async def validate(
     if isinstance(pdu, Rejection):
         return refused(claimed, Outcome.INVALID, pdu)
     if inp.kind not in KINDS:
-        bad_kind = Rejection("bad_kind", f"input kind {inp.kind!r} is not new, outlier or old")
+        bad_kind = Rejection("bad_kind", f"input kind {inp.kind!r} is not new, outlier, old or invite")
         return refused(claimed, Outcome.INVALID, bad_kind)
     if room is None:
         room = await store.room(room_id)
@@ -123,7 +123,7 @@ async def validate(
     if _room_of(event) != room_id:
         wrong = Rejection("wrong_room", "the event's room_id differs from the input's room")
         return refused(event.event_id, Outcome.INVALID, wrong)
-    if room is None and not is_create(event):
+    if room is None and not is_create(event) and inp.kind != "invite":
         return refused(event.event_id, Outcome.REJECTED, _UNKNOWN_ROOM)
     hashed = check_content_hash(event.pdu)
     if isinstance(hashed, Rejection):

@@ -20,7 +20,13 @@ from worker.core.events import Event, StateKey
 from worker.core.stateres import resolve
 from worker.core.versions import RoomRules, rules_for
 from worker.messages import query as m
-from worker.query.ports import WILDCARD, QueryEvent, QueryStore, StateFilter
+from worker.query.ports import (
+    WILDCARD,
+    OutlierMemberships,
+    QueryEvent,
+    QueryStore,
+    StateFilter,
+)
 from worker.query.visibility import (
     HISTORY_VISIBILITY,
     MEMBER,
@@ -262,6 +268,14 @@ async def membership_for_user(
     key = (MEMBER, req.user_id)
     state = await store.current_state(req.room_id, [key])
     event_id = state.get(key, "")
+    if not event_id and isinstance(store, OutlierMemberships):
+        # A room held only through an invite: no state, the invite (or its rejection) says.
+        pending = await store.outlier_membership(req.room_id, req.user_id)
+        if pending is not None:
+            return m.MembershipForUserResponse(
+                room_id=req.room_id, membership=pending.membership, event_id=pending.event_id,
+                is_in_room=False, has_been_in_room=False,
+            )
     membership = "leave"
     if event_id:
         found = await store.events([event_id])

@@ -11,7 +11,7 @@ Every method is one database round trip or a few, never one per event.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import msgspec
 
@@ -129,3 +129,19 @@ class QueryStore(Protocol):
     async def ever_joined(self, room_id: str, user_id: str) -> bool:
         """True when an accepted join of the user is in the room's history."""
         ...
+
+
+@runtime_checkable
+class OutlierMemberships(Protocol):
+    """A store that knows memberships in rooms held only through an invite (input kind
+    `invite`): `worker.storage.invites`."""
+
+    async def outlier_membership(self, room_id: str, user_id: str) -> OutlierMembership | None:
+        ...
+
+
+class OutlierMembership(Protocol):
+    @property
+    def event_id(self) -> str: ...
+    @property
+    def membership(self) -> str: ...

@@ -25,6 +25,7 @@ from worker.core.versions import RoomRules, rules_for
 from worker.pipeline.ports import StateHandle
 from worker.query.ports import WILDCARD, QueryEvent, StateFilter
 from worker.storage import rooms as room_sql
+from worker.storage.invites import OutlierMembership, PgInviteReads
 from worker.storage.nids import NidCache, select_names, select_nids
 from worker.storage.params import keys_param
 from worker.storage.snapshots import load_layers
@@ -119,6 +120,10 @@ class PostgresQueryReads:
     async def room_version(self, room_id: str) -> str | None:
         version: str | None = await self._pool.fetchval(room_sql.SELECT_ROOM_VERSION, room_id)
         return version
+
+    async def outlier_membership(self, room_id: str, user_id: str) -> OutlierMembership | None:
+        """A user's membership in a room held only through an invite (`storage.invites`)."""
+        return await PgInviteReads(self._pool).outlier_membership(room_id, user_id)
 
     async def events(self, event_ids: Sequence[str]) -> dict[str, QueryEvent]:
         if not event_ids:

@@ -1,0 +1,329 @@
+"""The remote paths of `join`, `leave` and `invite`, and incoming invites, end to end over
+NATS: a worker with the Perform API (server `hs.test`), asked only over NATS, against the fake
+federation service (`FakeRemote`) relaying the resident server `test` of a room built with
+real IDs, hashes and signatures."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import nats
+import pytest
+
+from tests.e2e.conftest import Client, WorkerRun
+from tests.federation.fake_server import FakeRemote
+from tests.fixtures.builder import RoomBuilder
+from tests.perform.conftest import SERVER, Api, Failed, Performer, user
+from worker.bus.producer import send_input
+from worker.bus.subjects import Subjects
+from worker.config import load_settings
+from worker.messages.input import InputRoomEvent
+from worker.perform.keys import load_signing_key
+from worker.perform.service import PerformService, build_writer
+from worker.query.service import start_query_service
+
+BOB = user("bob")
+MEMBERS = 200
+
+
+class RemotePerformer(Performer):
+    """`Performer` whose performs ask the fake federation service."""
+
+    async def start(self) -> None:
+        await self.run.start()
+        assert self.run.nc is not None and self.run.pool is not None
+        settings = load_settings({
+            "SERVER_NAME": SERVER, "SIGNING_KEY_FILE": str(self.key_file),
+            "ROOMSERVER_PREFIX": self.prefix,
+            "FEDERATION_PREFIX": f"{self.prefix}.federation.request",
+        })
+        self.queries = await start_query_service(self.run.nc, self.run.pool, prefix=self.prefix)
+        assert self.queries.service is not None
+        self.performs = PerformService(build_writer(self.run.nc, self.run.pool, settings))
+        await self.performs.add_to(self.queries.service, self.prefix)
+
+
+@pytest.fixture
+def key_file(tmp_path: Path) -> Path:
+    path = tmp_path / "signing.key"
+    load_signing_key(path, SERVER, create=True)
+    return path
+
+
+@pytest.fixture
+async def api(nats_url: str, prefix: str, performer: Performer) -> AsyncIterator[Api]:
+    nc = await nats.connect(nats_url)
+    try:
+        yield Api(nc, prefix)
+    finally:
+        await nc.close()
+
+
+@pytest.fixture
+async def remote(nats_url: str, prefix: str) -> AsyncIterator[FakeRemote]:
+    nc = await nats.connect(nats_url)
+    fake = FakeRemote(nc, f"{prefix}.federation.request")
+    await fake.start()
+    try:
+        yield fake
+    finally:
+        await fake.stop()
+        await nc.close()
+
+
+@pytest.fixture
+async def performer(
+    nats_url: str, database_dsn: str, prefix: str, key_file: Path, remote: FakeRemote
+) -> AsyncIterator[Performer]:
+    p = RemotePerformer(WorkerRun(nats_url, database_dsn, Subjects(prefix)), key_file, prefix)
+    await p.start()
+    try:
+        yield p
+    finally:
+        await p.stop()
+
+
+@pytest.fixture
+async def reader(api: Api) -> Client:
+    return Client(api.nc, Subjects(api.prefix))
+
+
+def remote_room(members: int = MEMBERS, version: str = "10") -> RoomBuilder:
+    """A public room of the server `test`: alice (PL 100) and `members` others."""
+    b = RoomBuilder(version, real_ids=True)
+    b.create("alice")
+    b.join("alice")
+    b.power_levels("alice", users={"@alice:test": 100})
+    b.join_rules("alice", "public")
+    b.state_event("m.room.name", "", {"name": "Remote room"}, "alice")
+    b.state_event("m.room.history_visibility", "", {"history_visibility": "shared"}, "alice")
+    for i in range(members):
+        b.join(f"m{i}")
+    b.message("alice", "before you came")
+    return b
+
+
+async def unknown(api: Api, room_id: str) -> bool:
+    """True when the roomserver holds nothing of the room."""
+    try:
+        await api.query("room_version", room_id=room_id)
+    except Failed as exc:
+        return exc.code == "unknown_room"
+    return False
+
+
+def payloads(outputs: list[Any], kind: str) -> list[Any]:
+    return [getattr(o, kind) for o in outputs if getattr(o, kind) is not None]
+
+
+async def test_join_a_remote_room_then_talk_in_it(
+    api: Api, remote: FakeRemote, reader: Client
+) -> None:
+    b = remote_room()
+    remote.host(b)
+    joined = await api.perform("join", user_id=BOB, room_id_or_alias=b.room_id,
+                               server_names=["test"], content={"displayname": "Bob"})
+    assert joined["room_id"] == b.room_id
+    join_id = joined["event_id"]
+    sent = remote.received["send_join"][0]
+    assert sent["destination"] == "test" and sent["event_id"] == join_id
+    assert sent["event"]["content"] == {"displayname": "Bob", "membership": "join"}
+    assert "hs.test" in sent["event"]["signatures"]
+    member = await api.query("membership_for_user", room_id=b.room_id, user_id=BOB)
+    assert member["membership"] == "join" and member["event_id"] == join_id
+    state = await api.state(b.room_id)
+    assert len([k for k in state if k[0] == "m.room.member"]) == MEMBERS + 2
+    assert state[("m.room.name", "")]["content"]["name"] == "Remote room"
+    message = await api.send(b.room_id, BOB, "hello, remote room")
+    outputs = await reader.outputs(at_least=2)
+    events = [msgspec.json.decode(p.event) for p in payloads(outputs, "new_room_event")]
+    assert [e["event_id"] for e in events] == [join_id, message]
+    first = payloads(outputs, "new_room_event")[0]
+    assert first.rewrites_state and len(first.adds_state_event_ids) == len(b.state) + 1
+    assert events[1]["prev_events"] == [join_id]
+
+
+async def test_join_skips_a_server_that_is_down(api: Api, remote: FakeRemote) -> None:
+    b = remote_room(5)
+    remote.host(b)
+    remote.down = {"down.test"}
+    joined = await api.perform("join", user_id=BOB, room_id_or_alias=b.room_id,
+                               server_names=["down.test", "test"])
+    asked = [r["destination"] for r in remote.received["make_join"]]
+    assert asked == ["down.test", "test"]
+    member = await api.query("membership_for_user", room_id=b.room_id, user_id=BOB)
+    assert member["event_id"] == joined["event_id"]
+
+
+async def test_join_refused_when_every_server_fails(api: Api, remote: FakeRemote) -> None:
+    b = remote_room(5)
+    remote.host(b)
+    remote.down = {"a.test"}
+    remote.garbage = {"test": "undecodable"}
+    failed = await api.refused("join", user_id=BOB, room_id_or_alias=b.room_id,
+                               server_names=["a.test", "test"])
+    assert failed.code == "unavailable"
+    assert "a.test: make_join refused: unreachable" in failed.body["message"]
+    assert "test: undecodable make_join answer" in failed.body["message"]
+    assert await unknown(api, b.room_id)
+
+
+@pytest.mark.parametrize(("garbage", "reason"), [
+    ("template_wrong_room", "wrong_room"),
+    ("template_other_user", "wrong_user"),
+    ("template_wrong_type", "bad_template"),
+    ("unsupported_version", "is not supported here"),
+    ("bad_hash", "bad_content_hash"),
+    ("missing_auth", "missing_auth_events"),
+    ("wrong_room_state", "wrong_room"),
+    ("wrong_event", "another event than our join"),
+])
+async def test_join_refuses_garbage_and_changes_nothing(
+    api: Api, remote: FakeRemote, garbage: str, reason: str
+) -> None:
+    b = remote_room(5)
+    remote.host(b)
+    remote.garbage = {"test": garbage}
+    failed = await api.refused("join", user_id=BOB, room_id_or_alias=b.room_id,
+                               server_names=["test"])
+    assert failed.code == "unavailable"
+    assert reason in failed.body["message"], failed.body["message"]
+    assert await unknown(api, b.room_id)
+
+
+async def test_join_refuses_an_oversized_state(
+    api: Api, remote: FakeRemote, performer: Performer
+) -> None:
+    b = remote_room(20)
+    remote.host(b)
+    assert performer.performs is not None and performer.performs.writer.remote is not None
+    performer.performs.writer.remote.max_state_events = 10
+    failed = await api.refused("join", user_id=BOB, room_id_or_alias=b.room_id,
+                               server_names=["test"])
+    assert "oversized_state" in failed.body["message"]
+    assert await unknown(api, b.room_id)
+
+
+async def _incoming_invite(remote: FakeRemote, reader: Client) -> tuple[RoomBuilder, str]:
+    """The resident `test` invites bob: an input of kind `invite`, as the federation API
+    publishes it; answered `outlier`, announced as `new_invite_event`."""
+    b = remote_room(3)
+    invite = b.invite("alice", BOB, extra={"unsigned": {"invite_room_state": [
+        {"type": "m.room.name", "state_key": "", "sender": "@alice:test",
+         "content": {"name": "Remote room"}},
+    ]}})
+    remote.host(b)
+    pdu = remote.signed[invite]
+    raw = msgspec.Raw(msgspec.json.encode(pdu))
+    inp = InputRoomEvent(kind="invite", event=raw, room_version=b.version, origin="test")
+    reply = await send_input(reader.nc, reader.subjects, inp, room_id=b.room_id,
+                             event_id=invite, timeout=30.0)
+    assert (reply.outcome, reply.event_id) == ("outlier", invite)
+    outputs = await reader.outputs(at_least=1)
+    (announced,) = payloads(outputs, "new_invite_event")
+    assert msgspec.json.decode(announced.event)["event_id"] == invite
+    return b, invite
+
+
+async def test_incoming_invite_then_accepted_by_a_remote_join(
+    api: Api, remote: FakeRemote, reader: Client
+) -> None:
+    b, invite = await _incoming_invite(remote, reader)
+    member = await api.query("membership_for_user", room_id=b.room_id, user_id=BOB)
+    assert (member["membership"], member["event_id"]) == ("invite", invite)
+    # No server named: the inviter's server is asked.
+    joined = await api.perform("join", user_id=BOB, room_id_or_alias=b.room_id)
+    assert remote.received["make_join"][0]["destination"] == "test"
+    member = await api.query("membership_for_user", room_id=b.room_id, user_id=BOB)
+    assert (member["membership"], member["event_id"]) == ("join", joined["event_id"])
+    outputs = await reader.outputs(at_least=3)
+    (retired,) = payloads(outputs, "retire_invite_event")
+    assert (retired.event_id, retired.retired_by_event_id) == (invite, joined["event_id"])
+    assert retired.membership == "join"
+
+
+async def test_reject_a_remote_invite(api: Api, remote: FakeRemote, reader: Client) -> None:
+    b, invite = await _incoming_invite(remote, reader)
+    left = await api.perform("leave", room_id=b.room_id, user_id=BOB, reason="no thanks")
+    member = await api.query("membership_for_user", room_id=b.room_id, user_id=BOB)
+    assert (member["membership"], member["event_id"]) == ("leave", left["event_id"])
+    (sent,) = remote.received["send_leave"]
+    assert sent["destination"] == "test" and sent["event_id"] == left["event_id"]
+    assert sent["event"]["content"] == {"membership": "leave", "reason": "no thanks"}
+    outputs = await reader.outputs(at_least=2)
+    (retired,) = payloads(outputs, "retire_invite_event")
+    assert (retired.event_id, retired.retired_by_event_id) == (invite, left["event_id"])
+    assert retired.target_user_id == BOB
+
+
+async def test_invite_a_remote_user(api: Api, remote: FakeRemote, reader: Client) -> None:
+    alice = user("alice")
+    room = await api.perform("create_room", creator=alice, preset="private_chat", name="Ours")
+    room_id = room["room_id"]
+    zed = "@zed:elsewhere.test"
+    invited = await api.perform("invite", room_id=room_id, sender=alice, user_id=zed)
+    (asked,) = remote.received["invite"]
+    assert asked["destination"] == "elsewhere.test" and asked["event_id"] == invited["event_id"]
+    stripped = {(s["type"], s["state_key"]) for s in asked["invite_room_state"]}
+    assert stripped == {("m.room.create", ""), ("m.room.join_rules", ""), ("m.room.name", "")}
+    state = await api.state(room_id)
+    member = state[("m.room.member", zed)]
+    assert member["event_id"] == invited["event_id"]
+    assert set(member["signatures"]) == {"hs.test", "elsewhere.test"}
+
+
+async def test_invite_without_countersignature_is_refused(
+    api: Api, remote: FakeRemote
+) -> None:
+    alice = user("alice")
+    room = await api.perform("create_room", creator=alice, preset="private_chat")
+    remote.garbage = {"elsewhere.test": "no_countersignature"}
+    failed = await api.refused("invite", room_id=room["room_id"], sender=alice,
+                               user_id="@zed:elsewhere.test")
+    assert failed.code == "unavailable" and "no signature of theirs" in failed.body["message"]
+    state = await api.state(room["room_id"])
+    assert ("m.room.member", "@zed:elsewhere.test") not in state
+
+
+async def test_backfill_100_events_in_pages_of_20(
+    api: Api, remote: FakeRemote, reader: Client
+) -> None:
+    b = remote_room(5)
+    history = [b.message("alice", f"old message {i}") for i in range(100)]
+    remote.host(b)
+    await api.perform("join", user_id=BOB, room_id_or_alias=b.room_id, server_names=["test"])
+    start = [history[-1]]
+    got: list[str] = []
+    for _ in range(5):
+        page = await api.perform("backfill", room_id=b.room_id, event_ids=start, limit=20)
+        events = page["events"]
+        assert len(events) == 20
+        depths = [e["depth"] for e in events]
+        assert depths == sorted(depths, reverse=True)
+        got += [e["event_id"] for e in events]
+        start = [p for p in events[-1]["prev_events"]]
+    assert got == list(reversed(history))
+    assert len(remote.received["backfill"]) == 5
+    # Now held here: the first page again comes from the store, nobody is asked.
+    again = await api.perform("backfill", room_id=b.room_id, event_ids=[history[-1]], limit=20)
+    assert [e["event_id"] for e in again["events"]] == got[:20]
+    assert len(remote.received["backfill"]) == 5
+    outputs = await reader.outputs(at_least=101)
+    assert len(payloads(outputs, "old_room_event")) == 100
+
+
+async def test_backfill_refuses_a_garbage_answer(api: Api, remote: FakeRemote) -> None:
+    b = remote_room(5)
+    history = [b.message("alice", f"old message {i}") for i in range(5)]
+    remote.host(b)
+    await api.perform("join", user_id=BOB, room_id_or_alias=b.room_id, server_names=["test"])
+    remote.garbage = {"test": "undecodable"}
+    page = await api.perform("backfill", room_id=b.room_id, event_ids=[history[-1]], limit=5)
+    assert page["events"] == []
+    remote.garbage = {}
+    remote.signed[history[-1]]["content"] = {"body": "forged"}
+    page = await api.perform("backfill", room_id=b.room_id, event_ids=[history[-1]], limit=5)
+    assert page["events"] == []

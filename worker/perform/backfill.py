@@ -1,0 +1,187 @@
+"""The `backfill` perform: history before some events, from the store, else from the room's
+other servers (DESIGN §4 Perform API).
+
+The walk goes back from `event_ids` through prev_events, deepest first (as `missing_events`
+walks), over the events we hold in the DAG. Where it reaches an event we do not hold (or
+hold only as an outlier), the history continues on other servers: the `backfill` verb is
+asked of the room's joined servers in turn for what is still wanted, every PDU of the answer
+is checked (format, derived ID, room, content hash; more than asked for is garbage), and the
+events are submitted as `old` inputs, oldest first, through the input stream. What the
+pipeline accepts is returned with the stored events, newest first, at most `limit` in all.
+For a remote asker (`server_name`), events it may not see are left out.
+"""
+
+from __future__ import annotations
+
+import heapq
+import secrets
+from collections.abc import Sequence
+from typing import Protocol
+
+import msgspec
+import structlog
+
+from worker.core.events import Event
+from worker.core.ids import domain_of
+from worker.core.joins import check_event
+from worker.core.outcomes import Rejection
+from worker.core.versions import RoomRules, rules_for
+from worker.messages.federation_perform import BackfillResponse as FederationBackfill
+from worker.messages.input import InputRoomEvent
+from worker.messages.perform_backfill import BackfillRequest, BackfillResponse
+from worker.perform.remote import InputPort, Unanswered
+from worker.perform.writer import PerformFailed
+from worker.query.handlers import _allowed
+from worker.query.ports import WILDCARD, QueryEvent, QueryStore
+
+log = structlog.get_logger(__name__)
+
+MAX_LIMIT = 1000
+MEMBER = "m.room.member"
+
+
+class BackfillFederation(Protocol):
+    async def backfill(
+        self, destination: str, room_id: str, event_ids: tuple[str, ...], limit: int
+    ) -> FederationBackfill | Unanswered: ...
+
+
+class Backfiller:
+    def __init__(
+        self,
+        reads: QueryStore,
+        federation: BackfillFederation,
+        inputs: InputPort,
+        server_name: str,
+    ) -> None:
+        self.reads = reads
+        self.federation = federation
+        self.inputs = inputs
+        self.server_name = server_name
+
+    async def backfill(self, req: BackfillRequest) -> BackfillResponse:
+        if not 1 <= req.limit <= MAX_LIMIT:
+            raise PerformFailed("bad_request", f"limit must be within 1..{MAX_LIMIT}")
+        if not req.event_ids:
+            raise PerformFailed("bad_request", "event_ids must not be empty")
+        version = await self.reads.room_version(req.room_id)
+        rules = rules_for(version) if version is not None else None
+        if rules is None:
+            raise PerformFailed("not_found", f"unknown room {req.room_id!r}")
+        stored, gaps = await self._walk(req.room_id, req.event_ids, req.limit)
+        events = [(e.depth, e.event_id, msgspec.Raw(e.json)) for e in stored]
+        if len(events) < req.limit and gaps:
+            fetched = await self._fetch(req.room_id, rules, gaps, req.limit - len(events))
+            events += fetched
+        events.sort(key=lambda t: (-t[0], t[1]))
+        events = events[: req.limit]
+        if req.server_name and req.server_name != self.server_name:
+            allowed = await _allowed(self.reads, req.server_name, [e[1] for e in events])
+            events = [e for e in events if allowed.get(e[1], False)]
+        return BackfillResponse(events=[raw for _, _, raw in events])
+
+    async def _walk(
+        self, room_id: str, start: Sequence[str], limit: int
+    ) -> tuple[list[QueryEvent], list[str]]:
+        """(events held in the DAG, deepest first, at most `limit`; the IDs the walk reached
+        and does not hold: where the history goes on elsewhere)."""
+        seen: set[str] = set()
+        heap: list[tuple[int, str]] = []
+        loaded: dict[str, QueryEvent] = {}
+        gaps: list[str] = []
+
+        async def push(ids: Sequence[str]) -> None:
+            fresh = sorted({i for i in ids if i not in seen})
+            seen.update(fresh)
+            found = await self.reads.events(fresh) if fresh else {}
+            for i in fresh:
+                ev = found.get(i)
+                if ev is None or ev.room_id != room_id or ev.outcome == "outlier":
+                    gaps.append(i)
+                elif ev.outcome == "accepted":
+                    loaded[i] = ev
+                    heapq.heappush(heap, (-ev.depth, i))
+
+        await push(start)
+        out: list[QueryEvent] = []
+        while heap and len(out) < limit:
+            _, i = heapq.heappop(heap)
+            ev = loaded[i]
+            out.append(ev)
+            await push(ev.event.prev_event_ids)
+        return out, gaps
+
+    async def _servers(self, room_id: str) -> list[str]:
+        state = await self.reads.current_state(room_id, [(MEMBER, WILDCARD)])
+        found = await self.reads.events(sorted(set(state.values())))
+        servers = {
+            domain_of(k[1]) or "" for k, i in state.items()
+            if i in found and found[i].membership == "join"
+        }
+        return sorted(s for s in servers if s and s != self.server_name)
+
+    async def _fetch(
+        self, room_id: str, rules: RoomRules, gaps: list[str], want: int
+    ) -> list[tuple[int, str, msgspec.Raw]]:
+        reasons: list[str] = []
+        for server in await self._servers(room_id):
+            answer = await self.federation.backfill(server, room_id, tuple(gaps), want)
+            if isinstance(answer, Unanswered):
+                reasons.append(f"{server}: {answer.reason}")
+                continue
+            events = _checked(answer.pdus, rules, room_id, want)
+            if isinstance(events, Rejection):
+                reasons.append(f"{server}: {events.code}: {events.reason}")
+                continue
+            return await self._store(room_id, rules, server, events)
+        if reasons:
+            log.info("backfill_unanswered", room_id=room_id, reasons=reasons)
+        return []
+
+    async def _store(
+        self, room_id: str, rules: RoomRules, server: str, events: list[Event]
+    ) -> list[tuple[int, str, msgspec.Raw]]:
+        attempt = "~" + secrets.token_hex(4)
+        ordered = sorted(events, key=lambda e: (e.depth, e.event_id))
+        inputs = [
+            (InputRoomEvent(
+                kind="old", event=msgspec.Raw(msgspec.json.encode(e.pdu)),
+                room_version=rules.version, origin=server,
+            ), e.event_id + attempt)
+            for e in ordered
+        ]
+        try:
+            replies = await self.inputs.submit_inputs(room_id, inputs)
+        except TimeoutError:
+            raise PerformFailed("unavailable", "no verdict on the backfilled events in time") from None
+        out: list[tuple[int, str, msgspec.Raw]] = []
+        for event, reply in zip(ordered, replies, strict=True):
+            if reply.outcome != "accepted":
+                log.info("backfilled_event_refused", event_id=event.event_id,
+                         code=reply.reason_code, reason=reply.reason)
+                continue
+            pdu = {**event.pdu, "event_id": event.event_id}
+            out.append((event.depth, event.event_id, msgspec.Raw(msgspec.json.encode(pdu))))
+        return out
+
+
+def _checked(
+    pdus: Sequence[msgspec.Raw], rules: RoomRules, room_id: str, want: int
+) -> list[Event] | Rejection:
+    """Every PDU of a backfill answer checked; one bad PDU refuses the answer."""
+    if len(pdus) > want:
+        return Rejection("oversized", f"{len(pdus)} events, {want} asked for", "federation")
+    out: list[Event] = []
+    for raw in pdus:
+        try:
+            pdu = msgspec.json.decode(raw)
+        except msgspec.DecodeError:
+            pdu = None
+        event = check_event(pdu, rules, room_id)
+        if isinstance(event, Rejection):
+            return event
+        out.append(event)
+    return out
+
+
+__all__ = ["MAX_LIMIT", "BackfillFederation", "Backfiller"]
