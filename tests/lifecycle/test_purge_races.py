@@ -13,12 +13,11 @@ import asyncpg
 import msgspec
 
 from tests.lifecycle.rooms import busy_room, dump, feed, pipeline_over
-from worker.bus.shards import ShardAwareStore
 from worker.errors import RetryableError
 from worker.messages import HandleResult, InputRoomEvent
 from worker.pipeline import Pipeline
+from worker.storage import PostgresStore, room_lock_key
 from worker.storage import purge_sql as q
-from worker.storage import room_lock_key
 from worker.storage.purge import PostgresPurger
 
 
@@ -37,7 +36,7 @@ def _input(pdu: dict[str, object]) -> InputRoomEvent:
 
 
 async def test_inputs_wait_for_the_purge_then_meet_the_purged_room(pool: asyncpg.Pool) -> None:
-    store = ShardAwareStore(pool, shards=1)
+    store = PostgresStore(pool, fence_writes=True)
     pipeline = pipeline_over(store)
     a, b = busy_room("!a:test"), busy_room("!b:test")
     first = await feed(pipeline, b)
@@ -61,7 +60,7 @@ async def test_inputs_wait_for_the_purge_then_meet_the_purged_room(pool: asyncpg
     await purge
     during = await waiting
     # The room is gone: the write computed against it found another room row under the lock
-    # (the fence of worker.bus.shards), was redone against the purged room and refused; it
+    # (the write fence of worker.storage.fence), was redone against the purged room and refused; it
     # stored nothing.
     assert (during.outcome.value, during.reason_code) == ("rejected", "room_unknown")
     assert await pool.fetchval("SELECT count(*) FROM rooms WHERE room_id = $1", b.room_id) == 0
@@ -93,7 +92,7 @@ asyncio.run(main(*sys.argv[1:4], sys.stdin.read()))
 async def test_a_purge_killed_mid_transaction_leaves_the_room_whole(
     pool: asyncpg.Pool, database_dsn: str
 ) -> None:
-    store = ShardAwareStore(pool, shards=1)
+    store = PostgresStore(pool, fence_writes=True)
     b = busy_room("!b:test")
     await feed(pipeline_over(store), b)
     before = await dump(pool)

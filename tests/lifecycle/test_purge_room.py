@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 import asyncpg
 import pytest
 
+from tests.bus.outbox_rows import insert_outputs
 from tests.lifecycle.rooms import (
     DUMPS,
     busy_room,
@@ -17,12 +18,11 @@ from tests.lifecycle.rooms import (
     pipeline_over,
     tables,
 )
-from worker.bus.outbox import PgOutboxStore
 from worker.messages import decode_output
 from worker.pipeline.ports import OutputRecord
 from worker.storage import PostgresStore, fetch_unsent
 from worker.storage import purge_sql as q
-from worker.storage.outbox import insert_outputs_txn
+from worker.storage.outbox import PgOutboxStore
 from worker.storage.purge import PostgresPurger, PurgeRefused, purge_output_id
 
 GLOBAL = q.GLOBAL_TABLES
@@ -142,11 +142,11 @@ async def test_marking_an_old_lifes_output_leaves_the_new_one_unsent(pool: async
     relay_store = PgOutboxStore(pool)
     out = OutputRecord(output_id="$e:new_room_event", output_type="new_room_event", payload=b"{}")
     async with pool.acquire() as conn:
-        await insert_outputs_txn(conn, "!r:test", [out])
+        await insert_outputs(conn, "!r:test", [out])
     (old,) = await relay_store.fetch_unsent(10)
     await pool.execute("DELETE FROM outbox WHERE room_id = '!r:test'")
     async with pool.acquire() as conn:
-        await insert_outputs_txn(conn, "!r:test", [out])
+        await insert_outputs(conn, "!r:test", [out])
     await relay_store.mark_sent([old.seq])
     (new,) = await fetch_unsent(pool, room_id="!r:test")
     assert new.output_id == old.output_id and new.seq != old.seq
