@@ -17,14 +17,13 @@ from tests.e2e.conftest import Client, WorkerRun
 from tests.federation.fake_server import FakeRemote
 from tests.fixtures.builder import RoomBuilder
 from tests.perform.conftest import SERVER, Api, Failed, Performer, user
-from worker.app import build_writer
+from worker.app import build_writer, start_queries
 from worker.bus.producer import send_input
 from worker.bus.subjects import Subjects
 from worker.config import load_settings
 from worker.messages.input import InputRoomEvent
 from worker.perform.keys import load_signing_key
 from worker.perform.service import PerformService
-from worker.query.service import start_query_service
 
 BOB = user("bob")
 MEMBERS = 200
@@ -41,7 +40,7 @@ class RemotePerformer(Performer):
             "ROOMSERVER_PREFIX": self.prefix,
             "FEDERATION_PREFIX": f"{self.prefix}.federation.request",
         })
-        self.queries = await start_query_service(self.run.nc, self.run.pool, prefix=self.prefix)
+        self.queries = await start_queries(self.run.nc, self.run.pool, prefix=self.prefix)
         assert self.queries.service is not None
         self.performs = PerformService(build_writer(self.run.nc, self.run.pool, settings))
         await self.performs.add_to(self.queries.service, self.prefix)

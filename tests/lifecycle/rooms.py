@@ -110,6 +110,12 @@ DUMPS: dict[str, str] = {
     "event_types": "SELECT event_type FROM event_types",
     "state_keys": "SELECT state_key FROM state_keys",
     "schema_migrations": "SELECT version, name FROM schema_migrations",
+    "room_joined_counts": "SELECT r.room_id, c.joined FROM room_joined_counts c"
+                          " JOIN rooms r USING (room_nid)",
+    "room_aliases": "SELECT alias, room_id, creator FROM room_aliases",
+    "room_directory": "SELECT room_id FROM room_directory",
+    "perform_txns": "SELECT sender, txn_id, room_id, event_id FROM perform_txns",
+    "forgotten_rooms": "SELECT user_id, room_id FROM forgotten_rooms",
 }
 
 

@@ -36,7 +36,7 @@ from worker.messages.federation_perform import (
     SendLeaveResponse,
 )
 from worker.observability.metrics import FEDERATION_FETCH_SECONDS, FEDERATION_REQUESTS
-from worker.perform.remote import Unanswered
+from worker.perform.ports import Unanswered
 
 log = structlog.get_logger(__name__)
 

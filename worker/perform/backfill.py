@@ -29,8 +29,7 @@ from worker.core.versions import RoomRules, rules_for
 from worker.messages.federation_perform import BackfillResponse as FederationBackfill
 from worker.messages.input import InputRoomEvent
 from worker.messages.perform_backfill import BackfillRequest, BackfillResponse
-from worker.perform.remote import InputPort, Unanswered
-from worker.perform.writer import PerformFailed
+from worker.perform.ports import InputPort, PerformFailed, Unanswered
 from worker.query.handlers import _allowed
 from worker.query.ports import WILDCARD, QueryEvent, QueryStore
 

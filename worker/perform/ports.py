@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from worker.core.events import Event, StateKey
+from worker.messages.input import InputRoomEvent
+from worker.messages.perform import PerformErrorCode
 from worker.messages.reply import InputReply
 
 # Which state to read: keys, with `*` as a wildcard state key; None for all of it.
@@ -107,6 +109,46 @@ class Submitter(Protocol):
     ) -> Awaitable[InputReply]:
         """Publish the input; returns, once the stream holds it, an awaitable of the reply
         (raising `TimeoutError` like `submit`)."""
+        ...
+
+    async def close(self) -> None:
+        """Stop waiting for replies (the performs are stopping)."""
+        ...
+
+
+class PerformFailed(Exception):
+    """A perform that cannot be done; `code` is a `PerformErrorCode`. For `forbidden`,
+    `reason_code` and `reason` are the auth rule's."""
+
+    def __init__(
+        self, code: PerformErrorCode, message: str, *, reason_code: str = "", reason: str = ""
+    ) -> None:
+        super().__init__(message)
+        self.code: PerformErrorCode = code
+        self.message = message
+        self.reason_code = reason_code
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Unanswered:
+    """A server that gave no usable answer: `reason` says why, for the perform's error."""
+
+    destination: str
+    reason: str
+
+
+class InputPort(Protocol):
+    """Puts inputs of one room on the input stream in order and returns the replies."""
+
+    async def submit_inputs(
+        self,
+        room_id: str,
+        inputs: Sequence[tuple[InputRoomEvent, str]],
+        *,
+        every_reply: bool = True,
+    ) -> list[InputReply]:
+        """The replies in order; `every_reply=False`: only the last input's."""
         ...
 
     async def close(self) -> None:

@@ -51,8 +51,7 @@ from worker.messages.federation_perform import (
     SendLeaveResponse,
 )
 from worker.messages.input import InputRoomEvent
-from worker.messages.reply import InputReply
-from worker.perform.writer import PerformFailed
+from worker.perform.ports import InputPort, PerformFailed, Unanswered
 
 if TYPE_CHECKING:
     from worker.perform.backfill import Backfiller
@@ -73,14 +72,6 @@ INVITE_STATE_KEYS: tuple[StateKey, ...] = (
     ("m.room.encryption", ""),
 )
 _OPAQUE = string.ascii_letters
-
-
-@dataclass(frozen=True, slots=True)
-class Unanswered:
-    """A server that gave no usable answer: `reason` says why, for the perform's error."""
-
-    destination: str
-    reason: str
 
 
 class RemoteFederation(Protocol):
@@ -134,22 +125,7 @@ class InviteReads(Protocol):
         ...
 
 
-class InputPort(Protocol):
-    """Puts inputs of one room on the input stream in order and returns the replies."""
 
-    async def submit_inputs(
-        self,
-        room_id: str,
-        inputs: Sequence[tuple[InputRoomEvent, str]],
-        *,
-        every_reply: bool = True,
-    ) -> list[InputReply]:
-        """The replies in order; `every_reply=False`: only the last input's."""
-        ...
-
-    async def close(self) -> None:
-        """Stop waiting for replies (the performs are stopping)."""
-        ...
 
 
 @dataclass(frozen=True, slots=True)

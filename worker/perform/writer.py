@@ -27,9 +27,8 @@ from worker.core.events import Event, StateKey
 from worker.core.ids import domain_of, is_valid_user_id
 from worker.core.signing import ServerKey
 from worker.core.versions import RoomRules, rules_for
-from worker.messages.perform import PerformErrorCode
 from worker.messages.reply import InputReply
-from worker.perform.ports import PerformStore, RoomReads, Submitter, TxnRecord
+from worker.perform.ports import PerformFailed, PerformStore, RoomReads, Submitter, TxnRecord
 
 if TYPE_CHECKING:
     from worker.perform.remote import RemotePerformer
@@ -49,18 +48,8 @@ class _Pending:
         self.in_flight = 0
 
 
-class PerformFailed(Exception):
-    """A perform that cannot be done; `code` is a `PerformErrorCode`. For `forbidden`,
-    `reason_code` and `reason` are the auth rule's."""
-
-    def __init__(
-        self, code: PerformErrorCode, message: str, *, reason_code: str = "", reason: str = ""
-    ) -> None:
-        super().__init__(message)
-        self.code: PerformErrorCode = code
-        self.message = message
-        self.reason_code = reason_code
-        self.reason = reason
+# Refusals of a recorded event that say an event it was built on is not stored.
+_LOST_DEPENDENCIES = frozenset({"missing_prev_events", "missing_auth_events"})
 
 
 class RoomLocks:
@@ -333,8 +322,18 @@ class RoomWriter:
 
         The signed event is recorded before it is submitted. A repeat finds the record and
         answers its event ID; if that event is not stored (a crash came between the record and
-        the pipeline), the very same event is submitted again.
+        the pipeline), the very same event is submitted again. If that event is then refused
+        because an event it was built on never reached the stream (a pipelined send lost with
+        a worker that went away), the record is dropped and the event built anew, once.
         """
+        try:
+            return await self._write_once(room_id, draft, txn_id)
+        except PerformFailed as exc:
+            if exc.reason_code not in _LOST_DEPENDENCIES:
+                raise
+        return await self._write_once(room_id, draft, txn_id)
+
+    async def _write_once(self, room_id: str, draft: Draft, txn_id: str) -> str:
         async with self.locks.hold(room_id):
             record = await self.store.txn(draft.sender, txn_id)
             if record is None:

@@ -40,6 +40,11 @@ ROOM_ROWS: tuple[Owned, ...] = (
     Owned("state_snapshots", "room_nid", "room_nid"),
     Owned("state_blocks", "room_nid", "room_nid"),
     Owned("outbox", "room_id", "room_id"),
+    Owned("room_joined_counts", "room_nid", "room_nid"),
+    Owned("room_aliases", "room_id", "room_id"),
+    Owned("room_directory", "room_id", "room_id"),
+    Owned("perform_txns", "room_id", "room_id"),
+    Owned("forgotten_rooms", "room_id", "room_id"),
     Owned("events", "room_nid", "room_nid"),
     Owned("rooms", "room_nid", "room_nid"),
 )
