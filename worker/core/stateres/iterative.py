@@ -21,6 +21,7 @@ rules. `tests/core/test_stateres_shortcut.py` checks that both give the same sta
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import compress
 from typing import Any, cast
 
 from worker.core.auth import check_auth
@@ -113,71 +114,79 @@ class _Checks:
 
     def run(self, order: list[str], order_events: Sequence[Event]) -> int:
         rejected = self.rejected
+        if rejected:
+            # Rejected events never change the state.
+            keep = [eid not in rejected for eid in order]
+            order = list(compress(order, keep))
+            order_events = list(compress(order_events, keep))
+        # Locals: this loop runs for every conflicted event of a big room.
+        state, auth_state, in_state = self.state, self.auth_state, self.in_state
         checked = 0
         table = self.table
         for eid, ev in zip(order, order_events, strict=True):
             state_key = ev.state_key
-            # Only state events change the state; rejected events never do.
-            if state_key is None or eid in rejected:
+            # Only state events change the state.
+            if state_key is None:
                 continue
             checked += 1
-            if (
-                table is not None
-                and state_key == ev.sender
-                and ev.type == MEMBER
-                and self._by_table(table, eid, ev, state_key)
-            ):
-                continue
+            if table is not None and state_key == ev.sender and ev.type == MEMBER:
+                membership = ev.content.get("membership")
+                verdict = self._table_verdict(table, ev, state_key, membership)
+                if verdict is not None:
+                    if verdict:
+                        key = (MEMBER, state_key)
+                        state[key] = eid
+                        if auth_state is not state:
+                            auth_state[key] = eid
+                        in_state[state_key] = membership
+                    continue
             self._by_rules(eid, ev, state_key)
             # (Applying a create event changes the table.)
             table = self.table
         return checked
 
-    def _by_table(self, table: SelfMembershipTable, eid: str, ev: Event, user: str) -> bool:
-        """Decide a self-membership event by the table; False when the table cannot."""
+    def _table_verdict(
+        self, table: SelfMembershipTable, ev: Event, user: str, membership: Any
+    ) -> bool | None:
+        """Whether the rules allow a self-membership event, by the table; None when the
+        table cannot tell (the full rules decide)."""
         content = ev.content
-        membership = content.get("membership")
         if membership == "join":
             # 5.3.1: the creator's first join is left to the full rules.
             if user == table.first_joiner and ev.prev_event_ids == table.create_prev:
-                return False
+                return None
         elif membership != "leave":
-            return False
+            return None
         if (
             ev.rules is not table.rules
             or (table.restricted and VIA in content)
             or (table.room_id is not None and ev.room_id != table.room_id)
         ):
-            return False
+            return None
         if self.pl_unchecked is not None:
             self.events.must(self.pl_unchecked)
             self.pl_unchecked = None
         current = self.in_state.get(user, _ABSENT)
         if current is _ABSENT:
-            current = self._membership(ev, user)
-        verdict: bool | None
-        if membership == "join":
-            verdicts, default = self.join_verdicts or self._join_verdicts(table, ev)
+            # Usually the state has the sender's membership, or the event cites none (the
+            # implied create event of v12 is nobody's membership either).
+            if (MEMBER, user) not in self.auth_state and self.not_member.issuperset(
+                ev.auth_event_ids
+            ):
+                current = None
+            else:
+                current = self._membership(ev, user)
+        if membership != "join":
             try:
-                verdict = verdicts.get(current, default)
+                return current in table.leave_allowed
             except TypeError:
-                # An unhashable membership is no membership (`membership_of`).
-                verdict = default
-            if verdict is None:
                 return False
-        else:
-            try:
-                verdict = current in table.leave_allowed
-            except TypeError:
-                verdict = False
-        if verdict:
-            # `_apply`, inline: this is most of what a big room's resolution applies.
-            key = (MEMBER, user)
-            self.state[key] = eid
-            if self.auth_state is not self.state:
-                self.auth_state[key] = eid
-            self.in_state[user] = membership
-        return True
+        verdicts, default = self.join_verdicts or self._join_verdicts(table, ev)
+        try:
+            return verdicts.get(current, default)
+        except TypeError:
+            # An unhashable membership is no membership (`membership_of`).
+            return default
 
     def _membership(self, ev: Event, user: str) -> Any:
         """The sender's membership as the auth events would hold it: the state's event,
