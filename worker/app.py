@@ -32,13 +32,11 @@ from nats.js.errors import Error as JetStreamError
 
 from worker import __version__
 from worker.bus.consumer import ConsumerSettings, InputConsumer
-from worker.bus.inputs import InputBatchSubmitter
 from worker.bus.leases import LeaseSettings, ShardLeases, new_worker_id
 from worker.bus.outbox import NatsOutboxRelay
 from worker.bus.shards import shard_of
 from worker.bus.subjects import Subjects
-from worker.bus.submit import StreamSubmitter
-from worker.config import Settings, mask_url, signing_key_path
+from worker.config import Settings, mask_url
 from worker.connections import (
     StartupError,
     abandon,
@@ -49,37 +47,26 @@ from worker.connections import (
 )
 from worker.embedded import EmbeddedError, EmbeddedNats, EmbeddedPostgres
 from worker.federation import NatsFederationClient
-from worker.federation.perform_client import NatsFederationPerformClient
 from worker.observability import metrics
 from worker.observability.http import HealthServer, ReadinessCheck
 from worker.observability.logging import get_logger
 from worker.perform.admin import AdminPerforms
-from worker.perform.backfill import Backfiller
-from worker.perform.keys import SigningKeyError, load_signing_key
-from worker.perform.remote import RemotePerformer
+from worker.perform.keys import SigningKeyError
 from worker.perform.retention import RetentionSettings, run_retention
 from worker.perform.service import start_perform_service
-from worker.perform.writer import RoomWriter
 from worker.pipeline import GapSettings, Pipeline
 from worker.purges import serve_purges
-from worker.query.service import (
-    Performs,
-    QueryService,
-    default_executor_threads,
-    start_query_service,
-)
+from worker.query.service import QueryService
 from worker.storage import (
     PgOutboxStore,
     PostgresStore,
     apply_migrations,
     outbox_stats,
     prune_sent,
-    query_reads,
 )
 from worker.storage.homeserver_reads import PostgresHomeserverReads
-from worker.storage.invites import PgInviteReads
-from worker.storage.perform import PgPerformStore
 from worker.storage.purge import PostgresPurger
+from worker.wiring import build_writer, query_side_reads, start_queries
 
 EMBEDDED_DATABASE = "roomserver"
 EXIT_OK = 0
@@ -92,53 +79,6 @@ OUTBOX_RETENTION_SECONDS = 24 * 3600.0
 FINAL_SWEEP_TIMEOUT = 10.0
 
 log = get_logger("worker.app")
-
-
-async def start_queries(
-    nc: NatsClient,
-    pool: asyncpg.Pool,
-    *,
-    prefix: str,
-    server_name: str = "localhost",
-    max_in_flight: int = 16,
-    performs: Performs | None = None,
-) -> QueryService:
-    """The query service over the PostgreSQL reads of `pool`. The pool is shared with the
-    input pipeline, so queries are held to a quarter of its connections (each query uses at
-    most one at a time) and a burst of queries can never starve event processing (DESIGN §5).
-    Their state resolutions run in the loop's default executor, where the pipeline resolves
-    big forks too: they are also held below its thread count, so the pipeline always finds a
-    thread free."""
-    max_in_flight = min(
-        max_in_flight,
-        max(1, pool.get_max_size() // 4),
-        max(1, default_executor_threads() - 1),
-    )
-    reads = query_reads.PostgresQueryReads.from_pool(pool)
-    return await start_query_service(
-        nc, reads, prefix=prefix, max_in_flight=max_in_flight, server_name=server_name,
-        homeserver=PostgresHomeserverReads(pool), performs=performs,
-    )
-
-
-def build_writer(nc: NatsClient, pool: asyncpg.Pool, settings: Settings) -> RoomWriter:
-    """The Perform API's writer over PostgreSQL and the input stream, signing with the
-    configured key. Raises `SigningKeyError` when the key file is unusable, naming it and why."""
-    path = signing_key_path(settings)
-    key = load_signing_key(path, settings.server_name, create=settings.signing_key_file is None)
-    submitter = StreamSubmitter(nc, Subjects(settings.bus.prefix), settings.server_name)
-    reads = query_reads.PostgresQueryReads.from_pool(pool)
-    writer = RoomWriter(
-        reads, PgPerformStore(pool), submitter, key,
-        default_room_version=settings.default_room_version,
-    )
-    # The remote paths: other servers through the federation service, the state they send
-    # put on the input stream.
-    federation = NatsFederationPerformClient(nc, settings.bus.federation_prefix)
-    inputs = InputBatchSubmitter(nc, Subjects(settings.bus.prefix))
-    writer.remote = RemotePerformer(federation, inputs, key, invites=PgInviteReads(pool))
-    writer.remote.backfiller = Backfiller(reads, federation, inputs, settings.server_name)
-    return writer
 
 
 class Worker:
@@ -338,7 +278,12 @@ class Worker:
     async def _start_consumer(self) -> None:
         assert self.nc is not None and self.pool is not None
         shards = self.settings.bus.shards
-        store = PostgresStore(self.pool, fence_writes=True)
+        store = PostgresStore(
+            self.pool, fence_writes=True,
+            layer_cache_entries=self.settings.cache_state_entries,
+            event_cache_size=self.settings.cache_events,
+            id_cache_size=self.settings.cache_event_ids,
+        )
         self.relay = NatsOutboxRelay(self.nc, self.subjects, PgOutboxStore(self.pool))
         self._background(self.relay.run(), "outbox-relay")
         self._background(self._housekeeping(), "housekeeping")
@@ -404,10 +349,15 @@ class Worker:
 
     async def _start_queries(self) -> None:
         assert self.nc is not None and self.pool is not None
+        reads = query_side_reads(self.pool, self.settings)
+        homeserver = PostgresHomeserverReads(
+            self.pool, layer_cache_entries=max(1, self.settings.cache_state_entries // 4)
+        )
         try:
             self.queries = await start_queries(
                 self.nc, self.pool, prefix=self.settings.bus.prefix,
                 server_name=self.settings.server_name, performs=self.admin,
+                reads=reads, homeserver=homeserver,
             )
         except (NatsError, JetStreamError) as exc:
             raise StartupError(f"cannot start the query service: {exc!r}") from exc
@@ -415,7 +365,7 @@ class Worker:
         assert self.queries.service is not None
         try:  # the Perform API, on the same micro service (DESIGN §4)
             performs = await start_perform_service(
-                build_writer(self.nc, self.pool, self.settings), self.queries.service,
+                build_writer(self.nc, self.pool, self.settings, reads), self.queries.service,
                 self.settings.bus.prefix,
             )
         except SigningKeyError as exc:

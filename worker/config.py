@@ -86,6 +86,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     event_loop: str = "uvloop"
     data_dir: str = "./var"
     drain_grace_seconds: float = 30.0
+    # In-process caches (worker.storage.caches): the pipeline's store holds these; the query
+    # side (queries and performs share one store) a quarter of each.
+    cache_state_entries: int = 2_000_000
+    cache_events: int = 20_000
+    cache_event_ids: int = 500_000
     # History retention (worker.perform.retention): 0 days keeps all history.
     history_retention_days: int = 0
     retention_events_per_run: int = 10_000
@@ -293,6 +298,13 @@ VARIABLES: tuple[Variable, ...] = (
              "Where the embedded servers keep their data."),
     Variable("DRAIN_GRACE_SECONDS", "", "drain_grace_seconds", _float_in(0.0, 3600.0), "30",
              "On SIGTERM, how long in-flight rooms may take to finish."),
+    Variable("CACHE_STATE_ENTRIES", "", "cache_state_entries", _int_in(10_000, 100_000_000),
+             "2000000", "State snapshot entries cached (about 100 bytes each); the queries "
+             "keep a quarter as many."),
+    Variable("CACHE_EVENTS", "", "cache_events", _int_in(100, 10_000_000), "20000",
+             "Parsed events cached (about 2 KB each); the queries keep a quarter as many."),
+    Variable("CACHE_EVENT_IDS", "", "cache_event_ids", _int_in(1_000, 100_000_000), "500000",
+             "Event ID <-> NID pairs cached (about 200 bytes each)."),
     Variable("HISTORY_RETENTION_DAYS", "", "history_retention_days", _int_in(0, 36500), "0",
              "Purge events older than this many days from every room, on a schedule "
              "(0: keep all history)."),

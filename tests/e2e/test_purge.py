@@ -9,12 +9,12 @@ import msgspec
 
 from tests.e2e.conftest import Client, WorkerRun, event_id_of
 from tests.pipeline.conftest import started
-from worker.app import start_queries
 from worker.messages.admin import PurgeHistoryResponse, PurgeRoomRequest, PurgeRoomResponse
 from worker.messages.query import QueryError
 from worker.purges import serve_purges
 from worker.query.service import ERROR_REASON_HEADER
 from worker.storage import PostgresStore
+from worker.wiring import start_queries
 
 
 async def _ask(client: Client, subject: str, body: dict[str, object]) -> tuple[bytes, str]:

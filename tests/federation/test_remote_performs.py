@@ -17,13 +17,13 @@ from tests.e2e.conftest import Client, WorkerRun
 from tests.federation.fake_server import FakeRemote
 from tests.fixtures.builder import RoomBuilder
 from tests.perform.conftest import SERVER, Api, Failed, Performer, user
-from worker.app import build_writer, start_queries
 from worker.bus.producer import send_input
 from worker.bus.subjects import Subjects
 from worker.config import load_settings
 from worker.messages.input import InputRoomEvent
 from worker.perform.keys import load_signing_key
 from worker.perform.service import PerformService
+from worker.wiring import build_writer, start_queries
 
 BOB = user("bob")
 MEMBERS = 200

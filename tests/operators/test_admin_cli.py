@@ -14,9 +14,9 @@ import pytest
 from tests.e2e.conftest import WorkerRun
 from tests.operators.conftest import _SETTINGS, ROOT, Cli, CliResult
 from tests.pipeline.conftest import started
-from worker.app import start_queries
 from worker.messages import InputRoomEvent
 from worker.purges import serve_purges
+from worker.wiring import start_queries
 
 
 @pytest.fixture

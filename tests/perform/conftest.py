@@ -17,11 +17,11 @@ from nats.aio.client import Client as NATS
 
 from tests.e2e.conftest import Client, WorkerRun
 from tests.perform.synapse_check import synapse_refusal, synapse_signature_ok
-from worker.app import build_writer, start_queries
 from worker.bus.subjects import Subjects
 from worker.config import load_settings
 from worker.perform.service import PerformService
 from worker.query.service import QueryService
+from worker.wiring import build_writer, start_queries
 
 SERVER = "hs.test"
 

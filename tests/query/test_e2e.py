@@ -17,8 +17,8 @@ import pytest
 from tests.e2e.conftest import Client, WorkerRun, client, worker  # noqa: F401
 from tests.fixtures.builder import RoomBuilder
 from tests.pipeline.conftest import builder
-from worker.app import start_queries
 from worker.query.service import QueryService
+from worker.wiring import start_queries
 
 BOB = "@bob:b.test"
 CAROL = "@carol:c.test"

@@ -27,13 +27,13 @@ import pytest
 from tests.e2e.conftest import Client, WorkerRun, client, event_id_of  # noqa: F401
 from tests.fixtures.builder import RoomBuilder
 from tests.pipeline.conftest import builder
-from worker.app import start_queries
 from worker.bus.subjects import Subjects
 from worker.pipeline import state as pipeline_state
 from worker.query.ports import QueryEvent
 from worker.query.service import QueryService
 from worker.storage import query_reads
 from worker.storage.query_reads import PostgresQueryReads
+from worker.wiring import start_queries
 
 # The worker's pool: large enough that a quarter of it is more than one connection, so the
 # test sees several queries held at once and can tell "a quarter" from "all of it".

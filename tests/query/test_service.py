@@ -12,9 +12,9 @@ import pytest
 from nats.aio.client import Client
 from prometheus_client import REGISTRY
 
-from worker.app import start_queries
 from worker.query.ports import QueryEvent
 from worker.query.service import ERROR_REASON_HEADER, HANDLERS, start_query_service
+from worker.wiring import start_queries
 
 from .rooms import ROOM, MemoryStore, build_room
 

@@ -33,7 +33,7 @@ from worker.storage.snapshots import load_layers
 
 _JOIN = MEMBERSHIP_CODES["join"]
 # Snapshot layers cached, by total entries (a 30,000-member root is 30,000).
-_LAYER_CACHE_ENTRIES = 2_000_000
+_LAYER_CACHE_ENTRIES = 500_000
 # Root NIDs sent to the layer load as "stop here": bounded, it is a query parameter.
 _KNOWN_ROOTS = 4_096
 # (room, keys asked) -> the entries picked from the room's snapshot the last time.
@@ -186,11 +186,13 @@ class PostgresHomeserverReads:
     still that one) and events' JSON (used only while the event has not been redacted).
     NIDs are never reused, so a purged room or event cannot be mistaken for a new one."""
 
-    def __init__(self, pool: asyncpg.Pool[Any]) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool[Any], *, layer_cache_entries: int = _LAYER_CACHE_ENTRIES
+    ) -> None:
         self._pool = pool
         self._nids = NidCache()
         self._room_ids: dict[int, str] = {}
-        self._layers: Lru[int, sb.Layer] = Lru(_LAYER_CACHE_ENTRIES, _layer_weight)
+        self._layers: Lru[int, sb.Layer] = Lru(layer_cache_entries, _layer_weight)
         self._roots: Lru[int, bool] = Lru(_KNOWN_ROOTS)
         self._picked: Lru[tuple[str, tuple[StateKey, ...]], tuple[int, dict[StateKey, int]]] = (
             Lru(_PICKED_ENTRIES)

@@ -113,9 +113,19 @@ class PostgresQueryReads:
         self._nids = NidCache()
 
     @classmethod
-    def from_pool(cls, pool: asyncpg.Pool[Any]) -> PostgresQueryReads:
+    def from_pool(
+        cls,
+        pool: asyncpg.Pool[Any],
+        *,
+        layer_cache_entries: int = 500_000,
+        event_cache_size: int = 5_000,
+        id_cache_size: int = 125_000,
+    ) -> PostgresQueryReads:
         # Its own view of the state (own caches, sized for reads) over the same database.
-        return cls(pool, PostgresStore(pool, layer_cache_entries=500_000, event_cache_size=5_000))
+        return cls(pool, PostgresStore(
+            pool, layer_cache_entries=layer_cache_entries, event_cache_size=event_cache_size,
+            id_cache_size=id_cache_size,
+        ))
 
     async def room_version(self, room_id: str) -> str | None:
         version: str | None = await self._pool.fetchval(room_sql.SELECT_ROOM_VERSION, room_id)
