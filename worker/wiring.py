@@ -7,9 +7,8 @@ from __future__ import annotations
 import asyncpg
 from nats.aio.client import Client as NatsClient
 
-from worker.bus.inputs import InputBatchSubmitter
 from worker.bus.subjects import Subjects
-from worker.bus.submit import StreamSubmitter
+from worker.bus.submit import InputBatchSubmitter, StreamSubmitter
 from worker.config import Settings, signing_key_path
 from worker.federation.perform_client import NatsFederationPerformClient
 from worker.perform.backfill import Backfiller

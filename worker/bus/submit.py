@@ -1,10 +1,16 @@
-"""`StreamSubmitter`: a built event onto the input stream, and the pipeline's reply back.
+"""Inputs the roomserver puts on its own input stream, and the pipeline's replies back.
 
 Every event a perform builds goes through `<prefix>.input.<room token>` like any producer's
 (DESIGN §4): kind `new`, `send_as_server` = our server name, `Nats-Msg-Id` = the event ID (so
-a repeat within JetStream's duplicate window is dropped), and a `Reply-Inbox`. The replies of
-all submissions arrive on one wildcard subscription, `<inbox>.<n>`, and resolve the waiting
-future; no subscription per event.
+a repeat within JetStream's duplicate window is dropped), and a `Reply-Inbox`
+(`StreamSubmitter`). A remote join puts a whole room's state there as outliers before the
+join itself (`InputBatchSubmitter`): publishing them one round trip at a time would take
+longer than checking them, so publishes are pipelined (up to `window` acks outstanding);
+calls start in order, so the room's inputs reach the stream in order and the pipeline handles
+each after its auth events.
+
+The replies of all inputs of one submitter arrive on one wildcard subscription,
+`<inbox>.<n>` (`InputReplies`), and resolve the waiting future; no subscription per input.
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from typing import Any
 
 import msgspec
@@ -28,76 +34,36 @@ from worker.messages.reply import InputReply, decode_reply
 # How long a perform waits for the pipeline's verdict on its event. The event stays in the
 # stream after that; the perform answers `unavailable`.
 DEFAULT_REPLY_TIMEOUT = 30.0
+# Acks outstanding while publishing a batch. Published in the worker's own process, the
+# inputs must reach the stream well ahead of the consumer, or it takes them a few at a time
+# and commits many small batches instead of a few big ones.
+DEFAULT_WINDOW = 4096
 
 
-class StreamSubmitter:
-    """Submits events on one NATS connection; `close()` ends its reply subscription."""
+class InputReplies:
+    """Replies to inputs published with a `Reply-Inbox`: one wildcard subscription, made at
+    the first `expect`, and a token per input."""
 
-    def __init__(
-        self,
-        nc: NATS,
-        subjects: Subjects,
-        server_name: str,
-        *,
-        reply_timeout: float = DEFAULT_REPLY_TIMEOUT,
-    ) -> None:
+    def __init__(self, nc: NATS) -> None:
         self._nc = nc
-        self._subjects = subjects
-        self._server_name = server_name
-        self._timeout = reply_timeout
         self._prefix = ""
         self._sub: Subscription | None = None
         self._subscribing = asyncio.Lock()
         self._waiting: dict[str, asyncio.Future[InputReply]] = {}
         self._tokens = itertools.count(1)
 
-    async def submit(
-        self, room_id: str, room_version: str, pdu: dict[str, Any] | bytes, event_id: str
-    ) -> InputReply:
-        return await (await self.publish(room_id, room_version, pdu, event_id))
-
-    async def publish(
-        self, room_id: str, room_version: str, pdu: dict[str, Any] | bytes, event_id: str
-    ) -> Awaitable[InputReply]:
-        """Publish the input (returns once JetStream stored it) and answer an awaitable of
-        its reply: a caller can let the next event of the room go before the verdict."""
+    async def expect(self) -> tuple[str, asyncio.Future[InputReply]]:
+        """A `Reply-Inbox` subject for one input, and the future its reply resolves;
+        `forget` the subject once done with it."""
         if self._sub is None:
             await self._subscribe()
-        body = pdu if isinstance(pdu, bytes) else msgspec.json.encode(pdu)
-        message = InputRoomEvent(
-            kind="new",
-            event=msgspec.Raw(body),
-            room_version=room_version,
-            origin=self._server_name,
-            send_as_server=self._server_name,
-        )
         token = str(next(self._tokens))
         future: asyncio.Future[InputReply] = asyncio.get_running_loop().create_future()
         self._waiting[token] = future
-        headers = {
-            ROOM_ID_HEADER: room_id,
-            MSG_ID_HEADER: event_id,
-            REPLY_INBOX_HEADER: self._prefix + token,
-        }
-        try:
-            await self._nc.jetstream().publish(
-                self._subjects.input(room_id),
-                encode_input(message),
-                timeout=self._timeout,
-                stream=self._subjects.input_stream,
-                headers=headers,
-            )
-        except BaseException:
-            self._waiting.pop(token, None)
-            raise
-        return self._reply(token, future)
+        return self._prefix + token, future
 
-    async def _reply(self, token: str, future: asyncio.Future[InputReply]) -> InputReply:
-        try:
-            async with asyncio.timeout(self._timeout):
-                return await future
-        finally:
-            self._waiting.pop(token, None)
+    def forget(self, inbox: str) -> None:
+        self._waiting.pop(inbox[len(self._prefix):], None)
 
     async def _subscribe(self) -> None:
         async with self._subscribing:
@@ -123,4 +89,134 @@ class StreamSubmitter:
                 await sub.unsubscribe()
 
 
-__all__ = ["DEFAULT_REPLY_TIMEOUT", "StreamSubmitter"]
+class StreamSubmitter:
+    """Implements `worker.perform.ports.Submitter`: one built event at a time."""
+
+    def __init__(
+        self,
+        nc: NATS,
+        subjects: Subjects,
+        server_name: str,
+        *,
+        reply_timeout: float = DEFAULT_REPLY_TIMEOUT,
+    ) -> None:
+        self._nc = nc
+        self._subjects = subjects
+        self._server_name = server_name
+        self._timeout = reply_timeout
+        self._replies = InputReplies(nc)
+
+    async def submit(
+        self, room_id: str, room_version: str, pdu: dict[str, Any] | bytes, event_id: str
+    ) -> InputReply:
+        return await (await self.publish(room_id, room_version, pdu, event_id))
+
+    async def publish(
+        self, room_id: str, room_version: str, pdu: dict[str, Any] | bytes, event_id: str
+    ) -> Awaitable[InputReply]:
+        """Publish the input (returns once JetStream stored it) and answer an awaitable of
+        its reply: a caller can let the next event of the room go before the verdict."""
+        body = pdu if isinstance(pdu, bytes) else msgspec.json.encode(pdu)
+        message = InputRoomEvent(
+            kind="new",
+            event=msgspec.Raw(body),
+            room_version=room_version,
+            origin=self._server_name,
+            send_as_server=self._server_name,
+        )
+        inbox, future = await self._replies.expect()
+        headers = {ROOM_ID_HEADER: room_id, MSG_ID_HEADER: event_id, REPLY_INBOX_HEADER: inbox}
+        try:
+            await self._nc.jetstream().publish(
+                self._subjects.input(room_id),
+                encode_input(message),
+                timeout=self._timeout,
+                stream=self._subjects.input_stream,
+                headers=headers,
+            )
+        except BaseException:
+            self._replies.forget(inbox)
+            raise
+        return self._reply(inbox, future)
+
+    async def _reply(self, inbox: str, future: asyncio.Future[InputReply]) -> InputReply:
+        try:
+            async with asyncio.timeout(self._timeout):
+                return await future
+        finally:
+            self._replies.forget(inbox)
+
+    async def close(self) -> None:
+        await self._replies.close()
+
+
+class InputBatchSubmitter:
+    """Implements `worker.perform.ports.InputPort`: many inputs of one room, in order."""
+
+    def __init__(
+        self,
+        nc: NATS,
+        subjects: Subjects,
+        *,
+        reply_timeout: float = 120.0,
+        window: int = DEFAULT_WINDOW,
+    ) -> None:
+        self._nc = nc
+        self._subjects = subjects
+        self._timeout = reply_timeout
+        self._window = window
+        self._replies = InputReplies(nc)
+
+    async def submit_inputs(
+        self,
+        room_id: str,
+        inputs: Sequence[tuple[InputRoomEvent, str]],
+        *,
+        every_reply: bool = True,
+    ) -> list[InputReply]:
+        """Publish (input, Nats-Msg-Id) pairs in order; the pipeline's replies, in order.
+        `every_reply=False`: only the last input asks for a reply (the pipeline handles a
+        room's inputs in order, so it comes after all the others are done), and only it is
+        returned; a reply per input costs the worker as much as a small input.
+
+        Raises `TimeoutError` when some reply does not come within the reply timeout.
+        """
+        js = self._nc.jetstream()
+        window = asyncio.Semaphore(self._window)
+        expected: list[tuple[str, asyncio.Future[InputReply]]] = []
+        published: list[asyncio.Future[Any]] = []
+        try:
+            last = len(inputs) - 1
+            for n, (message, msg_id) in enumerate(inputs):
+                headers = {ROOM_ID_HEADER: room_id, MSG_ID_HEADER: msg_id}
+                if every_reply or n == last:
+                    inbox, reply = await self._replies.expect()
+                    expected.append((inbox, reply))
+                    headers[REPLY_INBOX_HEADER] = inbox
+                await window.acquire()
+                future: asyncio.Future[Any] = asyncio.ensure_future(js.publish(
+                    self._subjects.input(room_id), encode_input(message),
+                    timeout=self._timeout, stream=self._subjects.input_stream, headers=headers,
+                ))
+                future.add_done_callback(lambda _: window.release())
+                published.append(future)
+            await asyncio.gather(*published)
+            async with asyncio.timeout(self._timeout):
+                return [await reply for _, reply in expected]
+        finally:
+            for future in published:
+                future.cancel()
+            for inbox, _ in expected:
+                self._replies.forget(inbox)
+
+    async def close(self) -> None:
+        await self._replies.close()
+
+
+__all__ = [
+    "DEFAULT_REPLY_TIMEOUT",
+    "DEFAULT_WINDOW",
+    "InputBatchSubmitter",
+    "InputReplies",
+    "StreamSubmitter",
+]
