@@ -28,8 +28,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-# Messages up to 16 MiB: a federated join into a 30,000-member room is ~1.4 MB (DESIGN §4).
-MAX_PAYLOAD_BYTES = 16 * 1024 * 1024
+# Messages up to 64 MiB, NATS's largest: the federation service's `send_join` answer for a
+# 30,000-member room is ~18 MB (the state and auth chain as PDUs). Stream messages stay
+# smaller (worker.bus.streams: a join input with 30,000 `state_event_ids` is ~1.4 MB).
+MAX_PAYLOAD_BYTES = 64 * 1024 * 1024
 _PG_SYSTEM_USER = "embedded_postgres"
 
 
