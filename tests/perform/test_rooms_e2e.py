@@ -153,7 +153,12 @@ async def test_membership_lifecycle(api: Api, reader: Client) -> None:
     still = await api.refused("forget", room_id=room_id, user_id=BOB)
     assert still.code == "bad_request"
     await api.perform("leave", room_id=room_id, user_id=BOB)
+    left = await api.query("rooms_for_user", user_id=BOB, membership="leave")
+    assert room_id in left["room_ids"]
     await api.perform("forget", room_id=room_id, user_id=BOB)
+    # A forgotten room is no longer listed among the user's rooms.
+    left = await api.query("rooms_for_user", user_id=BOB, membership="leave")
+    assert room_id not in left["room_ids"]
     await check_built_events(api, reader)
 
 

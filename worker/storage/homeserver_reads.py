@@ -32,6 +32,9 @@ from worker.storage.params import keys_param
 from worker.storage.snapshots import load_layers
 
 _JOIN = MEMBERSHIP_CODES["join"]
+# Memberships a user can forget a room in (after leaving it or being banned).
+_FORGETTABLE = frozenset({"leave", "ban"})
+SELECT_FORGOTTEN = "SELECT room_id FROM forgotten_rooms WHERE user_id = $1"
 # Snapshot layers cached, by total entries (a 30,000-member root is 30,000).
 _LAYER_CACHE_ENTRIES = 500_000
 # Root NIDs sent to the layer load as "stop here": bounded, it is a query parameter.
@@ -233,7 +236,13 @@ class PostgresHomeserverReads:
         async with self._pool.acquire() as proxy:
             conn = cast("asyncpg.Connection[asyncpg.Record]", proxy)
             nids = await conn.fetchval(SELECT_ROOMS_OF_USER, user_id, code)
-            return sorted(await self._room_names(conn, nids or []))
+            rooms = await self._room_names(conn, nids or [])
+            if membership in _FORGETTABLE and rooms:
+                # Rooms the user forgot after leaving (perform `forget`) are not listed; a
+                # join clears the mark.
+                forgotten = {r["room_id"] for r in await conn.fetch(SELECT_FORGOTTEN, user_id)}
+                rooms = [r for r in rooms if r not in forgotten]
+            return sorted(rooms)
 
     async def shared_users(self, user_id: str, others: Sequence[str]) -> dict[str, int]:
         async with self._pool.acquire() as proxy:
