@@ -47,11 +47,10 @@ a duplicate.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 
 from nats.aio.client import Client as NATS
 from nats.errors import Error as NatsError
@@ -62,6 +61,7 @@ from worker.bus.outbox_store import OutboxRow, OutboxStore, RoomsOutboxStore
 from worker.bus.requests import Requester
 from worker.bus.subjects import MSG_ID_HEADER, OUTPUT_TYPE_HEADER, ROOM_ID_HEADER, Subjects
 from worker.errors import RetryableError
+from worker.keyed_locks import KeyedLocks
 from worker.observability.logging import get_logger
 from worker.observability.metrics import OUTBOX_LAG, OUTBOX_UNSENT, count_outputs, measure
 
@@ -133,7 +133,7 @@ class NatsOutboxRelay:
         self._sweep_interval = sweep_interval
         self._publish_timeout = publish_timeout
         self._stats = stats
-        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+        self._locks = KeyedLocks()
         self._max_batch_messages = max_batch_messages
         self._max_batch_bytes = max_batch_bytes
         self._batch_slots = asyncio.Semaphore(batch_slots)
@@ -156,27 +156,13 @@ class NatsOutboxRelay:
         self._pump_tasks: set[asyncio.Task[None]] = set()
         self._stopped = False
 
-    @contextlib.asynccontextmanager
-    async def _room_lock(self, room_id: str) -> AsyncIterator[None]:
-        lock, users = self._locks.get(room_id, (asyncio.Lock(), 0))
-        self._locks[room_id] = (lock, users + 1)
-        try:
-            async with lock:
-                yield
-        finally:
-            lock, users = self._locks[room_id]
-            if users == 1:
-                del self._locks[room_id]
-            else:
-                self._locks[room_id] = (lock, users - 1)
-
     async def flush(self, room_id: str) -> None:
         """Return once every outbox row of the room committed so far is published.
 
         Raises `RetryableError` if NATS or the store failed; rows published before the
         failure are marked sent, the rest stay for the next flush or sweep.
         """
-        async with self._room_lock(room_id):
+        async with self._locks.hold(room_id):
             while True:
                 rows = await self._store.fetch_unsent(self._batch, room_id=room_id)
                 if rows:
@@ -341,7 +327,7 @@ class NatsOutboxRelay:
 
     async def _publish_room(self, room_id: str, rows: Sequence[OutboxRow], sent: list[int]) -> None:
         """`_publish_rows` under the room's lock (one publisher per room in this process)."""
-        async with self._room_lock(room_id):
+        async with self._locks.hold(room_id):
             await self._publish_rows(rows, sent)
 
     async def run(self) -> None:

@@ -13,11 +13,10 @@ Errors are `PerformFailed` with a stable code (worker.messages.perform.PERFORM_E
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import secrets
 import string
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -27,6 +26,7 @@ from worker.core.events import Event, StateKey
 from worker.core.ids import domain_of, is_valid_user_id
 from worker.core.signing import ServerKey
 from worker.core.versions import RoomRules, rules_for
+from worker.keyed_locks import KeyedLocks
 from worker.messages.reply import InputReply
 from worker.perform.ports import PerformFailed, PerformStore, RoomReads, Submitter, TxnRecord
 
@@ -50,30 +50,6 @@ class _Pending:
 
 # Refusals of a recorded event that say an event it was built on is not stored.
 _LOST_DEPENDENCIES = frozenset({"missing_prev_events", "missing_auth_events"})
-
-
-class RoomLocks:
-    """One asyncio lock per room, dropped when nobody holds or waits for it."""
-
-    def __init__(self) -> None:
-        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
-
-    @contextlib.asynccontextmanager
-    async def hold(self, room_id: str) -> AsyncIterator[None]:
-        lock, users = self._locks.get(room_id, (asyncio.Lock(), 0))
-        self._locks[room_id] = (lock, users + 1)
-        try:
-            async with lock:
-                yield
-        finally:
-            lock, users = self._locks[room_id]
-            if users == 1:
-                del self._locks[room_id]
-            else:
-                self._locks[room_id] = (lock, users - 1)
-
-    def __len__(self) -> int:
-        return len(self._locks)
 
 
 def _refused(rejection_code: str, reason: str) -> PerformFailed:
@@ -120,7 +96,7 @@ class RoomWriter:
         self.key = key
         self.default_room_version = default_room_version
         self._clock = clock
-        self.locks = RoomLocks()
+        self.locks = KeyedLocks()
         # The remote paths of join, leave and invite (`worker.perform.remote`); None: local only.
         self.remote: RemotePerformer | None = None
         # A room's version never changes: asked once per room (bounded, cleared when full).
@@ -377,4 +353,4 @@ class RoomWriter:
             raise
 
 
-__all__ = ["PerformFailed", "RoomLocks", "RoomWriter", "verdict"]
+__all__ = ["PerformFailed", "RoomWriter", "verdict"]
