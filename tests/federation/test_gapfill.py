@@ -1,4 +1,4 @@
-"""Gap filling through a fake federation service on NATS (issue 9): the pipeline over the
+"""Gap filling through a fake federation service on NATS: the pipeline over the
 in-memory store, the real `NatsFederationClient`, and a responder serving a built room."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Gap-filling requests to the federation service and its answers (DESIGN §4, issue 9).
+"""Gap-filling requests to the federation service and its answers (DESIGN §4).
 
 The roomserver asks on `<federation prefix>.<verb>` (default prefix `federation.request`)
 with NATS request/reply; the federation service (outside this project) asks the room's other

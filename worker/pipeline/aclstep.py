@@ -26,11 +26,11 @@ from __future__ import annotations
 from worker.core.acl import ACL_KEY, ServerAcl, denial_reason, host_of
 from worker.core.outcomes import Rejection
 from worker.core.reasons import SERVER_ACL_DENIED
+from worker.pipeline.authstep import AuthStateReads
 from worker.pipeline.model import Work
-from worker.pipeline.ports import RoomStore
 
 
-async def check_origin_acl(store: RoomStore, work: Work, server_name: str) -> Rejection | None:
+async def check_origin_acl(store: AuthStateReads, work: Work, server_name: str) -> Rejection | None:
     """A rejection when the room's current ACL denies the input's origin, else None."""
     origin = work.inp.origin
     if work.kind != "new" or not origin or not work.room_known:

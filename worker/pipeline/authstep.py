@@ -7,6 +7,9 @@ reading only the state entries the auth rules select ("lookups, not copies").
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Protocol
+
 from worker.core.auth import (
     auth_types_for_event,
     check_auth,
@@ -15,8 +18,7 @@ from worker.core.auth import (
 )
 from worker.core.events import Event, StateKey
 from worker.core.outcomes import Outcome, Rejection
-from worker.pipeline.model import Work
-from worker.pipeline.ports import RoomStore, StateHandle
+from worker.pipeline.model import StateHandle, Work
 
 CREATE_KEY: StateKey = ("m.room.create", "")
 HISTORY_KEY: StateKey = ("m.room.history_visibility", "")
@@ -73,7 +75,19 @@ def check_own_auth_events(work: Work) -> Rejection | None:
     return check_auth(event, by_key)
 
 
-async def check_state_before(store: RoomStore, work: Work, state: StateHandle) -> Rejection | None:
+class AuthStateReads(Protocol):
+    """What the auth checks read: entries of a state, and the room's current state."""
+
+    async def current_state(self, room_id: str) -> StateHandle | None:
+        """The room's current state; None when it has none yet."""
+        ...
+
+    async def lookup(self, state: StateHandle, keys: Sequence[StateKey]) -> dict[StateKey, Event]:
+        """The events at the given keys of `state` (absent keys are absent)."""
+        ...
+
+
+async def check_state_before(store: AuthStateReads, work: Work, state: StateHandle) -> Rejection | None:
     """Auth against the state before the event (spec step 5 of PDU receipt)."""
     event = work.event
     if is_create(event):
@@ -82,7 +96,7 @@ async def check_state_before(store: RoomStore, work: Work, state: StateHandle) -
     return check_auth(event, work.before_entries)
 
 
-async def check_current_state(store: RoomStore, work: Work) -> Rejection | None:
+async def check_current_state(store: AuthStateReads, work: Work) -> Rejection | None:
     """Soft-fail check against the room's current state (spec step 6 of PDU receipt)."""
     current = await store.current_state(work.room_id)
     if current is None or is_create(work.event):

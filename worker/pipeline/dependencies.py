@@ -10,12 +10,12 @@ changes.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Protocol
 
 from worker.core.outcomes import Outcome, Rejection
 from worker.pipeline.authstep import create_event_id, is_create
-from worker.pipeline.model import Result, Work, refused
-from worker.pipeline.ports import RoomStore, StoredEvent
+from worker.pipeline.model import Result, StoredEvent, Work, refused
 
 # Inputs the fetcher of missing events feeds back into the pipeline: (kind, PDU) -> result.
 Reinput = Callable[[str, Mapping[str, object]], Awaitable[Result]]
@@ -67,8 +67,16 @@ def dependency_ids(work: Work) -> list[str]:
     return sorted(wanted)
 
 
+class DependencyReads(Protocol):
+    """What loading an event's prev and auth events reads."""
+
+    async def events(self, event_ids: Sequence[str]) -> dict[str, StoredEvent]:
+        """The known events among `event_ids` (unknown ones are absent)."""
+        ...
+
+
 async def load_dependencies(
-    store: RoomStore, work: Work, prefetched: Mapping[str, StoredEvent] | None = None
+    store: DependencyReads, work: Work, prefetched: Mapping[str, StoredEvent] | None = None
 ) -> Result | None:
     """Load the prev and auth events into `work.known`; a refusal when some are missing.
 

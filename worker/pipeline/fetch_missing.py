@@ -36,7 +36,7 @@ import contextlib
 import heapq
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
@@ -49,11 +49,10 @@ from worker.core.redaction import redact
 from worker.core.versions import EventIdFormat, RoomRules
 from worker.errors import RetryableError
 from worker.observability.metrics import GAPS, GapPath
-from worker.pipeline.authstep import auth_keys, is_create
+from worker.pipeline.authstep import AuthStateReads, auth_keys, is_create
 from worker.pipeline.dependencies import Reinput, dependency_ids, find_missing
-from worker.pipeline.model import Result, Work, refused
-from worker.pipeline.ports import FederationClient, RoomStore, StateHandle, StoredEvent
-from worker.pipeline.state import resolve_handles
+from worker.pipeline.model import Result, StateHandle, StoredEvent, Work, refused
+from worker.pipeline.state import ResolveStore, resolve_handles
 
 log = structlog.get_logger(__name__)
 
@@ -184,11 +183,70 @@ def oldest_first(events: Mapping[str, Event]) -> list[str]:
 # --- the shell -------------------------------------------------------------------------------
 
 
+class GapFillStore(Protocol):
+    """What the gap filler reads: stored events, the room's extremities (where a backward
+    fetch may stop) and a fetched state made of stored events."""
+
+    async def events(self, event_ids: Sequence[str]) -> dict[str, StoredEvent]:
+        """The known events among `event_ids` (unknown ones are absent)."""
+        ...
+
+    async def extremities(self, room_id: str) -> list[str]:
+        """The room's forward extremities."""
+        ...
+
+    async def state_from_ids(self, room_id: str, event_ids: Sequence[str]) -> StateHandle:
+        """A state made of exactly these (stored) state events."""
+        ...
+
+
+class SoftFailReads(ResolveStore, AuthStateReads, Protocol):
+    """What the soft-fail check after a fetch reads: the current state, resolved with the
+    fetched state before the event."""
+
+
+class FederationClient(Protocol):
+    """Gap filling (DESIGN §2 step 4): asks the federation service for events we lack.
+
+    Implemented over NATS request/reply (`worker.federation`); the pipeline calls it only when
+    one is configured, and otherwise refuses inputs with missing prev or auth events. Each
+    method returns PDUs as JSON objects (as received, not yet checked); an empty list means
+    "could not be had". Transient trouble is raised as `worker.errors.RetryableError`.
+    """
+
+    async def event_auth(self, room_id: str, event_id: str) -> list[Mapping[str, object]]:
+        """The auth chain of `event_id` (federation `/event_auth`), in any order."""
+        ...
+
+    async def missing_events(
+        self, room_id: str, earliest: Sequence[str], latest: Sequence[str], limit: int
+    ) -> list[Mapping[str, object]]:
+        """Events between `earliest` and `latest` (federation `/get_missing_events`)."""
+        ...
+
+    # The state before an event, and single events.
+
+    async def state_ids(self, room_id: str, event_id: str) -> tuple[list[str], list[str]]:
+        """(state event IDs, auth chain IDs) before `event_id` (federation `/state_ids`);
+        both empty when it could not be had."""
+        ...
+
+    async def state(
+        self, room_id: str, event_id: str
+    ) -> tuple[list[Mapping[str, object]], list[Mapping[str, object]]]:
+        """(state PDUs, auth chain PDUs) before `event_id` (federation `/state`)."""
+        ...
+
+    async def event(self, room_id: str, event_id: str) -> Mapping[str, object] | None:
+        """One event by ID (federation `/event`); None when it could not be had."""
+        ...
+
+
 class GapFiller:
     """Fills an input's gaps through the `FederationClient` port (see the module docstring)."""
 
     def __init__(
-        self, store: RoomStore, fed: FederationClient, settings: GapSettings | None = None
+        self, store: GapFillStore, fed: FederationClient, settings: GapSettings | None = None
     ) -> None:
         self.store = store
         self.fed = fed
@@ -399,7 +457,7 @@ class GapFiller:
 
 
 async def soft_fail_after_fetch(
-    store: RoomStore, work: Work, fetched: StateHandle
+    store: SoftFailReads, work: Work, fetched: StateHandle
 ) -> Rejection | None:
     """The soft-fail check of an event whose state before was fetched (spec step 6 of PDU
     receipt). Its state before knows what happened in the gap and the room's current state

@@ -18,17 +18,27 @@ it enters the room's state.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Protocol
+
 from worker.core.outcomes import Outcome, Rejection
 from worker.messages import NewInviteEvent, RetireInviteEvent
 from worker.pipeline.events import event_raw, stored_json
-from worker.pipeline.model import Result, Work, refused
+from worker.pipeline.model import EventWrite, Result, StoredEvent, Work, refused
 from worker.pipeline.outputs import records
-from worker.pipeline.ports import EventWrite, RoomStore
 
 MEMBER = "m.room.member"
 
 
-async def invite_write(store: RoomStore, work: Work) -> EventWrite | Result:
+class InviteReads(Protocol):
+    """What an invite reads: the auth events it cites."""
+
+    async def events(self, event_ids: Sequence[str]) -> dict[str, StoredEvent]:
+        """The known events among `event_ids` (unknown ones are absent)."""
+        ...
+
+
+async def invite_write(store: InviteReads, work: Work) -> EventWrite | Result:
     """The write of an `invite` input, or why it is refused (`invalid`: not an invite or an
     invitee's leave, so not something this kind may carry)."""
     event = work.event

@@ -15,12 +15,14 @@ Deltas, as consumers read them:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from worker.core.events import Event
-from worker.pipeline.model import Work
-from worker.pipeline.ports import RoomStore, StateHandle
-from worker.pipeline.state import Merge, resolve_handles
+from worker.pipeline.authstep import AuthStateReads
+from worker.pipeline.model import StateHandle, Work
+from worker.pipeline.state import Merge, ResolveStore, resolve_handles
 
 
 @dataclass(slots=True)
@@ -51,7 +53,16 @@ def _new_extremities(work: Work, old: list[str]) -> list[str]:
 _OLD_CHAIN_LEVELS = 25
 
 
-async def _reached_through_old(store: RoomStore, work: Work, candidates: set[str]) -> set[str]:
+class AdvanceStore(ResolveStore, AuthStateReads, Protocol):
+    """What moving the room's extremities and current state reads: the current state, the
+    state after the other extremities (resolved with the event's), and stored events."""
+
+    async def state_after(self, event_ids: Sequence[str]) -> dict[str, StateHandle]:
+        """State after each event that has state; others absent (`state.StateBeforeStore`)."""
+        ...
+
+
+async def _reached_through_old(store: AdvanceStore, work: Work, candidates: set[str]) -> set[str]:
     """Those of `candidates` (the room's other extremities) that the event reaches by walking
     back through `old` events only. A `new` event on the way would have replaced the
     extremity itself, so only chains of `old` events are walked: in a plain fork the walk
@@ -79,7 +90,7 @@ async def _reached_through_old(store: RoomStore, work: Work, candidates: set[str
     return found
 
 
-async def _linear(store: RoomStore, work: Work, after: StateHandle) -> Advance:
+async def _linear(store: AdvanceStore, work: Work, after: StateHandle) -> Advance:
     """The one prev is the one extremity: current state = state after the event."""
     adv = Advance([work.event_id], after, added_events=[], removed_events=[])
     key = work.event.state_tuple
@@ -97,7 +108,7 @@ async def _linear(store: RoomStore, work: Work, after: StateHandle) -> Advance:
     return adv
 
 
-async def advance(store: RoomStore, work: Work, after: StateHandle) -> Advance:
+async def advance(store: AdvanceStore, work: Work, after: StateHandle) -> Advance:
     """New extremities and current state once `work.event` is accepted (`kind=new`)."""
     old_ext = work.extremities if work.extremities is not None else []
     rewrites = work.inp.state_event_ids is not None

@@ -1,22 +1,91 @@
-"""The values that flow between the pipeline's steps.
+"""The values that flow between the pipeline's steps, and between them and the store.
 
 `Result` is what the bus settles and replies with. `Work` is the event being processed plus
-what the earlier steps learned about it.
+what the earlier steps learned about it. `StoredEvent`, `StateHandle` and `EventWrite` are
+what the steps read from and write to the store through their ports (`worker.pipeline.ports`
+re-exports them, for the store's side).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from worker.core.events import Event
 from worker.core.outcomes import Outcome, Rejection
 from worker.core.versions import RoomRules
 from worker.messages import HandleResult, InputRoomEvent
-from worker.pipeline.ports import StateHandle, StoredEvent
 
 KINDS = ("new", "outlier", "old", "invite")
+
+
+@dataclass(frozen=True, slots=True)
+class RoomInfo:
+    room_id: str
+    version: str
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    """An event the store already holds, with what was decided about it."""
+
+    event: Event
+    outcome: Outcome
+    reason_code: str
+    reason: str
+    kind: str  # "new" | "outlier" | "old"
+    # A snapshot of the state before this event is stored (false for outliers and for events
+    # whose prev state was unknown); only then can `state_after` answer for it.
+    has_state: bool
+    redacted: bool = False
+
+
+class StateHandle(Protocol):
+    """Opaque to the pipeline: made and read only by the store."""
+
+
+@dataclass(frozen=True, slots=True)
+class OutputRecord:
+    """One output to publish, written to the outbox in the event's transaction.
+
+    `output_id` is stable (derived from the event and the output type), so that re-running the
+    same input produces the same id and JetStream's duplicate window drops the repeat.
+    """
+
+    output_id: str
+    output_type: str
+    payload: bytes  # the encoded output envelope (worker.messages)
+
+
+@dataclass(frozen=True, slots=True)
+class EventWrite:
+    """Everything one input event changes, persisted in one transaction."""
+
+    room_id: str
+    room_version: str
+    event: Event
+    event_json: bytes  # the PDU as stored (canonical JSON)
+    kind: str  # "new" | "outlier" | "old"
+    outcome: Outcome
+    reason_code: str = ""
+    reason: str = ""
+    # The state before the event; None for outliers and for events refused before state.
+    state_before: StateHandle | None = None
+    # New forward extremities of the room; None leaves them unchanged.
+    extremities: Sequence[str] | None = None
+    # New current state of the room; None leaves it unchanged.
+    current_state: StateHandle | None = None
+    # The forward extremities that `extremities` and `current_state` (or a soft-fail, which
+    # read the current state) were computed from: a fenced store (several workers) refuses
+    # the write when the room no longer has them.
+    extremities_seen: Sequence[str] | None = None
+    # (redaction event ID, target event ID) pairs to apply now: the target's stored JSON is
+    # rewritten to its redacted form, permanently.
+    redactions: Sequence[tuple[str, str]] = ()
+    outputs: Sequence[OutputRecord] = ()
+    # Room-level facts for the inspector and the state-reset detector.
+    notes: Mapping[str, str] = field(default_factory=dict)
 
 
 # The pipeline answers with the bus's own result type: it carries exactly the reply's fields.

@@ -21,8 +21,7 @@ from worker.messages import (
 )
 from worker.pipeline.events import event_raw
 from worker.pipeline.latest import Advance
-from worker.pipeline.model import Work
-from worker.pipeline.ports import OutputRecord
+from worker.pipeline.model import OutputRecord, Work
 
 HISTORY_KEY = ("m.room.history_visibility", "")
 

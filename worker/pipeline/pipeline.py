@@ -257,7 +257,7 @@ class Pipeline:
             ):
                 # The gap filler reads and writes the store itself: from here on, this
                 # batch writes through.
-                await self._batch.immediate()
+                await self._batch.write_through()
             if fill and self.gaps is not None:
                 reinput = self._reinput(room_id)
                 filled = await self.gaps.fill(work, known, reinput, attempt or Attempt())

@@ -13,17 +13,17 @@ accepted ones); a redaction of itself is ignored.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from typing import Protocol
 
 from worker.core.auth import PowerLevels
 from worker.core.events import Event, StateKey
 from worker.core.versions import EventIdFormat
 from worker.messages import RedactedEvent
-from worker.pipeline.authstep import CREATE_KEY
+from worker.pipeline.authstep import CREATE_KEY, AuthStateReads
 from worker.pipeline.events import event_raw
 from worker.pipeline.memberships import POWER_LEVELS_KEY
-from worker.pipeline.model import Work
-from worker.pipeline.ports import RoomStore
+from worker.pipeline.model import StateHandle, StoredEvent, Work
 
 REDACTION = "m.room.redaction"
 
@@ -43,8 +43,25 @@ def authorised(redaction: Event, target: Event, state: Mapping[StateKey, Event])
     return power.user_level(redaction.sender) >= power.named("redact")
 
 
+class RedactionReads(AuthStateReads, Protocol):
+    """What pairing redactions with their targets reads: the target, redactions waiting
+    for an event, and the power levels before a redaction."""
+
+    async def events(self, event_ids: Sequence[str]) -> dict[str, StoredEvent]:
+        """The known events among `event_ids` (unknown ones are absent)."""
+        ...
+
+    async def pending_redactions(self, target_ids: Sequence[str]) -> dict[str, list[str]]:
+        """For each target, the IDs of stored accepted redactions of it not yet applied."""
+        ...
+
+    async def state_after(self, event_ids: Sequence[str]) -> dict[str, StateHandle]:
+        """State after each event that has state; others absent (`state.StateBeforeStore`)."""
+        ...
+
+
 async def _state_before_redaction(
-    store: RoomStore, redaction: Event
+    store: RedactionReads, redaction: Event
 ) -> Mapping[StateKey, Event]:
     """Power entries before a stored redaction: after its one prev event; after a merge or
     without stored state, the room's current state (an approximation that only matters when
@@ -59,7 +76,7 @@ async def _state_before_redaction(
     return await store.lookup(handle, keys) if handle is not None else {}
 
 
-async def pair(store: RoomStore, work: Work) -> list[tuple[Event, Event]]:
+async def pair(store: RedactionReads, work: Work) -> list[tuple[Event, Event]]:
     """(redaction, target) pairs that become applicable now that `work.event` is accepted."""
     event = work.event
     pairs: list[tuple[Event, Event]] = []
@@ -71,7 +88,7 @@ async def pair(store: RoomStore, work: Work) -> list[tuple[Event, Event]]:
     return pairs + await pair_waiting(store, work)
 
 
-async def pair_waiting(store: RoomStore, work: Work) -> list[tuple[Event, Event]]:
+async def pair_waiting(store: RedactionReads, work: Work) -> list[tuple[Event, Event]]:
     """(redaction, `work.event`) pairs for the stored redactions that arrived before it."""
     event = work.event
     pairs: list[tuple[Event, Event]] = []

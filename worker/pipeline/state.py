@@ -21,6 +21,7 @@ import functools
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import structlog
 
@@ -31,8 +32,7 @@ from worker.core.versions import RoomRules
 from worker.errors import InvariantViolation
 from worker.observability.metrics import STATE_RESOLUTION_CONFLICTED, STATE_RESOLUTION_DURATION
 from worker.pipeline.authstep import is_create
-from worker.pipeline.model import Work
-from worker.pipeline.ports import RoomStore, StateHandle, StoredEvent
+from worker.pipeline.model import StateHandle, StoredEvent, Work
 
 log = structlog.get_logger(__name__)
 
@@ -49,7 +49,15 @@ class Merge:
     events: dict[str, StoredEvent]
 
 
-async def load_auth_closure(store: RoomStore, ids: Iterable[str]) -> dict[str, StoredEvent]:
+class EventReads(Protocol):
+    """What loading auth chains reads: stored events by ID."""
+
+    async def events(self, event_ids: Sequence[str]) -> dict[str, StoredEvent]:
+        """The known events among `event_ids` (unknown ones are absent)."""
+        ...
+
+
+async def load_auth_closure(store: EventReads, ids: Iterable[str]) -> dict[str, StoredEvent]:
     """The given events and their full auth chains, one round trip per auth-chain level."""
     loaded: dict[str, StoredEvent] = {}
     asked: set[str] = set()
@@ -82,8 +90,27 @@ def _resolve_sync(
     return dict(state)
 
 
+class ResolveStore(EventReads, Protocol):
+    """What resolving several states into one reads: the states, compared or in full, and
+    the events in them with their auth chains; and a handle for the result."""
+
+    async def diff(
+        self, old: StateHandle | None, new: StateHandle
+    ) -> tuple[list[str], list[str]]:
+        """(event IDs in `new` not in `old`, event IDs in `old` not in `new`), each sorted."""
+        ...
+
+    async def materialize(self, state: StateHandle) -> dict[StateKey, str]:
+        """The whole state as (type, state_key) -> event ID (for state resolution)."""
+        ...
+
+    async def handle_from_map(self, room_id: str, state: Mapping[StateKey, str]) -> StateHandle:
+        """A handle for a state given in full (a resolution's result)."""
+        ...
+
+
 async def resolve_handles(
-    store: RoomStore, work: Work, handles: Sequence[StateHandle]
+    store: ResolveStore, work: Work, handles: Sequence[StateHandle]
 ) -> tuple[StateHandle, Merge | None]:
     """One state from several: resolution, unless they are all the same state."""
     if len(handles) == 1:
@@ -113,7 +140,24 @@ async def resolve_handles(
     return handle, Merge(maps, resolved, events)
 
 
-async def state_before(store: RoomStore, work: Work) -> StateHandle | Rejection | None:
+class StateBeforeStore(ResolveStore, Protocol):
+    """What computing the state before an event reads: the state after its prev events
+    (resolved when they differ), or the state a federated join gives."""
+
+    async def state_after(self, event_ids: Sequence[str]) -> dict[str, StateHandle]:
+        """State after each event that has state (`StoredEvent.has_state`); others absent.
+
+        The state after an event is the state before it, plus the event itself when it is an
+        accepted state event (rejected and soft-failed events never enter state).
+        """
+        ...
+
+    async def state_from_ids(self, room_id: str, event_ids: Sequence[str]) -> StateHandle:
+        """A state made of exactly these (stored) state events: a federated join's state."""
+        ...
+
+
+async def state_before(store: StateBeforeStore, work: Work) -> StateHandle | Rejection | None:
     """The state before the event; None when it cannot be known (an `old` event whose prev
     events have no state), a `Rejection` when the given state is unusable."""
     if work.inp.state_event_ids is not None:
@@ -133,7 +177,7 @@ async def state_before(store: RoomStore, work: Work) -> StateHandle | Rejection 
 
 
 async def _given_state(
-    store: RoomStore, work: Work, ids: Sequence[str]
+    store: StateBeforeStore, work: Work, ids: Sequence[str]
 ) -> StateHandle | Rejection:
     """A federated join's state: exactly these events, each of which must be stored."""
     stored = await store.events(ids)

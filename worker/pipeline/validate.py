@@ -14,7 +14,7 @@ still succeed.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 
@@ -27,8 +27,7 @@ from worker.core.redaction import redact
 from worker.core.versions import V1, EventIdFormat, RoomRules, rules_for
 from worker.messages import InputRoomEvent
 from worker.pipeline.authstep import is_create
-from worker.pipeline.model import KINDS, Result, Work, refused
-from worker.pipeline.ports import RoomInfo, RoomStore
+from worker.pipeline.model import KINDS, Result, RoomInfo, Work, refused
 
 CREATE = "m.room.create"
 
@@ -94,8 +93,16 @@ _UNKNOWN_ROOM = Rejection(
 )
 
 
+class RoomVersions(Protocol):
+    """What validation reads from the store: the room's version."""
+
+    async def room(self, room_id: str) -> RoomInfo | None:
+        """The room, or None for a room not stored here."""
+        ...
+
+
 async def validate(
-    store: RoomStore, room_id: str, inp: InputRoomEvent, *, room: RoomInfo | None = None
+    store: RoomVersions, room_id: str, inp: InputRoomEvent, *, room: RoomInfo | None = None
 ) -> Work | Result:
     """Decode and validate the PDU; a `Result` when the input is refused here. `room`: the
     room as it will be when the input is handled, if the caller knows better than the store

@@ -12,8 +12,8 @@ had just written; the first reads of the batch's own events are made once for al
 What the batch cannot answer from memory exactly, it does not guess: it commits what it
 holds first and then asks the store (`flush`). That is the case for writes that change an
 event already stored (a promotion from outlier, redactions: the stored JSON changes), for a
-federated join's state, and for gap filling (`immediate`: the gap filler reads the store
-directly). Nothing is cached in the store until the transaction commits; if it fails, the
+federated join's state, and for gap filling (`write_through`: the gap filler reads the
+store directly). Nothing is cached in the store until the transaction commits; if it fails, the
 batch is dropped whole and the caller handles the events again one by one.
 """
 
@@ -67,8 +67,8 @@ class StoreBatch:
         # stored redactions waiting for each target asked about.
         self._seen: dict[str, StoredEvent | None] = {}
         self._seen_redactions: dict[str, list[str]] = {}
-        # Once true, writes go straight to the store (see `immediate`).
-        self._immediate = False
+        # Once true, writes go straight to the store (see `write_through`).
+        self._writing_through = False
         self.committed = 0
 
     @property
@@ -97,11 +97,11 @@ class StoreBatch:
     async def commit(self) -> None:
         await self.flush()
 
-    async def immediate(self) -> None:
+    async def write_through(self) -> None:
         """Commit what is held and write every later event at once (for the gap filler,
         which reads the store itself, and so must find every event already written)."""
         await self.flush()
-        self._immediate = True
+        self._writing_through = True
 
     async def prefetch(
         self,
@@ -252,7 +252,7 @@ class StoreBatch:
     async def persist(self, write: EventWrite) -> None:
         if write.room_id != self.room_id:
             raise InvariantViolation(f"a batch of {self.room_id} got a write of {write.room_id}")
-        if self._immediate:
+        if self._writing_through:
             await self.inner.persist(write)
             self.committed += 1
             # What was read ahead may be stale now (this event, redactions it applied).
