@@ -8,7 +8,7 @@ import asyncio
 import json
 import os
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +21,11 @@ from tests.perform.conftest import SERVER, Api, Performer, check_built_events, u
 from worker.bus.subjects import Subjects
 from worker.config import load_settings
 from worker.core.builder import Draft
+from worker.core.events import StateKey
+from worker.messages.admin import EvacuateUserRequest
 from worker.perform.evacuate import Evacuations
 from worker.perform.service import PerformService
+from worker.query.homeserver_ports import RoomState
 from worker.storage.homeserver_reads import PostgresHomeserverReads
 from worker.wiring import build_writer, start_queries
 
@@ -192,3 +195,38 @@ async def test_evacuate_user_on_the_cli(
     assert await _membership(api, room_id, BOB) == "leave"
     code, _, err = await cli(b"y\n", "evacuate-room", "!nowhere:hs.test")
     assert code == 1 and "not_found" in err
+
+
+class _WithAGhostRoom:
+    """The membership index, plus a room it lists for every user that the roomserver does
+    not know: its leave fails as a broken room's would."""
+
+    GHOST = "!ghost:hs.test"
+
+    def __init__(self, reads: PostgresHomeserverReads) -> None:
+        self._reads = reads
+
+    async def current_state(self, room_ids: Sequence[str],
+                            keys: Sequence[StateKey]) -> dict[str, RoomState]:
+        return await self._reads.current_state(room_ids, keys)
+
+    async def rooms_of_user(self, user_id: str, membership: str) -> list[str]:
+        rooms = await self._reads.rooms_of_user(user_id, membership)
+        return [*rooms, self.GHOST] if membership == "join" else rooms
+
+
+async def test_a_failing_leave_is_reported_and_the_others_are_done(
+    api: Api, performer: Performer
+) -> None:
+    made = await api.perform("create_room", creator=ALICE, preset="public_chat")
+    room_id = made["room_id"]
+    await api.perform("join", user_id=BOB, room_id_or_alias=room_id)
+    assert performer.run.pool is not None and performer.performs is not None
+    evacuations = Evacuations(_WithAGhostRoom(PostgresHomeserverReads(performer.run.pool)))
+    done = await evacuations.evacuate_user(performer.performs.writer,
+                                           EvacuateUserRequest(user_id=BOB))
+    assert done.room_ids == [room_id] and len(done.event_ids) == 1
+    (failed,) = done.failed
+    assert (failed.room_id, failed.user_id) == (_WithAGhostRoom.GHOST, BOB)
+    assert failed.code == "unavailable" and _WithAGhostRoom.GHOST in failed.message
+    assert await _membership(api, room_id, BOB) == "leave"
