@@ -51,6 +51,7 @@ from worker.observability import metrics
 from worker.observability.http import HealthServer, ReadinessCheck
 from worker.observability.logging import get_logger
 from worker.perform.admin import AdminPerforms
+from worker.perform.evacuate import Evacuations
 from worker.perform.keys import SigningKeyError
 from worker.perform.retention import RetentionSettings, run_retention
 from worker.perform.service import start_perform_service
@@ -366,7 +367,7 @@ class Worker:
         try:  # the Perform API, on the same micro service (DESIGN §4)
             performs = await start_perform_service(
                 build_writer(self.nc, self.pool, self.settings, reads), self.queries.service,
-                self.settings.bus.prefix,
+                self.settings.bus.prefix, extra=Evacuations(homeserver).handlers,
             )
         except SigningKeyError as exc:
             raise StartupError(str(exc)) from exc

@@ -1,12 +1,15 @@
-"""`python -m worker admin purge-room ROOM` and `admin purge-history ROOM --before-ts T |
---before-event ID`: the admin purges (DESIGN §3 "Lifecycle") asked of the running roomserver
-over its perform endpoints.
+"""`python -m worker admin purge-room ROOM`, `admin purge-history ROOM --before-ts T |
+--before-event ID`, `admin evacuate-room ROOM` and `admin evacuate-user USER`: the admin
+performs (DESIGN §3 "Lifecycle") asked of the running roomserver over its perform endpoints.
 
-Both ask for confirmation (`--yes` skips it; without a terminal and without `--yes` nothing
-is done). `purge-room` is one transaction: a bar counts the seconds until it answers.
+All ask for confirmation (`--yes` skips it; without a terminal and without `--yes` nothing
+is done). `purge-room` is one transaction, and an evacuation one request whose leaves the
+roomserver builds: a bar counts the seconds until it answers (an evacuation's answer lists
+the leaves that failed, if any, beside those done).
 `purge-history` goes in bounded steps (`--batch` events per request, each its own
 transaction) and the bar shows how many of the old events are done. Exit status: 0 done, 1
-the roomserver refused (unknown room or event; the code and message go to stderr), 2 not
+the roomserver refused (unknown room or event; the code and message go to stderr) or some
+leaves of an evacuation failed (listed in the answer's `failed`), 2 not
 confirmed or invalid arguments, 3 NATS unreachable or no answer in time.
 """
 
@@ -22,9 +25,14 @@ from typing import Any, TextIO
 import msgspec
 
 from worker.config import EXIT_CONFIG, load_or_report
-from worker.messages.admin import PurgeHistoryResponse, PurgeRoomResponse
+from worker.messages.admin import (
+    EvacuateRoomResponse,
+    EvacuateUserResponse,
+    PurgeHistoryResponse,
+    PurgeRoomResponse,
+)
 
-HELP = "purge a room, or a room's older history, in the running roomserver"
+HELP = "purge or evacuate a room, purge its older history, or evacuate a user"
 
 EXIT_REFUSED = 1
 EXIT_UNREACHABLE = 3
@@ -43,7 +51,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     point.add_argument("--before-event", metavar="EVENT_ID", help="an event of the room")
     history.add_argument("--batch", type=int, default=5000,
                          help="events deleted per request (default 5000)")
-    for p in (room, history):
+    evacuate_room = sub.add_parser(
+        "evacuate-room", help="every member of this server leaves the room")
+    evacuate_room.add_argument("room_id", metavar="ROOM")
+    evacuate_user = sub.add_parser(
+        "evacuate-user", help="a user of this server leaves every room")
+    evacuate_user.add_argument("user_id", metavar="USER")
+    for p in (evacuate_room, evacuate_user):
+        p.add_argument("--reason", default="", help="the reason the leave events carry")
+    for p in (room, history, evacuate_room, evacuate_user):
         p.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
         p.add_argument("--url", help="NATS URL (default: NATS_URL, else the embedded server)")
         p.add_argument("--prefix", help="subject prefix (default: ROOMSERVER_PREFIX setting)")
@@ -108,17 +124,23 @@ async def _ask(nc: Any, subject: str, body: dict[str, Any], timeout: float) -> b
     return data
 
 
-async def _purge_room(nc: Any, prefix: str, args: argparse.Namespace, bar: _Bar) -> dict[str, Any]:
+async def _one_request(nc: Any, subject: str, body: dict[str, Any], timeout: float, bar: _Bar,
+                       doing: str) -> bytes:
     started = time.monotonic()
-    ask = asyncio.ensure_future(_ask(nc, f"{prefix}.perform.purge_room",
-                                     {"room_id": args.room_id}, args.timeout))
+    ask = asyncio.ensure_future(_ask(nc, subject, body, timeout))
     while not ask.done():
         elapsed = time.monotonic() - started
-        # One transaction: no steps to count, so the bar fills over a minute as a clock.
-        bar.show(min(elapsed, 60.0), 60.0, f"purging {args.room_id} ({elapsed:.0f} s)")
+        # One request: no steps to count, so the bar fills over a minute as a clock.
+        bar.show(min(elapsed, 60.0), 60.0, f"{doing} ({elapsed:.0f} s)")
         await asyncio.wait([ask], timeout=0.2)
     bar.show(1, 1, "done")
-    answer = msgspec.json.decode(ask.result(), type=PurgeRoomResponse)
+    return ask.result()
+
+
+async def _purge_room(nc: Any, prefix: str, args: argparse.Namespace, bar: _Bar) -> dict[str, Any]:
+    data = await _one_request(nc, f"{prefix}.perform.purge_room", {"room_id": args.room_id},
+                              args.timeout, bar, f"purging {args.room_id}")
+    answer = msgspec.json.decode(data, type=PurgeRoomResponse)
     return {"room_id": answer.room_id, "removed": answer.removed,
             "removed_bytes": answer.removed_bytes}
 
@@ -150,13 +172,40 @@ async def _purge_history(nc: Any, prefix: str, args: argparse.Namespace,
             "kept_for_state": kept}
 
 
+async def _evacuate(nc: Any, prefix: str, args: argparse.Namespace, bar: _Bar) -> dict[str, Any]:
+    answer: EvacuateRoomResponse | EvacuateUserResponse
+    if args.action == "evacuate-room":
+        data = await _one_request(
+            nc, f"{prefix}.perform.evacuate_room", {"room_id": args.room_id,
+                                                    "reason": args.reason},
+            args.timeout, bar, f"evacuating {args.room_id}")
+        answer = msgspec.json.decode(data, type=EvacuateRoomResponse)
+    else:
+        data = await _one_request(
+            nc, f"{prefix}.perform.evacuate_user", {"user_id": args.user_id,
+                                                    "reason": args.reason},
+            args.timeout, bar, f"evacuating {args.user_id}")
+        answer = msgspec.json.decode(data, type=EvacuateUserResponse)
+    result: dict[str, Any] = msgspec.to_builtins(answer)
+    return result
+
+
+def _question(args: argparse.Namespace) -> str:
+    if args.action == "purge-room":
+        return f"Purge room {args.room_id} and every row of it?"
+    if args.action == "purge-history":
+        return (f"Purge the history of {args.room_id} before "
+                f"{args.before_event or args.before_ts}?")
+    if args.action == "evacuate-room":
+        return f"Make every member of this server leave {args.room_id}?"
+    return f"Make {args.user_id} leave every room?"
+
+
 def run(args: argparse.Namespace) -> int:
     if args.action == "purge-history" and args.batch < 1:
         print("roomserver: --batch must be at least 1", file=sys.stderr)
         return EXIT_CONFIG
-    what = (f"Purge room {args.room_id} and every row of it?" if args.action == "purge-room"
-            else f"Purge the history of {args.room_id} before "
-                 f"{args.before_event or args.before_ts}?")
+    what = _question(args)
     if not _confirm(args, what):
         print("roomserver: not confirmed; nothing done", file=sys.stderr)
         return EXIT_CONFIG
@@ -178,7 +227,9 @@ def run(args: argparse.Namespace) -> int:
         try:
             if args.action == "purge-room":
                 return await _purge_room(nc, prefix, args, bar)
-            return await _purge_history(nc, prefix, args, bar)
+            if args.action == "purge-history":
+                return await _purge_history(nc, prefix, args, bar)
+            return await _evacuate(nc, prefix, args, bar)
         finally:
             bar.close()
             await nc.close()
@@ -192,4 +243,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"roomserver: no answer: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE
     sys.stdout.buffer.write(msgspec.json.format(msgspec.json.encode(result)) + b"\n")
+    if result.get("failed"):
+        print(f"roomserver: {len(result['failed'])} leave(s) failed; see \"failed\"",
+              file=sys.stderr)
+        return EXIT_REFUSED
     return 0

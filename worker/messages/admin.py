@@ -1,10 +1,12 @@
-"""Requests and responses of the admin performs that purge (DESIGN §3 "Lifecycle", §4 Perform
-API): `roomserver.perform.purge_room` and `roomserver.perform.purge_history` on the micro
-service `roomserver`.
+"""Requests and responses of the admin performs (DESIGN §3 "Lifecycle", §4 Perform API) on
+the micro service `roomserver`: `roomserver.perform.purge_room`, `purge_history`,
+`evacuate_room` and `evacuate_user`.
 
-Errors are replied like a query's (`worker.messages.query.QueryError`): `unknown_room`,
-`unknown_event` (the `before_event_id` is not in the room), `bad_request` (a body that does
-not decode, or not exactly one of `before_ts` / `before_event_id`).
+The purges' errors are replied like a query's (`worker.messages.query.QueryError`):
+`unknown_room`, `unknown_event` (the `before_event_id` is not in the room), `bad_request` (a
+body that does not decode, or not exactly one of `before_ts` / `before_event_id`). The
+evacuations build events, so theirs are the Perform API's (`worker.messages.perform.
+PerformError`): `not_found` (an unknown room), `bad_request` (a user of another server).
 
 Changes are additive (STYLE R7): new fields get defaults, existing ones never change.
 """
@@ -49,14 +51,76 @@ class PurgeHistoryResponse(msgspec.Struct, frozen=True, kw_only=True):
     kept_for_state: int = 0
 
 
-# Perform name -> (request, response): the endpoints `<prefix>.perform.<name>`.
-ADMIN_PERFORMS: dict[str, tuple[type[msgspec.Struct], type[msgspec.Struct]]] = {
+class EvacuateRoomRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """Every member of the room who is a user of this server (`SERVER_NAME`) and is joined,
+    invited or knocking leaves it; members of other servers stay. `reason`: the leaves'."""
+
+    room_id: str
+    reason: str = ""
+
+
+class EvacuateUserRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """The user (of this server) leaves every room they are joined to, invited to or knocking
+    on."""
+
+    user_id: str
+    reason: str = ""
+
+
+class EvacuationFailure(msgspec.Struct, frozen=True, kw_only=True):
+    """One leave that could not be done; `code` and `message` are the leave perform's error
+    (`worker.messages.perform.PerformError`)."""
+
+    room_id: str
+    user_id: str
+    code: str
+    message: str
+
+
+class EvacuateRoomResponse(msgspec.Struct, frozen=True, kw_only=True):
+    room_id: str
+    # The leave events built, in the order of `user_ids`.
+    event_ids: list[str] = msgspec.field(default_factory=list)
+    # The users who left (one per event ID).
+    user_ids: list[str] = msgspec.field(default_factory=list)
+    # The leaves that failed; the others were done regardless.
+    failed: list[EvacuationFailure] = msgspec.field(default_factory=list)
+
+
+class EvacuateUserResponse(msgspec.Struct, frozen=True, kw_only=True):
+    user_id: str
+    # The leave events built, in the order of `room_ids`.
+    event_ids: list[str] = msgspec.field(default_factory=list)
+    # The rooms left (one per event ID).
+    room_ids: list[str] = msgspec.field(default_factory=list)
+    # The rooms that could not be left; the others were left regardless.
+    failed: list[EvacuationFailure] = msgspec.field(default_factory=list)
+
+
+Endpoints = dict[str, tuple[type[msgspec.Struct], type[msgspec.Struct]]]
+
+# Perform name -> (request, response): the endpoints `<prefix>.perform.<name>`. The purges are
+# answered beside the queries (`worker.perform.admin`), the evacuations beside the Perform
+# API (`worker.perform.evacuate`).
+PURGE_PERFORMS: Endpoints = {
     "purge_room": (PurgeRoomRequest, PurgeRoomResponse),
     "purge_history": (PurgeHistoryRequest, PurgeHistoryResponse),
 }
+EVACUATE_PERFORMS: Endpoints = {
+    "evacuate_room": (EvacuateRoomRequest, EvacuateRoomResponse),
+    "evacuate_user": (EvacuateUserRequest, EvacuateUserResponse),
+}
+ADMIN_PERFORMS: Endpoints = PURGE_PERFORMS | EVACUATE_PERFORMS
 
 __all__ = [
     "ADMIN_PERFORMS",
+    "EVACUATE_PERFORMS",
+    "PURGE_PERFORMS",
+    "EvacuateRoomRequest",
+    "EvacuateRoomResponse",
+    "EvacuateUserRequest",
+    "EvacuateUserResponse",
+    "EvacuationFailure",
     "PurgeHistoryRequest",
     "PurgeHistoryResponse",
     "PurgeRoomRequest",

@@ -76,10 +76,10 @@ class AdminPerforms:
 
     @property
     def names(self) -> list[str]:
-        return list(m.ADMIN_PERFORMS)
+        return list(m.PURGE_PERFORMS)
 
     async def answer(self, name: str, data: bytes) -> msgspec.Struct:
-        request_type, _ = m.ADMIN_PERFORMS[name]
+        request_type, _ = m.PURGE_PERFORMS[name]
         try:
             request = msgspec.json.decode(data or b"{}", type=request_type)
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import msgspec
@@ -33,6 +33,9 @@ log = structlog.get_logger(__name__)
 ERROR_REASON_HEADER = "Roomserver-Error"
 
 Handler = Callable[[RoomWriter, Any], Awaitable[msgspec.Struct]]
+# Perform name -> (request type, handler): performs served beside the Perform API's own (the
+# admin evacuations of `worker.perform.evacuate`, which need a port of their own).
+Extra = Mapping[str, tuple[type[msgspec.Struct], Handler]]
 
 PERFORM_HANDLERS: dict[str, Handler] = {
     "send_event": members.send_event,
@@ -71,20 +74,26 @@ def error_reply(exc: PerformFailed) -> tuple[bytes, dict[str, str]]:
 class PerformService:
     """The perform and perform-query endpoints; `stop()` waits for those in flight."""
 
-    def __init__(self, writer: RoomWriter, *, max_in_flight: int = 256) -> None:
+    def __init__(
+        self, writer: RoomWriter, *, max_in_flight: int = 256, extra: Extra | None = None
+    ) -> None:
         self.writer = writer
+        self._extra = dict(extra or {})
         self._slots = asyncio.Semaphore(max_in_flight)
         self._tasks: set[asyncio.Task[None]] = set()
         self._decoders = {
             name: msgspec.json.Decoder(request)
             for name, (request, _) in (m.PERFORMS | m.PERFORM_QUERIES).items()
         }
+        for name, (request, _) in self._extra.items():
+            self._decoders[name] = msgspec.json.Decoder(request)
         self._stopping = False
 
     def endpoint(self, name: str, handler: Handler) -> Callable[[Request], Awaitable[None]]:
         decoder = self._decoders[name]
         # Queries count with the query API's metrics, performs with their own.
-        counted = (PERFORMS, PERFORM_DURATION) if name in m.PERFORMS else (QUERIES, QUERY_DURATION)
+        performs = name in m.PERFORMS or name in self._extra
+        counted = (PERFORMS, PERFORM_DURATION) if performs else (QUERIES, QUERY_DURATION)
 
         async def on_request(request: Request) -> None:
             task = asyncio.create_task(self._run(name, handler, decoder, request, counted))
@@ -150,7 +159,8 @@ class PerformService:
 
     async def add_to(self, service: Service, prefix: str) -> None:
         """Add every endpoint to the running micro service."""
-        for name, handler in PERFORM_HANDLERS.items():
+        extra = {name: handler for name, (_, handler) in self._extra.items()}
+        for name, handler in (PERFORM_HANDLERS | extra).items():
             await service.add_endpoint(EndpointConfig(
                 name=f"perform_{name}", handler=self.endpoint(name, handler),
                 subject=perform_subject(prefix, name),
@@ -171,9 +181,12 @@ class PerformService:
             await self.writer.remote.inputs.close()
 
 
-async def start_perform_service(writer: RoomWriter, service: Service, prefix: str) -> PerformService:
-    """Add the perform endpoints of `writer` to the running micro `service`."""
-    svc = PerformService(writer)
+async def start_perform_service(
+    writer: RoomWriter, service: Service, prefix: str, *, extra: Extra | None = None
+) -> PerformService:
+    """Add the perform endpoints of `writer` (and the `extra` ones) to the running micro
+    `service`."""
+    svc = PerformService(writer, extra=extra)
     await svc.add_to(service, prefix)
     log.info("performs_ready", key_id=svc.writer.key.key_id)
     return svc
