@@ -200,6 +200,14 @@ def separate_v2(
         return {}, {}
     first = state_sets[0]
     rest = state_sets[1:]
+    if len(rest) > 1:
+        positions, extra = _differing_positions(first, rest)
+        keys = list(first)
+        differing = [keys[i] for i in sorted(positions)]
+        split = dict(first)
+        for key in differing:
+            del split[key]
+        return split, {key: _values(state_sets, key) for key in chain(differing, extra)}
     unconflicted: dict[StateKey, str] = {}
     conflicted: dict[StateKey, list[str]] = {}
     for key, eid in first.items():
@@ -214,6 +222,61 @@ def separate_v2(
             if key not in first and key not in conflicted:
                 conflicted[key] = _values(state_sets, key)
     return unconflicted, conflicted
+
+
+def _differing_positions(
+    first: Mapping[StateKey, str], rest: Sequence[Mapping[StateKey, str]]
+) -> tuple[set[int], dict[StateKey, None]]:
+    """The positions (in `first`'s key order) of the keys of `first` on which some set of
+    `rest` differs from it, and the keys of `rest` that `first` lacks, in order met.
+
+    Merging many forward extremities hands over state sets that are copies of one another
+    with a few keys changed or added, so their keys mostly come in the same order. Over the
+    longest run of keys that a set shares with `first` from the start, in the same order,
+    the values are compared a slice at a time (in C), and only slices that differ are split
+    further: the work per set is a few list copies instead of a dict lookup per key. The
+    keys after that run are compared one by one.
+    """
+    keys = list(first)
+    values = list(first.values())
+    found: set[int] = set()
+    extra: dict[StateKey, None] = {}
+    for s in rest:
+        theirs = list(s)
+        shared = _shared_prefix(keys, theirs)
+        _compare(values, list(s.values()), 0, shared, found)
+        get = s.get
+        found.update(i for i in range(shared, len(keys)) if get(keys[i]) != values[i])
+        extra.update((key, None) for key in theirs[shared:] if key not in first)
+    return found, extra
+
+
+def _shared_prefix(a: list[StateKey], b: list[StateKey]) -> int:
+    """The length of the longest common prefix of `a` and `b`, by slice comparisons."""
+    good = min(len(a), len(b))
+    if a[:good] == b[:good]:
+        return good
+    # The first `lo` items agree, the first `hi` do not.
+    lo, hi = 0, good
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if a[lo:mid] == b[lo:mid]:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+def _compare(a: list[str], b: list[str], lo: int, hi: int, found: set[int]) -> None:
+    """Add to `found` the positions in [lo, hi) where `a` and `b` differ."""
+    if a[lo:hi] == b[lo:hi]:
+        return
+    if hi - lo <= 32:
+        found.update(i for i in range(lo, hi) if a[i] != b[i])
+        return
+    mid = (lo + hi) // 2
+    _compare(a, b, lo, mid, found)
+    _compare(a, b, mid, hi, found)
 
 
 def _values(state_sets: Sequence[Mapping[StateKey, str]], key: StateKey) -> list[str]:
