@@ -241,19 +241,28 @@ def _differing_positions(
     values = list(first.values())
     found: set[int] = set()
     extra: dict[StateKey, None] = {}
+    shared = len(keys)
     for s in rest:
         theirs = list(s)
-        shared = _shared_prefix(keys, theirs)
-        _compare(values, list(s.values()), 0, shared, found)
+        shared = _shared_prefix(keys, theirs, shared)
+        _compare(values, list(s.values()), shared, found)
         get = s.get
         found.update(i for i in range(shared, len(keys)) if get(keys[i]) != values[i])
         extra.update((key, None) for key in theirs[shared:] if key not in first)
     return found, extra
 
 
-def _shared_prefix(a: list[StateKey], b: list[StateKey]) -> int:
-    """The length of the longest common prefix of `a` and `b`, by slice comparisons."""
+def _shared_prefix(a: list[StateKey], b: list[StateKey], guess: int) -> int:
+    """The length of the longest common prefix of `a` and `b`, by slice comparisons.
+
+    `guess` (the answer for the previous set) is tried first: sets copied from one state
+    usually share it.
+    """
     good = min(len(a), len(b))
+    if a == b:
+        return good
+    if guess < good and a[guess] != b[guess] and a[:guess] == b[:guess]:
+        return guess
     if a[:good] == b[:good]:
         return good
     # The first `lo` items agree, the first `hi` do not.
@@ -267,16 +276,24 @@ def _shared_prefix(a: list[StateKey], b: list[StateKey]) -> int:
     return lo
 
 
-def _compare(a: list[str], b: list[str], lo: int, hi: int, found: set[int]) -> None:
-    """Add to `found` the positions in [lo, hi) where `a` and `b` differ."""
-    if a[lo:hi] == b[lo:hi]:
+# The slice lengths of the value comparison: whole chunks, then parts of a differing one,
+# then item by item.
+_CHUNK = 256
+_PART = 16
+
+
+def _compare(a: list[str], b: list[str], end: int, found: set[int]) -> None:
+    """Add to `found` the positions before `end` where `a` and `b` differ."""
+    if end == len(a) == len(b) and a == b:
         return
-    if hi - lo <= 32:
-        found.update(i for i in range(lo, hi) if a[i] != b[i])
-        return
-    mid = (lo + hi) // 2
-    _compare(a, b, lo, mid, found)
-    _compare(a, b, mid, hi, found)
+    for lo in range(0, end, _CHUNK):
+        hi = min(lo + _CHUNK, end)
+        if a[lo:hi] == b[lo:hi]:
+            continue
+        for part in range(lo, hi, _PART):
+            top = min(part + _PART, hi)
+            if a[part:top] != b[part:top]:
+                found.update(i for i in range(part, top) if a[i] != b[i])
 
 
 def _values(state_sets: Sequence[Mapping[StateKey, str]], key: StateKey) -> list[str]:
