@@ -7,6 +7,9 @@
    ours at least 20x faster.
 3. The same room where only 10 members conflict: our work follows the conflicted set (plus
    one pass of dict lookups over the state), Synapse's follows every event it is handed.
+3b. The hard shapes, conservative figure only (goal: ours at least 10x faster): many state
+   sets (forward extremities merging at once, few conflicted keys) and a heavy fork (three
+   state sets, a full conflicted set of about a thousand events).
 4. The same room with 500 ... 5,000 conflicting members: our time per conflicted event should
    stay flat (linear growth), while the unconflicted state stays at 10,000 entries.
 
@@ -193,6 +196,139 @@ def ours_with_chains(dag: Dag) -> Any:
     return lambda: resolve(dag.rules, dag.state_sets, dag.ours.get, chains.__getitem__)
 
 
+def _base_room(b: DagBuilder, members: int) -> tuple[dict[StateKey, str], str, int]:
+    """A version 10 room where `members` users joined one after the other: its state, the
+    last event and the last timestamp."""
+    state: dict[StateKey, str] = {}
+    ts = 1_000_000
+    last = b.add(
+        "m.room.create",
+        "@creator:b",
+        "",
+        {"room_version": "10", "creator": "@creator:b"},
+        state,
+        [],
+        ts,
+    )
+    assert last is not None
+    for etype, skey, content in (
+        ("m.room.member", "@creator:b", {"membership": "join"}),
+        ("m.room.power_levels", "", {"users": {"@creator:b": 100}}),
+        ("m.room.join_rules", "", {"join_rule": "public"}),
+    ):
+        got = b.add(etype, "@creator:b", skey, content, state, [last], ts, check=False)
+        assert got is not None
+        last = got
+    for i in range(members):
+        u = f"@u{i}:b"
+        ts += 1
+        got = b.add("m.room.member", u, u, {"membership": "join"}, state, [last], ts, check=False)
+        assert got is not None
+        last = got
+    return state, last, ts
+
+
+def many_sets_room(
+    sets: int = 1_900, members: int = 4_800, keys: int = 14, variants: int = 10
+) -> Dag:
+    """Many forward extremities merging at once: `keys` state keys (power levels, join
+    rules, topic, name and members' display names) were each changed `variants` times on
+    separate forks of the same room, and each of the `sets` state sets holds its own mix of
+    those changes, so the sets differ only on those keys."""
+    rng = random.Random(1)
+    b = DagBuilder("10", random.Random(0))
+    base, last, ts = _base_room(b, members)
+    choices: list[list[tuple[StateKey, str]]] = []
+    for k in range(keys):
+        options = []
+        for v in range(variants):
+            ts += 1
+            if k == 0:
+                add = ("m.room.power_levels", "", {"users": {"@creator:b": 100}, "ban": 50 + v})
+            elif k == 1:
+                add = ("m.room.join_rules", "", {"join_rule": "public", "n": v})
+            elif k == 2:
+                add = ("m.room.topic", "", {"topic": f"topic {v}"})
+            elif k == 3:
+                add = ("m.room.name", "", {"name": f"name {v}"})
+            else:
+                u = f"@u{k}:b"
+                add = ("m.room.member", u, {"membership": "join", "displayname": f"{u} {v}"})
+            etype, skey, content = add
+            sender = skey if etype == "m.room.member" else "@creator:b"
+            state = dict(base)
+            got = b.add(etype, sender, skey, content, state, [last], ts, check=False)
+            assert got is not None
+            options.append(((etype, skey), got))
+        choices.append(options)
+    b.dag.state_sets = []
+    for _ in range(sets):
+        state = dict(base)
+        for options in choices:
+            if rng.random() < 0.5:
+                key, eid = rng.choice(options)
+                state[key] = eid
+        b.dag.state_sets.append(state)
+    return b.dag
+
+
+def heavy_fork_room(members: int = 3_950, users: int = 15, rounds: int = 30) -> Dag:
+    """A heavy fork: the stale room, and two forks where `users` members each change their
+    display name `rounds` times while the creator keeps changing the power levels. Each
+    change cites the one before it, so the full conflicted set (conflicted events and the
+    auth chain difference) holds nearly every fork event."""
+    b = DagBuilder("10", random.Random(0))
+    base, last, ts = _base_room(b, members)
+    sets = [dict(base)]
+    for fork in range(2):
+        state = dict(base)
+        prev = last
+        for r in range(rounds):
+            for j in range(users):
+                ts += 1
+                u = f"@u{fork * users + j}:b"
+                content = {"membership": "join", "displayname": f"{u} {r}"}
+                got = b.add("m.room.member", u, u, content, state, [prev], ts, check=False)
+                assert got is not None
+                prev = got
+            for _ in range(2):
+                ts += 1
+                pl_content: dict[str, Any] = {"users": {"@creator:b": 100}, "ban": 50 + ts % 50}
+                pl = b.add("m.room.power_levels", "@creator:b", "", pl_content, state, [prev], ts)
+                assert pl is not None
+                prev = pl
+        sets.append(state)
+    b.dag.state_sets = sets
+    return b.dag
+
+
+def _conservative(dag: Dag, rounds: int) -> tuple[float, float, bool]:
+    """Ours given auth chains against Synapse given the auth chain difference: times, and
+    whether the results agree."""
+    t_idx, (indexed, _), t_pers, persisted = _race(
+        ours_with_chains(dag), synapse_persisted(dag), rounds=rounds
+    )
+    return t_idx, t_pers, indexed == persisted
+
+
+def hard_shapes() -> None:
+    for title, dag in (
+        ("many state sets (forward extremities merging at once)", many_sets_room()),
+        ("heavy fork, 3 state sets", heavy_fork_room()),
+    ):
+        _, stats = ours_resolve(dag)
+        print(
+            f"-- {title}: {len(dag.ours):,} events, {len(dag.state_sets):,} state sets "
+            f"(goal: ours >= 10x faster than synapse v2, conservative)"
+        )
+        t_ours, t_syn, same = _conservative(dag, rounds=3)
+        print(
+            f"  stats: {stats}\n  both with their auth chain data for free (persisted "
+            f"events): ours {t_ours * 1e3:6.1f} ms  synapse v2 {t_syn * 1e3:6.1f} ms  ratio "
+            f"{t_syn / t_ours:5.1f}x  identical: {same}"
+        )
+
+
 def _big_room_case(conflicting: int, rounds: int) -> None:
     dag = big_room(conflicting)
     t_ours, (ours, stats), t_syn, theirs = _race(
@@ -260,6 +396,7 @@ def growth() -> None:
 def main() -> None:
     random_dags()
     stale_fork()
+    hard_shapes()
     small_conflict()
     growth()
 

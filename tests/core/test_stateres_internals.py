@@ -32,6 +32,44 @@ def test_split_is_separate_v2(sets: list[dict[StateKey, str]]) -> None:
     assert per_set == [{s[k] for k in conflicted if k in s} for s in sets]
 
 
+def _plain_separate(
+    sets: list[dict[StateKey, str]],
+) -> tuple[dict[StateKey, str], dict[StateKey, list[str]]]:
+    """The split by its definition, key by key, in the order separate_v2 promises: the first
+    set's keys, then the keys the others add, in the order met."""
+    keys = list(dict.fromkeys(k for s in sets for k in s))
+    unconflicted = {k: sets[0][k] for k in keys if all(k in s and s[k] == sets[0][k] for s in sets)}
+    conflicted = {k: sorted({s[k] for s in sets if k in s}) for k in keys if k not in unconflicted}
+    return unconflicted, conflicted
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.data())
+def test_separate_v2_on_many_copies_of_a_big_state(data: st.DataObject) -> None:
+    """Many state sets that copy one state with a few keys changed, removed or added (as
+    forward extremities merging do), long enough for the slice-wise comparison."""
+    size = data.draw(st.integers(0, 150))
+    base = {("m.room.member", f"@u{i}:test"): f"$base{i}" for i in range(size)}
+    sets = []
+    for _ in range(data.draw(st.integers(3, 8))):
+        s = dict(base)
+        for i in data.draw(st.lists(st.integers(0, max(size - 1, 0)), max_size=4)):
+            key = ("m.room.member", f"@u{i}:test")
+            if data.draw(st.booleans()):
+                s[key] = f"$new{data.draw(st.integers(0, 3))}"
+            else:
+                s.pop(key, None)
+        for j in data.draw(st.lists(st.integers(0, 5), max_size=3)):
+            s[("m.room.topic", str(j))] = f"$t{data.draw(st.integers(0, 2))}"
+        if data.draw(st.booleans()):
+            s = dict(data.draw(st.permutations(list(s.items()))))
+        sets.append(s)
+    got = separate_v2(sets)
+    want = _plain_separate(sets)
+    assert got == want
+    assert [list(d) for d in got] == [list(d) for d in want]
+
+
 def _room() -> tuple[RoomBuilder, list[str]]:
     """A room whose power levels change a few times, with messages under each."""
     b = RoomBuilder("10")

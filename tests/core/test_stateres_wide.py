@@ -10,11 +10,12 @@ checked against Synapse in `test_stateres_differential.py`).
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 
 import pytest
-from test_stateres_harness import ours_resolve, random_forked_dag
+from test_stateres_harness import Dag, ours_resolve, random_forked_dag
 
-from worker.core.stateres import events, ordering, v2
+from worker.core.stateres import events, ordering, resolve, v2
 
 VERSIONS = [str(v) for v in range(1, 13)]
 
@@ -48,3 +49,39 @@ def test_mainline_orders_agree_on_many_events(monkeypatch: pytest.MonkeyPatch) -
             chosen,
             key=lambda e: (-small.position(dag.ours[e]), dag.ours[e].origin_server_ts, e),
         )
+
+
+def _chain_index(dag: Dag) -> Callable[[str], frozenset[str]]:
+    """Every event's auth chain, as a store's index would answer it."""
+    memo: dict[str, frozenset[str]] = {}
+
+    def chain(eid: str) -> frozenset[str]:
+        got = memo.get(eid)
+        if got is None:
+            ev = dag.ours[eid]
+            refs = list(ev.auth_event_ids)
+            if dag.rules.room_id_from_create_event and ev.type != "m.room.create":
+                refs.append("$" + ev.room_id[1:])
+            got = memo[eid] = frozenset(refs).union(*map(chain, refs))
+        return got
+
+    return chain
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_chain_index_on_many_roots_agrees(version: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With an auth chain index, many roots are closed over what they cite (`_WIDE`)."""
+    dags = [random_forked_dag(random.Random(seed), version) for seed in range(60)]
+    default = [ours_resolve(dag) for dag in dags]
+    monkeypatch.setattr(events, "_WIDE", 1)
+    got = [
+        resolve(
+            dag.rules,
+            dag.state_sets,
+            dag.ours.get,
+            _chain_index(dag),
+            rejected=frozenset(dag.rejected),
+        )
+        for dag in dags
+    ]
+    assert [state for state, _ in got] == [state for state, _ in default]
