@@ -8,24 +8,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import asyncpg
 import pytest
 
+# The storage tests' fixtures: a migrated fresh database per test and a store over it.
+from tests.storage.conftest import pool, store  # noqa: F401
 from worker.embedded import EmbeddedPostgres
-from worker.storage import PostgresStore, apply_migrations
-
-
-@pytest.fixture
-async def pool(database_dsn: str) -> AsyncIterator[asyncpg.Pool]:
-    p = await asyncpg.create_pool(database_dsn, min_size=1, max_size=6)
-    assert p is not None
-    try:
-        await apply_migrations(p)
-        yield p
-    finally:
-        await p.close()
-
-
-@pytest.fixture
-async def store(pool: asyncpg.Pool) -> PostgresStore:
-    return PostgresStore(pool)
+from worker.storage import apply_migrations
 
 
 @pytest.fixture

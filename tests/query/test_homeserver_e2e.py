@@ -5,7 +5,6 @@ worker, each answer compared with what the test's own builders say the current s
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
@@ -15,6 +14,7 @@ import pytest
 from tests.e2e.conftest import Client, WorkerRun, client, worker  # noqa: F401
 from tests.fixtures.builder import RoomBuilder
 from tests.pipeline.conftest import builder
+from tests.query.test_e2e import Asker
 from worker.query.service import QueryService
 from worker.wiring import start_queries
 
@@ -25,27 +25,6 @@ BOB = "@bob:b.test"
 CAROL = "@carol:c.test"
 DAVE = "@dave:b.test"
 EVE = "@eve:e.test"
-
-
-class Asker:
-    def __init__(self, nats_client: Client, prefix: str) -> None:
-        self.client = nats_client
-        self.prefix = prefix
-
-    async def raw(self, name: str, body: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
-        msg = await self.client.nc.request(
-            f"{self.prefix}.query.{name}", json.dumps(body).encode(), timeout=10
-        )
-        return json.loads(msg.data), dict(msg.headers or {})
-
-    async def ok(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
-        data, headers = await self.raw(name, body)
-        assert "Nats-Service-Error-Code" not in headers, (name, data)
-        return data
-
-    async def error(self, name: str, body: dict[str, Any]) -> tuple[str, str]:
-        data, headers = await self.raw(name, body)
-        return headers["Nats-Service-Error-Code"], data["code"]
 
 
 @pytest.fixture
