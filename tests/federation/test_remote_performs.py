@@ -6,24 +6,28 @@ real IDs, hashes and signatures."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import msgspec
 import nats
 import pytest
 
-from tests.e2e.conftest import Client, WorkerRun
+from tests.e2e.conftest import Client
 from tests.federation.fake_server import FakeRemote
 from tests.fixtures.builder import RoomBuilder
-from tests.perform.conftest import SERVER, Api, Failed, Performer, user
+from tests.perform.conftest import (  # noqa: F401
+    SERVER,
+    Api,
+    Failed,
+    Performer,
+    api,
+    key_file,
+    performer,
+    user,
+)
 from worker.bus.producer import send_input
 from worker.bus.subjects import Subjects
-from worker.config import load_settings
 from worker.messages.input import InputRoomEvent
-from worker.perform.keys import load_signing_key
-from worker.perform.service import PerformService
-from worker.wiring import build_writer, start_queries
 
 BOB = user("bob")
 MEMBERS = 200
@@ -32,34 +36,14 @@ MEMBERS = 200
 class RemotePerformer(Performer):
     """`Performer` whose performs ask the fake federation service."""
 
-    async def start(self) -> None:
-        await self.run.start()
-        assert self.run.nc is not None and self.run.pool is not None
-        settings = load_settings({
-            "SERVER_NAME": SERVER, "SIGNING_KEY_FILE": str(self.key_file),
-            "ROOMSERVER_PREFIX": self.prefix,
-            "FEDERATION_PREFIX": f"{self.prefix}.federation.request",
-        })
-        self.queries = await start_queries(self.run.nc, self.run.pool, prefix=self.prefix)
-        assert self.queries.service is not None
-        self.performs = PerformService(build_writer(self.run.nc, self.run.pool, settings))
-        await self.performs.add_to(self.queries.service, self.prefix)
+    def environment(self) -> dict[str, str]:
+        return {**super().environment(), "FEDERATION_PREFIX": f"{self.prefix}.federation.request"}
 
 
 @pytest.fixture
-def key_file(tmp_path: Path) -> Path:
-    path = tmp_path / "signing.key"
-    load_signing_key(path, SERVER, create=True)
-    return path
-
-
-@pytest.fixture
-async def api(nats_url: str, prefix: str, performer: Performer) -> AsyncIterator[Api]:
-    nc = await nats.connect(nats_url)
-    try:
-        yield Api(nc, prefix)
-    finally:
-        await nc.close()
+def performer_class(remote: FakeRemote) -> type[Performer]:
+    # The fake federation service answers before the performer starts.
+    return RemotePerformer
 
 
 @pytest.fixture
@@ -72,18 +56,6 @@ async def remote(nats_url: str, prefix: str) -> AsyncIterator[FakeRemote]:
     finally:
         await fake.stop()
         await nc.close()
-
-
-@pytest.fixture
-async def performer(
-    nats_url: str, database_dsn: str, prefix: str, key_file: Path, remote: FakeRemote
-) -> AsyncIterator[Performer]:
-    p = RemotePerformer(WorkerRun(nats_url, database_dsn, Subjects(prefix)), key_file, prefix)
-    await p.start()
-    try:
-        yield p
-    finally:
-        await p.stop()
 
 
 @pytest.fixture

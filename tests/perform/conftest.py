@@ -5,7 +5,7 @@ roomserver built against Synapse's auth rules and the key `server_keys` publishe
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -92,16 +92,28 @@ class Performer:
     queries: QueryService | None = None
     performs: PerformService | None = None
 
+    def environment(self) -> dict[str, str]:
+        """The settings the performs are built with (a subclass may add to them)."""
+        return {
+            "SERVER_NAME": SERVER, "SIGNING_KEY_FILE": str(self.key_file),
+            "ROOMSERVER_PREFIX": self.prefix,
+        }
+
+    def extra_handlers(self) -> Mapping[str, Any]:
+        """Performs served beside the Perform API's own (a subclass may add some)."""
+        return {}
+
     async def start(self) -> None:
         await self.run.start()
         assert self.run.nc is not None and self.run.pool is not None
-        settings = load_settings({
-            "SERVER_NAME": SERVER, "SIGNING_KEY_FILE": str(self.key_file),
-            "ROOMSERVER_PREFIX": self.prefix,
-        })
-        self.queries = await start_queries(self.run.nc, self.run.pool, prefix=self.prefix)
+        settings = load_settings(self.environment())
+        self.queries = await start_queries(
+            self.run.nc, self.run.pool, prefix=self.prefix, server_name=SERVER
+        )
         assert self.queries.service is not None
-        self.performs = PerformService(build_writer(self.run.nc, self.run.pool, settings))
+        self.performs = PerformService(
+            build_writer(self.run.nc, self.run.pool, settings), extra=self.extra_handlers()
+        )
         await self.performs.add_to(self.queries.service, self.prefix)
 
     async def stop(self, *, graceful: bool = True) -> None:
@@ -123,10 +135,17 @@ def key_file(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
+def performer_class() -> type[Performer]:
+    """Which `Performer` the `performer` fixture starts; a test module overrides it."""
+    return Performer
+
+
+@pytest.fixture
 async def performer(
-    nats_url: str, database_dsn: str, prefix: str, key_file: Path
+    nats_url: str, database_dsn: str, prefix: str, key_file: Path,
+    performer_class: type[Performer],
 ) -> AsyncIterator[Performer]:
-    p = Performer(WorkerRun(nats_url, database_dsn, Subjects(prefix)), key_file, prefix)
+    p = performer_class(WorkerRun(nats_url, database_dsn, Subjects(prefix)), key_file, prefix)
     await p.start()
     try:
         yield p

@@ -8,26 +8,21 @@ import asyncio
 import json
 import os
 import sys
-from collections.abc import AsyncIterator, Sequence
-from pathlib import Path
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import msgspec
 import pytest
 
-from tests.e2e.conftest import Client, WorkerRun
+from tests.e2e.conftest import Client
 from tests.operators.conftest import _SETTINGS, ROOT
-from tests.perform.conftest import SERVER, Api, Performer, check_built_events, user
-from worker.bus.subjects import Subjects
-from worker.config import load_settings
+from tests.perform.conftest import Api, Performer, check_built_events, user
 from worker.core.builder import Draft
 from worker.core.events import StateKey
 from worker.messages.admin import EvacuateUserRequest
 from worker.perform.evacuate import Evacuations
-from worker.perform.service import PerformService
 from worker.query.homeserver_ports import RoomState
 from worker.storage.homeserver_reads import PostgresHomeserverReads
-from worker.wiring import build_writer, start_queries
 
 ALICE, BOB, CAROL = user("alice"), user("bob"), user("carol")
 DAVE = "@dave:remote.test"
@@ -37,32 +32,14 @@ class Evacuating(Performer):
     """The performer with the evacuations served beside the Perform API, as `worker run`
     has them."""
 
-    async def start(self) -> None:
-        await self.run.start()
-        assert self.run.nc is not None and self.run.pool is not None
-        settings = load_settings({
-            "SERVER_NAME": SERVER, "SIGNING_KEY_FILE": str(self.key_file),
-            "ROOMSERVER_PREFIX": self.prefix,
-        })
-        self.queries = await start_queries(self.run.nc, self.run.pool, prefix=self.prefix,
-                                           server_name=SERVER)
-        assert self.queries.service is not None
-        evacuations = Evacuations(PostgresHomeserverReads(self.run.pool))
-        self.performs = PerformService(build_writer(self.run.nc, self.run.pool, settings),
-                                       extra=evacuations.handlers)
-        await self.performs.add_to(self.queries.service, self.prefix)
+    def extra_handlers(self) -> Mapping[str, Any]:
+        assert self.run.pool is not None
+        return Evacuations(PostgresHomeserverReads(self.run.pool)).handlers
 
 
 @pytest.fixture
-async def performer(
-    nats_url: str, database_dsn: str, prefix: str, key_file: Path
-) -> AsyncIterator[Performer]:
-    p = Evacuating(WorkerRun(nats_url, database_dsn, Subjects(prefix)), key_file, prefix)
-    await p.start()
-    try:
-        yield p
-    finally:
-        await p.stop()
+def performer_class() -> type[Performer]:
+    return Evacuating
 
 
 async def _membership(api: Api, room_id: str, user_id: str) -> str:
