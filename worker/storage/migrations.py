@@ -23,6 +23,9 @@ Changelog (SCHEMA_VERSION = the highest file number):
     6  0006_query_indexes.sql memberships by (user, membership) and by (room, membership)
                           (the first replaces memberships_target_idx), and room_joined_counts
                           kept by row triggers on memberships: the homeserver queries.
+    7  0007_joined_counts_per_statement.sql room_joined_counts kept by statement triggers
+                          (transition tables): a statement writing thousands of memberships
+                          (a federated join's first state) changes each count row once.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from typing import cast
 
 import asyncpg
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 SQL_DIR = Path(__file__).resolve().parents[2] / "schemas" / "sql"
 
