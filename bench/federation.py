@@ -130,6 +130,7 @@ async def main() -> None:
                 await worker.ready()
                 await _serve(service, fed_prefix, make_join, send_join)
                 answered, output, outcome = await _join(nats_server.url, Subjects(prefix), b.room_id)
+                stages = await worker.stage_seconds()
             finally:
                 await service.close()
                 worker.stop()
@@ -138,6 +139,8 @@ async def main() -> None:
                 f"new_room_event after {output:.2f} s ({outcome}); goal <= 10 s",
                 flush=True,
             )
+            spent = ", ".join(f"{k} {v:.2f}" for k, v in sorted(stages.items()) if v >= 0.005)
+            print(f"pipeline stage seconds: {spent}", flush=True)
         finally:
             pg.stop()
             nats_server.stop()

@@ -24,6 +24,7 @@ from worker.query.service import (
 from worker.storage import query_reads
 from worker.storage.homeserver_reads import PostgresHomeserverReads
 from worker.storage.invites import PgInviteReads
+from worker.storage.outliers import PgOutlierStore
 from worker.storage.perform import PgPerformStore
 
 
@@ -84,10 +85,12 @@ def build_writer(
         default_room_version=settings.default_room_version,
     )
     # The remote paths: other servers through the federation service, the state they send
-    # put on the input stream.
+    # stored as outliers, the join put on the input stream.
     federation = NatsFederationPerformClient(nc, settings.bus.federation_prefix)
     inputs = InputBatchSubmitter(nc, Subjects(settings.bus.prefix))
-    writer.remote = RemotePerformer(federation, inputs, key, invites=PgInviteReads(pool))
+    writer.remote = RemotePerformer(
+        federation, inputs, key, invites=PgInviteReads(pool), outliers=PgOutlierStore(pool)
+    )
     writer.remote.backfiller = Backfiller(reads, federation, inputs, settings.server_name)
     return writer
 

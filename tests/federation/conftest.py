@@ -21,7 +21,12 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from tests.fixtures.builder import RoomBuilder
+
+# A migrated fresh database per test, a store over it, and more databases on demand
+# (the bulk outlier tests compare two).
+from tests.lifecycle.conftest import other_pool  # noqa: F401
 from tests.pipeline.conftest import Harness
+from tests.storage.conftest import pool, store  # noqa: F401
 from worker.federation import NatsFederationClient
 from worker.messages import HandleResult, InputRoomEvent
 from worker.pipeline import Pipeline

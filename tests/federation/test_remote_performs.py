@@ -87,6 +87,12 @@ async def unknown(api: Api, room_id: str) -> bool:
     return False
 
 
+async def _inputs_published(api: Api) -> int:
+    """How many messages the input stream was ever given."""
+    info = await api.nc.jetstream().stream_info(Subjects(api.prefix).input_stream)
+    return int(info.state.last_seq)
+
+
 def payloads(outputs: list[Any], kind: str) -> list[Any]:
     return [getattr(o, kind) for o in outputs if getattr(o, kind) is not None]
 
@@ -96,9 +102,12 @@ async def test_join_a_remote_room_then_talk_in_it(
 ) -> None:
     b = remote_room()
     remote.host(b)
+    published = await _inputs_published(api)
     joined = await api.perform("join", user_id=BOB, room_id_or_alias=b.room_id,
                                server_names=["test"], content={"displayname": "Bob"})
     assert joined["room_id"] == b.room_id
+    # The state and auth chain were stored in bulk: the input stream carried the join alone.
+    assert await _inputs_published(api) == published + 1
     join_id = joined["event_id"]
     sent = remote.received["send_join"][0]
     assert sent["destination"] == "test" and sent["event_id"] == join_id

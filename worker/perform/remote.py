@@ -2,17 +2,21 @@
 
 - **join** of a room where no user of ours is: ask `make_join` of each server in turn, check
   the template, fill, hash and sign it, `send_join`, check the answer's state and auth chain
-  (`worker.core.joins`), then submit every event of it as an `outlier` input and the join as
-  a `new` input with `state_event_ids`, all through the input stream, in this order. A server
-  that fails or answers garbage is passed over for the next; nothing is submitted before an
-  answer passed every check, so a bad answer changes nothing here.
+  (`worker.core.joins`), then store its events as outliers and submit the join as a `new`
+  input with `state_event_ids` through the input stream. The events passed every check the
+  pipeline makes of an outlier, so they are written in one transaction (`OutlierStore`)
+  rather than sent one message each; the few the pipeline must store itself (see
+  `worker.storage.outliers`) go through the input stream as `outlier` inputs, before the
+  join. A server that fails or answers garbage is passed over for the next; nothing is
+  stored before an answer passed every check, so a bad answer changes nothing here.
 - **leave** of a room we only hold an invite for (rejecting it): `make_leave` / `send_leave`
   through the inviter's server (then the others given), then the leave is submitted as an
   `invite` input: stored beside the invite, it retires it (`retire_invite_event`).
 - **invite** of a user of another server: the invitee's server countersigns our signed invite
   (`invite` verb, with the room's stripped state); the countersigned event is what we submit.
 
-The ports are narrow (STYLE R4): the federation verbs, and putting inputs on the stream.
+The ports are narrow (STYLE R4): the federation verbs, putting inputs on the stream, and
+the bulk store of checked outliers.
 """
 
 from __future__ import annotations
@@ -125,6 +129,17 @@ class InviteReads(Protocol):
         ...
 
 
+class OutlierStore(Protocol):
+    """Stores checked events as outliers in bulk (`worker.storage.outliers.PgOutlierStore`)."""
+
+    async def store_outliers(
+        self, room_id: str, room_version: str, events: Sequence[Event]
+    ) -> list[str]:
+        """Store `events`, checked as the pipeline checks outliers and in auth order, as the
+        pipeline would store them, in one transaction; events stored already are skipped.
+        Returns the IDs of the events the pipeline must store itself (it would store them
+        otherwise than as a plain insert), in order, for the input stream."""
+        ...
 
 
 
@@ -152,10 +167,12 @@ class RemotePerformer:
         key: ServerKey,
         *,
         invites: InviteReads | None = None,
+        outliers: OutlierStore | None = None,
         clock: Callable[[], float] = time.time,
         max_state_events: int = DEFAULT_MAX_STATE_EVENTS,
     ) -> None:
         self.invites = invites
+        self.outliers = outliers
         # The backfill perform (`worker.perform.backfill`), wired beside the remote paths.
         self.backfiller: Backfiller | None = None
         self.federation = federation
@@ -253,6 +270,13 @@ class RemotePerformer:
 
     async def _store_join(self, room_id: str, joined: _Joined) -> str:
         version = joined.rules.version
+        events = joined.snapshot.events
+        if self.outliers is not None:
+            # Stored in one transaction; the input stream carries only what the pipeline
+            # must store itself, then the join. A crash in between leaves outliers alone,
+            # which a retried join finds stored and skips.
+            left = set(await self.outliers.store_outliers(room_id, version, events))
+            events = tuple(e for e in events if e.event_id in left)
         # Not the bare event IDs as Nats-Msg-Id: events already sent (an invite, an earlier
         # attempt) would be dropped by JetStream's duplicate window, and their replies never
         # come. The pipeline answers a stored event as a duplicate instead.
@@ -262,7 +286,7 @@ class RemotePerformer:
                 kind="outlier", event=msgspec.Raw(msgspec.json.encode(e.pdu)),
                 room_version=version, origin=joined.server,
             ), e.event_id + attempt)
-            for e in joined.snapshot.events
+            for e in events
         ]
         # Federated already by send_join: the resident server spreads it to the room.
         inputs.append((InputRoomEvent(
@@ -414,6 +438,7 @@ __all__ = [
     "INVITE_STATE_KEYS",
     "InputPort",
     "InviteReads",
+    "OutlierStore",
     "PendingInvite",
     "RemoteFederation",
     "RemotePerformer",
