@@ -1,5 +1,5 @@
 """A fake federation service that also serves the performs' verbs: `make_join`, `send_join`,
-`make_leave`, `send_leave`, `invite`, `backfill`, beside the gap-filling ones of
+`make_leave`, `send_leave`, `invite`, `backfill`, `query_directory`, beside the gap-filling ones of
 `FakeFederation` (which it extends).
 
 It stands for the federation service relaying other servers' answers about one room built
@@ -8,7 +8,9 @@ the resident server's ed25519 key (`worker.core.signing`). Knobs:
 
 - `down`: servers that cannot be reached (the service answers `error_code: unreachable`);
 - `garbage`: server -> a way to spoil its answers (see `GARBAGE`);
-- `countersigner`: the key that countersigns invites (the invitee's server).
+- `countersigner`: the key that countersigns invites (the invitee's server);
+- `directory`: alias -> (room ID, servers), what `query_directory` answers (`not_found` for
+  an alias not listed).
 """
 
 from __future__ import annotations
@@ -29,7 +31,9 @@ from worker.core.hashes import compute_event_id
 from worker.core.signing import ServerKey, hash_and_sign
 from worker.core.versions import rules_for
 
-PERFORM_VERBS = ("make_join", "send_join", "make_leave", "send_leave", "invite", "backfill")
+PERFORM_VERBS = (
+    "make_join", "send_join", "make_leave", "send_leave", "invite", "backfill", "query_directory",
+)
 # Ways a server can answer garbage, each refused by the roomserver with its own reason.
 GARBAGE = (
     "undecodable",  # the answer is not JSON
@@ -68,6 +72,7 @@ class FakeRemote(FakeFederation):
     countersigner: ServerKey = field(default_factory=lambda: server_key("elsewhere.test", 9))
     down: set[str] = field(default_factory=set)
     garbage: dict[str, str] = field(default_factory=dict)
+    directory: dict[str, tuple[str, list[str]]] = field(default_factory=dict)
     # What the resident servers were sent, by verb.
     received: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     signed: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -178,6 +183,13 @@ class FakeRemote(FakeFederation):
         countersigned = hash_and_sign(body, rules, self.countersigner)
         assert compute_event_id(countersigned, rules) == req["event_id"] or rules.reference_pairs
         return {"event": countersigned}
+
+    def _query_directory(self, req: dict[str, Any], spoil: str) -> dict[str, Any]:
+        """Spec /query/directory: the alias's room ID and servers in the room."""
+        found = self.directory.get(req["room_alias"])
+        if found is None:
+            return {"error_code": "not_found", "error": "Room alias not found"}
+        return {"room_id": found[0], "servers": found[1]}
 
     def _backfill(self, req: dict[str, Any], spoil: str) -> dict[str, Any]:
         """Spec /backfill: the events given and those before them, breadth first by

@@ -188,6 +188,58 @@ async def test_join_refuses_an_oversized_state(
     assert await unknown(api, b.room_id)
 
 
+async def test_join_by_an_alias_of_another_server(api: Api, remote: FakeRemote) -> None:
+    """The alias's server is asked through the directory (`query_directory`); the join goes
+    through the servers given first, then those the directory names."""
+    b = remote_room(5)
+    remote.host(b)
+    alias = "#remote:elsewhere.test"
+    remote.directory[alias] = (b.room_id, ["test"])
+    remote.down = {"given.test"}
+    joined = await api.perform("join", user_id=BOB, room_id_or_alias=alias,
+                               server_names=["given.test"])
+    assert joined["room_id"] == b.room_id
+    (asked,) = remote.received["query_directory"]
+    assert asked == {"destination": "elsewhere.test", "room_alias": alias}
+    assert [r["destination"] for r in remote.received["make_join"]] == ["given.test", "test"]
+    member = await api.query("membership_for_user", room_id=b.room_id, user_id=BOB)
+    assert (member["membership"], member["event_id"]) == ("join", joined["event_id"])
+
+
+async def test_join_by_an_unknown_remote_alias_is_not_found(
+    api: Api, remote: FakeRemote
+) -> None:
+    b = remote_room(5)
+    remote.host(b)
+    failed = await api.refused("join", user_id=BOB, room_id_or_alias="#nope:elsewhere.test",
+                               server_names=["test"])
+    assert failed.code == "not_found", failed.body
+    assert "#nope:elsewhere.test" in failed.body["message"]
+    assert "make_join" not in remote.received
+    assert await unknown(api, b.room_id)
+
+
+async def test_join_by_a_remote_alias_when_its_server_cannot_be_asked(
+    api: Api, remote: FakeRemote
+) -> None:
+    b = remote_room(5)
+    remote.host(b)
+    alias = "#remote:elsewhere.test"
+    remote.directory[alias] = (b.room_id, ["test"])
+    remote.down = {"elsewhere.test"}
+    failed = await api.refused("join", user_id=BOB, room_id_or_alias=alias,
+                               server_names=["test"])
+    assert failed.code == "unavailable", failed.body
+    assert "query_directory refused: unreachable" in failed.body["message"]
+    assert "make_join" not in remote.received
+    # No federation service at all: unavailable too.
+    await remote.stop()
+    failed = await api.refused("join", user_id=BOB, room_id_or_alias=alias,
+                               server_names=["test"])
+    assert failed.code == "unavailable", failed.body
+    assert "no federation service answers" in failed.body["message"]
+
+
 async def _incoming_invite(remote: FakeRemote, reader: Client) -> tuple[RoomBuilder, str]:
     """The resident `test` invites bob: an input of kind `invite`, as the federation API
     publishes it; answered `outlier`, announced as `new_invite_event`."""

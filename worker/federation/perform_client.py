@@ -1,11 +1,12 @@
 """The NATS adapter of the performs' federation port: `make_join`, `send_join`, `make_leave`,
-`send_leave`, `invite`, `backfill` on `<prefix>.<verb>` (DESIGN §4).
+`send_leave`, `invite`, `backfill`, `query_directory` on `<prefix>.<verb>` (DESIGN §4).
 
 Unlike gap filling, a perform asks one named server at a time and moves on to the next when
 one fails, so every failure is a value here (`Unanswered`, with the reason to report), never
 an exception: no responders, a timeout, an `error_code` or an undecodable answer all say
 "this server did not give us an answer"; the caller decides whether another server is worth
-asking.
+asking. The one exception is `query_directory`'s `not_found`: the alias's own server
+answered that it names no room, which is an answer, returned as it is.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ from worker.messages.federation_perform import (
     MakeJoinResponse,
     MakeLeaveRequest,
     MakeLeaveResponse,
+    QueryDirectoryRequest,
+    QueryDirectoryResponse,
     SendJoinRequest,
     SendJoinResponse,
     SendLeaveRequest,
@@ -122,9 +125,19 @@ class NatsFederationPerformClient:
         )
         return await self._ask("backfill", req, BackfillResponse, self.join_timeout)
 
+    async def query_directory(
+        self, destination: str, room_alias: str
+    ) -> QueryDirectoryResponse | Unanswered:
+        req = QueryDirectoryRequest(destination=destination, room_alias=room_alias)
+        return await self._ask(
+            "query_directory", req, QueryDirectoryResponse, self.timeout, answers=("not_found",)
+        )
+
     async def _ask(
-        self, verb: str, req: Any, resp_type: type[R], timeout: float
+        self, verb: str, req: Any, resp_type: type[R], timeout: float,
+        answers: tuple[str, ...] = (),
     ) -> R | Unanswered:
+        """The answer; `answers`: error codes that are answers, returned as they are."""
         destination: str = req.destination
         subject = f"{self.prefix}.{verb}"
         start = time.perf_counter()
@@ -144,7 +157,7 @@ class NatsFederationPerformClient:
             return self._fail(verb, destination, "garbage", start,
                               f"undecodable {verb} answer: {exc}")
         code = getattr(resp, "error_code", "")
-        if code:
+        if code and code not in answers:
             return self._fail(verb, destination, "error", start,
                               f"{verb} refused: {code}: {getattr(resp, 'error', '')}")
         FEDERATION_REQUESTS.labels(verb, "ok").inc()

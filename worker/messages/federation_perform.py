@@ -12,6 +12,7 @@ request names its `destination`. Fields are the federation API's, in snake_case:
 | `send_leave` | `PUT /v2/send_leave/{roomId}/{eventId}`          | `SendLeaveRequest`   | `SendLeaveResponse`   |
 | `invite`     | `PUT /v2/invite/{roomId}/{eventId}`              | `InviteRequest`      | `InviteResponse`      |
 | `backfill`   | `GET /backfill/{roomId}?v=&limit=`               | `BackfillRequest`    | `BackfillResponse`    |
+| `query_directory` | `GET /query/directory?room_alias=`          | `QueryDirectoryRequest` | `QueryDirectoryResponse` |
 
 PDUs stay `msgspec.Raw`: the roomserver checks every one (format, room, event ID, content
 hash, auth against its own auth events) before anything is stored. A response may carry
@@ -128,6 +129,22 @@ class BackfillResponse(msgspec.Struct, frozen=True, kw_only=True):
     error: str = ""
 
 
+class QueryDirectoryRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """The room an alias of `destination` (the alias's own server) names."""
+
+    destination: str
+    room_alias: str
+
+
+class QueryDirectoryResponse(msgspec.Struct, frozen=True, kw_only=True):
+    room_id: str = ""
+    # Servers in the room, to join it through.
+    servers: tuple[str, ...] = ()
+    # `not_found`: the server answered that the alias names no room.
+    error_code: str = ""
+    error: str = ""
+
+
 # verb -> (request Struct, response Struct); the schema generator and the adapter read it.
 FEDERATION_PERFORM_VERBS: dict[str, tuple[type[msgspec.Struct], type[msgspec.Struct]]] = {
     "make_join": (MakeJoinRequest, MakeJoinResponse),
@@ -136,6 +153,7 @@ FEDERATION_PERFORM_VERBS: dict[str, tuple[type[msgspec.Struct], type[msgspec.Str
     "send_leave": (SendLeaveRequest, SendLeaveResponse),
     "invite": (InviteRequest, InviteResponse),
     "backfill": (BackfillRequest, BackfillResponse),
+    "query_directory": (QueryDirectoryRequest, QueryDirectoryResponse),
 }
 
 __all__ = [
@@ -148,6 +166,8 @@ __all__ = [
     "MakeJoinResponse",
     "MakeLeaveRequest",
     "MakeLeaveResponse",
+    "QueryDirectoryRequest",
+    "QueryDirectoryResponse",
     "SendJoinRequest",
     "SendJoinResponse",
     "SendLeaveRequest",

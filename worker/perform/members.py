@@ -67,12 +67,6 @@ async def invite(writer: RoomWriter, req: InviteRequest) -> InviteResponse:
 
 async def _room_of(writer: RoomWriter, room_id_or_alias: str) -> str:
     if room_id_or_alias.startswith("#"):
-        if domain_of(room_id_or_alias) != writer.server_name:
-            raise PerformFailed(
-                "unavailable",
-                f"{room_id_or_alias} is an alias of another server: resolving it needs the "
-                "federation directory, which this roomserver does not ask yet",
-            )
         found = await writer.store.alias(room_id_or_alias)
         if found is None:
             raise PerformFailed("not_found", f"unknown alias {room_id_or_alias}")
@@ -124,6 +118,7 @@ def _rules(state: dict[StateKey, Event]) -> RoomRules:
 
 async def join(writer: RoomWriter, req: JoinRequest) -> JoinResponse:
     writer.local_user(req.user_id, "user_id")
+    req = await remote_members.resolve_alias(writer, req)
     room_id = await _room_of(writer, req.room_id_or_alias)
     if await writer.reads.room_version(room_id) is None or not await _server_in_room(
         writer, room_id

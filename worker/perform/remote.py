@@ -51,6 +51,7 @@ from worker.messages.federation_perform import (
     InviteResponse,
     MakeJoinResponse,
     MakeLeaveResponse,
+    QueryDirectoryResponse,
     SendJoinResponse,
     SendLeaveResponse,
 )
@@ -106,6 +107,13 @@ class RemoteFederation(Protocol):
         event: bytes,
         invite_room_state: tuple[bytes, ...],
     ) -> InviteResponse | Unanswered: ...
+
+    async def query_directory(
+        self, destination: str, room_alias: str
+    ) -> QueryDirectoryResponse | Unanswered:
+        """The alias's room and servers, or `error_code` `not_found` when its server says
+        the alias names no room."""
+        ...
 
 
 class PendingInvite(Protocol):
@@ -200,6 +208,24 @@ class RemotePerformer:
         return parse_pdu(hash_and_sign(pdu, rules, self.key), rules)
 
     # -- join --------------------------------------------------------------------------------
+
+    async def resolve_alias(self, alias: str) -> tuple[str, list[str]]:
+        """(room ID, servers to join through) of an alias of another server, asked of that
+        server's directory (federation `/query/directory`). `PerformFailed`: `not_found`
+        when it knows no such alias, `unavailable` when it could not be asked."""
+        server = domain_of(alias)
+        if not server:
+            raise PerformFailed("bad_request", f"{alias!r} is not a room alias")
+        answer = await self.federation.query_directory(server, alias)
+        if isinstance(answer, Unanswered):
+            raise _unavailable(f"could not resolve {alias}", [answer.reason])
+        if answer.error_code:
+            raise PerformFailed("not_found", f"unknown alias {alias}: {server} knows no such room")
+        if not answer.room_id.startswith("!"):
+            raise _unavailable(
+                f"could not resolve {alias}", [f"{server} answered no room ID: {answer.room_id!r}"]
+            )
+        return answer.room_id, _distinct(list(answer.servers))
 
     async def join(
         self, room_id: str, user_id: str, servers: Sequence[str], content: Mapping[str, Any]

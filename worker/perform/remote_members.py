@@ -1,10 +1,12 @@
 """Where the performs `join`, `leave` and `invite` take their remote paths
-(`worker.perform.remote`): a room with no user of ours, an invite to a room we are not in,
-an invitee of another server."""
+(`worker.perform.remote`): an alias of another server, a room with no user of ours, an
+invite to a room we are not in, an invitee of another server."""
 
 from __future__ import annotations
 
 from typing import Any
+
+import msgspec
 
 from worker.core.builder import Draft
 from worker.core.events import Event
@@ -21,6 +23,20 @@ def _remote(writer: RoomWriter, what: str) -> RemotePerformer:
     if writer.remote is None:
         raise PerformFailed("unavailable", f"{what} needs the federation service, not configured")
     return writer.remote
+
+
+async def resolve_alias(writer: RoomWriter, req: JoinRequest) -> JoinRequest:
+    """The join request with an alias of another server resolved through that server's
+    directory: its room ID, and the servers the directory names after those given (as
+    Dendrite's join by alias does). Other requests come back as they are."""
+    alias = req.room_id_or_alias
+    if not alias.startswith("#") or domain_of(alias) == writer.server_name:
+        return req
+    remote = _remote(writer, f"resolving {alias}, an alias of another server,")
+    room_id, servers = await remote.resolve_alias(alias)
+    return msgspec.structs.replace(
+        req, room_id_or_alias=room_id, server_names=[*req.server_names, *servers]
+    )
 
 
 async def join(writer: RoomWriter, room_id: str, req: JoinRequest) -> str:
@@ -92,4 +108,4 @@ async def backfill(writer: RoomWriter, req: BackfillRequest) -> BackfillResponse
     return await remote.backfiller.backfill(req)
 
 
-__all__ = ["backfill", "invite", "join", "reject_invite"]
+__all__ = ["backfill", "invite", "join", "reject_invite", "resolve_alias"]
