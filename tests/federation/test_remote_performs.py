@@ -87,6 +87,12 @@ async def unknown(api: Api, room_id: str) -> bool:
     return False
 
 
+async def _rooms_for(api: Api, user_id: str, membership: str) -> list[str]:
+    """The `rooms_for_user` query's answer."""
+    found = await api.query("rooms_for_user", user_id=user_id, membership=membership)
+    return list(found["room_ids"])
+
+
 async def _inputs_published(api: Api) -> int:
     """How many messages the input stream was ever given."""
     info = await api.nc.jetstream().stream_info(Subjects(api.prefix).input_stream)
@@ -267,8 +273,13 @@ async def test_incoming_invite_then_accepted_by_a_remote_join(
     b, invite = await _incoming_invite(remote, reader)
     member = await api.query("membership_for_user", room_id=b.room_id, user_id=BOB)
     assert (member["membership"], member["event_id"]) == ("invite", invite)
+    assert await _rooms_for(api, BOB, "invite") == [b.room_id]
+    assert await _rooms_for(api, BOB, "join") == []
     # No server named: the inviter's server is asked.
     joined = await api.perform("join", user_id=BOB, room_id_or_alias=b.room_id)
+    # Joined: the invite is retired, the room is among the joined ones.
+    assert await _rooms_for(api, BOB, "invite") == []
+    assert await _rooms_for(api, BOB, "join") == [b.room_id]
     assert remote.received["make_join"][0]["destination"] == "test"
     member = await api.query("membership_for_user", room_id=b.room_id, user_id=BOB)
     assert (member["membership"], member["event_id"]) == ("join", joined["event_id"])
@@ -280,7 +291,11 @@ async def test_incoming_invite_then_accepted_by_a_remote_join(
 
 async def test_reject_a_remote_invite(api: Api, remote: FakeRemote, reader: Client) -> None:
     b, invite = await _incoming_invite(remote, reader)
+    assert await _rooms_for(api, BOB, "invite") == [b.room_id]
     left = await api.perform("leave", room_id=b.room_id, user_id=BOB, reason="no thanks")
+    # Rejected: no longer listed, and not joined either.
+    assert await _rooms_for(api, BOB, "invite") == []
+    assert await _rooms_for(api, BOB, "join") == []
     member = await api.query("membership_for_user", room_id=b.room_id, user_id=BOB)
     assert (member["membership"], member["event_id"]) == ("leave", left["event_id"])
     (sent,) = remote.received["send_leave"]

@@ -5,6 +5,8 @@ Two sources, both kept by the pipeline in each event's own transaction:
 - `memberships`: each user's membership in each room per the current state. Indexed by
   (user, membership) and by (room, membership) (schemas/sql/0006): the rooms of a user, the
   joined members of a room and their count are each one index range, whatever the size.
+  Invites to rooms this server is not in are outliers of rooms with no current state, read
+  by `worker.storage.invites.invited_rooms`.
 - the current state snapshot of each room (`rooms.current_snapshot_nid`): only the entries
   asked for are read, from the snapshot's layers (immutable once written, so cached here by
   NID), then their JSON; when the room's snapshot has not changed since the same entries
@@ -26,6 +28,7 @@ from worker.core import stateblocks as sb
 from worker.core.events import StateKey
 from worker.query.homeserver_ports import WILDCARD, RoomState, StateEntry
 from worker.storage.events import MEMBERSHIP_CODES, MEMBERSHIP_NAMES
+from worker.storage.invites import invited_rooms
 from worker.storage.lru import Lru
 from worker.storage.nids import NidCache, select_names, select_nids
 from worker.storage.params import keys_param
@@ -237,6 +240,11 @@ class PostgresHomeserverReads:
             conn = cast("asyncpg.Connection[asyncpg.Record]", proxy)
             nids = await conn.fetchval(SELECT_ROOMS_OF_USER, user_id, code)
             rooms = await self._room_names(conn, nids or [])
+            if membership == "invite":
+                # Invites to rooms we are not in are outliers, in no current state.
+                user = await self._user_nid(conn, user_id)
+                if user is not None:
+                    rooms = sorted({*rooms, *await invited_rooms(conn, user)})
             if membership in _FORGETTABLE and rooms:
                 # Rooms the user forgot after leaving (perform `forget`) are not listed; a
                 # join clears the mark.

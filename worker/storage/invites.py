@@ -3,7 +3,8 @@
 Such an invite, and the leave that rejects it, are stored as outliers of a room with no
 state of ours (no current snapshot). The membership of a user there is that of the latest
 of those member events: `invite` until the leave (or, once we join, the room's state)
-says otherwise.
+says otherwise. `rooms_for_user` with membership `invite` lists these rooms too
+(`invited_rooms`), beside the invites of the rooms' current states.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import asyncpg
 _MEMBER_TYPE_NID = 5
 _OUTLIER_KIND = 2
 _MEMBERSHIPS = {1: "leave", 2: "invite", 3: "join", 4: "knock", 5: "ban"}
+_INVITE = 2
 
 # The user's latest outlier member event in a room we hold no state of.
 SELECT_OUTLIER_MEMBERSHIP = f"""
@@ -29,6 +31,27 @@ WHERE r.room_id = $1 AND r.current_snapshot_nid IS NULL
   AND e.state_key_nid = (SELECT s.state_key_nid FROM state_keys s WHERE s.state_key = $2)
 ORDER BY e.event_nid DESC
 LIMIT 1
+"""
+
+# The rooms we hold no state of where the user's latest outlier member event is an invite
+# (`invited_rooms`): the rooms of the user's outlier member events by one range of
+# events_outlier_member_idx (schemas/sql/0008), each room's row by its key, then the user's
+# latest outlier member event there (events_room_member_idx). $1: the user's state key NID.
+SELECT_INVITED_ROOMS = f"""
+SELECT r.room_id
+FROM (
+    SELECT DISTINCT o.room_nid FROM events o
+    WHERE o.state_key_nid = $1 AND o.type_nid = {_MEMBER_TYPE_NID} AND o.kind = {_OUTLIER_KIND}
+) c
+CROSS JOIN LATERAL (SELECT * FROM rooms y WHERE y.room_nid = c.room_nid LIMIT 1) r
+CROSS JOIN LATERAL (
+    SELECT e.membership FROM events e
+    WHERE e.room_nid = c.room_nid AND e.type_nid = {_MEMBER_TYPE_NID}
+      AND e.state_key_nid = $1 AND e.kind = {_OUTLIER_KIND}
+    ORDER BY e.event_nid DESC
+    LIMIT 1
+) latest
+WHERE r.current_snapshot_nid IS NULL AND latest.membership = {_INVITE}
 """
 
 
@@ -59,4 +82,11 @@ class PgInviteReads:
         )
 
 
-__all__ = ["OutlierMembership", "PgInviteReads"]
+async def invited_rooms(conn: asyncpg.Connection, user_nid: int) -> list[str]:
+    """The rooms we hold no state of in which the user (by state key NID) holds an invite
+    not yet retired: a leave stored after it (a rejection) retires it, and so does a join,
+    which gives the room a current state (the room's `memberships` then tell)."""
+    return [r["room_id"] for r in await conn.fetch(SELECT_INVITED_ROOMS, user_nid)]
+
+
+__all__ = ["OutlierMembership", "PgInviteReads", "invited_rooms"]

@@ -26,6 +26,8 @@ Changelog (SCHEMA_VERSION = the highest file number):
     7  0007_joined_counts_per_statement.sql room_joined_counts kept by statement triggers
                           (transition tables): a statement writing thousands of memberships
                           (a federated join's first state) changes each count row once.
+    8  0008_outlier_member_index.sql the outlier member events of a user across rooms, as one
+                          index range: rooms_for_user lists invites to rooms we are not in.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from typing import cast
 
 import asyncpg
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 SQL_DIR = Path(__file__).resolve().parents[2] / "schemas" / "sql"
 
