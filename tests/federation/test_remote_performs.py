@@ -27,6 +27,7 @@ from tests.perform.conftest import (  # noqa: F401
 )
 from worker.bus.producer import send_input
 from worker.bus.subjects import Subjects
+from worker.core.builder import Draft
 from worker.messages.input import InputRoomEvent
 
 BOB = user("bob")
@@ -363,6 +364,32 @@ async def test_backfill_100_events_in_pages_of_20(
     assert len(payloads(outputs, "old_room_event")) == 100
 
 
+async def test_backfill_for_another_server_is_answered_from_the_store_alone(
+    api: Api, remote: FakeRemote
+) -> None:
+    """Another server asking (the federation API answering its /backfill) gets what the
+    store holds and nothing fetched on its behalf: two servers lacking the same history
+    would otherwise ask each other for it."""
+    b = remote_room(5)
+    history = [b.message("alice", f"old message {i}") for i in range(5)]
+    remote.host(b)
+    await api.perform("join", user_id=BOB, room_id_or_alias=b.room_id, server_names=["test"])
+    page = await api.perform("backfill", room_id=b.room_id, event_ids=[history[-1]], limit=5,
+                             server_name="elsewhere.test")
+    assert page["events"] == []
+    assert "backfill" not in remote.received
+    # One of our users asking fetches it.
+    page = await api.perform("backfill", room_id=b.room_id, event_ids=[history[-1]], limit=5)
+    assert len(page["events"]) == 5 and len(remote.received["backfill"]) == 1
+    # Backfilled history whose earliest prev event we lack is stored without a state: what
+    # the other server may see of it cannot be shown, so it is not served (the room is
+    # `shared`, but the visibility at those events is not known here).
+    page = await api.perform("backfill", room_id=b.room_id, event_ids=[history[-1]], limit=5,
+                             server_name="elsewhere.test")
+    assert page["events"] == []
+    assert len(remote.received["backfill"]) == 1
+
+
 async def test_backfill_refuses_a_garbage_answer(api: Api, remote: FakeRemote) -> None:
     b = remote_room(5)
     history = [b.message("alice", f"old message {i}") for i in range(5)]
@@ -375,3 +402,58 @@ async def test_backfill_refuses_a_garbage_answer(api: Api, remote: FakeRemote) -
     remote.signed[history[-1]]["content"] = {"body": "forged"}
     page = await api.perform("backfill", room_id=b.room_id, event_ids=[history[-1]], limit=5)
     assert page["events"] == []
+
+
+async def _remote_member_joins(performer: Performer, room_id: str, user_id: str) -> str:
+    """A member of another server joins, as its join would come over federation (the
+    roomserver trusts signatures: they are checked upstream)."""
+    assert performer.performs is not None
+    built = await performer.performs.writer.write(
+        room_id, Draft("m.room.member", user_id, {"membership": "join"}, user_id)
+    )
+    return built.event_id
+
+
+@pytest.mark.parametrize(("visibility", "before_seen", "invited_seen"), [
+    ("joined", False, False),
+    ("invited", False, True),
+    ("shared", True, True),
+    ("world_readable", True, True),
+])
+async def test_backfill_from_the_store_applies_history_visibility(
+    api: Api, remote: FakeRemote, performer: Performer,
+    visibility: str, before_seen: bool, invited_seen: bool,
+) -> None:
+    """A server asking to backfill (the federation API answering /backfill) gets only the
+    events it may see: under `joined` / `invited`, not those from before one of its users
+    was joined / invited; under `shared` / `world_readable`, all of them."""
+    alice, zed = user("alice"), "@zed:elsewhere.test"
+    room = await api.perform("create_room", creator=alice, preset="public_chat")
+    room_id = room["room_id"]
+    await api.perform("send_event", room_id=room_id, sender=alice,
+                      type="m.room.history_visibility", state_key="",
+                      content={"history_visibility": visibility})
+    before = [await api.send(room_id, alice, f"before {i}") for i in range(3)]
+    invite = (await api.perform("invite", room_id=room_id, sender=alice, user_id=zed))["event_id"]
+    invited = [await api.send(room_id, alice, f"invited {i}") for i in range(2)]
+    join = await _remote_member_joins(performer, room_id, zed)
+    after = [await api.send(room_id, alice, f"after {i}") for i in range(2)]
+
+    async def page(server_name: str) -> set[str]:
+        answer = await api.perform("backfill", room_id=room_id, event_ids=[after[-1]],
+                                   limit=100, server_name=server_name)
+        return {e["event_id"] for e in answer["events"]}
+
+    seen = await page("elsewhere.test")
+    assert {*after, join} <= seen
+    assert all((e in seen) == before_seen for e in before), seen
+    assert all((e in seen) == invited_seen for e in [invite, *invited]), seen
+    # A server that never had a member sees only what `shared` lets everyone see.
+    stranger = await page("nobody.test")
+    for e in [*before, invite, *invited, join, *after]:
+        assert (e in stranger) == before_seen, (e, stranger)
+    # One of our users pages back: everything.
+    ours = await page("")
+    assert {*before, invite, *invited, join, *after} <= ours
+    # Answered from the store: nobody was asked.
+    assert "backfill" not in remote.received

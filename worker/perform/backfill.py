@@ -8,7 +8,14 @@ asked of the room's joined servers in turn for what is still wanted, every PDU o
 is checked (format, derived ID, room, content hash; more than asked for is garbage), and the
 events are submitted as `old` inputs, oldest first, through the input stream. What the
 pipeline accepts is returned with the stored events, newest first, at most `limit` in all.
-For a remote asker (`server_name`), events it may not see are left out.
+
+A remote asker (`server_name`: the federation API answering another server's `/backfill`)
+is answered from the store alone, leaving out the events it may not see under the room's
+history visibility (`worker.query.visibility`). Asking other servers on its behalf would let
+two servers that both lack some history ask each other for it, round after round, each
+waiting on the other; and the asker can ask those servers itself. An event stored without
+a state (backfilled history whose earliest prev event we lack) is not served to another
+server: the visibility at it, and its members then, are not known here.
 """
 
 from __future__ import annotations
@@ -67,14 +74,15 @@ class Backfiller:
         rules = rules_for(version) if version is not None else None
         if rules is None:
             raise PerformFailed("not_found", f"unknown room {req.room_id!r}")
+        remote = bool(req.server_name) and req.server_name != self.server_name
         stored, gaps = await self._walk(req.room_id, req.event_ids, req.limit)
         events = [(e.depth, e.event_id, msgspec.Raw(e.json)) for e in stored]
-        if len(events) < req.limit and gaps:
+        if len(events) < req.limit and gaps and not remote:
             fetched = await self._fetch(req.room_id, rules, gaps, req.limit - len(events))
             events += fetched
         events.sort(key=lambda t: (-t[0], t[1]))
         events = events[: req.limit]
-        if req.server_name and req.server_name != self.server_name:
+        if remote:
             allowed = await _allowed(self.reads, req.server_name, [e[1] for e in events])
             events = [e for e in events if allowed.get(e[1], False)]
         return BackfillResponse(events=[raw for _, _, raw in events])
