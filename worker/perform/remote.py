@@ -301,7 +301,12 @@ class RemotePerformer:
             # Stored in one transaction; the input stream carries only what the pipeline
             # must store itself, then the join. A crash in between leaves outliers alone,
             # which a retried join finds stored and skips.
+            start = time.perf_counter()
             left = set(await self.outliers.store_outliers(room_id, version, events))
+            log.info(
+                "remote_join_outliers_stored", room_id=room_id, events=len(events),
+                left_to_pipeline=len(left), seconds=time.perf_counter() - start,
+            )
             events = tuple(e for e in events if e.event_id in left)
         # Not the bare event IDs as Nats-Msg-Id: events already sent (an invite, an earlier
         # attempt) would be dropped by JetStream's duplicate window, and their replies never

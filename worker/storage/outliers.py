@@ -5,9 +5,10 @@ format, event ID, content hash, auth against each event's own auth events), whic
 pipeline's outlier path checks. So its events need not cross the input stream one message
 each: `PgOutlierStore.store_outliers` writes them in one transaction, under the room's
 advisory lock, as exactly the rows the pipeline's run writer stores for outliers
-(`worker.storage.run_write`): the room row made if missing, the names' NIDs, then
-`INSERT_EVENTS` with kind `outlier`, outcome `outlier`, the auth events' NIDs, no snapshot,
-the canonical JSON, the prev references and the write log. The room's current state and
+(`worker.storage.run_write`, `events.INSERT_EVENTS`): the room row made if missing, the
+names' NIDs, then the event rows with kind `outlier`, outcome `outlier`, the auth events'
+NIDs and no snapshot, the canonical JSON, the prev references and the write log, each
+table by one COPY (a big room's answer is tens of thousands of rows and megabytes of JSON). The room's current state and
 extremities are not touched (an outlier changes neither), so the pipeline's cached view of
 the room stays true and its write fence is not tripped.
 
@@ -36,20 +37,12 @@ from worker.pipeline.events import stored_json
 from worker.storage import events as ev_sql
 from worker.storage import nids as nid_sql
 from worker.storage import rooms as room_sql
-from worker.storage.params import nid_array
 from worker.storage.transactions import Database, room_lock_key
 
 _REDACTION = "m.room.redaction"
 _OUTLIER_KIND = ev_sql.KIND_CODES["outlier"]
 _OUTLIER_OUTCOME = ev_sql.OUTCOME_CODES[Outcome.OUTLIER]
-# Rows per INSERT_EVENTS: bounds one statement's parameters (a big room's answer is tens of
-# megabytes of JSON) while keeping the round trips few.
-_CHUNK = 5000
 _ATTEMPTS = 3
-
-
-class OutliersRaced(Exception):
-    """An event meant to be inserted was found stored by the insert itself."""
 
 
 class PgOutlierStore:
@@ -74,7 +67,7 @@ class PgOutlierStore:
                     lambda c: self._store_txn(c, room_id, room_version, events),
                     locks=[room_lock_key(room_id)],
                 )
-            except OutliersRaced:
+            except asyncpg.UniqueViolationError:
                 # Only an event ID shared with another room's event (v1/v2 carry their IDs)
                 # gets here: the next attempt reads it as stored.
                 if attempt == _ATTEMPTS - 1:
@@ -126,12 +119,7 @@ class PgOutlierStore:
         id_nids = dict(stored)
         for e, nid in zip(fresh, reserved, strict=True):
             id_nids[e.event_id] = nid
-        for start in range(0, len(fresh), _CHUNK):
-            chunk = fresh[start : start + _CHUNK]
-            rows = _rows(room.room_nid, chunk, reserved[start : start + _CHUNK], names, id_nids)
-            inserted = await conn.fetchval(ev_sql.INSERT_EVENTS, *rows)
-            if inserted != len(chunk):
-                raise OutliersRaced(f"{len(chunk) - inserted} events were stored meanwhile")
+        await _copy_rows(conn, room.room_nid, fresh, reserved, names, id_nids)
         return left, made
 
 
@@ -143,38 +131,66 @@ async def _redaction_targets(conn: asyncpg.Connection, ids: Sequence[str]) -> se
     return {r["target_event_id"] for r in rows}
 
 
-def _rows(
+# The columns `INSERT_EVENTS` writes, in the order the rows below give them.
+_EVENT_COLUMNS = (
+    "event_nid", "event_id", "room_nid", "type_nid", "state_key_nid", "depth", "kind",
+    "outcome", "reason_code", "reason", "membership", "auth_event_nids", "before_snapshot_nid",
+)
+# What `INSERT_EVENTS` logs per event: the writer and when (the statement's one clock reading
+# stands for every row of it).
+_WRITER = """
+SELECT current_setting('application_name') AS worker, now() AS started,
+       clock_timestamp() AS written
+"""
+
+
+async def _copy_rows(
+    conn: asyncpg.Connection,
     room_nid: int,
     events: Sequence[Event],
     nids: Sequence[int],
     names: nid_sql.Nids,
     id_nids: dict[str, int],
-) -> tuple[list[object], ...]:
-    """INSERT_EVENTS's sixteen arguments for outliers: the columns the run writer gives an
-    outlier (`event_fields`, auth NIDs as a literal, no snapshot), then the prev references
-    and the JSON."""
-    cols: tuple[list[object], ...] = tuple([] for _ in range(16))
-    (c_nid, c_id, c_type, c_key, c_depth, c_kind, c_outcome, c_code, c_reason, c_member,
-     c_auth, c_before, c_room, c_prev_ids, c_prev_nids, c_json) = cols
+) -> None:
+    """The rows `INSERT_EVENTS` writes for these outliers (`run_write`: the run writer's
+    columns for an outlier, `event_fields`), by COPY: events, their JSON, their prev
+    references and their write-log rows. An event ID stored meanwhile (only another room's
+    v1/v2 event can have it) fails the COPY: `UniqueViolationError`, and the caller retries."""
+    writer = await conn.fetchrow(_WRITER)
+    if writer is None:
+        raise InvariantViolation("the write log's writer and time could not be read")
+    rows: list[tuple[object, ...]] = []
+    json_rows: list[tuple[int, bytes]] = []
+    prev_rows: list[tuple[str, int]] = []
+    log_rows: list[tuple[object, ...]] = []
     for e, nid in zip(events, nids, strict=True):
-        c_nid.append(nid)
-        c_id.append(e.event_id)
-        c_type.append(names.types[e.type])
-        c_key.append(names.keys[e.state_key] if e.state_key is not None else 0)
-        c_depth.append(e.depth)
-        c_kind.append(_OUTLIER_KIND)
-        c_outcome.append(_OUTLIER_OUTCOME)
-        c_code.append("")
-        c_reason.append("")
-        c_member.append(ev_sql.membership_code(e))
-        c_auth.append(nid_array(sorted({id_nids[a] for a in e.auth_event_ids if a in id_nids})))
-        c_before.append(None)
-        c_room.append(room_nid)
-        c_json.append(stored_json(e))
-        for prev in dict.fromkeys(e.prev_event_ids):
-            c_prev_ids.append(prev)
-            c_prev_nids.append(nid)
-    return cols
+        rows.append((
+            nid,
+            e.event_id,
+            room_nid,
+            names.types[e.type],
+            names.keys[e.state_key] if e.state_key is not None else 0,
+            e.depth,
+            _OUTLIER_KIND,
+            _OUTLIER_OUTCOME,
+            "",
+            "",
+            ev_sql.membership_code(e),
+            sorted({id_nids[a] for a in e.auth_event_ids if a in id_nids}),
+            None,
+        ))
+        json_rows.append((nid, stored_json(e)))
+        prev_rows.extend((prev, nid) for prev in dict.fromkeys(e.prev_event_ids))
+        log_rows.append((room_nid, nid, writer["worker"], writer["started"], writer["written"]))
+    await conn.copy_records_to_table("events", records=rows, columns=_EVENT_COLUMNS)
+    await conn.copy_records_to_table("event_json", records=json_rows, columns=("event_nid", "json"))
+    await conn.copy_records_to_table(
+        "event_prevs", records=prev_rows, columns=("prev_event_id", "event_nid")
+    )
+    await conn.copy_records_to_table(
+        "write_log", records=log_rows,
+        columns=("room_nid", "event_nid", "worker", "txn_started", "written"),
+    )
 
 
-__all__ = ["OutliersRaced", "PgOutlierStore"]
+__all__ = ["PgOutlierStore"]
