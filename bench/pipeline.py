@@ -22,6 +22,9 @@ BENCH_SCENARIOS=many,linear,join,rejected picks the scenarios; BENCH_ROOMS, BENC
 BENCH_LINEAR, BENCH_BIG_ROOM, BENCH_REJECTED_ROOM and BENCH_REJECTED_EVERY size them. Many rooms run once per entry of BENCH_WORKERS (default "1,2"):
 that many worker processes share the shards, as a deployment spreads rooms over several (on 2
 cores one Python process keeps one core busy at most), with their CPU added up.
+BENCH_REPEAT=N runs each many-rooms measurement N times, each a baseline followed at once by
+the worker (so the two of a pair see the same machine), and ends with the median of the
+ratios and of the CPU per event: on a shared machine one pair says little.
 
 Durability: the servers are throwaway, so neither syncs each write to disk (PostgreSQL runs
 with fsync off, nats-server with its default periodic sync), as a benchmark of the code and
@@ -39,6 +42,7 @@ import asyncio
 import os
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -78,6 +82,7 @@ SYNC = os.environ.get("BENCH_SYNC", "") not in ("", "0")
 # the many-rooms scenario runs once per count.
 WORKER_COUNTS = [int(n) for n in os.environ.get("BENCH_WORKERS", "1,2").split(",")]
 SHARDS = 4
+REPEAT = int(os.environ.get("BENCH_REPEAT", "1"))
 
 
 @dataclass(frozen=True)
@@ -388,8 +393,8 @@ async def _scenario(
     data: Path,
     messages: list[Message],
     processes: int = 1,
-) -> float:
-    """Run one scenario and print its figures; returns the worker's events/s."""
+) -> Figures:
+    """Run one scenario and print its figures."""
     nats_url = nats.url
     nats_pid = nats.process.pid if nats.process is not None else 0
     nats_before = _cpu_seconds([nats_pid])
@@ -447,7 +452,43 @@ async def _scenario(
         f"{(cpu_worker + cpu_pg + cpu_nats + cpu_bench) / wall:.2f}",
         flush=True,
     )
-    return rate
+    per = 1000 / len(messages)
+    return Figures(rate, raw, cpu_worker * per, cpu_pg * per, cpu_nats * per, cpu_nats_raw * per)
+
+
+@dataclass(frozen=True)
+class Figures:
+    """One scenario's measurement: events/s through the worker and in the raw baseline, and
+    CPU ms per event of the worker(s), their PostgreSQL backends, the NATS server, and the NATS
+    server in the baseline."""
+
+    rate: float
+    raw: float
+    worker_cpu: float
+    pg_cpu: float
+    nats_cpu: float
+    nats_raw_cpu: float
+
+    @property
+    def ratio(self) -> float:
+        return self.rate / self.raw
+
+
+def _summary(name: str, runs: Sequence[Figures]) -> None:
+    def med(values: list[float]) -> float:
+        return statistics.median(values)
+
+    ratios = [f.ratio for f in runs]
+    print(
+        f"{name}: {len(runs)} runs, ratio median {med(ratios):.2f} "
+        f"(each: {', '.join(f'{r:.2f}' for r in ratios)}); "
+        f"worker {med([f.rate for f in runs]):.0f}/s against baseline "
+        f"{med([f.raw for f in runs]):.0f}/s; CPU ms per event, medians: worker "
+        f"{med([f.worker_cpu for f in runs]):.2f}, PostgreSQL {med([f.pg_cpu for f in runs]):.2f}, "
+        f"NATS server {med([f.nats_cpu for f in runs]):.2f} "
+        f"(in the baseline {med([f.nats_raw_cpu for f in runs]):.2f})",
+        flush=True,
+    )
 
 
 async def _balanced(workers: Sequence[WorkerProcess], timeout: float = 60.0) -> None:
@@ -504,7 +545,12 @@ async def main() -> None:
                 messages = many_rooms()
                 for n in WORKER_COUNTS:
                     name = "many rooms" if n == 1 else f"many rooms, {n} workers"
-                    await _scenario(name, nats_server, pg, data, messages, n)
+                    runs = [
+                        await _scenario(name, nats_server, pg, data, messages, n)
+                        for _ in range(REPEAT)
+                    ]
+                    if REPEAT > 1:
+                        _summary(name, runs)
             if "linear" in SCENARIOS:
                 linear = _room("!lin:test", LINEAR)
                 await _scenario("one linear room", nats_server, pg, data, linear)
@@ -512,10 +558,14 @@ async def main() -> None:
                 plain = _room("!plain:test", REJECTED_ROOM)
                 built_on = _room("!rejected:test", REJECTED_ROOM, REJECTED_EVERY)
                 refused = sum(1 for m in built_on if not m.output)
-                without = await _scenario("no rejected events", nats_server, pg, data, plain)
-                with_ = await _scenario(
-                    f"{refused} rejected, built upon", nats_server, pg, data, built_on
-                )
+                without = (
+                    await _scenario("no rejected events", nats_server, pg, data, plain)
+                ).rate
+                with_ = (
+                    await _scenario(
+                        f"{refused} rejected, built upon", nats_server, pg, data, built_on
+                    )
+                ).rate
                 print(
                     f"rejected events built upon: {with_:.0f}/s against {without:.0f}/s "
                     f"without, ratio {with_ / without:.3f}",
