@@ -22,6 +22,11 @@ BENCH_SCENARIOS=many,linear,join,rejected picks the scenarios; BENCH_ROOMS, BENC
 BENCH_LINEAR, BENCH_BIG_ROOM, BENCH_REJECTED_ROOM and BENCH_REJECTED_EVERY size them. Many rooms run once per entry of BENCH_WORKERS (default "1,2"):
 that many worker processes share the shards, as a deployment spreads rooms over several (on 2
 cores one Python process keeps one core busy at most), with their CPU added up.
+BENCH_REPEAT=N runs each many-rooms measurement N times, each a baseline followed at once by
+the worker (so the two of a pair see the same machine), and ends with the median of the
+ratios and of the CPU per event: on a shared machine one pair says little.
+BENCH_COUNT_SYNCS=1 also counts the disk syncs per event of the NATS server and of PostgreSQL
+(`perf stat`, see `SyncCount`).
 
 Durability: the servers are throwaway, so neither syncs each write to disk (PostgreSQL runs
 with fsync off, nats-server with its default periodic sync), as a benchmark of the code and
@@ -39,6 +44,7 @@ import asyncio
 import os
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -78,6 +84,8 @@ SYNC = os.environ.get("BENCH_SYNC", "") not in ("", "0")
 # the many-rooms scenario runs once per count.
 WORKER_COUNTS = [int(n) for n in os.environ.get("BENCH_WORKERS", "1,2").split(",")]
 SHARDS = 4
+REPEAT = int(os.environ.get("BENCH_REPEAT", "1"))
+COUNT_SYNCS = os.environ.get("BENCH_COUNT_SYNCS", "") not in ("", "0")
 
 
 @dataclass(frozen=True)
@@ -388,12 +396,14 @@ async def _scenario(
     data: Path,
     messages: list[Message],
     processes: int = 1,
-) -> float:
-    """Run one scenario and print its figures; returns the worker's events/s."""
+) -> Figures:
+    """Run one scenario and print its figures."""
     nats_url = nats.url
     nats_pid = nats.process.pid if nats.process is not None else 0
     nats_before = _cpu_seconds([nats_pid])
+    syncs = SyncCount([nats_pid])
     raw = await baseline(nats_url, messages)
+    syncs_raw = syncs.stop()
     cpu_nats_raw = _cpu_seconds([nats_pid]) - nats_before
     prefix = f"bench{uuid.uuid4().hex[:6]}"
     dsn = await _database(pg)
@@ -406,9 +416,12 @@ async def _scenario(
         backends = await _backends(pg, dsn)
         cpu_before = _cpu_seconds(pids), _cpu_seconds(backends)
         others_before = _cpu_seconds([nats_pid]), time.process_time()
+        pg_pids = [pg.process.pid, *_children(pg.process.pid)] if pg.process else []
+        syncs_nats, syncs_pg = SyncCount([nats_pid]), SyncCount(pg_pids)
         wall_before = time.perf_counter()
         rate, lat = await through_worker(nats_url, Subjects(prefix), messages)
         wall = time.perf_counter() - wall_before
+        synced = syncs_nats.stop(), syncs_pg.stop()
         cpu_nats = _cpu_seconds([nats_pid]) - others_before[0]
         cpu_bench = time.process_time() - others_before[1]
         # Backends opened during the run started at zero.
@@ -447,7 +460,51 @@ async def _scenario(
         f"{(cpu_worker + cpu_pg + cpu_nats + cpu_bench) / wall:.2f}",
         flush=True,
     )
-    return rate
+    nats_syncs, pg_syncs = synced
+    if syncs_raw is not None and nats_syncs is not None and pg_syncs is not None:
+        n = len(messages)
+        print(
+            f"{'':<28} disk syncs per event: NATS server {nats_syncs / n:.2f} (in the baseline "
+            f"{syncs_raw / n:.2f}), PostgreSQL {pg_syncs / n:.3f}",
+            flush=True,
+        )
+    per = 1000 / len(messages)
+    return Figures(rate, raw, cpu_worker * per, cpu_pg * per, cpu_nats * per, cpu_nats_raw * per)
+
+
+@dataclass(frozen=True)
+class Figures:
+    """One scenario's measurement: events/s through the worker and in the raw baseline, and
+    CPU ms per event of the worker(s), their PostgreSQL backends, the NATS server, and the NATS
+    server in the baseline."""
+
+    rate: float
+    raw: float
+    worker_cpu: float
+    pg_cpu: float
+    nats_cpu: float
+    nats_raw_cpu: float
+
+    @property
+    def ratio(self) -> float:
+        return self.rate / self.raw
+
+
+def _summary(name: str, runs: Sequence[Figures]) -> None:
+    def med(values: list[float]) -> float:
+        return statistics.median(values)
+
+    ratios = [f.ratio for f in runs]
+    print(
+        f"{name}: {len(runs)} runs, ratio median {med(ratios):.2f} "
+        f"(each: {', '.join(f'{r:.2f}' for r in ratios)}); "
+        f"worker {med([f.rate for f in runs]):.0f}/s against baseline "
+        f"{med([f.raw for f in runs]):.0f}/s; CPU ms per event, medians: worker "
+        f"{med([f.worker_cpu for f in runs]):.2f}, PostgreSQL {med([f.pg_cpu for f in runs]):.2f}, "
+        f"NATS server {med([f.nats_cpu for f in runs]):.2f} "
+        f"(in the baseline {med([f.nats_raw_cpu for f in runs]):.2f})",
+        flush=True,
+    )
 
 
 async def _balanced(workers: Sequence[WorkerProcess], timeout: float = 60.0) -> None:
@@ -471,6 +528,46 @@ async def _backends(pg: EmbeddedPostgres, dsn: str) -> list[int]:
     finally:
         await conn.close()
     return [int(r["pid"]) for r in rows]
+
+
+class SyncCount:
+    """The disk syncs (fsync and fdatasync calls) some processes make from now until `stop`,
+    counted by `perf stat` on the syscall tracepoints: with BENCH_COUNT_SYNCS=1, where perf
+    and the tracepoints are there (as root). A count does not depend on how loaded the
+    machine is, which rates and even CPU times do."""
+
+    def __init__(self, pids: Sequence[int]) -> None:
+        self._out = Path(tempfile.mkstemp(prefix="bench-syncs-")[1])
+        self._perf: subprocess.Popen[bytes] | None = None
+        if COUNT_SYNCS and pids:
+            self._perf = subprocess.Popen(
+                ["perf", "stat", "-x", ",", "-o", str(self._out),
+                 "-e", "syscalls:sys_enter_fsync,syscalls:sys_enter_fdatasync",
+                 "-p", ",".join(str(p) for p in pids)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )
+            time.sleep(0.3)  # perf attaches before the measured work starts
+
+    def stop(self) -> int | None:
+        """The syncs counted, or None when not counting."""
+        if self._perf is None:
+            self._out.unlink(missing_ok=True)
+            return None
+        self._perf.send_signal(signal.SIGINT)
+        self._perf.wait(30)
+        total = 0
+        for line in self._out.read_text().splitlines():
+            fields = line.split(",")
+            if len(fields) > 2 and fields[0].strip().isdigit():
+                total += int(fields[0])
+        self._out.unlink(missing_ok=True)
+        return total
+
+
+def _children(pid: int) -> list[int]:
+    """The direct child processes of `pid` (PostgreSQL's backends and helpers)."""
+    found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True, check=False)
+    return [int(p) for p in found.stdout.split()]
 
 
 def _cpu_seconds(pids: Sequence[int]) -> float:
@@ -504,7 +601,12 @@ async def main() -> None:
                 messages = many_rooms()
                 for n in WORKER_COUNTS:
                     name = "many rooms" if n == 1 else f"many rooms, {n} workers"
-                    await _scenario(name, nats_server, pg, data, messages, n)
+                    runs = [
+                        await _scenario(name, nats_server, pg, data, messages, n)
+                        for _ in range(REPEAT)
+                    ]
+                    if REPEAT > 1:
+                        _summary(name, runs)
             if "linear" in SCENARIOS:
                 linear = _room("!lin:test", LINEAR)
                 await _scenario("one linear room", nats_server, pg, data, linear)
@@ -512,10 +614,14 @@ async def main() -> None:
                 plain = _room("!plain:test", REJECTED_ROOM)
                 built_on = _room("!rejected:test", REJECTED_ROOM, REJECTED_EVERY)
                 refused = sum(1 for m in built_on if not m.output)
-                without = await _scenario("no rejected events", nats_server, pg, data, plain)
-                with_ = await _scenario(
-                    f"{refused} rejected, built upon", nats_server, pg, data, built_on
-                )
+                without = (
+                    await _scenario("no rejected events", nats_server, pg, data, plain)
+                ).rate
+                with_ = (
+                    await _scenario(
+                        f"{refused} rejected, built upon", nats_server, pg, data, built_on
+                    )
+                ).rate
                 print(
                     f"rejected events built upon: {with_:.0f}/s against {without:.0f}/s "
                     f"without, ratio {with_ / without:.3f}",

@@ -447,7 +447,7 @@ async def test_drain_past_the_grace_hands_work_back_unacked(nc: NATS, streams: S
     async with asyncio.timeout(GUARD):
         await entered.wait()
     assert await consumer.drain(grace=0.1) is False
-    # Not acked: the message is still in the work queue and is delivered again at once.
+    # Not acked: the message is still in the stream and is delivered again at once.
     assert await input_left(nc, streams) == 1
     handler = FakeHandler()
     async with running(nc, streams, handler) as again:

@@ -16,13 +16,8 @@ from nats.js.api import PubAck
 from structlog.testing import capture_logs
 
 from tests.bus.test_outbox import MemoryOutbox, Row, output_id, read_outputs
-from worker.bus.outbox import (
-    BATCH_ID_HEADER,
-    BATCH_SEQUENCE_HEADER,
-    MIN_AUTO_BATCH,
-    NatsOutboxRelay,
-    worth_batching,
-)
+from worker.bus.outbox import MIN_AUTO_BATCH, NatsOutboxRelay, worth_batching
+from worker.bus.outbox_batching import BATCH_ID_HEADER, BATCH_SEQUENCE_HEADER
 from worker.bus.streams import StreamLimits, ensure_stream, ensure_streams, stream_configs
 from worker.bus.subjects import ROOM_ID_HEADER, Subjects
 from worker.errors import RetryableError
@@ -319,3 +314,75 @@ def test_runs_too_short_to_save_the_servers_cpu_are_never_batched() -> None:
     assert not worth_batching(MIN_AUTO_BATCH - 1, None, None)
     assert not worth_batching(MIN_AUTO_BATCH - 1, 0.0001, 0.05)
     assert not worth_batching(2, 0.0006, 0.0004)
+
+
+async def test_kicked_rooms_rows_go_out_together_each_room_in_order(
+    nc: NATS, streams: Subjects
+) -> None:
+    rooms = ("!a:x", "!b:x", "!c:x")
+    store = MemoryOutbox.interleaved(4, rooms)
+    relay = NatsOutboxRelay(nc, streams, store, min_batch_rows=2)
+    before = published_count()
+    for room in rooms:
+        relay.kick(room)
+    await relay.settle()
+    published = await read_outputs(nc, streams)
+    for room in rooms:
+        assert ids(published, room) == [f"out-{room}-{n}" for n in range(4)]
+    # One batch across the rooms, each message on its own room's subject.
+    assert len({b for b, _ in batches(published)}) == 1
+    assert [s for _, s in batches(published)] == [str(n) for n in range(1, 13)]
+    assert all(subject == streams.output(h[ROOM_ID_HEADER]) for subject, h, _ in published)
+    assert store.sent_ids() == {r.output_id for r in store.rows}
+    assert published_count() - before == 12
+
+
+async def test_rooms_batch_refused_for_a_stored_row_goes_room_by_room_without_doubles(
+    nc: NATS, streams: Subjects
+) -> None:
+    rooms = ("!a:x", "!b:x", "!c:x")
+    store = MemoryOutbox.interleaved(3, rooms)
+    relay = NatsOutboxRelay(nc, streams, store, min_batch_rows=2)
+    # Room b's first two rows were published, then the crash: never marked sent.
+    store.fail_mark = True
+    with pytest.raises(RetryableError):
+        await relay.flush("!b:x")
+    store.fail_mark = False
+    stored_before = len(await read_outputs(nc, streams))
+    assert stored_before == 3
+    before = published_count()
+    with capture_logs() as logs:
+        restarted = NatsOutboxRelay(nc, streams, store, min_batch_rows=2)
+        for room in rooms:
+            restarted.kick(room)
+        await restarted.settle()
+    # The batch across the rooms held b's stored ids: refused whole, then room by room.
+    assert "outbox_batch_duplicate" in [e["event"] for e in logs]
+    published = await read_outputs(nc, streams)
+    for room in rooms:
+        assert ids(published, room) == [f"out-{room}-{n}" for n in range(3)]
+    assert len(published) == 9  # nothing twice
+    assert store.sent_ids() == {r.output_id for r in store.rows}
+    assert published_count() - before == 6
+
+
+async def test_a_rooms_row_the_stream_refuses_holds_back_only_that_room(
+    nc: NATS, prefix: str
+) -> None:
+    async with own_streams(nc, Subjects(prefix + "big"), max_msg_size=4096) as subjects:
+        store = MemoryOutbox()
+        for n in range(3):
+            for room in ("!a:x", "!b:x"):
+                row = store.add(room, n)
+                if room == "!b:x" and n == 1:
+                    # Too big for the stream: the batch across the rooms is refused whole.
+                    store.rows[-1] = dataclasses.replace(row, payload=b"x" * 8192)
+        relay = NatsOutboxRelay(nc, subjects, store, min_batch_rows=2)
+        relay.kick("!a:x")
+        relay.kick("!b:x")
+        await relay.settle()
+        published = await read_outputs(nc, subjects)
+        # a got through whole; b up to the refused row, and nothing after it (its order).
+        assert ids(published, "!a:x") == [f"out-!a:x-{n}" for n in range(3)]
+        assert ids(published, "!b:x") == ["out-!b:x-0"]
+        assert store.sent_ids() == {f"out-!a:x-{n}" for n in range(3)} | {"out-!b:x-0"}

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from nats.aio.client import Client as NATS
-from nats.js.api import RetentionPolicy
+from nats.js.api import RetentionPolicy, StorageType
 from nats.js.errors import NoStreamResponseError
 
 from tests.bus.conftest import SHARDS
@@ -55,13 +55,34 @@ async def test_update_that_jetstream_refuses_fails_loudly(nc: NATS, streams: Sub
     js = nc.jetstream()
     config = stream_configs(streams, StreamLimits(shards=SHARDS))[0]
     await js.publish(streams.input("!a:x"), b"{}", stream=streams.input_stream)
-    # Work-queue to limits is not allowed in place: report it, keep the stream.
-    bad = dataclasses.replace(config, retention=RetentionPolicy.LIMITS)
+    # File to memory storage is not allowed in place: report it, keep the stream.
+    bad = dataclasses.replace(config, storage=StorageType.MEMORY)
     with pytest.raises(PermanentError) as info:
         await ensure_stream(js, bad)
     assert info.value.code == "stream_update_refused"
-    assert "retention" in str(info.value)
+    assert "storage" in str(info.value)
     assert (await js.stream_info(streams.input_stream)).state.messages == 1
+
+
+async def test_a_work_queue_input_stream_is_kept_and_updated_otherwise(
+    nc: NATS, subjects: Subjects
+) -> None:
+    # As an earlier version made it: JetStream cannot move it to limits retention in place.
+    js = nc.jetstream()
+    config = stream_configs(subjects, StreamLimits(shards=SHARDS))[0]
+    assert config.retention == RetentionPolicy.LIMITS
+    old = dataclasses.replace(config, retention=RetentionPolicy.WORK_QUEUE, duplicate_window=60.0)
+    await js.add_stream(old)
+    try:
+        await js.publish(subjects.input("!a:x"), b"{}", stream=subjects.input_stream)
+        assert await ensure_stream(js, config) == "updated"
+        info = await js.stream_info(subjects.input_stream)
+        assert info.config.retention == RetentionPolicy.WORK_QUEUE
+        assert info.config.duplicate_window == 120.0  # the rest is ours
+        assert info.state.messages == 1
+        assert await ensure_stream(js, config) == "unchanged"
+    finally:
+        await js.delete_stream(subjects.input_stream)
 
 
 async def test_exported_definitions_create_the_same_streams(nc: NATS, prefix: str, tmp_path: Path) -> None:

@@ -6,7 +6,8 @@ it) and by the commands; it imports the core, the messages and, for its PostgreS
 - `consumer`: the input consumer (shards → per-room queues → the handler → settlement), with
   `consumer_settings` (its tuning), `handler` (the port the pipeline implements), `delivery`
   (a held message and its ack subject), `pull` (one-await fetches), `dispatch` (per-room
-  queues), `settle` (the one table of message fates) and `settling` (carrying a fate out).
+  queues), `settle` (the one table of message fates), `settling` (carrying a fate out) and
+  `trim` (purging the settled inputs from the stream).
 - `deadletter`: the dead-letter stream's writer.
 - `outbox`: the relay publishing committed outputs; `outbox_store`: the rows it reads.
 - `leases`, `shards`: which worker consumes which shard, and the room fence.

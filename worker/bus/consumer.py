@@ -48,6 +48,7 @@ from worker.bus.subjects import (
     Subjects,
     room_id_from_token,
 )
+from worker.bus.trim import InputTrimmer
 from worker.errors import RetryableError
 from worker.messages.input import INPUT_DECODER
 from worker.observability.logging import bind_event, get_logger
@@ -108,6 +109,10 @@ class InputConsumer:
         self._held_by_shard: Counter[int] = Counter()
         self._held_bytes_by_shard: Counter[int] = Counter()
         self._heartbeat: asyncio.Task[None] | None = None
+        self._trimmer = InputTrimmer(
+            self._js, subjects, self.settings.trim_interval, lambda: self._fetchers.keys()
+        )
+        self._trimming: asyncio.Task[None] | None = None
         # Shards given up without waiting (a lost lease): their held messages still queued or
         # retrying are handed back instead of handled, since another worker now owns them.
         self._abandoned: set[int] = set()
@@ -136,12 +141,15 @@ class InputConsumer:
     async def reset_consumer(self, shard: int) -> None:
         """Delete and recreate the shard's durable consumer.
 
-        On a work-queue stream an acked message is gone, so the new consumer (deliver all)
-        starts at the oldest message not yet acked, in stream order. Messages a dead owner
-        held, or deliveries lost in transit, come back at once and before the room's later
-        messages instead of after `ack_wait` behind them (where a later event would be
-        refused for its missing prev event). Only the shard's lease holder may do this.
+        The old consumer's settled messages are trimmed first (`worker.bus.trim`), so the new
+        consumer (deliver all) starts at the oldest message not yet settled, in stream order
+        (messages settled out of order above it come again, and are answered as duplicates).
+        Messages a dead owner held, or deliveries lost in transit, come back at once and
+        before the room's later messages instead of after `ack_wait` behind them (where a
+        later event would be refused for its missing prev event). Only the shard's lease
+        holder may do this.
         """
+        await self._trimmer.trim(shard)
         with contextlib.suppress(NotFoundError):
             await self._js.delete_consumer(
                 self._subjects.input_stream, self._subjects.input_consumer(shard)
@@ -169,6 +177,8 @@ class InputConsumer:
         SHARDS_OWNED.inc()
         if self._heartbeat is None:
             self._heartbeat = asyncio.create_task(self._heartbeat_loop(), name="input-heartbeat")
+        if self._trimming is None:
+            self._trimming = asyncio.create_task(self._trimmer.run(), name="input-trim")
         _log.info("shard_started", shard=shard)
 
     async def stop_shard(self, shard: int, grace: float | None = None) -> bool:
@@ -193,6 +203,7 @@ class InputConsumer:
         done = not any(d.shard == shard for d in self._held)
         if not done:
             self._abandoned.add(shard)
+        await self._final_trim([shard])
         _log.info("shard_stopped", shard=shard, finished=done)
         return done
 
@@ -220,12 +231,23 @@ class InputConsumer:
             for d in left:
                 await self._settler.carry_out(d, settle.of_shutdown())
         await asyncio.gather(*list(self._settling), return_exceptions=True)
-        if self._heartbeat is not None:
-            self._heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._heartbeat
-            self._heartbeat = None
+        await self._final_trim(shards)
+        background = (self._heartbeat, self._trimming)
+        self._heartbeat = self._trimming = None
+        for running in background:
+            if running is not None:
+                running.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await running
         return finished
+
+    async def _final_trim(self, shards: Iterable[int]) -> None:
+        """Trim stopped shards once more, so that the stream keeps only what is not settled
+        (bounded: a stop must not wait long for a NATS that does not answer)."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.settings.fetch_timeout + 1):
+                for shard in shards:
+                    await self._trimmer.trim(shard)
 
     async def wait_idle(self, timeout: float | None = None) -> bool:
         """Wait until nothing is held, acks included (tests and burst mode); False on
@@ -475,6 +497,7 @@ class InputConsumer:
         d.settled = True
         self._leave_window(d)
         self._held.discard(d)
+        self._trimmer.settled(d.shard)
 
     def _leave_window(self, d: Delivery) -> None:
         """Stop counting a message against its shard's fetch window: once its outcome is

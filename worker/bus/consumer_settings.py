@@ -38,6 +38,9 @@ class ConsumerSettings:
     fetch_timeout: float = 1.0
     retry: settle.RetryPolicy = field(default_factory=settle.RetryPolicy)
     drain_grace: float = 30.0
+    # Seconds between trims of the input stream (`worker.bus.trim`): settled inputs stay
+    # stored at most about this long.
+    trim_interval: float = 1.0
     # Reset a shard's consumer when its deliveries skip a sequence number. Only sound when
     # one worker alone fetches each shard (the lease manager guarantees it), so off by default.
     reset_on_gap: bool = False

@@ -19,6 +19,11 @@ behind. A batch is at most `max_batch_messages` rows (the server's default limit
 next is sent. On any batch error the rows go out the serial way below; after a duplicate
 rejection only until the first row that JetStream stores afresh, then batches resume.
 
+The pump (`kick`) reads the kicked rooms together, and rows that add up to a run worth a
+batch go out as batches spanning the rooms (`_publish_rooms`), each room's rows in order. On
+a node that syncs every write a publish costs a disk sync and a batch a few whatever its
+length: across many rooms with a few new events each, outputs then cost far less than a sync.
+
 A batch is not free: for a file-backed stream the server stages it in a store of its own
 (directories, files and syncs), which on a disk with slow syncs costs as much as a dozen or
 more single publishes. So unless `min_batch_rows` fixes the threshold, the
@@ -47,6 +52,7 @@ a duplicate.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import uuid
 from collections import Counter
@@ -57,6 +63,20 @@ from nats.errors import Error as NatsError
 from nats.js.errors import APIError
 from nats.js.errors import Error as JetStreamError
 
+from worker.bus.outbox_batching import (
+    ATOMIC_DISABLED,
+    ATOMIC_RETRY_AFTER,
+    BATCH_COMMIT_HEADER,
+    BATCH_DUPLICATE,
+    BATCH_ID_HEADER,
+    BATCH_SEQUENCE_HEADER,
+    BATCH_TOO_LARGE,
+    EXPECTED_STREAM_HEADER,
+    MIN_AUTO_BATCH,
+    SMALL_BATCH,
+    average,
+    worth_batching,
+)
 from worker.bus.outbox_store import OutboxRow, OutboxStore, RoomsOutboxStore
 from worker.bus.requests import Requester
 from worker.bus.subjects import MSG_ID_HEADER, OUTPUT_TYPE_HEADER, ROOM_ID_HEADER, Subjects
@@ -67,26 +87,6 @@ from worker.observability.metrics import OUTBOX_LAG, OUTBOX_UNSENT, count_output
 
 _log = get_logger(__name__)
 
-# ADR-50's headers (nats-server `JSBatchId`, `JSBatchSeq`, `JSBatchCommit`) and the one the
-# server checks against the stream a message lands in.
-BATCH_ID_HEADER = "Nats-Batch-Id"
-BATCH_SEQUENCE_HEADER = "Nats-Batch-Sequence"
-BATCH_COMMIT_HEADER = "Nats-Batch-Commit"
-EXPECTED_STREAM_HEADER = "Nats-Expected-Stream"
-# JetStream error codes (nats-server errors.json) the relay acts on.
-_ATOMIC_DISABLED = 10174  # JSAtomicPublishDisabledErr: the stream lacks allow_atomic
-_BATCH_TOO_LARGE = 10199  # JSAtomicPublishTooLargeBatchErrF: beyond the server's max_batch_size
-_BATCH_DUPLICATE = 10201  # JSAtomicPublishContainsDuplicateMessageErr
-# After a stream said atomic publish is disabled, try batches again this much later (an
-# operator may update the stream meanwhile) instead of paying a failed batch every pass.
-_ATOMIC_RETRY_AFTER = 60.0
-# Below this many rows a batch waits for no free slot: the serial path costs little more.
-_SMALL_BATCH = 8
-# The shortest run `worth_batching` sends as a batch (see the module docstring): from about
-# 30 rows on, a batch costs the server less CPU than the single publishes it replaces.
-MIN_AUTO_BATCH = 32
-# Weight of the newest sample in the cost averages.
-_COST_WEIGHT = 0.2
 MiB = 1024 * 1024
 
 
@@ -233,14 +233,20 @@ class NatsOutboxRelay:
             _log.warning("outbox_flush_failed", rooms=len(rooms), error=repr(exc))
         finally:
             self._reading = False
+            # Rooms of a full read, and rooms with a full share, may have more.
+            again = {room: full or len(rows) >= self._batch for room, rows in by_room.items()}
+            # Many rooms with a few rows each: their rows together, as batches spanning the
+            # rooms (`_publish_rooms`), where each room alone would go out row by row.
+            together = len(by_room) > 1 and self._batching(sum(map(len, by_room.values())))
+            if together:
+                self._spawn(self._publish_rooms(by_room, again))
             for room in rooms:
                 rows = by_room.get(room)
-                if rows:
-                    # Rooms of a full read, and rooms with a full share, may have more.
-                    self._spawn(self._publish_held(room, rows, full or len(rows) >= self._batch))
-                else:
+                if not rows:
                     # Without a row in a full read, its rows come after the cut.
                     self._release(room, again=full)
+                elif not together:
+                    self._spawn(self._publish_held(room, rows, again[room]))
             self._pump()
 
     async def _read_rooms(self, rooms: Sequence[str]) -> tuple[dict[str, list[OutboxRow]], bool]:
@@ -273,6 +279,61 @@ class NatsOutboxRelay:
         finally:
             self._published.append((room_id, sent, again))
             self._pump()
+
+    async def _publish_rooms(
+        self, by_room: dict[str, list[OutboxRow]], again: dict[str, bool]
+    ) -> None:
+        """Held rooms' rows as atomic batches spanning the rooms: each room's rows in order,
+        the rooms one after another, cut at the batch limits and each batch committed before
+        the next is sent. A batch is stored whole or not at all, so when one fails, what is
+        left of each room (its rows in that batch and after) goes out the way one room's
+        pass does (`_publish_rows`), rooms side by side; every room keeps its order."""
+        rooms = sorted(by_room)
+        sent: dict[str, list[int]] = {room: [] for room in rooms}
+        try:
+            async with contextlib.AsyncExitStack() as held:
+                # In one order, so that no two holders of several locks wait on each other.
+                for room in rooms:
+                    await held.enter_async_context(self._locks.hold(room))
+                with measure("publish"):
+                    await self._publish_across(by_room, rooms, sent, again)
+        except Exception as exc:  # RetryableError, or a bug: the rest stays unsent
+            _log.warning("outbox_flush_failed", rooms=len(rooms), error=repr(exc))
+            again = dict.fromkeys(rooms, False)
+        finally:
+            for room in rooms:
+                self._published.append((room, sent[room], again[room]))
+            self._pump()
+
+    async def _publish_across(
+        self,
+        by_room: dict[str, list[OutboxRow]],
+        rooms: Sequence[str],
+        sent: dict[str, list[int]],
+        again: dict[str, bool],
+    ) -> None:
+        flat = [row for room in rooms for row in by_room[room]]
+        i = 0
+        while i < len(flat):
+            chunk = self._next_batch(flat, i)
+            if len(chunk) < 2 or await self._publish_batch(chunk) is not None:
+                break
+            for row in chunk:
+                sent[row.room_id].append(row.seq)
+            i += len(chunk)
+        rest: dict[str, list[OutboxRow]] = {}
+        for row in flat[i:]:
+            rest.setdefault(row.room_id, []).append(row)
+        if not rest:
+            return
+        done = await asyncio.gather(
+            *(self._publish_rows(rows, sent[room]) for room, rows in rest.items()),
+            return_exceptions=True,
+        )
+        for room, failure in zip(rest, done, strict=True):
+            if isinstance(failure, BaseException):
+                _log.warning("outbox_flush_failed", room_id=room, error=repr(failure))
+                again[room] = False
 
     async def _mark_published(self) -> None:
         done, self._published = self._published, []
@@ -410,14 +471,14 @@ class NatsOutboxRelay:
         if not self._server_batches():
             return False
         # A small batch does not queue for a slot; a big one is worth the wait.
-        return n >= _SMALL_BATCH or not self._batch_slots.locked()
+        return n >= SMALL_BATCH or not self._batch_slots.locked()
 
     async def _publish_batch(self, rows: Sequence[OutboxRow]) -> str | None:
-        """Publish one room's rows as one atomic batch; None once committed, else why not
+        """Publish rows (of one room, or of several: each on its room's subject) as one atomic
+        batch; None once committed, else why not
         (then nothing of the batch is stored, or, if only the commit's reply was lost, all of
         it: the serial retry sees the rows as duplicates)."""
         batch_id = uuid.uuid4().hex
-        subject = self._subjects.output(rows[0].room_id)
         stream = self._subjects.output_stream
         last = len(rows)
         loop = asyncio.get_running_loop()
@@ -429,13 +490,15 @@ class NatsOutboxRelay:
                     headers[EXPECTED_STREAM_HEADER] = stream
                     headers[BATCH_ID_HEADER] = batch_id
                     headers[BATCH_SEQUENCE_HEADER] = str(n)
-                    await self._nc.publish(subject, row.payload, headers=headers)
+                    await self._nc.publish(
+                        self._subjects.output(row.room_id), row.payload, headers=headers
+                    )
                 headers = self._headers(rows[-1])
                 headers[BATCH_ID_HEADER] = batch_id
                 headers[BATCH_SEQUENCE_HEADER] = str(last)
                 headers[BATCH_COMMIT_HEADER] = "1"
                 ack = await self._requests.publish(
-                    subject,
+                    self._subjects.output(rows[-1].room_id),
                     rows[-1].payload,
                     timeout=self._publish_timeout,
                     stream=stream,
@@ -454,7 +517,7 @@ class NatsOutboxRelay:
             if ack.batch_id is None:
                 self._atomic_off_until = math.inf
             return "bad_ack"
-        self._batch_cost = _average(self._batch_cost, loop.time() - began)
+        self._batch_cost = average(self._batch_cost, loop.time() - began)
         for output_type, n in Counter(row.output_type for row in rows).items():
             count_outputs(output_type, n)
         return None
@@ -469,12 +532,12 @@ class NatsOutboxRelay:
             return False
 
     def _batch_refused(self, rows: Sequence[OutboxRow], exc: APIError) -> str:
-        if exc.err_code == _BATCH_DUPLICATE:
+        if exc.err_code == BATCH_DUPLICATE:
             _log.info("outbox_batch_duplicate", room_id=rows[0].room_id, rows=len(rows))
             return "duplicate"
-        if exc.err_code == _ATOMIC_DISABLED:
-            self._atomic_off_until = asyncio.get_running_loop().time() + _ATOMIC_RETRY_AFTER
-        elif exc.err_code == _BATCH_TOO_LARGE:
+        if exc.err_code == ATOMIC_DISABLED:
+            self._atomic_off_until = asyncio.get_running_loop().time() + ATOMIC_RETRY_AFTER
+        elif exc.err_code == BATCH_TOO_LARGE:
             # The server's limit was lowered below ours: halve until batches fit.
             self._max_batch_messages = max(1, len(rows) // 2)
         _log.warning(
@@ -511,7 +574,7 @@ class NatsOutboxRelay:
                 f"could not publish output {row.output_id} of {row.room_id}: {exc!r}",
                 code="output_publish_failed",
             ) from exc
-        self._publish_cost = _average(self._publish_cost, loop.time() - began)
+        self._publish_cost = average(self._publish_cost, loop.time() - began)
         if ack.duplicate:
             return False
         count_outputs(row.output_type)
@@ -524,22 +587,6 @@ def msg_id(row: OutboxRow) -> str:
     again make the same output ids in new rows, whose new numbers keep them from being
     dropped as repeats of the old room's outputs still in the duplicate window."""
     return f"{row.output_id}#{row.seq}"
-
-
-def worth_batching(rows: int, batch_cost: float | None, publish_cost: float | None) -> bool:
-    """Whether `rows` rows go out sooner as one batch than one by one, by the measured average
-    costs (seconds) of a committed batch and of one acknowledged publish, and are at least
-    `MIN_AUTO_BATCH` rows (below that a batch costs the server more CPU than it saves). Until
-    both costs are known, every run that long is batched, which measures a batch's cost early."""
-    if rows < MIN_AUTO_BATCH:
-        return False
-    if batch_cost is None or publish_cost is None:
-        return True
-    return rows * publish_cost > batch_cost
-
-
-def _average(average: float | None, sample: float) -> float:
-    return sample if average is None else average + _COST_WEIGHT * (sample - average)
 
 
 __all__ = [

@@ -6,12 +6,19 @@ writes `DIR/<STREAM>.json`, each usable with `nats stream add --config DIR/<STRE
 
 Choices (DESIGN §4, §6):
 
-- **Input: work-queue retention.** The input stream is a queue of jobs; what happened to each
-  event is recorded in PostgreSQL (and, for failures, in the dead-letter stream), so an acked
-  input has no further use. Work-queue retention deletes it on ack, which keeps the stream
-  small and restarts fast however long the worker has run (Dendrite had to add a 24 h MaxAge
-  for the same reason, losing undelivered input). The shard consumers' filters are disjoint,
-  as work-queue streams require. Duplicate suppression by `Nats-Msg-Id` (= event ID) works
+- **Input: limits retention, no limits, trimmed by the workers.** The input stream is a queue
+  of jobs; what happened to each event is recorded in PostgreSQL (and, for failures, in the
+  dead-letter stream), so a settled input has no further use. The worker that owns a shard
+  purges the shard's messages below its consumer's ack floor every second or so
+  (`worker.bus.trim`), which keeps the stream small and restarts fast however long the worker
+  has run, and never drops an input not yet settled (Dendrite had to add a 24 h MaxAge, losing
+  undelivered input). Not work-queue retention, which deletes each message on its ack: on a
+  node that syncs every write, each such delete is a disk sync of its own, as many as the
+  publishes, where a purge syncs once for all it removes. An input stream made with
+  work-queue retention by an earlier version is kept as it is (JetStream cannot change that
+  in place; it works the same, at the price of that sync per ack): to move it, stop the
+  workers, let nothing publish, delete the stream once empty and start a worker. The shard
+  consumers' filters are disjoint. Duplicate suppression by `Nats-Msg-Id` (= event ID) works
   the same under any retention.
 - **Input subjects: `<prefix>.input.*` only**, transformed to `<prefix>.input.<shard>.<token>`.
   A publish to any other shape fails at the producer ("no responders") instead of being
@@ -27,13 +34,15 @@ Choices (DESIGN §4, §6):
   then `ensure_streams` says so).
 
 Streams are never deleted here. A changed setting is applied with a stream update; a change
-that JetStream cannot apply in place (storage type, retention to or from work-queue) fails
-loudly with `PermanentError` and leaves the stream and its messages alone.
+that JetStream cannot apply in place (storage type, say) fails loudly with `PermanentError`
+and leaves the stream and its messages alone; the one exception is the input stream's old
+work-queue retention, kept as said above.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -52,6 +61,9 @@ from nats.js.errors import APIError, NotFoundError, ServiceUnavailableError
 
 from worker.bus.subjects import Subjects
 from worker.errors import PermanentError, RetryableError
+from worker.observability.logging import get_logger
+
+_log = get_logger(__name__)
 
 MiB = 1024 * 1024
 DAY = 86400.0
@@ -99,11 +111,11 @@ def stream_configs(subjects: Subjects, limits: StreamLimits) -> list[StreamConfi
     input_ = StreamConfig(
         **_base(
             subjects.input_stream,
-            "Roomserver input events, one shard per subject partition; deleted once acked.",
+            "Roomserver input events, one shard per subject partition; trimmed once settled.",
             [wildcard],
             limits,
         ),
-        retention=RetentionPolicy.WORK_QUEUE,
+        retention=RetentionPolicy.LIMITS,
         max_age=0,
         max_msg_size=limits.max_msg_size,
         subject_transform=SubjectTransform(
@@ -185,13 +197,25 @@ StreamAction = Literal["created", "updated", "unchanged"]
 
 
 async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> StreamAction:
-    """Create the stream, or update it in place if it differs; never delete it."""
+    """Create the stream, or update it in place if it differs; never delete it. A stream with
+    work-queue retention where we want limits keeps it (see the module docstring)."""
     assert config.name is not None
     try:
         info = await js.stream_info(config.name)
     except NotFoundError:
         await js.add_stream(config)
         return "created"
+    if (
+        info.config.retention == RetentionPolicy.WORK_QUEUE
+        and config.retention == RetentionPolicy.LIMITS
+    ):
+        _log.warning(
+            "stream_keeps_work_queue",
+            stream=config.name,
+            why="JetStream cannot change a stream's retention to or from work-queue in place; "
+            "each ack costs a disk sync on a node that syncs every write",
+        )
+        config = dataclasses.replace(config, retention=RetentionPolicy.WORK_QUEUE)
     changed = differences(config, info.config)
     if not changed:
         return "unchanged"
