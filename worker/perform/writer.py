@@ -7,7 +7,7 @@ room needlessly; performs of different rooms run at once. (Across worker process
 shared: two workers may build on the same extremities, which makes a fork the next event
 merges, exactly as two servers writing at once do.)
 
-Errors are `PerformFailed` with a stable code (worker.messages.perform.PERFORM_ERROR_CODES).
+Errors are `PerformFailed` with a stable code (worker.messages.errors.ERROR_CODES).
 """
 
 from __future__ import annotations
