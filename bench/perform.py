@@ -11,8 +11,11 @@ Everything runs on the embedded NATS and PostgreSQL with the real worker process
 4. Plain input path: the same number of events, built and signed here with the same builder,
    published as `new` inputs with a Reply-Inbox, the same number in flight; events/s.
 
-Each scenario prints events/s (until the last output was published) and p50/p99 of request ->
-reply. Goals (2 cores): >= 1,000 messages/s across rooms, p50 <= 20 ms at 100 messages/s.
+Each scenario prints events/s (until the last output was published), p50/p99 of request ->
+reply, and the CPU each event cost the worker, NATS, PostgreSQL and this process (the
+machine may be shared: CPU per event is steadier than events/s). Goals (2 cores): >= 1,000
+messages/s across rooms, p50 <= 20 ms at 100 messages/s. PERFORM_SCENARIOS picks scenarios
+(default `one,rooms,paced,input`).
 """
 
 from __future__ import annotations
@@ -34,7 +37,13 @@ import nats
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.pipeline import WorkerProcess, _database, _pct  # noqa: E402
+from bench.pipeline import (  # noqa: E402
+    WorkerProcess,
+    _backends,
+    _cpu_seconds,
+    _database,
+    _pct,
+)
 from worker.bus.producer import send_input  # noqa: E402
 from worker.bus.subjects import Subjects  # noqa: E402
 from worker.core.builder import Built, Draft, RoomHead, build  # noqa: E402
@@ -47,6 +56,7 @@ MESSAGES = int(os.environ.get("PERFORM_MESSAGES", "2000"))
 ROOMS = int(os.environ.get("PERFORM_ROOMS", "100"))
 CONCURRENCY = int(os.environ.get("PERFORM_CONCURRENCY", "64"))
 PACED_SECONDS = float(os.environ.get("PACED_SECONDS", "5"))
+SCENARIOS = os.environ.get("PERFORM_SCENARIOS", "one,rooms,paced,input").split(",")
 SERVER = "bench.test"
 SENDER = f"@alice:{SERVER}"
 
@@ -117,9 +127,34 @@ async def _run(
     return len(jobs) / (time.perf_counter() - start), latencies
 
 
-def _report(name: str, rate: float, latencies: list[float]) -> None:
+class Cpu:
+    """CPU seconds of the worker, NATS, the worker's PostgreSQL backends and this process."""
+
+    def __init__(self, worker: WorkerProcess, nats_pid: int, pg: EmbeddedPostgres, dsn: str):
+        self._pids = (worker.proc.pid, nats_pid)
+        self._pg = pg
+        self._dsn = dsn
+        self._before = (0.0, 0.0, 0.0, 0.0)
+
+    async def _now(self) -> tuple[float, float, float, float]:
+        backends = await _backends(self._pg, self._dsn)
+        return (_cpu_seconds(self._pids[:1]), _cpu_seconds(self._pids[1:]),
+                _cpu_seconds(backends), time.process_time())
+
+    async def start(self) -> None:
+        self._before = await self._now()
+
+    async def per_event(self, events: int) -> str:
+        """Milliseconds of CPU per event since `start`: worker, nats, pg, bench."""
+        # Backends opened during the run started at zero: a slight overcount at worst.
+        now = await self._now()
+        ms = [(a - b) * 1000 / max(events, 1) for a, b in zip(now, self._before, strict=True)]
+        return "cpu/event ms: worker {:.2f} nats {:.2f} pg {:.2f} bench {:.2f}".format(*ms)
+
+
+def _report(name: str, rate: float, latencies: list[float], cpu: str = "") -> None:
     print(f"{name:<34} {rate:8.0f} events/s   p50 {_pct(latencies, 0.5) * 1000:6.1f} ms   "
-          f"p99 {_pct(latencies, 0.99) * 1000:6.1f} ms", flush=True)
+          f"p99 {_pct(latencies, 0.99) * 1000:6.1f} ms   {cpu}", flush=True)
 
 
 def _prebuilt(rooms: int, per_room: int) -> list[list[Built]]:
@@ -146,7 +181,9 @@ def _prebuilt(rooms: int, per_room: int) -> list[list[Built]]:
     return out
 
 
-async def _input_path(nc: Any, subjects: Subjects, outputs: Outputs) -> tuple[float, list[float]]:
+async def _input_path(
+    nc: Any, subjects: Subjects, outputs: Outputs, cpu: Cpu
+) -> tuple[float, list[float]]:
     per_room = max(1, MESSAGES // ROOMS)
     rooms = _prebuilt(ROOMS, per_room)
 
@@ -162,6 +199,7 @@ async def _input_path(nc: Any, subjects: Subjects, outputs: Outputs) -> tuple[fl
     # Room creation first (not measured), then the messages, one lane per room.
     await asyncio.gather(*(_in_order([submit(b) for b in chain[:3]]) for chain in rooms))
     lanes = [[submit(b) for b in chain[3:]] for chain in rooms]
+    await cpu.start()
     return await _lanes(lanes, outputs)
 
 
@@ -221,10 +259,13 @@ async def main() -> None:
         pg.start()
         os.environ["SERVER_NAME"] = SERVER
         prefix = f"bench{uuid.uuid4().hex[:6]}"
-        worker = WorkerProcess(nats_server.url, await _database(pg), prefix, data)
+        dsn = await _database(pg)
+        worker = WorkerProcess(nats_server.url, dsn, prefix, data)
         nc = await nats.connect(nats_server.url)
         try:
             await worker.ready()
+            nats_pid = nats_server.process.pid if nats_server.process is not None else 0
+            cpu = Cpu(worker, nats_pid, pg, dsn)
             subjects = Subjects(prefix)
             outputs = Outputs(nc, subjects)
             await outputs.start()
@@ -238,25 +279,36 @@ async def main() -> None:
                 room_id: str = made["room_id"]
                 return room_id
 
-            one = await room()
-            jobs = [lambda n=n: asker.send(one, n) for n in range(MESSAGES)]
-            rate, lat = await _run(jobs, CONCURRENCY, outputs)
-            _report("one room", rate, lat)
+            if "one" in SCENARIOS:
+                one = await room()
+                jobs = [lambda n=n: asker.send(one, n) for n in range(MESSAGES)]
+                await cpu.start()
+                rate, lat = await _run(jobs, CONCURRENCY, outputs)
+                _report("one room", rate, lat, await cpu.per_event(len(jobs)))
 
+            many_rate = 0.0
             rooms = [await room() for _ in range(ROOMS)]
             per_room = max(1, MESSAGES // ROOMS)
-            lanes = [[(lambda r=r, n=n: asker.send(r, n)) for n in range(per_room)]
-                     for r in rooms]
-            many_rate, lat = await _lanes(lanes, outputs)
-            _report(f"{ROOMS} rooms", many_rate, lat)
+            if "rooms" in SCENARIOS:
+                lanes = [[(lambda r=r, n=n: asker.send(r, n)) for n in range(per_room)]
+                         for r in rooms]
+                await cpu.start()
+                many_rate, lat = await _lanes(lanes, outputs)
+                _report(f"{ROOMS} rooms", many_rate, lat, await cpu.per_event(ROOMS * per_room))
 
-            lat = await _paced(asker, rooms, 100.0, PACED_SECONDS)
-            _report("100 messages/s over the rooms", 100.0, lat)
+            if "paced" in SCENARIOS:
+                await cpu.start()
+                lat = await _paced(asker, rooms, 100.0, PACED_SECONDS)
+                _report("100 messages/s over the rooms", 100.0, lat,
+                        await cpu.per_event(len(lat)))
 
-            input_rate, lat = await _input_path(nc, subjects, outputs)
-            _report(f"plain input path, {ROOMS} rooms", input_rate, lat)
-            print(f"send_event / plain input, {ROOMS} rooms: {many_rate / input_rate:.2f}",
-                  flush=True)
+            if "input" in SCENARIOS:
+                input_rate, lat = await _input_path(nc, subjects, outputs, cpu)
+                _report(f"plain input path, {ROOMS} rooms", input_rate, lat,
+                        await cpu.per_event(ROOMS * per_room))
+                if many_rate:
+                    print(f"send_event / plain input, {ROOMS} rooms: "
+                          f"{many_rate / input_rate:.2f}", flush=True)
         finally:
             await nc.close()
             worker.stop()

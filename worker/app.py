@@ -102,6 +102,8 @@ class Worker:
         self.admin: AdminPerforms | None = None
         self.worker_id = new_worker_id()
         self.leases: ShardLeases | None = None
+        # The input pipeline's view of a room's extremities, for the Perform API's writer.
+        self._held_extremities: Callable[[str], list[str] | None] | None = None
         self._lease_task: asyncio.Task[None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.started = False
@@ -317,6 +319,18 @@ class Worker:
             self._background(run_retention(PostgresPurger(store), RetentionSettings.of(
                 self.settings)), "retention")
 
+        def held_extremities(room_id: str) -> list[str] | None:
+            # While this worker consumes the room's shard its pipeline writes the room, and
+            # the row it cached at its last commit is what the database holds (a gained
+            # shard's rooms are forgotten first); a stale owner's view makes at worst a fork,
+            # which the next event merges, as two workers writing at once do.
+            if shard_of(room_id, shards) not in consumer.shards:
+                return None
+            row = store.caches.rooms.get(room_id)
+            return list(row.extremities) if row is not None else None
+
+        self._held_extremities = held_extremities
+
         # Shards are consumed while this worker holds their lease (worker.bus.leases).
         async def gain(shard: int) -> None:
             store.forget_rooms(lambda room_id: shard_of(room_id, shards) == shard)
@@ -366,7 +380,9 @@ class Worker:
         assert self.queries.service is not None
         try:  # the Perform API, on the same micro service (DESIGN §4)
             performs = await start_perform_service(
-                build_writer(self.nc, self.pool, self.settings, reads), self.queries.service,
+                build_writer(self.nc, self.pool, self.settings, reads,
+                             held_extremities=self._held_extremities),
+                self.queries.service,
                 self.settings.bus.prefix, extra=Evacuations(homeserver).handlers,
             )
         except SigningKeyError as exc:

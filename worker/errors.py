@@ -10,10 +10,16 @@ Rejections of events are not here: they are values (`worker.core.outcomes.Reject
         └── InvariantViolation   a bug or corrupt data; loud, never acked as done
 
     RequestRefused            a query or perform answered with an error code of the wire
-                              contract (`bad_request`, `not_found`, ...); never retried
+                              contract (`worker.messages.errors`: `bad_request`,
+                              `not_found`, ...); never retried
+
+The `code` of a `RoomserverError` names the failure in logs, metrics and dead letters; it
+never reaches an asker of the micro service, whose replies speak only `ErrorCode`s.
 """
 
 from __future__ import annotations
+
+from worker.messages.errors import ErrorCode
 
 
 class RoomserverError(Exception):
@@ -59,9 +65,9 @@ class InvariantViolation(PermanentError):
 
 class RequestRefused(Exception):
     """A request on the micro service that is answered with an error: `code` is one of
-    `worker.messages.query.ERROR_CODES`, `message` says why for the asker."""
+    `worker.messages.errors.ERROR_CODES`, `message` says why for the asker."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: ErrorCode, message: str) -> None:
         super().__init__(message)
-        self.code = code
+        self.code: ErrorCode = code
         self.message = message

@@ -13,6 +13,7 @@ from worker.config import Settings, signing_key_path
 from worker.federation.perform_client import NatsFederationPerformClient
 from worker.perform.backfill import Backfiller
 from worker.perform.keys import load_signing_key
+from worker.perform.ports import HeldExtremities
 from worker.perform.remote import RemotePerformer
 from worker.perform.writer import RoomWriter
 from worker.query.service import (
@@ -73,16 +74,18 @@ def build_writer(
     pool: asyncpg.Pool,
     settings: Settings,
     reads: query_reads.PostgresQueryReads | None = None,
+    held_extremities: HeldExtremities | None = None,
 ) -> RoomWriter:
     """The Perform API's writer over PostgreSQL and the input stream, signing with the
-    configured key. Raises `SigningKeyError` when the key file is unusable, naming it and why."""
+    configured key. Raises `SigningKeyError` when the key file is unusable, naming it and why.
+    `held_extremities`: the input pipeline's view of the rooms it writes (`worker.app`)."""
     path = signing_key_path(settings)
     key = load_signing_key(path, settings.server_name, create=settings.signing_key_file is None)
     submitter = StreamSubmitter(nc, Subjects(settings.bus.prefix), settings.server_name)
     reads = reads or query_side_reads(pool, settings)
     writer = RoomWriter(
         reads, PgPerformStore(pool), submitter, key,
-        default_room_version=settings.default_room_version,
+        default_room_version=settings.default_room_version, held_extremities=held_extremities,
     )
     # The remote paths: other servers through the federation service, the state they send
     # stored as outliers, the join put on the input stream.

@@ -48,8 +48,8 @@ async def test_purge_room_over_nats_then_receive_it_again(
 
         # Unknown to the queries, at once.
         data, error = await _ask(client, f"{prefix}.query.room_version", {"room_id": b.room_id})
-        assert error == "unknown_room"
-        assert msgspec.json.decode(data, type=QueryError).code == "unknown_room"
+        assert error == "not_found"
+        assert msgspec.json.decode(data, type=QueryError).code == "not_found"
 
         # Received again: the input stream would drop the same Nats-Msg-Id within its
         # duplicate window, so the producer sends them under new ones.
@@ -69,10 +69,10 @@ async def test_purge_room_over_nats_then_receive_it_again(
         assert error == "bad_request"
         _, error = await _ask(client, f"{prefix}.perform.purge_history",
                               {"room_id": "!nope:test", "before_ts": 1})
-        assert error == "unknown_room"
+        assert error == "not_found"
         _, error = await _ask(client, f"{prefix}.perform.purge_history",
                               {"room_id": b.room_id, "before_event_id": "$nope"})
-        assert error == "unknown_event"
+        assert error == "not_found"
     finally:
         await service.stop()
         await unsubscribe()

@@ -84,7 +84,7 @@ async def unknown(api: Api, room_id: str) -> bool:
     try:
         await api.query("room_version", room_id=room_id)
     except Failed as exc:
-        return exc.code == "unknown_room"
+        return exc.code == "not_found"
     return False
 
 

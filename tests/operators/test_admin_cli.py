@@ -68,7 +68,7 @@ async def test_purge_room_asks_first(
     assert yes.code == 0, yes.err
     assert json.loads(yes.out)["removed"]["events"] == len(events)
     again = await roomserver("admin", "purge-room", room, "--yes")
-    assert again.code == 1 and "unknown_room" in again.err
+    assert again.code == 1 and "not_found" in again.err
 
 
 async def test_purge_history_in_steps(serving: WorkerRun, roomserver: Cli) -> None:
@@ -81,4 +81,4 @@ async def test_purge_history_in_steps(serving: WorkerRun, roomserver: Cli) -> No
     assert answer["removed"]["events"] + answer["kept_for_state"] == len(events) - 1
     assert answer["removed"]["events"] == 39  # the messages before the last one
     bad = await roomserver("admin", "purge-history", room, "--before-event", "$nope", "--yes")
-    assert bad.code == 1 and "unknown_event" in bad.err
+    assert bad.code == 1 and "not_found" in bad.err

@@ -10,7 +10,7 @@ from worker.core.signing import new_key_file, parse_key_file
 from worker.core.versions import rules_for
 from worker.messages.perform import CreateRoomRequest, StateEvent
 from worker.perform.create import creation_drafts
-from worker.perform.upgrade import normalised_levels, restricted_levels
+from worker.perform.upgrade import normalised_levels, restricted_levels, split_canonical_alias
 from worker.perform.writer import RoomWriter
 
 ALICE, BOB = "@alice:hs.test", "@bob:hs.test"
@@ -72,3 +72,19 @@ def test_upgrade_levels() -> None:
     assert restricted is not None
     assert restricted["events_default"] == 50 and restricted["invite"] == 50
     assert restricted_levels({"events_default": 60, "invite": 70}) is None
+
+
+def test_upgrade_splits_the_canonical_alias_by_server() -> None:
+    content = {"alias": "#a:hs.test", "alt_aliases": ["#b:hs.test", "#c:other.test"], "x": 1}
+    new, old = split_canonical_alias(content, "hs.test")
+    assert new == {"alias": "#a:hs.test", "alt_aliases": ["#b:hs.test"]}
+    assert old == {"alt_aliases": ["#c:other.test"], "x": 1}
+    assert content["alias"] == "#a:hs.test"  # the old event's content is not changed
+    # Every alias ours: the old room's canonical alias becomes empty.
+    assert split_canonical_alias({"alias": "#a:hs.test"}, "hs.test") == ({"alias": "#a:hs.test"}, {})
+    # None of them ours: nothing moves.
+    assert split_canonical_alias({"alias": "#a:o.test"}, "hs.test") == ({}, {"alias": "#a:o.test"})
+    # Malformed entries stay where they are.
+    assert split_canonical_alias({"alias": 5, "alt_aliases": [3]}, "hs.test") == (
+        {}, {"alias": 5, "alt_aliases": [3]}
+    )

@@ -228,6 +228,12 @@ async def test_upgrade_v10_to_v12_carries_members_aliases_and_state(
     await api.perform("join", user_id=BOB, room_id_or_alias=old)
     await api.perform("send_event", room_id=old, sender=ALICE, type="m.room.member",
                       state_key=user("mallory"), content={"membership": "ban"})
+    await api.perform("set_alias", alias="#crew:hs.test", room_id=old, user_id=ALICE)
+    await api.perform("send_event", room_id=old, sender=ALICE, type="m.room.canonical_alias",
+                      state_key="", content={
+                          "alias": "#team:hs.test",
+                          "alt_aliases": ["#crew:hs.test", "#team:elsewhere.test"],
+                      })
     await api.send(old, BOB, "before the upgrade")
     refused = await api.refused("upgrade", room_id=old, user_id=BOB, new_version="12")
     assert refused.code == "forbidden"
@@ -239,14 +245,21 @@ async def test_upgrade_v10_to_v12_carries_members_aliases_and_state(
     assert state[("m.room.create", "")]["content"]["room_version"] == "12"
     assert state[("m.room.name", "")]["content"]["name"] == "Old"
     assert state[("org.example.custom", "k")]["content"] == {"v": 2}
-    assert state[("m.room.canonical_alias", "")]["content"]["alias"] == "#team:hs.test"
+    # Our aliases moved with the room; the other server's stays where its server put it.
+    assert state[("m.room.canonical_alias", "")]["content"] == {
+        "alias": "#team:hs.test", "alt_aliases": ["#crew:hs.test"],
+    }
     assert state[("m.room.member", user("mallory"))]["content"]["membership"] == "ban"
     assert state[("m.room.member", BOB)]["content"]["membership"] == "invite"
     assert ALICE not in state[("m.room.power_levels", "")]["content"]["users"]
     assert (await api.query("room_for_alias", alias="#team:hs.test"))["room_id"] == new
+    assert (await api.query("room_for_alias", alias="#crew:hs.test"))["room_id"] == new
     assert (await api.query("published_rooms"))["room_ids"] == [new]
     old_state = await api.state(old)
     assert old_state[("m.room.tombstone", "")]["content"]["replacement_room"] == new
+    assert old_state[("m.room.canonical_alias", "")]["content"] == {
+        "alt_aliases": ["#team:elsewhere.test"],
+    }
     assert old_state[("m.room.power_levels", "")]["content"]["events_default"] == 50
     # Bob can follow, and can no longer talk in the old room.
     await api.perform("join", user_id=BOB, room_id_or_alias=new)

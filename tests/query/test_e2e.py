@@ -174,10 +174,10 @@ async def test_queries_over_a_room_built_through_the_stream(
         assert r["is_joined"] is joined, server
 
     # Errors: the micro service's code in the headers, our stable code in the body.
-    assert await asker.error("room_version", {"room_id": "!unknown:test"}) == ("404", "unknown_room")
+    assert await asker.error("room_version", {"room_id": "!unknown:test"}) == ("404", "not_found")
     assert await asker.error("server_allowed_to_see_event", {
         "event_id": "$unknown", "server_name": "b.test",
-    }) == ("404", "unknown_event")
+    }) == ("404", "not_found")
     assert await asker.error("current_state", {"room_id": room}) == ("400", "bad_request")
     data, headers = await asker.raw("membership_for_user", {"room_id": room, "user_id": 3})
     assert headers["Nats-Service-Error-Code"] == "400"

@@ -157,9 +157,9 @@ async def test_membership_queries_match_the_builders_state(
     ) == []
 
     # Errors.
-    assert await asker.error("joined_user_count", {"room_id": "!x:test"}) == ("404", "unknown_room")
+    assert await asker.error("joined_user_count", {"room_id": "!x:test"}) == ("404", "not_found")
     assert await asker.error("invite_pending", {"room_id": "!x:test", "user_id": BOB}) == (
-        "404", "unknown_room",
+        "404", "not_found",
     )
     assert await asker.error("rooms_for_user", {"user_id": ALICE, "membership": "x"}) == (
         "400", "bad_request",
@@ -262,7 +262,7 @@ async def test_server_banned_from_room(client: Client, asker: Asker) -> None:  #
     ]:
         assert await banned(server) is want, server
     assert await asker.error("server_banned_from_room", {"room_id": "!x:test", "server_name": "a"}) == (
-        "404", "unknown_room",
+        "404", "not_found",
     )
 
 
@@ -350,7 +350,7 @@ async def test_room_hierarchy_of_spaces_with_a_cycle(
     ]
     # A room the asker may not see lists nothing, not even itself.
     assert (await asker.ok("room_hierarchy", {"room_id": "!p:test"}))["rooms"] == []
-    assert await asker.error("room_hierarchy", {"room_id": "!x:test"}) == ("404", "unknown_room")
+    assert await asker.error("room_hierarchy", {"room_id": "!x:test"}) == ("404", "not_found")
     assert await asker.error("room_hierarchy", {"room_id": "!s:test", "from": "x"}) == (
         "400", "bad_request",
     )

@@ -51,20 +51,20 @@ def _count(query: str, result: str) -> float:
 
 async def test_errors_use_micro_headers_and_stable_codes(nc: Client, prefix: str) -> None:
     svc = await start_query_service(nc, build_room(), prefix=prefix)
-    before = _count("current_state", "unknown_room")
+    before = _count("current_state", "not_found")
     try:
         msg = await nc.request(f"{prefix}.query.current_state", b'{"room_id": "!x:y", "state_tuples": []}', timeout=5)
         assert msg.headers is not None
         assert msg.headers["Nats-Service-Error-Code"] == "404"
-        assert msg.headers[ERROR_REASON_HEADER] == "unknown_room"
-        assert json.loads(msg.data)["code"] == "unknown_room"
+        assert msg.headers[ERROR_REASON_HEADER] == "not_found"
+        assert json.loads(msg.data)["code"] == "not_found"
         msg = await nc.request(f"{prefix}.query.events_by_id", b'{"event_ids": "nope"}', timeout=5)
         assert msg.headers is not None
         assert msg.headers["Nats-Service-Error-Code"] == "400"
         assert "event_ids" in msg.headers["Nats-Service-Error"]
         assert json.loads(msg.data)["code"] == "bad_request"
         # Counted by query and stable code.
-        assert _count("current_state", "unknown_room") == before + 1
+        assert _count("current_state", "not_found") == before + 1
     finally:
         await svc.stop()
 
@@ -117,7 +117,7 @@ async def test_cli_prints_the_answer_or_the_error(
         assert json.loads(out.out) == {"room_id": ROOM, "room_version": "10"}
         code = await asyncio.to_thread(main, [*base, "room_version", '{"room_id": "!x:y"}'])
         assert code == 1
-        assert "unknown_room" in capsys.readouterr().err
+        assert "not_found" in capsys.readouterr().err
         # Checked locally before anything is sent.
         code = await asyncio.to_thread(main, [*base, "current_state", '{"room_id": 1}'])
         assert code == 2

@@ -17,6 +17,7 @@ from nats.errors import Error as NatsError
 from nats.js.errors import Error as JetStreamError
 
 from worker.bus import settle
+from worker.bus.ack_confirm import AckConfirmations
 from worker.bus.deadletter import DeadLetterWriter
 from worker.bus.delivery import Delivery
 from worker.bus.requests import Requester
@@ -55,6 +56,7 @@ class Settler:
         self._subjects = subjects
         self._retry = retry
         self._requests = Requester(nc)
+        self._confirmations = AckConfirmations(self._ack_confirmed)
         self.deadletters = DeadLetterWriter(nc.jetstream(), subjects, max_payload=nc.max_payload)
         self._leave_window = leave_window
         self._release = release
@@ -73,7 +75,8 @@ class Settler:
                 if d.settled:
                     continue
                 try:
-                    await (self._ack_confirmed(d.msg) if i == last else d.msg.ack())
+                    await (self._confirmations.confirm(d.shard, d.msg) if i == last
+                           else d.msg.ack())
                     sent += 1
                 except (NatsError, JetStreamError) as exc:
                     # Redelivered then, and answered as a duplicate: harmless.
@@ -117,7 +120,7 @@ class Settler:
         self._leave_window(d)
         try:
             if fate.action is settle.AckAction.ACK:
-                await self._ack_confirmed(msg)
+                await self._confirmations.confirm(d.shard, msg)
             elif fate.action is settle.AckAction.NAK:
                 # A delay of 0 would mean "use the consumer's back-off" to JetStream; a
                 # hand-back at shutdown should be redelivered at once.

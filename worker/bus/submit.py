@@ -11,6 +11,8 @@ each after its auth events.
 
 The replies of all inputs of one submitter arrive on one wildcard subscription,
 `<inbox>.<n>` (`InputReplies`), and resolve the waiting future; no subscription per input.
+The stream's `PubAck`s come the same way (`worker.bus.requests.Requester`), not through
+nats-py's `publish`, which costs a system call and an `asyncio.wait_for` per input.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.errors import Error as NatsError
 
+from worker.bus.requests import Requester
 from worker.bus.subjects import MSG_ID_HEADER, REPLY_INBOX_HEADER, ROOM_ID_HEADER, Subjects
 from worker.messages.input import InputRoomEvent, encode_input
 from worker.messages.reply import InputReply, decode_reply
@@ -105,6 +108,7 @@ class StreamSubmitter:
         self._server_name = server_name
         self._timeout = reply_timeout
         self._replies = InputReplies(nc)
+        self._requests = Requester(nc)
 
     async def submit(
         self, room_id: str, room_version: str, pdu: dict[str, Any] | bytes, event_id: str
@@ -127,7 +131,7 @@ class StreamSubmitter:
         inbox, future = await self._replies.expect()
         headers = {ROOM_ID_HEADER: room_id, MSG_ID_HEADER: event_id, REPLY_INBOX_HEADER: inbox}
         try:
-            await self._nc.jetstream().publish(
+            await self._requests.publish(
                 self._subjects.input(room_id),
                 encode_input(message),
                 timeout=self._timeout,
@@ -140,14 +144,24 @@ class StreamSubmitter:
         return self._reply(inbox, future)
 
     async def _reply(self, inbox: str, future: asyncio.Future[InputReply]) -> InputReply:
+        # A bare timer on the future, as `Requester` waits: `asyncio.timeout` costs a context
+        # manager, a task lookup and a cancellation per input.
+        timer = asyncio.get_running_loop().call_later(self._timeout, _expire, future)
         try:
-            async with asyncio.timeout(self._timeout):
-                return await future
+            return await future
         finally:
+            timer.cancel()
             self._replies.forget(inbox)
 
     async def close(self) -> None:
         await self._replies.close()
+        with contextlib.suppress(NatsError):
+            await self._requests.close()
+
+
+def _expire(future: asyncio.Future[InputReply]) -> None:
+    if not future.done():
+        future.set_exception(TimeoutError())
 
 
 class InputBatchSubmitter:

@@ -2,11 +2,12 @@
 the micro service `roomserver`: `roomserver.perform.purge_room`, `purge_history`,
 `evacuate_room` and `evacuate_user`.
 
-The purges' errors are replied like a query's (`worker.messages.query.QueryError`):
-`unknown_room`, `unknown_event` (the `before_event_id` is not in the room), `bad_request` (a
-body that does not decode, or not exactly one of `before_ts` / `before_event_id`). The
-evacuations build events, so theirs are the Perform API's (`worker.messages.perform.
-PerformError`): `not_found` (an unknown room), `bad_request` (a user of another server).
+Errors use the micro service's one vocabulary (`worker.messages.errors`). The purges' are
+replied like a query's (`worker.messages.query.QueryError`): `not_found` (an unknown room, or
+a `before_event_id` that is not in the room), `bad_request` (a body that does not decode, or
+not exactly one of `before_ts` / `before_event_id`). The evacuations build events, so theirs
+are the Perform API's (`worker.messages.perform.PerformError`): `not_found` (an unknown
+room), `bad_request` (a user of another server).
 
 Changes are additive (STYLE R7): new fields get defaults, existing ones never change.
 """

@@ -17,21 +17,12 @@ from typing import Any, Literal
 
 import msgspec
 
+from worker.messages.errors import ERROR_STATUS, ErrorCode
 from worker.messages.perform_backfill import BackfillRequest, BackfillResponse
 
-PerformErrorCode = Literal[
-    "bad_request", "not_found", "forbidden", "conflict", "unavailable", "internal"
-]
-
-# Stable error code -> the micro service's numeric error code (an HTTP-like status).
-PERFORM_ERROR_CODES: dict[str, str] = {
-    "bad_request": "400",
-    "forbidden": "403",
-    "not_found": "404",
-    "conflict": "409",
-    "internal": "500",
-    "unavailable": "503",
-}
+# The one vocabulary of the micro service, shared with the queries.
+PerformErrorCode = ErrorCode
+PERFORM_ERROR_CODES = ERROR_STATUS
 
 Preset = Literal["private_chat", "trusted_private_chat", "public_chat"]
 Visibility = Literal["public", "private"]

@@ -4,16 +4,16 @@ Every endpoint listens on `<prefix>.query.<name>` of the NATS micro service `roo
 request body is the JSON of the request Struct; a successful reply is the JSON of the response
 Struct. A failed query replies with the micro service's error headers
 (`Nats-Service-Error-Code`: `400` or `404` or `500`, `Nats-Service-Error`: the message) and a
-JSON body `QueryError` whose `code` is one of `ERROR_CODES` (stable, snake_case).
+JSON body `QueryError` whose `code` is one of the service's codes (`worker.messages.errors`).
 
 Events travel as the PDU JSON the roomserver stores (`msgspec.Raw`, never re-encoded), redacted
 where a redaction was applied. State is addressed by `(type, state_key)` pairs (JSON arrays of
 two strings); a state key of `"*"` in a request means "every state key of that type".
 
 Conventions, the same for every endpoint:
-- an unknown room is a `404 unknown_room` error, never an empty success;
+- an unknown room is a `404 not_found` error, never an empty success;
 - an unknown event that is the subject of the query (`server_allowed_to_see_event`) is a
-  `404 unknown_event` error; where a list of events is asked for, the unknown ones are listed in
+  `404 not_found` error; where a list of events is asked for, the unknown ones are listed in
   `missing_event_ids` and the rest is answered;
 - a request that does not decode, or is contradictory, is a `400 bad_request` error whose message
   says what is wrong.
@@ -23,24 +23,17 @@ Changes are additive (STYLE R7): new fields get defaults, existing ones never ch
 
 from __future__ import annotations
 
-from typing import Literal
-
 import msgspec
 
+from worker.messages.errors import ERROR_STATUS, ErrorCode
 from worker.messages.query_homeserver import HOMESERVER_QUERIES
 
 # (event type, state key), as a JSON array of two strings.
 StateTuple = tuple[str, str]
 
-QueryErrorCode = Literal["bad_request", "unknown_room", "unknown_event", "internal_error"]
-
-# Stable error code -> the micro service's numeric error code (an HTTP-like status).
-ERROR_CODES: dict[str, str] = {
-    "bad_request": "400",
-    "unknown_room": "404",
-    "unknown_event": "404",
-    "internal_error": "500",
-}
+# The one vocabulary of the micro service, shared with the performs.
+QueryErrorCode = ErrorCode
+ERROR_CODES = ERROR_STATUS
 
 
 class QueryError(msgspec.Struct, frozen=True, kw_only=True):

@@ -2,7 +2,7 @@
 
 Sync, the client API, federation and the user directory ask these on `<prefix>.query.<name>`
 like the queries of `worker.messages.query`, with the same conventions: an unknown room is a
-`404 unknown_room` error, a request that does not decode or is contradictory a
+`404 not_found` error, a request that does not decode or is contradictory a
 `400 bad_request`, and failures carry a `QueryError` body. Every answer comes from indexes the
 store keeps in the same transaction as the events, never from loading whole room states.
 

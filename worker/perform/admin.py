@@ -17,10 +17,12 @@ import msgspec
 
 from worker.errors import RequestRefused
 from worker.messages import admin as m
+from worker.messages.errors import ErrorCode
 
 
 class PurgeRefused(Exception):
-    """A purge that cannot be done as asked; `code` is `unknown_room` or `unknown_event`."""
+    """A purge that cannot be done as asked; `code` is the storage's reason (`unknown_room`
+    or `unknown_event`), both answered `not_found` (`_ANSWERED`)."""
 
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
@@ -29,7 +31,11 @@ class PurgeRefused(Exception):
 
 
 class AdminFailed(RequestRefused):
-    """A perform that cannot be answered; `code` is one of `worker.messages.query.ERROR_CODES`."""
+    """A perform that cannot be answered; `code` is one of `worker.messages.errors.ERROR_CODES`."""
+
+
+# A purge's refusal -> the micro service's code (anything else would be a bug: `internal`).
+_ANSWERED: dict[str, ErrorCode] = {"unknown_room": "not_found", "unknown_event": "not_found"}
 
 
 class Removed(Protocol):
@@ -90,7 +96,7 @@ class AdminPerforms:
             assert isinstance(request, m.PurgeHistoryRequest)
             return await self.purge_history(request)
         except PurgeRefused as exc:
-            raise AdminFailed(exc.code, exc.message) from None
+            raise AdminFailed(_ANSWERED.get(exc.code, "internal"), exc.message) from None
 
     async def purge_room(self, request: m.PurgeRoomRequest) -> m.PurgeRoomResponse:
         removed = await self._purger.purge_room(request.room_id)

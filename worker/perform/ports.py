@@ -6,11 +6,13 @@
   rooms); `worker.storage.perform.PgPerformStore`.
 - `Submitter`: puts a built event on the input stream and waits for the pipeline's reply;
   `worker.bus.submit.StreamSubmitter`.
+- `HeldExtremities`: optional, a room's extremities as this process's own input pipeline
+  holds them, when it is the room's writer (wired in `worker.app`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -57,6 +59,12 @@ class RoomReads(Protocol):
     async def current_state(self, room_id: str, keys: StateFilter) -> dict[StateKey, str]:
         """The room's current state, filtered (`None`: all of it)."""
         ...
+
+
+# The room's forward extremities as this process's input pipeline holds them after its last
+# commit, or None when it cannot say (it does not consume the room's shard, or holds nothing
+# of the room): then they are read from the database.
+HeldExtremities = Callable[[str], Sequence[str] | None]
 
 
 class PerformStore(Protocol):

@@ -23,6 +23,7 @@ from nats.micro.service import EndpointConfig, Service
 from prometheus_client import Counter, Histogram
 
 from worker.messages import perform as m
+from worker.messages.errors import ERROR_CODE_HEADER, ERROR_STATUS
 from worker.observability.metrics import PERFORM_DURATION, PERFORMS, QUERIES, QUERY_DURATION
 from worker.perform import create, directory, members, remote_members, upgrade
 from worker.perform.writer import PerformFailed, RoomWriter
@@ -30,7 +31,7 @@ from worker.perform.writer import PerformFailed, RoomWriter
 log = structlog.get_logger(__name__)
 
 # The header with our stable error code, as the query service sets it.
-ERROR_REASON_HEADER = "Roomserver-Error"
+ERROR_REASON_HEADER = ERROR_CODE_HEADER
 
 Handler = Callable[[RoomWriter, Any], Awaitable[msgspec.Struct]]
 # Perform name -> (request type, handler): performs served beside the Perform API's own (the
@@ -151,7 +152,7 @@ class PerformService:
     ) -> None:
         try:
             await request.respond_error(
-                m.PERFORM_ERROR_CODES[exc.code], exc.message, data, headers
+                ERROR_STATUS[exc.code], exc.message, data, headers
             )
         except NatsError as failed:
             # The requester's connection (or ours) is gone; it will ask again.

@@ -7,15 +7,22 @@ upgrades"): the server
 2. creates the replacement room with a `predecessor` in its create event;
 3. copies the transferable state (we copy every state event the upgrading user may send:
    the recommended name, topic, avatar, join rules, history visibility, guest access,
-   encryption, server ACL, power levels, canonical alias, and custom state whose state key
-   is not another user's), and the bans;
+   encryption, server ACL, power levels, and custom state whose state key is not another
+   user's), and the bans;
 4. moves the local aliases (and the directory listing) to the new room;
 5. sends the tombstone in the old room;
-6. restricts the old room's power levels so that ordinary users can no longer talk or invite
+6. moves the canonical alias: the new room's `m.room.canonical_alias` names this server's
+   aliases of the old one (`alias` and `alt_aliases`), and the old room's is sent again
+   without them (`{}` when every alias was ours), so that no alias points at both rooms;
+7. restricts the old room's power levels so that ordinary users can no longer talk or invite
    there (`events_default` and `invite` raised to max(50, users_default + 1)).
 
 Members are not moved (each must join the new room); local members of a room that was not
 public are invited into the new one, so that they can follow.
+
+Aliases of other servers stay in the old room's canonical alias: only their servers can move
+them. This is what Synapse does (`RoomCreationHandler._move_aliases_to_new_room`), except that
+a canonical alias left empty is not sent into the new room at all.
 
 Power levels are sent in two steps, as Synapse does: first the old levels with the upgrading
 user raised to the highest level any listed action needs (so that every copied event is
@@ -41,8 +48,12 @@ MEMBER = "m.room.member"
 POWER_LEVELS = "m.room.power_levels"
 TOMBSTONE = "m.room.tombstone"
 JOIN_RULES = "m.room.join_rules"
-# Never copied: the new room makes its own, or they belong to the old room's history.
-NOT_COPIED = frozenset({CREATE, MEMBER, TOMBSTONE, POWER_LEVELS, "m.room.third_party_invite"})
+CANONICAL_ALIAS = "m.room.canonical_alias"
+# Never copied as they are: the new room makes its own, or they belong to the old room's
+# history (the canonical alias is split by `split_canonical_alias`).
+NOT_COPIED = frozenset({
+    CREATE, MEMBER, TOMBSTONE, POWER_LEVELS, CANONICAL_ALIAS, "m.room.third_party_invite",
+})
 # Create content keys the new room keeps.
 KEPT_CREATE_KEYS = ("type", "m.federate")
 
@@ -79,6 +90,32 @@ def _needed_level(levels: dict[str, Any]) -> int:
     return max(found)
 
 
+def _is_ours(alias: Any, server_name: str) -> bool:
+    return isinstance(alias, str) and alias.startswith("#") and domain_of(alias) == server_name
+
+
+def split_canonical_alias(
+    content: dict[str, Any], server_name: str
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the new room's canonical alias content, the old room's after the move): this server's
+    aliases go to the new room, everything else stays."""
+    new: dict[str, Any] = {}
+    old = copy.deepcopy(content)
+    if _is_ours(content.get("alias"), server_name):
+        new["alias"] = old.pop("alias")
+    alt = content.get("alt_aliases")
+    if isinstance(alt, list):
+        moved = [a for a in alt if _is_ours(a, server_name)]
+        kept = [a for a in alt if not _is_ours(a, server_name)]
+        if moved:
+            new["alt_aliases"] = moved
+        if kept:
+            old["alt_aliases"] = kept
+        else:
+            old.pop("alt_aliases", None)
+    return new, old
+
+
 def upgrade_drafts(
     state: dict[StateKey, Event],
     rules: RoomRules,
@@ -86,6 +123,7 @@ def upgrade_drafts(
     old_room_id: str,
     last: str,
     invitees: list[str],
+    server_name: str,
 ) -> list[Draft]:
     """The events of the replacement room, in order."""
     old_create = state[(CREATE, "")]
@@ -111,6 +149,11 @@ def upgrade_drafts(
         if state_key.startswith("@") and state_key != user:
             continue
         drafts.append(Draft(event_type, user, dict(event.content), state_key))
+    canonical = state.get((CANONICAL_ALIAS, ""))
+    if canonical is not None:
+        moved, _ = split_canonical_alias(dict(canonical.content), server_name)
+        if moved:
+            drafts.append(Draft(CANONICAL_ALIAS, user, moved, ""))
     for (event_type, state_key), event in sorted(state.items()):
         if event_type == MEMBER and event.membership == "ban":
             drafts.append(Draft(MEMBER, user, {"membership": "ban"}, state_key))
@@ -136,12 +179,18 @@ def restricted_levels(content: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def _old_room_drafts(
-    state: dict[StateKey, Event], user: str, new_room: str
+    state: dict[StateKey, Event], user: str, new_room: str, server_name: str
 ) -> list[Draft]:
-    """Tombstone, then the restricted power levels, of the old room."""
+    """Tombstone, the canonical alias without the moved aliases, then the restricted power
+    levels, of the old room."""
     drafts = [Draft(TOMBSTONE, user, {
         "body": "This room has been replaced", "replacement_room": new_room,
     }, "")]
+    canonical = state.get((CANONICAL_ALIAS, ""))
+    if canonical is not None:
+        moved, kept = split_canonical_alias(dict(canonical.content), server_name)
+        if moved:
+            drafts.append(Draft(CANONICAL_ALIAS, user, kept, ""))
     old_levels = state.get((POWER_LEVELS, ""))
     restricted = restricted_levels(dict(old_levels.content) if old_levels else {})
     if restricted is not None:
@@ -174,12 +223,15 @@ async def upgrade(writer: RoomWriter, req: UpgradeRequest) -> UpgradeResponse:
         # 1: may the user send the tombstone and restrict the levels? (Built to be checked;
         # the real ones name the new room.)
         probe = head
-        for draft in _old_room_drafts(state, req.user_id, "!replacement:" + writer.server_name):
+        replacement = "!replacement:" + writer.server_name
+        for draft in _old_room_drafts(state, req.user_id, replacement, writer.server_name):
             probe = probe.advance(writer.build(draft, probe))
         last = max(head.latest, key=lambda e: (e.depth, e.event_id)).event_id
         new_room = "" if rules.room_id_from_create_event else writer.opaque_id("!")
         invitees = _local_invitees(state, req.user_id, writer.server_name)
-        drafts = upgrade_drafts(state, rules, req.user_id, req.room_id, last, invitees)
+        drafts = upgrade_drafts(
+            state, rules, req.user_id, req.room_id, last, invitees, writer.server_name
+        )
         # 2, 3: the replacement room.
         built = await writer.write_chain(RoomHead(rules, new_room), drafts)
         new_room = built[0].room_id
@@ -188,10 +240,10 @@ async def upgrade(writer: RoomWriter, req: UpgradeRequest) -> UpgradeResponse:
         if await writer.store.is_published(req.room_id):
             await writer.store.set_published(new_room, True)
             await writer.store.set_published(req.room_id, False)
-        # 5, 6: tombstone and restricted power levels in the old room.
-        old_drafts = _old_room_drafts(state, req.user_id, new_room)
+        # 5, 6, 7: tombstone, canonical alias and restricted power levels in the old room.
+        old_drafts = _old_room_drafts(state, req.user_id, new_room, writer.server_name)
         await writer.write_chain(await writer.head(req.room_id, old_drafts), old_drafts)
     return UpgradeResponse(replacement_room_id=new_room)
 
 
-__all__ = ["restricted_levels", "upgrade", "upgrade_drafts"]
+__all__ = ["restricted_levels", "split_canonical_alias", "upgrade", "upgrade_drafts"]

@@ -7,7 +7,7 @@ room needlessly; performs of different rooms run at once. (Across worker process
 shared: two workers may build on the same extremities, which makes a fork the next event
 merges, exactly as two servers writing at once do.)
 
-Errors are `PerformFailed` with a stable code (worker.messages.perform.PERFORM_ERROR_CODES).
+Errors are `PerformFailed` with a stable code (worker.messages.errors.ERROR_CODES).
 """
 
 from __future__ import annotations
@@ -28,7 +28,14 @@ from worker.core.signing import ServerKey
 from worker.core.versions import RoomRules, rules_for
 from worker.keyed_locks import KeyedLocks
 from worker.messages.reply import InputReply
-from worker.perform.ports import PerformFailed, PerformStore, RoomReads, Submitter, TxnRecord
+from worker.perform.ports import (
+    HeldExtremities,
+    PerformFailed,
+    PerformStore,
+    RoomReads,
+    Submitter,
+    TxnRecord,
+)
 
 if TYPE_CHECKING:
     from worker.perform.remote import RemotePerformer
@@ -89,6 +96,7 @@ class RoomWriter:
         *,
         default_room_version: str = "12",
         clock: Callable[[], float] = time.time,
+        held_extremities: HeldExtremities | None = None,
     ) -> None:
         self.reads = reads
         self.store = store
@@ -96,6 +104,7 @@ class RoomWriter:
         self.key = key
         self.default_room_version = default_room_version
         self._clock = clock
+        self._held_extremities = held_extremities
         self.locks = KeyedLocks()
         # The remote paths of join, leave and invite (`worker.perform.remote`); None: local only.
         self.remote: RemotePerformer | None = None
@@ -207,8 +216,9 @@ class RoomWriter:
             head = pending.head
         else:
             known = self._known.get(room_id)
-            latest = await self.reads.extremities(room_id) if known is not None else None
-            if known is None or set(latest or ()) != {e.event_id for e in known.latest}:
+            if known is None or set(await self._extremities(room_id)) != {
+                e.event_id for e in known.latest
+            }:
                 return await self.head(room_id, [draft])
             head = known
         missing = [k for k in needed_state(draft, head.rules) if k not in head.state]
@@ -217,6 +227,16 @@ class RoomWriter:
         read = await self.state_events(room_id, missing)
         # What the events in flight set wins over the (older) stored current state.
         return RoomHead(head.rules, room_id, head.latest, {**read, **head.state})
+
+    async def _extremities(self, room_id: str) -> Sequence[str]:
+        """The room's extremities, to check a head this writer knows: as the pipeline of this
+        process holds them when it writes the room (its cached row is what its last commit
+        wrote), else from the database."""
+        if self._held_extremities is not None:
+            held = self._held_extremities(room_id)
+            if held is not None:
+                return held
+        return await self.reads.extremities(room_id)
 
     async def _publish(
         self, room_id: str, head: RoomHead, built: Built, msg_id: str

@@ -1,8 +1,8 @@
 """The query handlers: plain async functions from a request Struct to a response Struct.
 
 Each takes the narrow `QueryStore` port (worker.query.ports) and a decoded request, and either
-returns the response or raises `QueryFailed` with a stable code (`bad_request`, `unknown_room`,
-`unknown_event`). They hold no locks and never touch the input pipeline: every read is a
+returns the response or raises `QueryFailed` with a stable code of the micro service's
+vocabulary (`worker.messages.errors`: `bad_request`, `not_found`, `internal`). They hold no locks and never touch the input pipeline: every read is a
 snapshot read through the store, so a query cannot hold up event processing of any room.
 """
 
@@ -41,7 +41,7 @@ MAX_MISSING_EVENTS_LIMIT = 1_000
 
 
 class QueryFailed(Exception):
-    """A query that cannot be answered; `code` is one of `worker.messages.query.ERROR_CODES`."""
+    """A query that cannot be answered; `code` is one of `worker.messages.errors.ERROR_CODES`."""
 
     def __init__(self, code: m.QueryErrorCode, message: str) -> None:
         super().__init__(message)
@@ -78,18 +78,18 @@ def _some_known(name: str, asked: Sequence[str], known: Iterable[str]) -> None:
     """Not-found when none of the asked events is known: an empty success would read as an
     answer. With some known, the answer lists the others in `missing_event_ids`."""
     if asked and not any(True for _ in known):
-        raise QueryFailed("unknown_event", f"{name}: no known event among {sorted(set(asked))}")
+        raise QueryFailed("not_found", f"{name}: no known event among {sorted(set(asked))}")
 
 
 async def _version(store: QueryStore, room_id: str) -> tuple[str, RoomRules]:
     _need(room_id, "room_id")
     version = await store.room_version(room_id)
     if version is None:
-        raise QueryFailed("unknown_room", f"unknown room {room_id}")
+        raise QueryFailed("not_found", f"unknown room {room_id}")
     rules = rules_for(version)
     if rules is None:
         # Stored rooms always have a known version; this is corrupt data, not a bad request.
-        raise QueryFailed("internal_error", f"room {room_id} has unknown version {version}")
+        raise QueryFailed("internal", f"room {room_id} has unknown version {version}")
     return version, rules
 
 
@@ -431,7 +431,7 @@ async def server_allowed_to_see_event(
     found = await store.events([req.event_id])
     ev = found.get(req.event_id)
     if ev is None or (req.room_id and ev.room_id != req.room_id):
-        raise QueryFailed("unknown_event", f"unknown event {req.event_id}")
+        raise QueryFailed("not_found", f"unknown event {req.event_id}")
     # An event whose state we do not know (an outlier) cannot be shown to be visible.
     allowed = (await _allowed(store, req.server_name, [req.event_id])).get(req.event_id, False)
     return m.ServerAllowedToSeeEventResponse(allowed=allowed)

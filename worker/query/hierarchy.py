@@ -243,7 +243,7 @@ async def room_hierarchy(hs: Homeserver, req: m.RoomHierarchyRequest) -> m.RoomH
     if walk.rooms.get(req.room_id) is None:
         known = await hs.store.current_state([req.room_id], [])
         if req.room_id not in known:
-            raise QueryFailed("unknown_room", f"unknown room {req.room_id}")
+            raise QueryFailed("not_found", f"unknown room {req.room_id}")
     stack: list[tuple[str, int]] = [(req.room_id, 0)]
     done: set[str] = set()
     listed = 0

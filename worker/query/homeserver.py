@@ -53,7 +53,7 @@ async def _room(hs: Homeserver, room_id: str, keys: list[StateKey]) -> RoomState
     _need(room_id, "room_id")
     rooms = await hs.store.current_state([room_id], keys)
     if room_id not in rooms:
-        raise QueryFailed("unknown_room", f"unknown room {room_id}")
+        raise QueryFailed("not_found", f"unknown room {room_id}")
     return rooms[room_id]
 
 
@@ -114,7 +114,7 @@ async def joined_user_count(
     _need(req.room_id, "room_id")
     counts = await hs.store.joined_counts([req.room_id])
     if req.room_id not in counts:
-        raise QueryFailed("unknown_room", f"unknown room {req.room_id}")
+        raise QueryFailed("not_found", f"unknown room {req.room_id}")
     return m.JoinedUserCountResponse(count=counts[req.room_id])
 
 

@@ -13,7 +13,7 @@ import asyncio
 import os
 import time
 from collections.abc import Awaitable, Callable
-from typing import Protocol, cast
+from typing import Protocol
 
 import msgspec
 import structlog
@@ -24,6 +24,7 @@ from nats.micro.service import EndpointConfig, Service, ServiceConfig
 
 from worker.errors import RequestRefused
 from worker.messages import query as m
+from worker.messages.errors import ERROR_CODE_HEADER, ERROR_STATUS, ErrorCode
 from worker.observability.metrics import QUERIES, QUERY_DURATION
 from worker.query import handlers as h
 from worker.query.handlers import HANDLERS, answer
@@ -48,7 +49,7 @@ class Performs(Protocol):
 
     async def answer(self, name: str, data: bytes) -> msgspec.Struct: ...
 # The header with our stable error code (the micro headers carry the numeric one).
-ERROR_REASON_HEADER = "Roomserver-Error"
+ERROR_REASON_HEADER = ERROR_CODE_HEADER
 
 _encoder = msgspec.json.Encoder()
 
@@ -62,7 +63,7 @@ def query_subject(prefix: str, name: str) -> str:
     return f"{prefix}.query.{name}"
 
 
-def error_reply(code: m.QueryErrorCode, message: str) -> tuple[bytes, dict[str, str]]:
+def error_reply(code: ErrorCode, message: str) -> tuple[bytes, dict[str, str]]:
     """Body and headers of an error reply (beside the micro service's own two headers)."""
     return _encoder.encode(m.QueryError(code=code, message=message)), {ERROR_REASON_HEADER: code}
 
@@ -111,14 +112,13 @@ class QueryService:
                     response = await answer(self._store, name, request.data)
             except (h.QueryFailed, RequestRefused) as exc:
                 result = exc.code
-                code = cast(m.QueryErrorCode, exc.code)
-                body, headers = error_reply(code, exc.message)
-                await request.respond_error(m.ERROR_CODES[code], exc.message, body, headers)
+                body, headers = error_reply(exc.code, exc.message)
+                await request.respond_error(ERROR_STATUS[exc.code], exc.message, body, headers)
                 return
             except Exception as exc:
-                result = "internal_error"
+                result = "internal"
                 log.exception("query_failed", query=name)
-                body, headers = error_reply("internal_error", f"{type(exc).__name__}: {exc}")
+                body, headers = error_reply("internal", f"{type(exc).__name__}: {exc}")
                 await request.respond_error(
                     "500", f"internal error: {type(exc).__name__}", body, headers
                 )
