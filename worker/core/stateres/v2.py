@@ -49,6 +49,7 @@ from worker.core.stateres.ordering import (
     lexicographic_topo_sort,
     sender_power,
 )
+from worker.core.stateres.split import split_ordered
 from worker.core.versions import StateResAlgorithm
 
 
@@ -86,7 +87,7 @@ def resolve_v2(
     # missing from some state set is conflicted.
     # `ordered` (lists) and `per_set` (sets) hold each state set's conflicted events: only
     # those are needed to find the auth difference below.
-    unconflicted, ordered = _split_ordered(state_sets)
+    unconflicted, ordered = split_ordered(state_sets)
     # Nothing conflicted: U is the answer (also the case for a single state set).
     if not ordered:
         return unconflicted, ResolutionStats()
@@ -186,178 +187,6 @@ def resolve_v2(
         auth_checked=checked,
     )
     return state, stats
-
-
-def separate_v2(
-    state_sets: Sequence[Mapping[StateKey, str]],
-) -> tuple[dict[StateKey, str], dict[StateKey, list[str]]]:
-    """Split state sets into the unconflicted state map and the conflicted state set (v2+).
-
-    A key absent from some set is conflicted (spec, v2 "Unconflicted state map"). Conflicted
-    values come back as sorted lists of distinct event IDs.
-    """
-    if not state_sets:
-        return {}, {}
-    first = state_sets[0]
-    rest = state_sets[1:]
-    if len(rest) > 1:
-        positions, extra = _differing_positions(first, rest)
-        keys = list(first)
-        differing = [keys[i] for i in sorted(positions)]
-        split = dict(first)
-        for key in differing:
-            del split[key]
-        return split, {key: _values(state_sets, key) for key in chain(differing, extra)}
-    unconflicted: dict[StateKey, str] = {}
-    conflicted: dict[StateKey, list[str]] = {}
-    for key, eid in first.items():
-        for s in rest:
-            if s.get(key) != eid:
-                conflicted[key] = _values(state_sets, key)
-                break
-        else:
-            unconflicted[key] = eid
-    for s in rest:
-        for key in s:
-            if key not in first and key not in conflicted:
-                conflicted[key] = _values(state_sets, key)
-    return unconflicted, conflicted
-
-
-def _differing_positions(
-    first: Mapping[StateKey, str], rest: Sequence[Mapping[StateKey, str]]
-) -> tuple[set[int], dict[StateKey, None]]:
-    """The positions (in `first`'s key order) of the keys of `first` on which some set of
-    `rest` differs from it, and the keys of `rest` that `first` lacks, in order met.
-
-    Merging many forward extremities hands over state sets that are copies of one another
-    with a few keys changed or added, so their keys mostly come in the same order. Over the
-    longest run of keys that a set shares with `first` from the start, in the same order,
-    the values are compared a slice at a time (in C), and only slices that differ are split
-    further: the work per set is a few list copies instead of a dict lookup per key. The
-    keys after that run are compared one by one.
-    """
-    keys = list(first)
-    values = list(first.values())
-    found: set[int] = set()
-    extra: dict[StateKey, None] = {}
-    shared = len(keys)
-    for s in rest:
-        theirs = list(s)
-        shared = _shared_prefix(keys, theirs, shared)
-        _compare(values, list(s.values()), shared, found)
-        get = s.get
-        found.update(i for i in range(shared, len(keys)) if get(keys[i]) != values[i])
-        extra.update((key, None) for key in theirs[shared:] if key not in first)
-    return found, extra
-
-
-def _shared_prefix(a: list[StateKey], b: list[StateKey], guess: int) -> int:
-    """The length of the longest common prefix of `a` and `b`, by slice comparisons.
-
-    `guess` (the answer for the previous set) is tried first: sets copied from one state
-    usually share it.
-    """
-    good = min(len(a), len(b))
-    if a == b:
-        return good
-    if guess < good and a[guess] != b[guess] and a[:guess] == b[:guess]:
-        return guess
-    if a[:good] == b[:good]:
-        return good
-    # The first `lo` items agree, the first `hi` do not.
-    lo, hi = 0, good
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if a[lo:mid] == b[lo:mid]:
-            lo = mid
-        else:
-            hi = mid
-    return lo
-
-
-# The slice lengths of the value comparison: whole chunks, then parts of a differing one,
-# then item by item.
-_CHUNK = 256
-_PART = 16
-
-
-def _compare(a: list[str], b: list[str], end: int, found: set[int]) -> None:
-    """Add to `found` the positions before `end` where `a` and `b` differ."""
-    if end == len(a) == len(b) and a == b:
-        return
-    for lo in range(0, end, _CHUNK):
-        hi = min(lo + _CHUNK, end)
-        if a[lo:hi] == b[lo:hi]:
-            continue
-        for part in range(lo, hi, _PART):
-            top = min(part + _PART, hi)
-            if a[part:top] != b[part:top]:
-                found.update(i for i in range(part, top) if a[i] != b[i])
-
-
-def _values(state_sets: Sequence[Mapping[StateKey, str]], key: StateKey) -> list[str]:
-    if len(state_sets) == 2:
-        # The usual two-way fork: at most two values, ordered without building a set.
-        a = state_sets[0].get(key)
-        b = state_sets[1].get(key)
-        if a is None or b is None or a == b:
-            got = a if a is not None else b
-            return [got] if got is not None else []
-        return [a, b] if a < b else [b, a]
-    return sorted({v for s in state_sets if (v := s.get(key)) is not None})
-
-
-def _split(
-    state_sets: Sequence[Mapping[StateKey, str]],
-) -> tuple[dict[StateKey, str], list[set[str]]]:
-    """The unconflicted state map, and each state set's conflicted events (none: empty list).
-
-    The same split as `separate_v2`, in one pass over the state (a big room's state sets
-    hold thousands of entries, nearly all unconflicted), without the per-key value lists
-    that resolution does not need.
-    """
-    unconflicted, ordered = _split_ordered(state_sets)
-    return unconflicted, [set(x) for x in ordered]
-
-
-def _split_ordered(
-    state_sets: Sequence[Mapping[StateKey, str]],
-) -> tuple[dict[StateKey, str], list[list[str]]]:
-    """`_split`, with each state set's conflicted events listed in the set's own order."""
-    if len(state_sets) != 2:
-        unconflicted, conflicted = separate_v2(state_sets)
-        if not conflicted:
-            return unconflicted, []
-        return unconflicted, [
-            [eid for key in conflicted if (eid := s.get(key)) is not None] for s in state_sets
-        ]
-    # The usual case, a two-way fork: compare the two maps directly.
-    first, second = state_sets
-    mine: list[str] = []
-    theirs: list[str] = []
-    conflicted_keys: list[StateKey] = []
-    second_get = second.get
-    for key, eid in first.items():
-        other = second_get(key)
-        if other != eid:
-            # A key missing from one set is conflicted too (spec v2 definitions).
-            conflicted_keys.append(key)
-            mine.append(eid)
-            if other is not None:
-                theirs.append(other)
-    # A copy (in C) less the conflicted keys: in a big room nearly every key is shared.
-    unconflicted = dict(first)
-    for key in conflicted_keys:
-        del unconflicted[key]
-    # Keys only `second` has: there are some unless every key of `second` was met above.
-    if len(unconflicted) + len(theirs) != len(second):
-        for key, eid in second.items():
-            if key not in first:
-                theirs.append(eid)
-    if not mine and not theirs:
-        return unconflicted, []
-    return unconflicted, [mine, theirs]
 
 
 def _auth_difference(
