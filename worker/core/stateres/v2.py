@@ -205,9 +205,7 @@ def _auth_difference(
     behind such an event is in ∩C(Xᵢ) as well (chains are closed under "auth event of").
     """
     # Each closure is a set, whatever order its walk takes.
-    chains = [events.closure(x) for x in per_set]
-    union: set[str] = set().union(*chains)
-    inter: set[str] = chains[0].intersection(*chains[1:]) if chains else set()
+    union, inter = _union_and_intersection(events, per_set)
     candidates = union - inter
     # Only the events that are not conflicted need deciding (and the walk from U is
     # usually skipped, e.g. when a stale fork's old events are all it finds).
@@ -217,6 +215,28 @@ def _auth_difference(
     if not undecided:
         return union, undecided
     return union, undecided - _reached(events, list(unconflicted.values()), inter, undecided)
+
+
+def _union_and_intersection(events: Events, per_set: list[set[str]]) -> tuple[set[str], set[str]]:
+    """∪C(Xᵢ) and ∩C(Xᵢ) (see `_auth_difference`).
+
+    A stale fork (two state sets, where the newer one's conflicted events cite every
+    conflicted event of the older one, as a member's new event cites their old one) is
+    taken apart: then C(X₀) ⊆ C(X₁), because chains are closed, so the intersection is
+    C(X₀) and the union is C(X₀) together with what X₁ cites and the chains of those of
+    them that are not in X₀ (the chains of X₀'s events are in C(X₀)). The roles of the two
+    sets are tried both ways.
+    """
+    if len(per_set) == 2:
+        for older, newer in (per_set, per_set[::-1]):
+            newer_part = events.closure_citing(newer, older)
+            if newer_part is not None:
+                older_chains = events.closure(older)
+                return older_chains | newer_part, older_chains
+    chains = [events.closure(x) for x in per_set]
+    union: set[str] = set().union(*chains)
+    inter: set[str] = chains[0].intersection(*chains[1:]) if chains else set()
+    return union, inter
 
 
 def _unconflicted_among(
