@@ -21,7 +21,7 @@ rules. `tests/core/test_stateres_shortcut.py` checks that both give the same sta
 from __future__ import annotations
 
 from collections.abc import Sequence
-from itertools import compress
+from itertools import compress, repeat
 from typing import Any, cast
 
 from worker.core.auth import check_auth
@@ -124,8 +124,10 @@ class _Checks:
         # What the table reads is copied into locals, read again whenever the full rules
         # applied an event (which may change the create event, hence the table, or the
         # join rules).
-        state, auth_state, in_state = self.state, self.auth_state, self.in_state
+        in_state = self.in_state
         in_get = in_state.get
+        # user -> their last self-membership event the table accepted (`_apply_members`).
+        accepted: dict[str, str] = {}
         checked = 0
         table = self.table
         rules, restricted, room_id, first_joiner, create_prev, leave_allowed = _fields(table)
@@ -176,12 +178,11 @@ class _Checks:
                             verdict = False
                     if verdict is not None:
                         if verdict:
-                            key = (MEMBER, state_key)
-                            state[key] = eid
-                            if auth_state is not state:
-                                auth_state[key] = eid
+                            accepted[state_key] = eid
                             in_state[state_key] = membership
                         continue
+            if accepted:
+                self._apply_members(accepted)
             self._by_rules(eid, ev, state_key)
             # (Applying a create event changes the table, join rules their verdicts.)
             if self.table is not table:
@@ -190,7 +191,23 @@ class _Checks:
                     table
                 )
             joins = self.join_verdicts
+        if accepted:
+            self._apply_members(accepted)
         return checked
+
+    def _apply_members(self, accepted: dict[str, str]) -> None:
+        """Write the self-memberships the table accepted into the state, and forget them.
+
+        They wait in `accepted` (user -> event ID) until the full rules next read the
+        state, or the run ends: the table reads a sender's membership from `in_state`,
+        which is kept current, so the state is only written once per user, and in the
+        order the users were first accepted, as writing each event at once would.
+        """
+        keys = list(zip(repeat(MEMBER), accepted))
+        self.state.update(zip(keys, accepted.values(), strict=True))
+        if self.auth_state is not self.state:
+            self.auth_state.update(zip(keys, accepted.values(), strict=True))
+        accepted.clear()
 
     def _first_membership(self, ev: Event, user: str) -> Any:
         """The sender's membership as the table reads it, when not met before: usually

@@ -301,15 +301,12 @@ class Mainline:
                 there = -self._position_from(pl)
                 neg_pos = [there if c else _NEG_INF for c in cites]
         elif pls:
-            # Several PL events: the first one among each event's auth events decides.
-            pos_of: dict[str | None, float] = {None: _NEG_INF}
-            neg_pos = []
-            for auth in auths:
-                first = next(filter(pls.__contains__, auth), None)
-                got = pos_of.get(first)
-                if got is None:
-                    got = pos_of[first] = -self._position_from(first)
-                neg_pos.append(got)
+            # Several PL events: the first one among each event's auth events decides
+            # (found in C: `next(filter(...), None)` per event).
+            pos_of: dict[str | None, float] = {pl: -self._position_from(pl) for pl in pls}
+            pos_of[None] = _NEG_INF
+            firsts = map(next, map(filter, repeat(pls.__contains__), auths), repeat(None))
+            neg_pos = list(map(pos_of.__getitem__, firsts))
         stamps = list(map(_TS, evs))
         index: list[int] | range = range(len(ids))
         # Event IDs decide only between equal timestamps.

@@ -210,11 +210,14 @@ def _auth_difference(
     # Only the events that are not conflicted need deciding (and the walk from U is
     # usually skipped, e.g. when a stale fork's old events are all it finds).
     undecided = candidates.difference(*per_set)
-    if undecided:
-        undecided -= _unconflicted_among(events, unconflicted, undecided)
     if not undecided:
         return union, undecided
-    return union, undecided - _reached(events, list(unconflicted.values()), inter, undecided)
+    # (The events of U are in every Cᵢ, under whichever key a state set holds them.)
+    values = list(unconflicted.values())
+    undecided.difference_update(values)
+    if not undecided:
+        return union, undecided
+    return union, undecided - _reached(events, values, inter, undecided)
 
 
 def _union_and_intersection(events: Events, per_set: list[set[str]]) -> tuple[set[str], set[str]]:
@@ -237,23 +240,6 @@ def _union_and_intersection(events: Events, per_set: list[set[str]]) -> tuple[se
     union: set[str] = set().union(*chains)
     inter: set[str] = chains[0].intersection(*chains[1:]) if chains else set()
     return union, inter
-
-
-def _unconflicted_among(
-    events: Events, unconflicted: Mapping[StateKey, str], event_ids: set[str]
-) -> set[str]:
-    """Which of `event_ids` are values of the unconflicted state map (looked up by key:
-    `event_ids` is a handful, the map may hold a room's whole state)."""
-    found: set[str] = set()
-    for eid in event_ids:
-        ev = events.get(eid)
-        if (
-            ev is not None
-            and ev.state_key is not None
-            and unconflicted.get((ev.type, ev.state_key)) == eid
-        ):
-            found.add(eid)
-    return found
 
 
 def _reached(events: Events, roots: list[str], stop: set[str], wanted: set[str]) -> set[str]:
