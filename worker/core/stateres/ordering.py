@@ -26,6 +26,7 @@ from worker.core.stateres.events import CREATE, JOIN_RULES, POWER_LEVELS, Events
 CREATOR_POWER = float("inf")
 
 _PL_TYPE = POWER_LEVELS[0]
+_CREATE_TYPE = CREATE[0]
 _AUTH_IDS = attrgetter("auth_event_ids")
 _TYPE = attrgetter("type")
 _TS = attrgetter("origin_server_ts")
@@ -90,16 +91,17 @@ def sender_power(events: Events, event: Event) -> float:
     """
     pl: Event | None = None
     create: Event | None = None
+    get = events.get
     for aid in events.auth_refs(event):
-        aev = events.get(aid)
-        if aev is None:
+        aev = get(aid)
+        # (Field by field: no state key tuple built per auth event.)
+        if aev is None or aev.state_key != "":
             continue
-        key = aev.state_tuple
-        if key == POWER_LEVELS:
+        if aev.type == _PL_TYPE:
             pl = aev
-        elif key == CREATE:
+        elif aev.type == _CREATE_TYPE:
             create = aev
-    if event.state_tuple == CREATE:
+    if event.state_key == "" and event.type == _CREATE_TYPE:
         create = event
     rules = events.rules
     # v12+: creators have infinite power, whatever any power levels event says.

@@ -128,12 +128,17 @@ def resolve_v2(
     full = conflicted_ids
     if added:
         events.load(added)
-        # Sorted only so that the lists below do not follow set order (they are sorted
-        # by the spec's keys later anyway).
-        more = [(eid, ev) for eid in sorted(added) if (ev := cache.get(eid)) is not None]
-        full_list += [eid for eid, _ in more]
-        full_evs += [ev for _, ev in more]
-        full = set(full_list)
+        # In set order: no order of these lists reaches the result, as both orderings
+        # below sort by the spec's keys, which end in the event ID (the power events are
+        # also sorted by ID before the graph is built).
+        more = list(added)
+        more_evs = list(map(cache.get, more))
+        if not all(more_evs):
+            more = [eid for eid, ev in zip(more, more_evs, strict=True) if ev is not None]
+            more_evs = list(filter(None, more_evs))
+        full_list += more
+        full_evs += cast("list[Event]", more_evs)
+        full = conflicted_ids.union(more)
 
     checked = 0
     # Step 1: power events of the full conflicted set and their auth ancestors within it,
