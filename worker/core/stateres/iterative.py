@@ -124,8 +124,9 @@ class _Checks:
         # What the table reads is copied into locals, read again whenever the full rules
         # applied an event (which may change the create event, hence the table, or the
         # join rules).
-        in_state = self.in_state
+        in_state, auth_state = self.in_state, self.auth_state
         in_get = in_state.get
+        cites_no_member = self.not_member.issuperset
         # user -> their last self-membership event the table accepted (`_apply_members`).
         accepted: dict[str, str] = {}
         checked = 0
@@ -157,7 +158,15 @@ class _Checks:
                         self.pl_unchecked = None
                     current = in_get(state_key, _ABSENT)
                     if current is _ABSENT:
-                        current = self._first_membership(ev, state_key)
+                        # Met for the first time: usually the state has no membership for
+                        # them and the event cites none (the implied create event of v12
+                        # is nobody's membership either).
+                        if (MEMBER, state_key) not in auth_state and cites_no_member(
+                            ev.auth_event_ids
+                        ):
+                            current = None
+                        else:
+                            current = self._membership(ev, state_key)
                     verdict: bool | None
                     if membership == "join":
                         if joins is None:
@@ -208,14 +217,6 @@ class _Checks:
         if self.auth_state is not self.state:
             self.auth_state.update(zip(keys, accepted.values(), strict=True))
         accepted.clear()
-
-    def _first_membership(self, ev: Event, user: str) -> Any:
-        """The sender's membership as the table reads it, when not met before: usually
-        the state has none and the event cites none (the implied create event of v12 is
-        nobody's membership either)."""
-        if (MEMBER, user) not in self.auth_state and self.not_member.issuperset(ev.auth_event_ids):
-            return None
-        return self._membership(ev, user)
 
     def _membership(self, ev: Event, user: str) -> Any:
         """The sender's membership as the auth events would hold it: the state's event,

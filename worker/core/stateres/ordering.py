@@ -267,7 +267,8 @@ class Mainline:
 
         - an event's position depends only on the first power levels event among its auth
           events, so the power levels events among all the auth events are found once (the
-          caller may pass `cited`, a superset of those auth events it has at hand), and
+          caller may pass `cited`, a superset of the power levels events among those auth
+          events that it has at hand), and
           when there is just one (the usual case) "does the event cite it" is all there is
           to ask per event;
         - the sort is three stable sorts on one key each (event ID, then timestamp, then

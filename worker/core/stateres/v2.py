@@ -176,8 +176,13 @@ def resolve_v2(
     # The comparison of the "mainline ordering": greater mainline position first (an event
     # based on older power levels, or on none, comes earlier), then origin_server_ts, then
     # event ID. Power levels events are all power events, so none is left to sort here.
-    # (What the events cite was mostly seen by the walks of the auth difference.)
-    cited = events.cited_by(full) if len(full) >= _MANY else None
+    # (What the events cite was mostly seen by the walks of the auth difference. Only its
+    # power levels events matter there, and those of the full conflicted set are power
+    # events: so the cited events outside it are looked at, and the cited power events.)
+    cited: set[str] | None = None
+    if len(full) >= _MANY:
+        seen = events.cited_by(full)
+        cited = (seen - full) | seen.intersection(power)
     rest, rest_evs = mainline.order_events(rest, rest_evs, cited)
 
     # Step 4: iterative auth checks over them, continuing from the partial state.
