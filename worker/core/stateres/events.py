@@ -209,11 +209,16 @@ class Events:
         for roots, first in self._walked:
             if roots is start:
                 return first
-        self.load(start)
         cache = self._cache
-        if not all(map(cache.get, start)):
-            return None
-        first = self.refs_of(start)
+        primed = [evs for roots, evs in self._primed if roots is start]
+        if primed:
+            # (Primed events are all known: nothing to look up again.)
+            first = self.refs_of_events(primed[0])
+        else:
+            self.load(start)
+            if not all(map(cache.get, start)):
+                return None
+            first = self.refs_of(start)
         self.load(first)
         if not all(map(cache.get, first)):
             return None
@@ -239,8 +244,9 @@ class Events:
 
     def prime(self, roots: set[str], events: list[Event]) -> None:
         """Hand over the events of `roots` (every one known), for a later `closure(roots)`
-        of that very set: the caller looked them up already, and a big room's conflicted
-        events are scattered in memory, so each pass over them costs."""
+        or `closure_citing(roots, ...)` of that very set: the caller looked them up
+        already, and a big room's conflicted events are scattered in memory, so each pass
+        over them costs."""
         self._primed.append((roots, events))
 
     def cited_by(self, event_ids: set[str]) -> set[str]:
