@@ -5,10 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.core.auth_rooms import code, room
 from tests.fixtures.builder import RoomBuilder
 from worker.core.auth import CREATOR_LEVEL, PowerLevels, parse_level
+from worker.core.auth.power_levels import _level_map, _same_levels
 from worker.core.versions import rules_for
 
 ALL = [str(v) for v in range(1, 13)]
@@ -23,8 +26,6 @@ def rules(version: str) -> Any:
     r = rules_for(version)
     assert r is not None
     return r
-
-
 
 
 def current_content(b: RoomBuilder) -> dict[str, Any]:
@@ -314,3 +315,40 @@ def test_power_levels_with_other_state_key_is_not_compared(version: str) -> None
     b = room(version)
     eid = b.state_event("m.room.power_levels", "x", {"users": {"@carol:test": 99}}, "bob")
     assert code(b, eid) is None
+
+
+_LEVEL_VALUES = st.one_of(
+    st.integers(-3, 3),
+    st.booleans(),
+    st.sampled_from([1.0, 0.0, 2.5, "1", " 2", "x"]),
+    st.none(),
+)
+_LEVEL_OBJECTS = st.one_of(
+    st.dictionaries(st.sampled_from(["@a:x", "@b:x", "m.room.name"]), _LEVEL_VALUES, max_size=3),
+    st.none(),
+    st.integers(0, 1),
+    st.lists(st.integers(0, 1), max_size=1),
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    version=st.sampled_from([str(v) for v in range(1, 13)]),
+    old=_LEVEL_OBJECTS,
+    new=_LEVEL_OBJECTS,
+    copy=st.booleans(),
+)
+def test_same_levels_means_the_same_parsed_levels(
+    version: str, old: Any, new: Any, copy: bool
+) -> None:
+    """The shortcut of rules 10.7-10.10 (skip maps that cannot differ) never skips a map
+    whose levels differ, `true == 1` and `1.0 == 1` included."""
+    rules = rules_for(version)
+    assert rules is not None
+    if copy and isinstance(old, dict):
+        # Equal objects with values of other types that compare equal.
+        new = {k: (float(v) if type(v) is int else v) for k, v in old.items()}
+    if _same_levels(old, new):
+        assert _level_map(old, rules) == _level_map(new, rules)
+    if isinstance(old, dict) and set(map(type, old.values())) <= {int}:
+        assert _same_levels(old, dict(old))

@@ -9,7 +9,8 @@ from tests.fixtures.builder import RoomBuilder
 from worker.core.events import Event, StateKey
 from worker.core.stateres.events import Events
 from worker.core.stateres.ordering import Mainline
-from worker.core.stateres.v2 import _split, separate_v2
+from worker.core.stateres.split import separate_v2
+from worker.core.stateres.split import split_sets as _split
 from worker.core.versions import V10
 
 KEYS = [("m.room.member", f"@u{i}:test") for i in range(6)] + [("m.room.topic", "")]
@@ -47,8 +48,9 @@ def _plain_separate(
 @given(st.data())
 def test_separate_v2_on_many_copies_of_a_big_state(data: st.DataObject) -> None:
     """Many state sets that copy one state with a few keys changed, removed or added (as
-    forward extremities merging do), long enough for the slice-wise comparison."""
-    size = data.draw(st.integers(0, 150))
+    forward extremities merging do), long enough for the chunk-wise comparison (more than
+    one chunk of `split._CHUNK`)."""
+    size = data.draw(st.one_of(st.integers(0, 40), st.integers(250, 600)))
     base = {("m.room.member", f"@u{i}:test"): f"$base{i}" for i in range(size)}
     sets = []
     for _ in range(data.draw(st.integers(3, 8))):

@@ -17,8 +17,8 @@ from worker.core.stateres.ordering import (
     lexicographic_topo_sort,
     sender_power,
 )
+from worker.core.stateres.split import separate_v2
 from worker.core.stateres.v1 import separate_v1
-from worker.core.stateres.v2 import separate_v2
 
 
 def _views(b: RoomBuilder) -> dict[str, Event]:

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
+from typing import Any
 
 import pytest
-from test_stateres_harness import Dag, ours_resolve, random_forked_dag
+from test_stateres_harness import Dag, DagBuilder, ours_resolve, random_forked_dag, synapse_resolve
 
+from worker.core.events import StateKey
 from worker.core.stateres import events, ordering, resolve, v2
 
 VERSIONS = [str(v) for v in range(1, 13)]
@@ -85,3 +87,90 @@ def test_chain_index_on_many_roots_agrees(version: str, monkeypatch: pytest.Monk
         for dag in dags
     ]
     assert [state for state, _ in got] == [state for state, _ in default]
+
+
+def _stale_fork(
+    version: str, members: int, changed: int, swap: bool, older_changed: bool = False
+) -> Dag:
+    """A room where `members` users joined, and a fork where the first `changed` of them
+    sent a new member event (citing their old one, which the stale side still holds), a
+    few of them leaving; `swap` lists the newer state set first. `older_changed`: the last
+    member changed their member event twice on the stale side, so that side has a
+    conflicted event the other does not cite, whose chain holds an event of neither set."""
+    b = DagBuilder(version, random.Random(0))
+    state: dict[StateKey, str] = {}
+    creator = "@creator:b"
+    create_content: dict[str, Any] = {"room_version": version}
+    if not b.rules.implicit_room_creator:
+        create_content["creator"] = creator
+    last = b.add("m.room.create", creator, "", create_content, state, [], 1)
+    assert last is not None
+    for etype, skey, content in (
+        ("m.room.member", creator, {"membership": "join"}),
+        # (v12+: creators are above power levels, and not listed in them.)
+        (
+            "m.room.power_levels",
+            "",
+            {"users": {} if b.rules.privileged_creators else {creator: 100}},
+        ),
+        ("m.room.join_rules", "", {"join_rule": "public"}),
+    ):
+        got = b.add(etype, creator, skey, content, state, [last], 2)
+        assert got is not None
+        last = got
+    users = [f"@u{i}:b" for i in range(members)]
+    for ts, u in enumerate(users, 3):
+        got = b.add("m.room.member", u, u, {"membership": "join"}, state, [last], ts)
+        assert got is not None
+        last = got
+    stale, fresh = dict(state), dict(state)
+    if older_changed:
+        u = users[-1]
+        for n in range(2):
+            content = {"membership": "join", "displayname": f"old {n}"}
+            got = b.add("m.room.member", u, u, content, stale, [last], 2 + members + n)
+            assert got is not None
+    for ts, u in enumerate(users[:changed], 3 + members):
+        content = {"membership": "leave"} if ts % 5 == 0 else {"membership": "join", "n": ts}
+        got = b.add("m.room.member", u, u, content, fresh, [last], ts)
+        assert got is not None
+        last = got
+    b.dag.state_sets = [fresh, stale] if swap else [stale, fresh]
+    return b.dag
+
+
+@pytest.mark.parametrize("version", ["2", "10", "12"])
+@pytest.mark.parametrize("swap", [False, True])
+def test_stale_fork_with_a_chain_index_agrees_with_synapse(
+    version: str, swap: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Given an auth chain index, a stale fork's newer events cite every conflicted event
+    of the older set, and the union and intersection of their chains are taken apart
+    (`v2._union_and_intersection`); the answer is Synapse's, either set first."""
+    dag = _stale_fork(version, members=80, changed=50, swap=swap)
+    taken = []
+    real = events.Events.closure_citing
+
+    def spy(self: events.Events, roots: set[str], covered: set[str]) -> set[str] | None:
+        got = real(self, roots, covered)
+        taken.append(got is not None)
+        return got
+
+    monkeypatch.setattr(events.Events, "closure_citing", spy)
+    state, _ = resolve(dag.rules, dag.state_sets, dag.ours.get, _chain_index(dag))
+    assert any(taken)
+    assert state == synapse_resolve(dag)
+    assert state == ours_resolve(dag)[0]
+
+
+@pytest.mark.parametrize("version", ["2", "10", "12"])
+@pytest.mark.parametrize("swap", [False, True])
+def test_fork_changed_on_both_sides_with_a_chain_index_agrees(version: str, swap: bool) -> None:
+    """When the newer events do not cite every conflicted event of the older set, the
+    chains are merged in full: the same state and the same auth difference as the walk."""
+    dag = _stale_fork(version, members=80, changed=50, swap=swap, older_changed=True)
+    indexed = resolve(dag.rules, dag.state_sets, dag.ours.get, _chain_index(dag))
+    walked = ours_resolve(dag)
+    assert indexed == walked
+    assert walked[1].auth_difference > 0
+    assert indexed[0] == synapse_resolve(dag)

@@ -90,6 +90,22 @@ def _level_map(value: Any, rules: RoomRules) -> dict[str, int]:
     return out
 
 
+def _same_levels(old: Any, new: Any) -> bool:
+    """Whether `_level_map` surely reads the same levels from `old` and `new`: neither is
+    an object, or both are equal objects of plain integers (equality alone would not do:
+    `true == 1` and `1.0 == 1`, which some versions read as different levels)."""
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        return not isinstance(old, dict) and not isinstance(new, dict)
+    return (
+        old == new
+        and set(map(type, old.values())) <= _INT_ONLY
+        and set(map(type, new.values())) <= _INT_ONLY
+    )
+
+
+_INT_ONLY = frozenset({int})
+
+
 class PowerLevels:
     """Who may do what, according to the power levels and create events in force.
 
@@ -263,6 +279,8 @@ def check_power_levels(event: Event, auth_events: AuthEvents) -> Rejection | Non
     # deterministic; the verdict does not depend on the order.
     maps = ("events", "notifications") if rules.limit_notifications_power_levels else ("events",)
     for name in maps:
+        if _same_levels(old_content.get(name), new_content.get(name)):
+            continue
         olds = _level_map(old_content.get(name), rules)
         news = _level_map(new_content.get(name), rules)
         for key in sorted(olds.keys() | news.keys()):
@@ -284,7 +302,10 @@ def check_power_levels(event: Event, auth_events: AuthEvents) -> Rejection | Non
                     f"Setting {name}[{key!r}] to {new} is above the sender's level.",
                 )
 
-    # 10.9 and 10.10 (10.6 and 10.7 in v1-v9): user levels.
+    # 10.9 and 10.10 (10.6 and 10.7 in v1-v9): user levels (none changed when both objects
+    # hold the same integers, the usual case when another property changes).
+    if _same_levels(old_content.get("users"), new_content.get("users")):
+        return None
     olds = _level_map(old_content.get("users"), rules)
     news = _level_map(users, rules)
     for user in sorted(olds.keys() | news.keys()):

@@ -4,7 +4,8 @@ When a room's DAG forks, this decides which state holds where the forks meet. `r
 the algorithm from the room's rule flags; lookups are passed in (STYLE R1) so the same code
 runs over memory, a store's cache or test fixtures.
 
-- `v1.py`, `v2.py` (v2 and v2.1): the algorithms, from splitting the state sets on;
+- `v1.py`, `v2.py` (v2 and v2.1): the algorithms;
+- `split.py`: the unconflicted state map and the conflicted state set (v2 and v2.1);
 - `iterative.py`: the iterative auth checks of v2 and v2.1;
 - `ordering.py`: reverse topological power ordering and mainline ordering;
 - `events.py`: event lookups and auth-chain walks, memoised per resolution;

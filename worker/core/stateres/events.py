@@ -198,20 +198,55 @@ class Events:
         merged as they are.
         """
         if len(start) >= _WIDE:
-            self.load(start)
-            cache = self._cache
-            if all(map(cache.get, start)):
-                first = self.refs_of(start)
-                self.load(first)
-                if all(map(cache.get, first)):
-                    self._walked.append((start, first))
-                    return first.union(*map(chain_fn, first))
+            first = self._cited_known(start)
+            if first is not None:
+                return first.union(*map(chain_fn, first))
         return set().union(*map(chain_fn, start))
+
+    def _cited_known(self, start: set[str]) -> set[str] | None:
+        """What the events of `start` cite, when they and what they cite are all known
+        (then recorded for `cited_by`, and kept for this very set); else None."""
+        for roots, first in self._walked:
+            if roots is start:
+                return first
+        cache = self._cache
+        primed = [evs for roots, evs in self._primed if roots is start]
+        if primed:
+            # (Primed events are all known: nothing to look up again.)
+            first = self.refs_of_events(primed[0])
+        else:
+            self.load(start)
+            if not all(map(cache.get, start)):
+                return None
+            first = self.refs_of(start)
+        self.load(first)
+        if not all(map(cache.get, first)):
+            return None
+        self._walked.append((start, first))
+        return first
+
+    def closure_citing(self, roots: set[str], covered: set[str]) -> set[str] | None:
+        """The closure of `roots` less what only the chains of the events of `covered` add,
+        when an auth chain index answers chains, the roots and what they cite are known and
+        the roots cite every event of `covered` directly; otherwise None.
+
+        For a caller that holds the closure of `covered`: whatever those chains hold is in
+        it, so the merge of thousands of chains (a stale fork's new member events, each
+        citing the old one) is left out.
+        """
+        chain_fn = self._chain_fn
+        if chain_fn is None or len(roots) < _WIDE:
+            return None
+        first = self._cited_known(roots)
+        if first is None or not covered <= first:
+            return None
+        return first.union(*map(chain_fn, first - covered))
 
     def prime(self, roots: set[str], events: list[Event]) -> None:
         """Hand over the events of `roots` (every one known), for a later `closure(roots)`
-        of that very set: the caller looked them up already, and a big room's conflicted
-        events are scattered in memory, so each pass over them costs."""
+        or `closure_citing(roots, ...)` of that very set: the caller looked them up
+        already, and a big room's conflicted events are scattered in memory, so each pass
+        over them costs."""
         self._primed.append((roots, events))
 
     def cited_by(self, event_ids: set[str]) -> set[str]:

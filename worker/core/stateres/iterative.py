@@ -21,7 +21,7 @@ rules. `tests/core/test_stateres_shortcut.py` checks that both give the same sta
 from __future__ import annotations
 
 from collections.abc import Sequence
-from itertools import compress
+from itertools import compress, repeat
 from typing import Any, cast
 
 from worker.core.auth import check_auth
@@ -119,10 +119,20 @@ class _Checks:
             keep = [eid not in rejected for eid in order]
             order = list(compress(order, keep))
             order_events = list(compress(order_events, keep))
-        # Locals: this loop runs for every conflicted event of a big room.
-        state, auth_state, in_state = self.state, self.auth_state, self.in_state
+        # Locals: this loop runs for every conflicted event of a big room, and nearly all
+        # of them are self-joins and self-leaves, decided here by the table without a call.
+        # What the table reads is copied into locals, read again whenever the full rules
+        # applied an event (which may change the create event, hence the table, or the
+        # join rules).
+        in_state, auth_state = self.in_state, self.auth_state
+        in_get = in_state.get
+        cites_no_member = self.not_member.issuperset
+        # user -> their last self-membership event the table accepted (`_apply_members`).
+        accepted: dict[str, str] = {}
         checked = 0
         table = self.table
+        rules, restricted, room_id, first_joiner, create_prev, leave_allowed = _fields(table)
+        joins = self.join_verdicts
         for eid, ev in zip(order, order_events, strict=True):
             state_key = ev.state_key
             # Only state events change the state.
@@ -131,62 +141,82 @@ class _Checks:
             checked += 1
             if table is not None and state_key == ev.sender and ev.type == MEMBER:
                 membership = ev.content.get("membership")
-                verdict = self._table_verdict(table, ev, state_key, membership)
-                if verdict is not None:
-                    if verdict:
-                        key = (MEMBER, state_key)
-                        state[key] = eid
-                        if auth_state is not state:
-                            auth_state[key] = eid
-                        in_state[state_key] = membership
-                    continue
+                # Rules 2-4 and 5.2 cannot refuse the event, 5.3.1 is not involved.
+                if (
+                    (membership == "join" or membership == "leave")
+                    and ev.rules is rules
+                    and (not restricted or VIA not in ev.content)
+                    and (room_id is None or ev.room_id == room_id)
+                    and not (
+                        state_key == first_joiner
+                        and membership == "join"
+                        and ev.prev_event_ids == create_prev
+                    )
+                ):
+                    if self.pl_unchecked is not None:
+                        self.events.must(self.pl_unchecked)
+                        self.pl_unchecked = None
+                    current = in_get(state_key, _ABSENT)
+                    if current is _ABSENT:
+                        # Met for the first time: usually the state has no membership for
+                        # them and the event cites none (the implied create event of v12
+                        # is nobody's membership either).
+                        if (MEMBER, state_key) not in auth_state and cites_no_member(
+                            ev.auth_event_ids
+                        ):
+                            current = None
+                        else:
+                            current = self._membership(ev, state_key)
+                    verdict: bool | None
+                    if membership == "join":
+                        if joins is None:
+                            verdicts, default = self._join_verdicts(table, ev)
+                            # (Kept only when they come from the state's join rules.)
+                            joins = self.join_verdicts
+                        else:
+                            verdicts, default = joins
+                        try:
+                            verdict = verdicts.get(current, default)
+                        except TypeError:
+                            # An unhashable membership is no membership (`membership_of`).
+                            verdict = default
+                    else:
+                        try:
+                            verdict = current in leave_allowed
+                        except TypeError:
+                            verdict = False
+                    if verdict is not None:
+                        if verdict:
+                            accepted[state_key] = eid
+                            in_state[state_key] = membership
+                        continue
+            if accepted:
+                self._apply_members(accepted)
             self._by_rules(eid, ev, state_key)
-            # (Applying a create event changes the table.)
-            table = self.table
+            # (Applying a create event changes the table, join rules their verdicts.)
+            if self.table is not table:
+                table = self.table
+                rules, restricted, room_id, first_joiner, create_prev, leave_allowed = _fields(
+                    table
+                )
+            joins = self.join_verdicts
+        if accepted:
+            self._apply_members(accepted)
         return checked
 
-    def _table_verdict(
-        self, table: SelfMembershipTable, ev: Event, user: str, membership: Any
-    ) -> bool | None:
-        """Whether the rules allow a self-membership event, by the table; None when the
-        table cannot tell (the full rules decide)."""
-        content = ev.content
-        if membership == "join":
-            # 5.3.1: the creator's first join is left to the full rules.
-            if user == table.first_joiner and ev.prev_event_ids == table.create_prev:
-                return None
-        elif membership != "leave":
-            return None
-        if (
-            ev.rules is not table.rules
-            or (table.restricted and VIA in content)
-            or (table.room_id is not None and ev.room_id != table.room_id)
-        ):
-            return None
-        if self.pl_unchecked is not None:
-            self.events.must(self.pl_unchecked)
-            self.pl_unchecked = None
-        current = self.in_state.get(user, _ABSENT)
-        if current is _ABSENT:
-            # Usually the state has the sender's membership, or the event cites none (the
-            # implied create event of v12 is nobody's membership either).
-            if (MEMBER, user) not in self.auth_state and self.not_member.issuperset(
-                ev.auth_event_ids
-            ):
-                current = None
-            else:
-                current = self._membership(ev, user)
-        if membership != "join":
-            try:
-                return current in table.leave_allowed
-            except TypeError:
-                return False
-        verdicts, default = self.join_verdicts or self._join_verdicts(table, ev)
-        try:
-            return verdicts.get(current, default)
-        except TypeError:
-            # An unhashable membership is no membership (`membership_of`).
-            return default
+    def _apply_members(self, accepted: dict[str, str]) -> None:
+        """Write the self-memberships the table accepted into the state, and forget them.
+
+        They wait in `accepted` (user -> event ID) until the full rules next read the
+        state, or the run ends: the table reads a sender's membership from `in_state`,
+        which is kept current, so the state is only written once per user, and in the
+        order the users were first accepted, as writing each event at once would.
+        """
+        keys = list(zip(repeat(MEMBER), accepted))
+        self.state.update(zip(keys, accepted.values(), strict=True))
+        if self.auth_state is not self.state:
+            self.auth_state.update(zip(keys, accepted.values(), strict=True))
+        accepted.clear()
 
     def _membership(self, ev: Event, user: str) -> Any:
         """The sender's membership as the auth events would hold it: the state's event,
@@ -299,3 +329,19 @@ def _without_rejected(events: Events, state: dict[StateKey, str]) -> dict[StateK
     for k in shadowed:
         del kept[k]
     return kept
+
+
+def _fields(
+    table: SelfMembershipTable | None,
+) -> tuple[Any, bool, str | None, object, tuple[str, ...], frozenset[str]]:
+    """What the inline table decision of `_Checks.run` reads of the table."""
+    if table is None:
+        return None, False, None, None, (), frozenset()
+    return (
+        table.rules,
+        table.restricted,
+        table.room_id,
+        table.first_joiner,
+        table.create_prev,
+        table.leave_allowed,
+    )

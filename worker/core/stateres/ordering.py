@@ -26,6 +26,7 @@ from worker.core.stateres.events import CREATE, JOIN_RULES, POWER_LEVELS, Events
 CREATOR_POWER = float("inf")
 
 _PL_TYPE = POWER_LEVELS[0]
+_CREATE_TYPE = CREATE[0]
 _AUTH_IDS = attrgetter("auth_event_ids")
 _TYPE = attrgetter("type")
 _TS = attrgetter("origin_server_ts")
@@ -90,16 +91,17 @@ def sender_power(events: Events, event: Event) -> float:
     """
     pl: Event | None = None
     create: Event | None = None
+    get = events.get
     for aid in events.auth_refs(event):
-        aev = events.get(aid)
-        if aev is None:
+        aev = get(aid)
+        # (Field by field: no state key tuple built per auth event.)
+        if aev is None or aev.state_key != "":
             continue
-        key = aev.state_tuple
-        if key == POWER_LEVELS:
+        if aev.type == _PL_TYPE:
             pl = aev
-        elif key == CREATE:
+        elif aev.type == _CREATE_TYPE:
             create = aev
-    if event.state_tuple == CREATE:
+    if event.state_key == "" and event.type == _CREATE_TYPE:
         create = event
     rules = events.rules
     # v12+: creators have infinite power, whatever any power levels event says.
@@ -265,7 +267,8 @@ class Mainline:
 
         - an event's position depends only on the first power levels event among its auth
           events, so the power levels events among all the auth events are found once (the
-          caller may pass `cited`, a superset of those auth events it has at hand), and
+          caller may pass `cited`, a superset of the power levels events among those auth
+          events that it has at hand), and
           when there is just one (the usual case) "does the event cite it" is all there is
           to ask per event;
         - the sort is three stable sorts on one key each (event ID, then timestamp, then
@@ -301,15 +304,12 @@ class Mainline:
                 there = -self._position_from(pl)
                 neg_pos = [there if c else _NEG_INF for c in cites]
         elif pls:
-            # Several PL events: the first one among each event's auth events decides.
-            pos_of: dict[str | None, float] = {None: _NEG_INF}
-            neg_pos = []
-            for auth in auths:
-                first = next(filter(pls.__contains__, auth), None)
-                got = pos_of.get(first)
-                if got is None:
-                    got = pos_of[first] = -self._position_from(first)
-                neg_pos.append(got)
+            # Several PL events: the first one among each event's auth events decides
+            # (found in C: `next(filter(...), None)` per event).
+            pos_of: dict[str | None, float] = {pl: -self._position_from(pl) for pl in pls}
+            pos_of[None] = _NEG_INF
+            firsts = map(next, map(filter, repeat(pls.__contains__), auths), repeat(None))
+            neg_pos = list(map(pos_of.__getitem__, firsts))
         stamps = list(map(_TS, evs))
         index: list[int] | range = range(len(ids))
         # Event IDs decide only between equal timestamps.

@@ -13,16 +13,19 @@ Spec: https://spec.matrix.org/latest/rooms/v2/#state-resolution (v2),
 https://spec.matrix.org/latest/rooms/v12/#state-resolution (v2.1). Synapse's
 `synapse/state/v2.py` and ruma's `state_res.rs` were read for comparison.
 
-Where the work goes: splitting the state sets touches every key once (dict lookups only);
-everything after that is proportional to the conflicted events, the auth difference and
-the auth-chain walks that find it. The unconflicted state is walked once, and that walk
-stops as soon as it reaches events that every state set's auth chain contains.
+Where the work goes: splitting the state sets (`split.py`) reads every entry once, mostly
+in C; everything after that is proportional to the conflicted events, the auth difference
+and the auth-chain walks that find it. The unconflicted state is walked once (only when
+some candidate of the auth difference is left to decide), and that walk stops as soon as
+it reaches events that every state set's auth chain contains.
 
 In a big room nearly all of that is thousands of membership events, so the per-event
 costs are kept to a few dict and attribute reads (`python -m bench stateres` measures them):
 
 - the conflicted events are looked up once and travel as parallel (IDs, events) lists;
-- auth chains are walked a generation at a time with set algebra (`Events.walk`);
+- auth chains are walked a generation at a time with set algebra (`Events.walk`), and a
+  stale fork's newer chains are not merged where the older set's closure holds them
+  (`_union_and_intersection`);
 - the mainline ordering sorts by one key at a time (`Mainline.order_events`);
 - the iterative auth checks decide self-joins and self-leaves through a table derived from
   the membership rule (`worker.core.auth.self_membership`), running the full auth rules for
@@ -49,6 +52,7 @@ from worker.core.stateres.ordering import (
     lexicographic_topo_sort,
     sender_power,
 )
+from worker.core.stateres.split import split_ordered
 from worker.core.versions import StateResAlgorithm
 
 
@@ -86,7 +90,7 @@ def resolve_v2(
     # missing from some state set is conflicted.
     # `ordered` (lists) and `per_set` (sets) hold each state set's conflicted events: only
     # those are needed to find the auth difference below.
-    unconflicted, ordered = _split_ordered(state_sets)
+    unconflicted, ordered = split_ordered(state_sets)
     # Nothing conflicted: U is the answer (also the case for a single state set).
     if not ordered:
         return unconflicted, ResolutionStats()
@@ -127,12 +131,17 @@ def resolve_v2(
     full = conflicted_ids
     if added:
         events.load(added)
-        # Sorted only so that the lists below do not follow set order (they are sorted
-        # by the spec's keys later anyway).
-        more = [(eid, ev) for eid in sorted(added) if (ev := cache.get(eid)) is not None]
-        full_list += [eid for eid, _ in more]
-        full_evs += [ev for _, ev in more]
-        full = set(full_list)
+        # In set order: no order of these lists reaches the result, as both orderings
+        # below sort by the spec's keys, which end in the event ID (the power events are
+        # also sorted by ID before the graph is built).
+        more = list(added)
+        more_evs = list(map(cache.get, more))
+        if not all(more_evs):
+            more = [eid for eid, ev in zip(more, more_evs, strict=True) if ev is not None]
+            more_evs = list(filter(None, more_evs))
+        full_list += more
+        full_evs += cast("list[Event]", more_evs)
+        full = conflicted_ids.union(more)
 
     checked = 0
     # Step 1: power events of the full conflicted set and their auth ancestors within it,
@@ -170,8 +179,13 @@ def resolve_v2(
     # The comparison of the "mainline ordering": greater mainline position first (an event
     # based on older power levels, or on none, comes earlier), then origin_server_ts, then
     # event ID. Power levels events are all power events, so none is left to sort here.
-    # (What the events cite was mostly seen by the walks of the auth difference.)
-    cited = events.cited_by(full) if len(full) >= _MANY else None
+    # (What the events cite was mostly seen by the walks of the auth difference. Only its
+    # power levels events matter there, and those of the full conflicted set are power
+    # events: so the cited events outside it are looked at, and the cited power events.)
+    cited: set[str] | None = None
+    if len(full) >= _MANY:
+        seen = events.cited_by(full)
+        cited = (seen - full) | seen.intersection(power)
     rest, rest_evs = mainline.order_events(rest, rest_evs, cited)
 
     # Step 4: iterative auth checks over them, continuing from the partial state.
@@ -186,178 +200,6 @@ def resolve_v2(
         auth_checked=checked,
     )
     return state, stats
-
-
-def separate_v2(
-    state_sets: Sequence[Mapping[StateKey, str]],
-) -> tuple[dict[StateKey, str], dict[StateKey, list[str]]]:
-    """Split state sets into the unconflicted state map and the conflicted state set (v2+).
-
-    A key absent from some set is conflicted (spec, v2 "Unconflicted state map"). Conflicted
-    values come back as sorted lists of distinct event IDs.
-    """
-    if not state_sets:
-        return {}, {}
-    first = state_sets[0]
-    rest = state_sets[1:]
-    if len(rest) > 1:
-        positions, extra = _differing_positions(first, rest)
-        keys = list(first)
-        differing = [keys[i] for i in sorted(positions)]
-        split = dict(first)
-        for key in differing:
-            del split[key]
-        return split, {key: _values(state_sets, key) for key in chain(differing, extra)}
-    unconflicted: dict[StateKey, str] = {}
-    conflicted: dict[StateKey, list[str]] = {}
-    for key, eid in first.items():
-        for s in rest:
-            if s.get(key) != eid:
-                conflicted[key] = _values(state_sets, key)
-                break
-        else:
-            unconflicted[key] = eid
-    for s in rest:
-        for key in s:
-            if key not in first and key not in conflicted:
-                conflicted[key] = _values(state_sets, key)
-    return unconflicted, conflicted
-
-
-def _differing_positions(
-    first: Mapping[StateKey, str], rest: Sequence[Mapping[StateKey, str]]
-) -> tuple[set[int], dict[StateKey, None]]:
-    """The positions (in `first`'s key order) of the keys of `first` on which some set of
-    `rest` differs from it, and the keys of `rest` that `first` lacks, in order met.
-
-    Merging many forward extremities hands over state sets that are copies of one another
-    with a few keys changed or added, so their keys mostly come in the same order. Over the
-    longest run of keys that a set shares with `first` from the start, in the same order,
-    the values are compared a slice at a time (in C), and only slices that differ are split
-    further: the work per set is a few list copies instead of a dict lookup per key. The
-    keys after that run are compared one by one.
-    """
-    keys = list(first)
-    values = list(first.values())
-    found: set[int] = set()
-    extra: dict[StateKey, None] = {}
-    shared = len(keys)
-    for s in rest:
-        theirs = list(s)
-        shared = _shared_prefix(keys, theirs, shared)
-        _compare(values, list(s.values()), shared, found)
-        get = s.get
-        found.update(i for i in range(shared, len(keys)) if get(keys[i]) != values[i])
-        extra.update((key, None) for key in theirs[shared:] if key not in first)
-    return found, extra
-
-
-def _shared_prefix(a: list[StateKey], b: list[StateKey], guess: int) -> int:
-    """The length of the longest common prefix of `a` and `b`, by slice comparisons.
-
-    `guess` (the answer for the previous set) is tried first: sets copied from one state
-    usually share it.
-    """
-    good = min(len(a), len(b))
-    if a == b:
-        return good
-    if guess < good and a[guess] != b[guess] and a[:guess] == b[:guess]:
-        return guess
-    if a[:good] == b[:good]:
-        return good
-    # The first `lo` items agree, the first `hi` do not.
-    lo, hi = 0, good
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if a[lo:mid] == b[lo:mid]:
-            lo = mid
-        else:
-            hi = mid
-    return lo
-
-
-# The slice lengths of the value comparison: whole chunks, then parts of a differing one,
-# then item by item.
-_CHUNK = 256
-_PART = 16
-
-
-def _compare(a: list[str], b: list[str], end: int, found: set[int]) -> None:
-    """Add to `found` the positions before `end` where `a` and `b` differ."""
-    if end == len(a) == len(b) and a == b:
-        return
-    for lo in range(0, end, _CHUNK):
-        hi = min(lo + _CHUNK, end)
-        if a[lo:hi] == b[lo:hi]:
-            continue
-        for part in range(lo, hi, _PART):
-            top = min(part + _PART, hi)
-            if a[part:top] != b[part:top]:
-                found.update(i for i in range(part, top) if a[i] != b[i])
-
-
-def _values(state_sets: Sequence[Mapping[StateKey, str]], key: StateKey) -> list[str]:
-    if len(state_sets) == 2:
-        # The usual two-way fork: at most two values, ordered without building a set.
-        a = state_sets[0].get(key)
-        b = state_sets[1].get(key)
-        if a is None or b is None or a == b:
-            got = a if a is not None else b
-            return [got] if got is not None else []
-        return [a, b] if a < b else [b, a]
-    return sorted({v for s in state_sets if (v := s.get(key)) is not None})
-
-
-def _split(
-    state_sets: Sequence[Mapping[StateKey, str]],
-) -> tuple[dict[StateKey, str], list[set[str]]]:
-    """The unconflicted state map, and each state set's conflicted events (none: empty list).
-
-    The same split as `separate_v2`, in one pass over the state (a big room's state sets
-    hold thousands of entries, nearly all unconflicted), without the per-key value lists
-    that resolution does not need.
-    """
-    unconflicted, ordered = _split_ordered(state_sets)
-    return unconflicted, [set(x) for x in ordered]
-
-
-def _split_ordered(
-    state_sets: Sequence[Mapping[StateKey, str]],
-) -> tuple[dict[StateKey, str], list[list[str]]]:
-    """`_split`, with each state set's conflicted events listed in the set's own order."""
-    if len(state_sets) != 2:
-        unconflicted, conflicted = separate_v2(state_sets)
-        if not conflicted:
-            return unconflicted, []
-        return unconflicted, [
-            [eid for key in conflicted if (eid := s.get(key)) is not None] for s in state_sets
-        ]
-    # The usual case, a two-way fork: compare the two maps directly.
-    first, second = state_sets
-    mine: list[str] = []
-    theirs: list[str] = []
-    conflicted_keys: list[StateKey] = []
-    second_get = second.get
-    for key, eid in first.items():
-        other = second_get(key)
-        if other != eid:
-            # A key missing from one set is conflicted too (spec v2 definitions).
-            conflicted_keys.append(key)
-            mine.append(eid)
-            if other is not None:
-                theirs.append(other)
-    # A copy (in C) less the conflicted keys: in a big room nearly every key is shared.
-    unconflicted = dict(first)
-    for key in conflicted_keys:
-        del unconflicted[key]
-    # Keys only `second` has: there are some unless every key of `second` was met above.
-    if len(unconflicted) + len(theirs) != len(second):
-        for key, eid in second.items():
-            if key not in first:
-                theirs.append(eid)
-    if not mine and not theirs:
-        return unconflicted, []
-    return unconflicted, [mine, theirs]
 
 
 def _auth_difference(
@@ -376,35 +218,41 @@ def _auth_difference(
     behind such an event is in ∩C(Xᵢ) as well (chains are closed under "auth event of").
     """
     # Each closure is a set, whatever order its walk takes.
-    chains = [events.closure(x) for x in per_set]
-    union: set[str] = set().union(*chains)
-    inter: set[str] = chains[0].intersection(*chains[1:]) if chains else set()
+    union, inter = _union_and_intersection(events, per_set)
     candidates = union - inter
     # Only the events that are not conflicted need deciding (and the walk from U is
     # usually skipped, e.g. when a stale fork's old events are all it finds).
     undecided = candidates.difference(*per_set)
-    if undecided:
-        undecided -= _unconflicted_among(events, unconflicted, undecided)
     if not undecided:
         return union, undecided
-    return union, undecided - _reached(events, list(unconflicted.values()), inter, undecided)
+    # (The events of U are in every Cᵢ, under whichever key a state set holds them.)
+    values = list(unconflicted.values())
+    undecided.difference_update(values)
+    if not undecided:
+        return union, undecided
+    return union, undecided - _reached(events, values, inter, undecided)
 
 
-def _unconflicted_among(
-    events: Events, unconflicted: Mapping[StateKey, str], event_ids: set[str]
-) -> set[str]:
-    """Which of `event_ids` are values of the unconflicted state map (looked up by key:
-    `event_ids` is a handful, the map may hold a room's whole state)."""
-    found: set[str] = set()
-    for eid in event_ids:
-        ev = events.get(eid)
-        if (
-            ev is not None
-            and ev.state_key is not None
-            and unconflicted.get((ev.type, ev.state_key)) == eid
-        ):
-            found.add(eid)
-    return found
+def _union_and_intersection(events: Events, per_set: list[set[str]]) -> tuple[set[str], set[str]]:
+    """∪C(Xᵢ) and ∩C(Xᵢ) (see `_auth_difference`).
+
+    A stale fork (two state sets, where the newer one's conflicted events cite every
+    conflicted event of the older one, as a member's new event cites their old one) is
+    taken apart: then C(X₀) ⊆ C(X₁), because chains are closed, so the intersection is
+    C(X₀) and the union is C(X₀) together with what X₁ cites and the chains of those of
+    them that are not in X₀ (the chains of X₀'s events are in C(X₀)). The roles of the two
+    sets are tried both ways.
+    """
+    if len(per_set) == 2:
+        for older, newer in (per_set, per_set[::-1]):
+            newer_part = events.closure_citing(newer, older)
+            if newer_part is not None:
+                older_chains = events.closure(older)
+                return older_chains | newer_part, older_chains
+    chains = [events.closure(x) for x in per_set]
+    union: set[str] = set().union(*chains)
+    inter: set[str] = chains[0].intersection(*chains[1:]) if chains else set()
+    return union, inter
 
 
 def _reached(events: Events, roots: list[str], stop: set[str], wanted: set[str]) -> set[str]:
