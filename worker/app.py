@@ -33,6 +33,7 @@ from nats.js.errors import Error as JetStreamError
 from worker import __version__
 from worker.bus.consumer import ConsumerSettings, InputConsumer
 from worker.bus.leases import LeaseSettings, ShardLeases, new_worker_id
+from worker.bus.local_replies import LocalReplies
 from worker.bus.outbox import NatsOutboxRelay
 from worker.bus.shards import shard_of
 from worker.bus.subjects import Subjects
@@ -104,6 +105,8 @@ class Worker:
         self.leases: ShardLeases | None = None
         # The input pipeline's view of a room's extremities, for the Perform API's writer.
         self._held_extremities: Callable[[str], list[str] | None] | None = None
+        # The performs' inputs this process's consumer settles are answered in process.
+        self.local_replies = LocalReplies()
         self._lease_task: asyncio.Task[None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.started = False
@@ -310,7 +313,8 @@ class Worker:
         # One fetcher per shard (the leases), so a delivery gap can safely reset the shard.
         consumer_settings = dataclasses.replace(consumer_settings, reset_on_gap=True)
         consumer = self.consumer = InputConsumer(
-            self.nc, self.subjects, pipeline, consumer_settings
+            self.nc, self.subjects, pipeline, consumer_settings,
+            local_replies=self.local_replies,
         )
         self.admin, unsubscribe = await serve_purges(self.nc, self.settings.bus.prefix, store,
                                                      self.relay)
@@ -381,7 +385,8 @@ class Worker:
         try:  # the Perform API, on the same micro service (DESIGN §4)
             performs = await start_perform_service(
                 build_writer(self.nc, self.pool, self.settings, reads,
-                             held_extremities=self._held_extremities),
+                             held_extremities=self._held_extremities,
+                             local_replies=self.local_replies),
                 self.queries.service,
                 self.settings.bus.prefix, extra=Evacuations(homeserver).handlers,
             )

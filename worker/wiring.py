@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncpg
 from nats.aio.client import Client as NatsClient
 
+from worker.bus.local_replies import LocalReplies
 from worker.bus.subjects import Subjects
 from worker.bus.submit import InputBatchSubmitter, StreamSubmitter
 from worker.config import Settings, signing_key_path
@@ -75,13 +76,18 @@ def build_writer(
     settings: Settings,
     reads: query_reads.PostgresQueryReads | None = None,
     held_extremities: HeldExtremities | None = None,
+    local_replies: LocalReplies | None = None,
 ) -> RoomWriter:
     """The Perform API's writer over PostgreSQL and the input stream, signing with the
     configured key. Raises `SigningKeyError` when the key file is unusable, naming it and why.
-    `held_extremities`: the input pipeline's view of the rooms it writes (`worker.app`)."""
+    `held_extremities`: the input pipeline's view of the rooms it writes (`worker.app`);
+    `local_replies`: where this process's input consumer answers the writer's inputs it
+    settles itself, without a round trip through NATS (`worker.app`)."""
     path = signing_key_path(settings)
     key = load_signing_key(path, settings.server_name, create=settings.signing_key_file is None)
-    submitter = StreamSubmitter(nc, Subjects(settings.bus.prefix), settings.server_name)
+    submitter = StreamSubmitter(
+        nc, Subjects(settings.bus.prefix), settings.server_name, local_replies=local_replies
+    )
     reads = reads or query_side_reads(pool, settings)
     writer = RoomWriter(
         reads, PgPerformStore(pool), submitter, key,
@@ -90,7 +96,7 @@ def build_writer(
     # The remote paths: other servers through the federation service, the state they send
     # stored as outliers, the join put on the input stream.
     federation = NatsFederationPerformClient(nc, settings.bus.federation_prefix)
-    inputs = InputBatchSubmitter(nc, Subjects(settings.bus.prefix))
+    inputs = InputBatchSubmitter(nc, Subjects(settings.bus.prefix), local_replies=local_replies)
     writer.remote = RemotePerformer(
         federation, inputs, key, invites=PgInviteReads(pool), outliers=PgOutlierStore(pool)
     )

@@ -22,6 +22,7 @@ from worker.core.builder import (
     needed_state,
 )
 from worker.core.events import Event
+from worker.core.hashes import compute_event_id, room_id_for_create
 from worker.core.signing import (
     KeyFileError,
     ServerKey,
@@ -194,3 +195,31 @@ def test_key_file_round_trip_matches_synapse_format() -> None:
     assert f"{theirs.alg}:{theirs.version}" == ours.key_id
     assert bytes(theirs.verify_key) == bytes(ours.key.verify_key)
     assert isinstance(ours, ServerKey)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**53) + 1, 2**53 - 1) | st.text(max_size=12),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner,
+                                                                max_size=3),
+    max_leaves=8,
+)
+
+
+@pytest.mark.parametrize("version", sorted(ROOM_VERSIONS, key=int))
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(content=st.dictionaries(st.text(max_size=8), json_values, max_size=4),
+       state_key=st.none() | st.text(max_size=8))
+def test_the_id_from_the_signed_bytes_is_the_reference_hashs(
+    version: str, content: dict[str, Any], state_key: str | None
+) -> None:
+    # The builder hashes the bytes it signed for the event ID (and a v12 room ID) instead
+    # of redacting the event again: the result is what the reference hash of the signed
+    # event makes, and the signature is `hash_and_sign`'s.
+    head, events = _start(version)
+    built = _build(Draft("org.example.any", USERS[0], content, state_key), head, 7)
+    assert isinstance(built, Built), built
+    assert built.event_id == compute_event_id(built.pdu, head.rules)
+    unsigned = {k: v for k, v in built.pdu.items() if k not in ("hashes", "signatures")}
+    assert hash_and_sign(unsigned, head.rules, KEY) == built.pdu
+    if head.rules.room_id_from_create_event:
+        assert head.room_id == room_id_for_create(events[0], head.rules)

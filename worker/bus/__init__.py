@@ -12,6 +12,8 @@ it) and by the commands; it imports the core, the messages and, for its PostgreS
 - `outbox`: the relay publishing committed outputs; `outbox_store`: the rows it reads.
 - `leases`, `shards`: which worker consumes which shard, and the room fence.
 - `producer`, `requests`: publishing inputs, and request/reply for the hot paths.
+- `submit`, `local_replies`: the performs' inputs, and their replies handed over in process
+  when this process settles them.
 """
 
 from worker.bus.consumer import ConsumerSettings, InputConsumer, InputHandler

@@ -39,6 +39,7 @@ from worker.bus.consumer_settings import ConsumerSettings
 from worker.bus.delivery import AckInfo, Delivery, ack_info
 from worker.bus.dispatch import RoomDispatcher
 from worker.bus.handler import BatchInputHandler, InputHandler, QueuedInput
+from worker.bus.local_replies import LocalReplies
 from worker.bus.settling import Settler
 from worker.bus.subjects import (
     MSG_ID_HEADER,
@@ -71,6 +72,8 @@ class InputConsumer:
         subjects: Subjects,
         handler: InputHandler,
         settings: ConsumerSettings | None = None,
+        *,
+        local_replies: LocalReplies | None = None,
     ) -> None:
         self._nc = nc
         self._js: JetStreamContext = nc.jetstream()
@@ -83,6 +86,7 @@ class InputConsumer:
             self.settings.retry,
             leave_window=self._leave_window,
             release=self._release,
+            local_replies=local_replies,
         )
         # Checked once: an isinstance against a runtime Protocol is slow.
         self._batch_handler: BatchInputHandler | None = (

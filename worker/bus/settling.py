@@ -2,7 +2,9 @@
 the message, then the reply to the producer.
 
 `Settler` is the input consumer's hands: the consumer decides (through `settle`) and keeps
-its own books of held messages; the settler does the I/O of a decision. It calls back into
+its own books of held messages; the settler does the I/O of a decision. A reply whose
+`Reply-Inbox` a submitter of this process waits on (`worker.bus.local_replies`) is handed to
+it directly, at the point where it would be published. It calls back into
 the consumer through two callables: `leave_window` once a message's outcome is decided (its
 shard may fetch the next one) and `release` once it is settled.
 """
@@ -20,6 +22,7 @@ from worker.bus import settle
 from worker.bus.ack_confirm import AckConfirmations
 from worker.bus.deadletter import DeadLetterWriter
 from worker.bus.delivery import Delivery
+from worker.bus.local_replies import LocalReplies
 from worker.bus.requests import Requester
 from worker.bus.subjects import SubjectError, Subjects
 from worker.errors import InvariantViolation, RetryableError
@@ -51,8 +54,10 @@ class Settler:
         *,
         leave_window: Callable[[Delivery], None],
         release: Callable[[Delivery], None],
+        local_replies: LocalReplies | None = None,
     ) -> None:
         self._nc = nc
+        self._local = local_replies
         self._subjects = subjects
         self._retry = retry
         self._requests = Requester(nc)
@@ -138,6 +143,9 @@ class Settler:
             await self._reply(d.reply_inbox, fate.reply)
 
     async def _reply(self, inbox: str, reply: InputReply) -> None:
+        # A perform of this process waits on it: hand it over without the round trip.
+        if self._local is not None and self._local.deliver(inbox, reply):
+            return
         try:
             await self._nc.publish(inbox, encode_reply(reply))
         except (NatsError, JetStreamError) as exc:

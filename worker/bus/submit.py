@@ -11,6 +11,9 @@ each after its auth events.
 
 The replies of all inputs of one submitter arrive on one wildcard subscription,
 `<inbox>.<n>` (`InputReplies`), and resolve the waiting future; no subscription per input.
+Given the process's `LocalReplies`, the submitter also registers each future there, so the
+input consumer of this process answers it directly when it settles the input; the
+subscription still answers inputs that another worker consumes.
 The stream's `PubAck`s come the same way (`worker.bus.requests.Requester`), not through
 nats-py's `publish`, which costs a system call and an `asyncio.wait_for` per input.
 """
@@ -29,6 +32,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.errors import Error as NatsError
 
+from worker.bus.local_replies import LocalReplies
 from worker.bus.requests import Requester
 from worker.bus.subjects import MSG_ID_HEADER, REPLY_INBOX_HEADER, ROOM_ID_HEADER, Subjects
 from worker.messages.input import InputRoomEvent, encode_input
@@ -47,8 +51,9 @@ class InputReplies:
     """Replies to inputs published with a `Reply-Inbox`: one wildcard subscription, made at
     the first `expect`, and a token per input."""
 
-    def __init__(self, nc: NATS) -> None:
+    def __init__(self, nc: NATS, local: LocalReplies | None = None) -> None:
         self._nc = nc
+        self._local = local
         self._prefix = ""
         self._sub: Subscription | None = None
         self._subscribing = asyncio.Lock()
@@ -63,10 +68,15 @@ class InputReplies:
         token = str(next(self._tokens))
         future: asyncio.Future[InputReply] = asyncio.get_running_loop().create_future()
         self._waiting[token] = future
-        return self._prefix + token, future
+        inbox = self._prefix + token
+        if self._local is not None:
+            self._local.register(inbox, future)
+        return inbox, future
 
     def forget(self, inbox: str) -> None:
         self._waiting.pop(inbox[len(self._prefix):], None)
+        if self._local is not None:
+            self._local.forget(inbox)
 
     async def _subscribe(self) -> None:
         async with self._subscribing:
@@ -102,12 +112,13 @@ class StreamSubmitter:
         server_name: str,
         *,
         reply_timeout: float = DEFAULT_REPLY_TIMEOUT,
+        local_replies: LocalReplies | None = None,
     ) -> None:
         self._nc = nc
         self._subjects = subjects
         self._server_name = server_name
         self._timeout = reply_timeout
-        self._replies = InputReplies(nc)
+        self._replies = InputReplies(nc, local_replies)
         self._requests = Requester(nc)
 
     async def submit(
@@ -174,12 +185,13 @@ class InputBatchSubmitter:
         *,
         reply_timeout: float = 120.0,
         window: int = DEFAULT_WINDOW,
+        local_replies: LocalReplies | None = None,
     ) -> None:
         self._nc = nc
         self._subjects = subjects
         self._timeout = reply_timeout
         self._window = window
-        self._replies = InputReplies(nc)
+        self._replies = InputReplies(nc, local_replies)
 
     async def submit_inputs(
         self,

@@ -25,6 +25,7 @@ Pure: the clock, the random parts of v1-v11 IDs and the key come in as arguments
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,9 +34,14 @@ from worker.core.auth import auth_types_for_event, check_auth, check_auth_event_
 from worker.core.auth.common import CREATE, CREATE_KEY
 from worker.core.events import Event, StateKey
 from worker.core.format import parse_pdu
-from worker.core.hashes import compute_event_id, reference_hash, room_id_for_create, unpadded_b64
+from worker.core.hashes import (
+    event_id_of_reference_hash,
+    reference_hash,
+    room_id_of_reference_hash,
+    unpadded_b64,
+)
 from worker.core.outcomes import Rejection
-from worker.core.signing import ServerKey, hash_and_sign
+from worker.core.signing import ServerKey, hash_and_sign_bytes
 from worker.core.versions import EventIdFormat, RoomRules
 
 # Synapse's bound on prev_events for events it creates (`_get_prev_events_for_room`).
@@ -185,13 +191,20 @@ def build(
             pdu["redacts"] = draft.redacts
     if rules.event_id_format is EventIdFormat.CARRIED:
         pdu["event_id"] = event_id_hint
-    signed = hash_and_sign(pdu, rules, key)
-    event = parse_pdu(signed, rules, event_id=compute_event_id(signed, rules))
+    signed, covered = hash_and_sign_bytes(pdu, rules, key)
+    # The signed bytes are the reference hash's (v3+ events carry no `event_id` here): the
+    # ID and a v12 room ID come from them without redacting and encoding the event again.
+    digest = hashlib.sha256(covered).digest()
+    if rules.event_id_format is EventIdFormat.CARRIED:
+        event_id = event_id_hint
+    else:
+        event_id = event_id_of_reference_hash(digest, rules)
+    event = parse_pdu(signed, rules, event_id=event_id)
     if isinstance(event, Rejection):
         return Refused(event, invalid=True)
     room_id = head.room_id
     if is_create and rules.room_id_from_create_event:
-        room_id = room_id_for_create(signed, rules)
+        room_id = room_id_of_reference_hash(digest)
     refusal = check(event, selected, head.state)
     if refusal is not None:
         return Refused(refusal)

@@ -126,7 +126,11 @@ def compute_event_id(pdu: Mapping[str, Any], rules: RoomRules) -> str:
         if not isinstance(carried, str):
             raise ValueError("a v1/v2 PDU must carry its event_id as a string")
         return carried
-    digest = reference_hash(pdu, rules)
+    return event_id_of_reference_hash(reference_hash(pdu, rules), rules)
+
+
+def event_id_of_reference_hash(digest: bytes, rules: RoomRules) -> str:
+    """The v3+ event ID a reference hash makes (see `compute_event_id`)."""
     if rules.event_id_format is EventIdFormat.BASE64:
         return "$" + unpadded_b64(digest)
     return "$" + unpadded_urlsafe_b64(digest)
@@ -140,8 +144,13 @@ def room_id_for_create(pdu: Mapping[str, Any], rules: RoomRules) -> str:
     event's own `room_id` field (ValueError if it has none).
     """
     if rules.room_id_from_create_event:
-        return "!" + unpadded_urlsafe_b64(reference_hash(pdu, rules))
+        return room_id_of_reference_hash(reference_hash(pdu, rules))
     carried = pdu.get("room_id")
     if not isinstance(carried, str):
         raise ValueError("before v12 a create event must carry its room_id as a string")
     return carried
+
+
+def room_id_of_reference_hash(digest: bytes) -> str:
+    """The v12 room ID its create event's reference hash makes (see `room_id_for_create`)."""
+    return "!" + unpadded_urlsafe_b64(digest)

@@ -124,14 +124,28 @@ def hash_and_sign(pdu: dict[str, Any], rules: RoomRules, key: ServerKey) -> dict
     Order matters: the content hash first (it survives redaction, so the signature covers
     the whole content through it), then the signature over the redacted event.
     """
+    return hash_and_sign_bytes(pdu, rules, key)[0]
+
+
+def hash_and_sign_bytes(
+    pdu: dict[str, Any], rules: RoomRules, key: ServerKey
+) -> tuple[dict[str, Any], bytes]:
+    """`hash_and_sign`, and the canonical bytes the signature covers.
+
+    Those bytes are the redacted event without `signatures`, `unsigned` and `age_ts`: what
+    the reference hash is taken over too (`worker.core.hashes.reference_hash`), for a v1/v2
+    event carrying its `event_id` as for a v3+ event without one. A builder hashes them
+    instead of redacting and encoding the event a second time for its ID.
+    """
     signed = dict(pdu)
     signed.pop("signatures", None)
     signed["hashes"] = {"sha256": unpadded_b64(content_hash(signed))}
-    signature = key.sign(_signed_bytes(signed, rules))
+    covered = _signed_bytes(signed, rules)
+    signature = key.sign(covered)
     signatures = copy.deepcopy(dict(pdu.get("signatures") or {}))
     signatures.setdefault(key.server_name, {})[key.key_id] = signature
     signed["signatures"] = signatures
-    return signed
+    return signed, covered
 
 
 def verify_event(
@@ -157,6 +171,7 @@ __all__ = [
     "KeyFileError",
     "ServerKey",
     "hash_and_sign",
+    "hash_and_sign_bytes",
     "new_key_file",
     "parse_key_file",
     "verify_event",
