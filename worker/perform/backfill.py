@@ -227,13 +227,16 @@ class Backfiller:
         if self.states is None or self.outliers is None:
             return {}
         in_answer = {e.event_id for e in ordered}
-        outside = sorted({p for e in ordered for p in e.prev_event_ids if p not in in_answer})
-        found = await self.reads.events(outside) if outside else {}
+        outside = {p for e in ordered for p in e.prev_event_ids if p not in in_answer}
+        # The answer's own events too: one held here with a state already needs none.
+        found = await self.reads.events(sorted(outside | in_answer))
         stated = {i for i, ev in found.items() if ev.has_state and ev.room_id == room_id}
         out: dict[str, PulledState] = {}
         asked = 0
         for e in ordered:
-            if all(p in in_answer or p in stated for p in e.prev_event_ids):
+            if e.event_id in stated or all(
+                p in in_answer or p in stated for p in e.prev_event_ids
+            ):
                 continue
             if asked == MAX_STATE_FETCHES:
                 log.info("backfill_state_not_asked", event_id=e.event_id,
