@@ -11,6 +11,7 @@ from worker.bus.local_replies import LocalReplies
 from worker.bus.subjects import Subjects
 from worker.bus.submit import InputBatchSubmitter, StreamSubmitter
 from worker.config import Settings, signing_key_path
+from worker.federation.client import NatsFederationClient
 from worker.federation.perform_client import NatsFederationPerformClient
 from worker.perform.backfill import Backfiller
 from worker.perform.keys import load_signing_key
@@ -97,10 +98,16 @@ def build_writer(
     # stored as outliers, the join put on the input stream.
     federation = NatsFederationPerformClient(nc, settings.bus.federation_prefix)
     inputs = InputBatchSubmitter(nc, Subjects(settings.bus.prefix), local_replies=local_replies)
+    outliers = PgOutlierStore(pool)
     writer.remote = RemotePerformer(
-        federation, inputs, key, invites=PgInviteReads(pool), outliers=PgOutlierStore(pool)
+        federation, inputs, key, invites=PgInviteReads(pool), outliers=outliers
     )
-    writer.remote.backfiller = Backfiller(reads, federation, inputs, settings.server_name)
+    # Backfilled history gets the state before its oldest events through the gap filler's
+    # verbs (`state_ids`, `state`, `event`), asked of the server that answered first.
+    states = NatsFederationClient(nc, settings.bus.federation_prefix)
+    writer.remote.backfiller = Backfiller(
+        reads, federation, inputs, settings.server_name, states=states, outliers=outliers
+    )
     return writer
 
 

@@ -76,17 +76,31 @@ class FakeRemote(FakeFederation):
     # What the resident servers were sent, by verb.
     received: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     signed: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # The running state while `host` and `add` walk the room's events.
+    _states: dict[tuple[str, str], str] = field(default_factory=dict)
 
     def host(self, b: RoomBuilder) -> None:
-        """Serve `b`'s room: every event signed with the resident's key."""
+        """Serve `b`'s room: every event signed with the resident's key, and the state
+        before each (`state_ids` / `state`), the room being linear."""
         self.room = b
         self.signed = {eid: signed_copy(pdu, b, self.key) for eid, pdu in b.events.items()}
         self.served = self.signed
+        self._states = {}
+        for eid in b.events:
+            self._remember(eid)
 
     def add(self, event_id: str) -> None:
         """Serve an event built on `room` after `host`."""
         assert self.room is not None
         self.signed[event_id] = signed_copy(self.room.events[event_id], self.room, self.key)
+        self._remember(event_id)
+
+    def _remember(self, event_id: str) -> None:
+        """The state before `event_id`: the one after the events built before it."""
+        self.state_before[event_id] = sorted(self._states.values())
+        pdu = self.signed[event_id]
+        if "state_key" in pdu:
+            self._states[(pdu["type"], pdu["state_key"])] = event_id
 
     async def start(self) -> None:
         await super().start()

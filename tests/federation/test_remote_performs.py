@@ -384,12 +384,11 @@ async def test_backfill_for_another_server_is_answered_from_the_store_alone(
     # One of our users asking fetches it.
     page = await api.perform("backfill", room_id=b.room_id, event_ids=[history[-1]], limit=5)
     assert len(page["events"]) == 5 and len(remote.received["backfill"]) == 1
-    # Backfilled history whose earliest prev event we lack is stored without a state: what
-    # the other server may see of it cannot be shown, so it is not served (the room is
-    # `shared`, but the visibility at those events is not known here).
+    # The oldest backfilled event got the state before it from the server that answered, so
+    # the history has a state: under `shared`, the other server is served it from the store.
     page = await api.perform("backfill", room_id=b.room_id, event_ids=[history[-1]], limit=5,
                              server_name="elsewhere.test")
-    assert page["events"] == []
+    assert [e["event_id"] for e in page["events"]] == list(reversed(history))
     assert len(remote.received["backfill"]) == 1
 
 
@@ -460,3 +459,111 @@ async def test_backfill_from_the_store_applies_history_visibility(
     assert {*before, invite, *invited, join, *after} <= ours
     # Answered from the store: nobody was asked.
     assert "backfill" not in remote.received
+
+
+def _history_room(visibility: str, messages: int = 5) -> tuple[RoomBuilder, list[str]]:
+    """A room of `test` under `visibility` with `messages` of history, a topic before and
+    one after it, so that the state before the history holds an event bob's join does not
+    bring."""
+    b = remote_room(5)
+    b.state_event("m.room.history_visibility", "", {"history_visibility": visibility}, "alice")
+    b.topic("alice", "earlier")
+    history = [b.message("alice", f"old message {i}") for i in range(messages)]
+    b.topic("alice", "later")
+    return b, history
+
+
+async def _seen_by(api: Api, room_id: str, start: str, server_name: str) -> list[str]:
+    page = await api.perform("backfill", room_id=room_id, event_ids=[start], limit=100,
+                             server_name=server_name)
+    return [e["event_id"] for e in page["events"]]
+
+
+@pytest.mark.parametrize(("visibility", "served"), [
+    ("shared", True), ("world_readable", True), ("joined", False),
+])
+async def test_backfilled_history_is_served_under_history_visibility(
+    api: Api, remote: FakeRemote, visibility: str, served: bool
+) -> None:
+    """Backfilled from `test`, the history is then served from the store to another server
+    as the visibility at it allows: under `joined`, not to a server with no member then."""
+    b, history = _history_room(visibility)
+    remote.host(b)
+    await api.perform("join", user_id=BOB, room_id_or_alias=b.room_id, server_names=["test"])
+    page = await api.perform("backfill", room_id=b.room_id, event_ids=[history[-1]], limit=5)
+    assert [e["event_id"] for e in page["events"]] == list(reversed(history))
+    assert "state_ids" in remote.asked
+    # Asked of the server that answered the backfill.
+    assert remote.received["backfill"][0]["destination"] == "test"
+    seen = await _seen_by(api, b.room_id, history[-1], "elsewhere.test")
+    assert seen == (list(reversed(history)) if served else [])
+    for event_id in history:
+        allowed = await api.query("server_allowed_to_see_event", room_id=b.room_id,
+                                  event_id=event_id, server_name="elsewhere.test")
+        assert allowed["allowed"] is served
+    # `test` had members then (alice): under `joined` too, it may see the history.
+    assert await _seen_by(api, b.room_id, history[-1], "test") == list(reversed(history))
+
+
+async def test_backfilled_state_events_we_lack_are_fetched_and_stored(
+    api: Api, remote: FakeRemote
+) -> None:
+    """The state before the oldest backfilled event holds an event bob's join did not
+    bring (a topic replaced since): it is fetched, checked, stored as an outlier, and the
+    history's state has it."""
+    b = remote_room(5)
+    old_topic = b.topic("alice", "the old topic")
+    history = [b.message("alice", f"old message {i}") for i in range(3)]
+    b.topic("alice", "the new topic")
+    remote.host(b)
+    await api.perform("join", user_id=BOB, room_id_or_alias=b.room_id, server_names=["test"])
+    await api.perform("backfill", room_id=b.room_id, event_ids=[history[-1]], limit=3)
+    assert "event" in remote.asked or "state" in remote.asked
+    after = await api.query("state_after_events", room_id=b.room_id,
+                            prev_event_ids=[history[0]], state_tuples=[["m.room.topic", ""]])
+    assert after["prev_events_exist"] is True
+    assert [e["event_id"] for e in after["state_events"]] == [old_topic]
+
+
+@pytest.mark.parametrize("spoil", ["missing_event", "wrong_room", "bad_hash", "no_state"])
+async def test_backfill_with_a_garbage_state_answer_stores_history_without_state(
+    api: Api, remote: FakeRemote, spoil: str
+) -> None:
+    """A state that does not check is refused: the backfilled events are still stored and
+    given to our users, but without a state, so nothing of them is served to another
+    server (the visibility at them is not known)."""
+    b, history = _history_room("shared")
+    remote.host(b)
+    await api.perform("join", user_id=BOB, room_id_or_alias=b.room_id, server_names=["test"])
+    honest = remote.state_before[history[0]]
+
+    async def state_ids(req: dict[str, Any]) -> bytes:
+        ids = list(honest)
+        if spoil == "missing_event":
+            ids.append("$nobody_has_this")
+        elif spoil == "no_state":
+            return msgspec.json.encode({"error_code": "not_found", "error": "no state"})
+        return msgspec.json.encode({"pdu_ids": ids, "auth_chain_ids": []})
+
+    async def event(req: dict[str, Any]) -> bytes:
+        pdu = remote.signed.get(req["event_id"])
+        if pdu is None:
+            return msgspec.json.encode({"error_code": "not_found"})
+        pdu = dict(pdu)
+        if spoil == "wrong_room":
+            pdu["room_id"] = "!elsewhere:test"
+        elif spoil == "bad_hash":
+            pdu["content"] = {"topic": "sneaked"}
+        return msgspec.json.encode({"pdus": [pdu]})
+
+    remote.answers["state_ids"] = state_ids
+    # The earlier topic is the state's one event we lack: `event` is asked for it.
+    remote.answers["event"] = event
+    page = await api.perform("backfill", room_id=b.room_id, event_ids=[history[-1]], limit=5)
+    assert [e["event_id"] for e in page["events"]] == list(reversed(history))
+    assert "state_ids" in remote.asked
+    assert ("event" in remote.asked) is (spoil != "no_state")
+    assert await _seen_by(api, b.room_id, history[-1], "elsewhere.test") == []
+    allowed = await api.query("server_allowed_to_see_event", room_id=b.room_id,
+                              event_id=history[0], server_name="elsewhere.test")
+    assert allowed["allowed"] is False

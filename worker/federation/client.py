@@ -108,8 +108,10 @@ class NatsFederationClient:
             return []
         return self._pdus("get_missing_events", resp.events)
 
-    async def state_ids(self, room_id: str, event_id: str) -> tuple[list[str], list[str]]:
-        req = StateIdsRequest(room_id=room_id, event_id=event_id)
+    async def state_ids(
+        self, room_id: str, event_id: str, *, origin: str = ""
+    ) -> tuple[list[str], list[str]]:
+        req = StateIdsRequest(room_id=room_id, event_id=event_id, origin=origin)
         resp = await self._ask("state_ids", req, StateIdsResponse, self.state_timeout)
         if resp is None:
             return [], []
@@ -118,8 +120,10 @@ class NatsFederationClient:
             return [], []
         return list(resp.pdu_ids), list(resp.auth_chain_ids)
 
-    async def state(self, room_id: str, event_id: str) -> tuple[list[Pdu], list[Pdu]]:
-        req = StateRequest(room_id=room_id, event_id=event_id)
+    async def state(
+        self, room_id: str, event_id: str, *, origin: str = ""
+    ) -> tuple[list[Pdu], list[Pdu]]:
+        req = StateRequest(room_id=room_id, event_id=event_id, origin=origin)
         resp = await self._ask("state", req, StateResponse, self.state_timeout)
         if resp is None:
             return [], []
@@ -129,8 +133,8 @@ class NatsFederationClient:
             return [], []
         return pdus, chain
 
-    async def event(self, room_id: str, event_id: str) -> Pdu | None:
-        req = EventRequest(room_id=room_id, event_id=event_id)
+    async def event(self, room_id: str, event_id: str, *, origin: str = "") -> Pdu | None:
+        req = EventRequest(room_id=room_id, event_id=event_id, origin=origin)
         resp = await self._ask("event", req, EventResponse, self.timeout)
         if resp is None or len(resp.pdus) != 1:
             return None

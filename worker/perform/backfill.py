@@ -13,9 +13,22 @@ A remote asker (`server_name`: the federation API answering another server's `/b
 is answered from the store alone, leaving out the events it may not see under the room's
 history visibility (`worker.query.visibility`). Asking other servers on its behalf would let
 two servers that both lack some history ask each other for it, round after round, each
-waiting on the other; and the asker can ask those servers itself. An event stored without
-a state (backfilled history whose earliest prev event we lack) is not served to another
-server: the visibility at it, and its members then, are not known here.
+waiting on the other; and the asker can ask those servers itself.
+
+A backfilled event whose prev events are neither stored here with a state nor earlier in
+the same answer (the oldest of a page) gets the state before it from the server that
+answered (`worker.perform.pulled_state`: `state_ids`, then `event`s or `state`, every event
+checked as a join's state is); the events we lacked are stored as outliers in bulk
+(`OutlierStore`), and the event is submitted with `state_event_ids`, so the pipeline stores
+it with a snapshot (an `old` event still never touches the room's current state or
+extremities), and the events built on it have one too. History visibility can then be
+evaluated at them, and they are served to other servers as the room's visibility allows.
+A state that cannot be had or does not check is refused (logged with its reason) and the
+event is stored without a state, as before: the event itself passed its own checks and our
+users may read it; only serving it to other servers waits, which is the safe side of
+visibility. Refusing the whole page instead would lose history over one server's bad state
+answer. An event stored without a state is not served to another server: the visibility at
+it, and its members then, are not known here.
 """
 
 from __future__ import annotations
@@ -37,6 +50,8 @@ from worker.messages.federation_perform import BackfillResponse as FederationBac
 from worker.messages.input import InputRoomEvent
 from worker.messages.perform_backfill import BackfillRequest, BackfillResponse
 from worker.perform.ports import InputPort, PerformFailed, Unanswered
+from worker.perform.pulled_state import PulledState, StateFederation, pull_state
+from worker.pipeline.fetch_missing import GapSettings
 from worker.query.handlers import _allowed
 from worker.query.ports import WILDCARD, QueryEvent, QueryStore
 
@@ -44,6 +59,17 @@ log = structlog.get_logger(__name__)
 
 MAX_LIMIT = 1000
 MEMBER = "m.room.member"
+# States asked for per answer at most: an honest page needs one (its oldest event), a few
+# where history forks; a forged page of events citing unknown prevs must not cost more.
+MAX_STATE_FETCHES = 8
+
+
+class BackfillOutliers(Protocol):
+    """Stores checked events as outliers in bulk (`worker.perform.remote.OutlierStore`)."""
+
+    async def store_outliers(
+        self, room_id: str, room_version: str, events: Sequence[Event]
+    ) -> list[str]: ...
 
 
 class BackfillFederation(Protocol):
@@ -59,11 +85,20 @@ class Backfiller:
         federation: BackfillFederation,
         inputs: InputPort,
         server_name: str,
+        *,
+        states: StateFederation | None = None,
+        outliers: BackfillOutliers | None = None,
+        settings: GapSettings | None = None,
     ) -> None:
+        """Without `states` (and `outliers`), backfilled events whose prev events we lack
+        are stored without a state."""
         self.reads = reads
         self.federation = federation
         self.inputs = inputs
         self.server_name = server_name
+        self.states = states
+        self.outliers = outliers
+        self.settings = settings or GapSettings()
 
     async def backfill(self, req: BackfillRequest) -> BackfillResponse:
         if not 1 <= req.limit <= MAX_LIMIT:
@@ -150,19 +185,31 @@ class Backfiller:
     ) -> list[tuple[int, str, msgspec.Raw]]:
         attempt = "~" + secrets.token_hex(4)
         ordered = sorted(events, key=lambda e: (e.depth, e.event_id))
-        inputs = [
-            (InputRoomEvent(
+        states = await self._states(room_id, rules, server, ordered)
+        inputs: list[tuple[InputRoomEvent, str]] = []
+        # The backfilled event each input is, None for a state event put before one.
+        owners: list[Event | None] = []
+        sent: set[str] = set()
+        for e in ordered:
+            pulled = states.get(e.event_id)
+            if pulled is not None:
+                extra = await self._outlier_inputs(room_id, rules, server, pulled, attempt, sent)
+                inputs += extra
+                owners += [None] * len(extra)
+            inputs.append((InputRoomEvent(
                 kind="old", event=msgspec.Raw(msgspec.json.encode(e.pdu)),
                 room_version=rules.version, origin=server,
-            ), e.event_id + attempt)
-            for e in ordered
-        ]
+                state_event_ids=pulled.state_ids if pulled is not None else None,
+            ), e.event_id + attempt))
+            owners.append(e)
         try:
             replies = await self.inputs.submit_inputs(room_id, inputs)
         except TimeoutError:
             raise PerformFailed("unavailable", "no verdict on the backfilled events in time") from None
         out: list[tuple[int, str, msgspec.Raw]] = []
-        for event, reply in zip(ordered, replies, strict=True):
+        for event, reply in zip(owners, replies, strict=True):
+            if event is None:
+                continue
             if reply.outcome != "accepted":
                 log.info("backfilled_event_refused", event_id=event.event_id,
                          code=reply.reason_code, reason=reply.reason)
@@ -170,6 +217,60 @@ class Backfiller:
             pdu = {**event.pdu, "event_id": event.event_id}
             out.append((event.depth, event.event_id, msgspec.Raw(msgspec.json.encode(pdu))))
         return out
+
+    async def _states(
+        self, room_id: str, rules: RoomRules, server: str, ordered: Sequence[Event]
+    ) -> dict[str, PulledState]:
+        """The state before each event (oldest first) whose prev events are neither stored
+        with a state nor in the answer, from `server`; events whose state could not be had
+        are absent (stored without a state)."""
+        if self.states is None or self.outliers is None:
+            return {}
+        in_answer = {e.event_id for e in ordered}
+        outside = {p for e in ordered for p in e.prev_event_ids if p not in in_answer}
+        # The answer's own events too: one held here with a state already needs none.
+        found = await self.reads.events(sorted(outside | in_answer))
+        stated = {i for i, ev in found.items() if ev.has_state and ev.room_id == room_id}
+        out: dict[str, PulledState] = {}
+        asked = 0
+        for e in ordered:
+            if e.event_id in stated or all(
+                p in in_answer or p in stated for p in e.prev_event_ids
+            ):
+                continue
+            if asked == MAX_STATE_FETCHES:
+                log.info("backfill_state_not_asked", event_id=e.event_id,
+                         reason=f"{MAX_STATE_FETCHES} states asked for this answer already")
+                continue
+            asked += 1
+            pulled = await pull_state(
+                self.states, self.reads, rules, room_id, e.event_id, server, self.settings
+            )
+            if isinstance(pulled, Rejection):
+                log.warning("backfill_state_refused", event_id=e.event_id, server=server,
+                            code=pulled.code, reason=pulled.reason)
+                continue
+            out[e.event_id] = pulled
+        return out
+
+    async def _outlier_inputs(
+        self, room_id: str, rules: RoomRules, server: str, pulled: PulledState, attempt: str,
+        sent: set[str],
+    ) -> list[tuple[InputRoomEvent, str]]:
+        """Store the state's events we lacked, in bulk; those the pipeline must store
+        itself (`worker.storage.outliers`) as `outlier` inputs, to go before the event
+        (once: another state of the page may need them too)."""
+        assert self.outliers is not None
+        left = set(await self.outliers.store_outliers(room_id, rules.version, pulled.fetched))
+        left -= sent
+        sent |= left
+        return [
+            (InputRoomEvent(
+                kind="outlier", event=msgspec.Raw(msgspec.json.encode(e.pdu)),
+                room_version=rules.version, origin=server,
+            ), e.event_id + attempt)
+            for e in pulled.fetched if e.event_id in left
+        ]
 
 
 def _checked(
