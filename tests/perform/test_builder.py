@@ -208,7 +208,9 @@ json_values = st.recursive(
 @pytest.mark.parametrize("version", sorted(ROOM_VERSIONS, key=int))
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(content=st.dictionaries(st.text(max_size=8), json_values, max_size=4),
-       state_key=st.none() | st.text(max_size=8))
+       # A state key starting with '@' must be the sender's (an auth rule): not this test's
+       # subject, so none is drawn.
+       state_key=st.none() | st.text(max_size=8).filter(lambda k: not k.startswith("@")))
 def test_the_id_from_the_signed_bytes_is_the_reference_hashs(
     version: str, content: dict[str, Any], state_key: str | None
 ) -> None:
