@@ -9,7 +9,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from worker.core.canonical import MAX_NESTING, MAX_SAFE_INT, check_json_values, encode_canonical
+from worker.core.canonical import (
+    MAX_NESTING,
+    MAX_SAFE_INT,
+    check_json_values,
+    encode_canonical,
+    encode_canonical_float_free,
+)
 
 # Strings that stress the escaping rules: every control character, the characters JSON
 # escapes, DEL, the JavaScript line separators, BMP/astral boundaries and non-characters.
@@ -45,6 +51,14 @@ def _json(leaves: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
 @given(_json(_SCALARS))
 def test_matches_canonicaljson_without_floats(value: Any) -> None:
     assert encode_canonical(value) == canonicaljson.encode_canonical_json(value)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_json(_SCALARS))
+def test_float_free_matches_canonicaljson_on_strict_values(value: Any) -> None:
+    # The hashes of a v6+ PDU encode it without the float scan once the strict rules held.
+    if check_json_values(value, strict=True) is None:
+        assert encode_canonical_float_free(value) == canonicaljson.encode_canonical_json(value)
 
 
 @settings(max_examples=200, deadline=None)

@@ -149,7 +149,10 @@ def parse_pdu(
     checked = _validate(pdu, rules)
     if isinstance(checked, Rejection):
         return checked
-    event = Event(pdu, event_id if event_id is not None else compute_event_id(pdu, rules), rules)
+    if event_id is None:
+        # Validated under strict rules, the hashed parts of the PDU hold no float.
+        event_id = compute_event_id(pdu, rules, float_free=rules.strict_canonical_json)
+    event = Event(pdu, event_id, rules)
     event.canonical = checked
     return event
 

@@ -19,7 +19,7 @@ import hashlib
 from collections.abc import Mapping
 from typing import Any
 
-from worker.core.canonical import encode_canonical
+from worker.core.canonical import encode_canonical, encode_canonical_float_free
 from worker.core.outcomes import Rejection
 from worker.core.reasons import Reason
 from worker.core.redaction import redact
@@ -44,18 +44,22 @@ def unpadded_urlsafe_b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).decode("ascii").rstrip("=")
 
 
-def content_hash(pdu: Mapping[str, Any]) -> bytes:
+def content_hash(pdu: Mapping[str, Any], *, float_free: bool = False) -> bytes:
     """sha256 of the canonical JSON of the PDU without `unsigned`, `signatures`, `hashes`.
 
     This is the value the `hashes.sha256` field carries (base64); `check_content_hash` holds
     a PDU to it. Synapse also drops `age_ts`, `outlier` and `destinations`, keys that never appear in a
     PDU sent over federation; we follow the spec's list.
+
+    `float_free`: the caller vouches that the PDU passed `validate_pdu` under strict rules
+    (v6+), so that the faster `encode_canonical_float_free` gives the same bytes.
     """
     stripped = {k: v for k, v in pdu.items() if k not in _NOT_IN_CONTENT_HASH}
-    return hashlib.sha256(encode_canonical(stripped)).digest()
+    encode = encode_canonical_float_free if float_free else encode_canonical
+    return hashlib.sha256(encode(stripped)).digest()
 
 
-def check_content_hash(pdu: Mapping[str, Any]) -> bool | Rejection:
+def check_content_hash(pdu: Mapping[str, Any], *, float_free: bool = False) -> bool | Rejection:
     """Whether `hashes.sha256` is the PDU's content hash; a `Rejection` when it cannot be
     one (absent, not a string, not base64).
 
@@ -81,7 +85,7 @@ def check_content_hash(pdu: Mapping[str, Any]) -> bool | Rejection:
             "the content hash (hashes.sha256) is not a string of unpadded base64",
             "pdu.hashes.sha256",
         )
-    return digest == content_hash(pdu)
+    return digest == content_hash(pdu, float_free=float_free)
 
 
 def _decode_base64(text: str) -> bytes | None:
@@ -94,7 +98,7 @@ def _decode_base64(text: str) -> bytes | None:
         return None
 
 
-def reference_hash(pdu: Mapping[str, Any], rules: RoomRules) -> bytes:
+def reference_hash(pdu: Mapping[str, Any], rules: RoomRules, *, float_free: bool = False) -> bytes:
     """sha256 of the canonical JSON of the redacted PDU without `signatures` and `unsigned`.
 
     Steps (spec "Calculating the reference hash"): 1. redact the event with the version's
@@ -111,10 +115,11 @@ def reference_hash(pdu: Mapping[str, Any], rules: RoomRules) -> bytes:
         redacted.pop(key, None)
     if rules.event_id_format is not EventIdFormat.CARRIED:
         redacted.pop("event_id", None)
-    return hashlib.sha256(encode_canonical(redacted)).digest()
+    encode = encode_canonical_float_free if float_free else encode_canonical
+    return hashlib.sha256(encode(redacted)).digest()
 
 
-def compute_event_id(pdu: Mapping[str, Any], rules: RoomRules) -> str:
+def compute_event_id(pdu: Mapping[str, Any], rules: RoomRules, *, float_free: bool = False) -> str:
     """The event ID the room version gives this PDU.
 
     v1, v2 (`CARRIED`): the PDU's own `event_id` field (ValueError if it has none).
@@ -126,7 +131,7 @@ def compute_event_id(pdu: Mapping[str, Any], rules: RoomRules) -> str:
         if not isinstance(carried, str):
             raise ValueError("a v1/v2 PDU must carry its event_id as a string")
         return carried
-    return event_id_of_reference_hash(reference_hash(pdu, rules), rules)
+    return event_id_of_reference_hash(reference_hash(pdu, rules, float_free=float_free), rules)
 
 
 def event_id_of_reference_hash(digest: bytes, rules: RoomRules) -> str:

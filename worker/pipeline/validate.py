@@ -132,7 +132,8 @@ async def validate(
         return refused(event.event_id, Outcome.INVALID, wrong)
     if room is None and not is_create(event) and inp.kind != "invite":
         return refused(event.event_id, Outcome.REJECTED, _UNKNOWN_ROOM)
-    hashed = check_content_hash(event.pdu)
+    # `_parse` validated the PDU: under strict rules its hashed parts hold no float.
+    hashed = check_content_hash(event.pdu, float_free=rules.strict_canonical_json)
     if isinstance(hashed, Rejection):
         return refused(event.event_id, Outcome.INVALID, hashed)
     if not hashed:
