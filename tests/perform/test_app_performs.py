@@ -7,36 +7,24 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import nats
 import pytest
 
 from tests.perform.conftest import Api, user
 from worker.app import Worker
-from worker.config import load_settings
 from worker.storage.query_reads import PostgresQueryReads
 
 ALICE = user("alice")
 
 
 @pytest.fixture
-async def app_api(
-    nats_url: str, database_dsn: str, prefix: str, tmp_path: Path
-) -> AsyncIterator[Api]:
-    settings = load_settings({
-        "NATS_URL": nats_url, "DATABASE_URL": database_dsn, "ROOMSERVER_PREFIX": prefix,
-        "SERVER_NAME": "hs.test", "DATA_DIR": str(tmp_path), "METRICS_ADDR": "127.0.0.1:0",
-        "LOG_LEVEL": "warning",
-    })
-    worker = Worker(settings)
-    assert await worker.start()
+async def app_api(app_worker: Worker, nats_url: str, prefix: str) -> AsyncIterator[Api]:
     nc = await nats.connect(nats_url)
     try:
         yield Api(nc, prefix)
     finally:
         await nc.close()
-        await worker.stop()
 
 
 async def test_sends_make_one_chain(app_api: Api, monkeypatch: pytest.MonkeyPatch) -> None:

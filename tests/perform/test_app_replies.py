@@ -5,17 +5,13 @@ perform still gets its verdict (the events are in the room)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import nats
-import pytest
 from nats.aio.msg import Msg
 
 from tests.perform.conftest import Api, user
 from worker.app import Worker
 from worker.bus.subjects import REPLY_INBOX_HEADER
-from worker.config import load_settings
 
 ALICE = user("alice")
 GUARD = 20.0  # seconds; only ever reached when something hangs
@@ -37,26 +33,10 @@ class Spy:
         self.published.append(msg.subject)
 
 
-@pytest.fixture
-async def worker(
-    nats_url: str, database_dsn: str, prefix: str, tmp_path: Path
-) -> AsyncIterator[Worker]:
-    settings = load_settings({
-        "NATS_URL": nats_url, "DATABASE_URL": database_dsn, "ROOMSERVER_PREFIX": prefix,
-        "SERVER_NAME": "hs.test", "DATA_DIR": str(tmp_path), "METRICS_ADDR": "127.0.0.1:0",
-        "LOG_LEVEL": "warning",
-    })
-    worker = Worker(settings)
-    assert await worker.start()
-    try:
-        yield worker
-    finally:
-        await worker.stop()
-
-
 async def test_performs_are_answered_without_a_reply_on_nats(
-    worker: Worker, nats_url: str, prefix: str
+    app_worker: Worker, nats_url: str, prefix: str
 ) -> None:
+    worker = app_worker
     spy = Spy()
     watcher = await nats.connect(nats_url)
     client = await nats.connect(nats_url)
