@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from worker.app import Worker
+from worker.config import load_settings
 from worker.embedded import EmbeddedNats, EmbeddedPostgres
 
 
@@ -82,3 +84,22 @@ async def database_dsn(embedded_pg: EmbeddedPostgres) -> AsyncIterator[str]:
 def prefix() -> str:
     """A stream/subject prefix of this test's own (streams are named from it, upper-cased)."""
     return f"rs{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+async def app_worker(
+    nats_url: str, database_dsn: str, prefix: str, tmp_path: Path
+) -> AsyncIterator[Worker]:
+    """The whole worker as `python -m worker run` starts it (pipeline, queries and Perform
+    API in one process), server `hs.test`."""
+    settings = load_settings({
+        "NATS_URL": nats_url, "DATABASE_URL": database_dsn, "ROOMSERVER_PREFIX": prefix,
+        "SERVER_NAME": "hs.test", "DATA_DIR": str(tmp_path), "METRICS_ADDR": "127.0.0.1:0",
+        "LOG_LEVEL": "warning",
+    })
+    worker = Worker(settings)
+    assert await worker.start()
+    try:
+        yield worker
+    finally:
+        await worker.stop()

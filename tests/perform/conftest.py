@@ -17,7 +17,6 @@ from nats.aio.client import Client as NATS
 
 from tests.e2e.conftest import Client, WorkerRun
 from tests.perform.synapse_check import synapse_refusal, synapse_signature_ok
-from worker.app import Worker
 from worker.bus.subjects import Subjects
 from worker.config import load_settings
 from worker.perform.service import PerformService
@@ -198,21 +197,3 @@ async def check_built_events(api: Api, reader: Client) -> int:
 async def reader(api: Api) -> Client:
     return Client(api.nc, Subjects(api.prefix))
 
-
-@pytest.fixture
-async def app_worker(
-    nats_url: str, database_dsn: str, prefix: str, tmp_path: Path
-) -> AsyncIterator[Worker]:
-    """The whole worker as `python -m worker run` starts it (pipeline, queries and Perform
-    API in one process), server `hs.test`."""
-    settings = load_settings({
-        "NATS_URL": nats_url, "DATABASE_URL": database_dsn, "ROOMSERVER_PREFIX": prefix,
-        "SERVER_NAME": SERVER, "DATA_DIR": str(tmp_path), "METRICS_ADDR": "127.0.0.1:0",
-        "LOG_LEVEL": "warning",
-    })
-    worker = Worker(settings)
-    assert await worker.start()
-    try:
-        yield worker
-    finally:
-        await worker.stop()

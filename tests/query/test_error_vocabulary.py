@@ -5,14 +5,11 @@ failure in the one vocabulary of DESIGN §4 (`worker.messages.errors`): the stab
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import nats
-import pytest
 
 from worker.app import Worker
-from worker.config import load_settings
 from worker.messages import admin
 from worker.messages.errors import ERROR_CODE_HEADER, ERROR_CODES, ERROR_STATUS
 from worker.perform.service import PERFORM_HANDLERS, QUERY_HANDLERS
@@ -40,23 +37,6 @@ NOT_FOUND = {
 }
 
 
-@pytest.fixture
-async def worker(
-    nats_url: str, database_dsn: str, prefix: str, tmp_path: Path
-) -> Any:
-    settings = load_settings({
-        "NATS_URL": nats_url, "DATABASE_URL": database_dsn, "ROOMSERVER_PREFIX": prefix,
-        "SERVER_NAME": SERVER, "DATA_DIR": str(tmp_path), "METRICS_ADDR": "127.0.0.1:0",
-        "LOG_LEVEL": "warning",
-    })
-    w = Worker(settings)
-    assert await w.start()
-    try:
-        yield w
-    finally:
-        await w.stop()
-
-
 async def _ask(nc: Any, subject: str, data: bytes) -> tuple[str, str, dict[str, Any]]:
     """(status, stable code, body) of an error answer; ("", "", body) of a success."""
     msg = await nc.request(subject, data, timeout=60)
@@ -72,7 +52,10 @@ def _check(endpoint: str, status: str, code: str, body: dict[str, Any]) -> None:
     assert body["message"], endpoint
 
 
-async def test_every_endpoint_answers_in_the_vocabulary(worker: Worker, nats_url: str) -> None:
+async def test_every_endpoint_answers_in_the_vocabulary(
+    app_worker: Worker, nats_url: str
+) -> None:
+    worker = app_worker
     assert worker.queries is not None and worker.queries.service is not None
     endpoints = {e.name: e.subject for e in worker.queries.service.info().endpoints}
     # Every endpoint the registries declare is served, and nothing else: a new registry
