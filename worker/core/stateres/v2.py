@@ -120,7 +120,9 @@ def resolve_v2(
 
     # Definitions (v2+): the full conflicted set is the conflicted state set plus the auth
     # difference.
-    chains_union, difference = _auth_difference(events, unconflicted, per_set)
+    chains_union, difference = _auth_difference(
+        events, unconflicted, per_set, flags.conflicted_subgraph
+    )
     # Auth-chain events we could not look up cannot be checked or applied; they only
     # matter through the events citing them, whose checks then fail or fall back.
     added = difference - conflicted_ids
@@ -203,10 +205,14 @@ def resolve_v2(
 
 
 def _auth_difference(
-    events: Events, unconflicted: Mapping[StateKey, str], per_set: list[set[str]]
+    events: Events,
+    unconflicted: Mapping[StateKey, str],
+    per_set: list[set[str]],
+    want_union: bool,
 ) -> tuple[set[str], set[str]]:
-    """The union of the conflicted events' chains, and the auth difference ∪Cᵢ − ∩Cᵢ less
-    the conflicted events (which join the full conflicted set anyway).
+    """The union of the conflicted events' chains (when `want_union`, else possibly empty),
+    and the auth difference ∪Cᵢ − ∩Cᵢ less the conflicted events (which join the full
+    conflicted set anyway).
 
     Cᵢ, the auth chain of state set Sᵢ, counts Sᵢ's own events in, as Synapse computes it
     (the spec's text, read literally, leaves them out, and the two readings split rooms;
@@ -218,8 +224,7 @@ def _auth_difference(
     behind such an event is in ∩C(Xᵢ) as well (chains are closed under "auth event of").
     """
     # Each closure is a set, whatever order its walk takes.
-    union, inter = _union_and_intersection(events, per_set)
-    candidates = union - inter
+    union, inter, candidates = _union_and_intersection(events, per_set, want_union)
     # Only the events that are not conflicted need deciding (and the walk from U is
     # usually skipped, e.g. when a stale fork's old events are all it finds).
     undecided = candidates.difference(*per_set)
@@ -233,26 +238,31 @@ def _auth_difference(
     return union, undecided - _reached(events, values, inter, undecided)
 
 
-def _union_and_intersection(events: Events, per_set: list[set[str]]) -> tuple[set[str], set[str]]:
-    """∪C(Xᵢ) and ∩C(Xᵢ) (see `_auth_difference`).
+def _union_and_intersection(
+    events: Events, per_set: list[set[str]], want_union: bool
+) -> tuple[set[str], set[str], set[str]]:
+    """∪C(Xᵢ), ∩C(Xᵢ) and their difference (see `_auth_difference`); the union may be left
+    empty unless `want_union`.
 
     A stale fork (two state sets, where the newer one's conflicted events cite every
     conflicted event of the older one, as a member's new event cites their old one) is
     taken apart: then C(X₀) ⊆ C(X₁), because chains are closed, so the intersection is
     C(X₀) and the union is C(X₀) together with what X₁ cites and the chains of those of
     them that are not in X₀ (the chains of X₀'s events are in C(X₀)). The roles of the two
-    sets are tried both ways.
+    sets are tried both ways. The difference is then what the newer part adds, and the
+    union is only built when asked for.
     """
     if len(per_set) == 2:
         for older, newer in (per_set, per_set[::-1]):
             newer_part = events.closure_citing(newer, older)
             if newer_part is not None:
                 older_chains = events.closure(older)
-                return older_chains | newer_part, older_chains
+                union = older_chains | newer_part if want_union else set()
+                return union, older_chains, newer_part - older_chains
     chains = [events.closure(x) for x in per_set]
-    union: set[str] = set().union(*chains)
+    union = set().union(*chains)
     inter: set[str] = chains[0].intersection(*chains[1:]) if chains else set()
-    return union, inter
+    return union, inter, union - inter
 
 
 def _reached(events: Events, roots: list[str], stop: set[str], wanted: set[str]) -> set[str]:
