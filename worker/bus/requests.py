@@ -13,13 +13,16 @@ a timer on a plain future. Same contract as nats-py's: the reply `Msg`,
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
-from typing import Any
+from abc import ABC, abstractmethod
+from typing import Any, Generic, TypeVar
 
 import msgspec
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from nats.errors import Error as NatsError
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import Header, PubAck
@@ -27,17 +30,53 @@ from nats.js.errors import APIError, NoStreamResponseError
 
 _NO_RESPONDERS = "503"
 
+T = TypeVar("T")
 
-class Requester:
-    """Requests on one NATS connection. Not shared between connections."""
+
+class InboxFutures(ABC, Generic[T]):
+    """Futures answered on one wildcard subscription of a connection, `<inbox>.<token>`, made
+    at the first `_open`: no subscription and no random inbox per request."""
 
     def __init__(self, nc: NATS) -> None:
         self._nc = nc
         self._prefix = ""
         self._sub: Subscription | None = None
         self._subscribing: asyncio.Lock = asyncio.Lock()
-        self._waiting: dict[str, asyncio.Future[Msg]] = {}
+        self._waiting: dict[str, asyncio.Future[T]] = {}
         self._tokens = itertools.count(1)
+
+    async def _open(self) -> tuple[str, asyncio.Future[T]]:
+        """A token and the future its reply subject (`self._prefix + token`) resolves; the
+        caller pops the token from `_waiting` once done with it."""
+        if self._sub is None:
+            async with self._subscribing:
+                if self._sub is None:
+                    prefix = self._nc.new_inbox() + "."
+                    self._sub = await self._nc.subscribe(prefix + "*", cb=self._answer)
+                    self._prefix = prefix
+        token = str(next(self._tokens))
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._waiting[token] = future
+        return token, future
+
+    async def _answer(self, msg: Msg) -> None:
+        future = self._waiting.get(msg.subject[len(self._prefix):])
+        if future is not None and not future.done():
+            self._resolve(future, msg)
+
+    @abstractmethod
+    def _resolve(self, future: asyncio.Future[T], msg: Msg) -> None:
+        """Answer `future` with what `msg` carries."""
+
+    async def close(self) -> None:
+        if self._sub is not None:
+            sub, self._sub = self._sub, None
+            with contextlib.suppress(NatsError):
+                await sub.unsubscribe()
+
+
+class Requester(InboxFutures[Msg]):
+    """Requests on one NATS connection. Not shared between connections."""
 
     async def request(
         self,
@@ -47,15 +86,10 @@ class Requester:
         timeout: float,
         headers: dict[str, str] | None = None,
     ) -> Msg:
-        if self._sub is None:
-            await self._subscribe()
-        token = str(next(self._tokens))
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Msg] = loop.create_future()
-        self._waiting[token] = future
+        token, future = await self._open()
         # A bare timer, not `asyncio.timeout` (a context manager, a task lookup and a
         # cancellation per call).
-        timer = loop.call_later(timeout, _expire, future)
+        timer = asyncio.get_running_loop().call_later(timeout, _expire, future)
         try:
             await self._nc.publish(subject, payload, reply=self._prefix + token, headers=headers)
             msg = await future
@@ -88,23 +122,8 @@ class Requester:
             raise APIError.from_error(answer["error"])
         return PubAck.from_response(answer)
 
-    async def _subscribe(self) -> None:
-        async with self._subscribing:
-            if self._sub is not None:
-                return
-            prefix = self._nc.new_inbox() + "."
-            self._sub = await self._nc.subscribe(prefix + "*", cb=self._answer)
-            self._prefix = prefix
-
-    async def _answer(self, msg: Msg) -> None:
-        future = self._waiting.get(msg.subject[len(self._prefix):])
-        if future is not None and not future.done():
-            future.set_result(msg)
-
-    async def close(self) -> None:
-        if self._sub is not None:
-            sub, self._sub = self._sub, None
-            await sub.unsubscribe()
+    def _resolve(self, future: asyncio.Future[Msg], msg: Msg) -> None:
+        future.set_result(msg)
 
 
 def _expire(future: asyncio.Future[Msg]) -> None:
@@ -112,4 +131,4 @@ def _expire(future: asyncio.Future[Msg]) -> None:
         future.set_exception(NatsTimeoutError())
 
 
-__all__ = ["Requester"]
+__all__ = ["InboxFutures", "Requester"]

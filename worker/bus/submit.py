@@ -22,18 +22,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 from collections.abc import Awaitable, Sequence
 from typing import Any
 
 import msgspec
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
 from nats.errors import Error as NatsError
 
 from worker.bus.local_replies import LocalReplies
-from worker.bus.requests import Requester
+from worker.bus.requests import InboxFutures, Requester
 from worker.bus.subjects import MSG_ID_HEADER, REPLY_INBOX_HEADER, ROOM_ID_HEADER, Subjects
 from worker.messages.input import InputRoomEvent, encode_input
 from worker.messages.reply import InputReply, decode_reply
@@ -47,27 +45,18 @@ DEFAULT_REPLY_TIMEOUT = 30.0
 DEFAULT_WINDOW = 4096
 
 
-class InputReplies:
+class InputReplies(InboxFutures[InputReply]):
     """Replies to inputs published with a `Reply-Inbox`: one wildcard subscription, made at
     the first `expect`, and a token per input."""
 
     def __init__(self, nc: NATS, local: LocalReplies | None = None) -> None:
-        self._nc = nc
+        super().__init__(nc)
         self._local = local
-        self._prefix = ""
-        self._sub: Subscription | None = None
-        self._subscribing = asyncio.Lock()
-        self._waiting: dict[str, asyncio.Future[InputReply]] = {}
-        self._tokens = itertools.count(1)
 
     async def expect(self) -> tuple[str, asyncio.Future[InputReply]]:
         """A `Reply-Inbox` subject for one input, and the future its reply resolves;
         `forget` the subject once done with it."""
-        if self._sub is None:
-            await self._subscribe()
-        token = str(next(self._tokens))
-        future: asyncio.Future[InputReply] = asyncio.get_running_loop().create_future()
-        self._waiting[token] = future
+        token, future = await self._open()
         inbox = self._prefix + token
         if self._local is not None:
             self._local.register(inbox, future)
@@ -78,28 +67,11 @@ class InputReplies:
         if self._local is not None:
             self._local.forget(inbox)
 
-    async def _subscribe(self) -> None:
-        async with self._subscribing:
-            if self._sub is not None:
-                return
-            prefix = self._nc.new_inbox() + "."
-            self._sub = await self._nc.subscribe(prefix + "*", cb=self._answer)
-            self._prefix = prefix
-
-    async def _answer(self, msg: Msg) -> None:
-        future = self._waiting.get(msg.subject[len(self._prefix):])
-        if future is None or future.done():
-            return
+    def _resolve(self, future: asyncio.Future[InputReply], msg: Msg) -> None:
         try:
             future.set_result(decode_reply(msg.data))
         except msgspec.DecodeError as exc:
             future.set_exception(exc)
-
-    async def close(self) -> None:
-        if self._sub is not None:
-            sub, self._sub = self._sub, None
-            with contextlib.suppress(NatsError):
-                await sub.unsubscribe()
 
 
 class StreamSubmitter:
