@@ -158,7 +158,7 @@ async def test_unknown_room(worker: WorkerRun, roomserver: Cli) -> None:
     for command in ("inspect", "graph"):
         result = await roomserver(command, "!nope:example.org")
         assert result.code == 1
-        assert "unknown_room" in result.err
+        assert "roomserver: not_found: the roomserver does not know !nope:example.org" in result.err
 
 
 async def test_unreachable_database(roomserver: Cli) -> None:

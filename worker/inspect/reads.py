@@ -18,6 +18,7 @@ from worker.config import Settings
 from worker.core.events import Event, StateKey
 from worker.core.versions import rules_for
 from worker.inspect.model import EventInfo, RoomDump
+from worker.messages.errors import ErrorCode
 from worker.storage import rooms as room_sql
 from worker.storage.events import KIND_NAMES, OUTCOME_NAMES
 from worker.storage.query_reads import PostgresQueryReads
@@ -43,9 +44,9 @@ _decoder = msgspec.json.Decoder(dict[str, Any])
 
 
 class InspectError(Exception):
-    """The room cannot be inspected; `code` is stable."""
+    """The room cannot be inspected; `code` is one of the micro service's error codes."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: ErrorCode, message: str) -> None:
         super().__init__(message)
         self.code = code
 
@@ -55,13 +56,15 @@ async def room_ids(pool: asyncpg.Pool[Any]) -> list[str]:
 
 
 async def load_room(pool: asyncpg.Pool[Any], room_id: str, limit: int = 5000) -> RoomDump:
-    """The room as stored; raises `InspectError("unknown_room")` if it is not known."""
+    """The room as stored; raises `InspectError("not_found")` if it is not known."""
     room = await pool.fetchrow(room_sql.SELECT_ROOM_SUMMARY, room_id)
     if room is None:
-        raise InspectError("unknown_room", f"the roomserver does not know {room_id}")
+        raise InspectError("not_found", f"the roomserver does not know {room_id}")
     rules = rules_for(room["room_version"])
     if rules is None:
-        raise InspectError("unknown_version", f"room version {room['room_version']!r}")
+        raise InspectError(
+            "internal", f"the room is stored with unknown room version {room['room_version']!r}"
+        )
     infos: list[EventInfo] = []
     for row in await pool.fetch(SELECT_ROOM_EVENTS, room_id, limit):
         pdu = _decoder.decode(bytes(row["json"]))
