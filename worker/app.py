@@ -57,6 +57,7 @@ from worker.perform.keys import SigningKeyError
 from worker.perform.retention import RetentionSettings, run_retention
 from worker.perform.service import start_perform_service
 from worker.pipeline import GapSettings, Pipeline
+from worker.pipeline.handoff import BuiltEvents
 from worker.purges import serve_purges
 from worker.query.service import QueryService
 from worker.storage import (
@@ -107,6 +108,8 @@ class Worker:
         self._held_extremities: Callable[[str], list[str] | None] | None = None
         # The performs' inputs this process's consumer settles are answered in process.
         self.local_replies = LocalReplies()
+        # The events its Perform API builds reach its own pipeline already validated.
+        self.built_events = BuiltEvents()
         self._lease_task: asyncio.Task[None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.started = False
@@ -302,7 +305,7 @@ class Worker:
         gap_settings = GapSettings(max_attempts=self.settings.bus.max_retries + 1)
         pipeline = Pipeline(
             store, self.relay, federation, gap_settings=gap_settings,
-            server_name=self.settings.server_name,
+            server_name=self.settings.server_name, built=self.built_events,
         )
         consumer_settings = ConsumerSettings.configured(
             shards=self.settings.bus.shards,
@@ -386,7 +389,7 @@ class Worker:
             performs = await start_perform_service(
                 build_writer(self.nc, self.pool, self.settings, reads,
                              held_extremities=self._held_extremities,
-                             local_replies=self.local_replies),
+                             local_replies=self.local_replies, built=self.built_events),
                 self.queries.service,
                 self.settings.bus.prefix, extra=Evacuations(homeserver).handlers,
             )

@@ -33,8 +33,10 @@ from nats.errors import Error as NatsError
 from worker.bus.local_replies import LocalReplies
 from worker.bus.requests import InboxFutures, Requester
 from worker.bus.subjects import MSG_ID_HEADER, REPLY_INBOX_HEADER, ROOM_ID_HEADER, Subjects
+from worker.core.events import Event
 from worker.messages.input import InputRoomEvent, encode_input
 from worker.messages.reply import InputReply, decode_reply
+from worker.pipeline.handoff import BuiltEvents
 
 # How long a perform waits for the pipeline's verdict on its event. The event stays in the
 # stream after that; the perform answers `unavailable`.
@@ -85,6 +87,7 @@ class StreamSubmitter:
         *,
         reply_timeout: float = DEFAULT_REPLY_TIMEOUT,
         local_replies: LocalReplies | None = None,
+        built: BuiltEvents | None = None,
     ) -> None:
         self._nc = nc
         self._subjects = subjects
@@ -92,6 +95,7 @@ class StreamSubmitter:
         self._timeout = reply_timeout
         self._replies = InputReplies(nc, local_replies)
         self._requests = Requester(nc)
+        self._built = built
 
     async def submit(
         self, room_id: str, room_version: str, pdu: dict[str, Any] | bytes, event_id: str
@@ -99,11 +103,22 @@ class StreamSubmitter:
         return await (await self.publish(room_id, room_version, pdu, event_id))
 
     async def publish(
-        self, room_id: str, room_version: str, pdu: dict[str, Any] | bytes, event_id: str
+        self,
+        room_id: str,
+        room_version: str,
+        pdu: dict[str, Any] | bytes,
+        event_id: str,
+        *,
+        event: Event | None = None,
     ) -> Awaitable[InputReply]:
         """Publish the input (returns once JetStream stored it) and answer an awaitable of
-        its reply: a caller can let the next event of the room go before the verdict."""
+        its reply: a caller can let the next event of the room go before the verdict.
+        `event`: the builder's view of `pdu`, handed to this process's pipeline."""
         body = pdu if isinstance(pdu, bytes) else msgspec.json.encode(pdu)
+        handed = event is not None and self._built is not None
+        if handed:
+            assert self._built is not None and event is not None
+            self._built.hand(body, event)
         message = InputRoomEvent(
             kind="new",
             event=msgspec.Raw(body),
@@ -123,10 +138,14 @@ class StreamSubmitter:
             )
         except BaseException:
             self._replies.forget(inbox)
+            if handed:
+                self._forget_built(body)
             raise
-        return self._reply(inbox, future)
+        return self._reply(inbox, future, body if handed else None)
 
-    async def _reply(self, inbox: str, future: asyncio.Future[InputReply]) -> InputReply:
+    async def _reply(
+        self, inbox: str, future: asyncio.Future[InputReply], handed: bytes | None
+    ) -> InputReply:
         # A bare timer on the future, as `Requester` waits: `asyncio.timeout` costs a context
         # manager, a task lookup and a cancellation per input.
         timer = asyncio.get_running_loop().call_later(self._timeout, _expire, future)
@@ -135,6 +154,12 @@ class StreamSubmitter:
         finally:
             timer.cancel()
             self._replies.forget(inbox)
+            if handed is not None:
+                self._forget_built(handed)
+
+    def _forget_built(self, body: bytes) -> None:
+        if self._built is not None:
+            self._built.forget(body)
 
     async def close(self) -> None:
         await self._replies.close()

@@ -244,7 +244,7 @@ class RoomWriter:
         """Publish under the room's lock and record the event as in flight."""
         try:
             reply = await self.submitter.publish(
-                built.room_id, head.rules.version, built.pdu, msg_id
+                built.room_id, head.rules.version, built.pdu, msg_id, event=built.event
             )
         except TimeoutError:
             raise PerformFailed("unavailable", "the input stream did not take the event") from None
