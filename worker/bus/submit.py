@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import Awaitable, Sequence
 from typing import Any
 
@@ -141,21 +142,27 @@ class StreamSubmitter:
             if handed:
                 self._forget_built(body)
             raise
-        return self._reply(inbox, future, body if handed else None)
-
-    async def _reply(
-        self, inbox: str, future: asyncio.Future[InputReply], handed: bytes | None
-    ) -> InputReply:
-        # A bare timer on the future, as `Requester` waits: `asyncio.timeout` costs a context
-        # manager, a task lookup and a cancellation per input.
+        # The reply future itself, with a bare timer on it (as `Requester` waits:
+        # `asyncio.timeout` costs a context manager, a task lookup and a cancellation per
+        # input) and the clean-up as its done callback: no coroutine or task per input, and
+        # the inbox is forgotten even if nobody awaits the reply.
         timer = asyncio.get_running_loop().call_later(self._timeout, _expire, future)
-        try:
-            return await future
-        finally:
-            timer.cancel()
-            self._replies.forget(inbox)
-            if handed is not None:
-                self._forget_built(handed)
+        future.add_done_callback(
+            functools.partial(self._done, inbox, timer, body if handed else None)
+        )
+        return future
+
+    def _done(
+        self,
+        inbox: str,
+        timer: asyncio.TimerHandle,
+        handed: bytes | None,
+        _: asyncio.Future[InputReply],
+    ) -> None:
+        timer.cancel()
+        self._replies.forget(inbox)
+        if handed is not None:
+            self._forget_built(handed)
 
     def _forget_built(self, body: bytes) -> None:
         if self._built is not None:
