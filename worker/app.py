@@ -80,6 +80,8 @@ HOUSEKEEPING_INTERVAL = 10.0
 OUTBOX_RETENTION_SECONDS = 24 * 3600.0
 # After the consumer drained: time for the relay to publish what was committed meanwhile.
 FINAL_SWEEP_TIMEOUT = 10.0
+# Rooms whose shard the Perform API's view of the pipeline remembers.
+MAX_CACHED_SHARDS = 100_000
 
 log = get_logger("worker.app")
 
@@ -326,12 +328,21 @@ class Worker:
             self._background(run_retention(PostgresPurger(store), RetentionSettings.of(
                 self.settings)), "retention")
 
+        # A room's shard never changes (the shard count is fixed for the stream): computed
+        # once per room (FNV-1a over the room ID, byte by byte in Python), bounded.
+        shard_by_room: dict[str, int] = {}
+
         def held_extremities(room_id: str) -> list[str] | None:
             # While this worker consumes the room's shard its pipeline writes the room, and
             # the row it cached at its last commit is what the database holds (a gained
             # shard's rooms are forgotten first); a stale owner's view makes at worst a fork,
             # which the next event merges, as two workers writing at once do.
-            if shard_of(room_id, shards) not in consumer.shards:
+            shard = shard_by_room.get(room_id)
+            if shard is None:
+                if len(shard_by_room) >= MAX_CACHED_SHARDS:
+                    shard_by_room.clear()
+                shard = shard_by_room[room_id] = shard_of(room_id, shards)
+            if shard not in consumer.shards:
                 return None
             row = store.caches.rooms.get(room_id)
             return list(row.extremities) if row is not None else None
