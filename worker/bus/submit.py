@@ -116,10 +116,10 @@ class StreamSubmitter:
         its reply: a caller can let the next event of the room go before the verdict.
         `event`: the builder's view of `pdu`, handed to this process's pipeline."""
         body = pdu if isinstance(pdu, bytes) else msgspec.json.encode(pdu)
-        handed = event is not None and self._built is not None
-        if handed:
-            assert self._built is not None and event is not None
+        handed: bytes | None = None
+        if event is not None and self._built is not None:
             self._built.hand(body, event)
+            handed = body
         message = InputRoomEvent(
             kind="new",
             event=msgspec.Raw(body),
@@ -139,17 +139,15 @@ class StreamSubmitter:
             )
         except BaseException:
             self._replies.forget(inbox)
-            if handed:
-                self._forget_built(body)
+            if handed is not None:
+                self._forget_built(handed)
             raise
         # The reply future itself, with a bare timer on it (as `Requester` waits:
         # `asyncio.timeout` costs a context manager, a task lookup and a cancellation per
         # input) and the clean-up as its done callback: no coroutine or task per input, and
         # the inbox is forgotten even if nobody awaits the reply.
         timer = asyncio.get_running_loop().call_later(self._timeout, _expire, future)
-        future.add_done_callback(
-            functools.partial(self._done, inbox, timer, body if handed else None)
-        )
+        future.add_done_callback(functools.partial(self._done, inbox, timer, handed))
         return future
 
     def _done(

@@ -20,7 +20,7 @@ import structlog
 from nats.errors import Error as NatsError
 from nats.micro.request import Request
 from nats.micro.service import EndpointConfig, Service
-from prometheus_client import Counter
+from prometheus_client import Counter, Histogram
 
 from worker.messages import perform as m
 from worker.messages.errors import ERROR_CODE_HEADER, ERROR_STATUS
@@ -77,10 +77,10 @@ class _Counted:
 
     __slots__ = ("_by_outcome", "_counts", "_name", "duration")
 
-    def __init__(self, name: str, counts: Counter, duration: Any) -> None:
+    def __init__(self, name: str, counts: Counter, duration: Histogram) -> None:
         self._name = name
         self._counts = counts
-        self._by_outcome: dict[str, Any] = {}
+        self._by_outcome: dict[str, Counter] = {}
         self.duration = duration
 
     def count(self, outcome: str) -> None:
