@@ -36,13 +36,20 @@ def _room(version: str) -> tuple[RoomHead, list[Built]]:
     assert rules is not None
     head = RoomHead(rules, "" if rules.room_id_from_create_event else f"!r:{SERVER}")
     chain = []
-    for n, draft in enumerate([
-        Draft("m.room.create", ALICE, {"room_version": version}, ""),
-        Draft("m.room.member", ALICE, {"membership": "join"}, ALICE),
-        Draft("m.room.message", ALICE, {"msgtype": "m.text", "body": "hello"}),
-    ]):
-        built = build(draft, head, key=KEY, origin_server_ts=1_700_000_000_000 + n,
-                      event_id_hint=f"$e{n}:{SERVER}")
+    for n, draft in enumerate(
+        [
+            Draft("m.room.create", ALICE, {"room_version": version}, ""),
+            Draft("m.room.member", ALICE, {"membership": "join"}, ALICE),
+            Draft("m.room.message", ALICE, {"msgtype": "m.text", "body": "hello"}),
+        ]
+    ):
+        built = build(
+            draft,
+            head,
+            key=KEY,
+            origin_server_ts=1_700_000_000_000 + n,
+            event_id_hint=f"$e{n}:{SERVER}",
+        )
         assert isinstance(built, Built), built
         chain.append(built)
         head = head.advance(built)
@@ -50,8 +57,13 @@ def _room(version: str) -> tuple[RoomHead, list[Built]]:
 
 
 def _input(data: bytes, version: str, kind: str = "new") -> InputRoomEvent:
-    return InputRoomEvent(kind=kind, event=msgspec.Raw(data), room_version=version,
-                          origin=SERVER, send_as_server=SERVER)
+    return InputRoomEvent(
+        kind=kind,
+        event=msgspec.Raw(data),
+        room_version=version,
+        origin=SERVER,
+        send_as_server=SERVER,
+    )
 
 
 @pytest.mark.parametrize("version", ["1", "10", "12"])
@@ -71,7 +83,11 @@ async def test_the_built_event_is_taken_as_validation_would_make_it(version: str
     assert isinstance(decoded, Work)
     assert decoded.event is not message.event
     assert (decoded.event_id, decoded.pdu, decoded.rules, decoded.room_known, decoded.note) == (
-        taken.event_id, taken.pdu, taken.rules, taken.room_known, taken.note
+        taken.event_id,
+        taken.pdu,
+        taken.rules,
+        taken.room_known,
+        taken.note,
     )
 
 
@@ -94,8 +110,9 @@ async def test_other_bytes_of_the_same_event_are_validated_from_their_bytes() ->
     built = BuiltEvents()
     built.hand(data, message.event)
     other = data.replace(b",", b", ")
-    work = await validate(Rooms({message.room_id: "12"}), message.room_id, _input(other, "12"),
-                          built=built)
+    work = await validate(
+        Rooms({message.room_id: "12"}), message.room_id, _input(other, "12"), built=built
+    )
     assert isinstance(work, Work)
     assert work.event is not message.event
     assert work.event_id == message.event_id
@@ -125,8 +142,9 @@ async def test_what_the_bytes_do_not_decide_is_checked(
     built.hand(data, message.event)
     if rooms is None:
         rooms = {message.room_id: "11" if kind == "new" else "12"}
-    work = await validate(Rooms(rooms), room_id or message.room_id, _input(data, "12", kind),
-                          built=built)
+    work = await validate(
+        Rooms(rooms), room_id or message.room_id, _input(data, "12", kind), built=built
+    )
     if refusal is None:
         assert not (isinstance(work, Work) and work.event is message.event)
     else:

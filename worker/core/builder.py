@@ -200,9 +200,7 @@ def build(
     problem = check_json_values(pdu, strict=rules.strict_canonical_json, lenient_keys=_UNSIGNED)
     if problem is not None:
         return Refused(problem, invalid=True)
-    signed, covered = hash_and_sign_bytes(
-        pdu, rules, key, float_free=rules.strict_canonical_json
-    )
+    signed, covered = hash_and_sign_bytes(pdu, rules, key, float_free=rules.strict_canonical_json)
     # The signed bytes are the reference hash's (v3+ events carry no `event_id` here): the
     # ID and a v12 room ID come from them without redacting and encoding the event again.
     digest = hashlib.sha256(covered).digest()
