@@ -48,3 +48,31 @@ async def test_a_holder_that_fails_releases_the_key() -> None:
     assert len(locks) == 0
     async with locks.hold("!a"):
         assert len(locks) == 1
+
+
+async def test_a_waiter_cancelled_leaves_the_holder_and_nothing_else() -> None:
+    locks = KeyedLocks()
+    gate = asyncio.Event()
+
+    async def holder() -> None:
+        async with locks.hold("!a"):
+            await gate.wait()
+
+    async def waiter() -> None:
+        async with locks.hold("!a"):
+            raise AssertionError("a cancelled waiter never holds the lock")
+
+    first = asyncio.create_task(holder())
+    await asyncio.sleep(0)
+    second = asyncio.create_task(waiter())
+    await asyncio.sleep(0)
+    assert len(locks) == 1
+    second.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await second
+    gate.set()
+    await first
+    assert len(locks) == 0
+    async with locks.hold("!a"):
+        assert len(locks) == 1
+    assert len(locks) == 0

@@ -57,6 +57,7 @@ from worker.perform.keys import SigningKeyError
 from worker.perform.retention import RetentionSettings, run_retention
 from worker.perform.service import start_perform_service
 from worker.pipeline import GapSettings, Pipeline
+from worker.pipeline.handoff import BuiltEvents
 from worker.purges import serve_purges
 from worker.query.service import QueryService
 from worker.storage import (
@@ -79,6 +80,8 @@ HOUSEKEEPING_INTERVAL = 10.0
 OUTBOX_RETENTION_SECONDS = 24 * 3600.0
 # After the consumer drained: time for the relay to publish what was committed meanwhile.
 FINAL_SWEEP_TIMEOUT = 10.0
+# Rooms whose shard the Perform API's view of the pipeline remembers.
+MAX_CACHED_SHARDS = 100_000
 
 log = get_logger("worker.app")
 
@@ -107,6 +110,8 @@ class Worker:
         self._held_extremities: Callable[[str], list[str] | None] | None = None
         # The performs' inputs this process's consumer settles are answered in process.
         self.local_replies = LocalReplies()
+        # The events its Perform API builds reach its own pipeline already validated.
+        self.built_events = BuiltEvents()
         self._lease_task: asyncio.Task[None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.started = False
@@ -302,7 +307,7 @@ class Worker:
         gap_settings = GapSettings(max_attempts=self.settings.bus.max_retries + 1)
         pipeline = Pipeline(
             store, self.relay, federation, gap_settings=gap_settings,
-            server_name=self.settings.server_name,
+            server_name=self.settings.server_name, built=self.built_events,
         )
         consumer_settings = ConsumerSettings.configured(
             shards=self.settings.bus.shards,
@@ -323,12 +328,21 @@ class Worker:
             self._background(run_retention(PostgresPurger(store), RetentionSettings.of(
                 self.settings)), "retention")
 
+        # A room's shard never changes (the shard count is fixed for the stream): computed
+        # once per room (FNV-1a over the room ID, byte by byte in Python), bounded.
+        shard_by_room: dict[str, int] = {}
+
         def held_extremities(room_id: str) -> list[str] | None:
             # While this worker consumes the room's shard its pipeline writes the room, and
             # the row it cached at its last commit is what the database holds (a gained
             # shard's rooms are forgotten first); a stale owner's view makes at worst a fork,
             # which the next event merges, as two workers writing at once do.
-            if shard_of(room_id, shards) not in consumer.shards:
+            shard = shard_by_room.get(room_id)
+            if shard is None:
+                if len(shard_by_room) >= MAX_CACHED_SHARDS:
+                    shard_by_room.clear()
+                shard = shard_by_room[room_id] = shard_of(room_id, shards)
+            if shard not in consumer.shards:
                 return None
             row = store.caches.rooms.get(room_id)
             return list(row.extremities) if row is not None else None
@@ -386,7 +400,7 @@ class Worker:
             performs = await start_perform_service(
                 build_writer(self.nc, self.pool, self.settings, reads,
                              held_extremities=self._held_extremities,
-                             local_replies=self.local_replies),
+                             local_replies=self.local_replies, built=self.built_events),
                 self.queries.service,
                 self.settings.bus.prefix, extra=Evacuations(homeserver).handlers,
             )

@@ -9,8 +9,7 @@ layers of DESIGN §8 (an asyncio utility that any layer above the core may use).
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator
+from types import TracebackType
 
 
 class KeyedLocks:
@@ -19,22 +18,56 @@ class KeyedLocks:
     def __init__(self) -> None:
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
 
-    @contextlib.asynccontextmanager
-    async def hold(self, key: str) -> AsyncIterator[None]:
-        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
+    def hold(self, key: str) -> _Hold:
+        """`async with locks.hold(key):` the key's lock, held for the block."""
+        return _Hold(self, key)
+
+    def _enter(self, key: str) -> asyncio.Lock:
+        lock, users = self._locks.get(key) or (asyncio.Lock(), 0)
         self._locks[key] = (lock, users + 1)
-        try:
-            async with lock:
-                yield
-        finally:
-            lock, users = self._locks[key]
-            if users == 1:
-                del self._locks[key]
-            else:
-                self._locks[key] = (lock, users - 1)
+        return lock
+
+    def _leave(self, key: str) -> None:
+        lock, users = self._locks[key]
+        if users == 1:
+            del self._locks[key]
+        else:
+            self._locks[key] = (lock, users - 1)
 
     def __len__(self) -> int:
         return len(self._locks)
+
+
+class _Hold:
+    """The context manager `KeyedLocks.hold` answers: a plain class, not a generator-based
+    one, since the performs and the outbox relay take a room's lock for every event."""
+
+    __slots__ = ("_key", "_lock", "_locks")
+
+    def __init__(self, locks: KeyedLocks, key: str) -> None:
+        self._locks = locks
+        self._key = key
+        self._lock: asyncio.Lock | None = None
+
+    async def __aenter__(self) -> None:
+        lock = self._locks._enter(self._key)
+        try:
+            await lock.acquire()
+        except BaseException:
+            self._locks._leave(self._key)
+            raise
+        self._lock = lock
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        assert self._lock is not None
+        self._lock.release()
+        self._lock = None
+        self._locks._leave(self._key)
 
 
 __all__ = ["KeyedLocks"]

@@ -18,6 +18,7 @@ from worker.perform.keys import load_signing_key
 from worker.perform.ports import HeldExtremities
 from worker.perform.remote import RemotePerformer
 from worker.perform.writer import RoomWriter
+from worker.pipeline.handoff import BuiltEvents
 from worker.query.service import (
     Performs,
     QueryService,
@@ -78,16 +79,19 @@ def build_writer(
     reads: query_reads.PostgresQueryReads | None = None,
     held_extremities: HeldExtremities | None = None,
     local_replies: LocalReplies | None = None,
+    built: BuiltEvents | None = None,
 ) -> RoomWriter:
     """The Perform API's writer over PostgreSQL and the input stream, signing with the
     configured key. Raises `SigningKeyError` when the key file is unusable, naming it and why.
     `held_extremities`: the input pipeline's view of the rooms it writes (`worker.app`);
     `local_replies`: where this process's input consumer answers the writer's inputs it
-    settles itself, without a round trip through NATS (`worker.app`)."""
+    settles itself, without a round trip through NATS (`worker.app`); `built`: where it hands
+    the events it builds to this process's pipeline (`worker.pipeline.handoff`)."""
     path = signing_key_path(settings)
     key = load_signing_key(path, settings.server_name, create=settings.signing_key_file is None)
     submitter = StreamSubmitter(
-        nc, Subjects(settings.bus.prefix), settings.server_name, local_replies=local_replies
+        nc, Subjects(settings.bus.prefix), settings.server_name, local_replies=local_replies,
+        built=built,
     )
     reads = reads or query_side_reads(pool, settings)
     writer = RoomWriter(

@@ -1,6 +1,7 @@
 """The Perform API as `worker.app` wires it answers its own inputs in process: the worker
 consumes every shard, so no reply to a perform's input is ever published on NATS, and every
-perform still gets its verdict (the events are in the room)."""
+perform still gets its verdict (the events are in the room). Its pipeline takes the events
+the performs built as they are, instead of validating their inputs again."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from nats.aio.msg import Msg
 from tests.perform.conftest import Api, user
 from worker.app import Worker
 from worker.bus.subjects import REPLY_INBOX_HEADER
+from worker.core.events import Event
 
 ALICE = user("alice")
 GUARD = 20.0  # seconds; only ever reached when something hangs
@@ -38,6 +40,16 @@ async def test_performs_are_answered_without_a_reply_on_nats(
 ) -> None:
     worker = app_worker
     spy = Spy()
+    taken: list[str] = []
+    take = worker.built_events.take
+
+    def spied_take(data: bytes) -> Event | None:
+        event = take(data)
+        if event is not None:
+            taken.append(event.event_id)
+        return event
+
+    worker.built_events.take = spied_take  # type: ignore[method-assign]
     watcher = await nats.connect(nats_url)
     client = await nats.connect(nats_url)
     try:
@@ -66,3 +78,6 @@ async def test_performs_are_answered_without_a_reply_on_nats(
     assert len(spy.inboxes) >= len(ids) + 1
     assert spy.inboxes.isdisjoint(spy.published)
     assert len(worker.local_replies) == 0
+    # Every event sent was handed to the pipeline in process, and nothing is left behind.
+    assert set(ids) <= set(taken)
+    assert len(worker.built_events) == 0

@@ -22,7 +22,9 @@ from worker.core.builder import (
     needed_state,
 )
 from worker.core.events import Event
+from worker.core.format import parse_pdu
 from worker.core.hashes import compute_event_id, room_id_for_create
+from worker.core.outcomes import Rejection
 from worker.core.signing import (
     KeyFileError,
     ServerKey,
@@ -168,6 +170,44 @@ def test_an_oversized_event_is_invalid() -> None:
     head, _ = _start("10")
     big = _build(Draft("m.room.message", USERS[0], {"body": "x" * 70_000}), head, 9)
     assert isinstance(big, Refused) and big.invalid
+
+
+def _nested(depth: int) -> dict[str, Any]:
+    value: dict[str, Any] = {}
+    for _ in range(depth):
+        value = {"a": value}
+    return value
+
+
+@pytest.mark.parametrize(
+    ("version", "content"),
+    [
+        ("10", {"n": 1.5}),
+        ("12", {"a": {"b": [1, 0.5]}}),
+        ("10", {"n": 2**60}),
+        ("1", _nested(120)),
+        ("12", {"x": [1, 2], "y": _nested(120)}),
+    ],
+)
+def test_a_draft_the_format_refuses_is_invalid_with_the_formats_reason(
+    version: str, content: dict[str, Any]
+) -> None:
+    head, _ = _start(version)
+    draft = Draft("m.room.message", USERS[0], content)
+    refused = _build(draft, head, 9)
+    assert isinstance(refused, Refused) and refused.invalid
+    # What format validation says of the same event, hashed and signed.
+    expected = parse_pdu(_unchecked(draft, head), head.rules)
+    assert isinstance(expected, Rejection)
+    assert refused.rejection == expected
+
+
+def test_floats_before_v6_are_hashed_as_synapse_does() -> None:
+    head, _ = _start("5")
+    built = _build(Draft("m.room.message", USERS[0], {"n": 1e16, "m": [1e-07, 2.5]}), head, 9)
+    assert isinstance(built, Built), built
+    _judge(built, head, "5")
+    assert built.event_id == compute_event_id(built.pdu, head.rules)
 
 
 @pytest.mark.parametrize(

@@ -70,7 +70,13 @@ class Room:
     # Submitter: the pipeline stores the event and makes it the only extremity.
 
     async def publish(
-        self, room_id: str, room_version: str, pdu: dict[str, Any] | bytes, event_id: str
+        self,
+        room_id: str,
+        room_version: str,
+        pdu: dict[str, Any] | bytes,
+        event_id: str,
+        *,
+        event: Event | None = None,
     ) -> Awaitable[InputReply]:
         future: asyncio.Future[InputReply] = asyncio.get_running_loop().create_future()
         future.set_result(InputReply(event_id=event_id, outcome="accepted"))

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import Awaitable, Sequence
 from typing import Any
 
@@ -33,8 +34,10 @@ from nats.errors import Error as NatsError
 from worker.bus.local_replies import LocalReplies
 from worker.bus.requests import InboxFutures, Requester
 from worker.bus.subjects import MSG_ID_HEADER, REPLY_INBOX_HEADER, ROOM_ID_HEADER, Subjects
+from worker.core.events import Event
 from worker.messages.input import InputRoomEvent, encode_input
 from worker.messages.reply import InputReply, decode_reply
+from worker.pipeline.handoff import BuiltEvents
 
 # How long a perform waits for the pipeline's verdict on its event. The event stays in the
 # stream after that; the perform answers `unavailable`.
@@ -85,6 +88,7 @@ class StreamSubmitter:
         *,
         reply_timeout: float = DEFAULT_REPLY_TIMEOUT,
         local_replies: LocalReplies | None = None,
+        built: BuiltEvents | None = None,
     ) -> None:
         self._nc = nc
         self._subjects = subjects
@@ -92,6 +96,7 @@ class StreamSubmitter:
         self._timeout = reply_timeout
         self._replies = InputReplies(nc, local_replies)
         self._requests = Requester(nc)
+        self._built = built
 
     async def submit(
         self, room_id: str, room_version: str, pdu: dict[str, Any] | bytes, event_id: str
@@ -99,11 +104,22 @@ class StreamSubmitter:
         return await (await self.publish(room_id, room_version, pdu, event_id))
 
     async def publish(
-        self, room_id: str, room_version: str, pdu: dict[str, Any] | bytes, event_id: str
+        self,
+        room_id: str,
+        room_version: str,
+        pdu: dict[str, Any] | bytes,
+        event_id: str,
+        *,
+        event: Event | None = None,
     ) -> Awaitable[InputReply]:
         """Publish the input (returns once JetStream stored it) and answer an awaitable of
-        its reply: a caller can let the next event of the room go before the verdict."""
+        its reply: a caller can let the next event of the room go before the verdict.
+        `event`: the builder's view of `pdu`, handed to this process's pipeline."""
         body = pdu if isinstance(pdu, bytes) else msgspec.json.encode(pdu)
+        handed: bytes | None = None
+        if event is not None and self._built is not None:
+            self._built.hand(body, event)
+            handed = body
         message = InputRoomEvent(
             kind="new",
             event=msgspec.Raw(body),
@@ -123,18 +139,32 @@ class StreamSubmitter:
             )
         except BaseException:
             self._replies.forget(inbox)
+            if handed is not None:
+                self._forget_built(handed)
             raise
-        return self._reply(inbox, future)
-
-    async def _reply(self, inbox: str, future: asyncio.Future[InputReply]) -> InputReply:
-        # A bare timer on the future, as `Requester` waits: `asyncio.timeout` costs a context
-        # manager, a task lookup and a cancellation per input.
+        # The reply future itself, with a bare timer on it (as `Requester` waits:
+        # `asyncio.timeout` costs a context manager, a task lookup and a cancellation per
+        # input) and the clean-up as its done callback: no coroutine or task per input, and
+        # the inbox is forgotten even if nobody awaits the reply.
         timer = asyncio.get_running_loop().call_later(self._timeout, _expire, future)
-        try:
-            return await future
-        finally:
-            timer.cancel()
-            self._replies.forget(inbox)
+        future.add_done_callback(functools.partial(self._done, inbox, timer, handed))
+        return future
+
+    def _done(
+        self,
+        inbox: str,
+        timer: asyncio.TimerHandle,
+        handed: bytes | None,
+        _: asyncio.Future[InputReply],
+    ) -> None:
+        timer.cancel()
+        self._replies.forget(inbox)
+        if handed is not None:
+            self._forget_built(handed)
+
+    def _forget_built(self, body: bytes) -> None:
+        if self._built is not None:
+            self._built.forget(body)
 
     async def close(self) -> None:
         await self._replies.close()

@@ -32,6 +32,7 @@ from typing import Any
 
 from worker.core.auth import auth_types_for_event, check_auth, check_auth_event_list
 from worker.core.auth.common import CREATE, CREATE_KEY
+from worker.core.canonical import check_json_values
 from worker.core.events import Event, StateKey
 from worker.core.format import parse_pdu
 from worker.core.hashes import (
@@ -46,6 +47,8 @@ from worker.core.versions import EventIdFormat, RoomRules
 
 # Synapse's bound on prev_events for events it creates (`_get_prev_events_for_room`).
 MAX_PREV_EVENTS = 10
+# Exempt from the strict value rules, as format validation exempts it.
+_UNSIGNED = ("unsigned",)
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,7 +194,13 @@ def build(
             pdu["redacts"] = draft.redacts
     if rules.event_id_format is EventIdFormat.CARRIED:
         pdu["event_id"] = event_id_hint
-    signed, covered = hash_and_sign_bytes(pdu, rules, key)
+    # The first step of format validation, before hashing: the draft's values decide it
+    # (what the builder adds are strings and in-range integers), and under strict rules it
+    # leaves no float to look for when the hashes and the size check encode the event.
+    problem = check_json_values(pdu, strict=rules.strict_canonical_json, lenient_keys=_UNSIGNED)
+    if problem is not None:
+        return Refused(problem, invalid=True)
+    signed, covered = hash_and_sign_bytes(pdu, rules, key, float_free=rules.strict_canonical_json)
     # The signed bytes are the reference hash's (v3+ events carry no `event_id` here): the
     # ID and a v12 room ID come from them without redacting and encoding the event again.
     digest = hashlib.sha256(covered).digest()
@@ -199,7 +208,7 @@ def build(
         event_id = event_id_hint
     else:
         event_id = event_id_of_reference_hash(digest, rules)
-    event = parse_pdu(signed, rules, event_id=event_id)
+    event = parse_pdu(signed, rules, event_id=event_id, values_checked=True)
     if isinstance(event, Rejection):
         return Refused(event, invalid=True)
     room_id = head.room_id

@@ -29,7 +29,12 @@ from typing import Any
 import msgspec
 
 from worker.core import ids
-from worker.core.canonical import MAX_SAFE_INT, check_json_values, encode_canonical
+from worker.core.canonical import (
+    MAX_SAFE_INT,
+    check_json_values,
+    encode_canonical,
+    encode_canonical_float_free,
+)
 from worker.core.events import Event
 from worker.core.hashes import compute_event_id
 from worker.core.outcomes import Rejection
@@ -84,8 +89,11 @@ def validate_pdu(pdu: Mapping[str, Any], rules: RoomRules) -> Rejection | None:
     return checked if isinstance(checked, Rejection) else None
 
 
-def _validate(pdu: Mapping[str, Any], rules: RoomRules) -> Rejection | bytes:
-    """`validate_pdu`, answering the PDU's canonical JSON when it is valid."""
+def _validate(
+    pdu: Mapping[str, Any], rules: RoomRules, *, values_checked: bool = False
+) -> Rejection | bytes:
+    """`validate_pdu`, answering the PDU's canonical JSON when it is valid. `values_checked`:
+    step 1 is done (see `parse_pdu`)."""
     # A PDU is a JSON object; anything else is not an event at all.
     if not isinstance(pdu, Mapping):
         return _reject(Reason.NOT_OBJECT, "the PDU is not a JSON object", "pdu")
@@ -98,16 +106,19 @@ def _validate(pdu: Mapping[str, Any], rules: RoomRules) -> Rejection | bytes:
     #    `unsigned` is exempt from the value rules (not from nesting): it is covered by no
     #    hash or signature, any server may rewrite it, and Synapse filters it before these
     #    checks; refusing an event for it would drop an event every other server accepts.
-    problem = check_json_values(
-        pdu, strict=rules.strict_canonical_json, lenient_keys=_UNHASHED_KEYS
-    )
-    if problem is not None:
-        return problem
+    if not values_checked:
+        problem = check_json_values(
+            pdu, strict=rules.strict_canonical_json, lenient_keys=_UNHASHED_KEYS
+        )
+        if problem is not None:
+            return problem
     # 2. Size limit on the whole PDU, as canonical JSON, signatures included (all versions).
     #    Encoding can still fail on a Mapping built in Python (lone surrogates): a value with
-    #    no canonical form has no hash, so it cannot be an event.
+    #    no canonical form has no hash, so it cannot be an event. Under strict rules step 1
+    #    left no float outside `unsigned`, so without one the faster encoding is exact.
+    float_free = rules.strict_canonical_json and "unsigned" not in pdu
     try:
-        canonical = encode_canonical(pdu)
+        canonical = encode_canonical_float_free(pdu) if float_free else encode_canonical(pdu)
     except (ValueError, TypeError) as exc:
         return _reject(Reason.BAD_JSON, f"the PDU has no canonical JSON form ({exc})", "pdu")
     size = len(canonical)
@@ -127,14 +138,20 @@ def _validate(pdu: Mapping[str, Any], rules: RoomRules) -> Rejection | bytes:
 
 
 def parse_pdu(
-    data: bytes | Mapping[str, Any], rules: RoomRules, *, event_id: str | None = None
+    data: bytes | Mapping[str, Any],
+    rules: RoomRules,
+    *,
+    event_id: str | None = None,
+    values_checked: bool = False,
 ) -> Event | Rejection:
     """Decode, validate and identify a PDU. Never raises on bad input.
 
     `data` is the raw JSON (bytes) or an already decoded object. When `event_id` is given it
     is used as is (test DAGs and CLIs use readable IDs); otherwise the ID is derived by the
     room version (`hashes.compute_event_id`). Use `check_event_id` to hold a claimed ID to
-    the derived one.
+    the derived one. `values_checked`: the caller has held `data` (an object) to
+    `check_json_values` with this version's strictness and `unsigned` lenient, as the
+    first step of validation does (the builder checks a PDU before it hashes it).
     """
     if isinstance(data, bytes | bytearray | memoryview):
         decoded = _decode(bytes(data))
@@ -146,7 +163,7 @@ def parse_pdu(
         pdu = dict(data)
     else:
         pdu = data
-    checked = _validate(pdu, rules)
+    checked = _validate(pdu, rules, values_checked=values_checked and isinstance(pdu, dict))
     if isinstance(checked, Rejection):
         return checked
     if event_id is None:

@@ -25,7 +25,7 @@ from typing import Any
 from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 
-from worker.core.canonical import encode_canonical
+from worker.core.canonical import encode_canonical, encode_canonical_float_free
 from worker.core.hashes import content_hash, unpadded_b64
 from worker.core.redaction import redact
 from worker.core.versions import RoomRules
@@ -110,12 +110,13 @@ def new_key_file(seed: bytes, version_entropy: bytes) -> str:
     return f"{ALGORITHM} {version} {unpadded_b64(seed)}\n"
 
 
-def _signed_bytes(pdu: Mapping[str, Any], rules: RoomRules) -> bytes:
-    """What an event's signatures cover: the redacted event without `signatures`, `unsigned`."""
+def _signed_bytes(pdu: Mapping[str, Any], rules: RoomRules, *, float_free: bool = False) -> bytes:
+    """What an event's signatures cover: the redacted event without `signatures`, `unsigned`.
+    `float_free`: as for `hashes.content_hash`."""
     redacted = redact(pdu, rules)
     for key in ("signatures", "unsigned", "age_ts"):
         redacted.pop(key, None)
-    return encode_canonical(redacted)
+    return encode_canonical_float_free(redacted) if float_free else encode_canonical(redacted)
 
 
 def hash_and_sign(pdu: dict[str, Any], rules: RoomRules, key: ServerKey) -> dict[str, Any]:
@@ -128,7 +129,7 @@ def hash_and_sign(pdu: dict[str, Any], rules: RoomRules, key: ServerKey) -> dict
 
 
 def hash_and_sign_bytes(
-    pdu: dict[str, Any], rules: RoomRules, key: ServerKey
+    pdu: dict[str, Any], rules: RoomRules, key: ServerKey, *, float_free: bool = False
 ) -> tuple[dict[str, Any], bytes]:
     """`hash_and_sign`, and the canonical bytes the signature covers.
 
@@ -136,13 +137,18 @@ def hash_and_sign_bytes(
     the reference hash is taken over too (`worker.core.hashes.reference_hash`), for a v1/v2
     event carrying its `event_id` as for a v3+ event without one. A builder hashes them
     instead of redacting and encoding the event a second time for its ID.
+
+    `float_free`: the caller vouches that the hashed parts of `pdu` hold no float (it held
+    them to `check_json_values` under strict rules), so the faster encoding gives the same
+    bytes (`worker.core.canonical.encode_canonical_float_free`).
     """
     signed = dict(pdu)
     signed.pop("signatures", None)
-    signed["hashes"] = {"sha256": unpadded_b64(content_hash(signed))}
-    covered = _signed_bytes(signed, rules)
+    signed["hashes"] = {"sha256": unpadded_b64(content_hash(signed, float_free=float_free))}
+    covered = _signed_bytes(signed, rules, float_free=float_free)
     signature = key.sign(covered)
-    signatures = copy.deepcopy(dict(pdu.get("signatures") or {}))
+    given = pdu.get("signatures")
+    signatures = copy.deepcopy(dict(given)) if given else {}
     signatures.setdefault(key.server_name, {})[key.key_id] = signature
     signed["signatures"] = signatures
     return signed, covered

@@ -113,10 +113,17 @@ class Submitter(Protocol):
         ...
 
     async def publish(
-        self, room_id: str, room_version: str, pdu: dict[str, Any] | bytes, event_id: str
+        self,
+        room_id: str,
+        room_version: str,
+        pdu: dict[str, Any] | bytes,
+        event_id: str,
+        *,
+        event: Event | None = None,
     ) -> Awaitable[InputReply]:
         """Publish the input; returns, once the stream holds it, an awaitable of the reply
-        (raising `TimeoutError` like `submit`)."""
+        (raising `TimeoutError` like `submit`). `event`: the builder's view of `pdu`, which
+        the pipeline of this process may take instead of validating the input again."""
         ...
 
     async def close(self) -> None:

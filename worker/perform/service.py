@@ -72,6 +72,24 @@ def error_reply(exc: PerformFailed) -> tuple[bytes, dict[str, str]]:
     return _encoder.encode(body), {ERROR_REASON_HEADER: exc.code}
 
 
+class _Counted:
+    """One endpoint's request counter (per outcome) and duration histogram children."""
+
+    __slots__ = ("_by_outcome", "_counts", "_name", "duration")
+
+    def __init__(self, name: str, counts: Counter, duration: Histogram) -> None:
+        self._name = name
+        self._counts = counts
+        self._by_outcome: dict[str, Counter] = {}
+        self.duration = duration
+
+    def count(self, outcome: str) -> None:
+        child = self._by_outcome.get(outcome)
+        if child is None:
+            child = self._by_outcome[outcome] = self._counts.labels(self._name, outcome)
+        child.inc()
+
+
 class PerformService:
     """The perform and perform-query endpoints; `stop()` waits for those in flight."""
 
@@ -94,7 +112,10 @@ class PerformService:
         decoder = self._decoders[name]
         # Queries count with the query API's metrics, performs with their own.
         performs = name in m.PERFORMS or name in self._extra
-        counted = (PERFORMS, PERFORM_DURATION) if performs else (QUERIES, QUERY_DURATION)
+        counts, durations = (PERFORMS, PERFORM_DURATION) if performs else (QUERIES, QUERY_DURATION)
+        # The endpoint's metric children, looked up once (a `labels` call takes a lock and
+        # checks its labels): its duration, and its count per outcome as outcomes occur.
+        counted = _Counted(name, counts, durations.labels(name))
 
         async def on_request(request: Request) -> None:
             task = asyncio.create_task(self._run(name, handler, decoder, request, counted))
@@ -109,7 +130,7 @@ class PerformService:
         handler: Handler,
         decoder: msgspec.json.Decoder[Any],
         request: Request,
-        counted: tuple[Counter, Histogram],
+        counted: _Counted,
     ) -> None:
         async with self._slots:
             start = time.perf_counter()
@@ -125,8 +146,8 @@ class PerformService:
                 log.warning("perform_reply_failed", code="ok", error=repr(failed))
             finally:
                 # Labels from fixed sets: the endpoint names and the error codes.
-                counted[0].labels(name, outcome).inc()
-                counted[1].labels(name).observe(time.perf_counter() - start)
+                counted.count(outcome)
+                counted.duration.observe(time.perf_counter() - start)
 
     async def _answer(
         self, name: str, handler: Handler, decoder: msgspec.json.Decoder[Any], data: bytes

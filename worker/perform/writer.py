@@ -77,13 +77,6 @@ def verdict(reply: InputReply) -> None:
     raise PerformFailed("unavailable", f"the roomserver could not store the event: {reply.reason}")
 
 
-def _observed(task: asyncio.Future[InputReply]) -> None:
-    """Mark a verdict's failure as seen: whoever waits for it gets it; if nobody does, the
-    perform that published it has already failed for another reason."""
-    if not task.cancelled():
-        task.exception()
-
-
 class RoomWriter:
     """Builds, signs and submits events as this server."""
 
@@ -115,6 +108,8 @@ class RoomWriter:
         # The head after this writer's last accepted event of a room: reused while the
         # room's extremities are still exactly its latest events (nothing else happened).
         self._known: dict[str, RoomHead] = {}
+        # Verdicts awaited on events in flight: the room and its pending head, until recorded.
+        self._flights: dict[asyncio.Future[InputReply], tuple[str, _Pending]] = {}
 
     @property
     def server_name(self) -> str:
@@ -244,7 +239,7 @@ class RoomWriter:
         """Publish under the room's lock and record the event as in flight."""
         try:
             reply = await self.submitter.publish(
-                built.room_id, head.rules.version, built.pdu, msg_id
+                built.room_id, head.rules.version, built.pdu, msg_id, event=built.event
             )
         except TimeoutError:
             raise PerformFailed("unavailable", "the input stream did not take the event") from None
@@ -253,32 +248,39 @@ class RoomWriter:
             pending = self._pending[room_id] = _Pending(head)
         pending.head = head.advance(built)
         pending.in_flight += 1
-        # A task, not a bare coroutine: the bookkeeping runs even if the caller never waits
-        # for this verdict (a chain whose later event could not be published).
-        task = asyncio.ensure_future(self._track(room_id, pending, reply))
-        task.add_done_callback(_observed)
-        return task
+        # The bookkeeping runs once the verdict is in: as its done callback, whether or not
+        # anyone waits for it (a chain whose later event could not be published), or, when
+        # the perform waits, before `_settle` returns. A submitter that answers some other
+        # awaitable than a future gets a task to wait for it.
+        waiting = reply if asyncio.isfuture(reply) else asyncio.ensure_future(reply)
+        self._flights[waiting] = (room_id, pending)
+        waiting.add_done_callback(self._tracked)
+        return waiting
 
-    async def _track(
-        self, room_id: str, pending: _Pending, reply: Awaitable[InputReply]
-    ) -> InputReply:
-        ok = False
-        try:
-            answer = await reply
-            ok = answer.outcome == "accepted"
-            return answer
-        finally:
-            pending.in_flight -= 1
-            # Done, or an event was refused (the head in memory went where the room did not):
-            # the next perform reads the stored head again, or checks the one it knows.
-            if (pending.in_flight == 0 or not ok) and self._pending.get(room_id) is pending:
-                del self._pending[room_id]
-                if ok:
-                    if len(self._known) >= MAX_CACHED_HEADS:
-                        self._known.clear()
-                    self._known[room_id] = pending.head
-                else:
-                    self._known.pop(room_id, None)
+    def _tracked(self, reply: asyncio.Future[InputReply]) -> None:
+        """Record the verdict on an event in flight (once: the first call does it)."""
+        flight = self._flights.pop(reply, None)
+        if flight is None:
+            return
+        room_id, pending = flight
+        # Reading the exception also marks it seen: whoever waits for the verdict gets it; if
+        # nobody does, the perform that published it has already failed for another reason.
+        ok = (
+            not reply.cancelled()
+            and reply.exception() is None
+            and reply.result().outcome == "accepted"
+        )
+        pending.in_flight -= 1
+        # Done, or an event was refused (the head in memory went where the room did not):
+        # the next perform reads the stored head again, or checks the one it knows.
+        if (pending.in_flight == 0 or not ok) and self._pending.get(room_id) is pending:
+            del self._pending[room_id]
+            if ok:
+                if len(self._known) >= MAX_CACHED_HEADS:
+                    self._known.clear()
+                self._known[room_id] = pending.head
+            else:
+                self._known.pop(room_id, None)
 
     async def _settle(self, room_id: str, reply: Awaitable[InputReply]) -> None:
         try:
@@ -288,6 +290,9 @@ class RoomWriter:
                 "unavailable", f"no verdict in time on an event of {room_id}; it may still be "
                 "stored",
             ) from None
+        finally:
+            if asyncio.isfuture(reply) and reply.done():
+                self._tracked(reply)
         verdict(answer)
 
     async def write_chain(self, head: RoomHead, drafts: Sequence[Draft]) -> list[Built]:

@@ -40,6 +40,7 @@ from worker.pipeline.dependencies import (
 from worker.pipeline.events import stored_json
 from worker.pipeline.fetch_missing import Attempt, GapFiller, GapSettings, soft_fail_after_fetch
 from worker.pipeline.flusher import BackgroundFlusher
+from worker.pipeline.handoff import BuiltEvents
 from worker.pipeline.invites import invite_write, retired_by_rewrite
 from worker.pipeline.latest import Advance, advance
 from worker.pipeline.memberships import detect_resets, invite_outputs
@@ -89,10 +90,13 @@ class Pipeline:
         await_outputs: bool = False,
         gap_settings: GapSettings | None = None,
         server_name: str = "",
+        built: BuiltEvents | None = None,
     ) -> None:
         """`await_outputs=True` publishes each event's outputs before answering (one event
         at a time per room, slower); by default they are published in the background
-        (`worker.pipeline.flusher`), and `drain()` waits for them."""
+        (`worker.pipeline.flusher`), and `drain()` waits for them. `built`: the events this
+        process's Perform API built, which validation takes as they are
+        (`worker.pipeline.handoff`)."""
         self.store = store
         self.relay = relay
         self.federation = federation
@@ -102,6 +106,7 @@ class Pipeline:
         self.await_outputs = await_outputs
         # This server's name: its own inputs are never checked against a server ACL.
         self.server_name = server_name
+        self.built = built
         self.flusher = BackgroundFlusher(relay)
         # A store that reads events and waiting redactions in one round trip (checked once:
         # a Protocol isinstance check is not free).
@@ -189,7 +194,7 @@ class Pipeline:
         first: Work | Result | None = None
         if room is None:
             with measure("validate"):
-                first = await validate(self.store, room_id, inputs[0])
+                first = await validate(self.store, room_id, inputs[0], built=self.built)
             if not (isinstance(first, Work) and is_create(first.event)):
                 return [None] * len(inputs), False
             room = RoomInfo(room_id, first.rules.version)
@@ -203,7 +208,10 @@ class Pipeline:
                 if i == 0 and first is not None:
                     work = first
                 else:
-                    work = await validate(self.store, room_id, inp, room=room if assumed else None)
+                    work = await validate(
+                        self.store, room_id, inp, room=room if assumed else None,
+                        built=self.built,
+                    )
                 out.append(work)
                 if isinstance(work, Work):
                     ids.append(work.event_id)
@@ -226,7 +234,7 @@ class Pipeline:
         """Steps 2 to 9 for one input (`validated`: step 2 already done)."""
         if validated is None:
             with measure("validate"):
-                work = await validate(self.store, room_id, inp)
+                work = await validate(self.store, room_id, inp, built=self.built)
         else:
             work = validated
         if isinstance(work, HandleResult):

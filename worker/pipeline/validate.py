@@ -14,6 +14,7 @@ still succeed.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 import msgspec
@@ -27,6 +28,7 @@ from worker.core.redaction import redact
 from worker.core.versions import V1, EventIdFormat, RoomRules, rules_for
 from worker.messages import InputRoomEvent
 from worker.pipeline.authstep import is_create
+from worker.pipeline.handoff import BuiltEvents
 from worker.pipeline.model import KINDS, Result, RoomInfo, Work, refused
 
 CREATE = "m.room.create"
@@ -67,7 +69,7 @@ def _decode(data: bytes) -> dict[str, Any] | Rejection:
     return Rejection(Reason.NOT_OBJECT, "the PDU is not a JSON object")
 
 
-def _version(room: RoomInfo | None, pdu: dict[str, Any], inp: InputRoomEvent) -> str | Rejection:
+def _version(room: RoomInfo | None, pdu: Mapping[str, Any], inp: InputRoomEvent) -> str | Rejection:
     """The room version to validate against: the room's; for a room not known yet, the one
     its create event names, or the producer's `room_version` (then format is checked, and
     the event refused as `room_unknown` afterwards)."""
@@ -102,12 +104,24 @@ class RoomVersions(Protocol):
 
 
 async def validate(
-    store: RoomVersions, room_id: str, inp: InputRoomEvent, *, room: RoomInfo | None = None
+    store: RoomVersions,
+    room_id: str,
+    inp: InputRoomEvent,
+    *,
+    room: RoomInfo | None = None,
+    built: BuiltEvents | None = None,
 ) -> Work | Result:
     """Decode and validate the PDU; a `Result` when the input is refused here. `room`: the
     room as it will be when the input is handled, if the caller knows better than the store
-    (a batch validating ahead the events after a new room's create event)."""
-    pdu = _decode(bytes(inp.event))
+    (a batch validating ahead the events after a new room's create event). `built`: the
+    events this process built, taken instead of decoded when the input's bytes are theirs."""
+    data = bytes(inp.event)
+    prebuilt = built.take(data) if built is not None else None
+    if prebuilt is not None:
+        work = await _built_work(store, room_id, inp, room, prebuilt)
+        if work is not None:
+            return work
+    pdu = _decode(data)
     claimed = _claimed_id(pdu)
     if isinstance(pdu, Rejection):
         return refused(claimed, Outcome.INVALID, pdu)
@@ -142,6 +156,26 @@ async def validate(
     if not hashed:
         work.note = CONTENT_HASH_MISMATCH
     return work
+
+
+async def _built_work(
+    store: RoomVersions, room_id: str, inp: InputRoomEvent, room: RoomInfo | None, event: Event
+) -> Work | None:
+    """The work of an input carrying an event this process built (`worker.pipeline.handoff`):
+    what `validate` makes of the same bytes, without decoding and checking them again. The
+    builder validated the PDU, derived its ID and computed its content hash from it; what
+    the bytes do not decide (the input's kind, room and the room's version) is checked here.
+    None when any of that differs from what the event was built for: then it is validated
+    as any input is."""
+    if inp.kind != "new":
+        return None
+    if room is None:
+        room = await store.room(room_id)
+    if room is None and not is_create(event):
+        return None
+    if _version(room, event.pdu, inp) != event.rules.version or _room_of(event) != room_id:
+        return None
+    return Work(room_id, inp, event, event.pdu, event.rules, room_known=room is not None)
 
 
 def _room_of(event: Event) -> str:
