@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import asyncpg
 import msgspec
 import pytest
@@ -296,3 +298,27 @@ async def test_merge_is_a_small_delta_over_a_parent(
         await PostgresStore(pool).materialize((await store.state_after(["$merge"]))["$merge"])
         == resolved
     )
+
+
+async def test_names_asked_for_meanwhile_are_created_in_one_transaction(
+    store: PostgresStore, pool: asyncpg.Pool
+) -> None:
+    """Rooms handled side by side ask `ensure_names` for the same new names at once: the
+    first request runs alone, the rest share one more transaction, and every name asked for
+    gets its NID (cached, and the same as stored)."""
+    asks = [
+        [("m.room.member", f"@u{i % 3}:test"), ("m.room.history_visibility", "")]
+        for i in range(40)
+    ]
+    await asyncio.gather(*(store.ensure_names(a) for a in asks))
+    names = store._names
+    assert names.calls <= 2 and names.requests == 40
+    known, miss_t, miss_k = store.nids.known(
+        {"m.room.member", "m.room.history_visibility"}, {f"@u{i}:test" for i in range(3)}
+    )
+    assert not miss_t and not miss_k
+    rows = await pool.fetch(
+        "SELECT state_key, state_key_nid FROM state_keys WHERE state_key LIKE '@u_:test'"
+    )
+    assert {r[0]: r[1] for r in rows} == known.keys
+
