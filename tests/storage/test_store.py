@@ -307,8 +307,7 @@ async def test_names_asked_for_meanwhile_are_created_in_one_transaction(
     first request runs alone, the rest share one more transaction, and every name asked for
     gets its NID (cached, and the same as stored)."""
     asks = [
-        [("m.room.member", f"@u{i % 3}:test"), ("m.room.history_visibility", "")]
-        for i in range(40)
+        [("m.room.member", f"@u{i % 3}:test"), ("m.room.history_visibility", "")] for i in range(40)
     ]
     await asyncio.gather(*(store.ensure_names(a) for a in asks))
     names = store._names
@@ -322,3 +321,34 @@ async def test_names_asked_for_meanwhile_are_created_in_one_transaction(
     )
     assert {r[0]: r[1] for r in rows} == known.keys
 
+
+async def test_a_read_the_caches_answer_takes_no_connection(
+    store: PostgresStore, pool: asyncpg.Pool
+) -> None:
+    """`diff`, `lookup` and `materialize` read lazily: answered from the caches, they do not
+    wait for a pooled connection (here all of them are taken); a read that needs a query
+    takes one, and gives it back."""
+    ids = await _linear_room(store)
+    current = await store.current_state(ROOM)
+    assert current is not None
+    before = await store.state_after([ids["pl"]])
+    # Warm the caches (what the pipeline's reads leave there).
+    await store.diff(before[ids["pl"]], current)
+    await store.lookup(current, [("m.room.member", "@bob:test")])
+    await store.materialize(current)
+    held = [await pool.acquire() for _ in range(pool.get_max_size())]
+    try:
+        async with asyncio.timeout(5):
+            added, removed = await store.diff(before[ids["pl"]], current)
+            found = await store.lookup(current, [("m.room.member", "@bob:test")])
+            state = await store.materialize(current)
+    finally:
+        for conn in held:
+            await pool.release(conn)
+    assert added == [ids["join_bob"]] and removed == []
+    assert found[("m.room.member", "@bob:test")].event_id == ids["join_bob"]
+    assert state[("m.room.member", "@bob:test")] == ids["join_bob"]
+    store.forget_purged(ROOM)
+    store.caches.layers.clear()
+    assert (await store.materialize(current)) == state
+    assert pool.get_idle_size() == pool.get_size()
