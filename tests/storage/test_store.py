@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import asyncpg
 import msgspec
 import pytest
@@ -296,3 +298,57 @@ async def test_merge_is_a_small_delta_over_a_parent(
         await PostgresStore(pool).materialize((await store.state_after(["$merge"]))["$merge"])
         == resolved
     )
+
+
+async def test_names_asked_for_meanwhile_are_created_in_one_transaction(
+    store: PostgresStore, pool: asyncpg.Pool
+) -> None:
+    """Rooms handled side by side ask `ensure_names` for the same new names at once: the
+    first request runs alone, the rest share one more transaction, and every name asked for
+    gets its NID (cached, and the same as stored)."""
+    asks = [
+        [("m.room.member", f"@u{i % 3}:test"), ("m.room.history_visibility", "")] for i in range(40)
+    ]
+    await asyncio.gather(*(store.ensure_names(a) for a in asks))
+    names = store._names
+    assert names.calls <= 2 and names.requests == 40
+    known, miss_t, miss_k = store.nids.known(
+        {"m.room.member", "m.room.history_visibility"}, {f"@u{i}:test" for i in range(3)}
+    )
+    assert not miss_t and not miss_k
+    rows = await pool.fetch(
+        "SELECT state_key, state_key_nid FROM state_keys WHERE state_key LIKE '@u_:test'"
+    )
+    assert {r[0]: r[1] for r in rows} == known.keys
+
+
+async def test_a_read_the_caches_answer_takes_no_connection(
+    store: PostgresStore, pool: asyncpg.Pool
+) -> None:
+    """`diff`, `lookup` and `materialize` read lazily: answered from the caches, they do not
+    wait for a pooled connection (here all of them are taken); a read that needs a query
+    takes one, and gives it back."""
+    ids = await _linear_room(store)
+    current = await store.current_state(ROOM)
+    assert current is not None
+    before = await store.state_after([ids["pl"]])
+    # Warm the caches (what the pipeline's reads leave there).
+    await store.diff(before[ids["pl"]], current)
+    await store.lookup(current, [("m.room.member", "@bob:test")])
+    await store.materialize(current)
+    held = [await pool.acquire() for _ in range(pool.get_max_size())]
+    try:
+        async with asyncio.timeout(5):
+            added, removed = await store.diff(before[ids["pl"]], current)
+            found = await store.lookup(current, [("m.room.member", "@bob:test")])
+            state = await store.materialize(current)
+    finally:
+        for conn in held:
+            await pool.release(conn)
+    assert added == [ids["join_bob"]] and removed == []
+    assert found[("m.room.member", "@bob:test")].event_id == ids["join_bob"]
+    assert state[("m.room.member", "@bob:test")] == ids["join_bob"]
+    store.forget_purged(ROOM)
+    store.caches.layers.clear()
+    assert (await store.materialize(current)) == state
+    assert pool.get_idle_size() == pool.get_size()

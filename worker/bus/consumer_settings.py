@@ -15,8 +15,11 @@ class ConsumerSettings:
     """Tuning of the input consumer; `configured` takes the worker's configuration."""
 
     shards: int = 4
-    # Messages fetched per pull request, and held (queued + handled) per worker at most.
-    batch: int = 128
+    # Messages one pull request asks for (fewer when the shard's share is nearly full). On a
+    # server that syncs every write, a stream sends its acks and deliveries only between the
+    # bursts of publishes it stores (a disk sync each), so messages a request leaves behind
+    # wait a whole burst more: this is above what a shard gets in one burst under load.
+    batch: int = 512
     # Each shard may hold a K-th of this; a room's backlog needs a few batches' worth
     # (room_batch) queued behind the one being handled, or it stalls on every fetch. With
     # many busy rooms, what a room has queued when its turn comes is its next batch, and

@@ -156,7 +156,7 @@ class StateReads:
             events = await self._events_by_id(conn, ids.values())
             return {k: events[eid] for k, eid in ids.items() if eid in events}
 
-        return await self.db.read(go)
+        return await self.db.read_lazily(go)
 
     def _lookup_cached(self, h: PgState, keys: Sequence[StateKey]) -> dict[StateKey, Event] | None:
         """`lookup` from the caches alone, or None if anything it needs is not cached (a
@@ -242,7 +242,7 @@ class StateReads:
 
     async def materialize(self, state: StateHandle) -> dict[StateKey, str]:
         h = own(state)
-        return await self.db.read(lambda c: self.materialize_txn(c, h))
+        return await self.db.read_lazily(lambda c: self.materialize_txn(c, h))
 
     async def handle_from_map(self, room_id: str, state: Mapping[StateKey, str]) -> PgState:
         """The state as a delta over the nearest recently materialized state of the room.
@@ -297,5 +297,4 @@ class StateReads:
             removed = {a[k] for k in keys if k in a and b.get(k) != a[k]}
             return sorted(added), sorted(removed)
 
-        return await self.db.read(go)
-
+        return await self.db.read_lazily(go)

@@ -38,6 +38,7 @@ from worker.storage import batch as held
 from worker.storage import handles
 from worker.storage import nids as nid_sql
 from worker.storage.caches import StoreCaches
+from worker.storage.coalesce import Coalescer
 from worker.storage.event_write import EventWriter
 from worker.storage.fence import RoomView, StaleRoomView, reads_room_row
 from worker.storage.group_commit import Commit, GroupCommit
@@ -87,6 +88,11 @@ class PostgresStore:
         writer = EventWriter(self.caches, self.states)
         self.group_commit = GroupCommit(
             self.db, self.caches, writer, RunWriter(writer), concurrency=concurrency
+        )
+        # Names asked for by `ensure_names` meanwhile are created together, one transaction
+        # at a time: rooms handled side by side mostly ask for the same new names.
+        self._names: Coalescer[tuple[list[str], list[str]], None] = Coalescer(
+            self._create_names, concurrency=1, max_batch=256
         )
         self.fence_writes = fence_writes
         # Rooms whose row this process may have cached (fenced stores only).
@@ -239,11 +245,21 @@ class PostgresStore:
         _, miss_t, miss_k = self.nids.known(types, skeys)
         if not miss_t and not miss_k:
             return
-        fresh = await self.db.txn(
-            "ensure_names",
-            lambda c: nid_sql.get_or_create_txn(c, self.nids, miss_t, miss_k),
-        )
-        self.nids.learn(fresh[1])
+        await self._names.submit((miss_t, miss_k))
+
+    async def _create_names(self, asked: list[tuple[list[str], list[str]]]) -> list[None]:
+        """The names of several `ensure_names` in one transaction; those learned since they
+        were asked for (by the call before) are not asked again."""
+        types = {t for ts, _ in asked for t in ts}
+        keys = {k for _, ks in asked for k in ks}
+        _, miss_t, miss_k = self.nids.known(types, keys)
+        if miss_t or miss_k:
+            fresh = await self.db.txn(
+                "ensure_names",
+                lambda c: nid_sql.get_or_create_txn(c, self.nids, miss_t, miss_k),
+            )
+            self.nids.learn(fresh[1])
+        return [None] * len(asked)
 
 
 def _conforms(store: PostgresStore) -> RoomStore:

@@ -83,6 +83,44 @@ class Database:
                 raise RetryableError(f"read: {e!r}", code="database_unavailable") from e
             raise
 
+    async def read_lazily(self, fn: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+        """`read` for a function that the caches usually answer without a query: the
+        connection it is given is taken from the pool at its first query only. Under load the
+        pool's connections are all busy now and then, and waiting for one that is then not
+        used would cost as much as a read."""
+        conn = LazyConnection(self.pool)
+        try:
+            return await fn(cast(asyncpg.Connection, conn))
+        except Exception as e:
+            if is_database_down(e):
+                raise RetryableError(f"read: {e!r}", code="database_unavailable") from e
+            raise
+        finally:
+            await conn.release()
+
+
+class LazyConnection:
+    """Stands for a pooled connection (its `fetch`, the one query method the lazy reads
+    use), taken at the first query and held until `release`. Taken and given back as
+    `async with pool.acquire()` does, by the context manager's own protocol."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+        self._taking: asyncpg.pool.PoolAcquireContext[asyncpg.Record] | None = None
+        self._conn: asyncpg.pool.PoolConnectionProxy[asyncpg.Record] | None = None
+
+    async def fetch(self, query: str, *args: object) -> list[asyncpg.Record]:
+        if self._conn is None:
+            taking = self._pool.acquire()
+            self._conn = await taking.__aenter__()
+            self._taking = taking
+        return await self._conn.fetch(query, *args)
+
+    async def release(self) -> None:
+        taking, self._taking, self._conn = self._taking, None, None
+        if taking is not None:
+            await taking.__aexit__(None, None, None)
+
 
 async def locked_txn(
     conn: asyncpg.Connection, locks: Sequence[int], fn: Callable[[asyncpg.Connection], Awaitable[T]]
@@ -103,4 +141,4 @@ async def locked_txn(
     return result
 
 
-__all__ = ["Database", "locked_txn", "room_lock_key"]
+__all__ = ["Database", "LazyConnection", "locked_txn", "room_lock_key"]
