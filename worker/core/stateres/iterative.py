@@ -15,13 +15,18 @@ do not.
 Self-joins and self-leaves, nearly all of what a big room's resolution checks, are decided
 by `SelfMembershipTable` (rule 5 of `worker.core.auth.member`, tabulated) when the spec's
 rules are in use; everything else, and whatever the table does not answer, runs the full
-rules. `tests/core/test_stateres_shortcut.py` checks that both give the same states.
+rules. Long runs of self-joins (a big room's fork: thousands of members re-joining to change
+a display name) are decided a run at a time when every join of the run is allowed, with
+what the one-at-a-time loop would write worked out from the run itself
+(`_Checks._joins_at_once`). `tests/core/test_stateres_shortcut.py` checks that all of these
+give the same states.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from itertools import compress, repeat
+from operator import attrgetter, is_, not_
 from typing import Any, cast
 
 from worker.core.auth import check_auth
@@ -32,6 +37,9 @@ from worker.core.stateres.model import Authorizer
 
 # Marks a missing entry where None is a value.
 _ABSENT: Any = object()
+# From how many self-joins in a row the table decides them together (`_Checks.run`).
+_BATCH = 64
+_AUTH_IDS = attrgetter("auth_event_ids")
 
 
 def iterative_auth_checks(
@@ -119,6 +127,35 @@ class _Checks:
             keep = [eid not in rejected for eid in order]
             order = list(compress(order, keep))
             order_events = list(compress(order_events, keep))
+        # user -> their last self-membership event the table accepted (`_apply_members`).
+        accepted: dict[str, str] = {}
+        checked = 0
+        start = 0
+        table = self.table
+        if table is not None and len(order) >= _BATCH:
+            users, runs = _self_join_runs(table, order_events)
+            for lo, hi in runs:
+                # (Applying a create event changes the table the runs were found with.)
+                if self.table is not table:
+                    break
+                checked += self._one_by_one(order[start:lo], order_events[start:lo], accepted)
+                ids, evs = order[lo:hi], order_events[lo:hi]
+                if self._joins_at_once(ids, evs, users[lo:hi], accepted):
+                    checked += hi - lo
+                else:
+                    checked += self._one_by_one(ids, evs, accepted)
+                start = hi
+        if start:
+            order, order_events = order[start:], order_events[start:]
+        checked += self._one_by_one(order, order_events, accepted)
+        if accepted:
+            self._apply_members(accepted)
+        return checked
+
+    def _one_by_one(
+        self, order: list[str], order_events: Sequence[Event], accepted: dict[str, str]
+    ) -> int:
+        """Check the events one at a time; returns how many checks ran."""
         # Locals: this loop runs for every conflicted event of a big room, and nearly all
         # of them are self-joins and self-leaves, decided here by the table without a call.
         # What the table reads is copied into locals, read again whenever the full rules
@@ -127,8 +164,6 @@ class _Checks:
         in_state, auth_state = self.in_state, self.auth_state
         in_get = in_state.get
         cites_no_member = self.not_member.issuperset
-        # user -> their last self-membership event the table accepted (`_apply_members`).
-        accepted: dict[str, str] = {}
         checked = 0
         table = self.table
         rules, restricted, room_id, first_joiner, create_prev, leave_allowed = _fields(table)
@@ -200,9 +235,91 @@ class _Checks:
                     table
                 )
             joins = self.join_verdicts
+        return checked
+
+    def _joins_at_once(
+        self, ids: list[str], evs: Sequence[Event], users: list[str], accepted: dict[str, str]
+    ) -> bool:
+        """Decide a run of self-joins that the table answers (`_self_join_runs`; `users`
+        are their senders) together, when every one of them is allowed, and write them to
+        the state; else return False, having changed nothing but memos and the time at
+        which `accepted` is written (which makes no difference, see `_apply_members`), and
+        the caller checks them one at a time.
+
+        A join is decided by the sender's current membership alone once the join rules are
+        the state's: a user's first join here reads it as `_one_by_one` does, and each later
+        one finds the join before it (accepted, if all are). So "all allowed" is a question
+        about the first join of each user and, when some user joins twice, about a join
+        from "join"; what `_one_by_one` would write follows from the run itself.
+        """
+        table = self.table
+        auth_state = self.auth_state
+        join_rules = auth_state.get(JOIN_RULES)
+        # No join rules in the state: each join reads its own. An unknown one: the error
+        # must come when `_one_by_one` raises it, after the memberships it reads first.
+        if table is None or join_rules is None or self.events.get(join_rules) is None:
+            return False
+        if self.pl_unchecked is not None:
+            self.events.must(self.pl_unchecked)
+            self.pl_unchecked = None
+        verdicts, default = self.join_verdicts or self._join_verdicts(table, evs[0])
+        # user -> their last join, in the order the users are first met.
+        last = dict(zip(users, ids, strict=True))
+        if len(last) < len(users) and verdicts.get("join", default) is not True:
+            return False
+        keys = list(zip(repeat(MEMBER), last))
+        in_state = self.in_state
+        currents: list[Any] = []
+        new: Collection[str] = last
+        new_keys = keys
+        if in_state and not in_state.keys().isdisjoint(last):
+            got = list(map(in_state.get, last, repeat(_ABSENT)))
+            fresh = list(map(is_, got, repeat(_ABSENT)))
+            currents = list(compress(got, map(not_, fresh)))
+            new = list(compress(last, fresh))
+            new_keys = list(compress(keys, fresh))
+        if new:
+            # Users met for the first time, read as `_one_by_one` reads them.
+            # user -> their first join (reversed, so that the earliest one stays).
+            first = dict(zip(reversed(users), reversed(evs), strict=True))
+            currents += self._first_memberships(new, new_keys, first)
+        try:
+            if not all(map(verdicts.get, currents, repeat(default))):
+                return False
+        except TypeError:
+            # (An unhashable membership: `_one_by_one` knows what it means.)
+            return False
         if accepted:
             self._apply_members(accepted)
-        return checked
+        in_state.update(zip(last, repeat("join")))
+        self.state.update(zip(keys, last.values(), strict=True))
+        if auth_state is not self.state:
+            auth_state.update(zip(keys, last.values(), strict=True))
+        return True
+
+    def _first_memberships(
+        self, users: Collection[str], keys: list[StateKey], first: dict[str, Event]
+    ) -> list[Any]:
+        """The current memberships (in any order, repeats allowed) of `users`, met for the
+        first time with the events `first[user]`, as `_one_by_one` reads them."""
+        auth_state = self.auth_state
+        if not auth_state.keys().isdisjoint(keys):
+            return [self._membership(first[user], user) for user in users]
+        # Usually no join cites a membership: one reading learns which auth events are
+        # nobody's (those every join cites), before the others are tested again.
+        evs = list(map(first.__getitem__, users))
+        auths = list(map(_AUTH_IDS, evs))
+        cites_none = self.not_member.issuperset
+        plain = list(map(cites_none, auths))
+        out: list[Any] = []
+        if not all(plain):
+            i = plain.index(False)
+            out.append(self._own_membership(evs[i]))
+            plain = list(map(cites_none, auths))
+            out += map(self._own_membership, compress(evs, map(not_, plain)))
+        if any(plain):
+            out.append(None)
+        return out
 
     def _apply_members(self, accepted: dict[str, str]) -> None:
         """Write the self-memberships the table accepted into the state, and forget them.
@@ -217,6 +334,11 @@ class _Checks:
         if self.auth_state is not self.state:
             self.auth_state.update(zip(keys, accepted.values(), strict=True))
         accepted.clear()
+
+    def _own_membership(self, ev: Event) -> Any:
+        """The sender's membership in the event's own auth events (the state has none)."""
+        member = self._own_auth_event(ev, (MEMBER, cast(str, ev.state_key)))
+        return member.content.get("membership") if member is not None else None
 
     def _membership(self, ev: Event, user: str) -> Any:
         """The sender's membership as the auth events would hold it: the state's event,
@@ -345,3 +467,42 @@ def _fields(
         table.create_prev,
         table.leave_allowed,
     )
+
+
+def _self_join_runs(
+    table: SelfMembershipTable, evs: Sequence[Event]
+) -> tuple[list[str], list[tuple[int, int]]]:
+    """The events' state keys, and the runs (start, end) of at least `_BATCH` events in a
+    row that are self-joins the table answers, as `_Checks._one_by_one` tells them apart."""
+    rules = table.rules
+    restricted = table.restricted
+    room_id = table.room_id
+    first_joiner = table.first_joiner
+    create_prev = table.create_prev
+    mask = bytearray(len(evs))
+    state_keys: list[Any] = []
+    add = state_keys.append
+    # One pass, reading each event once (they are scattered in memory).
+    for i, ev in enumerate(evs):
+        state_key = ev.state_key
+        add(state_key)
+        if (
+            state_key == ev.sender
+            and ev.type == MEMBER
+            and ev.rules is rules
+            and (content := ev.content).get("membership") == "join"
+            and (not restricted or VIA not in content)
+            and (room_id is None or ev.room_id == room_id)
+            and not (state_key == first_joiner and ev.prev_event_ids == create_prev)
+        ):
+            mask[i] = 1
+    runs: list[tuple[int, int]] = []
+    many = b"\x01" * _BATCH
+    lo = mask.find(many)
+    while lo >= 0:
+        hi = mask.find(0, lo)
+        if hi < 0:
+            hi = len(mask)
+        runs.append((lo, hi))
+        lo = mask.find(many, hi)
+    return state_keys, runs
