@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 from itertools import compress, repeat
-from operator import attrgetter, is_, not_
+from operator import attrgetter, eq, is_, itemgetter, not_
 from typing import Any, cast
 
 from worker.core.auth import check_auth
@@ -40,6 +40,8 @@ _ABSENT: Any = object()
 # From how many self-joins in a row the table decides them together (`_Checks.run`).
 _BATCH = 64
 _AUTH_IDS = attrgetter("auth_event_ids")
+_FIRST = itemgetter(0)
+_SECOND = itemgetter(1)
 
 
 def iterative_auth_checks(
@@ -48,10 +50,14 @@ def iterative_auth_checks(
     order: list[str],
     state: dict[StateKey, str],
     order_events: Sequence[Event] | None = None,
+    *,
+    keys: Sequence[StateKey] = (),
 ) -> int:
     """Apply each event of `order` to `state` (in place) if the auth rules allow it against
-    that state. `order_events[i]`, when given, is the event of `order[i]`. Returns how many
-    checks ran (state events that were not rejected before)."""
+    that state. `order_events[i]`, when given, is the event of `order[i]`; `keys` may hold
+    key tuples to write `state`'s new entries with (the state sets' own, so that thousands
+    of equal ones are not built again). Returns how many checks ran (state events that
+    were not rejected before)."""
     if order_events is None:
         cache = events.cache
         found = list(map(cache.get, order))
@@ -62,7 +68,7 @@ def iterative_auth_checks(
             order_events = [
                 ev if ev else events.must(e) for e, ev in zip(order, found, strict=True)
             ]
-    return _Checks(events, authz, state).run(order, order_events)
+    return _Checks(events, authz, state, keys).run(order, order_events)
 
 
 class _Checks:
@@ -80,6 +86,8 @@ class _Checks:
         "events",
         "in_state",
         "join_verdicts",
+        "key_source",
+        "member_keys",
         "not_member",
         "pl_unchecked",
         "rejected",
@@ -88,7 +96,13 @@ class _Checks:
         "table",
     )
 
-    def __init__(self, events: Events, authz: Authorizer, state: dict[StateKey, str]) -> None:
+    def __init__(
+        self,
+        events: Events,
+        authz: Authorizer,
+        state: dict[StateKey, str],
+        keys: Sequence[StateKey] = (),
+    ) -> None:
         self.events = events
         self.authz = authz
         self.state = state
@@ -102,6 +116,9 @@ class _Checks:
         # read it), for the users met so far: their later events skip the lookups (a stale
         # fork checks each user's old event, then their new one).
         self.in_state: dict[str, Any] = {}
+        # user -> a key tuple (m.room.member, user) of `keys`, built when first needed.
+        self.key_source = keys
+        self.member_keys: dict[str, StateKey] | None = None
         # The full rules look up the power levels event for every membership event, so an
         # unknown one must fail the same way when the table decides, once.
         self.pl_unchecked = self.auth_state.get(POWER_LEVELS)
@@ -267,7 +284,7 @@ class _Checks:
         last = dict(zip(users, ids, strict=True))
         if len(last) < len(users) and verdicts.get("join", default) is not True:
             return False
-        keys = list(zip(repeat(MEMBER), last))
+        keys = self._member_keys(last)
         in_state = self.in_state
         currents: list[Any] = []
         new: Collection[str] = last
@@ -329,11 +346,28 @@ class _Checks:
         which is kept current, so the state is only written once per user, and in the
         order the users were first accepted, as writing each event at once would.
         """
-        keys = list(zip(repeat(MEMBER), accepted))
+        keys = self._member_keys(accepted)
         self.state.update(zip(keys, accepted.values(), strict=True))
         if self.auth_state is not self.state:
             self.auth_state.update(zip(keys, accepted.values(), strict=True))
         accepted.clear()
+
+    def _member_keys(self, users: Collection[str]) -> list[StateKey]:
+        """The keys (m.room.member, user) of `users`, taken from `key_source` where it has
+        them: thousands of new tuples kept at once would wake the garbage collector, which
+        then walks them all, and everything else created since, a few times over."""
+        known = self.member_keys
+        if known is None:
+            source = self.key_source
+            members = list(compress(source, map(eq, map(_FIRST, source), repeat(MEMBER))))
+            known = self.member_keys = dict(zip(map(_SECOND, members), members, strict=True))
+        keys = list(map(known.get, users))
+        if None in keys:
+            return [
+                (MEMBER, user) if key is None else key
+                for key, user in zip(keys, users, strict=True)
+            ]
+        return cast("list[StateKey]", keys)
 
     def _own_membership(self, ev: Event) -> Any:
         """The sender's membership in the event's own auth events (the state has none)."""

@@ -90,7 +90,7 @@ def resolve_v2(
     # missing from some state set is conflicted.
     # `ordered` (lists) and `per_set` (sets) hold each state set's conflicted events: only
     # those are needed to find the auth difference below.
-    unconflicted, ordered = split_ordered(state_sets)
+    unconflicted, ordered, conflicted_keys = split_ordered(state_sets)
     # Nothing conflicted: U is the answer (also the case for a single state set).
     if not ordered:
         return unconflicted, ResolutionStats()
@@ -168,7 +168,7 @@ def resolve_v2(
     # Step 2: iterative auth checks from the unconflicted state map (v2) or from nothing
     # (v2.1, MSC4297: so that unconflicted state cannot vouch for conflicted events).
     state: dict[StateKey, str] = {} if flags.start_from_empty_state else dict(unconflicted)
-    checked += iterative_auth_checks(events, authz, power_order, state)
+    checked += iterative_auth_checks(events, authz, power_order, state, keys=conflicted_keys)
 
     # Step 3: everything else, in mainline order of the partially resolved power levels.
     rest, rest_evs = full_list, full_evs
@@ -191,7 +191,7 @@ def resolve_v2(
     rest, rest_evs = mainline.order_events(rest, rest_evs, cited)
 
     # Step 4: iterative auth checks over them, continuing from the partial state.
-    checked += iterative_auth_checks(events, authz, rest, state, rest_evs)
+    checked += iterative_auth_checks(events, authz, rest, state, rest_evs, keys=conflicted_keys)
 
     # Step 5 (all versions): the unconflicted state map wins wherever it has an entry. In
     # v2.1 this is where U first enters the result.
