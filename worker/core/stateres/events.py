@@ -249,15 +249,23 @@ class Events:
         over them costs."""
         self._primed.append((roots, events))
 
-    def cited_by(self, event_ids: set[str]) -> set[str]:
-        """A superset of the auth events that `event_ids` cite.
+    def cited_by(self, parts: Iterable[set[str]]) -> set[str]:
+        """A superset of the auth events that the events of `parts` cite.
 
-        The first generation of every closure walked so far is reused: a resolution walks
-        from its conflicted events, and later asks what they cite (mainline ordering).
-        Events no walk started from are read here.
+        A resolution walks from its conflicted events, and later asks what they cite
+        (mainline ordering): a part that a closure walked here started from (that very
+        set) reuses the first generation of that walk; the events of the other parts are
+        read here.
         """
-        left = event_ids.difference(*(roots for roots, _ in self._walked))
-        return set().union(*(c for _, c in self._walked), self.refs_of(left) if left else ())
+        found: list[set[str]] = []
+        for part in parts:
+            for roots, first in self._walked:
+                if roots is part:
+                    found.append(first)
+                    break
+            else:
+                found.append(self.refs_of(part))
+        return set().union(*found)
 
     def walk(self, frontier: set[str]) -> set[str]:
         """Every event reachable through auth references from `frontier`, itself included.

@@ -284,22 +284,29 @@ class _Checks:
         last = dict(zip(users, ids, strict=True))
         if len(last) < len(users) and verdicts.get("join", default) is not True:
             return False
-        keys = self._member_keys(last)
-        in_state = self.in_state
-        currents: list[Any] = []
-        new: Collection[str] = last
-        new_keys = keys
-        if in_state and not in_state.keys().isdisjoint(last):
-            got = list(map(in_state.get, last, repeat(_ABSENT)))
-            fresh = list(map(is_, got, repeat(_ABSENT)))
-            currents = list(compress(got, map(not_, fresh)))
-            new = list(compress(last, fresh))
-            new_keys = list(compress(keys, fresh))
-        if new:
-            # Users met for the first time, read as `_one_by_one` reads them.
+        met = list(last)
+        if met == users[: len(met)]:
+            # The first joins of the users come first (each user's first join comes before
+            # anyone's second): they are the first events of the run.
+            firsts = list(evs[: len(met)])
+        else:
             # user -> their first join (reversed, so that the earliest one stays).
             first = dict(zip(reversed(users), reversed(evs), strict=True))
-            currents += self._first_memberships(new, new_keys, first)
+            firsts = list(map(first.__getitem__, met))
+        keys = self._member_keys(met)
+        in_state = self.in_state
+        currents: list[Any] = []
+        new, new_keys = met, keys
+        if in_state and not in_state.keys().isdisjoint(met):
+            got = list(map(in_state.get, met, repeat(_ABSENT)))
+            fresh = list(map(is_, got, repeat(_ABSENT)))
+            currents = list(compress(got, map(not_, fresh)))
+            new = list(compress(met, fresh))
+            new_keys = list(compress(keys, fresh))
+            firsts = list(compress(firsts, fresh))
+        if new:
+            # Users met for the first time, read as `_one_by_one` reads them.
+            currents += self._first_memberships(new, new_keys, firsts)
         try:
             if not all(map(verdicts.get, currents, repeat(default))):
                 return False
@@ -315,16 +322,16 @@ class _Checks:
         return True
 
     def _first_memberships(
-        self, users: Collection[str], keys: list[StateKey], first: dict[str, Event]
+        self, users: list[str], keys: list[StateKey], evs: list[Event]
     ) -> list[Any]:
         """The current memberships (in any order, repeats allowed) of `users`, met for the
-        first time with the events `first[user]`, as `_one_by_one` reads them."""
+        first time with the events `evs` (their `keys` are (m.room.member, user)), as
+        `_one_by_one` reads them."""
         auth_state = self.auth_state
         if not auth_state.keys().isdisjoint(keys):
-            return [self._membership(first[user], user) for user in users]
+            return list(map(self._membership, evs, users))
         # Usually no join cites a membership: one reading learns which auth events are
         # nobody's (those every join cites), before the others are tested again.
-        evs = list(map(first.__getitem__, users))
         auths = list(map(_AUTH_IDS, evs))
         cites_none = self.not_member.issuperset
         plain = list(map(cites_none, auths))
