@@ -24,7 +24,7 @@ give the same states.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from itertools import compress, repeat
 from operator import attrgetter, eq, is_, itemgetter, not_
 from typing import Any, cast
@@ -52,11 +52,14 @@ def iterative_auth_checks(
     order_events: Sequence[Event] | None = None,
     *,
     keys: Sequence[StateKey] = (),
+    protected: Mapping[StateKey, str] | None = None,
+    overwritten: set[StateKey] | None = None,
 ) -> int:
     """Apply each event of `order` to `state` (in place) if the auth rules allow it against
     that state. `order_events[i]`, when given, is the event of `order[i]`; `keys` may hold
     key tuples to write `state`'s new entries with (the state sets' own, so that thousands
-    of equal ones are not built again). Returns how many checks ran (state events that
+    of equal ones are not built again), none of them a key of `protected`; the keys of
+    `protected` that the checks may have written are added to `overwritten`. Returns how many checks ran (state events that
     were not rejected before)."""
     if order_events is None:
         cache = events.cache
@@ -68,7 +71,11 @@ def iterative_auth_checks(
             order_events = [
                 ev if ev else events.must(e) for e, ev in zip(order, found, strict=True)
             ]
-    return _Checks(events, authz, state, keys).run(order, order_events)
+    checks = _Checks(events, authz, state, keys)
+    if protected is not None and overwritten is not None:
+        checks.protected = protected
+        checks.overwritten = overwritten
+    return checks.run(order, order_events)
 
 
 class _Checks:
@@ -89,7 +96,9 @@ class _Checks:
         "key_source",
         "member_keys",
         "not_member",
+        "overwritten",
         "pl_unchecked",
+        "protected",
         "rejected",
         "spec_rules",
         "state",
@@ -119,6 +128,9 @@ class _Checks:
         # user -> a key tuple (m.room.member, user) of `keys`, built when first needed.
         self.key_source = keys
         self.member_keys: dict[str, StateKey] | None = None
+        # Keys whose writes are reported (in `overwritten`), as `iterative_auth_checks` says.
+        self.protected: Mapping[StateKey, str] = {}
+        self.overwritten: set[StateKey] = set()
         # The full rules look up the power levels event for every membership event, so an
         # unknown one must fail the same way when the table decides, once.
         self.pl_unchecked = self.auth_state.get(POWER_LEVELS)
@@ -370,10 +382,15 @@ class _Checks:
             known = self.member_keys = dict(zip(map(_SECOND, members), members, strict=True))
         keys = list(map(known.get, users))
         if None in keys:
-            return [
+            made = [
                 (MEMBER, user) if key is None else key
                 for key, user in zip(keys, users, strict=True)
             ]
+            # (Reported whether written or not: "may have written".)
+            protected = self.protected
+            if protected:
+                self.overwritten.update(k for k in made if k in protected)
+            return made
         return cast("list[StateKey]", keys)
 
     def _own_membership(self, ev: Event) -> Any:
@@ -469,6 +486,8 @@ class _Checks:
         return None
 
     def _apply(self, key: StateKey, eid: str) -> None:
+        if key in self.protected:
+            self.overwritten.add(key)
         self.state[key] = eid
         if self.auth_state is not self.state:
             self.auth_state[key] = eid

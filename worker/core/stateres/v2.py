@@ -171,7 +171,17 @@ def resolve_v2(
     # Step 2: iterative auth checks from the unconflicted state map (v2) or from nothing
     # (v2.1, MSC4297: so that unconflicted state cannot vouch for conflicted events).
     state: dict[StateKey, str] = {} if flags.start_from_empty_state else dict(unconflicted)
-    checked += iterative_auth_checks(events, authz, power_order, state, keys=conflicted_keys)
+    # (The keys of U that the checks may write, for step 5.)
+    overwritten: set[StateKey] = set()
+    checked += iterative_auth_checks(
+        events,
+        authz,
+        power_order,
+        state,
+        keys=conflicted_keys,
+        protected=unconflicted,
+        overwritten=overwritten,
+    )
 
     # Step 3: everything else, in mainline order of the partially resolved power levels.
     rest, rest_evs = full_list, full_evs
@@ -194,11 +204,25 @@ def resolve_v2(
     rest, rest_evs = mainline.order_events(rest, rest_evs, cited)
 
     # Step 4: iterative auth checks over them, continuing from the partial state.
-    checked += iterative_auth_checks(events, authz, rest, state, rest_evs, keys=conflicted_keys)
+    checked += iterative_auth_checks(
+        events,
+        authz,
+        rest,
+        state,
+        rest_evs,
+        keys=conflicted_keys,
+        protected=unconflicted,
+        overwritten=overwritten,
+    )
 
     # Step 5 (all versions): the unconflicted state map wins wherever it has an entry. In
-    # v2.1 this is where U first enters the result.
-    state.update(unconflicted)
+    # v2.1 this is where U first enters the result; in v2 the state holds U already, but
+    # for the keys the checks wrote.
+    if flags.start_from_empty_state:
+        state.update(unconflicted)
+    else:
+        for key in overwritten:
+            state[key] = unconflicted[key]
     stats = ResolutionStats(
         conflicted=len(conflicted_ids),
         auth_difference=len(full) - len(conflicted_ids),
