@@ -131,8 +131,7 @@ def resolve_v2(
     if flags.conflicted_subgraph:
         added |= _conflicted_subgraph(events, conflicted_ids, chains_union) - conflicted_ids
     full = conflicted_ids
-    # Sets whose union is `full`, for `Events.cited_by`.
-    parts = list(per_set)
+    more_evs: list[Event | None] = []
     if added:
         events.load(added)
         # In set order: no order of these lists reaches the result, as both orderings
@@ -146,7 +145,6 @@ def resolve_v2(
         full_list += more
         full_evs += cast("list[Event]", more_evs)
         full = conflicted_ids.union(more)
-        parts.append(added)
 
     checked = 0
     # Step 1: power events of the full conflicted set and their auth ancestors within it,
@@ -199,7 +197,10 @@ def resolve_v2(
     # events: so the cited events outside it are looked at, and the cited power events.)
     cited: set[str] | None = None
     if len(full) >= _MANY:
-        seen = events.cited_by(parts)
+        seen = events.cited_by(per_set)
+        if more_evs:
+            # (The events of the auth difference are at hand: no lookups.)
+            seen |= events.refs_of_events(cast("list[Event]", more_evs))
         cited = (seen - full) | seen.intersection(power)
     rest, rest_evs = mainline.order_events(rest, rest_evs, cited)
 
