@@ -204,43 +204,56 @@ class Events:
         return set().union(*map(chain_fn, start))
 
     def _cited_known(self, start: set[str]) -> set[str] | None:
-        """What the events of `start` cite, when they and what they cite are all known
-        (then recorded for `cited_by`, and kept for this very set); else None."""
+        """What the events of `start` cite, when they and what they cite are all known;
+        else None."""
+        first = self._cited(start)
+        if first is None:
+            return None
+        self.load(first)
+        if not all(map(self._cache.get, first)):
+            return None
+        return first
+
+    def _cited(self, start: set[str]) -> set[str] | None:
+        """What the events of `start` cite, when they are all known (then recorded for
+        `cited_by`, and kept for this very set); else None."""
         for roots, first in self._walked:
             if roots is start:
                 return first
-        cache = self._cache
         primed = [evs for roots, evs in self._primed if roots is start]
         if primed:
             # (Primed events are all known: nothing to look up again.)
             first = self.refs_of_events(primed[0])
         else:
             self.load(start)
-            if not all(map(cache.get, start)):
+            if not all(map(self._cache.get, start)):
                 return None
             first = self.refs_of(start)
-        self.load(first)
-        if not all(map(cache.get, first)):
-            return None
         self._walked.append((start, first))
         return first
 
     def closure_citing(self, roots: set[str], covered: set[str]) -> set[str] | None:
         """The closure of `roots` less what only the chains of the events of `covered` add,
-        when an auth chain index answers chains, the roots and what they cite are known and
-        the roots cite every event of `covered` directly; otherwise None.
+        when an auth chain index answers chains, the roots and what they cite (but
+        `covered`) are known and the roots cite every event of `covered` directly;
+        otherwise None.
 
         For a caller that holds the closure of `covered`: whatever those chains hold is in
         it, so the merge of thousands of chains (a stale fork's new member events, each
-        citing the old one) is left out.
+        citing the old one) is left out, and so are the lookups of `covered`'s events
+        (only the chains of the other cited events are asked of the index).
         """
         chain_fn = self._chain_fn
         if chain_fn is None or len(roots) < _WIDE:
             return None
-        first = self._cited_known(roots)
+        first = self._cited(roots)
         if first is None or not covered <= first:
             return None
-        return first.union(*map(chain_fn, first - covered))
+        rest = first - covered
+        self.load(rest)
+        if not all(map(self._cache.get, rest)):
+            return None
+        return first.union(*map(chain_fn, rest))
 
     def prime(self, roots: set[str], events: list[Event]) -> None:
         """Hand over the events of `roots` (every one known), for a later `closure(roots)`
