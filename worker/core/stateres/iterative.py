@@ -52,15 +52,17 @@ def iterative_auth_checks(
     order_events: Sequence[Event] | None = None,
     *,
     keys: Sequence[StateKey] = (),
-    protected: Mapping[StateKey, str] | None = None,
-    overwritten: set[StateKey] | None = None,
+    start: StartState | None = None,
 ) -> int:
     """Apply each event of `order` to `state` (in place) if the auth rules allow it against
-    that state. `order_events[i]`, when given, is the event of `order[i]`; `keys` may hold
-    key tuples to write `state`'s new entries with (the state sets' own, so that thousands
-    of equal ones are not built again), none of them a key of `protected`; the keys of
-    `protected` that the checks may have written are added to `overwritten`. Returns how many checks ran (state events that
-    were not rejected before)."""
+    that state. `order_events[i]`, when given, is the event of `order[i]`. Returns how many
+    checks ran (state events that were not rejected before).
+
+    `keys` may hold key tuples to write `state`'s new entries with (the state sets' own, so
+    that thousands of equal ones are not built again), none of them a key `state` held at
+    the start; `start`, when given, keeps what the checks overwrite of that starting
+    state (see `StartState`).
+    """
     if order_events is None:
         cache = events.cache
         found = list(map(cache.get, order))
@@ -72,10 +74,36 @@ def iterative_auth_checks(
                 ev if ev else events.must(e) for e, ev in zip(order, found, strict=True)
             ]
     checks = _Checks(events, authz, state, keys)
-    if protected is not None and overwritten is not None:
-        checks.protected = protected
-        checks.overwritten = overwritten
+    checks.start = start
     return checks.run(order, order_events)
+
+
+class StartState:
+    """The entries of a starting state that the iterative checks overwrote, with their
+    values from the start (`saved`), and the keys the checks added to it (`added`).
+
+    State resolution v2 runs the checks twice over the unconflicted state map itself, and
+    then puts back whatever of it they overwrote, instead of copying the whole map first
+    and updating the result with all of it afterwards. A key the checks write is the
+    starting state's if the state holds it, the checks did not add it and it is not one
+    of the `keys` given to them (those are conflicted keys).
+    """
+
+    __slots__ = ("added", "saved")
+
+    def __init__(self) -> None:
+        self.saved: dict[StateKey, str] = {}
+        self.added: set[StateKey] = set()
+
+    def before_write(self, key: StateKey, state: Mapping[StateKey, str]) -> None:
+        """Note `key` before a write to `state` (not a key given to the checks)."""
+        if key in self.added or key in self.saved:
+            return
+        old = state.get(key)
+        if old is None:
+            self.added.add(key)
+        else:
+            self.saved[key] = old
 
 
 class _Checks:
@@ -96,11 +124,10 @@ class _Checks:
         "key_source",
         "member_keys",
         "not_member",
-        "overwritten",
         "pl_unchecked",
-        "protected",
         "rejected",
         "spec_rules",
+        "start",
         "state",
         "table",
     )
@@ -128,9 +155,8 @@ class _Checks:
         # user -> a key tuple (m.room.member, user) of `keys`, built when first needed.
         self.key_source = keys
         self.member_keys: dict[str, StateKey] | None = None
-        # Keys whose writes are reported (in `overwritten`), as `iterative_auth_checks` says.
-        self.protected: Mapping[StateKey, str] = {}
-        self.overwritten: set[StateKey] = set()
+        # What the checks overwrite of the starting state (`iterative_auth_checks`).
+        self.start: StartState | None = None
         # The full rules look up the power levels event for every membership event, so an
         # unknown one must fail the same way when the table decides, once.
         self.pl_unchecked = self.auth_state.get(POWER_LEVELS)
@@ -386,12 +412,22 @@ class _Checks:
                 (MEMBER, user) if key is None else key
                 for key, user in zip(keys, users, strict=True)
             ]
-            # (Reported whether written or not: "may have written".)
-            protected = self.protected
-            if protected:
-                self.overwritten.update(k for k in made if k in protected)
+            # (Noted whether written or not: a key noted but not written is put back as
+            # it is, or was not in the state.)
+            start = self.start
+            if start is not None:
+                for key, given in zip(made, keys, strict=True):
+                    if given is None:
+                        start.before_write(key, self.state)
             return made
         return cast("list[StateKey]", keys)
+
+    def _given(self, key: StateKey) -> bool:
+        """Whether `key` is one of the member keys given to the checks (`_member_keys`)."""
+        if key[0] != MEMBER:
+            return False
+        self._member_keys(())
+        return cast("dict[str, StateKey]", self.member_keys).get(key[1]) == key
 
     def _own_membership(self, ev: Event) -> Any:
         """The sender's membership in the event's own auth events (the state has none)."""
@@ -486,8 +522,9 @@ class _Checks:
         return None
 
     def _apply(self, key: StateKey, eid: str) -> None:
-        if key in self.protected:
-            self.overwritten.add(key)
+        start = self.start
+        if start is not None and not self._given(key):
+            start.before_write(key, self.state)
         self.state[key] = eid
         if self.auth_state is not self.state:
             self.auth_state[key] = eid

@@ -44,7 +44,7 @@ from typing import cast
 
 from worker.core.events import Event, StateKey
 from worker.core.stateres.events import MEMBER, POWER_LEVELS, Events, UnknownEvent
-from worker.core.stateres.iterative import iterative_auth_checks
+from worker.core.stateres.iterative import StartState, iterative_auth_checks
 from worker.core.stateres.model import Authorizer, ResolutionStats
 from worker.core.stateres.ordering import (
     Mainline,
@@ -168,17 +168,11 @@ def resolve_v2(
 
     # Step 2: iterative auth checks from the unconflicted state map (v2) or from nothing
     # (v2.1, MSC4297: so that unconflicted state cannot vouch for conflicted events).
-    state: dict[StateKey, str] = {} if flags.start_from_empty_state else dict(unconflicted)
-    # (The keys of U that the checks may write, for step 5.)
-    overwritten: set[StateKey] = set()
+    # (v2 runs the checks over U itself, and step 5 puts back what they overwrote of it.)
+    kept = None if flags.start_from_empty_state else StartState()
+    state: dict[StateKey, str] = {} if kept is None else unconflicted
     checked += iterative_auth_checks(
-        events,
-        authz,
-        power_order,
-        state,
-        keys=conflicted_keys,
-        protected=unconflicted,
-        overwritten=overwritten,
+        events, authz, power_order, state, keys=conflicted_keys, start=kept
     )
 
     # Step 3: everything else, in mainline order of the partially resolved power levels.
@@ -206,24 +200,16 @@ def resolve_v2(
 
     # Step 4: iterative auth checks over them, continuing from the partial state.
     checked += iterative_auth_checks(
-        events,
-        authz,
-        rest,
-        state,
-        rest_evs,
-        keys=conflicted_keys,
-        protected=unconflicted,
-        overwritten=overwritten,
+        events, authz, rest, state, rest_evs, keys=conflicted_keys, start=kept
     )
 
     # Step 5 (all versions): the unconflicted state map wins wherever it has an entry. In
-    # v2.1 this is where U first enters the result; in v2 the state holds U already, but
-    # for the keys the checks wrote.
-    if flags.start_from_empty_state:
+    # v2.1 this is where U first enters the result; in v2 the state is U already, but for
+    # the entries the checks overwrote.
+    if kept is None:
         state.update(unconflicted)
     else:
-        for key in overwritten:
-            state[key] = unconflicted[key]
+        state.update(kept.saved)
     stats = ResolutionStats(
         conflicted=len(conflicted_ids),
         auth_difference=len(full) - len(conflicted_ids),
