@@ -34,6 +34,7 @@ def room(version: str, join_rule: str | None = "public", **levels: Any) -> RoomB
     return b
 
 
+
 def rule(b: RoomBuilder, event_id: str) -> str:
     failure = b.check(event_id)
     assert failure is not None

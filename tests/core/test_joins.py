@@ -38,17 +38,10 @@ def room(members: int = 5) -> RoomBuilder:
 
 def template(b: RoomBuilder, **changes: Any) -> dict[str, Any]:
     pdu: dict[str, Any] = {
-        "type": "m.room.member",
-        "room_id": b.room_id,
-        "sender": JOINER,
-        "state_key": JOINER,
-        "content": {"membership": "join"},
-        "depth": 10,
-        "origin_server_ts": 1,
-        "prev_events": list(b.latest),
-        "auth_events": [b.state[("m.room.create", "")]],
-        "signatures": {"test": {"ed25519:x": "sig"}},
-        "hashes": {"sha256": "x"},
+        "type": "m.room.member", "room_id": b.room_id, "sender": JOINER, "state_key": JOINER,
+        "content": {"membership": "join"}, "depth": 10, "origin_server_ts": 1,
+        "prev_events": list(b.latest), "auth_events": [b.state[("m.room.create", "")]],
+        "signatures": {"test": {"ed25519:x": "sig"}}, "hashes": {"sha256": "x"},
     }
     pdu.update(changes)
     return pdu
@@ -61,19 +54,13 @@ def answer(b: RoomBuilder) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
 
 def test_a_good_template_is_cleaned_and_filled_with_our_content() -> None:
     b = room()
-    checked = check_template(
-        template(b), RULES, room_id=b.room_id, user_id=JOINER, membership="join"
-    )
+    checked = check_template(template(b), RULES, room_id=b.room_id, user_id=JOINER,
+                             membership="join")
     assert isinstance(checked, dict)
     assert "signatures" not in checked and "hashes" not in checked
-    pdu = fill_template(
-        checked,
-        origin="hs.test",
-        origin_server_ts=5,
-        content={"displayname": "Bob", "membership": "leave"},
-        event_id_hint="",
-        rules=RULES,
-    )
+    pdu = fill_template(checked, origin="hs.test", origin_server_ts=5,
+                        content={"displayname": "Bob", "membership": "leave"},
+                        event_id_hint="", rules=RULES)
     # The template's membership wins over ours.
     assert pdu["content"] == {"displayname": "Bob", "membership": "join"}
     assert (pdu["origin"], pdu["origin_server_ts"]) == ("hs.test", 5)
@@ -90,9 +77,8 @@ def test_templates_for_something_else_are_refused() -> None:
     for code, pdu in cases.items():
         got = check_template(pdu, RULES, room_id=b.room_id, user_id=JOINER, membership="join")
         assert isinstance(got, Rejection) and got.code == code, (code, got)
-    assert isinstance(
-        check_template([], RULES, room_id=b.room_id, user_id=JOINER, membership="join"), Rejection
-    )
+    assert isinstance(check_template([], RULES, room_id=b.room_id, user_id=JOINER,
+                                     membership="join"), Rejection)
 
 
 def test_an_honest_answer_is_ordered_auth_events_first() -> None:

@@ -13,9 +13,7 @@ from worker.commands import resolve as cmd
 GOLDEN = Path(__file__).resolve().parents[1] / "golden"
 
 
-def _run(
-    path: Path, capsys: pytest.CaptureFixture[str], stats: bool = False
-) -> tuple[int, str, str]:
+def _run(path: Path, capsys: pytest.CaptureFixture[str], stats: bool = False) -> tuple[int, str, str]:
     code = cmd.run(argparse.Namespace(file=str(path), stats=stats))
     out, err = capsys.readouterr()
     return code, out, err
@@ -65,9 +63,7 @@ def test_bad_inputs_exit_2_with_a_clear_message(
     msg = {**good["events"][-1], "event_id": "$msg:test", "type": "m.room.message"}
     msg.pop("state_key")
     msg["content"] = {"msgtype": "m.text", "body": "hi"}
-    err = _bad(
-        tmp_path, {**good, "events": [*good["events"], msg], "state_sets": [["$msg:test"]]}, capsys
-    )
+    err = _bad(tmp_path, {**good, "events": [*good["events"], msg], "state_sets": [["$msg:test"]]}, capsys)
     assert "not a state event" in err
     missing = tmp_path / "missing.json"
     code, _, err = _run(missing, capsys)

@@ -59,9 +59,7 @@ def test_order_of_inputs_does_not_matter(dag_id: tuple[str, int], rnd: random.Ra
 
 @SETTINGS
 @given(dags, st.data())
-def test_one_at_a_time_agrees_with_all_at_once(
-    dag_id: tuple[str, int], data: st.DataObject
-) -> None:
+def test_one_at_a_time_agrees_with_all_at_once(dag_id: tuple[str, int], data: st.DataObject) -> None:
     version, seed = dag_id
     dag = random_forked_dag(random.Random(seed), version)
     sets = dag.state_sets
@@ -135,3 +133,4 @@ def test_pythonhashseed_does_not_change_the_result() -> None:
         digests.append(out.stdout.strip())
     assert len(digests[0]) == 64
     assert digests[0] == digests[1]
+

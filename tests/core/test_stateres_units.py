@@ -267,9 +267,7 @@ def test_work_follows_the_conflicted_set_not_the_state() -> None:
         views = _views(b)
         looked_up: list[str] = []
 
-        def lookup(
-            eid: str, views: dict[str, Event] = views, log: list[str] = looked_up
-        ) -> Event | None:
+        def lookup(eid: str, views: dict[str, Event] = views, log: list[str] = looked_up) -> Event | None:
             log.append(eid)
             return views.get(eid)
 
