@@ -295,17 +295,14 @@ class _Checks:
     def _joins_at_once(
         self, ids: list[str], evs: Sequence[Event], users: list[str], accepted: dict[str, str]
     ) -> bool:
-        """Decide a run of self-joins that the table answers (`_self_join_runs`; `users`
-        are their senders) together, when every one of them is allowed, and write them to
-        the state; else return False, having changed nothing but memos and the time at
-        which `accepted` is written (which makes no difference, see `_apply_members`), and
-        the caller checks them one at a time.
+        """Decide and write a run of self-joins the table answers (`_self_join_runs`;
+        `users` are their senders) at once when all are allowed; else return False, having
+        changed only memos and when `accepted` is written (no matter, see `_apply_members`).
 
-        A join is decided by the sender's current membership alone once the join rules are
-        the state's: a user's first join here reads it as `_one_by_one` does, and each later
-        one finds the join before it (accepted, if all are). So "all allowed" is a question
-        about the first join of each user and, when some user joins twice, about a join
-        from "join"; what `_one_by_one` would write follows from the run itself.
+        Under the state's join rules a join depends on the sender's current membership
+        alone: a user's first join here reads it as `_one_by_one` does, each later one finds
+        the join before it. So "all allowed" asks about each user's first join and, if some
+        user joins twice, about a join from "join"; the writes follow from the run itself.
         """
         table = self.table
         auth_state = self.auth_state
@@ -401,11 +398,7 @@ class _Checks:
         """The keys (m.room.member, user) of `users`, taken from `key_source` where it has
         them: thousands of new tuples kept at once would wake the garbage collector, which
         then walks them all, and everything else created since, a few times over."""
-        known = self.member_keys
-        if known is None:
-            source = self.key_source
-            members = list(compress(source, map(eq, map(_FIRST, source), repeat(MEMBER))))
-            known = self.member_keys = dict(zip(map(_SECOND, members), members, strict=True))
+        known = self._known_keys()
         keys = list(map(known.get, users))
         if None in keys:
             made = [
@@ -422,12 +415,18 @@ class _Checks:
             return made
         return cast("list[StateKey]", keys)
 
+    def _known_keys(self) -> dict[str, StateKey]:
+        """user -> their key among `key_source`, built when first needed."""
+        known = self.member_keys
+        if known is None:
+            source = self.key_source
+            members = list(compress(source, map(eq, map(_FIRST, source), repeat(MEMBER))))
+            known = self.member_keys = dict(zip(map(_SECOND, members), members, strict=True))
+        return known
+
     def _given(self, key: StateKey) -> bool:
-        """Whether `key` is one of the member keys given to the checks (`_member_keys`)."""
-        if key[0] != MEMBER:
-            return False
-        self._member_keys(())
-        return cast("dict[str, StateKey]", self.member_keys).get(key[1]) == key
+        """Whether `key` is one of the member keys given to the checks."""
+        return key[0] == MEMBER and self._known_keys().get(key[1]) == key
 
     def _own_membership(self, ev: Event) -> Any:
         """The sender's membership in the event's own auth events (the state has none)."""
@@ -571,11 +570,7 @@ def _self_join_runs(
 ) -> tuple[list[str], list[tuple[int, int]]]:
     """The events' state keys, and the runs (start, end) of at least `_BATCH` events in a
     row that are self-joins the table answers, as `_Checks._one_by_one` tells them apart."""
-    rules = table.rules
-    restricted = table.restricted
-    room_id = table.room_id
-    first_joiner = table.first_joiner
-    create_prev = table.create_prev
+    rules, restricted, room_id, first_joiner, create_prev, _ = _fields(table)
     mask = bytearray(len(evs))
     state_keys: list[Any] = []
     add = state_keys.append

@@ -26,10 +26,12 @@ costs are kept to a few dict and attribute reads (`python -m bench stateres` mea
 - auth chains are walked a generation at a time with set algebra (`Events.walk`), and a
   stale fork's newer chains are not merged where the older set's closure holds them
   (`_union_and_intersection`);
-- the mainline ordering sorts by one key at a time (`Mainline.order_events`);
+- the mainline ordering sorts by one key at a time, and not at all for events that come in
+  timestamp order (`Mainline.order_events`);
 - the iterative auth checks decide self-joins and self-leaves through a table derived from
-  the membership rule (`worker.core.auth.self_membership`), running the full auth rules for
-  everything else (`iterative.py`).
+  the membership rule (`worker.core.auth.self_membership`), long runs of self-joins at once,
+  running the full auth rules for everything else (`iterative.py`); in v2 they run over U
+  itself, and step 5 puts back only what they overwrote of it.
 
 Every shortcut gives the same answers as the plain algorithm: the tests in
 `tests/core/test_stateres_shortcut.py` and `test_stateres_wide.py` compare them.
