@@ -271,13 +271,18 @@ class Events:
         read here.
         """
         found: list[set[str]] = []
+        unread: list[set[str]] = []
+        # (`_walked` keeps its sets alive, so a part with the id of one of them is it.)
+        walked = {id(roots): first for roots, first in self._walked}
         for part in parts:
-            for roots, first in self._walked:
-                if roots is part:
-                    found.append(first)
-                    break
+            first = walked.get(id(part))
+            if first is not None:
+                found.append(first)
             else:
-                found.append(self.refs_of(part))
+                unread.append(part)
+        if unread:
+            # (Many state sets merging at once hand over many small parts: one read.)
+            found.append(self.refs_of(set().union(*unread)))
         return set().union(*found)
 
     def walk(self, frontier: set[str]) -> set[str]:
