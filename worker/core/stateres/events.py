@@ -262,6 +262,10 @@ class Events:
         over them costs."""
         self._primed.append((roots, events))
 
+    def walked(self, part: set[str]) -> bool:
+        """Whether a walk recorded here (for `cited_by`) started from `part` itself."""
+        return any(roots is part for roots, _ in self._walked)
+
     def cited_by(self, parts: Iterable[set[str]]) -> set[str]:
         """A superset of the auth events that the events of `parts` cite.
 
