@@ -15,11 +15,9 @@ do not.
 Self-joins and self-leaves, nearly all of what a big room's resolution checks, are decided
 by `SelfMembershipTable` (rule 5 of `worker.core.auth.member`, tabulated) when the spec's
 rules are in use; everything else, and whatever the table does not answer, runs the full
-rules. Long runs of self-joins (a big room's fork: thousands of members re-joining to change
-a display name) are decided a run at a time when every join of the run is allowed, with
-what the one-at-a-time loop would write worked out from the run itself
-(`_Checks._joins_at_once`). `tests/core/test_stateres_shortcut.py` checks that all of these
-give the same states.
+rules. Long runs of self-joins (a big room's fork) are decided a run at a time when all are
+allowed (`_Checks._joins_at_once`). `tests/core/test_stateres_shortcut.py` checks that all
+of these give the same states.
 """
 
 from __future__ import annotations
@@ -79,15 +77,11 @@ def iterative_auth_checks(
 
 
 class StartState:
-    """The entries of a starting state that the iterative checks overwrote, with their
-    values from the start (`saved`), and the keys the checks added to it (`added`).
-
-    State resolution v2 runs the checks twice over the unconflicted state map itself, and
-    then puts back whatever of it they overwrote, instead of copying the whole map first
-    and updating the result with all of it afterwards. A key the checks write is the
-    starting state's if the state holds it, the checks did not add it and it is not one
-    of the `keys` given to them (those are conflicted keys).
-    """
+    """The entries of a starting state the checks overwrote, with their values from the
+    start (`saved`), and the keys the checks added (`added`): v2 runs the checks twice over
+    U itself, then puts back what they overwrote of it, instead of copying U first. A key
+    written is the starting state's if the state holds it, the checks did not add it and
+    it is not one of the `keys` given to them (those are conflicted keys)."""
 
     __slots__ = ("added", "saved")
 
@@ -195,7 +189,7 @@ class _Checks:
                     break
                 checked += self._one_by_one(order[start:lo], order_events[start:lo], accepted)
                 ids, evs = order[lo:hi], order_events[lo:hi]
-                if self._joins_at_once(ids, evs, users[lo:hi], accepted):
+                if self._joins_at_once(ids, evs, users[lo:hi], accepted, hi < len(order)):
                     checked += hi - lo
                 else:
                     checked += self._one_by_one(ids, evs, accepted)
@@ -293,11 +287,17 @@ class _Checks:
         return checked
 
     def _joins_at_once(
-        self, ids: list[str], evs: Sequence[Event], users: list[str], accepted: dict[str, str]
+        self,
+        ids: list[str],
+        evs: Sequence[Event],
+        users: list[str],
+        acc: dict[str, str],
+        more: bool,
     ) -> bool:
         """Decide and write a run of self-joins the table answers (`_self_join_runs`;
         `users` are their senders) at once when all are allowed; else return False, having
-        changed only memos and when `accepted` is written (no matter, see `_apply_members`).
+        changed only memos and when `acc` (accepted) is written (see `_apply_members`).
+        `more`: whether events follow (which would read `in_state`).
 
         Under the state's join rules a join depends on the sender's current membership
         alone: a user's first join here reads it as `_one_by_one` does, each later one finds
@@ -348,9 +348,10 @@ class _Checks:
         except TypeError:
             # (An unhashable membership: `_one_by_one` knows what it means.)
             return False
-        if accepted:
-            self._apply_members(accepted)
-        in_state.update(zip(last, repeat("join")))
+        if acc:
+            self._apply_members(acc)
+        if more:
+            in_state.update(zip(last, repeat("join")))
         self.state.update(zip(keys, last.values(), strict=True))
         if auth_state is not self.state:
             auth_state.update(zip(keys, last.values(), strict=True))
@@ -359,9 +360,8 @@ class _Checks:
     def _first_memberships(
         self, users: list[str], keys: list[StateKey], evs: list[Event]
     ) -> list[Any]:
-        """The current memberships (in any order, repeats allowed) of `users`, met for the
-        first time with the events `evs` (their `keys` are (m.room.member, user)), as
-        `_one_by_one` reads them."""
+        """The memberships (any order, repeats allowed) of `users`, met first with `evs`
+        (`keys`: their member keys), as `_one_by_one` reads them."""
         auth_state = self.auth_state
         if not auth_state.keys().isdisjoint(keys):
             return list(map(self._membership, evs, users))
