@@ -292,15 +292,19 @@ class Mainline:
             keys = list(map(self._key, ids, evs, repeat({}), repeat({})))
             order = sorted(range(len(ids)), key=keys.__getitem__)
             return list(map(ids.__getitem__, order)), list(map(evs.__getitem__, order))
-        auths = list(map(_AUTH_IDS, evs))
-        pls = self._power_levels_among(cited if cited is not None else set().union(*auths))
+        auths: Iterable[tuple[str, ...]] = map(_AUTH_IDS, evs)
+        if cited is None:
+            auths = list(auths)
+            cited = set().union(*auths)
+        pls = self._power_levels_among(cited)
         neg_pos: list[float] | None = None
         if len(pls) == 1:
             # Events citing the one PL event share its position; the others have none.
             (pl,) = pls
-            cites = list(map(contains, auths, repeat(pl)))
-            # (When every event cites it, positions are all equal: no position sort.)
-            if not all(cites):
+            # (When every event cites it, positions are all equal: no position sort. That
+            # is asked first, with no list built.)
+            if not all(map(contains, auths, repeat(pl))):
+                cites = map(contains, map(_AUTH_IDS, evs), repeat(pl))
                 there = -self._position_from(pl)
                 neg_pos = [there if c else _NEG_INF for c in cites]
         elif pls:
