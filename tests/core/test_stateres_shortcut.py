@@ -12,6 +12,7 @@ from __future__ import annotations
 import random
 from collections.abc import Iterable, Mapping
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_stateres_harness import random_forked_dag
@@ -19,7 +20,7 @@ from test_stateres_harness import random_forked_dag
 from worker.core.auth import auth_types_for_event, check_auth
 from worker.core.events import Event, StateKey
 from worker.core.outcomes import Rejection
-from worker.core.stateres import SpecAuthorizer
+from worker.core.stateres import SpecAuthorizer, iterative
 from worker.core.stateres.events import Events
 from worker.core.stateres.iterative import iterative_auth_checks
 
@@ -38,8 +39,11 @@ class FullRules:
 @given(
     seed=st.integers(0, 2**32),
     version=st.sampled_from([str(v) for v in range(1, 13)]),
+    batch=st.sampled_from([iterative._BATCH, 1, 2]),
 )
-def test_shortcut_gives_the_full_rules_states(seed: int, version: str) -> None:
+def test_shortcut_gives_the_full_rules_states(seed: int, version: str, batch: int) -> None:
+    """`batch`: from how many self-joins in a row the table decides them together (the
+    default is met only by big rooms)."""
     rng = random.Random(seed)
     dag = random_forked_dag(rng, version)
     state_events = sorted(eid for eid, ev in dag.ours.items() if ev.state_key is not None)
@@ -56,7 +60,9 @@ def test_shortcut_gives_the_full_rules_states(seed: int, version: str) -> None:
     def run(authz: SpecAuthorizer | FullRules) -> tuple[dict[StateKey, str], int]:
         state = dict(start)
         events = Events(dag.rules, dag.ours.get, None, rejected)
-        checked = iterative_auth_checks(events, authz, order, state)
+        with pytest.MonkeyPatch.context() as m:
+            m.setattr(iterative, "_BATCH", batch)
+            checked = iterative_auth_checks(events, authz, order, state)
         return state, checked
 
     assert run(SpecAuthorizer()) == run(FullRules())

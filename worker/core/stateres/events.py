@@ -204,43 +204,56 @@ class Events:
         return set().union(*map(chain_fn, start))
 
     def _cited_known(self, start: set[str]) -> set[str] | None:
-        """What the events of `start` cite, when they and what they cite are all known
-        (then recorded for `cited_by`, and kept for this very set); else None."""
+        """What the events of `start` cite, when they and what they cite are all known;
+        else None."""
+        first = self._cited(start)
+        if first is None:
+            return None
+        self.load(first)
+        if not all(map(self._cache.get, first)):
+            return None
+        return first
+
+    def _cited(self, start: set[str]) -> set[str] | None:
+        """What the events of `start` cite, when they are all known (then recorded for
+        `cited_by`, and kept for this very set); else None."""
         for roots, first in self._walked:
             if roots is start:
                 return first
-        cache = self._cache
         primed = [evs for roots, evs in self._primed if roots is start]
         if primed:
             # (Primed events are all known: nothing to look up again.)
             first = self.refs_of_events(primed[0])
         else:
             self.load(start)
-            if not all(map(cache.get, start)):
+            if not all(map(self._cache.get, start)):
                 return None
             first = self.refs_of(start)
-        self.load(first)
-        if not all(map(cache.get, first)):
-            return None
         self._walked.append((start, first))
         return first
 
     def closure_citing(self, roots: set[str], covered: set[str]) -> set[str] | None:
         """The closure of `roots` less what only the chains of the events of `covered` add,
-        when an auth chain index answers chains, the roots and what they cite are known and
-        the roots cite every event of `covered` directly; otherwise None.
+        when an auth chain index answers chains, the roots and what they cite (but
+        `covered`) are known and the roots cite every event of `covered` directly;
+        otherwise None.
 
         For a caller that holds the closure of `covered`: whatever those chains hold is in
         it, so the merge of thousands of chains (a stale fork's new member events, each
-        citing the old one) is left out.
+        citing the old one) is left out, and so are the lookups of `covered`'s events
+        (only the chains of the other cited events are asked of the index).
         """
         chain_fn = self._chain_fn
         if chain_fn is None or len(roots) < _WIDE:
             return None
-        first = self._cited_known(roots)
+        first = self._cited(roots)
         if first is None or not covered <= first:
             return None
-        return first.union(*map(chain_fn, first - covered))
+        rest = first - covered
+        self.load(rest)
+        if not all(map(self._cache.get, rest)):
+            return None
+        return first.union(*map(chain_fn, rest))
 
     def prime(self, roots: set[str], events: list[Event]) -> None:
         """Hand over the events of `roots` (every one known), for a later `closure(roots)`
@@ -249,15 +262,32 @@ class Events:
         over them costs."""
         self._primed.append((roots, events))
 
-    def cited_by(self, event_ids: set[str]) -> set[str]:
-        """A superset of the auth events that `event_ids` cite.
+    def walked(self, part: set[str]) -> bool:
+        """Whether a walk recorded here (for `cited_by`) started from `part` itself."""
+        return any(roots is part for roots, _ in self._walked)
 
-        The first generation of every closure walked so far is reused: a resolution walks
-        from its conflicted events, and later asks what they cite (mainline ordering).
-        Events no walk started from are read here.
+    def cited_by(self, parts: Iterable[set[str]]) -> set[str]:
+        """A superset of the auth events that the events of `parts` cite.
+
+        A resolution walks from its conflicted events, and later asks what they cite
+        (mainline ordering): a part that a closure walked here started from (that very
+        set) reuses the first generation of that walk; the events of the other parts are
+        read here.
         """
-        left = event_ids.difference(*(roots for roots, _ in self._walked))
-        return set().union(*(c for _, c in self._walked), self.refs_of(left) if left else ())
+        found: list[set[str]] = []
+        unread: list[set[str]] = []
+        # (`_walked` keeps its sets alive, so a part with the id of one of them is it.)
+        walked = {id(roots): first for roots, first in self._walked}
+        for part in parts:
+            first = walked.get(id(part))
+            if first is not None:
+                found.append(first)
+            else:
+                unread.append(part)
+        if unread:
+            # (Many state sets merging at once hand over many small parts: one read.)
+            found.append(self.refs_of(set().union(*unread)))
+        return set().union(*found)
 
     def walk(self, frontier: set[str]) -> set[str]:
         """Every event reachable through auth references from `frontier`, itself included.

@@ -15,13 +15,16 @@ do not.
 Self-joins and self-leaves, nearly all of what a big room's resolution checks, are decided
 by `SelfMembershipTable` (rule 5 of `worker.core.auth.member`, tabulated) when the spec's
 rules are in use; everything else, and whatever the table does not answer, runs the full
-rules. `tests/core/test_stateres_shortcut.py` checks that both give the same states.
+rules. Long runs of self-joins (a big room's fork) are decided a run at a time when all are
+allowed (`_Checks._joins_at_once`). `tests/core/test_stateres_shortcut.py` checks that all
+of these give the same states.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from itertools import compress, repeat
+from operator import attrgetter, eq, is_, itemgetter, not_
 from typing import Any, cast
 
 from worker.core.auth import check_auth
@@ -32,6 +35,11 @@ from worker.core.stateres.model import Authorizer
 
 # Marks a missing entry where None is a value.
 _ABSENT: Any = object()
+# From how many self-joins in a row the table decides them together (`_Checks.run`).
+_BATCH = 64
+_AUTH_IDS = attrgetter("auth_event_ids")
+_FIRST = itemgetter(0)
+_SECOND = itemgetter(1)
 
 
 def iterative_auth_checks(
@@ -40,10 +48,19 @@ def iterative_auth_checks(
     order: list[str],
     state: dict[StateKey, str],
     order_events: Sequence[Event] | None = None,
+    *,
+    keys: Sequence[StateKey] = (),
+    start: StartState | None = None,
 ) -> int:
     """Apply each event of `order` to `state` (in place) if the auth rules allow it against
     that state. `order_events[i]`, when given, is the event of `order[i]`. Returns how many
-    checks ran (state events that were not rejected before)."""
+    checks ran (state events that were not rejected before).
+
+    `keys` may hold key tuples to write `state`'s new entries with (the state sets' own, so
+    that thousands of equal ones are not built again), none of them a key `state` held at
+    the start; `start`, when given, keeps what the checks overwrite of that starting
+    state (see `StartState`).
+    """
     if order_events is None:
         cache = events.cache
         found = list(map(cache.get, order))
@@ -54,7 +71,33 @@ def iterative_auth_checks(
             order_events = [
                 ev if ev else events.must(e) for e, ev in zip(order, found, strict=True)
             ]
-    return _Checks(events, authz, state).run(order, order_events)
+    checks = _Checks(events, authz, state, keys)
+    checks.start = start
+    return checks.run(order, order_events)
+
+
+class StartState:
+    """The entries of a starting state the checks overwrote, with their values from the
+    start (`saved`), and the keys the checks added (`added`): v2 runs the checks twice over
+    U itself, then puts back what they overwrote of it, instead of copying U first. A key
+    written is the starting state's if the state holds it, the checks did not add it and
+    it is not one of the `keys` given to them (those are conflicted keys)."""
+
+    __slots__ = ("added", "saved")
+
+    def __init__(self) -> None:
+        self.saved: dict[StateKey, str] = {}
+        self.added: set[StateKey] = set()
+
+    def before_write(self, key: StateKey, state: Mapping[StateKey, str]) -> None:
+        """Note `key` before a write to `state` (not a key given to the checks)."""
+        if key in self.added or key in self.saved:
+            return
+        old = state.get(key)
+        if old is None:
+            self.added.add(key)
+        else:
+            self.saved[key] = old
 
 
 class _Checks:
@@ -72,15 +115,24 @@ class _Checks:
         "events",
         "in_state",
         "join_verdicts",
+        "key_source",
+        "member_keys",
         "not_member",
         "pl_unchecked",
         "rejected",
         "spec_rules",
+        "start",
         "state",
         "table",
     )
 
-    def __init__(self, events: Events, authz: Authorizer, state: dict[StateKey, str]) -> None:
+    def __init__(
+        self,
+        events: Events,
+        authz: Authorizer,
+        state: dict[StateKey, str],
+        keys: Sequence[StateKey] = (),
+    ) -> None:
         self.events = events
         self.authz = authz
         self.state = state
@@ -94,6 +146,11 @@ class _Checks:
         # read it), for the users met so far: their later events skip the lookups (a stale
         # fork checks each user's old event, then their new one).
         self.in_state: dict[str, Any] = {}
+        # user -> a key tuple (m.room.member, user) of `keys`, built when first needed.
+        self.key_source = keys
+        self.member_keys: dict[str, StateKey] | None = None
+        # What the checks overwrite of the starting state (`iterative_auth_checks`).
+        self.start: StartState | None = None
         # The full rules look up the power levels event for every membership event, so an
         # unknown one must fail the same way when the table decides, once.
         self.pl_unchecked = self.auth_state.get(POWER_LEVELS)
@@ -119,6 +176,35 @@ class _Checks:
             keep = [eid not in rejected for eid in order]
             order = list(compress(order, keep))
             order_events = list(compress(order_events, keep))
+        # user -> their last self-membership event the table accepted (`_apply_members`).
+        accepted: dict[str, str] = {}
+        checked = 0
+        start = 0
+        table = self.table
+        if table is not None and len(order) >= _BATCH:
+            users, runs = _self_join_runs(table, order_events)
+            for lo, hi in runs:
+                # (Applying a create event changes the table the runs were found with.)
+                if self.table is not table:
+                    break
+                checked += self._one_by_one(order[start:lo], order_events[start:lo], accepted)
+                ids, evs = order[lo:hi], order_events[lo:hi]
+                if self._joins_at_once(ids, evs, users[lo:hi], accepted, hi < len(order)):
+                    checked += hi - lo
+                else:
+                    checked += self._one_by_one(ids, evs, accepted)
+                start = hi
+        if start:
+            order, order_events = order[start:], order_events[start:]
+        checked += self._one_by_one(order, order_events, accepted)
+        if accepted:
+            self._apply_members(accepted)
+        return checked
+
+    def _one_by_one(
+        self, order: list[str], order_events: Sequence[Event], accepted: dict[str, str]
+    ) -> int:
+        """Check the events one at a time; returns how many checks ran."""
         # Locals: this loop runs for every conflicted event of a big room, and nearly all
         # of them are self-joins and self-leaves, decided here by the table without a call.
         # What the table reads is copied into locals, read again whenever the full rules
@@ -127,8 +213,6 @@ class _Checks:
         in_state, auth_state = self.in_state, self.auth_state
         in_get = in_state.get
         cites_no_member = self.not_member.issuperset
-        # user -> their last self-membership event the table accepted (`_apply_members`).
-        accepted: dict[str, str] = {}
         checked = 0
         table = self.table
         rules, restricted, room_id, first_joiner, create_prev, leave_allowed = _fields(table)
@@ -200,9 +284,101 @@ class _Checks:
                     table
                 )
             joins = self.join_verdicts
-        if accepted:
-            self._apply_members(accepted)
         return checked
+
+    def _joins_at_once(
+        self,
+        ids: list[str],
+        evs: Sequence[Event],
+        users: list[str],
+        acc: dict[str, str],
+        more: bool,
+    ) -> bool:
+        """Decide and write a run of self-joins the table answers (`_self_join_runs`;
+        `users` are their senders) at once when all are allowed; else return False, having
+        changed only memos and when `acc` (accepted) is written (see `_apply_members`).
+        `more`: whether events follow (which would read `in_state`).
+
+        Under the state's join rules a join depends on the sender's current membership
+        alone: a user's first join here reads it as `_one_by_one` does, each later one finds
+        the join before it. So "all allowed" asks about each user's first join and, if some
+        user joins twice, about a join from "join"; the writes follow from the run itself.
+        """
+        table = self.table
+        auth_state = self.auth_state
+        join_rules = auth_state.get(JOIN_RULES)
+        # No join rules in the state: each join reads its own. An unknown one: the error
+        # must come when `_one_by_one` raises it, after the memberships it reads first.
+        if table is None or join_rules is None or self.events.get(join_rules) is None:
+            return False
+        if self.pl_unchecked is not None:
+            self.events.must(self.pl_unchecked)
+            self.pl_unchecked = None
+        verdicts, default = self.join_verdicts or self._join_verdicts(table, evs[0])
+        # user -> their last join, in the order the users are first met.
+        last = dict(zip(users, ids, strict=True))
+        if len(last) < len(users) and verdicts.get("join", default) is not True:
+            return False
+        met = list(last)
+        if met == users[: len(met)]:
+            # The first joins of the users come first (each user's first join comes before
+            # anyone's second): they are the first events of the run.
+            firsts = list(evs[: len(met)])
+        else:
+            # user -> their first join (reversed, so that the earliest one stays).
+            first = dict(zip(reversed(users), reversed(evs), strict=True))
+            firsts = list(map(first.__getitem__, met))
+        keys = self._member_keys(met)
+        in_state = self.in_state
+        currents: list[Any] = []
+        new, new_keys = met, keys
+        if in_state and not in_state.keys().isdisjoint(met):
+            got = list(map(in_state.get, met, repeat(_ABSENT)))
+            fresh = list(map(is_, got, repeat(_ABSENT)))
+            currents = list(compress(got, map(not_, fresh)))
+            new = list(compress(met, fresh))
+            new_keys = list(compress(keys, fresh))
+            firsts = list(compress(firsts, fresh))
+        if new:
+            # Users met for the first time, read as `_one_by_one` reads them.
+            currents += self._first_memberships(new, new_keys, firsts)
+        try:
+            if not all(map(verdicts.get, currents, repeat(default))):
+                return False
+        except TypeError:
+            # (An unhashable membership: `_one_by_one` knows what it means.)
+            return False
+        if acc:
+            self._apply_members(acc)
+        if more:
+            in_state.update(zip(last, repeat("join")))
+        self.state.update(zip(keys, last.values(), strict=True))
+        if auth_state is not self.state:
+            auth_state.update(zip(keys, last.values(), strict=True))
+        return True
+
+    def _first_memberships(
+        self, users: list[str], keys: list[StateKey], evs: list[Event]
+    ) -> list[Any]:
+        """The memberships (any order, repeats allowed) of `users`, met first with `evs`
+        (`keys`: their member keys), as `_one_by_one` reads them."""
+        auth_state = self.auth_state
+        if not auth_state.keys().isdisjoint(keys):
+            return list(map(self._membership, evs, users))
+        # Usually no join cites a membership: one reading learns which auth events are
+        # nobody's (those every join cites), before the others are tested again.
+        auths = list(map(_AUTH_IDS, evs))
+        cites_none = self.not_member.issuperset
+        plain = list(map(cites_none, auths))
+        out: list[Any] = []
+        if not all(plain):
+            i = plain.index(False)
+            out.append(self._own_membership(evs[i]))
+            plain = list(map(cites_none, auths))
+            out += map(self._own_membership, compress(evs, map(not_, plain)))
+        if any(plain):
+            out.append(None)
+        return out
 
     def _apply_members(self, accepted: dict[str, str]) -> None:
         """Write the self-memberships the table accepted into the state, and forget them.
@@ -212,11 +388,50 @@ class _Checks:
         which is kept current, so the state is only written once per user, and in the
         order the users were first accepted, as writing each event at once would.
         """
-        keys = list(zip(repeat(MEMBER), accepted))
+        keys = self._member_keys(accepted)
         self.state.update(zip(keys, accepted.values(), strict=True))
         if self.auth_state is not self.state:
             self.auth_state.update(zip(keys, accepted.values(), strict=True))
         accepted.clear()
+
+    def _member_keys(self, users: Collection[str]) -> list[StateKey]:
+        """The keys (m.room.member, user) of `users`, taken from `key_source` where it has
+        them: thousands of new tuples kept at once would wake the garbage collector, which
+        then walks them all, and everything else created since, a few times over."""
+        known = self._known_keys()
+        keys = list(map(known.get, users))
+        if None in keys:
+            made = [
+                (MEMBER, user) if key is None else key
+                for key, user in zip(keys, users, strict=True)
+            ]
+            # (Noted whether written or not: a key noted but not written is put back as
+            # it is, or was not in the state.)
+            start = self.start
+            if start is not None:
+                for key, given in zip(made, keys, strict=True):
+                    if given is None:
+                        start.before_write(key, self.state)
+            return made
+        return cast("list[StateKey]", keys)
+
+    def _known_keys(self) -> dict[str, StateKey]:
+        """user -> their key among `key_source`, built when first needed."""
+        known = self.member_keys
+        if known is None:
+            source = self.key_source
+            members = list(compress(source, map(eq, map(_FIRST, source), repeat(MEMBER))))
+            known = self.member_keys = dict(zip(map(_SECOND, members), members, strict=True))
+        return known
+
+    def _given(self, key: StateKey) -> bool:
+        """Whether `key` is one of the member keys given to the checks."""
+        return key[0] == MEMBER and self._known_keys().get(key[1]) == key
+
+    def _own_membership(self, ev: Event) -> Any:
+        """The sender's membership in the event's own auth events (the state has none)."""
+        member = self._own_auth_event(ev, (MEMBER, cast(str, ev.state_key)))
+        return member.content.get("membership") if member is not None else None
 
     def _membership(self, ev: Event, user: str) -> Any:
         """The sender's membership as the auth events would hold it: the state's event,
@@ -306,6 +521,9 @@ class _Checks:
         return None
 
     def _apply(self, key: StateKey, eid: str) -> None:
+        start = self.start
+        if start is not None and not self._given(key):
+            start.before_write(key, self.state)
         self.state[key] = eid
         if self.auth_state is not self.state:
             self.auth_state[key] = eid
@@ -345,3 +563,38 @@ def _fields(
         table.create_prev,
         table.leave_allowed,
     )
+
+
+def _self_join_runs(
+    table: SelfMembershipTable, evs: Sequence[Event]
+) -> tuple[list[str], list[tuple[int, int]]]:
+    """The events' state keys, and the runs (start, end) of at least `_BATCH` events in a
+    row that are self-joins the table answers, as `_Checks._one_by_one` tells them apart."""
+    rules, restricted, room_id, first_joiner, create_prev, _ = _fields(table)
+    mask = bytearray(len(evs))
+    state_keys: list[Any] = []
+    add = state_keys.append
+    # One pass, reading each event once (they are scattered in memory).
+    for i, ev in enumerate(evs):
+        state_key = ev.state_key
+        add(state_key)
+        if (
+            state_key == ev.sender
+            and ev.type == MEMBER
+            and ev.rules is rules
+            and (content := ev.content).get("membership") == "join"
+            and (not restricted or VIA not in content)
+            and (room_id is None or ev.room_id == room_id)
+            and not (state_key == first_joiner and ev.prev_event_ids == create_prev)
+        ):
+            mask[i] = 1
+    runs: list[tuple[int, int]] = []
+    many = b"\x01" * _BATCH
+    lo = mask.find(many)
+    while lo >= 0:
+        hi = mask.find(0, lo)
+        if hi < 0:
+            hi = len(mask)
+        runs.append((lo, hi))
+        lo = mask.find(many, hi)
+    return state_keys, runs

@@ -286,21 +286,25 @@ class Mainline:
         self, ids: list[str], evs: list[Event], cited: set[str] | None = None
     ) -> tuple[list[str], list[Event]]:
         """`order` for events the caller has at hand (`evs[i]` is `ids[i]`); returns the
-        ordered IDs and events."""
+        ordered IDs and events (`ids` and `evs` themselves when they are in order)."""
         if len(ids) < _MANY_TO_SORT:
             # A few events: the spec's key tuples are cheaper than the set-up below.
             keys = list(map(self._key, ids, evs, repeat({}), repeat({})))
             order = sorted(range(len(ids)), key=keys.__getitem__)
             return list(map(ids.__getitem__, order)), list(map(evs.__getitem__, order))
-        auths = list(map(_AUTH_IDS, evs))
-        pls = self._power_levels_among(cited if cited is not None else set().union(*auths))
+        auths: Iterable[tuple[str, ...]] = map(_AUTH_IDS, evs)
+        if cited is None:
+            auths = list(auths)
+            cited = set().union(*auths)
+        pls = self._power_levels_among(cited)
         neg_pos: list[float] | None = None
         if len(pls) == 1:
             # Events citing the one PL event share its position; the others have none.
             (pl,) = pls
-            cites = list(map(contains, auths, repeat(pl)))
-            # (When every event cites it, positions are all equal: no position sort.)
-            if not all(cites):
+            # (When every event cites it, positions are all equal: no position sort. That
+            # is asked first, with no list built.)
+            if not all(map(contains, auths, repeat(pl))):
+                cites = map(contains, map(_AUTH_IDS, evs), repeat(pl))
                 there = -self._position_from(pl)
                 neg_pos = [there if c else _NEG_INF for c in cites]
         elif pls:
@@ -312,10 +316,16 @@ class Mainline:
             neg_pos = list(map(pos_of.__getitem__, firsts))
         stamps = list(map(_TS, evs))
         index: list[int] | range = range(len(ids))
-        # Event IDs decide only between equal timestamps.
-        if len(set(stamps)) < len(stamps):
-            index = sorted(index, key=ids.__getitem__)
-        index = sorted(index, key=stamps.__getitem__)
+        # Event IDs decide only between equal timestamps. Events often come in timestamp
+        # order already (state sets list them roughly as they were sent): then there is
+        # nothing to sort by timestamp.
+        unique = len(set(stamps)) == len(stamps)
+        if not unique or sorted(stamps) != stamps:
+            if not unique:
+                index = sorted(index, key=ids.__getitem__)
+            index = sorted(index, key=stamps.__getitem__)
         if neg_pos is not None:
-            index.sort(key=neg_pos.__getitem__)
+            index = sorted(index, key=neg_pos.__getitem__)
+        if isinstance(index, range):
+            return ids, evs
         return list(map(ids.__getitem__, index)), list(map(evs.__getitem__, index))

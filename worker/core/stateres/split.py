@@ -69,9 +69,10 @@ def separate_v2(
 
 def split_ordered(
     state_sets: Sequence[Mapping[StateKey, str]],
-) -> tuple[dict[StateKey, str], list[list[str]]]:
-    """The unconflicted state map, and each state set's conflicted events in the set's own
-    order (an empty list when nothing is conflicted).
+) -> tuple[dict[StateKey, str], list[list[str]], list[StateKey]]:
+    """The unconflicted state map, each state set's conflicted events in the set's own
+    order (an empty list when nothing is conflicted), and the conflicted keys (the state
+    sets' own key objects).
 
     The same split as `separate_v2`, without the per-key value lists that resolution does
     not need.
@@ -79,10 +80,12 @@ def split_ordered(
     if len(state_sets) != 2:
         unconflicted, conflicted = separate_v2(state_sets)
         if not conflicted:
-            return unconflicted, []
-        return unconflicted, [
-            [eid for key in conflicted if (eid := s.get(key)) is not None] for s in state_sets
-        ]
+            return unconflicted, [], []
+        return (
+            unconflicted,
+            [[eid for key in conflicted if (eid := s.get(key)) is not None] for s in state_sets],
+            list(conflicted),
+        )
     return _split_two(state_sets[0], state_sets[1])
 
 
@@ -90,13 +93,13 @@ def split_sets(
     state_sets: Sequence[Mapping[StateKey, str]],
 ) -> tuple[dict[StateKey, str], list[set[str]]]:
     """`split_ordered` with each state set's conflicted events as a set."""
-    unconflicted, ordered = split_ordered(state_sets)
+    unconflicted, ordered, _ = split_ordered(state_sets)
     return unconflicted, [set(x) for x in ordered]
 
 
 def _split_two(
     first: Mapping[StateKey, str], second: Mapping[StateKey, str]
-) -> tuple[dict[StateKey, str], list[list[str]]]:
+) -> tuple[dict[StateKey, str], list[list[str]], list[StateKey]]:
     """`split_ordered` for a two-way fork."""
     keys = list(first)
     if keys == list(second):
@@ -107,16 +110,18 @@ def _split_two(
         differ = list(map(ne, mine_values, theirs_values))
         unconflicted = dict(first)
         if not any(differ):
-            return unconflicted, []
-        for key in compress(keys, differ):
+            return unconflicted, [], []
+        conflicted_keys = list(compress(keys, differ))
+        for key in conflicted_keys:
             del unconflicted[key]
-        return unconflicted, [
-            list(compress(mine_values, differ)),
-            list(compress(theirs_values, differ)),
-        ]
+        return (
+            unconflicted,
+            [list(compress(mine_values, differ)), list(compress(theirs_values, differ))],
+            conflicted_keys,
+        )
     mine: list[str] = []
     theirs: list[str] = []
-    conflicted_keys: list[StateKey] = []
+    conflicted_keys = []
     second_get = second.get
     for key, eid in first.items():
         other = second_get(key)
@@ -134,10 +139,11 @@ def _split_two(
     if len(unconflicted) + len(theirs) != len(second):
         for key, eid in second.items():
             if key not in first:
+                conflicted_keys.append(key)
                 theirs.append(eid)
     if not mine and not theirs:
-        return unconflicted, []
-    return unconflicted, [mine, theirs]
+        return unconflicted, [], []
+    return unconflicted, [mine, theirs], conflicted_keys
 
 
 def _differing_positions(

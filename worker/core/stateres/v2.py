@@ -26,10 +26,12 @@ costs are kept to a few dict and attribute reads (`python -m bench stateres` mea
 - auth chains are walked a generation at a time with set algebra (`Events.walk`), and a
   stale fork's newer chains are not merged where the older set's closure holds them
   (`_union_and_intersection`);
-- the mainline ordering sorts by one key at a time (`Mainline.order_events`);
+- the mainline ordering sorts by one key at a time, and not at all for events that come in
+  timestamp order (`Mainline.order_events`);
 - the iterative auth checks decide self-joins and self-leaves through a table derived from
-  the membership rule (`worker.core.auth.self_membership`), running the full auth rules for
-  everything else (`iterative.py`).
+  the membership rule (`worker.core.auth.self_membership`), long runs of self-joins at once,
+  running the full auth rules for everything else (`iterative.py`); in v2 they run over U
+  itself, and step 5 puts back only what they overwrote of it.
 
 Every shortcut gives the same answers as the plain algorithm: the tests in
 `tests/core/test_stateres_shortcut.py` and `test_stateres_wide.py` compare them.
@@ -44,7 +46,7 @@ from typing import cast
 
 from worker.core.events import Event, StateKey
 from worker.core.stateres.events import MEMBER, POWER_LEVELS, Events, UnknownEvent
-from worker.core.stateres.iterative import iterative_auth_checks
+from worker.core.stateres.iterative import StartState, iterative_auth_checks
 from worker.core.stateres.model import Authorizer, ResolutionStats
 from worker.core.stateres.ordering import (
     Mainline,
@@ -90,7 +92,7 @@ def resolve_v2(
     # missing from some state set is conflicted.
     # `ordered` (lists) and `per_set` (sets) hold each state set's conflicted events: only
     # those are needed to find the auth difference below.
-    unconflicted, ordered = split_ordered(state_sets)
+    unconflicted, ordered, conflicted_keys = split_ordered(state_sets)
     # Nothing conflicted: U is the answer (also the case for a single state set).
     if not ordered:
         return unconflicted, ResolutionStats()
@@ -131,6 +133,7 @@ def resolve_v2(
     if flags.conflicted_subgraph:
         added |= _conflicted_subgraph(events, conflicted_ids, chains_union) - conflicted_ids
     full = conflicted_ids
+    more_evs: list[Event | None] = []
     if added:
         events.load(added)
         # In set order: no order of these lists reaches the result, as both orderings
@@ -167,8 +170,12 @@ def resolve_v2(
 
     # Step 2: iterative auth checks from the unconflicted state map (v2) or from nothing
     # (v2.1, MSC4297: so that unconflicted state cannot vouch for conflicted events).
-    state: dict[StateKey, str] = {} if flags.start_from_empty_state else dict(unconflicted)
-    checked += iterative_auth_checks(events, authz, power_order, state)
+    # (v2 runs the checks over U itself, and step 5 puts back what they overwrote of it.)
+    kept = None if flags.start_from_empty_state else StartState()
+    state: dict[StateKey, str] = {} if kept is None else unconflicted
+    checked += iterative_auth_checks(
+        events, authz, power_order, state, keys=conflicted_keys, start=kept
+    )
 
     # Step 3: everything else, in mainline order of the partially resolved power levels.
     rest, rest_evs = full_list, full_evs
@@ -184,18 +191,33 @@ def resolve_v2(
     # (What the events cite was mostly seen by the walks of the auth difference. Only its
     # power levels events matter there, and those of the full conflicted set are power
     # events: so the cited events outside it are looked at, and the cited power events.)
+    # When power events were taken out and no walk is there to reuse, what the events to
+    # sort cite is read from them (at hand), leaving out power levels events that only
+    # other power events cite.
     cited: set[str] | None = None
     if len(full) >= _MANY:
-        seen = events.cited_by(full)
+        if graph and not all(map(events.walked, per_set)):
+            seen = events.refs_of_events(rest_evs)
+        else:
+            seen = events.cited_by(per_set)
+            if more_evs:
+                # (The events of the auth difference are at hand: no lookups.)
+                seen |= events.refs_of_events(cast("list[Event]", more_evs))
         cited = (seen - full) | seen.intersection(power)
     rest, rest_evs = mainline.order_events(rest, rest_evs, cited)
 
     # Step 4: iterative auth checks over them, continuing from the partial state.
-    checked += iterative_auth_checks(events, authz, rest, state, rest_evs)
+    checked += iterative_auth_checks(
+        events, authz, rest, state, rest_evs, keys=conflicted_keys, start=kept
+    )
 
     # Step 5 (all versions): the unconflicted state map wins wherever it has an entry. In
-    # v2.1 this is where U first enters the result.
-    state.update(unconflicted)
+    # v2.1 this is where U first enters the result; in v2 the state is U already, but for
+    # the entries the checks overwrote.
+    if kept is None:
+        state.update(unconflicted)
+    else:
+        state.update(kept.saved)
     stats = ResolutionStats(
         conflicted=len(conflicted_ids),
         auth_difference=len(full) - len(conflicted_ids),
