@@ -20,7 +20,7 @@ from test_stateres_harness import random_forked_dag
 from worker.core.auth import auth_types_for_event, check_auth
 from worker.core.events import Event, StateKey
 from worker.core.outcomes import Rejection
-from worker.core.stateres import SpecAuthorizer, iterative
+from worker.core.stateres import SpecAuthorizer, join_runs
 from worker.core.stateres.events import Events
 from worker.core.stateres.iterative import iterative_auth_checks
 
@@ -39,7 +39,7 @@ class FullRules:
 @given(
     seed=st.integers(0, 2**32),
     version=st.sampled_from([str(v) for v in range(1, 13)]),
-    batch=st.sampled_from([iterative._BATCH, 1, 2]),
+    batch=st.sampled_from([join_runs.BATCH, 1, 2]),
 )
 def test_shortcut_gives_the_full_rules_states(seed: int, version: str, batch: int) -> None:
     """`batch`: from how many self-joins in a row the table decides them together (the
@@ -61,7 +61,7 @@ def test_shortcut_gives_the_full_rules_states(seed: int, version: str, batch: in
         state = dict(start)
         events = Events(dag.rules, dag.ours.get, None, rejected)
         with pytest.MonkeyPatch.context() as m:
-            m.setattr(iterative, "_BATCH", batch)
+            m.setattr(join_runs, "BATCH", batch)
             checked = iterative_auth_checks(events, authz, order, state)
         return state, checked
 

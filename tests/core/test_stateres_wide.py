@@ -2,7 +2,7 @@
 
 Set-at-a-time auth-chain walks (`events._WIDE`), the mainline ordering by single-key sorts
 (`ordering._MANY_TO_SORT`), the reuse of what the walks saw (`v2._MANY`) and the self-joins
-decided together (`iterative._BATCH`) start at sizes that the random rooms of the
+decided together (`join_runs.BATCH`) start at sizes that the random rooms of the
 differential tests never reach. Lowering the thresholds makes every resolution take them;
 the answers must not change (those of the default paths are checked against Synapse in
 `test_stateres_differential.py`).
@@ -18,7 +18,7 @@ import pytest
 from test_stateres_harness import Dag, DagBuilder, ours_resolve, random_forked_dag, synapse_resolve
 
 from worker.core.events import StateKey
-from worker.core.stateres import events, iterative, ordering, resolve, v2
+from worker.core.stateres import events, join_runs, ordering, resolve, v2
 
 VERSIONS = [str(v) for v in range(1, 13)]
 
@@ -30,7 +30,7 @@ def test_big_input_paths_agree(version: str, monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setattr(events, "_WIDE", 1)
     monkeypatch.setattr(ordering, "_MANY_TO_SORT", 0)
     monkeypatch.setattr(v2, "_MANY", 0)
-    monkeypatch.setattr(iterative, "_BATCH", 1)
+    monkeypatch.setattr(join_runs, "BATCH", 1)
     assert [ours_resolve(dag) for dag in dags] == default
 
 

@@ -30,13 +30,14 @@ from typing import Any, cast
 from worker.core.auth import check_auth
 from worker.core.auth.self_membership import VIA, SelfMembershipTable, Table, table_for
 from worker.core.events import Event, StateKey
+from worker.core.stateres import join_runs
 from worker.core.stateres.events import CREATE, JOIN_RULES, MEMBER, POWER_LEVELS, Events
+from worker.core.stateres.join_runs import table_fields
 from worker.core.stateres.model import Authorizer
 
 # Marks a missing entry where None is a value.
 _ABSENT: Any = object()
 # From how many self-joins in a row the table decides them together (`_Checks.run`).
-_BATCH = 64
 _AUTH_IDS = attrgetter("auth_event_ids")
 _FIRST = itemgetter(0)
 _SECOND = itemgetter(1)
@@ -181,15 +182,15 @@ class _Checks:
         checked = 0
         start = 0
         table = self.table
-        if table is not None and len(order) >= _BATCH:
-            users, runs = _self_join_runs(table, order_events)
-            for lo, hi in runs:
+        if table is not None and len(order) >= join_runs.BATCH:
+            for lo, hi in join_runs.self_join_runs(table, order_events):
                 # (Applying a create event changes the table the runs were found with.)
                 if self.table is not table:
                     break
                 checked += self._one_by_one(order[start:lo], order_events[start:lo], accepted)
                 ids, evs = order[lo:hi], order_events[lo:hi]
-                if self._joins_at_once(ids, evs, users[lo:hi], accepted, hi < len(order)):
+                users = cast("list[str]", [ev.state_key for ev in evs])
+                if self._joins_at_once(ids, evs, users, accepted, hi < len(order)):
                     checked += hi - lo
                 else:
                     checked += self._one_by_one(ids, evs, accepted)
@@ -215,7 +216,7 @@ class _Checks:
         cites_no_member = self.not_member.issuperset
         checked = 0
         table = self.table
-        rules, restricted, room_id, first_joiner, create_prev, leave_allowed = _fields(table)
+        rules, restricted, room_id, first_joiner, create_prev, leave_allowed = table_fields(table)
         joins = self.join_verdicts
         for eid, ev in zip(order, order_events, strict=True):
             state_key = ev.state_key
@@ -280,7 +281,7 @@ class _Checks:
             # (Applying a create event changes the table, join rules their verdicts.)
             if self.table is not table:
                 table = self.table
-                rules, restricted, room_id, first_joiner, create_prev, leave_allowed = _fields(
+                rules, restricted, room_id, first_joiner, create_prev, leave_allowed = table_fields(
                     table
                 )
             joins = self.join_verdicts
@@ -294,7 +295,7 @@ class _Checks:
         acc: dict[str, str],
         more: bool,
     ) -> bool:
-        """Decide and write a run of self-joins the table answers (`_self_join_runs`;
+        """Decide and write a run of self-joins the table answers (`join_runs.self_join_runs`;
         `users` are their senders) at once when all are allowed; else return False, having
         changed only memos and when `acc` (accepted) is written (see `_apply_members`).
         `more`: whether events follow (which would read `in_state`).
@@ -547,54 +548,3 @@ def _without_rejected(events: Events, state: dict[StateKey, str]) -> dict[StateK
     for k in shadowed:
         del kept[k]
     return kept
-
-
-def _fields(
-    table: SelfMembershipTable | None,
-) -> tuple[Any, bool, str | None, object, tuple[str, ...], frozenset[str]]:
-    """What the inline table decision of `_Checks.run` reads of the table."""
-    if table is None:
-        return None, False, None, None, (), frozenset()
-    return (
-        table.rules,
-        table.restricted,
-        table.room_id,
-        table.first_joiner,
-        table.create_prev,
-        table.leave_allowed,
-    )
-
-
-def _self_join_runs(
-    table: SelfMembershipTable, evs: Sequence[Event]
-) -> tuple[list[str], list[tuple[int, int]]]:
-    """The events' state keys, and the runs (start, end) of at least `_BATCH` events in a
-    row that are self-joins the table answers, as `_Checks._one_by_one` tells them apart."""
-    rules, restricted, room_id, first_joiner, create_prev, _ = _fields(table)
-    mask = bytearray(len(evs))
-    state_keys: list[Any] = []
-    add = state_keys.append
-    # One pass, reading each event once (they are scattered in memory).
-    for i, ev in enumerate(evs):
-        state_key = ev.state_key
-        add(state_key)
-        if (
-            state_key == ev.sender
-            and ev.type == MEMBER
-            and ev.rules is rules
-            and (content := ev.content).get("membership") == "join"
-            and (not restricted or VIA not in content)
-            and (room_id is None or ev.room_id == room_id)
-            and not (state_key == first_joiner and ev.prev_event_ids == create_prev)
-        ):
-            mask[i] = 1
-    runs: list[tuple[int, int]] = []
-    many = b"\x01" * _BATCH
-    lo = mask.find(many)
-    while lo >= 0:
-        hi = mask.find(0, lo)
-        if hi < 0:
-            hi = len(mask)
-        runs.append((lo, hi))
-        lo = mask.find(many, hi)
-    return state_keys, runs
