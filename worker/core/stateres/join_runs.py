@@ -16,7 +16,6 @@ looked for only around the ones that are self-joins.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from itertools import islice
 from typing import Any
 
 from worker.core.auth.self_membership import VIA, SelfMembershipTable
@@ -48,49 +47,43 @@ def self_join_runs(table: SelfMembershipTable, evs: Sequence[Event]) -> list[tup
     in order."""
     fields = table_fields(table)
     n = len(evs)
+    # Probe k is the event at k * BATCH + BATCH - 1.
+    probes = _self_joins(evs[BATCH - 1 :: BATCH], fields)
     runs: list[tuple[int, int]] = []
-    # Events before `floor` are known not to start a run that reaches the probe.
-    floor = 0
-    probe = BATCH - 1
-    while probe < n:
-        if not _is_join(evs[probe], fields):
-            floor = probe + 1
-            probe += BATCH
-            continue
-        lo = probe
-        while lo > floor and _is_join(evs[lo - 1], fields):
-            lo -= 1
-        hi = _joins_end(evs, probe + 1, fields)
-        if hi - lo >= BATCH:
-            runs.append((lo, hi))
-        # `hi` is not a join (or the end): a later run starts after it, and covers the
-        # position `BATCH` after it.
-        floor = hi + 1
-        probe = hi + BATCH
+    k = probes.find(1)
+    while k >= 0:
+        last = probes.find(0, k)
+        if last < 0:
+            last = len(probes)
+        # Probes k to last - 1 are self-joins; those before and after them are not (or are
+        # past the ends), so every run through them lies between those two.
+        lo, hi = k * BATCH, min(n, (last + 1) * BATCH - 1)
+        runs += _stretches(_self_joins(evs[lo:hi], fields), lo)
+        k = probes.find(1, last)
     return runs
 
 
-def _is_join(ev: Event, fields: tuple[Any, ...]) -> bool:
-    rules, restricted, room_id, first_joiner, create_prev, _ = fields
-    state_key = ev.state_key
-    return (
-        state_key == ev.sender
-        and ev.type == MEMBER
-        and ev.rules is rules
-        and (content := ev.content).get("membership") == "join"
-        and (not restricted or VIA not in content)
-        and (room_id is None or ev.room_id == room_id)
-        and not (state_key == first_joiner and ev.prev_event_ids == create_prev)
-    )
+def _stretches(mask: bytearray, offset: int) -> list[tuple[int, int]]:
+    """The stretches of at least `BATCH` ones in `mask`, shifted by `offset`."""
+    out: list[tuple[int, int]] = []
+    many = b"\x01" * BATCH
+    lo = mask.find(many)
+    while lo >= 0:
+        hi = mask.find(0, lo)
+        if hi < 0:
+            hi = len(mask)
+        out.append((offset + lo, offset + hi))
+        lo = mask.find(many, hi)
+    return out
 
 
-def _joins_end(evs: Sequence[Event], start: int, fields: tuple[Any, ...]) -> int:
-    """The position of the first event from `start` on that is not such a self-join (or
-    the end). `_is_join` written out: a run can be thousands of events long."""
+def _self_joins(evs: Sequence[Event], fields: tuple[Any, ...]) -> bytearray:
+    """1 for each event that is a self-join the table answers, else 0."""
     rules, restricted, room_id, first_joiner, create_prev, _ = fields
-    for i, ev in enumerate(islice(evs, start, None), start):
+    mask = bytearray(len(evs))
+    for i, ev in enumerate(evs):
         state_key = ev.state_key
-        if not (
+        if (
             state_key == ev.sender
             and ev.type == MEMBER
             and ev.rules is rules
@@ -99,5 +92,5 @@ def _joins_end(evs: Sequence[Event], start: int, fields: tuple[Any, ...]) -> int
             and (room_id is None or ev.room_id == room_id)
             and not (state_key == first_joiner and ev.prev_event_ids == create_prev)
         ):
-            return i
-    return len(evs)
+            mask[i] = 1
+    return mask
