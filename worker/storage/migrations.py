@@ -28,6 +28,8 @@ Changelog (SCHEMA_VERSION = the highest file number):
                           (a federated join's first state) changes each count row once.
     8  0008_outlier_member_index.sql the outlier member events of a user across rooms, as one
                           index range: rooms_for_user lists invites to rooms we are not in.
+    9  0009_outbox_fillfactor.sql outbox pages filled to half: marking a row sent rewrites it
+                          on its own page, and the WAL carries sent_at, not the payload again.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from typing import cast
 
 import asyncpg
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 
 SQL_DIR = Path(__file__).resolve().parents[2] / "schemas" / "sql"
 

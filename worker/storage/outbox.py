@@ -5,7 +5,8 @@ Rows are inserted in the event's own transaction, by the end of its write
 committed. The relay (`worker.bus.outbox`) reads
 `fetch_unsent` in commit order, publishes each with `Nats-Msg-Id = output_id`, then calls
 `mark_sent`. A crash between publish and mark only causes a republish, which JetStream's
-duplicate window drops. Re-running an input inserts nothing: `output_id` is unique.
+duplicate window drops; so a mark is not flushed to disk on its own (see MARK_SENT).
+Re-running an input inserts nothing: `output_id` is unique.
 
 `PgOutboxStore` is the relay's `OutboxStore` port (declared in `worker.bus.outbox`) over
 these functions and a pool.
@@ -68,14 +69,25 @@ ORDER BY o.seq LIMIT $1
 # AND sent_at IS NULL`), the planner takes outbox_unsent_idx, whose predicate that WHERE
 # implies, and scans every unsent row (and every marked one not yet vacuumed out of that
 # index) to mark a few: each mark then costs as much as the whole backlog. Keeping sent_at
-# out of the UPDATE's own WHERE leaves the primary key as its only index. Two relays marking
-# one row at once may both count it; the row is marked either way. The IDs are read through an
-# InitPlan so that the generic plan is kept, not re-planned per call (see "Generic plans" in
+# out of the UPDATE's own WHERE leaves the primary key as its only index. The rows to mark
+# are joined by key, not listed (`output_id = ANY(ARRAY(..))`): on the half-filled pages of a
+# never-analyzed outbox (schemas/sql/0009) the planner costs that list's filter over a scan
+# below its probes, and a generic plan would keep the scan. Two relays marking one row at
+# once may both count it; the row is marked either way. The IDs are read through an InitPlan
+# so that the generic plan is kept, not re-planned per call (see "Generic plans" in
 # worker.storage.params).
 #
 # With $2 (the rows' seqs, in the order of $1), a row is marked only if it is the one that was
 # read: once a purged room's events are received again, a new row can carry the output id of
 # one read (and published) before the purge.
+#
+# The mark commits without waiting for its WAL to reach the disk (synchronous_commit off for
+# its own transaction only: `set_config(.., true)`, in force at its commit; the pooled
+# connection's later transactions are durable as configured). The next durable commit, or
+# the WAL writer within moments, flushes it. What a power cut can lose is the mark, never a
+# row: the row is then published again, with the same `Nats-Msg-Id`, and the output stream
+# drops it as a duplicate (the relay's sweep at start-up republishes within the stream's
+# duplicate window).
 MARK_SENT = f"""
 WITH unsent AS (
     SELECT o.output_id
@@ -85,8 +97,10 @@ WITH unsent AS (
     ) o
     WHERE o.sent_at IS NULL AND (u.seq IS NULL OR o.seq = u.seq)
 )
-UPDATE outbox SET sent_at = now()
-WHERE output_id = ANY (ARRAY(SELECT output_id FROM unsent))
+UPDATE outbox x SET sent_at = now()
+FROM unsent
+WHERE x.output_id = unsent.output_id
+    AND (SELECT set_config('synchronous_commit', 'off', true)) IS NOT NULL
 """
 
 SELECT_STATS = """
@@ -149,8 +163,9 @@ async def mark_sent(
     newly marked."""
     if not output_ids:
         return 0
-    status = await db.execute(MARK_SENT, list(output_ids),
-                              list(seqs) if seqs is not None else [None] * len(output_ids))
+    status = await db.execute(
+        MARK_SENT, list(output_ids), list(seqs) if seqs is not None else [None] * len(output_ids)
+    )
     return int(status.split()[-1])
 
 
@@ -187,7 +202,9 @@ class PgOutboxStore:
         try:
             rows = await fetch_unsent(self.db, room_id=room_id, limit=limit, min_age=min_age)
         except DATABASE_ERRORS as exc:
-            raise RetryableError(f"outbox read failed: {exc!r}", code="database_unavailable") from exc
+            raise RetryableError(
+                f"outbox read failed: {exc!r}", code="database_unavailable"
+            ) from exc
         self._ids.update((r.seq, r.output_id) for r in rows)
         return rows
 
@@ -197,7 +214,9 @@ class PgOutboxStore:
         try:
             rows = await fetch_unsent_rooms(self.db, room_ids, limit=limit, per_room=per_room)
         except DATABASE_ERRORS as exc:
-            raise RetryableError(f"outbox read failed: {exc!r}", code="database_unavailable") from exc
+            raise RetryableError(
+                f"outbox read failed: {exc!r}", code="database_unavailable"
+            ) from exc
         self._ids.update((r.seq, r.output_id) for r in rows)
         return rows
 
@@ -207,11 +226,15 @@ class PgOutboxStore:
         try:
             await mark_sent(self.db, ids, held)
         except DATABASE_ERRORS as exc:
-            raise RetryableError(f"outbox update failed: {exc!r}", code="database_unavailable") from exc
+            raise RetryableError(
+                f"outbox update failed: {exc!r}", code="database_unavailable"
+            ) from exc
 
     async def stats(self) -> tuple[int, float]:
         """(unsent rows, age of the oldest in seconds) for the outbox gauges."""
         try:
             return await outbox_stats(self.db)
         except DATABASE_ERRORS as exc:
-            raise RetryableError(f"outbox stats failed: {exc!r}", code="database_unavailable") from exc
+            raise RetryableError(
+                f"outbox stats failed: {exc!r}", code="database_unavailable"
+            ) from exc
