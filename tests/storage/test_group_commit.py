@@ -12,6 +12,7 @@ import pytest
 from tests.storage.helpers import make_event, member, write
 from worker.pipeline.ports import EventWrite, OutputRecord
 from worker.storage import PostgresStore
+from worker.storage import snapshots as snap_sql
 from worker.storage.fence import RoomView, StaleRoomView
 from worker.storage.handles import PgState
 from worker.storage.run_write import StaleWrite
@@ -323,3 +324,55 @@ async def test_a_group_whose_planned_layer_is_stored_already_is_redone_room_by_r
             " WHERE r.room_id = ANY($1) GROUP BY r.room_id", rooms,
         )
         assert [r["n"] for r in counts] == [2, 2, 2]
+
+
+async def test_new_rooms_of_a_group_have_their_first_snapshots_written_together(
+    pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The roots of new rooms (the state after each create event) are written for the whole
+    group in two statements, and the rooms read back as room-by-room commits store them."""
+    together: list[int] = []
+    alone: list[int] = []
+    real_together, real_alone = snap_sql.write_roots_txn, snap_sql._write_root_txn
+
+    async def spy_together(conn: asyncpg.Connection, roots: list) -> list:  # type: ignore[type-arg]
+        together.append(len(roots))
+        return await real_together(conn, roots)
+
+    async def spy_alone(conn: asyncpg.Connection, room_nid: int, state: dict) -> tuple:  # type: ignore[type-arg]
+        alone.append(room_nid)
+        return await real_alone(conn, room_nid, state)
+
+    monkeypatch.setattr(snap_sql, "write_roots_txn", spy_together)
+    monkeypatch.setattr(snap_sql, "_write_root_txn", spy_alone)
+    single = PostgresStore(pool)
+    await single.persist_many(_creation(single, "!single:test")[0])
+    assert alone and not together  # a room alone writes its root as before
+    alone.clear()
+    store = PostgresStore(pool, concurrency=1)
+    rooms = [f"!new{i}:test" for i in range(ROOMS)]
+    plans = {room: _creation(store, room) for room in rooms}
+    await asyncio.gather(*(store.persist_many(plans[r][0]) for r in rooms))
+    assert store.groups_split == 0
+    # The first commit went alone (one slot), the others queued behind it as groups.
+    assert together and max(together) > 1
+    assert sum(together) + len(alone) == ROOMS
+    fresh = PostgresStore(pool)  # nothing cached: read back
+    want = await _fingerprint(pool, "!single:test")
+    for room in rooms:
+        extremities, state = await _stored(pool, room)
+        assert extremities == [f"$m1{room}"]
+        assert state == await fresh.materialize(plans[room][1])
+        assert await _fingerprint(pool, room) == want
+        after_create = (await fresh.state_after([f"$c{room}"]))[f"$c{room}"]
+        assert await fresh.materialize(after_create) == {("m.room.create", ""): f"$c{room}"}
+    async with pool.acquire() as c:
+        # One root per room, each over one block of its own room.
+        roots = await c.fetch(
+            "SELECT r.room_id, s.block_nids, b.room_nid = s.room_nid AS own FROM state_snapshots s"
+            " JOIN rooms r USING (room_nid) JOIN state_blocks b ON b.block_nid = s.block_nids[1]"
+            " WHERE s.rank = -1 AND r.room_id = ANY($1)",
+            rooms,
+        )
+        assert sorted(r["room_id"] for r in roots) == sorted(rooms)
+        assert all(len(r["block_nids"]) == 1 and r["own"] for r in roots)

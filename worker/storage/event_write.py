@@ -36,6 +36,8 @@ from worker.storage.state_reads import StateReads
 # Membership changes between two current states: (new member event NIDs, removed targets,
 # changed targets), as `FINISH_EVENT` takes them.
 MembershipChanges = tuple[list[int], list[int], list[int]]
+# What `WriteEffects.derived` knows a snapshot by: (the snapshot under it, its delta).
+_DerivedKey = tuple[int, frozenset[tuple[sb.NidKey, int]]]
 
 
 class EventWriter:
@@ -194,11 +196,7 @@ class EventWriter:
         if not h.delta:
             fx.stored.append((original, h.snapshot_nid))
             return h.snapshot_nid
-        delta: sb.NidState = {}
-        for (t, s), eid in h.delta.items():
-            if eid and eid not in id_nids:
-                raise InvariantViolation(f"state refers to event {eid}, which is not stored")
-            delta[(nids.types[t], nids.keys[s])] = id_nids[eid] if eid else 0
+        delta = nid_delta(h, nids, id_nids)
         dkey = (h.snapshot_nid, frozenset(delta.items()))
         known = fx.derived.get(dkey) or self.caches.derived.get(dkey)
         if known is not None:
@@ -221,6 +219,46 @@ class EventWriter:
         fx.derived[dkey] = nid
         fx.stored.append((original, nid))
         return nid
+
+    async def store_first_roots_txn(
+        self,
+        conn: asyncpg.Connection,
+        firsts: Sequence[tuple[int, EventWrite, nid_sql.Nids, Mapping[str, int], WriteEffects]],
+    ) -> None:
+        """The first snapshots of new rooms, several rooms' in two round trips (their blocks,
+        then their roots) where `store_state_txn` takes two per room (for a first state that
+        fits in one block, as a new room's does).
+
+        `firsts` holds, per room of a group commit, its room NID, its first write, the names'
+        NIDs, the events' NIDs and the room's effects. A write whose state after is a state
+        over no snapshot (the create event's: a new room) has its root stored here and
+        recorded in the effects as `store_state_txn` records what it stores, which then finds
+        it there instead of writing it. Any other write is left to `store_state_txn`.
+        """
+        roots: list[tuple[int, sb.NidState, bytes, _DerivedKey, WriteEffects]] = []
+        for room_nid, w, nids, id_nids, fx in firsts:
+            before = own(w.state_before) if w.state_before is not None else None
+            if w.current_state is None or (before is not None and before.delta):
+                continue
+            h = own(w.current_state)
+            if h.snapshot_nid or not h.delta:
+                continue
+            delta = nid_delta(h, nids, id_nids)
+            dkey = (0, frozenset(delta.items()))
+            if dkey in fx.derived or dkey in self.caches.derived:
+                continue
+            plan = sb.plan_snapshot((), delta)
+            if not isinstance(plan, sb.NewRoot) or not plan.state:
+                continue
+            blocks = sb.split_root(plan.state)
+            if len(blocks) == 1:  # a new room's first state is small; a big one goes alone
+                roots.append((room_nid, plan.state, blocks[0], dkey, fx))
+        if len(roots) < 2:
+            return  # one root costs store_state_txn no more
+        stored = await snap_sql.write_roots_txn(conn, [(r, st, b) for r, st, b, _, _ in roots])
+        for (_, _, _, dkey, fx), layer in zip(roots, stored, strict=True):
+            fx.layers[layer.nid] = layer
+            fx.derived[dkey] = layer.nid
 
     async def membership_changes(
         self, conn: asyncpg.Connection, old: int | None, new: int, fx: WriteEffects
@@ -275,6 +313,16 @@ class EventWriter:
             fx.redacted.add(target_id)
 
 
+def nid_delta(h: PgState, nids: nid_sql.Nids, id_nids: Mapping[str, int]) -> sb.NidState:
+    """A handle's delta in NIDs (a removal is 0)."""
+    delta: sb.NidState = {}
+    for (t, s), eid in h.delta.items():
+        if eid and eid not in id_nids:
+            raise InvariantViolation(f"state refers to event {eid}, which is not stored")
+        delta[(nids.types[t], nids.keys[s])] = id_nids[eid] if eid else 0
+    return delta
+
+
 def event_fields(w: EventWrite, nids: nid_sql.Nids) -> tuple[object, ...]:
     """An event row's columns from type_nid to membership, in table order."""
     e = w.event
@@ -307,4 +355,11 @@ def notes_json(notes: Mapping[str, str]) -> str:
     return json.dumps(dict(sorted(notes.items())))
 
 
-__all__ = ["EventWriter", "MembershipChanges", "event_fields", "notes_json", "remember_after"]
+__all__ = [
+    "EventWriter",
+    "MembershipChanges",
+    "event_fields",
+    "nid_delta",
+    "notes_json",
+    "remember_after",
+]

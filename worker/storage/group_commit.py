@@ -13,7 +13,7 @@ refusal (its fence, a conflict) is its own. Nothing is cached before a transacti
 from __future__ import annotations
 
 from collections import ChainMap
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import asyncpg
@@ -148,8 +148,9 @@ class GroupCommit:
     ) -> list[WriteEffects]:
         """`RunWriter.persist_run_txn` for several rooms at once, each with one run of new
         events (`is_one_run`): the rooms' rows, names, references, events and end states
-        each take one round trip for all of them, not one per room. Snapshots are still
-        written room by room, where a run needs new ones."""
+        each take one round trip for all of them, not one per room. So do new rooms' first
+        snapshots (`EventWriter.store_first_roots_txn`) and the new layers (reserved, written
+        at the end); any other new root is written room by room."""
         reserve = [len(x.writes) for x in commits]
         found = {
             r["room_id"]: r
@@ -186,10 +187,20 @@ class GroupCommit:
         shared = effects[0].id_nids
         shared.update(await self.writer.ref_nids(conn, refs - own))
         rows = RunRows()
-        for x, fx, (room, reserved) in zip(commits, effects, rooms, strict=True):
+        plans: list[Mapping[str, int]] = []
+        for x, fx, (_, reserved) in zip(commits, effects, rooms, strict=True):
             for w, nid in zip(x.writes, reserved, strict=True):
                 fx.id_nids[w.event.event_id] = nid
-            id_nids = fx.id_nids if fx is effects[0] else ChainMap(fx.id_nids, shared)
+            plans.append(fx.id_nids if fx is effects[0] else ChainMap(fx.id_nids, shared))
+        # New rooms' first snapshots together, where each room's run would write its own.
+        await self.writer.store_first_roots_txn(
+            conn,
+            [
+                (room.room_nid, x.writes[0], nids, id_nids, fx)
+                for x, fx, (room, _), id_nids in zip(commits, effects, rooms, plans, strict=True)
+            ],
+        )
+        for x, fx, (room, reserved), id_nids in zip(commits, effects, rooms, plans, strict=True):
             await self.runs.plan_run(conn, room, x.writes, reserved, nids, id_nids, fx, rows)
         layers = [row for fx in effects for row in fx.held_layers or ()]
         if layers and not await snap_sql.insert_layers_txn(conn, layers):

@@ -97,6 +97,53 @@ SELECT snapshot_nid, false FROM old
 """
 
 
+# INSERT_BLOCKS for the blocks of several rooms' roots: $1 the room NID of each block.
+INSERT_ROOM_BLOCKS = f"""
+WITH input AS (
+    SELECT u.room_nid, u.hash, u.entries, u.pos, b.block_nid
+    FROM unnest({array_param(1, "bigint")}, {array_param(2, "bytea")},
+                {array_param(3, "bytea")}) WITH ORDINALITY AS u(room_nid, hash, entries, pos)
+    LEFT JOIN LATERAL (
+        SELECT x.block_nid FROM state_blocks x WHERE x.hash = u.hash LIMIT 1
+    ) b ON true
+), ins AS (
+    INSERT INTO state_blocks (room_nid, hash, entries)
+    SELECT room_nid, hash, entries FROM input
+    WHERE block_nid IS NULL
+    ORDER BY pos
+    ON CONFLICT (hash) DO NOTHING
+    RETURNING block_nid, hash
+)
+SELECT block_nid, hash, true AS fresh FROM ins
+UNION ALL
+SELECT block_nid, hash, false FROM input WHERE block_nid IS NOT NULL
+"""
+
+# INSERT_SNAPSHOT for several roots of one block each (rank $4, no parent): $1 their room
+# NIDs, $2 their hashes, $3 their blocks' NIDs. Each hash is probed once, as in INSERT_BLOCKS;
+# the answer gives every root's NID, by hash.
+INSERT_ROOTS = f"""
+WITH input AS (
+    SELECT u.room_nid, u.hash, u.block_nid, u.pos, o.snapshot_nid
+    FROM unnest({array_param(1, "bigint")}, {array_param(2, "bytea")},
+                {array_param(3, "bigint")}) WITH ORDINALITY AS u(room_nid, hash, block_nid, pos)
+    LEFT JOIN LATERAL (
+        SELECT x.snapshot_nid FROM state_snapshots x WHERE x.hash = u.hash LIMIT 1
+    ) o ON true
+), ins AS (
+    INSERT INTO state_snapshots (room_nid, hash, parent_nid, rank, block_nids, delta)
+    SELECT room_nid, hash, 0, $4, ARRAY[block_nid], NULL FROM input
+    WHERE snapshot_nid IS NULL
+    ORDER BY pos
+    ON CONFLICT (hash) DO NOTHING
+    RETURNING snapshot_nid, hash
+)
+SELECT snapshot_nid, hash, true AS fresh FROM ins
+UNION ALL
+SELECT snapshot_nid, hash, false FROM input WHERE snapshot_nid IS NOT NULL
+"""
+
+
 # Layers whose NIDs were reserved beforehand (with the rooms' rows:
 # rooms.UPSERT_ROOMS_RESERVING), written together at the end of a group commit; answers the
 # NIDs it inserted. A layer whose hash is stored already is skipped (and missing from the
@@ -203,6 +250,42 @@ async def _write_root_txn(
     h = sb.snapshot_hash(room_nid, 0, sb.ROOT_RANK, block_nids, b"")
     nid = await _insert_snapshot_txn(conn, room_nid, h, 0, sb.ROOT_RANK, block_nids, None)
     return nid, sb.Layer(nid, 0, sb.ROOT_RANK, dict(state), len(block_nids))
+
+
+async def write_roots_txn(
+    conn: asyncpg.Connection, roots: Sequence[tuple[int, Mapping[sb.NidKey, int], bytes]]
+) -> list[sb.Layer]:
+    """Store the roots of several rooms, each a non-empty state of its room held in one block
+    (room NID, state, its block as `sb.split_root` makes it), in two round trips; their
+    layers, in order. What `write_plan_txn` stores for each, deduplicated the same way."""
+    block_hashes = [sb.block_hash(room_nid, block) for room_nid, _, block in roots]
+    by_hash: dict[bytes, int] = {}
+    fresh = 0
+    found = await conn.fetch(
+        INSERT_ROOM_BLOCKS,
+        [room_nid for room_nid, _, _ in roots],
+        block_hashes,
+        [block for _, _, block in roots],
+    )
+    for r in found:
+        by_hash[bytes(r["hash"])] = r["block_nid"]
+        fresh += bool(r["fresh"])
+    STATE_BLOCKS_WRITTEN.inc(fresh)
+    STATE_BLOCKS_REUSED.inc(len(roots) - fresh)
+    block_nids = [by_hash[h] for h in block_hashes]
+    hashes = [
+        sb.snapshot_hash(room_nid, 0, sb.ROOT_RANK, [block_nid], b"")
+        for (room_nid, _, _), block_nid in zip(roots, block_nids, strict=True)
+    ]
+    rows = await conn.fetch(
+        INSERT_ROOTS, [room_nid for room_nid, _, _ in roots], hashes, block_nids, sb.ROOT_RANK
+    )
+    by_root = {bytes(r["hash"]): r["snapshot_nid"] for r in rows}
+    SNAPSHOTS_WRITTEN.inc(sum(bool(r["fresh"]) for r in rows))
+    return [
+        sb.Layer(by_root[h], 0, sb.ROOT_RANK, dict(state), 1)
+        for h, (_, state, _) in zip(hashes, roots, strict=True)
+    ]
 
 
 async def _insert_snapshot_txn(
