@@ -7,7 +7,9 @@ from hypothesis import strategies as st
 
 from tests.fixtures.builder import RoomBuilder
 from worker.core.events import Event, StateKey
-from worker.core.stateres.events import Events
+from worker.core.stateres import SpecAuthorizer
+from worker.core.stateres.events import MEMBER, Events
+from worker.core.stateres.iterative import StartState, _Checks
 from worker.core.stateres.ordering import Mainline
 from worker.core.stateres.split import separate_v2
 from worker.core.stateres.split import split_sets as _split
@@ -100,3 +102,37 @@ def test_mainline_order_is_the_spec_sort(data: st.DataObject) -> None:
         chosen,
         key=lambda e: (-reference.position(events[e]), events[e].origin_server_ts, e),
     )
+
+
+_NAMES = [f"@u{i}:x" for i in range(6)]
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    given_users=st.lists(st.sampled_from(_NAMES), unique=True, max_size=6),
+    other_types=st.lists(st.booleans(), min_size=6, max_size=6),
+    users=st.one_of(st.none(), st.lists(st.sampled_from(_NAMES), unique=True, max_size=6)),
+)
+def test_member_keys_are_the_given_keys_where_given(
+    given_users: list[str], other_types: list[bool], users: list[str] | None
+) -> None:
+    """`_Checks._member_keys` hands out the given key objects for the users they name (the
+    users of the given keys in their order among them), new keys for the others, and notes
+    only those new ones."""
+    # Some given keys are of another type with a user's name as state key.
+    source: list[StateKey] = [
+        ("m.room.topic" if other else MEMBER, u)
+        for u, other in zip(given_users, other_types, strict=False)
+    ]
+    if users is None:
+        users = list(given_users)
+    checks = _Checks(Events(V10, {}.get, None, frozenset()), SpecAuthorizer(), {}, source)
+    start = StartState()
+    checks.start = start
+    got = checks._member_keys(users)
+    assert got == [(MEMBER, u) for u in users]
+    known = {k[1]: k for k in source if k[0] == MEMBER}
+    for user, key in zip(users, got, strict=True):
+        if user in known:
+            assert key is known[user]
+    assert start.added == {(MEMBER, u) for u in users if u not in known}

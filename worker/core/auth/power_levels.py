@@ -104,6 +104,8 @@ def _same_levels(old: Any, new: Any) -> bool:
 
 
 _INT_ONLY = frozenset({int})
+# Marks a property missing from a content (any JSON value, None included, may be present).
+_ABSENT: Any = object()
 
 
 class PowerLevels:
@@ -188,7 +190,12 @@ def _check_structure(event: Event) -> Rejection | None:
     # users); v10-v11 number them 9.1-9.3, and v1-v9 have only the `users` step (10.1/9.1).
     # 10.1 (v10+; v1-v9 by the comparison argument above): the named levels are integers.
     for name in NAMED_DEFAULTS:
-        if name in content and parse_level(content[name], rules) is None:
+        # (An integer is a level in every version: only other values need parsing.)
+        if (
+            name in content
+            and type(value := content[name]) is not int
+            and parse_level(value, rules) is None
+        ):
             return reject(
                 "bad_power_levels", "m.room.power_levels/1", f"content.{name} is not an integer."
             )
@@ -211,9 +218,7 @@ def _check_structure(event: Event) -> Rejection | None:
     # the spec rejects it so that every server reads the same table.
     if "users" in content:
         users = content["users"]
-        if not isinstance(users, dict) or any(
-            not is_valid_user_id(k) or parse_level(v, rules) is None for k, v in users.items()
-        ):
+        if not isinstance(users, dict) or not _valid_users(users, rules):
             return reject(
                 "bad_power_levels",
                 "m.room.power_levels/3",
@@ -222,8 +227,29 @@ def _check_structure(event: Event) -> Rejection | None:
     return None
 
 
-def check_power_levels(event: Event, auth_events: AuthEvents) -> Rejection | None:
-    """Rule 10 (rule 9 in v8-v11, 10 elsewhere): changes to m.room.power_levels."""
+def _valid_users(users: dict[Any, Any], rules: RoomRules) -> bool:
+    """Rule 10.3: every key of `users` is a valid user ID and every value a level.
+
+    Tested a property at a time, in C where it can be: a big room's `users` holds
+    thousands of entries, and every power levels event repeats them.
+    """
+    if not all(map(is_valid_user_id, users)):
+        return False
+    values = users.values()
+    # (Integers are levels in every version; anything else is parsed.)
+    return set(map(type, values)) <= _INT_ONLY or all(
+        parse_level(v, rules) is not None for v in values
+    )
+
+
+def check_power_levels(
+    event: Event, auth_events: AuthEvents, power: PowerLevels | None = None
+) -> Rejection | None:
+    """Rule 10 (rule 9 in v8-v11, 10 elsewhere): changes to m.room.power_levels.
+
+    `power`, when given, is `PowerLevels.from_auth_events(event.rules, auth_events)`, which
+    the caller built already.
+    """
     rules = event.rules
     bad = _check_structure(event)
     if bad is not None:
@@ -254,7 +280,9 @@ def check_power_levels(event: Event, auth_events: AuthEvents) -> Rejection | Non
         return None
     # The sender's level comes from the current power levels, never from the new event:
     # otherwise an event could grant itself the power it needs.
-    sender_level = PowerLevels.from_auth_events(rules, auth_events).user_level(event.sender)
+    if power is None:
+        power = PowerLevels.from_auth_events(rules, auth_events)
+    sender_level = power.user_level(event.sender)
     old_content = current.content
     new_content = event.content
 
@@ -263,8 +291,16 @@ def check_power_levels(event: Event, auth_events: AuthEvents) -> Rejection | Non
     # "removed" checks only the old value, "added" only the new one (as Synapse and ruma do).
     # Values are compared as levels, so "50" -> 50 in v1-v9 is no change.
     for name in NAMED_DEFAULTS:
-        old = parse_level(old_content.get(name), rules) if name in old_content else None
-        new = parse_level(new_content.get(name), rules) if name in new_content else None
+        old_value = old_content.get(name, _ABSENT)
+        new_value = new_content.get(name, _ABSENT)
+        # The same value (or absent from both) is the same level; so are equal integers.
+        # Only other pairs are parsed.
+        if old_value is new_value or (
+            type(old_value) is int and type(new_value) is int and old_value == new_value
+        ):
+            continue
+        old = parse_level(old_value, rules) if old_value is not _ABSENT else None
+        new = parse_level(new_value, rules) if new_value is not _ABSENT else None
         if old == new:
             continue
         if (old is not None and old > sender_level) or (new is not None and new > sender_level):
@@ -279,10 +315,12 @@ def check_power_levels(event: Event, auth_events: AuthEvents) -> Rejection | Non
     # deterministic; the verdict does not depend on the order.
     maps = ("events", "notifications") if rules.limit_notifications_power_levels else ("events",)
     for name in maps:
-        if _same_levels(old_content.get(name), new_content.get(name)):
+        old_map, new_map = old_content.get(name), new_content.get(name)
+        # (The same object, or absent from both, holds the same levels.)
+        if old_map is new_map or _same_levels(old_map, new_map):
             continue
-        olds = _level_map(old_content.get(name), rules)
-        news = _level_map(new_content.get(name), rules)
+        olds = _level_map(old_map, rules)
+        news = _level_map(new_map, rules)
         for key in sorted(olds.keys() | news.keys()):
             old, new = olds.get(key), news.get(key)
             if old == new:
@@ -304,9 +342,10 @@ def check_power_levels(event: Event, auth_events: AuthEvents) -> Rejection | Non
 
     # 10.9 and 10.10 (10.6 and 10.7 in v1-v9): user levels (none changed when both objects
     # hold the same integers, the usual case when another property changes).
-    if _same_levels(old_content.get("users"), new_content.get("users")):
+    old_users = old_content.get("users")
+    if old_users is new_content.get("users") or _same_levels(old_users, new_content.get("users")):
         return None
-    olds = _level_map(old_content.get("users"), rules)
+    olds = _level_map(old_users, rules)
     news = _level_map(users, rules)
     for user in sorted(olds.keys() | news.keys()):
         old, new = olds.get(user), news.get(user)

@@ -90,7 +90,7 @@ def check_auth(event: Event, auth_events: AuthEvents) -> Rejection | None:
     # 10: "if type is m.room.power_levels", whatever the state key (see `check_power_levels`
     # for which previous event one with a state key other than "" is compared with).
     if event.type == POWER_LEVELS:
-        return check_power_levels(event, auth_events)
+        return check_power_levels(event, auth_events, power)
     # 11 (v1-v2): redactions; a no-op from v3 (see `check_redaction`).
     if event.type == REDACTION:
         return check_redaction(event, power)

@@ -339,7 +339,14 @@ class Events:
 
     def refs_of_events(self, known: list[Event]) -> set[str]:
         """The union of `auth_refs` over `known`."""
-        refs: set[str] = set().union(*map(_AUTH_IDS, known))
+        auths: Iterable[tuple[str, ...]] = map(_AUTH_IDS, known)
+        n = len(known)
+        if n >= _WIDE and known[n // 2].auth_event_ids == known[-1].auth_event_ids:
+            # Two events far apart cite the same events: likely most do (a room's state,
+            # thousands of members citing the create, power levels and join rules
+            # events), so each distinct list is merged once.
+            auths = set(auths)
+        refs: set[str] = set().union(*auths)
         # v12+: every event but the create event also cites its room's create event (see
         # `auth_refs`). Rooms are few, so the implied IDs are added once per room.
         if self.rules.room_id_from_create_event:

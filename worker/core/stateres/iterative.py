@@ -39,6 +39,7 @@ from worker.core.stateres.model import Authorizer
 _ABSENT: Any = object()
 # From how many self-joins in a row the table decides them together (`_Checks.run`).
 _AUTH_IDS = attrgetter("auth_event_ids")
+_STATE_KEY = attrgetter("state_key")
 _FIRST = itemgetter(0)
 _SECOND = itemgetter(1)
 
@@ -189,7 +190,7 @@ class _Checks:
                     break
                 checked += self._one_by_one(order[start:lo], order_events[start:lo], accepted)
                 ids, evs = order[lo:hi], order_events[lo:hi]
-                users = cast("list[str]", [ev.state_key for ev in evs])
+                users = cast("list[str]", list(map(_STATE_KEY, evs)))
                 if self._joins_at_once(ids, evs, users, accepted, hi < len(order)):
                     checked += hi - lo
                 else:
@@ -370,10 +371,15 @@ class _Checks:
         # nobody's (those every join cites), before the others are tested again.
         auths = list(map(_AUTH_IDS, evs))
         cites_none = self.not_member.issuperset
-        plain = list(map(cites_none, auths))
         out: list[Any] = []
-        if not all(plain):
-            i = plain.index(False)
+        if self.not_member:
+            plain = list(map(cites_none, auths))
+            i = -1 if all(plain) else plain.index(False)
+        else:
+            # Nothing learnt yet: the first event citing anything is the first to read.
+            i = next(compress(range(len(auths)), auths), -1)
+            plain = [True] * len(auths) if i < 0 else []
+        if i >= 0:
             out.append(self._own_membership(evs[i]))
             plain = list(map(cites_none, auths))
             out += map(self._own_membership, compress(evs, map(not_, plain)))

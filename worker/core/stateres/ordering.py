@@ -14,8 +14,8 @@ import heapq
 import math
 from collections.abc import Callable, Iterable, Mapping
 from collections.abc import Set as AbstractSet
-from itertools import compress, repeat
-from operator import attrgetter, contains
+from itertools import compress, islice, repeat
+from operator import attrgetter, contains, lt
 from typing import Any
 
 from worker.core.events import Event
@@ -91,9 +91,15 @@ def sender_power(events: Events, event: Event) -> float:
     """
     pl: Event | None = None
     create: Event | None = None
-    get = events.get
-    for aid in events.auth_refs(event):
-        aev = get(aid)
+    # The resolution's cache read directly (the lookup asked only on a miss): this runs
+    # for every power event ordered.
+    cache = events.cache
+    rules = events.rules
+    refs = events.auth_refs(event) if rules.room_id_from_create_event else event.auth_event_ids
+    for aid in refs:
+        aev = cache.get(aid, _UNSEEN)
+        if aev is _UNSEEN:
+            aev = events.get(aid)
         # (Field by field: no state key tuple built per auth event.)
         if aev is None or aev.state_key != "":
             continue
@@ -103,7 +109,6 @@ def sender_power(events: Events, event: Event) -> float:
             create = aev
     if event.state_key == "" and event.type == _CREATE_TYPE:
         create = event
-    rules = events.rules
     # v12+: creators have infinite power, whatever any power levels event says.
     if rules.privileged_creators and create is not None and event.sender in creators(create):
         return CREATOR_POWER
@@ -308,19 +313,25 @@ class Mainline:
                 there = -self._position_from(pl)
                 neg_pos = [there if c else _NEG_INF for c in cites]
         elif pls:
-            # Several PL events: the first one among each event's auth events decides
-            # (found in C: `next(filter(...), None)` per event).
-            pos_of: dict[str | None, float] = {pl: -self._position_from(pl) for pl in pls}
-            pos_of[None] = _NEG_INF
-            firsts = map(next, map(filter, repeat(pls.__contains__), auths), repeat(None))
-            neg_pos = list(map(pos_of.__getitem__, firsts))
+            # Several PL events: the first one among each event's auth events decides.
+            pos_of = {pl: -self._position_from(pl) for pl in pls}
+            neg_pos = []
+            add = neg_pos.append
+            for refs in auths:
+                for aid in refs:
+                    if aid in pls:
+                        add(pos_of[aid])
+                        break
+                else:
+                    add(_NEG_INF)
         stamps = list(map(_TS, evs))
         index: list[int] | range = range(len(ids))
         # Event IDs decide only between equal timestamps. Events often come in timestamp
         # order already (state sets list them roughly as they were sent): then there is
-        # nothing to sort by timestamp.
-        unique = len(set(stamps)) == len(stamps)
-        if not unique or sorted(stamps) != stamps:
+        # nothing to sort by timestamp (asked first in one pass: strictly increasing).
+        increasing = all(map(lt, stamps, islice(stamps, 1, None)))
+        unique = increasing or len(set(stamps)) == len(stamps)
+        if not increasing and (not unique or sorted(stamps) != stamps):
             if not unique:
                 index = sorted(index, key=ids.__getitem__)
             index = sorted(index, key=stamps.__getitem__)
