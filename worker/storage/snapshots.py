@@ -57,20 +57,22 @@ CROSS JOIN LATERAL (
 ) b
 """
 
-# Each hash is probed once: `input` carries the NID of an existing block, and only the
-# others reach the INSERT. The arrays are read through InitPlans so that the generic plan is
-# kept, not re-planned per call (see "Generic plans" in worker.storage.params).
+# Blocks of one room's root or of several rooms' roots: $1 the room NID of each block, $2
+# their hashes, $3 their entries. Each hash is probed once: `input` carries the NID of an
+# existing block, and only the others reach the INSERT. The arrays are read through
+# InitPlans so that the generic plan is kept, not re-planned per call (see "Generic plans"
+# in worker.storage.params).
 INSERT_BLOCKS = f"""
 WITH input AS (
-    SELECT u.hash, u.entries, u.pos, b.block_nid
-    FROM unnest({array_param(2, "bytea")}, {array_param(3, "bytea")})
-         WITH ORDINALITY AS u(hash, entries, pos)
+    SELECT u.room_nid, u.hash, u.entries, u.pos, b.block_nid
+    FROM unnest({array_param(1, "bigint")}, {array_param(2, "bytea")},
+                {array_param(3, "bytea")}) WITH ORDINALITY AS u(room_nid, hash, entries, pos)
     LEFT JOIN LATERAL (
         SELECT x.block_nid FROM state_blocks x WHERE x.hash = u.hash LIMIT 1
     ) b ON true
 ), ins AS (
     INSERT INTO state_blocks (room_nid, hash, entries)
-    SELECT $1, hash, entries FROM input
+    SELECT room_nid, hash, entries FROM input
     WHERE block_nid IS NULL
     ORDER BY pos
     ON CONFLICT (hash) DO NOTHING
@@ -96,28 +98,6 @@ UNION ALL
 SELECT snapshot_nid, false FROM old
 """
 
-
-# INSERT_BLOCKS for the blocks of several rooms' roots: $1 the room NID of each block.
-INSERT_ROOM_BLOCKS = f"""
-WITH input AS (
-    SELECT u.room_nid, u.hash, u.entries, u.pos, b.block_nid
-    FROM unnest({array_param(1, "bigint")}, {array_param(2, "bytea")},
-                {array_param(3, "bytea")}) WITH ORDINALITY AS u(room_nid, hash, entries, pos)
-    LEFT JOIN LATERAL (
-        SELECT x.block_nid FROM state_blocks x WHERE x.hash = u.hash LIMIT 1
-    ) b ON true
-), ins AS (
-    INSERT INTO state_blocks (room_nid, hash, entries)
-    SELECT room_nid, hash, entries FROM input
-    WHERE block_nid IS NULL
-    ORDER BY pos
-    ON CONFLICT (hash) DO NOTHING
-    RETURNING block_nid, hash
-)
-SELECT block_nid, hash, true AS fresh FROM ins
-UNION ALL
-SELECT block_nid, hash, false FROM input WHERE block_nid IS NOT NULL
-"""
 
 # INSERT_SNAPSHOT for several roots of one block each (rank $4, no parent): $1 their room
 # NIDs, $2 their hashes, $3 their blocks' NIDs. Each hash is probed once, as in INSERT_BLOCKS;
@@ -231,22 +211,29 @@ async def write_plan_txn(
     return nid, sb.Layer(nid, plan.parent, plan.rank, plan.delta, 1)
 
 
+async def _insert_blocks_txn(
+    conn: asyncpg.Connection, room_nids: Sequence[int], blocks: Sequence[bytes]
+) -> list[int]:
+    """Store `blocks` (each of the room at the same place in `room_nids`) unless stored
+    already; their NIDs, in order."""
+    hashes = [sb.block_hash(room_nid, b) for room_nid, b in zip(room_nids, blocks, strict=True)]
+    by_hash: dict[bytes, int] = {}
+    fresh = 0
+    for r in await conn.fetch(INSERT_BLOCKS, list(room_nids), hashes, list(blocks)):
+        by_hash[bytes(r["hash"])] = r["block_nid"]
+        fresh += bool(r["fresh"])
+    STATE_BLOCKS_WRITTEN.inc(fresh)
+    STATE_BLOCKS_REUSED.inc(len(blocks) - fresh)
+    return [by_hash[h] for h in hashes]
+
+
 async def _write_root_txn(
     conn: asyncpg.Connection, room_nid: int, state: Mapping[sb.NidKey, int]
 ) -> tuple[int, sb.Layer | None]:
     if not state:
         return 0, None
     blocks = sb.split_root(state)
-    hashes = [sb.block_hash(room_nid, b) for b in blocks]
-    rows = await conn.fetch(INSERT_BLOCKS, room_nid, hashes, blocks)
-    by_hash: dict[bytes, int] = {}
-    fresh = 0
-    for r in rows:
-        by_hash[bytes(r["hash"])] = r["block_nid"]
-        fresh += bool(r["fresh"])
-    STATE_BLOCKS_WRITTEN.inc(fresh)
-    STATE_BLOCKS_REUSED.inc(len(blocks) - fresh)
-    block_nids = [by_hash[h] for h in hashes]
+    block_nids = await _insert_blocks_txn(conn, [room_nid] * len(blocks), blocks)
     h = sb.snapshot_hash(room_nid, 0, sb.ROOT_RANK, block_nids, b"")
     nid = await _insert_snapshot_txn(conn, room_nid, h, 0, sb.ROOT_RANK, block_nids, None)
     return nid, sb.Layer(nid, 0, sb.ROOT_RANK, dict(state), len(block_nids))
@@ -258,21 +245,9 @@ async def write_roots_txn(
     """Store the roots of several rooms, each a non-empty state of its room held in one block
     (room NID, state, its block as `sb.split_root` makes it), in two round trips; their
     layers, in order. What `write_plan_txn` stores for each, deduplicated the same way."""
-    block_hashes = [sb.block_hash(room_nid, block) for room_nid, _, block in roots]
-    by_hash: dict[bytes, int] = {}
-    fresh = 0
-    found = await conn.fetch(
-        INSERT_ROOM_BLOCKS,
-        [room_nid for room_nid, _, _ in roots],
-        block_hashes,
-        [block for _, _, block in roots],
+    block_nids = await _insert_blocks_txn(
+        conn, [room_nid for room_nid, _, _ in roots], [block for _, _, block in roots]
     )
-    for r in found:
-        by_hash[bytes(r["hash"])] = r["block_nid"]
-        fresh += bool(r["fresh"])
-    STATE_BLOCKS_WRITTEN.inc(fresh)
-    STATE_BLOCKS_REUSED.inc(len(roots) - fresh)
-    block_nids = [by_hash[h] for h in block_hashes]
     hashes = [
         sb.snapshot_hash(room_nid, 0, sb.ROOT_RANK, [block_nid], b"")
         for (room_nid, _, _), block_nid in zip(roots, block_nids, strict=True)
