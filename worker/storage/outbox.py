@@ -160,7 +160,11 @@ async def mark_sent(
     db: Executor, output_ids: Sequence[str], seqs: Sequence[int] | None = None
 ) -> int:
     """Mark published rows (those with these seqs too, when given); returns how many were
-    newly marked."""
+    newly marked.
+
+    The mark turns off synchronous commit for the transaction it runs in (see MARK_SENT):
+    run it on its own, never in a transaction that writes anything a crash must not lose.
+    """
     if not output_ids:
         return 0
     status = await db.execute(
