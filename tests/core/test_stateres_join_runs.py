@@ -26,10 +26,14 @@ TABLE: Any = SimpleNamespace(
 def _event(n: int, kind: str) -> Any:
     user = f"@u{n}:x"
     content = {"membership": "leave" if kind == "leave" else "join"}
+    sender = "@other:x" if kind == "invite" else user
+    etype = "m.room.message" if kind == "message" else "m.room.member"
+    own = etype == "m.room.member" and sender == user
     return SimpleNamespace(
         state_key=user,
-        sender="@other:x" if kind == "invite" else user,
-        type="m.room.message" if kind == "message" else "m.room.member",
+        sender=sender,
+        type=etype,
+        self_membership=content["membership"] if own else None,
         rules=RULES,
         content=content,
         room_id="!r:x",

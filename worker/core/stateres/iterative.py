@@ -225,57 +225,55 @@ class _Checks:
             if state_key is None:
                 continue
             checked += 1
-            if table is not None and state_key == ev.sender and ev.type == MEMBER:
-                membership = ev.content.get("membership")
-                # Rules 2-4 and 5.2 cannot refuse the event, 5.3.1 is not involved.
-                if (
-                    (membership == "join" or membership == "leave")
-                    and ev.rules is rules
-                    and (not restricted or VIA not in ev.content)
-                    and (room_id is None or ev.room_id == room_id)
-                    and not (
-                        state_key == first_joiner
-                        and membership == "join"
-                        and ev.prev_event_ids == create_prev
-                    )
-                ):
-                    if self.pl_unchecked is not None:
-                        self.events.must(self.pl_unchecked)
-                        self.pl_unchecked = None
-                    current = in_get(state_key, _ABSENT)
-                    if current is _ABSENT:
-                        # Met for the first time: usually the state has no membership for
-                        # them and the event cites none (the implied create event of v12
-                        # is nobody's membership either).
-                        if (MEMBER, state_key) not in auth_state and cites_no_member(
-                            ev.auth_event_ids
-                        ):
-                            current = None
-                        else:
-                            current = self._membership(ev, state_key)
-                    verdict: bool | None
-                    if membership == "join":
-                        if joins is None:
-                            verdicts, default = self._join_verdicts(table, ev)
-                            # (Kept only when they come from the state's join rules.)
-                            joins = self.join_verdicts
-                        else:
-                            verdicts, default = joins
-                        try:
-                            verdict = verdicts.get(current, default)
-                        except TypeError:
-                            # An unhashable membership is no membership (`membership_of`).
-                            verdict = default
+            membership = ev.self_membership
+            # Rules 2-4 and 5.2 cannot refuse the event, 5.3.1 is not involved.
+            if (
+                table is not None
+                and (membership == "join" or membership == "leave")
+                and ev.rules is rules
+                and (not restricted or VIA not in ev.content)
+                and (room_id is None or ev.room_id == room_id)
+                and not (
+                    state_key == first_joiner
+                    and membership == "join"
+                    and ev.prev_event_ids == create_prev
+                )
+            ):
+                if self.pl_unchecked is not None:
+                    self.events.must(self.pl_unchecked)
+                    self.pl_unchecked = None
+                current = in_get(state_key, _ABSENT)
+                if current is _ABSENT:
+                    # Met for the first time: usually the state has no membership for
+                    # them and the event cites none (the implied create event of v12
+                    # is nobody's membership either).
+                    if (MEMBER, state_key) not in auth_state and cites_no_member(ev.auth_event_ids):
+                        current = None
                     else:
-                        try:
-                            verdict = current in leave_allowed
-                        except TypeError:
-                            verdict = False
-                    if verdict is not None:
-                        if verdict:
-                            accepted[state_key] = eid
-                            in_state[state_key] = membership
-                        continue
+                        current = self._membership(ev, state_key)
+                verdict: bool | None
+                if membership == "join":
+                    if joins is None:
+                        verdicts, default = self._join_verdicts(table, ev)
+                        # (Kept only when they come from the state's join rules.)
+                        joins = self.join_verdicts
+                    else:
+                        verdicts, default = joins
+                    try:
+                        verdict = verdicts.get(current, default)
+                    except TypeError:
+                        # An unhashable membership is no membership (`membership_of`).
+                        verdict = default
+                else:
+                    try:
+                        verdict = current in leave_allowed
+                    except TypeError:
+                        verdict = False
+                if verdict is not None:
+                    if verdict:
+                        accepted[state_key] = eid
+                        in_state[state_key] = membership
+                    continue
             if accepted:
                 self._apply_members(accepted)
             self._by_rules(eid, ev, state_key)

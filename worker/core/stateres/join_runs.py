@@ -20,7 +20,6 @@ from typing import Any
 
 from worker.core.auth.self_membership import VIA, SelfMembershipTable
 from worker.core.events import Event
-from worker.core.stateres.events import MEMBER
 
 # The shortest run decided at once: below it, the setting up costs more than it saves.
 BATCH = 64
@@ -82,15 +81,12 @@ def _self_joins(evs: Sequence[Event], fields: tuple[Any, ...]) -> bytearray:
     rules, restricted, room_id, first_joiner, create_prev, _ = fields
     mask = bytearray(len(evs))
     for i, ev in enumerate(evs):
-        state_key = ev.state_key
         if (
-            state_key == ev.sender
-            and ev.type == MEMBER
+            ev.self_membership == "join"
             and ev.rules is rules
-            and (content := ev.content).get("membership") == "join"
-            and (not restricted or VIA not in content)
+            and (not restricted or VIA not in ev.content)
             and (room_id is None or ev.room_id == room_id)
-            and not (state_key == first_joiner and ev.prev_event_ids == create_prev)
+            and not (ev.state_key == first_joiner and ev.prev_event_ids == create_prev)
         ):
             mask[i] = 1
     return mask

@@ -41,11 +41,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from itertools import chain, compress
+from itertools import chain, compress, repeat
+from operator import attrgetter, is_
 from typing import cast
 
 from worker.core.events import Event, StateKey
-from worker.core.stateres.events import MEMBER, POWER_LEVELS, Events, UnknownEvent
+from worker.core.stateres.events import POWER_LEVELS, Events, UnknownEvent
 from worker.core.stateres.iterative import StartState, iterative_auth_checks
 from worker.core.stateres.model import Authorizer, ResolutionStats
 from worker.core.stateres.ordering import (
@@ -72,6 +73,8 @@ class V2Flags:
         on = alg is StateResAlgorithm.V2_1
         return V2Flags(conflicted_subgraph=on, start_from_empty_state=on)
 
+
+_SELF_MEMBERSHIP = attrgetter("self_membership")
 
 # From how many events the mainline ordering reuses what the auth-chain walks saw.
 _MANY = 64
@@ -151,12 +154,14 @@ def resolve_v2(
     checked = 0
     # Step 1: power events of the full conflicted set and their auth ancestors within it,
     # in reverse topological power ordering.
-    power: list[str] = []
-    for eid, ev in zip(full_list, full_evs, strict=True):
-        # Membership changes of one's own are never power events: tested first, as they
-        # are nearly all the conflicted events of a big room.
-        if (ev.state_key != ev.sender or ev.type != MEMBER) and is_power_event(ev):
-            power.append(eid)
+    # Membership changes of one's own are never power events: they are left out first, in
+    # C, as they are nearly all the conflicted events of a big room.
+    others = list(map(is_, map(_SELF_MEMBERSHIP, full_evs), repeat(None)))
+    power = [
+        eid
+        for eid, ev in zip(compress(full_list, others), compress(full_evs, others), strict=True)
+        if is_power_event(ev)
+    ]
     power.sort()
     graph = _power_graph(events, power, full)
 
