@@ -33,7 +33,7 @@ def _event(n: int, kind: str) -> Any:
         state_key=user,
         sender=sender,
         type=etype,
-        self_membership=content["membership"] if own else None,
+        plain_self_membership=content["membership"] if own else None,
         rules=RULES,
         content=content,
         room_id="!r:x",

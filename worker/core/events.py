@@ -13,6 +13,8 @@ from typing import Any
 from worker.core.versions import RoomRules
 
 MEMBER = "m.room.member"
+# The content key of a membership event authorised by another server (restricted rooms, v8+).
+VIA = "join_authorised_via_users_server"
 
 # (event type, state key): the key of a state map.
 StateKey = tuple[str, str]
@@ -25,9 +27,7 @@ def _ids(refs: Any, pairs: bool) -> tuple[str, ...]:
     if not isinstance(refs, list):
         return ()
     if pairs:
-        return tuple(
-            r[0] for r in refs if isinstance(r, list) and r and isinstance(r[0], str)
-        )
+        return tuple(r[0] for r in refs if isinstance(r, list) and r and isinstance(r[0], str))
     return tuple(r for r in refs if isinstance(r, str))
 
 
@@ -42,11 +42,11 @@ class Event:
         "event_id",
         "origin_server_ts",
         "pdu",
+        "plain_self_membership",
         "prev_event_ids",
         "redacts",
         "room_id",
         "rules",
-        "self_membership",
         "sender",
         "state_key",
         "type",
@@ -65,9 +65,12 @@ class Event:
     redacts: str | None
     rules: RoomRules
     # The membership of an m.room.member event about its own sender (a self-join,
-    # self-leave, ...), when it is a string; None for every other event. State resolution
-    # decides thousands of these in a big room, from this field alone.
-    self_membership: str | None
+    # self-leave, ...) that names no authorising server (`join_authorised_via_users_server`),
+    # when it is a string; None for every other event. Whether such an event is allowed
+    # depends only on the sender's membership and the join rules before it, so state
+    # resolution decides thousands of them in a big room from this field alone, without
+    # reading their contents.
+    plain_self_membership: str | None
     pdu: Mapping[str, Any]
     # The PDU as canonical JSON, when whoever built the event already had it (`parse_pdu`
     # encodes it to check its size); storing the event then needs no second encoding.
@@ -90,7 +93,8 @@ class Event:
         self.content = c if isinstance(c, dict) else {}
         own = self.type == MEMBER and self.state_key == self.sender
         m = self.content.get("membership") if own else None
-        self.self_membership = m if isinstance(m, str) else None
+        plain = isinstance(m, str) and VIA not in self.content
+        self.plain_self_membership = m if plain else None
         self.prev_event_ids = _ids(pdu.get("prev_events"), rules.reference_pairs)
         self.auth_event_ids = _ids(pdu.get("auth_events"), rules.reference_pairs)
         d = pdu.get("depth")

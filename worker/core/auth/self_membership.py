@@ -23,14 +23,13 @@ from collections.abc import Mapping
 
 from worker.core.auth.common import MEMBER
 from worker.core.auth.member import join_rule_of, self_join_step, self_leave_from
-from worker.core.events import Event
+from worker.core.events import VIA, Event
 from worker.core.versions import RoomRules
 
 # A verdict table: current membership of the sender (None: no membership event) -> allowed
 # (True), refused (False), or "ask the full rules" (None), with a default for the rest.
 Table = tuple[Mapping[str | None, bool | None], bool | None]
 
-VIA = "join_authorised_via_users_server"
 # Join rules tables kept per table object: a room has a handful of join rules events.
 _MAX_JOIN_TABLES = 16
 # Every membership a rule step names; any other string behaves like `_OTHER` (the default).

@@ -28,7 +28,7 @@ from operator import attrgetter, eq, is_, itemgetter, not_
 from typing import Any, cast
 
 from worker.core.auth import check_auth
-from worker.core.auth.self_membership import VIA, SelfMembershipTable, Table, table_for
+from worker.core.auth.self_membership import SelfMembershipTable, Table, table_for
 from worker.core.events import Event, StateKey
 from worker.core.stateres import join_runs
 from worker.core.stateres.events import CREATE, JOIN_RULES, MEMBER, POWER_LEVELS, Events
@@ -217,7 +217,7 @@ class _Checks:
         cites_no_member = self.not_member.issuperset
         checked = 0
         table = self.table
-        rules, restricted, room_id, first_joiner, create_prev, leave_allowed = table_fields(table)
+        rules, room_id, first_joiner, create_prev, leave_allowed = table_fields(table)
         joins = self.join_verdicts
         for eid, ev in zip(order, order_events, strict=True):
             state_key = ev.state_key
@@ -225,13 +225,12 @@ class _Checks:
             if state_key is None:
                 continue
             checked += 1
-            membership = ev.self_membership
+            membership = ev.plain_self_membership
             # Rules 2-4 and 5.2 cannot refuse the event, 5.3.1 is not involved.
             if (
                 table is not None
                 and (membership == "join" or membership == "leave")
                 and ev.rules is rules
-                and (not restricted or VIA not in ev.content)
                 and (room_id is None or ev.room_id == room_id)
                 and not (
                     state_key == first_joiner
@@ -280,9 +279,7 @@ class _Checks:
             # (Applying a create event changes the table, join rules their verdicts.)
             if self.table is not table:
                 table = self.table
-                rules, restricted, room_id, first_joiner, create_prev, leave_allowed = table_fields(
-                    table
-                )
+                rules, room_id, first_joiner, create_prev, leave_allowed = table_fields(table)
             joins = self.join_verdicts
         return checked
 

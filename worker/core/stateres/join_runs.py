@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from worker.core.auth.self_membership import VIA, SelfMembershipTable
+from worker.core.auth.self_membership import SelfMembershipTable
 from worker.core.events import Event
 
 # The shortest run decided at once: below it, the setting up costs more than it saves.
@@ -27,13 +27,16 @@ BATCH = 64
 
 def table_fields(
     table: SelfMembershipTable | None,
-) -> tuple[Any, bool, str | None, object, tuple[str, ...], frozenset[str]]:
-    """What the inline table decision of `_Checks` reads of the table."""
+) -> tuple[Any, str | None, object, tuple[str, ...], frozenset[str]]:
+    """What the inline table decision of `_Checks` reads of the table.
+
+    (Rule 5.2, a membership authorised by another server, needs no field here: such events
+    have no `plain_self_membership`, so they never reach the table inline.)
+    """
     if table is None:
-        return None, False, None, None, (), frozenset()
+        return None, None, None, (), frozenset()
     return (
         table.rules,
-        table.restricted,
         table.room_id,
         table.first_joiner,
         table.create_prev,
@@ -78,13 +81,12 @@ def _stretches(mask: bytearray, offset: int) -> list[tuple[int, int]]:
 
 def _self_joins(evs: Sequence[Event], fields: tuple[Any, ...]) -> bytearray:
     """1 for each event that is a self-join the table answers, else 0."""
-    rules, restricted, room_id, first_joiner, create_prev, _ = fields
+    rules, room_id, first_joiner, create_prev, _ = fields
     mask = bytearray(len(evs))
     for i, ev in enumerate(evs):
         if (
-            ev.self_membership == "join"
+            ev.plain_self_membership == "join"
             and ev.rules is rules
-            and (not restricted or VIA not in ev.content)
             and (room_id is None or ev.room_id == room_id)
             and not (ev.state_key == first_joiner and ev.prev_event_ids == create_prev)
         ):

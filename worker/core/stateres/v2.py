@@ -74,7 +74,7 @@ class V2Flags:
         return V2Flags(conflicted_subgraph=on, start_from_empty_state=on)
 
 
-_SELF_MEMBERSHIP = attrgetter("self_membership")
+_SELF_MEMBERSHIP = attrgetter("plain_self_membership")
 
 # From how many events the mainline ordering reuses what the auth-chain walks saw.
 _MANY = 64
