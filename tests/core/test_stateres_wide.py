@@ -156,7 +156,9 @@ def test_stale_fork_with_a_chain_index_agrees_with_synapse(
     taken = []
     real = events.Events.closure_citing
 
-    def spy(self: events.Events, roots: set[str], covered: set[str]) -> set[str] | None:
+    def spy(
+        self: events.Events, roots: set[str], covered: set[str]
+    ) -> tuple[set[str], set[str]] | None:
         got = real(self, roots, covered)
         taken.append(got is not None)
         return got

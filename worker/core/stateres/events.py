@@ -232,11 +232,14 @@ class Events:
         self._walked.append((start, first))
         return first
 
-    def closure_citing(self, roots: set[str], covered: set[str]) -> set[str] | None:
-        """The closure of `roots` less what only the chains of the events of `covered` add,
-        when an auth chain index answers chains, the roots and what they cite (but
-        `covered`) are known and the roots cite every event of `covered` directly;
-        otherwise None.
+    def closure_citing(
+        self, roots: set[str], covered: set[str]
+    ) -> tuple[set[str], set[str]] | None:
+        """What `roots` cite, and the closure of what they cite outside `covered` (those
+        events and their chains), when an auth chain index answers chains, the roots and
+        what they cite (but `covered`) are known and the roots cite every event of `covered`
+        directly; otherwise None. The closure of `roots` is the union of the two, and of
+        the chains of `covered`'s events.
 
         For a caller that holds the closure of `covered`: whatever those chains hold is in
         it, so the merge of thousands of chains (a stale fork's new member events, each
@@ -253,7 +256,7 @@ class Events:
         self.load(rest)
         if not all(map(self._cache.get, rest)):
             return None
-        return first.union(*map(chain_fn, rest))
+        return first, rest.union(*map(chain_fn, rest))
 
     def prime(self, roots: set[str], events: list[Event]) -> None:
         """Hand over the events of `roots` (every one known), for a later `closure(roots)`

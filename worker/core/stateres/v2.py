@@ -268,24 +268,26 @@ def _auth_difference(
 def _union_and_intersection(
     events: Events, per_set: list[set[str]], want_union: bool
 ) -> tuple[set[str], set[str], set[str]]:
-    """∪C(Xᵢ), ∩C(Xᵢ) and their difference (see `_auth_difference`); the union may be left
-    empty unless `want_union`.
+    """∪C(Xᵢ), ∩C(Xᵢ) and their difference, which may leave out conflicted events (see
+    `_auth_difference`); the union may be left empty unless `want_union`.
 
     A stale fork (two state sets, where the newer one's conflicted events cite every
     conflicted event of the older one, as a member's new event cites their old one) is
     taken apart: then C(X₀) ⊆ C(X₁), because chains are closed, so the intersection is
     C(X₀) and the union is C(X₀) together with what X₁ cites and the chains of those of
     them that are not in X₀ (the chains of X₀'s events are in C(X₀)). The roles of the two
-    sets are tried both ways. The difference is then what the newer part adds, and the
-    union is only built when asked for.
+    sets are tried both ways. The difference is then what the newer part adds: what X₁
+    cites outside X₀ (which is conflicted) and their chains, less C(X₀). The union is only
+    built when asked for.
     """
     if len(per_set) == 2:
         for older, newer in (per_set, per_set[::-1]):
             newer_part = events.closure_citing(newer, older)
             if newer_part is not None:
+                cited, beyond = newer_part
                 older_chains = events.closure(older)
-                union = older_chains | newer_part if want_union else set()
-                return union, older_chains, newer_part - older_chains
+                union = older_chains.union(cited, beyond) if want_union else set()
+                return union, older_chains, beyond - older_chains
     chains = [events.closure(x) for x in per_set]
     union = set().union(*chains)
     inter: set[str] = chains[0].intersection(*chains[1:]) if chains else set()
