@@ -21,7 +21,7 @@ and conflicted state set").
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from itertools import chain, compress
+from itertools import compress
 from operator import ne
 
 from worker.core.events import StateKey
@@ -44,13 +44,8 @@ def separate_v2(
     first = state_sets[0]
     rest = state_sets[1:]
     if len(rest) > 1:
-        positions, extra = _differing_positions(first, rest)
-        keys = list(first)
-        differing = [keys[i] for i in sorted(positions)]
-        split = dict(first)
-        for key in differing:
-            del split[key]
-        return split, {key: _values(state_sets, key) for key in chain(differing, extra)}
+        split, keys = _split_many(first, rest)
+        return split, {key: _values(state_sets, key) for key in keys}
     unconflicted: dict[StateKey, str] = {}
     conflicted: dict[StateKey, list[str]] = {}
     for key, eid in first.items():
@@ -77,16 +72,19 @@ def split_ordered(
     The same split as `separate_v2`, without the per-key value lists that resolution does
     not need.
     """
-    if len(state_sets) != 2:
-        unconflicted, conflicted = separate_v2(state_sets)
-        if not conflicted:
-            return unconflicted, [], []
-        return (
-            unconflicted,
-            [[eid for key in conflicted if (eid := s.get(key)) is not None] for s in state_sets],
-            list(conflicted),
-        )
-    return _split_two(state_sets[0], state_sets[1])
+    if len(state_sets) == 2:
+        return _split_two(state_sets[0], state_sets[1])
+    if len(state_sets) < 2:
+        # (Nothing is conflicted in fewer than two sets.)
+        return separate_v2(state_sets)[0], [], []
+    unconflicted, keys = _split_many(state_sets[0], state_sets[1:])
+    if not keys:
+        return unconflicted, [], []
+    return (
+        unconflicted,
+        [[eid for key in keys if (eid := s.get(key)) is not None] for s in state_sets],
+        keys,
+    )
 
 
 def split_sets(
@@ -146,9 +144,23 @@ def _split_two(
     return unconflicted, [mine, theirs], conflicted_keys
 
 
+def _split_many(
+    first: Mapping[StateKey, str], rest: Sequence[Mapping[StateKey, str]]
+) -> tuple[dict[StateKey, str], list[StateKey]]:
+    """The unconflicted state map of `first` and the sets of `rest` (two or more), and the
+    conflicted keys, in `separate_v2`'s order."""
+    keys, positions, extra = _differing_positions(first, rest)
+    differing = [keys[i] for i in sorted(positions)]
+    split = dict(first)
+    for key in differing:
+        del split[key]
+    differing += extra
+    return split, differing
+
+
 def _differing_positions(
     first: Mapping[StateKey, str], rest: Sequence[Mapping[StateKey, str]]
-) -> tuple[set[int], dict[StateKey, None]]:
+) -> tuple[list[StateKey], set[int], dict[StateKey, None]]:
     """The positions (in `first`'s key order) of the keys of `first` on which some set of
     `rest` differs from it, and the keys of `rest` that `first` lacks, in order met.
 
@@ -161,7 +173,7 @@ def _differing_positions(
     (compared in C, by identity for shared strings) mean the set differs from `first` only
     where some set did already, which is all this function reports; otherwise its values
     are compared a chunk at a time to find the new positions. The keys after the head are
-    compared one by one.
+    compared one by one. (`first`'s keys come back too, as a list.)
     """
     keys = list(first)
     values = list(first.values())
@@ -203,7 +215,7 @@ def _differing_positions(
             positions = sorted(found)
         if tail:
             extra.update((key, None) for key in tail if key not in first)
-    return found, extra
+    return keys, found, extra
 
 
 def _head_length(
