@@ -357,11 +357,14 @@ def _power_graph(events: Events, power: list[str], full: set[str]) -> dict[str, 
     """
     graph: dict[str, set[str]] = {}
     stack = list(power)
+    must = events.must
+    refs = events.auth_refs
     while stack:
         eid = stack.pop()
         if eid in graph:
             continue
-        edges = {a for a in events.auth_refs(events.must(eid)) if a in full}
+        edges = full.intersection(refs(must(eid)))
         graph[eid] = edges
-        stack.extend(a for a in edges if a not in graph)
+        # (An event already in the graph is skipped when popped.)
+        stack += edges
     return graph
