@@ -328,11 +328,10 @@ class Mainline:
         index: list[int] | range = range(len(ids))
         # Event IDs decide only between equal timestamps. Events often come in timestamp
         # order already (state sets list them roughly as they were sent): then there is
-        # nothing to sort by timestamp (asked first in one pass: strictly increasing).
-        increasing = all(map(lt, stamps, islice(stamps, 1, None)))
-        unique = increasing or len(set(stamps)) == len(stamps)
-        if not increasing and (not unique or sorted(stamps) != stamps):
-            if not unique:
+        # nothing to sort (asked in one pass: strictly increasing). Otherwise they are
+        # sorted, by event ID first only when some timestamp repeats.
+        if not all(map(lt, stamps, islice(stamps, 1, None))):
+            if len(set(stamps)) != len(stamps):
                 index = sorted(index, key=ids.__getitem__)
             index = sorted(index, key=stamps.__getitem__)
         if neg_pos is not None:
