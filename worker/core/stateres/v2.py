@@ -39,7 +39,7 @@ Every shortcut gives the same answers as the plain algorithm: the tests in
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import chain, compress, repeat
 from operator import attrgetter, is_
@@ -258,7 +258,7 @@ def _auth_difference(
     if not undecided:
         return union, undecided
     # (The events of U are in every Cᵢ, under whichever key a state set holds them.)
-    values = list(unconflicted.values())
+    values = unconflicted.values()
     undecided.difference_update(values)
     if not undecided:
         return union, undecided
@@ -294,7 +294,7 @@ def _union_and_intersection(
     return union, inter, union - inter
 
 
-def _reached(events: Events, roots: list[str], stop: set[str], wanted: set[str]) -> set[str]:
+def _reached(events: Events, roots: Collection[str], stop: set[str], wanted: set[str]) -> set[str]:
     """Which of `wanted` are reachable through auth references from `roots`.
 
     The walk does not expand past `stop`, and ends as soon as every wanted event is found.
