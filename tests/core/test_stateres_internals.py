@@ -11,7 +11,7 @@ from worker.core.stateres import SpecAuthorizer
 from worker.core.stateres.events import MEMBER, Events
 from worker.core.stateres.iterative import StartState, _Checks
 from worker.core.stateres.ordering import Mainline
-from worker.core.stateres.split import separate_v2
+from worker.core.stateres.split import separate_v2, split_ordered
 from worker.core.stateres.split import split_sets as _split
 from worker.core.versions import V10
 
@@ -72,6 +72,16 @@ def test_separate_v2_on_many_copies_of_a_big_state(data: st.DataObject) -> None:
     want = _plain_separate(sets)
     assert got == want
     assert [list(d) for d in got] == [list(d) for d in want]
+    # `split_ordered` (what resolution calls): the same split, the conflicted keys in the
+    # same order, and each set's values of those keys in that order.
+    unconflicted, ordered, keys = split_ordered(sets)
+    conflicted = want[1]
+    assert unconflicted == want[0]
+    assert keys == list(conflicted)
+    if conflicted:
+        assert ordered == [[s[k] for k in conflicted if k in s] for s in sets]
+    else:
+        assert ordered == []
 
 
 def _room() -> tuple[RoomBuilder, list[str]]:
