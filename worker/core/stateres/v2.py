@@ -42,7 +42,7 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import chain, compress, repeat
-from operator import attrgetter, is_
+from operator import attrgetter, is_, not_
 from typing import cast
 
 from worker.core.events import Event, StateKey
@@ -185,7 +185,12 @@ def resolve_v2(
     # Step 3: everything else, in mainline order of the partially resolved power levels.
     rest, rest_evs = full_list, full_evs
     if graph:
-        keep = [eid not in graph for eid in full_list]
+        # The graph is usually the power events alone, and those are all the events that
+        # are not self-memberships: then the rest is known without a lookup per event.
+        if len(graph) == len(power) == sum(others):
+            keep = list(map(not_, others))
+        else:
+            keep = [eid not in graph for eid in full_list]
         rest = list(compress(full_list, keep))
         rest_evs = list(compress(full_evs, keep))
     mainline = Mainline(events, state.get(POWER_LEVELS))
@@ -304,6 +309,8 @@ def _reached(events: Events, roots: Collection[str], stop: set[str], wanted: set
     """
     events.load(roots)
     seen = events.refs_of(roots) - stop
+    if not seen:
+        return seen
     left = wanted - seen
     stack = list(seen)
     while stack and left:
