@@ -114,6 +114,45 @@ def test_mainline_order_is_the_spec_sort(data: st.DataObject) -> None:
     )
 
 
+def _big_room() -> tuple[RoomBuilder, list[str]]:
+    """`_room` with enough events for the single-key sorts of `Mainline.order_events`:
+    messages citing no power levels, then a run under each of three power levels events,
+    where timestamps repeat (so event IDs decide between them)."""
+    b = RoomBuilder("10")
+    b.create("alice")
+    b.join("alice")
+    ids = [b.message("alice", f"before {i}") for i in range(6)]
+    for level in (50, 60, 70):
+        b.power_levels("alice", users={"alice": 100}, state_default=level)
+        ids += [
+            b.message("alice", f"under {level} {i}", extra={"origin_server_ts": 5 + i % 4})
+            for i in range(18)
+        ]
+    return b, ids
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.data())
+def test_mainline_order_of_many_is_the_spec_sort(data: st.DataObject) -> None:
+    """Whether the caller hands over what the events cite or not (then each event's auth
+    events are read by the ordering itself), the order is the spec's sort."""
+    b, ids = _big_room()
+    events = {eid: Event(pdu, eid, V10) for eid, pdu in b.events.items()}
+    pls = [e for e, ev in events.items() if ev.type == "m.room.power_levels"]
+    base = data.draw(st.sampled_from([*pls, None]))
+    chosen = data.draw(st.lists(st.sampled_from(ids), unique=True, min_size=48))
+    cited: set[str] | None = None
+    if data.draw(st.booleans()):
+        cited = {a for e in chosen for a in events[e].auth_event_ids}
+    lookup = Events(V10, events.get, None, frozenset())
+    ordered = Mainline(lookup, base).order(chosen, cited)
+    reference = Mainline(Events(V10, events.get, None, frozenset()), base)
+    assert ordered == sorted(
+        chosen,
+        key=lambda e: (-reference.position(events[e]), events[e].origin_server_ts, e),
+    )
+
+
 _NAMES = [f"@u{i}:x" for i in range(6)]
 
 

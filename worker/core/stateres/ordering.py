@@ -262,6 +262,34 @@ class Mainline:
             pos = pos_of[pl] = self._position_from(pl)
         return (-pos, ev.origin_server_ts, eid)
 
+    def _positions(self, evs: list[Event]) -> list[float]:
+        """The negated mainline position of each event (as `position` finds it)."""
+        cache = self._cache
+        get = self._events.get
+        # PL event -> its negated position; the auth events that are not PL events.
+        pos_of: dict[str, float] = {}
+        other: set[str] = set()
+        out: list[float] = []
+        add = out.append
+        for ev in evs:
+            for aid in ev.auth_event_ids:
+                if aid in other:
+                    continue
+                if aid in pos_of:
+                    add(pos_of[aid])
+                    break
+                aev = cache.get(aid, _UNSEEN)
+                if aev is _UNSEEN:
+                    aev = get(aid)
+                if aev is not None and aev.state_key == "" and aev.type == _PL_TYPE:
+                    pos_of[aid] = -self._position_from(aid)
+                    add(pos_of[aid])
+                    break
+                other.add(aid)
+            else:
+                add(_NEG_INF)
+        return out
+
     def order(self, event_ids: Iterable[str], cited: set[str] | None = None) -> list[str]:
         """`event_ids` in the spec's "mainline ordering": greater mainline position first
         (an event based on older power levels, or on none, comes earlier), then smaller
@@ -297,12 +325,15 @@ class Mainline:
             keys = list(map(self._key, ids, evs, repeat({}), repeat({})))
             order = sorted(range(len(ids)), key=keys.__getitem__)
             return list(map(ids.__getitem__, order)), list(map(evs.__getitem__, order))
-        auths: Iterable[tuple[str, ...]] = map(_AUTH_IDS, evs)
-        if cited is None:
-            auths = list(auths)
-            cited = set().union(*auths)
-        pls = self._power_levels_among(cited)
         neg_pos: list[float] | None = None
+        pls: set[str] = set()
+        if cited is None:
+            # Nothing at hand about what the events cite: each event's auth events are read
+            # once, each auth event looked up once.
+            neg_pos = self._positions(evs)
+        else:
+            pls = self._power_levels_among(cited)
+        auths: Iterable[tuple[str, ...]] = map(_AUTH_IDS, evs)
         if len(pls) == 1:
             # Events citing the one PL event share its position; the others have none.
             (pl,) = pls

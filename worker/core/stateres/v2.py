@@ -201,18 +201,14 @@ def resolve_v2(
     # (What the events cite was mostly seen by the walks of the auth difference. Only its
     # power levels events matter there, and those of the full conflicted set are power
     # events: so the cited events outside it are looked at, and the cited power events.)
-    # When power events were taken out and no walk is there to reuse, what the events to
-    # sort cite is read from them (at hand), leaving out power levels events that only
-    # other power events cite.
+    # When power events were taken out and no walk is there to reuse, the ordering reads
+    # what each event cites itself, once (nothing is gathered here).
     cited: set[str] | None = None
-    if len(full) >= _MANY:
-        if graph and not all(map(events.walked, per_set)):
-            seen = events.refs_of_events(rest_evs)
-        else:
-            seen = events.cited_by(per_set)
-            if more_evs:
-                # (The events of the auth difference are at hand: no lookups.)
-                seen |= events.refs_of_events(cast("list[Event]", more_evs))
+    if len(full) >= _MANY and (not graph or all(map(events.walked, per_set))):
+        seen = events.cited_by(per_set)
+        if more_evs:
+            # (The events of the auth difference are at hand: no lookups.)
+            seen |= events.refs_of_events(cast("list[Event]", more_evs))
         cited = (seen - full) | seen.intersection(power)
     rest, rest_evs = mainline.order_events(rest, rest_evs, cited)
 
