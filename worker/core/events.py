@@ -31,27 +31,6 @@ def _ids(refs: Any, pairs: bool) -> tuple[str, ...]:
     return tuple(r for r in refs if isinstance(r, str))
 
 
-# The auth events of the last event built (see `_shared`).
-_LAST_AUTH: list[tuple[str, ...]] = [()]
-
-
-def _shared(auth_ids: tuple[str, ...]) -> tuple[str, ...]:
-    """`auth_ids`, or the equal tuple of the event built just before, which is then shared.
-
-    Events come in runs that cite the same auth events (a room's members joining under the
-    same create, power levels and join rules events, built as they are loaded): one tuple for
-    a run means that state resolution, which reads the auth events of every event of a big
-    room's unconflicted state, reads one object where it would read thousands scattered in
-    memory. (A tuple is immutable, so sharing it is never seen otherwise; the last one is
-    read once, so a concurrent build cannot swap it between the comparison and the return.)
-    """
-    last = _LAST_AUTH[0]
-    if auth_ids == last:
-        return last
-    _LAST_AUTH[0] = auth_ids
-    return auth_ids
-
-
 class Event:
     """A PDU as the rules see it. Immutable by convention; cheap to build."""
 
@@ -117,7 +96,7 @@ class Event:
         plain = isinstance(m, str) and VIA not in self.content
         self.plain_self_membership = m if plain else None
         self.prev_event_ids = _ids(pdu.get("prev_events"), rules.reference_pairs)
-        self.auth_event_ids = _shared(_ids(pdu.get("auth_events"), rules.reference_pairs))
+        self.auth_event_ids = _ids(pdu.get("auth_events"), rules.reference_pairs)
         d = pdu.get("depth")
         self.depth = d if isinstance(d, int) and not isinstance(d, bool) else 0
         ts = pdu.get("origin_server_ts")
