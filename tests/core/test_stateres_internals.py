@@ -6,9 +6,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.fixtures.builder import RoomBuilder
-from worker.core.events import Event, StateKey
+from worker.core.events import MEMBER, Event, StateKey
 from worker.core.stateres import SpecAuthorizer
-from worker.core.stateres.events import MEMBER, Events
+from worker.core.stateres.events import Events
 from worker.core.stateres.iterative import StartState, _Checks
 from worker.core.stateres.ordering import Mainline
 from worker.core.stateres.split import separate_v2, split_ordered

@@ -28,13 +28,12 @@ from typing import Any
 
 from worker.core.auth import check_auth, check_auth_event_list
 from worker.core.auth.common import CREATE, CREATE_KEY
-from worker.core.events import Event, StateKey
+from worker.core.events import MEMBER, Event, StateKey
 from worker.core.format import parse_pdu, room_version_of_create
 from worker.core.hashes import content_hash, room_id_for_create, unpadded_b64
 from worker.core.outcomes import Rejection
 from worker.core.versions import EventIdFormat, RoomRules
 
-MEMBER = "m.room.member"
 # Keys a template may carry that we replace or drop before signing.
 _NOT_KEPT = ("signatures", "hashes", "unsigned", "age_ts", "outlier", "destinations")
 

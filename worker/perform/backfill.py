@@ -41,7 +41,7 @@ from typing import Protocol
 import msgspec
 import structlog
 
-from worker.core.events import Event
+from worker.core.events import MEMBER, Event
 from worker.core.ids import domain_of
 from worker.core.joins import check_event
 from worker.core.outcomes import Rejection
@@ -58,7 +58,6 @@ from worker.query.ports import WILDCARD, QueryEvent, QueryStore
 log = structlog.get_logger(__name__)
 
 MAX_LIMIT = 1000
-MEMBER = "m.room.member"
 # States asked for per answer at most: an honest page needs one (its oldest event), a few
 # where history forks; a forged page of events citing unknown prevs must not cost more.
 MAX_STATE_FETCHES = 8

@@ -24,13 +24,13 @@ from __future__ import annotations
 from typing import Any
 
 from worker.core.builder import Draft, RoomHead
+from worker.core.events import MEMBER
 from worker.core.ids import is_valid_user_id
 from worker.core.versions import RoomRules, rules_for
 from worker.messages.perform import CreateRoomRequest, CreateRoomResponse
 from worker.perform.writer import PerformFailed, RoomWriter
 
 CREATE = "m.room.create"
-MEMBER = "m.room.member"
 POWER_LEVELS = "m.room.power_levels"
 
 # Preset -> (join rule, history visibility, guest access, invite level).

@@ -9,6 +9,7 @@ are kept here; another server's alias is resolved by the federation API.
 from __future__ import annotations
 
 from worker.core.auth import PowerLevels
+from worker.core.events import MEMBER
 from worker.core.ids import domain_of
 from worker.messages.perform import (
     AliasesForRoomRequest,
@@ -26,7 +27,6 @@ from worker.messages.perform import (
 )
 from worker.perform.writer import PerformFailed, RoomWriter
 
-MEMBER = "m.room.member"
 CANONICAL_ALIAS = "m.room.canonical_alias"
 MAX_PAGE = 1000
 

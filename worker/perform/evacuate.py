@@ -23,11 +23,11 @@ from typing import Any, Protocol
 import msgspec
 import structlog
 
-from worker.core.events import StateKey
+from worker.core.events import MEMBER, StateKey
 from worker.core.ids import domain_of
 from worker.messages import admin as m
 from worker.messages.perform import LeaveRequest
-from worker.perform.members import MEMBER, leave
+from worker.perform.members import leave
 from worker.perform.writer import PerformFailed, RoomWriter
 from worker.query.homeserver_ports import RoomState
 

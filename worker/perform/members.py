@@ -13,7 +13,7 @@ from typing import Any
 
 from worker.core.auth import PowerLevels
 from worker.core.builder import Draft
-from worker.core.events import Event, StateKey
+from worker.core.events import MEMBER, Event, StateKey
 from worker.core.ids import domain_of, is_valid_user_id
 from worker.core.versions import RoomRules
 from worker.messages.perform import (
@@ -31,7 +31,6 @@ from worker.messages.perform import (
 from worker.perform import remote_members
 from worker.perform.writer import PerformFailed, RoomWriter
 
-MEMBER = "m.room.member"
 JOIN_RULES = "m.room.join_rules"
 MAX_TXN_ID_BYTES = 255
 

@@ -36,7 +36,7 @@ import copy
 from typing import Any
 
 from worker.core.builder import Draft, RoomHead
-from worker.core.events import Event, StateKey
+from worker.core.events import MEMBER, Event, StateKey
 from worker.core.ids import domain_of
 from worker.core.versions import RoomRules
 from worker.messages.perform import UpgradeRequest, UpgradeResponse
@@ -44,7 +44,6 @@ from worker.perform.create import check_version
 from worker.perform.writer import PerformFailed, RoomWriter
 
 CREATE = "m.room.create"
-MEMBER = "m.room.member"
 POWER_LEVELS = "m.room.power_levels"
 TOMBSTONE = "m.room.tombstone"
 JOIN_RULES = "m.room.join_rules"

@@ -21,13 +21,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
+from worker.core.events import MEMBER
 from worker.core.outcomes import Outcome, Rejection
 from worker.messages import NewInviteEvent, RetireInviteEvent
 from worker.pipeline.events import event_raw, stored_json
 from worker.pipeline.model import EventWrite, Result, StoredEvent, Work, refused
 from worker.pipeline.outputs import records
-
-MEMBER = "m.room.member"
 
 
 class InviteReads(Protocol):

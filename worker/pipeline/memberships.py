@@ -18,11 +18,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from worker.core.events import Event, StateKey
+from worker.core.events import MEMBER, Event, StateKey
 from worker.messages import NewInviteEvent, RetireInviteEvent
 from worker.pipeline.events import event_raw
 
-MEMBER = "m.room.member"
 POWER_LEVELS_KEY: StateKey = ("m.room.power_levels", "")
 RETIRING = ("join", "leave", "ban")
 

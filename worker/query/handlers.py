@@ -16,7 +16,7 @@ from typing import Any
 import msgspec
 
 from worker.core import redaction
-from worker.core.events import Event, StateKey
+from worker.core.events import MEMBER, Event, StateKey
 from worker.core.stateres import resolve
 from worker.core.versions import RoomRules, rules_for
 from worker.messages import query as m
@@ -29,7 +29,6 @@ from worker.query.ports import (
 )
 from worker.query.visibility import (
     HISTORY_VISIBILITY,
-    MEMBER,
     history_visibility,
     member_keys_of_server,
     server_may_see,

@@ -21,7 +21,7 @@ import msgspec
 from worker.core.acl import ACL_KEY, ServerAcl
 from worker.core.auth import PowerLevels
 from worker.core.auth.create import creators
-from worker.core.events import Event, StateKey
+from worker.core.events import MEMBER, Event, StateKey
 from worker.core.versions import RoomRules, rules_for
 from worker.messages import query_homeserver as m
 from worker.query.handlers import QueryFailed
@@ -37,7 +37,6 @@ MAX_KNOWN_USERS_LIMIT = 1_000
 CREATE: StateKey = ("m.room.create", "")
 JOIN_RULES: StateKey = ("m.room.join_rules", "")
 POWER_LEVELS: StateKey = ("m.room.power_levels", "")
-MEMBER = "m.room.member"
 
 
 def _need(value: str, name: str) -> None:

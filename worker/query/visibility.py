@@ -17,10 +17,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from worker.core.events import Event, StateKey
+from worker.core.events import MEMBER, Event, StateKey
 
 HISTORY_VISIBILITY: StateKey = ("m.room.history_visibility", "")
-MEMBER = "m.room.member"
 
 
 def server_of(user_id: str) -> str:

@@ -24,11 +24,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from worker.core import ids
-from worker.core.events import Event, StateKey
+from worker.core.events import MEMBER, Event, StateKey
 from worker.core.outcomes import Rejection
 
 CREATE = "m.room.create"
-MEMBER = "m.room.member"
 POWER_LEVELS = "m.room.power_levels"
 JOIN_RULES = "m.room.join_rules"
 THIRD_PARTY_INVITE = "m.room.third_party_invite"

@@ -12,7 +12,6 @@ from worker.core.auth.common import (
     ALIASES,
     CREATE,
     CREATE_KEY,
-    MEMBER,
     POWER_LEVELS,
     REDACTION,
     THIRD_PARTY_INVITE,
@@ -31,7 +30,7 @@ from worker.core.auth.other import (
     check_user_state_key,
 )
 from worker.core.auth.power_levels import PowerLevels, check_power_levels
-from worker.core.events import Event
+from worker.core.events import MEMBER, Event
 from worker.core.outcomes import Rejection
 
 

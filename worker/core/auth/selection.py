@@ -12,12 +12,11 @@ from worker.core.auth.common import (
     CREATE,
     CREATE_KEY,
     JOIN_RULES_KEY,
-    MEMBER,
     POWER_LEVELS_KEY,
     THIRD_PARTY_INVITE,
     reject,
 )
-from worker.core.events import Event, StateKey
+from worker.core.events import MEMBER, Event, StateKey
 from worker.core.outcomes import Rejection
 
 

@@ -21,9 +21,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from worker.core.auth.common import MEMBER
 from worker.core.auth.member import join_rule_of, self_join_step, self_leave_from
-from worker.core.events import VIA, Event
+from worker.core.events import MEMBER, VIA, Event
 from worker.core.versions import RoomRules
 
 # A verdict table: current membership of the sender (None: no membership event) -> allowed

@@ -24,7 +24,6 @@ from worker.core.versions import RoomRules
 CREATE: StateKey = ("m.room.create", "")
 POWER_LEVELS: StateKey = ("m.room.power_levels", "")
 JOIN_RULES: StateKey = ("m.room.join_rules", "")
-MEMBER = "m.room.member"
 
 EventLookup = Callable[[str], "Event | None"]
 AuthChainFn = Callable[[str], AbstractSet[str]]

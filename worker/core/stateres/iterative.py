@@ -29,9 +29,9 @@ from typing import Any, cast
 
 from worker.core.auth import check_auth
 from worker.core.auth.self_membership import SelfMembershipTable, Table, table_for
-from worker.core.events import Event, StateKey
+from worker.core.events import MEMBER, Event, StateKey
 from worker.core.stateres import join_runs
-from worker.core.stateres.events import CREATE, JOIN_RULES, MEMBER, POWER_LEVELS, Events
+from worker.core.stateres.events import CREATE, JOIN_RULES, POWER_LEVELS, Events
 from worker.core.stateres.join_runs import table_fields
 from worker.core.stateres.model import Authorizer
 
