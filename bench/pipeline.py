@@ -53,7 +53,8 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -601,28 +602,22 @@ async def _durable() -> None:
     promises (an acknowledged input and a published output survive a power cut), against
     the raw baseline with the same syncs. Goal: ratio >= 0.5 (medians: one run says little
     on a shared machine)."""
-    with tempfile.TemporaryDirectory(prefix="bench-pipeline-durable-") as tmp:
-        data = Path(tmp)
-        nats_server = EmbeddedNats(data / "nats", server_name="bench-durable", sync_always=True)
-        pg = EmbeddedPostgres(data / "pg", fsync=True)
-        nats_server.start()
-        pg.start()
-        try:
-            print("durable: disk syncs on (nats-server sync_interval always, PostgreSQL fsync)")
-            messages = many_rooms()
-            name = "many rooms, durable"
-            runs = [
-                await _scenario(name, nats_server, pg, data, messages, 1)
-                for _ in range(DURABLE_REPEAT)
-            ]
-            if len(runs) > 1:
-                _summary(name, runs)
-        finally:
-            pg.stop()
-            nats_server.stop()
+    with _servers(sync=True) as (data, nats_server, pg):
+        print("durable: disk syncs on (nats-server sync_interval always, PostgreSQL fsync)")
+        messages = many_rooms()
+        name = "many rooms, durable"
+        runs = [
+            await _scenario(name, nats_server, pg, data, messages, 1)
+            for _ in range(DURABLE_REPEAT)
+        ]
+        if len(runs) > 1:
+            _summary(name, runs)
 
 
-async def _scenarios(sync: bool) -> None:
+@contextmanager
+def _servers(sync: bool) -> Iterator[tuple[Path, EmbeddedNats, EmbeddedPostgres]]:
+    """A throwaway NATS server and PostgreSQL, syncing every write to disk or not, and the
+    folder they keep their data in (the worker's too)."""
     with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp:
         data = Path(tmp)
         nats_server = EmbeddedNats(data / "nats", server_name="bench-pipeline", sync_always=sync)
@@ -630,59 +625,64 @@ async def _scenarios(sync: bool) -> None:
         nats_server.start()
         pg.start()
         try:
-            load = " ".join(f"{x:.1f}" for x in os.getloadavg())
-            print(
-                f"many rooms: {ROOMS} x {PER_ROOM}; linear: {LINEAR}; big room: {BIG_ROOM}; "
-                f"load average {load} on {os.cpu_count()} cores; "
-                f"disk syncs {'on (BENCH_SYNC)' if sync else 'off'}"
-            )
-            if "many" in SCENARIOS:
-                messages = many_rooms()
-                for n in WORKER_COUNTS:
-                    name = "many rooms" if n == 1 else f"many rooms, {n} workers"
-                    runs = [
-                        await _scenario(name, nats_server, pg, data, messages, n)
-                        for _ in range(REPEAT)
-                    ]
-                    if REPEAT > 1:
-                        _summary(name, runs)
-            if "linear" in SCENARIOS:
-                linear = _room("!lin:test", LINEAR)
-                await _scenario("one linear room", nats_server, pg, data, linear)
-            if "rejected" in SCENARIOS:
-                plain = _room("!plain:test", REJECTED_ROOM)
-                built_on = _room("!rejected:test", REJECTED_ROOM, REJECTED_EVERY)
-                refused = sum(1 for m in built_on if not m.output)
-                without = (
-                    await _scenario("no rejected events", nats_server, pg, data, plain)
-                ).rate
-                with_ = (
-                    await _scenario(
-                        f"{refused} rejected, built upon", nats_server, pg, data, built_on
-                    )
-                ).rate
-                print(
-                    f"rejected events built upon: {with_:.0f}/s against {without:.0f}/s "
-                    f"without, ratio {with_ / without:.3f}",
-                    flush=True,
-                )
-            if "join" not in SCENARIOS:
-                return
-            prefix = f"bench{uuid.uuid4().hex[:6]}"
-            worker = WorkerProcess(nats_server.url, await _database(pg), prefix, data)
-            try:
-                await worker.ready()
-                outliers, join, outcome = await big_join(nats_server.url, Subjects(prefix))
-            finally:
-                worker.stop()
-            print(
-                f"big-room join: {BIG_ROOM} outliers in {outliers:.1f} s "
-                f"({BIG_ROOM / outliers:.0f}/s), join with state in {join:.2f} s ({outcome})",
-                flush=True,
-            )
+            yield data, nats_server, pg
         finally:
             pg.stop()
             nats_server.stop()
+
+
+async def _scenarios(sync: bool) -> None:
+    with _servers(sync) as (data, nats_server, pg):
+        load = " ".join(f"{x:.1f}" for x in os.getloadavg())
+        print(
+            f"many rooms: {ROOMS} x {PER_ROOM}; linear: {LINEAR}; big room: {BIG_ROOM}; "
+            f"load average {load} on {os.cpu_count()} cores; "
+            f"disk syncs {'on (BENCH_SYNC)' if sync else 'off'}"
+        )
+        if "many" in SCENARIOS:
+            messages = many_rooms()
+            for n in WORKER_COUNTS:
+                name = "many rooms" if n == 1 else f"many rooms, {n} workers"
+                runs = [
+                    await _scenario(name, nats_server, pg, data, messages, n)
+                    for _ in range(REPEAT)
+                ]
+                if REPEAT > 1:
+                    _summary(name, runs)
+        if "linear" in SCENARIOS:
+            linear = _room("!lin:test", LINEAR)
+            await _scenario("one linear room", nats_server, pg, data, linear)
+        if "rejected" in SCENARIOS:
+            plain = _room("!plain:test", REJECTED_ROOM)
+            built_on = _room("!rejected:test", REJECTED_ROOM, REJECTED_EVERY)
+            refused = sum(1 for m in built_on if not m.output)
+            without = (
+                await _scenario("no rejected events", nats_server, pg, data, plain)
+            ).rate
+            with_ = (
+                await _scenario(
+                    f"{refused} rejected, built upon", nats_server, pg, data, built_on
+                )
+            ).rate
+            print(
+                f"rejected events built upon: {with_:.0f}/s against {without:.0f}/s "
+                f"without, ratio {with_ / without:.3f}",
+                flush=True,
+            )
+        if "join" not in SCENARIOS:
+            return
+        prefix = f"bench{uuid.uuid4().hex[:6]}"
+        worker = WorkerProcess(nats_server.url, await _database(pg), prefix, data)
+        try:
+            await worker.ready()
+            outliers, join, outcome = await big_join(nats_server.url, Subjects(prefix))
+        finally:
+            worker.stop()
+        print(
+            f"big-room join: {BIG_ROOM} outliers in {outliers:.1f} s "
+            f"({BIG_ROOM / outliers:.0f}/s), join with state in {join:.2f} s ({outcome})",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":
