@@ -74,7 +74,7 @@ class V2Flags:
         return V2Flags(conflicted_subgraph=on, start_from_empty_state=on)
 
 
-_SELF_MEMBERSHIP = attrgetter("plain_self_membership")
+_PLAIN_SELF_MEMBERSHIP = attrgetter("plain_self_membership")
 
 # From how many events the mainline ordering reuses what the auth-chain walks saw.
 _MANY = 64
@@ -156,7 +156,7 @@ def resolve_v2(
     # in reverse topological power ordering.
     # Membership changes of one's own are never power events: they are left out first, in
     # C, as they are nearly all the conflicted events of a big room.
-    others = list(map(is_, map(_SELF_MEMBERSHIP, full_evs), repeat(None)))
+    others = list(map(is_, map(_PLAIN_SELF_MEMBERSHIP, full_evs), repeat(None)))
     power = [
         eid
         for eid, ev in zip(compress(full_list, others), compress(full_evs, others), strict=True)
